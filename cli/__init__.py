@@ -1,0 +1,1 @@
+"""The ``rlreg`` command line (installed as :mod:`rlreg.cli`): a thin Typer layer over :mod:`rlreg.pipelines`."""

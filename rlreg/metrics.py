@@ -1,0 +1,289 @@
+"""Registration quality metrics: label overlap (Dice), surface distance (HD95), landmark error (TRE), regularity.
+
+Conventions follow :mod:`rlreg.spatial`: spatial axes are in the array's own order, displacements are
+``(N, ndim, *S)`` voxel fields (channel ``c`` displaces tensor axis ``c``) in the pull-back direction, and
+``spacing`` is the physical voxel size in mm **per tensor axis, in the same order as the array axes**.
+
+* :func:`dice_per_label` / :func:`mean_dice`: per-label Dice of two integer label maps, fully vectorised
+  (counts by ``bincount``; no loop over labels, no one-hot), so a 1 mm brain with 100+ labels takes well under a
+  second on CPU.
+* :func:`hd95`: per-label percentile Hausdorff distance in mm, defined exactly as MONAI's
+  ``compute_hausdorff_distance(percentile=95, directed=False, spacing=...)``.
+* :func:`tre`: per-landmark target registration error in mm, as in Learn2Reg.
+* :func:`folding_percent`, :func:`sdlogj`, :func:`jacobian_determinant`: re-exported from :mod:`rlreg.spatial`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import numpy as np
+import torch
+from scipy import ndimage
+from torch import Tensor
+
+from rlreg.spatial import folding_percent, jacobian_determinant, sample_points, sdlogj
+
+__all__ = [
+    "LabelScores",
+    "dice_per_label",
+    "folding_percent",
+    "hd95",
+    "jacobian_determinant",
+    "mean_dice",
+    "sdlogj",
+    "tre",
+]
+
+LabelsLike = Sequence[int] | Tensor | np.ndarray | None
+SpacingLike = float | Sequence[float] | Tensor | np.ndarray
+
+
+class LabelScores(NamedTuple):
+    """Per-label scores: ``values`` ``(L,)`` float and the matching label values ``labels`` ``(L,)`` int64.
+
+    A named tuple, so ``values, labels = dice_per_label(...)`` works.
+    """
+
+    values: Tensor
+    labels: Tensor
+
+
+# A label map whose values are all in ``[0, limit)`` is counted directly with ``bincount`` (one slot per value);
+# anything else (negative values, huge sparse label ids) goes through ``unique`` + ``searchsorted``.
+_DIRECT_LIMIT = 1 << 16
+
+
+def _as_label_tensor(x: Tensor | np.ndarray) -> Tensor:
+    """Flattened int64 view of a label map (float maps holding integer values are rounded)."""
+    x = torch.as_tensor(x)
+    if x.is_floating_point():
+        x = x.round()
+    return x.reshape(-1).long()
+
+
+def _resolve_labels(labels: LabelsLike, device: torch.device) -> Tensor:
+    return torch.as_tensor(np.asarray(labels) if not isinstance(labels, Tensor) else labels,
+                           device=device).reshape(-1).long()
+
+
+def dice_per_label(pred: Tensor | np.ndarray, target: Tensor | np.ndarray, labels: LabelsLike = None) -> LabelScores:
+    """Dice overlap ``2 |P ∩ T| / (|P| + |T|)`` of every label of two integer label maps.
+
+    The whole tensor is treated as one image (for a batch, call once per item). Counting is vectorised: voxel
+    counts per label and the counts of agreeing voxels (``pred == target``) come from ``torch.bincount``, with
+    label values mapped to contiguous indices when they are negative or sparse, so the cost is a few passes over
+    the voxels whatever the number of labels, and memory is ``O(voxels + labels)`` (no one-hot).
+
+    Args:
+        pred: integer label map of any shape (e.g. ``(X, Y, Z)`` or ``(1, 1, X, Y, Z)``).
+        target: label map of the same shape.
+        labels: label values to score, in the order wanted. ``None``: every value present in either map except
+            the background ``0``, ascending.
+
+    Returns:
+        :class:`LabelScores` with ``values`` ``(L,)`` (default float dtype, on ``pred``'s device) and ``labels``
+        ``(L,)`` int64. Dice is ``NaN`` for a label absent from both maps and ``0`` for a label in only one.
+    """
+    p, t = _as_label_tensor(pred), _as_label_tensor(target)
+    if p.shape != t.shape:
+        raise ValueError(f"pred and target differ in size: {tuple(torch.as_tensor(pred).shape)} vs "
+                         f"{tuple(torch.as_tensor(target).shape)}")
+    t = t.to(p.device)
+    out_dtype = torch.get_default_dtype()
+    if p.numel() == 0:
+        lab = _resolve_labels(labels, p.device) if labels is not None else p.new_zeros(0)
+        return LabelScores(torch.full(lab.shape, float("nan"), dtype=out_dtype, device=p.device), lab)
+    lo = int(torch.minimum(p.min(), t.min()))
+    hi = int(torch.maximum(p.max(), t.max()))
+    agree = p[p == t]
+    if lo >= 0 and hi < max(_DIRECT_LIMIT, p.numel()):
+        # Direct counting: slot v holds the count of label value v.
+        size = hi + 1
+        n_pred = torch.bincount(p, minlength=size)
+        n_target = torch.bincount(t, minlength=size)
+        n_both = torch.bincount(agree, minlength=size)
+        if labels is None:
+            lab = torch.nonzero(n_pred + n_target).reshape(-1)
+            lab = lab[lab != 0]
+            slot = lab
+        else:
+            lab = _resolve_labels(labels, p.device)
+            slot = lab.clamp(0, size)  # out-of-range labels read the extra (zero) slot below
+        zero = n_pred.new_zeros(1)
+        n_pred, n_target, n_both = (torch.cat([c, zero]) for c in (n_pred, n_target, n_both))
+        slot = torch.where((lab >= 0) & (lab < size), slot, size)
+    else:
+        # Sparse or negative label values: map to contiguous indices 0..K-1 (K = "not scored").
+        if labels is None:
+            lab = torch.unique(torch.cat([p, t]))
+            lab = lab[lab != 0]
+            table = lab
+        else:
+            lab = _resolve_labels(labels, p.device)
+            table = torch.unique(lab)
+        k = table.numel()
+
+        def index(v: Tensor) -> Tensor:
+            pos = torch.searchsorted(table, v).clamp(max=max(k - 1, 0))
+            return torch.where(table[pos] == v, pos, k) if k else torch.zeros_like(v)
+
+        n_pred = torch.bincount(index(p), minlength=k + 1)
+        n_target = torch.bincount(index(t), minlength=k + 1)
+        n_both = torch.bincount(index(agree), minlength=k + 1)
+        slot = index(lab)
+    n_pred, n_target, n_both = (c[slot].to(out_dtype) for c in (n_pred, n_target, n_both))
+    # 0 / 0 = NaN exactly when the label is absent from both maps.
+    return LabelScores(2.0 * n_both / (n_pred + n_target), lab)
+
+
+def mean_dice(pred: Tensor | np.ndarray, target: Tensor | np.ndarray, labels: LabelsLike = None) -> Tensor:
+    """Mean of :func:`dice_per_label` over the labels, ignoring ``NaN`` (labels absent from both maps); 0-d tensor."""
+    return torch.nanmean(dice_per_label(pred, target, labels).values)
+
+
+def _spatial_array(x: Tensor | np.ndarray, ndim: int) -> np.ndarray:
+    """Label map as a CPU numpy array of its last ``ndim`` axes (leading axes must be singletons)."""
+    arr = x.detach().cpu().numpy() if isinstance(x, Tensor) else np.asarray(x)
+    if arr.ndim < ndim or any(n != 1 for n in arr.shape[: arr.ndim - ndim]):
+        raise ValueError(f"label map of shape {arr.shape} is not (*S) or (1, ..., 1, *S) with {ndim} spatial dims")
+    arr = arr.reshape(arr.shape[arr.ndim - ndim:])
+    return np.rint(arr).astype(np.int64) if np.issubdtype(arr.dtype, np.floating) else arr.astype(np.int64)
+
+
+def _spacing_tuple(spacing: SpacingLike, pred: Tensor | np.ndarray) -> tuple[float, ...]:
+    values = np.asarray(spacing.detach().cpu() if isinstance(spacing, Tensor) else spacing, dtype=np.float64)
+    if values.size == 1:  # isotropic: spatial dims are the shape without a leading (1, 1) batch/channel
+        shape = tuple(pred.shape)
+        ndim = len(shape) - 2 if len(shape) >= 4 and shape[:2] == (1, 1) else len(shape)
+        values = np.full(ndim, float(values.reshape(-1)[0]))
+    if values.ndim != 1 or values.size not in (2, 3) or not np.all(values > 0):
+        raise ValueError(f"spacing must be positive, one value per spatial axis; got {spacing!r}")
+    return tuple(float(v) for v in values)
+
+
+def _percentile(distances: np.ndarray, percentile: float) -> float:
+    # Linear interpolation between order statistics, as torch.quantile (used by MONAI) and numpy's default.
+    return float(np.percentile(distances, percentile))
+
+
+def hd95(pred: Tensor | np.ndarray, target: Tensor | np.ndarray, spacing: SpacingLike,
+         labels: LabelsLike = None, percentile: float = 95.0) -> LabelScores:
+    """Per-label percentile Hausdorff distance in mm (the symmetric 95th-percentile surface distance by default).
+
+    Same definition as MONAI's ``compute_hausdorff_distance(percentile=..., directed=False, spacing=...)``:
+
+    1. the surface of a mask is its voxels removed by one binary erosion with the face-connected (cross)
+       structuring element, the outside of the image counting as background;
+    2. each surface voxel of one mask gets the Euclidean distance (in mm, via ``spacing``) to the nearest
+       surface voxel of the other mask (``scipy.ndimage.distance_transform_edt(sampling=spacing)``);
+    3. per direction, the ``percentile`` of those distances (linear interpolation); the result is the larger
+       of the two directions.
+
+    Distances are exact Euclidean distances between voxel centres; runs on CPU with numpy/scipy (tensors are
+    copied to the host) and loops over labels, each one cropped to its own bounding box.
+
+    Args:
+        pred: integer label map ``(*S)`` or ``(1, 1, *S)`` (any leading singleton axes), 2D or 3D.
+        target: label map of the same shape.
+        spacing: voxel size in mm per spatial tensor axis, in the array's axis order (e.g. SimpleITK's
+            ``GetSpacing()[::-1]`` for a ``GetArrayFromImage`` array); a single number means isotropic.
+        labels: label values to score; ``None``: every value in either map except ``0``, ascending.
+        percentile: in ``[0, 100]``; ``100`` gives the classical Hausdorff distance.
+
+    Returns:
+        :class:`LabelScores`: ``values`` ``(L,)`` in mm (default float dtype, on ``pred``'s device) and
+        ``labels`` ``(L,)`` int64. ``NaN`` for a label absent from both maps, ``inf`` for one present in only one.
+    """
+    if not 0.0 <= percentile <= 100.0:
+        raise ValueError(f"percentile must be in [0, 100], got {percentile}")
+    sampling = _spacing_tuple(spacing, pred)
+    ndim = len(sampling)
+    a = _spatial_array(pred, ndim)
+    b = _spatial_array(target, ndim)
+    if a.shape != b.shape:
+        raise ValueError(f"pred and target differ in spatial shape: {a.shape} vs {b.shape}")
+    device = pred.device if isinstance(pred, Tensor) else torch.device("cpu")
+    if labels is None:
+        lab = np.union1d(np.unique(a), np.unique(b))
+        lab = lab[lab != 0]
+    else:
+        lab = np.asarray(labels.detach().cpu() if isinstance(labels, Tensor) else labels, dtype=np.int64).reshape(-1)
+    # Index maps 1..K (0 = not scored) so that scipy's find_objects gives all bounding boxes in one pass each.
+    table = np.unique(lab)
+    ia, ib = _index_map(a, table), _index_map(b, table)
+    boxes_a = ndimage.find_objects(ia, max_label=table.size)
+    boxes_b = ndimage.find_objects(ib, max_label=table.size)
+    structure = ndimage.generate_binary_structure(ndim, 1)
+    scores = np.empty(table.size, dtype=np.float64)
+    for k in range(table.size):
+        box_a, box_b = boxes_a[k], boxes_b[k]
+        if box_a is None or box_b is None:
+            scores[k] = np.nan if box_a is None and box_b is None else np.inf
+            continue
+        # Crop to the bounding box of the union of the two masks plus a 1-voxel margin (clipped to the image).
+        # This is exact: every voxel of either mask keeps its whole erosion neighbourhood inside the crop (or
+        # outside the image, which the erosion reads as background either way, just like the uncropped image),
+        # so the surfaces are unchanged; and every surface voxel lies inside the crop, so the nearest surface
+        # voxel found by the distance transform on the crop is the global nearest one.
+        box = tuple(slice(max(min(sa.start, sb.start) - 1, 0), min(max(sa.stop, sb.stop) + 1, n))
+                    for sa, sb, n in zip(box_a, box_b, a.shape, strict=True))
+        mask_a = ia[box] == k + 1
+        mask_b = ib[box] == k + 1
+        surf_a = mask_a & ~ndimage.binary_erosion(mask_a, structure=structure, border_value=0)
+        surf_b = mask_b & ~ndimage.binary_erosion(mask_b, structure=structure, border_value=0)
+        # EDT of the complement of a surface = distance to its nearest surface voxel.
+        a_to_b = ndimage.distance_transform_edt(~surf_b, sampling=sampling)[surf_a]
+        b_to_a = ndimage.distance_transform_edt(~surf_a, sampling=sampling)[surf_b]
+        scores[k] = max(_percentile(a_to_b, percentile), _percentile(b_to_a, percentile))
+    values = scores[np.searchsorted(table, lab)] if lab.size else scores[:0]
+    return LabelScores(torch.as_tensor(values, dtype=torch.get_default_dtype(), device=device),
+                       torch.as_tensor(lab, dtype=torch.int64, device=device))
+
+
+def _index_map(arr: np.ndarray, table: np.ndarray) -> np.ndarray:
+    """Map label values to ``1..K`` by their position in the sorted ``table``; values not in it map to 0."""
+    k = table.size
+    if k == 0:
+        return np.zeros(arr.shape, dtype=np.int32)
+    if table[0] >= 0 and table[-1] < max(_DIRECT_LIMIT, arr.size):
+        lut = np.zeros(int(table[-1]) + 2, dtype=np.int32)
+        lut[table] = np.arange(1, k + 1, dtype=np.int32)
+        # Values outside [0, max label] are sent to the last (zero) slot.
+        return lut[np.where((arr >= 0) & (arr <= table[-1]), arr, table[-1] + 1)]
+    pos = np.searchsorted(table, arr).clip(max=k - 1)
+    return np.where(table[pos] == arr, pos + 1, 0).astype(np.int32)
+
+
+def tre(fixed_points: Tensor, moving_points: Tensor, displacement: Tensor, spacing: SpacingLike) -> Tensor:
+    """Target registration error per landmark, in mm: ``|| (p_f + u(p_f) - p_m) * spacing ||`` (Learn2Reg).
+
+    ``u`` is read at the (possibly sub-voxel) fixed landmarks by linear interpolation
+    (:func:`rlreg.spatial.sample_points`, border padding), so ``p_f + u(p_f)`` is where the registration sends the
+    fixed landmark in the moving image, to be compared with the corresponding moving landmark.
+
+    Args:
+        fixed_points: ``(P, ndim)`` voxel coordinates in the fixed image, in tensor axis order.
+        moving_points: ``(P, ndim)`` corresponding voxel coordinates in the moving image.
+        displacement: ``(1, ndim, *S)`` voxel displacement on the fixed grid (pull-back convention).
+        spacing: voxel size in mm per tensor axis (a single number means isotropic).
+
+    Returns:
+        ``(P,)`` errors in mm, dtype and device of ``displacement``.
+    """
+    ndim = displacement.ndim - 2
+    if displacement.ndim not in (4, 5) or displacement.shape[:2] != (1, ndim):
+        raise ValueError(f"displacement must be (1, ndim, *S), got {tuple(displacement.shape)}")
+    if fixed_points.shape != moving_points.shape or fixed_points.ndim != 2 or fixed_points.shape[1] != ndim:
+        raise ValueError(f"fixed and moving points must both be (P, {ndim}); got {tuple(fixed_points.shape)} "
+                         f"and {tuple(moving_points.shape)}")
+    sp = torch.as_tensor(spacing, dtype=displacement.dtype, device=displacement.device).reshape(-1)
+    if sp.numel() == 1:
+        sp = sp.expand(ndim)
+    if sp.numel() != ndim:
+        raise ValueError(f"spacing needs {ndim} values (one per tensor axis), got {sp.numel()}")
+    p_f = fixed_points.to(displacement)
+    p_m = moving_points.to(displacement)
+    u = sample_points(displacement, p_f)
+    return torch.linalg.vector_norm((p_f + u - p_m) * sp, dim=1)

@@ -1,0 +1,377 @@
+"""Dense spatial transforms for 2D and 3D images: one code path, the dimension taken from the tensor.
+
+Conventions (pinned by ``tests/test_spatial.py``; see ``docs/conventions.md`` for the mapping to ITK)
+------------------------------------------------------------------------------------------------------
+* **Layout.** Images are ``(N, C, *S)`` with ``S = (X0, X1)`` in 2D or ``(X0, X1, X2)`` in 3D, in the axis order of
+  the array they came from (for SimpleITK arrays that is ``(k, j, i)``). ``ndim = len(S)``.
+* **Displacements** are ``(N, ndim, *S)`` tensors in **voxel units**. Channel ``c`` displaces spatial tensor axis
+  ``c`` ("ij"/array order, as in MONAI ``Warp`` and VoxelMorph), *not* grid_sample's reversed x-y-z order.
+* **Direction: pull-back.** A field ``u`` lives on the *fixed* grid and maps a fixed voxel ``x`` to the moving
+  position ``x + u(x)``: ``warp(m, u)(x) = m(x + u(x))``. This is the resampling convention of ITK, ANTs
+  (forward warp), Slicer ("from parent"), DICOM DSRO and Learn2Reg.
+* **Voxel centres** sit at integer indices ``0 .. n-1``; normalised coordinates use ``align_corners=True``
+  (index 0 is -1, index n-1 is +1), so a voxel displacement converts exactly and independently of image size.
+* **Outside the grid** images read as ``padding`` (zeros by default); displacement fields read as their nearest
+  border value when they are themselves resampled (``compose``, ``invert``), so constant fields compose exactly.
+
+Everything here is a pure function of its tensors: device and dtype follow the inputs, and identity grids are
+built per call (cached by shape, dtype and device, never stored as size-locked buffers).
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+from enum import Enum
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = [
+    "InterpMode",
+    "SpatialTransformer",
+    "compose",
+    "folding_percent",
+    "identity_grid",
+    "integrate_velocity",
+    "invert",
+    "jacobian_determinant",
+    "resize_displacement",
+    "sample_points",
+    "sdlogj",
+    "warp",
+]
+
+
+class InterpMode(str, Enum):
+    """How :func:`warp` reads between voxels.
+
+    ``bilinear`` (linear in any dimension) for intensities and fields; ``nearest`` for a quick label lookup;
+    ``label`` for label maps: each output voxel takes the label with the largest summed linear weight among the
+    ``2**ndim`` neighbours (ANTs' "GenericLabel" idea), so labels are never invented or averaged and boundaries
+    stay smooth instead of the jagged nearest-neighbour result.
+    """
+
+    BILINEAR = "bilinear"
+    NEAREST = "nearest"
+    LABEL = "label"
+
+
+PaddingMode = Literal["zeros", "border", "reflection"]
+
+
+def _check_field(displacement: Tensor, image: Tensor | None = None) -> int:
+    """Validate a ``(N, ndim, *S)`` displacement (and an image on its grid); return ``ndim``."""
+    ndim = displacement.ndim - 2
+    if ndim not in (2, 3):
+        raise ValueError("displacement must be (N, ndim, *S) with 2 or 3 spatial dims, "
+                         f"got shape {tuple(displacement.shape)}")
+    if displacement.shape[1] != ndim:
+        raise ValueError(f"displacement has {displacement.shape[1]} channels but {ndim} spatial dims; "
+                         f"expected (N, {ndim}, *S)")
+    if image is not None:
+        if image.ndim != displacement.ndim:
+            raise ValueError(f"image {tuple(image.shape)} and displacement {tuple(displacement.shape)} differ in rank")
+        if image.shape[0] not in (displacement.shape[0], 1) and displacement.shape[0] != 1:
+            raise ValueError(f"batch sizes differ: image {image.shape[0]}, displacement {displacement.shape[0]}")
+    return ndim
+
+
+@functools.lru_cache(maxsize=32)
+def _identity_cached(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> Tensor:
+    axes = [torch.arange(n, dtype=dtype, device=device) for n in shape]
+    return torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=0).unsqueeze(0)
+
+
+def identity_grid(shape: tuple[int, ...] | torch.Size, dtype: torch.dtype = torch.float32,
+                  device: torch.device | str | None = None) -> Tensor:
+    """Voxel coordinates of a grid: a ``(1, ndim, *shape)`` tensor whose channel ``c`` holds the index along axis ``c``.
+
+    Cached by ``(shape, dtype, device)``; the returned tensor is shared, so treat it as read-only.
+    """
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    return _identity_cached(tuple(int(n) for n in shape), dtype, device)
+
+
+def _sampling_grid(displacement: Tensor) -> Tensor:
+    """grid_sample grid ``(N, *S, ndim)`` (x-y-z order, align_corners=True) for the pull-back ``x + u(x)``."""
+    ndim = displacement.ndim - 2
+    shape = displacement.shape[2:]
+    coords = []
+    for axis, n in enumerate(shape):
+        # Normalised coordinate of voxel index p along this axis: 2 p / (n - 1) - 1. A one-voxel axis maps to 0.
+        scale = 2.0 / (n - 1) if n > 1 else 0.0
+        index = torch.arange(n, dtype=displacement.dtype, device=displacement.device)
+        index = index.view((n,) + (1,) * (ndim - 1 - axis)) * scale - (1.0 if n > 1 else 0.0)
+        coords.append(torch.add(index, displacement[:, axis], alpha=scale))
+    # grid_sample wants the last spatial axis first in the coordinate vector.
+    return torch.stack(coords[::-1], dim=-1)
+
+
+def warp(image: Tensor, displacement: Tensor, mode: InterpMode | str = InterpMode.BILINEAR,
+         padding: PaddingMode = "zeros") -> Tensor:
+    """Resample ``image`` at ``x + u(x)``: ``out(x) = image(x + displacement(x))`` (pull-back).
+
+    Args:
+        image: ``(N, C, *S_in)`` moving image (or ``(1, C, *S_in)`` shared across the batch). In ``label`` mode any
+            integer or float label values.
+        displacement: ``(N, ndim, *S)`` voxel displacements on the output (fixed) grid. When ``S_in != S`` the
+            positions ``x + u(x)`` are read as voxel indices of ``image`` in the same index frame.
+        mode: ``bilinear``, ``nearest`` or ``label`` (see :class:`InterpMode`).
+        padding: value outside the input grid: ``zeros``, ``border`` or ``reflection``. ``label`` mode treats the
+            outside as label 0 for ``zeros`` and as the nearest border label otherwise.
+
+    Returns:
+        ``(N, C, *S)`` warped image, same dtype as ``image``.
+    """
+    _check_field(displacement, image)
+    mode = InterpMode(mode)
+    if image.shape[0] != displacement.shape[0]:
+        batch = max(image.shape[0], displacement.shape[0])
+        image = image.expand(batch, *image.shape[1:])
+        displacement = displacement.expand(batch, *displacement.shape[1:])
+    if mode is InterpMode.LABEL:
+        return _warp_labels(image, displacement, padding)
+    if image.shape[2:] != displacement.shape[2:]:
+        # Positions are voxel indices of the *input* grid: normalise with the input size.
+        return F.grid_sample(image, _normalised_positions(displacement, image.shape[2:]), mode=mode.value,
+                             padding_mode=padding, align_corners=True)
+    grid = _sampling_grid(displacement.to(image.dtype) if image.is_floating_point() else displacement)
+    if not image.is_floating_point():
+        return F.grid_sample(image.to(grid.dtype), grid, mode=mode.value, padding_mode=padding,
+                             align_corners=True).round().to(image.dtype)
+    return F.grid_sample(image, grid, mode=mode.value, padding_mode=padding, align_corners=True)
+
+
+def _normalised_positions(displacement: Tensor, in_shape: torch.Size) -> Tensor:
+    ndim = displacement.ndim - 2
+    pos = identity_grid(displacement.shape[2:], displacement.dtype, displacement.device) + displacement
+    scale = torch.tensor([2.0 / (n - 1) if n > 1 else 0.0 for n in in_shape], dtype=pos.dtype, device=pos.device)
+    offset = torch.tensor([1.0 if n > 1 else 0.0 for n in in_shape], dtype=pos.dtype, device=pos.device)
+    view = (1, ndim) + (1,) * ndim
+    return (pos * scale.view(view) - offset.view(view)).movedim(1, -1).flip(-1)
+
+
+def _warp_labels(labels: Tensor, displacement: Tensor, padding: PaddingMode) -> Tensor:
+    """Label-safe resampling by linear-weight voting among the ``2**ndim`` neighbours of ``x + u(x)``.
+
+    grid_sample has no such mode and MONAI offers only nearest, so it is written here. For each corner ``c`` the
+    score is the summed linear weight of all corners carrying the same label as ``c``; the output is the label of
+    the best corner. This equals "one-hot, interpolate linearly, argmax" without materialising one channel per
+    label, so memory is ``O(2**ndim * voxels)`` whatever the number of labels.
+    """
+    ndim = displacement.ndim - 2
+    n, ch = labels.shape[:2]
+    in_shape = labels.shape[2:]
+    pos = identity_grid(displacement.shape[2:], displacement.dtype, displacement.device) + displacement
+    if padding == "reflection":
+        raise ValueError("label warping supports padding 'zeros' or 'border', not 'reflection'")
+    low = pos.floor()
+    frac = pos - low
+    low = low.long()
+    flat = labels.reshape(n, ch, -1)
+    strides = [int(torch.tensor(in_shape[a + 1:]).prod()) for a in range(ndim)]
+    corner_labels, corner_weights = [], []
+    for offsets in itertools.product((0, 1), repeat=ndim):
+        weight = torch.ones_like(frac[:, 0])
+        index = torch.zeros_like(low[:, 0])
+        inside = torch.ones_like(weight, dtype=torch.bool)
+        for axis, off in enumerate(offsets):
+            idx = low[:, axis] + off
+            weight = weight * (frac[:, axis] if off else 1.0 - frac[:, axis])
+            inside &= (idx >= 0) & (idx < in_shape[axis])
+            index = index + idx.clamp(0, in_shape[axis] - 1) * strides[axis]
+        values = torch.gather(flat, 2, index.reshape(n, 1, -1).expand(n, ch, -1))
+        if padding == "zeros":
+            values = values.masked_fill(~inside.reshape(n, 1, -1), 0)
+        corner_labels.append(values)
+        corner_weights.append(weight.reshape(n, 1, -1).expand(n, ch, -1))
+    cl = torch.stack(corner_labels)  # (K, N, C, V)
+    cw = torch.stack(corner_weights)  # (K, N, C, V)
+    # score[k] = sum_j w_j [label_j == label_k]
+    score = torch.stack([(cw * (cl == cl[k])).sum(0) for k in range(cl.shape[0])])
+    best = score.argmax(0, keepdim=True)
+    return torch.gather(cl, 0, best).reshape(n, ch, *displacement.shape[2:])
+
+
+def compose(first: Tensor, then: Tensor) -> Tensor:
+    """Displacement of "warp by ``first``, then warp the result by ``then``": ``w(x) = then(x) + first(x + then(x))``.
+
+    So ``warp(warp(m, first), then) ≈ warp(m, compose(first, then))`` with a single resampling of ``m``. This is
+    the agent's accumulation rule (method.md): ``u_t = compose(u_{t-1}, a_t)``, i.e.
+    ``u_t(x) = a_t(x) + u_{t-1}(x + a_t(x))``, and the *original* moving image is then warped by ``u_t``.
+
+    Args:
+        first: ``(N, ndim, *S)`` voxel displacement applied first (e.g. the accumulated field).
+        then: ``(N, ndim, *S)`` voxel displacement applied second (e.g. the new step).
+
+    Returns:
+        ``(N, ndim, *S)`` composed displacement. ``first`` is read with border padding outside the grid.
+    """
+    _check_field(first)
+    _check_field(then)
+    return then + warp(first, then, InterpMode.BILINEAR, padding="border")
+
+
+def invert(displacement: Tensor, iterations: int = 20, tolerance: float = 1e-4) -> Tensor:
+    """Inverse of a displacement by fixed-point iteration ``v <- -u(x + v(x))`` (Chen et al., Med. Phys. 2008).
+
+    The result ``v`` satisfies ``compose(u, v) ≈ 0`` (``v(x) + u(x + v(x)) = 0``): warping by ``u`` then by ``v``
+    returns the original image. Converges when ``u`` is a contraction (|∇u| < 1, i.e. no folding).
+
+    Args:
+        displacement: ``(N, ndim, *S)`` voxel displacement ``u``.
+        iterations: maximum number of fixed-point iterations.
+        tolerance: stop when the largest update (voxels) falls below this.
+
+    Returns:
+        ``(N, ndim, *S)`` inverse displacement ``v``.
+    """
+    _check_field(displacement)
+    inverse = -displacement
+    for _ in range(iterations):
+        updated = -warp(displacement, inverse, padding="border")
+        delta = (updated - inverse).abs().max()
+        inverse = updated
+        if delta < tolerance:
+            break
+    return inverse
+
+
+def integrate_velocity(velocity: Tensor, steps: int = 7) -> Tensor:
+    """Displacement of ``exp(v)`` for a stationary velocity field by scaling and squaring (Arsigny et al., 2006).
+
+    ``u_0 = v / 2**steps``, then ``steps`` times ``u <- compose(u, u)``. ``integrate_velocity(-v)`` is the inverse of
+    ``integrate_velocity(v)`` up to discretisation error.
+
+    Args:
+        velocity: ``(N, ndim, *S)`` stationary velocity in voxels per unit time.
+        steps: number of squarings.
+
+    Returns:
+        ``(N, ndim, *S)`` voxel displacement.
+    """
+    _check_field(velocity)
+    disp = velocity / (2**steps)
+    for _ in range(steps):
+        disp = compose(disp, disp)
+    return disp
+
+
+def resize_displacement(displacement: Tensor, size: tuple[int, ...] | torch.Size, align_corners: bool = True) -> Tensor:
+    """Resample a voxel displacement onto a grid of another size covering the same field of view.
+
+    Vectors are rescaled to the new voxel size: with ``align_corners=True`` (corner voxel centres coincide, the
+    convention of this module) axis ``a`` is scaled by ``(n'_a - 1) / (n_a - 1)``; with ``False`` (voxel edges
+    coincide, as ``F.interpolate(align_corners=False)`` resizes images) by ``n'_a / n_a``.
+
+    Args:
+        displacement: ``(N, ndim, *S)`` voxel displacement.
+        size: target spatial size ``S'``.
+        align_corners: grid correspondence, see above.
+
+    Returns:
+        ``(N, ndim, *S')`` voxel displacement on the new grid.
+    """
+    ndim = _check_field(displacement)
+    size = tuple(int(s) for s in size)
+    if len(size) != ndim:
+        raise ValueError(f"size {size} has {len(size)} dims, displacement has {ndim}")
+    old = displacement.shape[2:]
+    if tuple(old) == size:
+        return displacement
+    mode = "bilinear" if ndim == 2 else "trilinear"
+    out = F.interpolate(displacement, size=size, mode=mode, align_corners=align_corners)
+    if align_corners:
+        factors = [(new - 1) / (o - 1) if o > 1 else 1.0 for new, o in zip(size, old, strict=True)]
+    else:
+        factors = [new / o for new, o in zip(size, old, strict=True)]
+    return out * torch.tensor(factors, dtype=out.dtype, device=out.device).view(1, ndim, *([1] * ndim))
+
+
+def sample_points(field: Tensor, points: Tensor) -> Tensor:
+    """Linearly interpolate a ``(1, C, *S)`` tensor at voxel positions ``points`` ``(P, ndim)`` (border padding).
+
+    Returns:
+        ``(P, C)`` values.
+    """
+    ndim = field.ndim - 2
+    if points.ndim != 2 or points.shape[1] != ndim:
+        raise ValueError(f"points must be (P, {ndim}) voxel coordinates, got {tuple(points.shape)}")
+    shape = field.shape[2:]
+    scale = torch.tensor([2.0 / (n - 1) if n > 1 else 0.0 for n in shape], dtype=field.dtype, device=field.device)
+    offset = torch.tensor([1.0 if n > 1 else 0.0 for n in shape], dtype=field.dtype, device=field.device)
+    grid = (points.to(field) * scale - offset).flip(-1).view(1, -1, *([1] * (ndim - 1)), ndim)
+    values = F.grid_sample(field[:1], grid, mode="bilinear", padding_mode="border", align_corners=True)
+    return values.reshape(field.shape[1], -1).T
+
+
+def jacobian_determinant(displacement: Tensor) -> Tensor:
+    """Jacobian determinant of the map ``x -> x + u(x)``, in voxel space.
+
+    Derivatives are central differences inside and one-sided at the borders (``torch.gradient``), so affine maps
+    come out exact everywhere. The determinant in voxel space equals the physical one for any spacing and
+    direction (``det(A (I + ∇u) A^-1) = det(I + ∇u)``), so no geometry is needed (docs/conventions.md). ITK's
+    ``DisplacementFieldJacobianDeterminantFilter`` is not used: it is wrong for non-identity directions (ITK#5358).
+
+    Args:
+        displacement: ``(N, ndim, *S)`` voxel displacement, each axis with at least 2 voxels.
+
+    Returns:
+        ``(N, 1, *S)`` determinant; values ``<= 0`` mark folding.
+    """
+    ndim = _check_field(displacement)
+    if min(displacement.shape[2:]) < 2:
+        raise ValueError(f"jacobian_determinant needs >= 2 voxels per axis, got {tuple(displacement.shape[2:])}")
+    dims = tuple(range(2, 2 + ndim))
+    # grads[j][:, i] = d u_i / d x_j
+    grads = torch.gradient(displacement, dim=dims)
+    jac = [[grads[j][:, i] + (1.0 if i == j else 0.0) for j in range(ndim)] for i in range(ndim)]
+    if ndim == 2:
+        det = jac[0][0] * jac[1][1] - jac[0][1] * jac[1][0]
+    else:
+        det = (jac[0][0] * (jac[1][1] * jac[2][2] - jac[1][2] * jac[2][1])
+               - jac[0][1] * (jac[1][0] * jac[2][2] - jac[1][2] * jac[2][0])
+               + jac[0][2] * (jac[1][0] * jac[2][1] - jac[1][1] * jac[2][0]))
+    return det.unsqueeze(1)
+
+
+def _masked(values: Tensor, mask: Tensor | None) -> list[Tensor]:
+    if mask is None:
+        return [v.flatten() for v in values]
+    return [v.flatten()[m.flatten().bool()] for v, m in zip(values, mask.expand_as(values), strict=True)]
+
+
+def folding_percent(displacement: Tensor, mask: Tensor | None = None) -> Tensor:
+    """Percentage of voxels (within ``mask``, ``(N, 1, *S)``) with Jacobian determinant ``<= 0``. Returns ``(N,)``."""
+    det = jacobian_determinant(displacement)
+    return torch.stack([100.0 * (d <= 0).to(det.dtype).mean() for d in _masked(det, mask)])
+
+
+def sdlogj(displacement: Tensor, mask: Tensor | None = None, learn2reg_offset: bool = False) -> Tensor:
+    """Standard deviation of ``log J`` (within ``mask``), with ``J`` clipped to ``[1e-9, 1e9]``. Returns ``(N,)``.
+
+    Args:
+        learn2reg_offset: reproduce the official Learn2Reg evaluation, which adds 3 to ``J`` before the log
+            (a known quirk of its script); off by default.
+    """
+    det = jacobian_determinant(displacement)
+    if learn2reg_offset:
+        det = det + 3.0
+    logs = [d.clamp(1e-9, 1e9).log() for d in _masked(det, mask)]
+    return torch.stack([v.std() for v in logs])
+
+
+class SpatialTransformer(nn.Module):
+    """Thin module around :func:`warp` (no buffers: works at any image size)."""
+
+    def __init__(self, mode: InterpMode | str = InterpMode.BILINEAR, padding: PaddingMode = "zeros") -> None:
+        super().__init__()
+        self.mode = InterpMode(mode)
+        self.padding = padding
+
+    def forward(self, image: Tensor, displacement: Tensor) -> Tensor:
+        """``(N, C, *S)`` image, ``(N, ndim, *S)`` voxel displacement -> ``(N, C, *S)`` warped image."""
+        return warp(image, displacement, self.mode, self.padding)

@@ -1,0 +1,294 @@
+"""Tests for rlreg.metrics: Dice, HD95, TRE against hand-computed values and MONAI references."""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from monai.metrics import DiceMetric, compute_hausdorff_distance
+from scipy import ndimage
+
+from rlreg import spatial
+from rlreg.metrics import LabelScores, dice_per_label, hd95, mean_dice, tre
+
+
+def blobs(shape: tuple[int, ...], n_labels: int, seed: int, sigma: float = 2.0) -> np.ndarray:
+    """Random smooth label map: argmax of smoothed noise over ``n_labels`` channels, background where weak."""
+    rng = np.random.default_rng(seed)
+    noise = np.stack([ndimage.gaussian_filter(rng.standard_normal(shape), sigma) for _ in range(n_labels)])
+    lab = noise.argmax(0) + 1
+    lab[noise.max(0) < np.quantile(noise.max(0), 0.3)] = 0
+    return lab.astype(np.int64)
+
+
+def dice_reference(pred: np.ndarray, target: np.ndarray, labels) -> np.ndarray:
+    out = []
+    for lab in labels:
+        p, t = pred == lab, target == lab
+        denom = p.sum() + t.sum()
+        out.append(np.nan if denom == 0 else 2.0 * (p & t).sum() / denom)
+    return np.array(out)
+
+
+def monai_hd(pred: np.ndarray, target: np.ndarray, labels, spacing, percentile=95.0) -> np.ndarray:
+    onehot_p = torch.from_numpy(np.stack([pred == lab for lab in labels])[None])
+    onehot_t = torch.from_numpy(np.stack([target == lab for lab in labels])[None])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        hd = compute_hausdorff_distance(onehot_p, onehot_t, include_background=True, percentile=percentile,
+                                        directed=False, spacing=list(spacing))
+    return hd[0].double().numpy()
+
+
+# ----------------------------------------------------------------------------------------------------- Dice
+
+
+def test_dice_hand_computed_2d():
+    pred = torch.zeros(5, 5, dtype=torch.long)
+    target = torch.zeros(5, 5, dtype=torch.long)
+    pred[1, 1:5] = 1  # 4 pixels
+    target[1, 2:5] = 1  # 3 overlapping pixels ...
+    target[2, 2:4] = 1  # ... plus 2 more: 5 pixels
+    res = dice_per_label(pred, target)
+    assert isinstance(res, LabelScores)
+    values, labels = res
+    assert labels.tolist() == [1]
+    assert values.tolist() == pytest.approx([2 * 3 / (4 + 5)])
+    assert mean_dice(pred, target).item() == pytest.approx(2 / 3)
+
+
+def test_dice_absent_present_and_identical():
+    pred = torch.tensor([[0, 1, 1], [2, 2, 0]])
+    target = torch.tensor([[0, 1, 1], [3, 3, 0]])
+    values, labels = dice_per_label(pred, target, labels=[1, 2, 3, 7, 0])
+    assert labels.tolist() == [1, 2, 3, 7, 0]
+    assert values[0] == 1.0 and values[1] == 0.0 and values[2] == 0.0
+    assert math.isnan(values[3])  # absent from both
+    assert values[4] == 1.0  # background can be asked for explicitly
+    # default: labels present in either map, background excluded
+    values, labels = dice_per_label(pred, target)
+    assert labels.tolist() == [1, 2, 3]
+    assert mean_dice(pred, target, labels=[1, 7]).item() == 1.0  # NaN ignored
+    same = torch.from_numpy(blobs((12, 13, 14), 6, seed=1))
+    values, labels = dice_per_label(same, same.clone())
+    assert labels.tolist() == list(range(1, 7))
+    assert torch.all(values == 1.0)
+
+
+def test_dice_shapes_and_dtypes():
+    pred = blobs((10, 11, 12), 5, seed=2)
+    target = blobs((10, 11, 12), 5, seed=3)
+    ref = dice_per_label(torch.from_numpy(pred), torch.from_numpy(target))
+    for p, t in [(pred[None, None], target[None, None]), (pred.astype(np.int16), target.astype(np.uint8)),
+                 (pred.astype(np.float32), target.astype(np.float32))]:
+        got = dice_per_label(torch.from_numpy(p), torch.from_numpy(t))
+        torch.testing.assert_close(got.values, ref.values)
+        assert torch.equal(got.labels, ref.labels)
+    with pytest.raises(ValueError):
+        dice_per_label(torch.zeros(3, 4, dtype=torch.long), torch.zeros(4, 3, dtype=torch.long)[:3])
+
+
+def test_dice_multilabel_3d_matches_reference_and_monai():
+    pred = blobs((20, 18, 16), 7, seed=4)
+    target = blobs((20, 18, 16), 7, seed=5)
+    values, labels = dice_per_label(torch.from_numpy(pred), torch.from_numpy(target))
+    assert labels.tolist() == list(range(1, 8))
+    np.testing.assert_allclose(values.numpy(), dice_reference(pred, target, range(1, 8)), rtol=1e-6)
+    # MONAI on one-hot maps (all labels present in both, so its empty-handling does not matter)
+    onehot_p = torch.from_numpy(np.stack([pred == lab for lab in range(8)])[None].astype(np.float32))
+    onehot_t = torch.from_numpy(np.stack([target == lab for lab in range(8)])[None].astype(np.float32))
+    monai_dice = DiceMetric(include_background=False, reduction="none")(onehot_p, onehot_t)[0]
+    np.testing.assert_allclose(values.numpy(), monai_dice.numpy(), rtol=1e-6)
+
+
+def test_dice_sparse_and_negative_label_values():
+    pred = blobs((16, 16, 16), 5, seed=6)
+    target = blobs((16, 16, 16), 5, seed=7)
+    # remap to huge and negative ids: takes the unique/searchsorted path, must give the same numbers
+    ids = np.array([0, -5, 10**9, 3, 2**40, 77])
+    sp, st = ids[pred], ids[target]
+    values, labels = dice_per_label(torch.from_numpy(sp), torch.from_numpy(st))
+    assert labels.tolist() == sorted(ids[1:].tolist())
+    np.testing.assert_allclose(values.numpy(), dice_reference(sp, st, labels.tolist()), rtol=1e-6)
+    values, labels = dice_per_label(torch.from_numpy(sp), torch.from_numpy(st), labels=[2**40, 123, -5])
+    ref = dice_reference(sp, st, [2**40, 123, -5])
+    np.testing.assert_allclose(values.numpy(), ref, rtol=1e-6)
+    assert math.isnan(values[1])
+
+
+def test_dice_many_labels_matches_reference():
+    # 120 labels on a (1, 1, 64, 64, 64) map: vectorised counting against a slow per-label loop
+    rng = np.random.default_rng(8)
+    coarse = rng.integers(0, 121, size=(16, 16, 16))
+    pred = np.kron(coarse, np.ones((4, 4, 4), dtype=np.int64))
+    target = pred.copy()
+    flip = rng.random(pred.shape) < 0.2
+    target[flip] = rng.integers(0, 121, size=int(flip.sum()))
+    values, labels = dice_per_label(torch.from_numpy(pred)[None, None], torch.from_numpy(target)[None, None])
+    present = np.union1d(pred, target)
+    assert labels.tolist() == present[present != 0].tolist()
+    assert len(labels) >= 100
+    np.testing.assert_allclose(values.numpy(), dice_reference(pred, target, labels.tolist()), rtol=1e-6)
+
+
+# ----------------------------------------------------------------------------------------------------- HD95
+
+
+def test_hd95_single_voxel_anisotropic():
+    pred = np.zeros((7, 7, 7), dtype=np.int64)
+    target = np.zeros_like(pred)
+    pred[3, 1, 3] = 1
+    target[3, 3, 3] = 1  # 2 voxels along axis 1
+    pred[3, 3, 1] = 2
+    target[3, 3, 4] = 2  # 3 voxels along axis 2
+    values, labels = hd95(torch.from_numpy(pred), torch.from_numpy(target), spacing=(1.0, 1.5, 2.0))
+    assert labels.tolist() == [1, 2]
+    np.testing.assert_allclose(values.numpy(), [3.0, 6.0])
+    # the (1, 1, *S) layout and an isotropic scalar spacing
+    values, _ = hd95(torch.from_numpy(pred)[None, None], torch.from_numpy(target)[None, None], spacing=0.5)
+    np.testing.assert_allclose(values.numpy(), [1.0, 1.5])
+
+
+def test_hd95_two_cubes_percentiles():
+    # 3x3x3 cube and the same cube shifted by 3 voxels along axis 0: the 26 surface voxels of each lie 1, 2 and
+    # 3 voxels (9, 8 and 9 of them) from the other surface along axis 0, in both directions.
+    pred = np.zeros((12, 9, 9), dtype=np.int64)
+    pred[2:5, 3:6, 3:6] = 1
+    target = np.roll(pred, 3, axis=0)
+    spacing = (0.8, 1.7, 2.5)
+    s0 = spacing[0]
+    for q, expected in [(95, 3 * s0), (100, 3 * s0), (50, 2 * s0), (0, s0), (34, 1.5 * s0), (30, s0)]:
+        values, _ = hd95(torch.from_numpy(pred), torch.from_numpy(target), spacing, percentile=q)
+        assert values.item() == pytest.approx(expected, abs=1e-6), q
+        assert values.item() == pytest.approx(monai_hd(pred, target, [1], spacing, q)[0], abs=1e-5)
+
+
+def test_hd95_2d_hand_computed():
+    pred = torch.zeros(6, 8, dtype=torch.int32)
+    target = torch.zeros(6, 8, dtype=torch.int32)
+    pred[1, 1] = 4
+    target[4, 5] = 4  # offset (3, 4) voxels
+    values, labels = hd95(pred, target, spacing=(2.0, 1.5))
+    assert labels.tolist() == [4]
+    assert values.item() == pytest.approx(math.hypot(6.0, 6.0))
+
+
+def test_hd95_empty_cases():
+    pred = torch.zeros(8, 8, 8, dtype=torch.long)
+    target = torch.zeros(8, 8, 8, dtype=torch.long)
+    pred[2:4, 2:4, 2:4] = 1
+    target[2:4, 2:4, 2:4] = 1
+    pred[5, 5, 5] = 2  # only in pred
+    target[6, 6, 6] = 3  # only in target
+    values, labels = hd95(pred, target, spacing=(1.0, 1.0, 1.0), labels=[1, 2, 3, 9])
+    assert labels.tolist() == [1, 2, 3, 9]
+    assert values[0] == 0.0
+    assert math.isinf(values[1]) and math.isinf(values[2])
+    assert math.isnan(values[3])
+    np.testing.assert_array_equal(values.numpy(), monai_hd(pred.numpy(), target.numpy(), [1, 2, 3, 9], (1, 1, 1)))
+    assert hd95(torch.zeros(4, 4, dtype=torch.long), torch.zeros(4, 4, dtype=torch.long), (1.0, 1.0)).values.numel() == 0
+    with pytest.raises(ValueError):
+        hd95(pred, target, spacing=(1.0, 1.0))  # 3D map with 2D spacing
+    with pytest.raises(ValueError):
+        hd95(pred, target, spacing=1.0, percentile=101)
+
+
+@pytest.mark.parametrize(("shape", "spacing", "seed"), [
+    ((48, 40), (0.7, 1.3), 10),
+    ((22, 20, 18), (1.2, 0.9, 2.1), 11),
+    ((3, 30, 26), (3.0, 1.0, 0.5), 12),  # thin slab: blobs touch the image border
+])
+def test_hd95_matches_monai_on_random_blobs(shape, spacing, seed):
+    pred = blobs(shape, 5, seed=seed)
+    target = blobs(shape, 5, seed=seed + 100)
+    target[target == 5] = 6  # label 5 only in pred, 6 only in target
+    labels = [1, 2, 3, 4, 5, 6, 8]
+    values, got_labels = hd95(torch.from_numpy(pred), torch.from_numpy(target), spacing, labels=labels)
+    assert got_labels.tolist() == labels
+    ref = monai_hd(pred, target, labels, spacing)
+    assert np.isfinite(ref[:4]).all() and np.isinf(ref[4:6]).all() and np.isnan(ref[6])
+    np.testing.assert_allclose(values.numpy(), ref, rtol=1e-6, atol=1e-5)
+    # labels=None: present labels only, same values; labels given in any order
+    values_all, labels_all = hd95(torch.from_numpy(pred), torch.from_numpy(target), spacing)
+    assert labels_all.tolist() == [1, 2, 3, 4, 5, 6]
+    np.testing.assert_allclose(values_all.numpy(), ref[:6], rtol=1e-6, atol=1e-5)
+    values_rev, _ = hd95(torch.from_numpy(pred), torch.from_numpy(target), spacing, labels=labels[::-1])
+    np.testing.assert_array_equal(values_rev.numpy(), values.numpy()[::-1])
+
+
+def test_hd95_cropping_is_exact_for_distant_labels():
+    # tight crops must give the same result as the full image, also when a label's parts are far apart
+    pred = np.zeros((30, 30), dtype=np.int64)
+    target = np.zeros_like(pred)
+    pred[0:3, 0:3] = 1
+    pred[27:30, 27:30] = 1
+    target[0:4, 0:4] = 1
+    target[25:28, 26:29] = 1
+    spacing = (1.1, 0.6)
+    for q in (50, 95, 100):
+        got = hd95(torch.from_numpy(pred), torch.from_numpy(target), spacing, percentile=q).values.numpy()
+        np.testing.assert_allclose(got, monai_hd(pred, target, [1], spacing, q), rtol=1e-6, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------------------------------- TRE
+
+
+def test_tre_zero_displacement_is_point_distance_in_mm():
+    fixed = torch.tensor([[1.0, 2.0, 3.0], [4.5, 0.0, 2.25]])
+    moving = torch.tensor([[2.0, 2.0, 3.0], [4.5, 3.0, 6.25]])
+    disp = torch.zeros(1, 3, 6, 7, 8)
+    spacing = (2.0, 0.5, 1.5)
+    err = tre(fixed, moving, disp, spacing)
+    assert err.shape == (2,)
+    torch.testing.assert_close(err, torch.tensor([2.0, math.hypot(1.5, 6.0)]))
+
+
+def test_tre_exact_constant_displacement_gives_zero():
+    fixed = torch.tensor([[1.0, 2.0], [3.5, 4.25], [0.0, 0.0]], dtype=torch.float64)
+    shift = torch.tensor([1.5, -0.75], dtype=torch.float64)
+    moving = fixed + shift
+    disp = shift.view(1, 2, 1, 1).expand(1, 2, 8, 9).clone()
+    err = tre(fixed, moving, disp, spacing=(1.3, 0.7))
+    assert err.dtype == torch.float64
+    torch.testing.assert_close(err, torch.zeros(3, dtype=torch.float64), atol=1e-12, rtol=0)
+    # displacing in the wrong direction doubles the error, measured with the per-axis spacing
+    err = tre(fixed, fixed - shift, disp, spacing=(1.3, 0.7))
+    expected = math.hypot(2 * 1.5 * 1.3, 2 * 0.75 * 0.7)
+    torch.testing.assert_close(err, torch.full((3,), expected, dtype=torch.float64))
+
+
+def test_tre_linear_field_sampled_at_subvoxel_points():
+    # u(x) = 0.1 * x0 along axis 0 and 0.2 * x2 along axis 2: linear, so interpolation is exact
+    grid = spatial.identity_grid((10, 11, 12), torch.float64)
+    disp = torch.zeros(1, 3, 10, 11, 12, dtype=torch.float64)
+    disp[:, 0] = 0.1 * grid[:, 0]
+    disp[:, 2] = 0.2 * grid[:, 2]
+    fixed = torch.tensor([[2.5, 3.25, 4.75], [7.0, 1.5, 0.5]], dtype=torch.float64)
+    moving = fixed.clone()
+    err = tre(fixed, moving, disp, spacing=(2.0, 1.0, 3.0))
+    expected = torch.hypot(0.1 * fixed[:, 0] * 2.0, 0.2 * fixed[:, 2] * 3.0)
+    torch.testing.assert_close(err, expected)
+    moving = fixed.clone()
+    moving[:, 0] += 0.1 * fixed[:, 0]
+    moving[:, 2] += 0.2 * fixed[:, 2]
+    torch.testing.assert_close(tre(fixed, moving, disp, spacing=(2.0, 1.0, 3.0)),
+                               torch.zeros(2, dtype=torch.float64), atol=1e-12, rtol=0)
+
+
+def test_tre_rejects_bad_shapes():
+    disp = torch.zeros(1, 3, 4, 4, 4)
+    with pytest.raises(ValueError):
+        tre(torch.zeros(2, 2), torch.zeros(2, 2), disp, 1.0)
+    with pytest.raises(ValueError):
+        tre(torch.zeros(2, 3), torch.zeros(2, 3), disp, (1.0, 1.0))
+
+
+def test_regularity_metrics_are_reexported():
+    from rlreg import metrics
+
+    for name in ("folding_percent", "sdlogj", "jacobian_determinant"):
+        assert name in metrics.__all__
+        assert getattr(metrics, name) is getattr(spatial, name)
