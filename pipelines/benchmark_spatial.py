@@ -2,7 +2,8 @@
 
 Run from the repository root::
 
-    python -m rlreg.pipelines.benchmark_spatial [--device auto|cpu|cuda] [--repeats N] [--quick] [--output PATH]
+    python -m rlreg.pipelines.benchmark_spatial [--device auto|cpu|cuda] [--repeats N] [--threads N] [--quick]
+                                                [--output PATH]
 
 It times, per grid (128³, the 2 mm MNI grid 99×117×95 and a 2D 256² image; batch 1, float32, one channel):
 
@@ -13,8 +14,9 @@ It times, per grid (128³, the 2 mm MNI grid 99×117×95 and a 2D 256² image; b
   grid (the **backward baseline**).
 
 Each figure is quoted as a time ratio against its baseline from the same invocation (shared machines are noisy;
-only ratios from one run are comparable). Timing: warm-up calls, then the median of several repeats, each repeat
-long enough (several calls) to dwarf timer resolution; CUDA is synchronised around every repeat.
+only ratios from one run are comparable): every repeat times the baseline right next to the operation and the
+median of the per-repeat ratios is reported. Timing: warm-up calls, then the median of several repeats, each
+repeat long enough (several calls) to dwarf timer resolution; CUDA is synchronised around every repeat.
 
 The results go into the ``## Spatial core`` section of ``docs/benchmarks.md`` (path relative to the working
 directory), between ``<!-- spatial:begin -->`` / ``<!-- spatial:end -->``. Inside it each device has its own
@@ -106,7 +108,8 @@ class Row:
         baseline: label of the row this one is compared with (``grid_sample`` or ``grid_sample fwd+bwd``).
         seconds: median seconds per call.
         voxels_per_second: output voxels per second (``prod(shape) / seconds``).
-        ratio: ``seconds / baseline seconds`` (1.0 for a baseline itself; 2.0 = twice the baseline's time).
+        ratio: this operation's time over its baseline's: the median of per-repeat ratios, the baseline being
+            timed next to the operation in every repeat (1.0 for a baseline itself; 2.0 = twice its time).
         peak_mib: CUDA: ``torch.cuda.max_memory_allocated`` while timing this row (inputs included);
             CPU: the process peak RSS (``ru_maxrss``, a high-water mark of the whole process) after this row.
         repeats: number of timed repeats the median is taken over.
@@ -182,7 +185,7 @@ def describe_environment(device: torch.device) -> Environment:
         threads=torch.get_num_threads(),
         python=platform.python_version(),
         platform=platform.platform(),
-        date=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),  # noqa: UP017 (py310 target)
+        date=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         memory_note=memory_note,
     )
 
@@ -212,23 +215,56 @@ def _time_call(fn: Callable[[], object], device: torch.device, calls: int) -> fl
     return (time.perf_counter() - start) / calls
 
 
-def _measure(fn: Callable[[], object], device: torch.device, repeats: int, warmup: int, min_repeat_s: float,
-             max_op_s: float) -> tuple[float, int, int, float]:
-    """Warm up, calibrate calls per repeat, then return (median s/call, repeats, calls per repeat, peak MiB).
+@dataclass(frozen=True)
+class _Timing:
+    seconds: float  # median seconds per call
+    ratio: float  # median of per-repeat (op time / baseline time)
+    repeats: int
+    calls: int
+    peak_mib: float
 
-    Slow operations get fewer repeats (at least 3) so that timing one of them stays near ``max_op_s``.
-    """
+
+@dataclass(frozen=True)
+class _Calibrated:
+    fn: Callable[[], object]
+    per_call: float  # fastest warm-up call
+    calls: int  # calls per timed repeat
+    peak_mib: float
+
+
+def _calibrate(fn: Callable[[], object], device: torch.device, warmup: int, min_repeat_s: float) -> _Calibrated:
+    """Warm-up calls (the fastest sets the calls per repeat) and the memory peak they reach."""
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     per_call = min(_time_call(fn, device, 1) for _ in range(max(warmup, 1)))
     calls = max(1, min(1000, math.ceil(min_repeat_s / max(per_call, 1e-9))))
-    n_repeats = max(min(3, repeats), min(repeats, int(max_op_s / max(per_call * calls, 1e-9))))
-    median = statistics.median(_time_call(fn, device, calls) for _ in range(n_repeats))
-    if device.type == "cuda":
-        peak = torch.cuda.max_memory_allocated(device) / 2**20
-    else:
-        peak = _process_peak_rss_mib()
-    return median, n_repeats, calls, peak
+    peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else _process_peak_rss_mib()
+    return _Calibrated(fn, per_call, calls, peak)
+
+
+def _measure(op: _Calibrated, base: _Calibrated | None, device: torch.device, repeats: int,
+             max_op_s: float) -> _Timing:
+    """Median seconds per call of ``op``; with a ``base``, also the median ratio to it over interleaved repeats.
+
+    Each repeat times the baseline right next to the operation (alternating which goes first), so load from other
+    processes hits both alike; the ratio is the median of the per-repeat ratios. Slow operations get fewer
+    repeats (at least 3) so that one row takes about ``max_op_s``.
+    """
+    cost = op.per_call * op.calls + (base.per_call * base.calls if base is not None else 0.0)
+    n_repeats = max(min(3, repeats), min(repeats, int(max_op_s / max(cost, 1e-9))))
+    op_times, ratios = [], []
+    for i in range(n_repeats):
+        if base is None:
+            op_times.append(_time_call(op.fn, device, op.calls))
+            ratios.append(1.0)
+            continue
+        if i % 2:
+            t_op, t_base = _time_call(op.fn, device, op.calls), _time_call(base.fn, device, base.calls)
+        else:
+            t_base, t_op = _time_call(base.fn, device, base.calls), _time_call(op.fn, device, op.calls)
+        op_times.append(t_op)
+        ratios.append(t_op / t_base)
+    return _Timing(statistics.median(op_times), statistics.median(ratios), n_repeats, op.calls, op.peak_mib)
 
 
 # ---------------------------------------------------------------------------------------------------- inputs
@@ -279,55 +315,61 @@ def run_benchmark(device: torch.device, *, repeats: int = DEFAULT_REPEATS, quick
     gen = torch.Generator().manual_seed(seed)
     rows: list[Row] = []
     for case in cases:
-        shape = case.shape
-        ndim = len(shape)
-        image = torch.rand(1, 1, *shape, generator=gen).to(device)
-        labels = _labels(shape, 8, gen).to(device)
-        disp = _smooth_displacement(shape, 3.0, gen).to(device)
-        step = _smooth_displacement(shape, 1.5, gen).to(device)
-        grid = _grid_from_displacement(disp)
-        grad_out = torch.randn(1, 1, *shape, generator=gen).to(device)
-        disp_req = disp.detach().clone().requires_grad_(True)
-        grid_req = grid.detach().clone().requires_grad_(True)
-
-        # The baseline must do the same work as warp: same positions, same result.
-        with torch.no_grad():
-            reference = F.grid_sample(image, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
-            if not torch.allclose(warp(image, disp), reference, atol=1e-4, rtol=1e-4):
-                raise RuntimeError(f"{case.name}: warp and the grid_sample baseline disagree; baseline invalid")
-
-        def grid_sample_fwd() -> Tensor:
-            return F.grid_sample(image, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
-
-        def grid_sample_bwd() -> tuple[Tensor, ...]:
-            out = F.grid_sample(image, grid_req, mode="bilinear", padding_mode="zeros", align_corners=True)
-            return torch.autograd.grad(out, grid_req, grad_out)
-
-        def warp_bwd() -> tuple[Tensor, ...]:
-            return torch.autograd.grad(warp(image, disp_req), disp_req, grad_out)
-
-        # (label, baseline label, function, needs autograd)
-        ops: list[tuple[str, str, Callable[[], object], bool]] = [
-            (BASELINE, BASELINE, grid_sample_fwd, False),
-            ("warp bilinear", BASELINE, lambda: warp(image, disp), False),
-            ("warp label", BASELINE, lambda: warp(labels, disp, "label"), False),
-            ("compose", BASELINE, lambda: compose(disp, step), False),
-            ("jacobian_determinant", BASELINE, lambda: jacobian_determinant(disp), False),
-            (BASELINE_BACKWARD, BASELINE_BACKWARD, grid_sample_bwd, True),
-            ("warp fwd+bwd (w.r.t. displacement)", BASELINE_BACKWARD, warp_bwd, True),
-        ]
-        base_seconds: dict[str, float] = {}
-        for op, baseline, fn, needs_grad in ops:
-            with torch.set_grad_enabled(needs_grad):
-                seconds, n_rep, calls, peak = _measure(fn, device, repeats, warmup, min_repeat_s, max_op_s)
-            if op == baseline:
-                base_seconds[op] = seconds
-            rows.append(Row(case=case.name, shape=shape, op=op, baseline=baseline, seconds=seconds,
-                            voxels_per_second=case.voxels / seconds, ratio=seconds / base_seconds[baseline],
-                            peak_mib=peak, repeats=n_rep, calls_per_repeat=calls))
-        del image, labels, disp, step, grid, grad_out, disp_req, grid_req, reference
-        if ndim and device.type == "cuda":
+        rows += _bench_case(case, device, gen, repeats, warmup, min_repeat_s, max_op_s)
+        if device.type == "cuda":
             torch.cuda.empty_cache()
+    return rows
+
+
+def _bench_case(case: Case, device: torch.device, gen: torch.Generator, repeats: int, warmup: int,
+                min_repeat_s: float, max_op_s: float) -> list[Row]:
+    shape = case.shape
+    image = torch.rand(1, 1, *shape, generator=gen).to(device)
+    labels = _labels(shape, 8, gen).to(device)
+    disp = _smooth_displacement(shape, 3.0, gen).to(device)
+    step = _smooth_displacement(shape, 1.5, gen).to(device)
+    grid = _grid_from_displacement(disp)
+    grad_out = torch.randn(1, 1, *shape, generator=gen).to(device)
+    disp_req = disp.detach().clone().requires_grad_(True)
+    grid_req = grid.detach().clone().requires_grad_(True)
+
+    def grid_sample_fwd() -> Tensor:
+        return F.grid_sample(image, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
+
+    def grid_sample_bwd() -> tuple[Tensor, ...]:
+        out = F.grid_sample(image, grid_req, mode="bilinear", padding_mode="zeros", align_corners=True)
+        return torch.autograd.grad(out, grid_req, grad_out)
+
+    def warp_bwd() -> tuple[Tensor, ...]:
+        return torch.autograd.grad(warp(image, disp_req), disp_req, grad_out)
+
+    # The baseline must do the same work as warp: same sample positions, same result.
+    with torch.no_grad():
+        if not torch.allclose(warp(image, disp), grid_sample_fwd(), atol=1e-4, rtol=1e-4):
+            raise RuntimeError(f"{case.name}: warp and the grid_sample baseline disagree; baseline invalid")
+
+    # (label, baseline label, function, needs autograd); a baseline precedes the rows compared with it.
+    ops: list[tuple[str, str, Callable[[], object], bool]] = [
+        (BASELINE, BASELINE, grid_sample_fwd, False),
+        ("warp bilinear", BASELINE, lambda: warp(image, disp), False),
+        ("warp label", BASELINE, lambda: warp(labels, disp, "label"), False),
+        ("compose", BASELINE, lambda: compose(disp, step), False),
+        ("jacobian_determinant", BASELINE, lambda: jacobian_determinant(disp), False),
+        (BASELINE_BACKWARD, BASELINE_BACKWARD, grid_sample_bwd, True),
+        ("warp fwd+bwd (w.r.t. displacement)", BASELINE_BACKWARD, warp_bwd, True),
+    ]
+    rows: list[Row] = []
+    baselines: dict[str, _Calibrated] = {}
+    for op, baseline, fn, needs_grad in ops:
+        with torch.set_grad_enabled(needs_grad):
+            calibrated = _calibrate(fn, device, warmup, min_repeat_s)
+            if op == baseline:
+                baselines[op] = calibrated
+            timing = _measure(calibrated, None if op == baseline else baselines[baseline], device, repeats,
+                              max_op_s)
+        rows.append(Row(case=case.name, shape=shape, op=op, baseline=baseline, seconds=timing.seconds,
+                        voxels_per_second=case.voxels / timing.seconds, ratio=timing.ratio,
+                        peak_mib=timing.peak_mib, repeats=timing.repeats, calls_per_repeat=timing.calls))
     return rows
 
 
@@ -360,7 +402,7 @@ def _device_block(rows: Sequence[Row], env: Environment, command: str, quick: bo
     ]
     for row in rows:
         lines.append(
-            f"| {row.case} | {row.op} | {_fmt_seconds(row.seconds)} | {row.voxels_per_second / 1e6:.1f} | "
+            f"| {row.case} | {row.op} | {_fmt_seconds(row.seconds)} | {row.voxels_per_second / 1e6:.3g} | "
             f"{row.ratio:.2f} | {row.baseline} | {row.peak_mib:.0f} | {row.repeats} × {row.calls_per_repeat} |"
         )
     lines.append(f"<!-- spatial:{env.device_type}:end -->")
@@ -391,11 +433,13 @@ def render_section(blocks: dict[str, str]) -> str:
         "Throughput of `rlreg.spatial` on batch-1 float32 single-channel grids. The baseline is "
         "`torch.nn.functional.grid_sample` alone on a precomputed grid (bilinear, `align_corners=True`, same "
         "sample positions as `warp`); backward rows compare `warp` forward+backward w.r.t. the displacement with "
-        "`grid_sample` forward+backward w.r.t. its grid. *time ÷ baseline* is the ratio of seconds per call "
-        "to the baseline's, both from the same invocation (the machines are shared and noisy: compare ratios, "
-        "not absolute times across runs). `compose` resamples a 2- or 3-channel field, so it does `ndim` "
-        "times the baseline's interpolation work. Timing: warm-up calls, then the median over repeats of "
-        "`time.perf_counter` (CUDA synchronised); Mvoxel/s counts output voxels.",
+        "`grid_sample` forward+backward w.r.t. its grid. *time ÷ baseline* is the operation's time over the "
+        "baseline's: the baseline is timed right next to the operation in every repeat (alternating which "
+        "goes first) and the median of those per-repeat ratios is quoted, so it need not equal the quotient of "
+        "the *s / call* column. The machines are shared and noisy: compare ratios from one run, not absolute "
+        "times across runs. `compose` resamples a 2- or 3-channel field, so it does `ndim` times the "
+        "baseline's interpolation work. Timing: warm-up calls, then the median over repeats (each of "
+        "*calls* back-to-back calls) of `time.perf_counter` (CUDA synchronised); Mvoxel/s counts output voxels.",
         "",
     ]
     for device_type in DEVICE_TYPES:
@@ -441,7 +485,9 @@ def write_markdown(rows: Sequence[Row], output: Path, env: Environment, command:
     the other device's block are kept verbatim. Raises ``ValueError`` on unbalanced markers instead of guessing.
     """
     output = Path(output)
-    text = output.read_text(encoding="utf-8") if output.exists() else f"{TITLE}\n"
+    text = output.read_text(encoding="utf-8") if output.exists() else ""
+    if not text.strip():
+        text = f"{TITLE}\n"
     begin, end = text.count(SECTION_BEGIN), text.count(SECTION_END)
     if (begin, end) not in ((0, 0), (1, 1)) or (begin and text.index(SECTION_BEGIN) > text.index(SECTION_END)):
         raise ValueError(f"{output}: expected one {SECTION_BEGIN} ... {SECTION_END} pair, found {begin} / {end}")
@@ -450,21 +496,22 @@ def write_markdown(rows: Sequence[Row], output: Path, env: Environment, command:
         start = text.index(SECTION_BEGIN)
         stop = text.index(SECTION_END) + len(SECTION_END)
         blocks = _existing_blocks(text[start:stop])
+    else:  # append a new section after whatever is there
+        text = text.rstrip("\n") + "\n\n"
+        start = stop = len(text)
     blocks[env.device_type] = _device_block(rows, env, command, quick)
-    section = render_section(blocks)
-    if begin:
-        new_text = text[:start] + section + text[stop:]
-    else:
-        new_text = text.rstrip("\n") + "\n\n" + section + "\n"
+    new_text = text[:start] + render_section(blocks) + (text[stop:] or "\n")
     _atomic_write(output, new_text)
     return new_text
 
 
 # ------------------------------------------------------------------------------------------------------ entry
-def _command(device: str, repeats: int, output: Path | None, quick: bool) -> str:
+def _command(device: str, repeats: int, output: Path | None, quick: bool, threads: int | None) -> str:
     args = ["python", "-m", MODULE, "--device", device]
     if repeats != DEFAULT_REPEATS:
         args += ["--repeats", str(repeats)]
+    if threads is not None:
+        args += ["--threads", str(threads)]
     if quick:
         args.append("--quick")
     if output is not None and output != DEFAULT_OUTPUT:
@@ -473,12 +520,21 @@ def _command(device: str, repeats: int, output: Path | None, quick: bool) -> str
 
 
 def main(device: str = "auto", repeats: int = DEFAULT_REPEATS, output: Path | None = DEFAULT_OUTPUT,
-         quick: bool = False) -> list[Row]:
-    """Resolve ``device``, run the benchmark, print the device block and write it into ``output`` (if not None)."""
+         quick: bool = False, threads: int | None = None) -> list[Row]:
+    """Resolve ``device``, run the benchmark, print the device block and write it into ``output`` (if not None).
+
+    ``threads`` sets ``torch.set_num_threads`` for the run only (default: torch's choice; reported either way).
+    """
     resolved = resolve_device(device)
-    rows = run_benchmark(resolved, repeats=repeats, quick=quick)
-    env = describe_environment(resolved)
-    command = _command(device, repeats, output, quick)
+    previous_threads = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        rows = run_benchmark(resolved, repeats=repeats, quick=quick)
+        env = describe_environment(resolved)
+    finally:
+        torch.set_num_threads(previous_threads)
+    command = _command(device, repeats, output, quick, threads)
     print(_device_block(rows, env, command, quick))
     if output is not None:
         write_markdown(rows, Path(output), env, command, quick=quick)
@@ -490,12 +546,13 @@ def cli(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog=f"python -m {MODULE}", description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="auto", choices=("auto", *DEVICE_TYPES))
     parser.add_argument("--repeats", type=int, default=DEFAULT_REPEATS, help="timed repeats per operation")
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--quick", action="store_true", help="tiny grids: a smoke test of a few seconds")
     parser.add_argument("--output", type=Path, default=None,
                         help=f"markdown file to update (default {DEFAULT_OUTPUT}; with --quick: print only)")
     args = parser.parse_args(argv)
     output = args.output if args.output is not None else (None if args.quick else DEFAULT_OUTPUT)
-    main(device=args.device, repeats=args.repeats, output=output, quick=args.quick)
+    main(device=args.device, repeats=args.repeats, output=output, quick=args.quick, threads=args.threads)
     return 0
 
 

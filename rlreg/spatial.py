@@ -134,15 +134,14 @@ def warp(image: Tensor, displacement: Tensor, mode: InterpMode | str = InterpMod
         displacement = displacement.expand(batch, *displacement.shape[1:])
     if mode is InterpMode.LABEL:
         return _warp_labels(image, displacement, padding)
-    if image.shape[2:] != displacement.shape[2:]:
-        # Positions are voxel indices of the *input* grid: normalise with the input size.
-        return F.grid_sample(image, _normalised_positions(displacement, image.shape[2:]), mode=mode.value,
-                             padding_mode=padding, align_corners=True)
-    grid = _sampling_grid(displacement.to(image.dtype) if image.is_floating_point() else displacement)
-    if not image.is_floating_point():
-        return F.grid_sample(image.to(grid.dtype), grid, mode=mode.value, padding_mode=padding,
-                             align_corners=True).round().to(image.dtype)
-    return F.grid_sample(image, grid, mode=mode.value, padding_mode=padding, align_corners=True)
+    dtype = image.dtype if image.is_floating_point() else displacement.dtype
+    displacement = displacement.to(dtype)
+    if image.shape[2:] == displacement.shape[2:]:
+        grid = _sampling_grid(displacement)
+    else:  # positions are voxel indices of the *input* grid: normalise with the input size
+        grid = _normalised_positions(displacement, image.shape[2:])
+    out = F.grid_sample(image.to(dtype), grid, mode=mode.value, padding_mode=padding, align_corners=True)
+    return out if image.is_floating_point() else out.round().to(image.dtype)
 
 
 def _normalised_positions(displacement: Tensor, in_shape: torch.Size) -> Tensor:
@@ -165,35 +164,60 @@ def _warp_labels(labels: Tensor, displacement: Tensor, padding: PaddingMode) -> 
     ndim = displacement.ndim - 2
     n, ch = labels.shape[:2]
     in_shape = labels.shape[2:]
-    pos = identity_grid(displacement.shape[2:], displacement.dtype, displacement.device) + displacement
     if padding == "reflection":
         raise ValueError("label warping supports padding 'zeros' or 'border', not 'reflection'")
+    pos = (identity_grid(displacement.shape[2:], displacement.dtype, displacement.device) + displacement).flatten(2)
     low = pos.floor()
-    frac = pos - low
+    frac = (pos - low).transpose(0, 1)  # (ndim, N, V)
     low = low.long()
-    flat = labels.reshape(n, ch, -1)
-    strides = [int(torch.tensor(in_shape[a + 1:]).prod()) for a in range(ndim)]
-    corner_labels, corner_weights = [], []
-    for offsets in itertools.product((0, 1), repeat=ndim):
-        weight = torch.ones_like(frac[:, 0])
-        index = torch.zeros_like(low[:, 0])
-        inside = torch.ones_like(weight, dtype=torch.bool)
-        for axis, off in enumerate(offsets):
-            idx = low[:, axis] + off
-            weight = weight * (frac[:, axis] if off else 1.0 - frac[:, axis])
-            inside &= (idx >= 0) & (idx < in_shape[axis])
-            index = index + idx.clamp(0, in_shape[axis] - 1) * strides[axis]
-        values = torch.gather(flat, 2, index.reshape(n, 1, -1).expand(n, ch, -1))
-        if padding == "zeros":
-            values = values.masked_fill(~inside.reshape(n, 1, -1), 0)
-        corner_labels.append(values)
-        corner_weights.append(weight.reshape(n, 1, -1).expand(n, ch, -1))
-    cl = torch.stack(corner_labels)  # (K, N, C, V)
-    cw = torch.stack(corner_weights)  # (K, N, C, V)
-    # score[k] = sum_j w_j [label_j == label_k]
-    score = torch.stack([(cw * (cl == cl[k])).sum(0) for k in range(cl.shape[0])])
-    best = score.argmax(0, keepdim=True)
-    return torch.gather(cl, 0, best).reshape(n, ch, *displacement.shape[2:])
+    # Per axis and offset: flat-index contribution and in-grid mask, shared by the 2**ndim corners.
+    offsets_index: list[list[Tensor]] = []
+    offsets_inside: list[list[Tensor]] = []
+    stride = 1
+    for axis in reversed(range(ndim)):
+        size = in_shape[axis]
+        idx = [low[:, axis] + off for off in (0, 1)]
+        offsets_index.insert(0, [i.clamp(0, size - 1) * stride for i in idx])
+        offsets_inside.insert(0, [(i >= 0) & (i < size) for i in idx])
+        stride *= size
+    corners = list(itertools.product((0, 1), repeat=ndim))
+    flat_index = []
+    for offsets in corners:
+        index = offsets_index[0][offsets[0]]
+        for axis in range(1, ndim):
+            index = index + offsets_index[axis][offsets[axis]]
+        flat_index.append(index)
+    out = []
+    for c in range(ch):
+        flat = labels[:, c].reshape(n, -1)
+        cl = []
+        for k, offsets in enumerate(corners):
+            values = torch.gather(flat, 1, flat_index[k])
+            if padding == "zeros":
+                inside = offsets_inside[0][offsets[0]]
+                for axis in range(1, ndim):
+                    inside = inside & offsets_inside[axis][offsets[axis]]
+                values = values.masked_fill(~inside, 0)
+            cl.append(values)
+        cl = torch.stack(cl)  # (K, N, V)
+        result = cl[0].clone()
+        # Most voxels see one label at all corners (region interiors, background): vote only where they differ.
+        mixed = (cl != cl[:1]).any(0)
+        if mixed.any():
+            cl_m = cl[:, mixed]  # (K, M)
+            frac_m = frac[:, mixed]  # (ndim, M)
+            weights = []
+            for offsets in corners:
+                w = torch.ones_like(frac_m[0])
+                for axis, off in enumerate(offsets):
+                    w = w * (frac_m[axis] if off else 1.0 - frac_m[axis])
+                weights.append(w)
+            cw_m = torch.stack(weights)
+            # score[k] = sum_j w_j [label_j == label_k]
+            score = torch.stack([(cw_m * (cl_m == cl_m[k])).sum(0) for k in range(len(corners))])
+            result[mixed] = torch.gather(cl_m, 0, score.argmax(0, keepdim=True))[0]
+        out.append(result)
+    return torch.stack(out, dim=1).reshape(n, ch, *displacement.shape[2:])
 
 
 def compose(first: Tensor, then: Tensor) -> Tensor:

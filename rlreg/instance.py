@@ -1,0 +1,98 @@
+"""Classical instance optimisation: fit one displacement field to one image pair by gradient descent.
+
+No learning: minimise ``(1 - multiscale LNCC(fixed, moving o u)) + smoothness * diffusion(u)`` with Adam over a
+coarse-to-fine pyramid, the recipe of optimisation-based deep-learning-era tools (e.g. the instance optimisation
+stage of ConvexAdam, Siebert et al. 2021, and FireANTs' greedy stage, Jena et al. 2024). rlreg uses it as the
+baseline that needs no model, for test-time refinement, and as the demo's pipeline before a shipped model exists.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from rlreg.losses import diffusion, multiscale_lncc
+from rlreg.spatial import resize_displacement, warp
+
+__all__ = ["InstanceConfig", "downsample", "optimise_displacement"]
+
+
+@dataclass(frozen=True)
+class InstanceConfig:
+    """Options of :func:`optimise_displacement`."""
+
+    levels: tuple[int, ...] = (4, 2)
+    """Downsampling factor of each pyramid level, coarse to fine (1 = full resolution)."""
+    iterations: tuple[int, ...] = (120, 60)
+    """Adam iterations at each level."""
+    learning_rate: float = 0.2
+    """Adam step size, in voxels of the current level."""
+    smoothness: float = 1.0
+    """Weight of the diffusion regulariser (squared voxel gradients of the displacement)."""
+    windows: tuple[int, ...] = (9, 7, 5)
+    """Local NCC window sizes (voxels of the current level)."""
+    window_weights: tuple[float, ...] = (1.0, 0.5, 0.25)
+    """Weight of each LNCC window, as in SPAC's auxiliary loss."""
+
+    def __post_init__(self) -> None:
+        if len(self.levels) != len(self.iterations) or not self.levels:
+            raise ValueError(f"levels {self.levels} and iterations {self.iterations} must be non-empty, same length")
+        if any(f < 1 for f in self.levels):
+            raise ValueError(f"downsampling factors must be >= 1, got {self.levels}")
+
+
+def downsample(image: Tensor, factor: int) -> Tensor:
+    """Box-smooth then resample a ``(N, C, *S)`` image to ``ceil(S / factor)`` (align_corners=True grids)."""
+    if factor == 1:
+        return image
+    ndim = image.ndim - 2
+    pool = F.avg_pool2d if ndim == 2 else F.avg_pool3d
+    kernel = 2 * (factor // 2) + 1
+    smooth = pool(image, kernel, stride=1, padding=kernel // 2, count_include_pad=False)
+    size = [math.ceil(n / factor) for n in image.shape[2:]]
+    return F.interpolate(smooth, size=size, mode="bilinear" if ndim == 2 else "trilinear", align_corners=True)
+
+
+def optimise_displacement(fixed: Tensor, moving: Tensor, config: InstanceConfig = InstanceConfig(),
+                          initial: Tensor | None = None,
+                          callback: Callable[[int, int, float], None] | None = None) -> Tensor:
+    """Fit a displacement so that ``warp(moving, u) ≈ fixed``.
+
+    Args:
+        fixed: ``(N, C, *S)`` fixed images, intensities roughly in ``[0, 1]``.
+        moving: ``(N, C, *S)`` moving images on the same grid (e.g. after affine pre-alignment).
+        config: pyramid, iterations and loss weights.
+        initial: optional ``(N, ndim, *S)`` starting displacement in voxels.
+        callback: called as ``callback(level, iteration, loss)`` after each step (progress bars, logging).
+
+    Returns:
+        ``(N, ndim, *S)`` voxel displacement on the fixed grid (detached).
+    """
+    if fixed.shape != moving.shape:
+        raise ValueError(f"fixed {tuple(fixed.shape)} and moving {tuple(moving.shape)} must share a grid")
+    ndim = fixed.ndim - 2
+    full = fixed.shape[2:]
+    disp = initial
+    for level, (factor, iterations) in enumerate(zip(config.levels, config.iterations, strict=True)):
+        fixed_l, moving_l = downsample(fixed, factor), downsample(moving, factor)
+        size = fixed_l.shape[2:]
+        start = (torch.zeros(fixed.shape[0], ndim, *size, dtype=fixed.dtype, device=fixed.device)
+                 if disp is None else resize_displacement(disp, size))
+        param = start.clone().requires_grad_(True)
+        optimiser = torch.optim.Adam([param], lr=config.learning_rate)
+        for it in range(iterations):
+            optimiser.zero_grad(set_to_none=True)
+            similarity = multiscale_lncc(fixed_l, warp(moving_l, param), windows=config.windows,
+                                         weights=config.window_weights)
+            loss = (1.0 - similarity) + config.smoothness * diffusion(param)
+            loss.backward()
+            optimiser.step()
+            if callback is not None:
+                callback(level, it, float(loss))
+        disp = param.detach()
+    return resize_displacement(disp, full)

@@ -1,0 +1,145 @@
+"""Reading and writing images with their full geometry, and the voxel <-> world maps between grids.
+
+Images are read with SimpleITK, which keeps size, spacing, origin and direction for every format it reads
+(NIfTI, NRRD, MHA, DICOM series, ...). The pixel array comes back in SimpleITK's ``(k, j, i)`` order, which is the
+tensor axis order used everywhere in rlreg (see :mod:`rlreg.spatial`). World coordinates are ITK's **LPS millimetres**.
+
+Every write goes to a temporary file in the destination folder and is renamed into place, so an interrupted run
+never leaves a half-written file where a finished one was expected.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+from torch import Tensor
+
+__all__ = ["Geometry", "Image", "InputError", "atomic_path", "read_image", "write_image"]
+
+
+class InputError(ValueError):
+    """A problem with a user's input file: the message names the file and says how to fix it (one line)."""
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Where a voxel grid sits in the world (ITK conventions, LPS mm), given in **tensor axis order**.
+
+    Attributes:
+        size: voxels per tensor axis, e.g. ``(k, j, i)`` sizes for a 3D SimpleITK array.
+        spacing: mm per voxel along each tensor axis.
+        origin: LPS position (mm) of voxel index 0, in ITK ``(x, y, z)`` order.
+        direction: ``(ndim, ndim)`` row-major ITK direction matrix (columns = LPS directions of ITK index axes i, j, k).
+    """
+
+    size: tuple[int, ...]
+    spacing: tuple[float, ...]
+    origin: tuple[float, ...]
+    direction: tuple[float, ...]
+
+    @property
+    def ndim(self) -> int:
+        return len(self.size)
+
+    @classmethod
+    def from_sitk(cls, image: sitk.Image) -> Geometry:
+        return cls(size=tuple(image.GetSize())[::-1], spacing=tuple(image.GetSpacing())[::-1],
+                   origin=tuple(image.GetOrigin()), direction=tuple(image.GetDirection()))
+
+    def index_to_world(self) -> np.ndarray:
+        """``(ndim+1, ndim+1)`` homogeneous matrix from a tensor index ``t`` (tensor axis order) to LPS mm.
+
+        ITK maps its index ``(i, j, k)`` to ``origin + D diag(spacing) (i, j, k)``; tensor axes are ITK's reversed,
+        so the columns of ``D diag(spacing)`` are reversed here.
+        """
+        n = self.ndim
+        itk_cols = np.asarray(self.direction, dtype=np.float64).reshape(n, n) * np.asarray(self.spacing[::-1])
+        matrix = np.eye(n + 1)
+        matrix[:n, :n] = itk_cols[:, ::-1]
+        matrix[:n, n] = self.origin
+        return matrix
+
+    def apply_to(self, image: sitk.Image) -> sitk.Image:
+        """Copy this geometry onto ``image`` (which must have the same size) and return it."""
+        image.SetSpacing(self.spacing[::-1])
+        image.SetOrigin(self.origin)
+        image.SetDirection(self.direction)
+        return image
+
+
+@dataclass
+class Image:
+    """A scalar image as a ``(1, 1, *S)`` tensor in tensor axis order, with its geometry and source path."""
+
+    data: Tensor
+    geometry: Geometry
+    path: Path | None = None
+
+    @property
+    def ndim(self) -> int:
+        return self.geometry.ndim
+
+
+def read_image(path: str | os.PathLike[str], dtype: torch.dtype = torch.float32) -> Image:
+    """Read a 2D or 3D scalar image with its geometry.
+
+    Raises:
+        InputError: the file is missing, unreadable, not 2D/3D, or multi-component; the message says what to do.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: file not found; check the path (relative paths are taken from {Path.cwd()})")
+    try:
+        image = sitk.ReadImage(str(path))
+    except RuntimeError as err:
+        first = str(err).strip().splitlines()[-1] if str(err).strip() else "unknown error"
+        raise InputError(f"{path}: not a readable image ({first}); give a NIfTI/NRRD/MHA file or DICOM") from None
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        raise InputError(f"{path}: has {image.GetNumberOfComponentsPerPixel()} components per voxel; "
+                         "give a scalar image (e.g. extract one channel first)")
+    if image.GetDimension() == 4 and image.GetSize()[3] == 1:
+        image = image[:, :, :, 0]
+    if image.GetDimension() == 3 and image.GetSize()[2] == 1:
+        image = image[:, :, 0]
+    if image.GetDimension() not in (2, 3):
+        raise InputError(f"{path}: is {image.GetDimension()}-D with size {image.GetSize()}; "
+                         "rlreg registers 2D or 3D images (split 4D series into volumes first)")
+    array = sitk.GetArrayFromImage(image)
+    tensor = torch.from_numpy(np.ascontiguousarray(array))
+    tensor = tensor.to(dtype) if dtype is not None else tensor
+    return Image(data=tensor[None, None], geometry=Geometry.from_sitk(image), path=path)
+
+
+def atomic_path(path: Path) -> Path:
+    """A temporary sibling of ``path`` with the same suffixes (so writers pick the right format)."""
+    suffix = "".join(path.suffixes)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name.split('.')[0]}.", suffix=f".tmp{suffix}", dir=path.parent)
+    os.close(fd)
+    return Path(tmp)
+
+
+def write_image(data: Tensor | np.ndarray, geometry: Geometry, path: str | os.PathLike[str],
+                dtype: np.dtype | type | None = None) -> Path:
+    """Write a ``(*S)`` / ``(1, 1, *S)`` array on ``geometry``'s grid to ``path`` atomically; returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    array = data.detach().cpu().numpy() if isinstance(data, Tensor) else np.asarray(data)
+    array = array.reshape(array.shape[-geometry.ndim:]) if array.ndim > geometry.ndim else array
+    if tuple(array.shape) != geometry.size:
+        raise ValueError(f"array of shape {array.shape} does not match the grid {geometry.size}")
+    if dtype is not None:
+        array = array.astype(dtype)
+    image = geometry.apply_to(sitk.GetImageFromArray(array))
+    tmp = atomic_path(path)
+    try:
+        sitk.WriteImage(image, str(tmp), useCompression=True)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path

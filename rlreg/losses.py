@@ -1,0 +1,429 @@
+"""Similarity, smoothness and overlap losses for 2D and 3D registration: pure functions, then thin modules.
+
+Conventions follow :mod:`rlreg.spatial`: images are ``(N, C, *S)``, displacements ``(N, ndim, *S)`` in voxel
+units (channel ``c`` displaces tensor axis ``c``), ``ndim = x.ndim - 2`` is 2 or 3 and one code path serves both.
+Every function follows the device and dtype of its inputs (integer inputs are promoted to the default float
+dtype) and raises ``ValueError`` for shapes it cannot use.
+
+Reductions: ``"mean"`` gives a scalar; ``"batch"`` gives one value per sample, ``(N,)`` (per-pair RL rewards);
+``"none"`` (where offered) gives the unreduced map. ``"mean"`` always equals the mean of ``"batch"``.
+
+* :func:`lncc` / :func:`multiscale_lncc`: squared local normalised cross-correlation in ``[0, 1]`` (1 = perfect),
+  and ``lncc_loss = 1 - lncc``. The multi-scale form is the auxiliary similarity of SPAC / RL-I2IT.
+* :func:`diffusion`, :func:`total_variation`, :func:`bending_energy`: regularisers of a displacement, in voxel
+  units, all "per channel, summed over derivative terms, averaged over channels and voxels", so for an affine
+  field ``u(x) = A x + b`` diffusion is ``||A||_F^2 / ndim``, and for a quadratic field bending energy is the
+  channel mean of ``||Hessian(u_c)||_F^2`` (``u_c = x_c^2`` on every channel gives 4).
+* :func:`soft_dice` / :func:`soft_dice_loss`: mean soft Dice over labels of ``(N, L, *S)`` probabilities.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = [
+    "BendingEnergyLoss",
+    "DiffusionLoss",
+    "LNCCLoss",
+    "MultiScaleLNCCLoss",
+    "Reduction",
+    "SoftDiceLoss",
+    "bending_energy",
+    "diffusion",
+    "lncc",
+    "lncc_loss",
+    "multiscale_lncc",
+    "multiscale_lncc_loss",
+    "soft_dice",
+    "soft_dice_loss",
+    "total_variation",
+]
+
+Reduction = Literal["mean", "batch", "none"]
+"""``mean``: scalar; ``batch``: ``(N,)`` per-sample mean; ``none``: unreduced map (where supported)."""
+
+_CONV = (F.conv1d, F.conv2d, F.conv3d)
+_AVG_POOL = (F.avg_pool1d, F.avg_pool2d, F.avg_pool3d)
+
+
+# ------------------------------------------------------------------------------------------------- helpers
+def _check_reduction(reduction: str, allowed: tuple[str, ...]) -> None:
+    if reduction not in allowed:
+        raise ValueError(f"reduction must be one of {allowed}, got {reduction!r}")
+
+
+def _reduce(values: Tensor, reduction: str) -> Tensor:
+    """``(N, ...)`` -> scalar (``mean``), ``(N,)`` (``batch``) or unchanged (``none``)."""
+    if reduction == "mean":
+        return values.mean()
+    if reduction == "batch":
+        return values.reshape(values.shape[0], -1).mean(1)
+    return values
+
+
+def _float_dtype(*tensors: Tensor) -> torch.dtype:
+    dtype = tensors[0].dtype
+    for t in tensors[1:]:
+        dtype = torch.promote_types(dtype, t.dtype)
+    return dtype if dtype.is_floating_point else torch.get_default_dtype()
+
+
+def _check_pair(a: Tensor, b: Tensor, names: tuple[str, str]) -> tuple[Tensor, Tensor]:
+    """Validate two ``(N, C, *S)`` tensors of one shape (a batch of 1 broadcasts); cast to a common float dtype."""
+    ndim = a.ndim - 2
+    if ndim not in (2, 3):
+        raise ValueError(f"{names[0]} must be (N, C, *S) with 2 or 3 spatial dims, got shape {tuple(a.shape)}")
+    batch_ok = a.shape[0] == b.shape[0] or 1 in (a.shape[0], b.shape[0])
+    if a.shape[1:] != b.shape[1:] or not batch_ok:
+        raise ValueError(f"{names[0]} {tuple(a.shape)} and {names[1]} {tuple(b.shape)} must have the same shape "
+                         "(a batch of 1 broadcasts)")
+    if a.shape[0] != b.shape[0]:
+        batch = max(a.shape[0], b.shape[0])
+        a, b = a.expand(batch, *a.shape[1:]), b.expand(batch, *b.shape[1:])
+    dtype = _float_dtype(a, b)
+    return a.to(dtype), b.to(dtype)
+
+
+def _check_window(window: int) -> int:
+    if isinstance(window, bool) or int(window) != window or window < 1 or window % 2 == 0:
+        raise ValueError(f"window must be a positive odd integer, got {window!r}")
+    return int(window)
+
+
+def _box_sum(x: Tensor, window: int) -> Tensor:
+    """Sum of ``x`` over a ``window**ndim`` box centred on each voxel, zero padded; ``(B, 1, *S)`` in and out.
+
+    Separable: one 1-D convolution per axis (a ``(w, 1, 1)``-shaped kernel, i.e. a conv1d along that axis), so the
+    cost is ``ndim * w`` per voxel instead of ``w**ndim``. The kernel takes the dtype and device of ``x``.
+    """
+    ndim = x.ndim - 2
+    conv = _CONV[ndim - 1]
+    for axis in range(ndim):
+        shape = [1] * ndim
+        shape[axis] = window
+        padding = [0] * ndim
+        padding[axis] = window // 2
+        x = conv(x, x.new_ones((1, 1, *shape)), padding=tuple(padding))
+    return x
+
+
+def _lncc_map(fixed: Tensor, moving: Tensor, window: int, eps: float) -> Tensor:
+    """Per-channel squared local NCC ``(N, C, *S)`` of two validated tensors of one shape and dtype."""
+    shape = fixed.shape
+    ndim = fixed.ndim - 2
+    # The five local sums share one batched filtering call.
+    stats = torch.stack([fixed, moving, fixed * fixed, moving * moving, fixed * moving])
+    sums = _box_sum(stats.reshape(-1, 1, *shape[2:]), window).reshape(5, *shape)
+    f_sum, m_sum, ff_sum, mm_sum, fm_sum = sums.unbind(0)
+    size = float(window**ndim)
+    # Sums, not means, over the window (VoxelMorph, MONAI): cross = sum (f - mean f)(m - mean m), same for the
+    # variances. The padded zeros count as window values, so Cauchy-Schwarz holds and cc <= 1 everywhere.
+    cross = fm_sum - f_sum * m_sum / size
+    # Variances are >= 0 in exact arithmetic; clamp the rounding error so the denominator never goes negative.
+    var_f = (ff_sum - f_sum * f_sum / size).clamp_min(0.0)
+    var_m = (mm_sum - m_sum * m_sum / size).clamp_min(0.0)
+    return cross * cross / (var_f * var_m + eps)
+
+
+# ------------------------------------------------------------------------------------------------- similarity
+def lncc(fixed: Tensor, moving: Tensor, window: int = 9, eps: float = 1e-5, reduction: Reduction = "mean") -> Tensor:
+    """Squared local normalised cross-correlation (VoxelMorph's ``NCC``), ``1`` = perfect, ``0`` = unrelated.
+
+    At each voxel, over the ``window**ndim`` box centred on it (zero padding outside the image)::
+
+        cc = cross**2 / (var_f * var_m + eps),   cross = sum (f - mean f)(m - mean m),   var_f = sum (f - mean f)**2
+
+    with *sums* over the box (as VoxelMorph and MONAI), so ``eps`` is negligible unless a window is nearly flat.
+    The value lies in ``[0, 1]`` (up to rounding) and is symmetric in its arguments. In the interior it is
+    invariant to ``f -> a f + b`` (``a != 0``); within ``window // 2`` of the border the padded zeros break that.
+
+    Args:
+        fixed: ``(N, C, *S)`` image, 2 or 3 spatial dims.
+        moving: ``(N, C, *S)`` image (either batch may be 1 and broadcasts).
+        window: odd box width in voxels, the same along every axis.
+        eps: added to the denominator; with ``eps = 0`` a flat window gives NaN.
+        reduction: ``mean`` -> scalar; ``batch`` -> ``(N,)``; ``none`` -> ``(N, 1, *S)`` map. Channels are averaged.
+
+    Returns:
+        The similarity in the dtype of the inputs.
+    """
+    _check_reduction(reduction, ("mean", "batch", "none"))
+    fixed, moving = _check_pair(fixed, moving, ("fixed", "moving"))
+    cc = _lncc_map(fixed, moving, _check_window(window), eps)
+    return _reduce(cc.mean(1, keepdim=True), reduction)
+
+
+def _downsample(x: Tensor) -> Tensor:
+    """Halve the grid: 3-wide average, stride 2, padding excluded from the average (the authors' pyramid)."""
+    return _AVG_POOL[x.ndim - 3](x, kernel_size=3, stride=2, padding=1, count_include_pad=False)
+
+
+def multiscale_lncc(fixed: Tensor, moving: Tensor, windows: Sequence[int] = (9, 7, 5),
+                    weights: Sequence[float] = (1.0, 0.5, 0.25), eps: float = 1e-5, reduction: Reduction = "mean",
+                    downsample: bool = False) -> Tensor:
+    """Weighted multi-window squared local NCC, **normalised by the sum of the weights**, so it stays in ``[0, 1]``.
+
+    ``sum_k weights[k] * lncc(fixed, moving, windows[k]) / sum_k weights[k]``. The defaults (windows 9/7/5,
+    weights 1, 1/2, 1/4) are the auxiliary similarity of SPAC / RL-I2IT. The authors' code adds the unnormalised
+    terms (``sum_k w_k (1 - ncc_k)``, range ``[0, 1.75]``): multiply :func:`multiscale_lncc_loss` by
+    ``sum(weights)`` to match its scale relative to the smoothness weight.
+
+    Args:
+        fixed: ``(N, C, *S)`` image, 2 or 3 spatial dims.
+        moving: ``(N, C, *S)`` image (either batch may be 1 and broadcasts).
+        windows: odd box widths in voxels, one per scale.
+        weights: non-negative weight per scale, with a positive sum.
+        eps: see :func:`lncc`.
+        reduction: ``mean`` -> scalar; ``batch`` -> ``(N,)``; ``none`` -> ``(N, 1, *S)`` map (not with
+            ``downsample``, whose scales live on different grids).
+        downsample: if true, scale ``k`` is computed on the images average-pooled ``k`` times (3-wide, stride 2),
+            an image pyramid as in the authors' code; if false (default) every window sees the full resolution.
+
+    Returns:
+        The similarity in the dtype of the inputs.
+    """
+    _check_reduction(reduction, ("mean", "batch", "none"))
+    if downsample and reduction == "none":
+        raise ValueError("reduction='none' is not available with downsample=True (scales differ in grid size)")
+    windows = [_check_window(w) for w in windows]
+    weights = [float(w) for w in weights]
+    if not windows or len(windows) != len(weights):
+        raise ValueError(f"need one weight per window, got windows {windows} and weights {weights}")
+    if min(weights) < 0 or sum(weights) <= 0:
+        raise ValueError(f"weights must be non-negative with a positive sum, got {weights}")
+    fixed, moving = _check_pair(fixed, moving, ("fixed", "moving"))
+    total: Tensor | None = None
+    for k, (window, weight) in enumerate(zip(windows, weights, strict=True)):
+        if downsample and k > 0:
+            fixed, moving = _downsample(fixed), _downsample(moving)
+        term = weight * _reduce(_lncc_map(fixed, moving, window, eps).mean(1, keepdim=True), reduction)
+        total = term if total is None else total + term
+    assert total is not None
+    return total / sum(weights)
+
+
+def lncc_loss(fixed: Tensor, moving: Tensor, window: int = 9, eps: float = 1e-5,
+              reduction: Reduction = "mean") -> Tensor:
+    """``1 - lncc(...)``: ``0`` for a perfect match, at most ``1``. Arguments as in :func:`lncc`."""
+    return 1.0 - lncc(fixed, moving, window, eps, reduction)
+
+
+def multiscale_lncc_loss(fixed: Tensor, moving: Tensor, windows: Sequence[int] = (9, 7, 5),
+                         weights: Sequence[float] = (1.0, 0.5, 0.25), eps: float = 1e-5,
+                         reduction: Reduction = "mean", downsample: bool = False) -> Tensor:
+    """``1 - multiscale_lncc(...)``, in ``[0, 1]``. Arguments as in :func:`multiscale_lncc`."""
+    return 1.0 - multiscale_lncc(fixed, moving, windows, weights, eps, reduction, downsample)
+
+
+# ------------------------------------------------------------------------------------------------- smoothness
+def _check_displacement(displacement: Tensor, min_size: int) -> int:
+    ndim = displacement.ndim - 2
+    if ndim not in (2, 3) or displacement.shape[1] != ndim:
+        raise ValueError(f"displacement must be (N, ndim, *S) with ndim 2 or 3, got shape {tuple(displacement.shape)}")
+    if min(displacement.shape[2:]) < min_size:
+        raise ValueError(f"needs at least {min_size} voxels per axis, got {tuple(displacement.shape[2:])}")
+    return ndim
+
+
+def _as_float(x: Tensor) -> Tensor:
+    return x if x.is_floating_point() else x.to(torch.get_default_dtype())
+
+
+def diffusion(displacement: Tensor, reduction: Reduction = "mean") -> Tensor:
+    """Diffusion regulariser: squared forward differences summed over axes, averaged over channels and voxels.
+
+    ``sum_i mean_{c, x} (u_c(x + e_i) - u_c(x))**2``, each axis' mean over the ``S_i - 1`` positions where its
+    difference exists. For an affine field ``u(x) = A x + b`` this is exactly ``||A||_F**2 / ndim`` (the channel mean
+    of ``|grad u_c|**2``). VoxelMorph's ``Grad('l2')`` also averages over the axes, so it equals this value
+    divided by ``ndim``.
+
+    Args:
+        displacement: ``(N, ndim, *S)`` voxel displacement, at least 2 voxels per axis.
+        reduction: ``mean`` -> scalar; ``batch`` -> ``(N,)``.
+
+    Returns:
+        The energy in voxel units (voxels**2 per voxel**2).
+    """
+    _check_reduction(reduction, ("mean", "batch"))
+    ndim = _check_displacement(displacement, 2)
+    u = _as_float(displacement)
+    per_sample = sum(u.diff(dim=2 + axis).square().flatten(1).mean(1) for axis in range(ndim))
+    return _reduce(per_sample, reduction)
+
+
+def total_variation(displacement: Tensor, reduction: Reduction = "mean") -> Tensor:
+    """Anisotropic total variation: as :func:`diffusion` with absolute instead of squared differences.
+
+    ``sum_i mean_{c, x} |u_c(x + e_i) - u_c(x)|``; for an affine field ``u(x) = A x + b`` it is
+    ``sum_{c, i} |A_ci| / ndim``.
+
+    Args:
+        displacement: ``(N, ndim, *S)`` voxel displacement, at least 2 voxels per axis.
+        reduction: ``mean`` -> scalar; ``batch`` -> ``(N,)``.
+    """
+    _check_reduction(reduction, ("mean", "batch"))
+    ndim = _check_displacement(displacement, 2)
+    u = _as_float(displacement)
+    per_sample = sum(u.diff(dim=2 + axis).abs().flatten(1).mean(1) for axis in range(ndim))
+    return _reduce(per_sample, reduction)
+
+
+def _second_difference(u: Tensor, axis_a: int, axis_b: int) -> Tensor:
+    """Central second difference ``d2u / dx_a dx_b`` on the interior (every spatial axis cropped by 1 each side).
+
+    Pure: ``u(x+1) - 2 u(x) + u(x-1)``; mixed: ``(u(+,+) - u(+,-) - u(-,+) + u(-,-)) / 4``. Both are exact for
+    quadratics, and the compact pure stencil (unlike differentiating a central gradient twice, which has width
+    5) also penalises a one-voxel checkerboard.
+    """
+    ndim = u.ndim - 2
+
+    def crop(shifts: dict[int, int]) -> Tensor:
+        index = [slice(None), slice(None)]
+        for axis in range(ndim):
+            start = 1 + shifts.get(axis, 0)
+            index.append(slice(start, u.shape[2 + axis] - 2 + start))
+        return u[tuple(index)]
+
+    if axis_a == axis_b:
+        return crop({axis_a: 1}) - 2.0 * crop({}) + crop({axis_a: -1})
+    return (crop({axis_a: 1, axis_b: 1}) - crop({axis_a: 1, axis_b: -1})
+            - crop({axis_a: -1, axis_b: 1}) + crop({axis_a: -1, axis_b: -1})) / 4.0
+
+
+def bending_energy(displacement: Tensor, reduction: Reduction = "mean") -> Tensor:
+    """Bending energy: ``sum_i (d2u/dx_i2)**2 + 2 sum_{i<j} (d2u/dx_i dx_j)**2``, averaged over channels and voxels.
+
+    Central differences on the interior voxels (see :func:`_second_difference`), so the per-channel term is
+    ``||Hessian(u_c)||_F**2``. Closed forms: zero for any affine field; for a quadratic field it is the channel
+    mean of ``||H_c||_F**2``, e.g. ``u_c = x_c**2`` on every channel gives ``4`` and on one channel only
+    ``4 / ndim``. Identical to ``monai.losses.BendingEnergyLoss()`` (MONAI >= 1.5 stencils, ``normalize=False``).
+
+    Args:
+        displacement: ``(N, ndim, *S)`` voxel displacement, at least 3 voxels per axis.
+        reduction: ``mean`` -> scalar; ``batch`` -> ``(N,)``.
+    """
+    _check_reduction(reduction, ("mean", "batch"))
+    ndim = _check_displacement(displacement, 3)
+    u = _as_float(displacement)
+    energy: Tensor | float = 0.0
+    for a in range(ndim):
+        energy = energy + _second_difference(u, a, a).square()
+        for b in range(a + 1, ndim):
+            energy = energy + 2.0 * _second_difference(u, a, b).square()
+    assert isinstance(energy, Tensor)
+    return _reduce(energy, reduction)
+
+
+# ------------------------------------------------------------------------------------------------- overlap
+def soft_dice(pred: Tensor, target: Tensor, eps: float = 1e-5, include_background: bool = True,
+              reduction: Reduction = "mean") -> Tensor:
+    """Soft Dice per sample and label, ``(2 sum p t + eps) / (sum p + sum t + eps)``, then reduced.
+
+    Args:
+        pred: ``(N, L, *S)`` probabilities (or one-hot), 2 or 3 spatial dims.
+        target: ``(N, L, *S)`` one-hot or probabilities (either batch may be 1 and broadcasts).
+        eps: smoothing in numerator and denominator; a label absent from both scores 1.
+        include_background: if false, channel 0 is left out (needs ``L >= 2``).
+        reduction: ``mean`` -> scalar (mean over samples and labels); ``batch`` -> ``(N,)`` mean over labels;
+            ``none`` -> ``(N, L)`` (``L - 1`` labels without background).
+
+    Returns:
+        Dice in ``[0, 1]``, 1 = identical.
+    """
+    _check_reduction(reduction, ("mean", "batch", "none"))
+    pred, target = _check_pair(pred, target, ("pred", "target"))
+    if not include_background:
+        if pred.shape[1] < 2:
+            raise ValueError(f"include_background=False needs at least 2 label channels, got {pred.shape[1]}")
+        pred, target = pred[:, 1:], target[:, 1:]
+    dims = tuple(range(2, pred.ndim))
+    intersection = (pred * target).sum(dims)
+    total = pred.sum(dims) + target.sum(dims)
+    return _reduce((2.0 * intersection + eps) / (total + eps), reduction)
+
+
+def soft_dice_loss(pred: Tensor, target: Tensor, eps: float = 1e-5, include_background: bool = True,
+                   reduction: Reduction = "mean") -> Tensor:
+    """``1 - soft_dice(...)``. Arguments as in :func:`soft_dice`."""
+    return 1.0 - soft_dice(pred, target, eps, include_background, reduction)
+
+
+# ------------------------------------------------------------------------------------------------- modules
+class LNCCLoss(nn.Module):
+    """:func:`lncc_loss` as a module: ``forward(fixed, moving)`` -> ``1 - lncc``."""
+
+    def __init__(self, window: int = 9, eps: float = 1e-5, reduction: Reduction = "mean") -> None:
+        super().__init__()
+        self.window = _check_window(window)
+        self.eps = eps
+        _check_reduction(reduction, ("mean", "batch", "none"))
+        self.reduction: Reduction = reduction
+
+    def forward(self, fixed: Tensor, moving: Tensor) -> Tensor:
+        """``(N, C, *S)`` images -> loss reduced as configured."""
+        return lncc_loss(fixed, moving, self.window, self.eps, self.reduction)
+
+
+class MultiScaleLNCCLoss(nn.Module):
+    """:func:`multiscale_lncc_loss` as a module: ``forward(fixed, moving)`` -> ``1 - multiscale_lncc``."""
+
+    def __init__(self, windows: Sequence[int] = (9, 7, 5), weights: Sequence[float] = (1.0, 0.5, 0.25),
+                 eps: float = 1e-5, reduction: Reduction = "mean", downsample: bool = False) -> None:
+        super().__init__()
+        self.windows = tuple(_check_window(w) for w in windows)
+        self.weights = tuple(float(w) for w in weights)
+        self.eps = eps
+        _check_reduction(reduction, ("mean", "batch", "none"))
+        self.reduction: Reduction = reduction
+        self.downsample = downsample
+
+    def forward(self, fixed: Tensor, moving: Tensor) -> Tensor:
+        """``(N, C, *S)`` images -> loss reduced as configured."""
+        return multiscale_lncc_loss(fixed, moving, self.windows, self.weights, self.eps, self.reduction,
+                                    self.downsample)
+
+
+class DiffusionLoss(nn.Module):
+    """:func:`diffusion` as a module: ``forward(displacement)``."""
+
+    def __init__(self, reduction: Reduction = "mean") -> None:
+        super().__init__()
+        _check_reduction(reduction, ("mean", "batch"))
+        self.reduction: Reduction = reduction
+
+    def forward(self, displacement: Tensor) -> Tensor:
+        """``(N, ndim, *S)`` voxel displacement -> energy reduced as configured."""
+        return diffusion(displacement, self.reduction)
+
+
+class BendingEnergyLoss(nn.Module):
+    """:func:`bending_energy` as a module: ``forward(displacement)``."""
+
+    def __init__(self, reduction: Reduction = "mean") -> None:
+        super().__init__()
+        _check_reduction(reduction, ("mean", "batch"))
+        self.reduction: Reduction = reduction
+
+    def forward(self, displacement: Tensor) -> Tensor:
+        """``(N, ndim, *S)`` voxel displacement -> energy reduced as configured."""
+        return bending_energy(displacement, self.reduction)
+
+
+class SoftDiceLoss(nn.Module):
+    """:func:`soft_dice_loss` as a module: ``forward(pred, target)`` -> ``1 - soft_dice``."""
+
+    def __init__(self, eps: float = 1e-5, include_background: bool = True, reduction: Reduction = "mean") -> None:
+        super().__init__()
+        self.eps = eps
+        self.include_background = include_background
+        _check_reduction(reduction, ("mean", "batch", "none"))
+        self.reduction: Reduction = reduction
+
+    def forward(self, pred: Tensor, target: Tensor) -> Tensor:
+        """``(N, L, *S)`` probabilities and one-hot target -> loss reduced as configured."""
+        return soft_dice_loss(pred, target, self.eps, self.include_background, self.reduction)

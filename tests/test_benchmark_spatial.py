@@ -1,0 +1,38 @@
+"""Smoke test of the spatial benchmark: quick mode into a markdown file that already holds another section."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from rlreg.pipelines import benchmark_spatial as bench
+
+
+def test_quick_benchmark_updates_only_its_section(tmp_path: Path) -> None:
+    output = tmp_path / "docs" / "benchmarks.md"
+    output.parent.mkdir()
+    other = ("<!-- training:begin -->\n## Training\n\n| model | it/s |\n|---|---:|\n| spac | 3.0 |\n"
+             "<!-- training:end -->")
+    output.write_text(f"# rlreg benchmarks\n\n{other}\n", encoding="utf-8")
+
+    rows = bench.main(device="cpu", repeats=2, output=output, quick=True)
+    bench.main(device="cpu", repeats=2, output=output, quick=True)  # a rerun replaces, never duplicates
+
+    ops = {bench.BASELINE, bench.BASELINE_BACKWARD, "warp bilinear", "warp label", "compose",
+           "jacobian_determinant", "warp fwd+bwd (w.r.t. displacement)"}
+    assert {(row.case, row.op) for row in rows} == {(case.name, op) for case in bench.QUICK_CASES for op in ops}
+    for row in rows:
+        assert math.isfinite(row.ratio) and row.ratio > 0, row
+        assert math.isfinite(row.voxels_per_second) and row.voxels_per_second > 0, row
+
+    text = output.read_text(encoding="utf-8")
+    assert text.startswith("# rlreg benchmarks\n")
+    assert other in text  # the other benchmark's section survives verbatim
+    assert text.count(bench.SECTION_BEGIN) == 1 and text.count("## Spatial core") == 1
+    assert "GPU figures will be added when a GPU is lent" in text  # the CUDA block is stubbed
+    table = [line.split("|")[1:-1] for line in text.splitlines() if line.startswith("| quick")]
+    assert len(table) == len(rows)  # one table row per timed operation, once
+    for cells in table:
+        ratio = float(cells[4])
+        assert math.isfinite(ratio) and ratio > 0, cells
+    assert not list(output.parent.glob(".*.tmp"))  # the atomic write left no temp file
