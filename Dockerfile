@@ -40,7 +40,9 @@ raise SystemExit(0 if (torch.version.cuda is None) == (v == "cpu") else "torch i
 #    constraint torch==2.13.0 (PEP 440 ignores the local +<variant> label), so pip keeps it and installs no other.
 COPY . .
 RUN pip install -c constraints.txt . \
- && python -c 'import torch; print("torch", torch.__version__)' \
+ && python -c 'import os, torch; v = os.environ["TORCH_VARIANT"]; \
+print("torch", torch.__version__, "cuda", torch.version.cuda); \
+raise SystemExit(0 if (torch.version.cuda is None) == (v == "cpu") else "torch was replaced: not the " + v + " build")' \
  && rlreg --help
 
 # Run as an unprivileged user in a writable working directory (mount ./out or data here).

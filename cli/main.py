@@ -81,12 +81,13 @@ def demo(
 
 @benchmark_app.command("spatial")
 def benchmark_spatial(
-    output: Annotated[Path, typer.Option("--output", "-o", help="Markdown file to update.")] = Path(
-        "docs/benchmarks.md"),
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Markdown file to update "
+                                                "[default: docs/benchmarks.md; none with --quick].")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda[:N].")] = "auto",
-    quick: Annotated[bool, typer.Option(help="Tiny sizes, for a smoke test.")] = False,
+    quick: Annotated[bool, typer.Option(help="Tiny sizes, for a smoke test (prints only, unless --output).")] = False,
+    threads: Annotated[int | None, typer.Option(help="torch CPU threads for the run.")] = None,
 ) -> None:
-    """Throughput of warp, compose and the Jacobian against grid_sample alone, in the same run."""
+    """Throughput of warp, compose and the Jacobian against grid_sample alone, measured in the same run."""
     from rlreg.pipelines import benchmark_spatial as bench
     from rlreg.pipelines.device import resolve_device
 
@@ -94,8 +95,9 @@ def benchmark_spatial(
         dev = resolve_device(device)
     except ValueError as err:
         _fail(str(err))
-    bench.main(device=str(dev), quick=quick, output=output)
-    typer.echo(f"wrote {output}")
+    if output is None and not quick:
+        output = Path("docs/benchmarks.md")
+    bench.main(device=str(dev), quick=quick, output=output, threads=threads)
 
 
 if __name__ == "__main__":  # pragma: no cover

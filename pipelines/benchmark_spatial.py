@@ -47,6 +47,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from rlreg.pipelines.device import resolve_device as _resolve_any
 from rlreg.spatial import compose, jacobian_determinant, warp
 
 __all__ = [
@@ -55,6 +56,7 @@ __all__ = [
     "Environment",
     "Row",
     "describe_environment",
+    "load_average",
     "main",
     "render_section",
     "resolve_device",
@@ -91,6 +93,7 @@ FULL_CASES = (
     Case("MNI 2 mm 99×117×95", (99, 117, 95)),
     Case("2D 256²", (256, 256)),
 )
+QUICK_NOTE = "**Quick smoke run on tiny grids: not figures to quote.**"
 QUICK_CASES = (
     Case("quick 3D 10×12×9", (10, 12, 9)),
     Case("quick 2D 16²", (16, 16)),
@@ -140,21 +143,16 @@ class Environment:
     platform: str
     date: str
     memory_note: str
+    load_note: str
 
 
 # ------------------------------------------------------------------------------------------------- environment
 def resolve_device(device: str | torch.device) -> torch.device:
-    """``"auto"`` -> ``cuda`` if available else ``cpu``; an explicit ``cuda`` without a GPU is an error."""
-    if isinstance(device, torch.device):
-        resolved = device
-    elif device == "auto":
-        resolved = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    else:
-        resolved = torch.device(device)
+    """:func:`rlreg.pipelines.device.resolve_device` (``auto`` -> CUDA if available, else CPU; a missing CUDA is
+    a ``ValueError``), restricted to the device types this benchmark can time and synchronise."""
+    resolved = device if isinstance(device, torch.device) else _resolve_any(device)
     if resolved.type not in DEVICE_TYPES:
-        raise ValueError(f"unsupported device {resolved}; expected one of auto, {', '.join(DEVICE_TYPES)}")
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda requested but torch.cuda.is_available() is False")
+        raise ValueError(f"unsupported device {resolved}; expected auto, {', '.join(DEVICE_TYPES)}")
     return resolved
 
 
@@ -169,8 +167,34 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine() or "unknown CPU"
 
 
-def describe_environment(device: torch.device) -> Environment:
-    """Device name, versions and thread count for the report."""
+def load_average() -> float | None:
+    """1-minute load average (``None`` where the OS has none)."""
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return None
+
+
+def _load_note(load_at_start: float | None, threads: int) -> str:
+    load_at_end, cpus = load_average(), os.cpu_count() or 1
+    if load_at_end is None:
+        return "n/a"
+    note = f"{load_at_start:.1f} at start, " if load_at_start is not None else ""
+    note += f"{load_at_end:.1f} at end (1-min load average, {cpus} logical CPUs)"
+    # The end figure includes this run's own threads; the start figure is (mostly) other processes.
+    others = max(load_at_start or 0.0, load_at_end - threads)
+    if others + threads > cpus + 0.5:
+        note += ". **The CPUs were shared with other busy processes**: absolute times are inflated"
+        if threads > 1:
+            note += (", and operations made of many small kernels suffer most (the intra-op threads wait on busy "
+                     "cores), so their ratios are pessimistic; `--threads 1` or an idle machine is steadier")
+        else:
+            note += "; ratios, from interleaved repeats, are less affected"
+    return note
+
+
+def describe_environment(device: torch.device, load_at_start: float | None = None) -> Environment:
+    """Device name, versions, thread count and (CPU) load for the report; pass the load taken before the run."""
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
         memory_note = "torch.cuda.max_memory_allocated while timing the row (inputs included)"
@@ -187,6 +211,7 @@ def describe_environment(device: torch.device) -> Environment:
         platform=platform.platform(),
         date=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         memory_note=memory_note,
+        load_note=_load_note(load_at_start, torch.get_num_threads()),
     )
 
 
@@ -389,13 +414,14 @@ def _device_block(rows: Sequence[Row], env: Environment, command: str, quick: bo
         "",
     ]
     if quick:
-        lines += ["**Quick smoke run on tiny grids: not figures to quote.**", ""]
+        lines += [QUICK_NOTE, ""]
     lines += [
         f"- Command: `{command}`",
-        f"- Device: {env.device_name}; torch {env.torch_version}; {env.threads} intra-op threads; "
-        f"Python {env.python}; {env.platform}",
+        f"- Device: {env.device_name}; torch {env.torch_version}; "
+        f"{env.threads} intra-op thread{'' if env.threads == 1 else 's'}; Python {env.python}; {env.platform}",
         f"- Date: {env.date}",
         f"- Peak memory: {env.memory_note}",
+        f"- Load: {env.load_note}",
         "",
         "| grid | operation | s / call | Mvoxel/s | time ÷ baseline | baseline | peak MiB | repeats × calls |",
         "|---|---|---:|---:|---:|---|---:|---:|",
@@ -482,7 +508,8 @@ def write_markdown(rows: Sequence[Row], output: Path, env: Environment, command:
     """Put ``rows`` into ``output``'s spatial section (this device's block only) and return the new text.
 
     Creates the file (titled ``# rlreg benchmarks``) or the section (appended) when missing; other sections and
-    the other device's block are kept verbatim. Raises ``ValueError`` on unbalanced markers instead of guessing.
+    the other device's block are kept verbatim. Raises ``ValueError`` on unbalanced markers instead of guessing,
+    and when a ``quick`` run would replace full figures of the same device.
     """
     output = Path(output)
     text = output.read_text(encoding="utf-8") if output.exists() else ""
@@ -496,6 +523,10 @@ def write_markdown(rows: Sequence[Row], output: Path, env: Environment, command:
         start = text.index(SECTION_BEGIN)
         stop = text.index(SECTION_END) + len(SECTION_END)
         blocks = _existing_blocks(text[start:stop])
+        previous = blocks.get(env.device_type)
+        if quick and previous is not None and QUICK_NOTE not in previous:
+            raise ValueError(f"{output}: refusing to replace the full {env.device_type} figures with a quick "
+                             "smoke run; write it elsewhere (--output) or run without --quick")
     else:  # append a new section after whatever is there
         text = text.rstrip("\n") + "\n\n"
         start = stop = len(text)
@@ -530,8 +561,9 @@ def main(device: str = "auto", repeats: int = DEFAULT_REPEATS, output: Path | No
     if threads is not None:
         torch.set_num_threads(threads)
     try:
+        load_at_start = load_average()
         rows = run_benchmark(resolved, repeats=repeats, quick=quick)
-        env = describe_environment(resolved)
+        env = describe_environment(resolved, load_at_start)
     finally:
         torch.set_num_threads(previous_threads)
     command = _command(device, repeats, output, quick, threads)

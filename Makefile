@@ -1,0 +1,41 @@
+# Two commands on a fresh machine:  `make demo`  and  `make test`.
+# Both create the virtual environment on first use. torch is pinned (constraints.txt) to the CPU build
+# served here, so a fresh install does not pull the multi-GB CUDA wheels.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+PIP    := $(BIN)/python -m pip --disable-pip-version-check -q
+STAMP  := $(VENV)/.installed
+
+.PHONY: install demo test test-slow lint bench clean
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --upgrade pip
+	$(PIP) install -c constraints.txt "torch==2.13.0"
+	$(PIP) install -c constraints.txt -e ".[dev,data]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## Register a real brain pair with the best pipeline available and print where the outputs are.
+demo: $(STAMP)
+	$(BIN)/rlreg demo --output out/demo
+
+## The default test suite (slow tests excluded), then the linter.
+test: $(STAMP)
+	$(BIN)/pytest
+	$(BIN)/ruff check .
+
+test-slow: $(STAMP)
+	$(BIN)/pytest -m slow
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+## Benchmarks: rewrite their sections of docs/benchmarks.md.
+bench: $(STAMP)
+	$(BIN)/rlreg benchmark spatial
+
+clean:
+	rm -rf $(VENV) out .pytest_cache .ruff_cache
