@@ -150,11 +150,15 @@ def test_lncc_dtype_and_device_follow_inputs(dtype: torch.dtype) -> None:
     assert multiscale_lncc(meta, meta, downsample=True).device.type == "meta"
 
 
-def test_lncc_float32_matches_float64() -> None:
-    a, b = smooth_image(SHAPES[3], seed=10), smooth_image(SHAPES[3], seed=11)
-    reference = lncc(a, b, reduction="none")
-    single = lncc(a.float(), b.float(), reduction="none")
-    assert torch.allclose(single.double(), reference, atol=1e-4)
+@pytest.mark.parametrize("offset", [0.0, 1000.0])
+def test_lncc_float32_matches_float64(offset: float) -> None:
+    """Also for intensities far from 0 (CT in HU), where uncentred ``sum f^2 - (sum f)^2 / n`` loses all digits."""
+    a = smooth_image(SHAPES[3], seed=10)
+    a[..., 3:9, 4:10, 2:8] = 0.3  # a flat block: variance 0 in the windows inside it
+    b = smooth_image(SHAPES[3], seed=11)
+    reference = lncc(a + offset, b, reduction="none")
+    single = lncc((a + offset).float(), b.float(), reduction="none")
+    assert float((single.double() - reference).abs().max()) < 1e-4
 
 
 @pytest.mark.parametrize("ndim", NDIMS)
@@ -166,6 +170,10 @@ def test_lncc_gradcheck(ndim: int) -> None:
     assert torch.autograd.gradcheck(lambda m: multiscale_lncc(fixed, m, (5, 3), (1.0, 0.5)), (moving,))
     assert torch.autograd.gradcheck(
         lambda m: multiscale_lncc(fixed, m, (3, 3), (1.0, 0.5), reduction="batch", downsample=True), (moving,))
+    # Both arguments at once, and second order (the box sum has a hand-written, differentiable backward).
+    fixed.requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda f, m: lncc(f, m, window=3, reduction="batch"), (fixed, moving))
+    assert torch.autograd.gradgradcheck(lambda m: lncc(fixed, m, window=3), (moving,))
 
 
 @pytest.mark.parametrize("ndim", NDIMS)
