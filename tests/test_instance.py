@@ -13,7 +13,7 @@ from rlreg.spatial import folding_percent, warp
 def blobs(shape: tuple[int, ...], seed: int = 0) -> torch.Tensor:
     gen = torch.Generator().manual_seed(seed)
     ndim = len(shape)
-    coarse = torch.rand((1, 1) + tuple(max(n // 6, 2) for n in shape), generator=gen)
+    coarse = torch.rand((1, 1, *tuple(max(n // 6, 2) for n in shape)), generator=gen)
     mode = "bilinear" if ndim == 2 else "trilinear"
     return F.interpolate(coarse, size=shape, mode=mode, align_corners=True)
 
