@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor
 
 from rlreg.buffer import ReplayBuffer, Transition
 from rlreg.sac import Agent, AgentConfig
@@ -173,15 +172,6 @@ def evaluate(agent: Agent, pairs, steps: int, chunk: int = 250) -> EvalResult:
 
 
 # ---------------------------------------------------------------------------------------------------- training
-def _task_state(task: RegistrationTask) -> dict[str, Any]:
-    return {k: v for k, v in vars(task).items() if isinstance(v, Tensor) or v is None}
-
-
-def _restore_task(task: RegistrationTask, state: dict[str, Any]) -> None:
-    for key, value in state.items():
-        setattr(task, key, value)
-
-
 def _atomic_save(obj: Any, path: Path) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     torch.save(obj, tmp)
@@ -224,7 +214,7 @@ def train(config: TrainConfig, resume: bool = False,
         saved = torch.load(state_path, map_location=device, weights_only=True)
         agent.load_checkpoint_dict(saved["agent"])
         buffer.load_state_dict(saved["buffer"])
-        _restore_task(task, saved["task"])
+        task.load_state_dict(saved["task"])
         state = task.observe()
         data_gen.set_state(saved["generators"]["data"])
         sample_gen.set_state(saved["generators"]["sample"])
@@ -285,7 +275,7 @@ def train(config: TrainConfig, resume: bool = False,
                 handle.write(json.dumps(record) + "\n")
             agent.save(out / "model.pt", train_config=config.to_dict(), eval=asdict(result_eval))
         if done_steps % loop.checkpoint_every == 0 or done_steps == loop.total_steps:
-            _atomic_save({"agent": agent.checkpoint(), "buffer": buffer.state_dict(), "task": _task_state(task),
+            _atomic_save({"agent": agent.checkpoint(), "buffer": buffer.state_dict(), "task": task.state_dict(),
                           "generators": {"data": data_gen.get_state(), "sample": sample_gen.get_state(),
                                          "torch": torch.get_rng_state()},
                           "step": done_steps, "history": history}, state_path)

@@ -147,10 +147,8 @@ class Agent(nn.Module):
                 "critics": count_parameters(self.critic)}
 
     def _sample(self, out: PlanOutput, deterministic: bool) -> tuple[Tensor, Tensor]:
-        if deterministic:
-            plan = out.mean
-        else:
-            plan = out.mean + torch.exp(out.log_std) * torch.randn_like(out.mean)
+        noise = 0.0 if deterministic else torch.exp(out.log_std) * torch.randn_like(out.mean)
+        plan = out.mean + noise
         return plan, _gaussian_log_prob(plan, out.mean, out.log_std)
 
     @torch.no_grad()
@@ -294,7 +292,7 @@ def load_checkpoint(path: str | os.PathLike[str], device: torch.device | str = "
     path = Path(path)
     try:
         data = torch.load(path, map_location=device, weights_only=True)
-    except Exception as err:  # noqa: BLE001 - any unpickling problem becomes one clear message
+    except Exception as err:
         raise ValueError(f"{path}: not a readable rlreg checkpoint ({type(err).__name__}); "
                          "give a file written by `rlreg train` or Agent.save") from None
     if not isinstance(data, dict) or "format_version" not in data:

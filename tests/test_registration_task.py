@@ -8,9 +8,18 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from rlreg.losses import soft_dice
 from rlreg.metrics import dice_per_label
 from rlreg.spatial import compose, warp
-from rlreg.tasks import RegistrationConfig, RegistrationTask, StepResult, Task, batch_dice, kmeans_labels
+from rlreg.tasks import (
+    RegistrationConfig,
+    RegistrationTask,
+    StepResult,
+    Task,
+    batch_dice,
+    kmeans_labels,
+    warped_soft_dice,
+)
 
 SHAPES = {2: (20, 18), 3: (12, 14, 10)}
 B = 3
@@ -131,7 +140,7 @@ def test_labels_stay_in_the_original_set(ndim: int) -> None:
 
 def test_identical_pair_terminates_with_bonus() -> None:
     fixed, _, fseg, _ = square_pair(2)
-    task = RegistrationTask(RegistrationConfig(success_bonus=7.0))
+    task = RegistrationTask(RegistrationConfig(success_bonus=7.0, max_steps=1))  # success wins over the cap
     task.reset(fixed, fixed.clone(), fseg, fseg.clone())
     assert torch.equal(task.score, torch.ones(B))
     result = task.step(torch.zeros(B, 2, *SHAPES[2]))
@@ -277,3 +286,31 @@ def test_state_dict_round_trip_continues_the_episodes() -> None:
     action = smooth_action(2, 0.8, seed=5)
     a, b = task.step(action), restored.step(action)
     assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+
+
+@pytest.mark.parametrize("ndim", [2, 3])
+def test_warped_soft_dice_equals_the_one_hot_route(ndim: int) -> None:
+    gen = torch.Generator().manual_seed(ndim)
+    num_labels = 4
+    fseg = torch.randint(0, 6, (B, 1, *SHAPES[ndim]), generator=gen)  # 5 is out of range: background
+    mseg = torch.randint(0, 5, (B, 1, *SHAPES[ndim]), generator=gen)
+    mseg[0][mseg[0] == 3] = 0
+    fseg[0][fseg[0] == 3] = 0  # label 3 absent from both maps of pair 0
+    action = smooth_action(ndim, 2.9, seed=ndim).double().requires_grad_()  # reaches outside the grid
+
+    def one_hot(labels: torch.Tensor) -> torch.Tensor:
+        labels = torch.where(labels <= num_labels, labels, 0)
+        return F.one_hot(labels[:, 0], num_labels + 1).movedim(-1, 1)[:, 1:].double()
+
+    expected = soft_dice(warp(one_hot(mseg), action), one_hot(fseg), reduction="batch")
+    result = warped_soft_dice(fseg, mseg, action, num_labels)
+    assert torch.allclose(result, expected, atol=1e-12)
+    (g_expected,) = torch.autograd.grad(expected.sum(), action)
+    (g_result,) = torch.autograd.grad(result.sum(), action)
+    assert g_result.abs().max() > 1e-6 and torch.allclose(g_result, g_expected, atol=1e-12)
+    # Through the task: the auxiliary loss adds aux_dice * (1 - mean soft Dice) when extras are given.
+    task = RegistrationTask(RegistrationConfig(aux_dice=0.5, num_labels=num_labels))
+    state = task.reset(fseg.float(), mseg.float(), fseg, mseg)
+    with_dice = task.auxiliary_loss(state, action.detach(), task.extras())
+    without = task.auxiliary_loss(state, action.detach(), None)
+    assert torch.allclose(with_dice - without, 0.5 * (1.0 - expected.detach().mean()), atol=1e-10)

@@ -4,7 +4,14 @@ extras). Registration is the first; the image-to-image translation tasks of RL-I
 from __future__ import annotations
 
 from rlreg.tasks.base import StepResult, Task
-from rlreg.tasks.registration import REWARDS, RegistrationConfig, RegistrationTask, batch_dice, kmeans_labels
+from rlreg.tasks.registration import (
+    REWARDS,
+    RegistrationConfig,
+    RegistrationTask,
+    batch_dice,
+    kmeans_labels,
+    warped_soft_dice,
+)
 
 __all__ = [
     "REWARDS",
@@ -14,4 +21,5 @@ __all__ = [
     "Task",
     "batch_dice",
     "kmeans_labels",
+    "warped_soft_dice",
 ]

@@ -21,17 +21,18 @@ Every quantity is computed batched on the device of the input images; nothing lo
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from rlreg.losses import diffusion, lncc, multiscale_lncc, soft_dice
-from rlreg.spatial import InterpMode, compose, warp
+from rlreg.losses import diffusion, lncc, multiscale_lncc
+from rlreg.spatial import InterpMode, compose, identity_grid, warp
 from rlreg.tasks.base import StepResult
 
-__all__ = ["REWARDS", "RegistrationConfig", "RegistrationTask", "batch_dice", "kmeans_labels"]
+__all__ = ["REWARDS", "RegistrationConfig", "RegistrationTask", "batch_dice", "kmeans_labels", "warped_soft_dice"]
 
 REWARDS = ("dice", "lncc", "kmeans")
 """Accepted values of :attr:`RegistrationConfig.reward`."""
@@ -68,6 +69,8 @@ class RegistrationConfig:
     """Weight of the diffusion regulariser of the step field in the auxiliary loss (SPAC: 1)."""
     aux_dice: float = 1.0
     """Weight of the soft-Dice term of the auxiliary loss when segmentations are stored as extras (0 disables)."""
+    aux_dice_smooth: float = 1e-5
+    """Smoothing added to numerator and denominator of the auxiliary soft Dice (a label absent from both scores 1)."""
     num_labels: int | None = None
     """Number of foreground labels of the segmentations (values ``0..num_labels``, 0 = background). ``None``:
     inferred at reset from the largest label present (one host sync per reset)."""
@@ -188,12 +191,76 @@ def _as_labels(x: Tensor) -> Tensor:
     return x.round().long() if x.is_floating_point() else x.long()
 
 
-def _one_hot_foreground(labels: Tensor, num_labels: int, dtype: torch.dtype) -> Tensor:
-    """``(B, 1, *S)`` labels -> ``(B, num_labels, *S)`` one-hot of labels ``1..L`` (others count as background)."""
-    labels = _as_labels(labels)
-    labels = torch.where((labels >= 0) & (labels <= num_labels), labels, 0)
-    shape = (labels.shape[0], num_labels + 1, *labels.shape[2:])
-    return torch.zeros(shape, dtype=dtype, device=labels.device).scatter_(1, labels, 1.0)[:, 1:]
+def warped_soft_dice(fixed_labels: Tensor, moving_labels: Tensor, displacement: Tensor, num_labels: int,
+                     eps: float = 1e-5) -> Tensor:
+    """Soft Dice of the one-hot moving labels warped bilinearly by ``displacement`` against the one-hot fixed labels.
+
+    Equals ``soft_dice(warp(onehot(moving), u), onehot(fixed), eps, reduction="batch")`` over labels ``1..L``
+    (channels ``1..L`` of the one-hot maps; zero padding outside the grid), without building either one-hot map.
+    Linear interpolation of a one-hot map gives label ``l`` the summed weight ``w_k(x)`` of the ``2**ndim`` corners
+    ``c_k`` of ``x + u(x)`` that carry ``l``, so per pair and label
+
+        intersection_l = sum_x [f(x) = l] sum_k w_k(x) [m(c_k) = l],     |P_l| = sum_x sum_k w_k(x) [m(c_k) = l],
+
+    accumulated with ``index_add`` into ``B x (L + 1)`` slots. Cost and memory are ``O(2**ndim B V)`` whatever the
+    number of labels (the one-hot route needs ``O(L B V)``: about 5x slower for 30 labels at 64**3 on CPU), and
+    the result is differentiable in ``displacement`` through the weights.
+
+    Args:
+        fixed_labels: ``(B, 1, *S)`` integer labels (values outside ``0..L`` count as background).
+        moving_labels: ``(B, 1, *S)`` integer labels on the same grid.
+        displacement: ``(B, ndim, *S)`` voxel displacement (pull-back, conventions of :mod:`rlreg.spatial`).
+        num_labels: ``L``.
+        eps: smoothing of numerator and denominator; a label absent from both maps scores 1.
+
+    Returns:
+        ``(B,)`` mean soft Dice over labels ``1..L``, dtype of ``displacement``.
+    """
+    batch, ndim = displacement.shape[:2]
+    shape = displacement.shape[2:]
+    if fixed_labels.shape != moving_labels.shape or fixed_labels.shape != (batch, 1, *shape):
+        raise ValueError(f"labels {tuple(fixed_labels.shape)}, {tuple(moving_labels.shape)} and displacement "
+                         f"{tuple(displacement.shape)} must be (B, 1, *S) and (B, ndim, *S)")
+    slots = num_labels + 1
+
+    def flat_labels(x: Tensor) -> Tensor:
+        x = _as_labels(x).reshape(batch, -1)
+        return torch.where((x >= 0) & (x <= num_labels), x, 0)
+
+    fixed, moving = flat_labels(fixed_labels), flat_labels(moving_labels)
+    position = (identity_grid(shape, displacement.dtype, displacement.device) + displacement).flatten(2)
+    low = position.detach().floor()
+    frac = position - low  # (B, ndim, V), carries the gradient
+    low = low.long()
+    agree: Tensor | None = None
+    corner_slots, corner_weights = [], []
+    offset = torch.arange(batch, device=fixed.device).mul_(slots).unsqueeze(1)
+    for corner in itertools.product((0, 1), repeat=ndim):
+        index = torch.zeros_like(fixed)
+        inside = torch.ones_like(fixed, dtype=torch.bool)
+        weight: Tensor | None = None
+        for axis, step in enumerate(corner):
+            coordinate = low[:, axis] + step
+            size = shape[axis]
+            inside = inside & (coordinate >= 0) & (coordinate < size)
+            index = index * size + coordinate.clamp(0, size - 1)
+            factor = frac[:, axis] if step else 1.0 - frac[:, axis]
+            weight = factor if weight is None else weight * factor
+        assert weight is not None
+        weight = weight * inside  # zero padding: corners outside the grid carry no label
+        label = moving.gather(1, index)
+        term = weight * (label == fixed)
+        agree = term if agree is None else agree + term
+        corner_slots.append(label + offset)
+        corner_weights.append(weight)
+    assert agree is not None
+    fixed_slots = (fixed + offset).reshape(-1)
+    zeros = displacement.new_zeros(batch * slots)
+    intersection = zeros.index_add(0, fixed_slots, agree.reshape(-1))
+    predicted = zeros.index_add(0, torch.cat(corner_slots, 1).reshape(-1), torch.cat(corner_weights, 1).reshape(-1))
+    target = zeros.index_add(0, fixed_slots, displacement.new_ones(fixed_slots.shape))
+    intersection, predicted, target = (x.view(batch, slots)[:, 1:] for x in (intersection, predicted, target))
+    return ((2.0 * intersection + eps) / (predicted + target + eps)).mean(1)
 
 
 # ------------------------------------------------------------------------------------------------- task
@@ -249,10 +316,9 @@ class RegistrationTask:
         with torch.no_grad():
             self.fixed = fixed.detach()
             self.moving = moving.detach().to(fixed.dtype)
-            self.fixed_seg = None if fixed_seg is None else fixed_seg.detach()
-            self.moving_seg = None if moving_seg is None else moving_seg.detach().to(fixed.device)
-            if self.fixed_seg is not None and self.moving_seg is not None:
-                self.moving_seg = self.moving_seg.to(self.fixed_seg.dtype)
+            self.fixed_seg = self.moving_seg = None
+            if fixed_seg is not None and moving_seg is not None:
+                self.fixed_seg, self.moving_seg = fixed_seg.detach(), moving_seg.detach().to(fixed_seg.dtype)
             self.num_labels = self._infer_num_labels(self.fixed_seg, self.moving_seg, None)
             self._set_score_labels()
             self.field = torch.zeros((fixed.shape[0], fixed.ndim - 2, *fixed.shape[2:]), dtype=fixed.dtype,
@@ -358,8 +424,9 @@ class RegistrationTask:
         ``1 - multiscale_lncc(fixed, warp(warped, action)) + aux_smoothness * diffusion(action)``, plus, when
         ``extras`` holds segmentations and ``aux_dice > 0``,
         ``aux_dice * (1 - soft_dice(onehot(fixed_seg), warp(onehot(warped_seg), action)))`` over labels ``1..L``
-        (one-hot warped bilinearly so the term has a gradient; memory ``O(B L V)``). The step is applied to the
-        state's warped image (the one-step view of the replayed transition), not composed with a field.
+        (one-hot warped bilinearly so the term has a gradient; computed by :func:`warped_soft_dice` without
+        building the one-hot maps, memory ``O(2**ndim B V)`` whatever ``L``). The step is applied to the state's
+        warped image (the one-step view of the replayed transition), not composed with a field.
 
         Args:
             state: ``(B, 2, *S)`` ``[fixed, warped moving]`` (e.g. sampled from the replay buffer).
@@ -386,9 +453,8 @@ class RegistrationTask:
             num_labels = self.num_labels if self._ready and self.num_labels is not None else None
             if num_labels is None:  # not reset with segmentations: infer from the extras (one host sync)
                 num_labels = max(int(extras.max()), 1)
-            target = _one_hot_foreground(extras[:, :1], num_labels, action.dtype)
-            moved_seg = warp(_one_hot_foreground(extras[:, 1:2], num_labels, action.dtype), action)
-            loss = loss + cfg.aux_dice * (1.0 - soft_dice(moved_seg, target))
+            dice = warped_soft_dice(extras[:, :1], extras[:, 1:2], action, num_labels, cfg.aux_dice_smooth)
+            loss = loss + cfg.aux_dice * (1.0 - dice.mean())
         return loss
 
     # ------------------------------------------------------------------------------------------ resuming

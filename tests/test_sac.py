@@ -1,0 +1,146 @@
+"""The SAC agent: update mechanics, auxiliary-update switch, checkpoints, determinism."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from rlreg.buffer import Transition
+from rlreg.networks import NetworkConfig
+from rlreg.sac import Agent, AgentConfig, SACConfig, load_checkpoint
+from rlreg.tasks.registration import RegistrationConfig, RegistrationTask
+
+
+def tiny_config(ndim: int = 2, **sac) -> AgentConfig:
+    return AgentConfig(network=NetworkConfig(ndim=ndim, widths=(4, 8), plan_dim=6, critic_widths=(4, 8),
+                                             critic_hidden=16, max_step=1.0),
+                       sac=SACConfig(**sac), task=RegistrationConfig(num_labels=1, aux_dice=0.0))
+
+
+def squares(batch: int, shape=(15, 17), shift: int = 2) -> tuple[torch.Tensor, ...]:
+    fixed = torch.zeros(batch, 1, *shape)
+    fixed[..., 4:10, 5:12] = 1.0
+    moving = torch.roll(fixed, shift, dims=-1)
+    return fixed, moving, fixed.long(), moving.long()
+
+
+def transition_batch(agent: Agent, batch: int = 4) -> tuple[Transition, RegistrationTask]:
+    task = RegistrationTask(agent.config.task)
+    state = task.reset(*squares(batch))
+    decision = agent.act(state, deterministic=False)
+    result = task.step(decision.action)
+    return Transition(state, decision.plan, result.reward, result.state, result.terminated, None), task
+
+
+def params(module: torch.nn.Module) -> torch.Tensor:
+    return torch.cat([p.detach().flatten().clone() for p in module.parameters()])
+
+
+def test_update_changes_every_network_and_moves_targets_by_polyak() -> None:
+    torch.manual_seed(0)
+    agent = Agent(tiny_config(tau=0.5))
+    batch, task = transition_batch(agent)
+    before = {name: params(getattr(agent, name)) for name in ("planner", "actor", "critic", "critic_target")}
+    alpha_before = float(agent.log_alpha.detach())
+    logs = agent.update(batch, task)
+    assert {"critic_loss", "planner_loss", "aux_loss", "alpha", "entropy"} <= set(logs)
+    assert all(torch.isfinite(torch.tensor(v)) for v in logs.values())
+    for name in ("planner", "actor", "critic"):
+        assert not torch.equal(before[name], params(getattr(agent, name))), name
+    # target = lerp(target_old, critic_new, tau): with tau = 0.5 the target sits halfway
+    expected = before["critic_target"] + 0.5 * (params(agent.critic) - before["critic_target"])
+    assert torch.allclose(params(agent.critic_target), expected, atol=1e-6)
+    assert float(agent.log_alpha.detach()) != alpha_before
+
+
+def test_actor_only_auxiliary_updates_leave_planner_to_rl() -> None:
+    """With rl_weight=0 and aux_updates='actor', nothing trains the planner at all."""
+    torch.manual_seed(0)
+    agent = Agent(tiny_config(rl_weight=0.0, aux_updates="actor"))
+    batch, task = transition_batch(agent)
+    # rl_weight=0 is baseline (b): the auxiliary loss updates actor and planner through the plan's mean
+    planner_before, actor_before = params(agent.planner), params(agent.actor)
+    critic_before = params(agent.critic)
+    agent.update(batch, task)
+    assert not torch.equal(actor_before, params(agent.actor))
+    assert not torch.equal(planner_before, params(agent.planner))
+    assert torch.equal(critic_before, params(agent.critic))  # no critic in baseline (b)
+
+
+def test_aux_switch_controls_planner_gradients() -> None:
+    torch.manual_seed(1)
+    both = Agent(tiny_config(aux_updates="actor+planner", kl_weight=0.0))
+    actor_only = Agent(tiny_config(aux_updates="actor", kl_weight=0.0))
+    actor_only.load_state_dict(both.state_dict())
+    batch, task = transition_batch(both)
+    # Same weights, same RNG for the sampled plans: the planners differ only by the auxiliary gradient.
+    torch.manual_seed(5)
+    both.update(batch, task)
+    torch.manual_seed(5)
+    actor_only.update(batch, task)
+    assert not torch.equal(params(both.planner), params(actor_only.planner))
+
+
+def test_critic_target_masks_terminal() -> None:
+    """Reproduce step 1 of the update by hand: terminated rows do not bootstrap, the others (including
+    truncated ones, which are not flagged terminated) do."""
+    torch.manual_seed(3)
+    agent = Agent(tiny_config(gamma=0.5, tau=1e-9, lr_critic=1e-12))
+    batch, task = transition_batch(agent, batch=3)
+    batch = batch._replace(terminated=torch.tensor([True, False, True]), reward=torch.tensor([1.0, 2.0, 3.0]))
+    state_rng = torch.get_rng_state()
+    with torch.no_grad():
+        out = agent.planner(batch.next_state)
+        noise = torch.randn_like(out.mean)
+        plan = out.mean + out.log_std.exp() * noise
+        logp = torch.distributions.Normal(out.mean, out.log_std.exp()).log_prob(plan).sum(-1)
+        soft = torch.min(*agent.critic_target(batch.next_state, plan)) - agent.log_alpha.exp() * logp
+        target = batch.reward + 0.5 * (1 - batch.terminated.float()) * soft
+        q1, q2 = agent.critic(batch.state, batch.plan)
+        expected = ((q1 - target) ** 2).mean() + ((q2 - target) ** 2).mean()
+    torch.set_rng_state(state_rng)
+    logs = agent.update(batch, task)
+    assert logs["critic_loss"] == pytest.approx(float(expected), rel=1e-4)
+
+
+def test_checkpoint_round_trip_gives_identical_actions(tmp_path) -> None:
+    torch.manual_seed(0)
+    agent = Agent(tiny_config(ndim=3))
+    state = torch.rand(2, 2, 9, 11, 7)
+    path = agent.save(tmp_path / "agent.pt", note="hello")
+    loaded, raw = load_checkpoint(path)
+    assert raw["format_version"] == 1 and raw["note"] == "hello"
+    assert loaded.config == agent.config
+    assert torch.equal(agent.act(state).action, loaded.act(state).action)
+    assert [p.name for p in tmp_path.iterdir()] == ["agent.pt"]
+
+
+def test_seeded_updates_are_deterministic() -> None:
+    def run() -> torch.Tensor:
+        torch.manual_seed(7)
+        agent = Agent(tiny_config())
+        batch, task = transition_batch(agent)
+        for _ in range(3):
+            agent.update(batch, task)
+        return params(agent.planner)
+
+    assert torch.equal(run(), run())
+
+
+def test_load_rejects_foreign_files(tmp_path) -> None:
+    bad = tmp_path / "x.pt"
+    torch.save({"weights": torch.zeros(1)}, bad)
+    with pytest.raises(ValueError, match="no format_version"):
+        load_checkpoint(bad)
+    bad.write_bytes(b"garbage")
+    with pytest.raises(ValueError, match="not a readable rlreg checkpoint"):
+        load_checkpoint(bad)
+
+
+def test_config_round_trip() -> None:
+    config = tiny_config()
+    assert AgentConfig.from_dict(config.to_dict()) == config
+    with pytest.raises(ValueError, match="unknown"):
+        AgentConfig.from_dict({"sac": {"gamma": 0.9, "nope": 1}})
+    with pytest.raises(ValueError, match="aux_updates"):
+        SACConfig(aux_updates="critic")
