@@ -222,8 +222,9 @@ class Agent(nn.Module):
             for target_p, p in zip(self.critic_target.parameters(), self.critic.parameters(), strict=True):
                 target_p.lerp_(p, sac.tau)
         self.updates += 1
-        return {"critic_loss": float(critic_loss), "planner_loss": float(planner_loss), "aux_loss": float(aux_loss),
-                "alpha": float(alpha), "entropy": float(-log_prob.mean()), "q": float(q1.mean()), "kl": float(kl)}
+        losses = {"critic_loss": critic_loss, "planner_loss": planner_loss, "aux_loss": aux_loss, "alpha": alpha,
+                  "entropy": -log_prob.mean(), "q": q1.mean(), "kl": kl}
+        return {name: value.item() for name, value in losses.items()}
 
     def _update_auxiliary_only(self, batch: Transition, task: Task) -> dict[str, float]:
         """Baseline (b): the same step-wise planner-actor loop trained by the auxiliary loss alone (no critic,
@@ -236,7 +237,7 @@ class Agent(nn.Module):
         self._step(self.planner_opt, self.planner)
         self._step(self.actor_opt, self.actor)
         self.updates += 1
-        return {"aux_loss": float(aux_loss)}
+        return {"aux_loss": aux_loss.item()}
 
     # ------------------------------------------------------------------------------------------------ checkpoints
     def checkpoint(self, **extra: Any) -> dict[str, Any]:
