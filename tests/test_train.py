@@ -16,7 +16,7 @@ TINY = [
 ]
 
 
-class Killed(Exception):
+class KilledError(Exception):
     pass
 
 
@@ -30,7 +30,7 @@ def test_load_config_overrides_and_errors(tmp_path) -> None:
         load_config(recipe, ["loop.nope=1"])
     with pytest.raises(ValueError, match="config file not found"):
         load_config(tmp_path / "missing.yaml")
-    with pytest.raises(ValueError, match="section.key=value"):
+    with pytest.raises(ValueError, match=r"section\.key=value"):
         load_config(None, ["loop.total_steps"])
 
 
@@ -57,9 +57,9 @@ def test_resume_after_kill_reproduces_the_uninterrupted_run(tmp_path) -> None:
 
     def kill_after_four(step: int, total: int, metrics: dict) -> None:
         if step == 4:
-            raise Killed
+            raise KilledError
 
-    with pytest.raises(Killed):
+    with pytest.raises(KilledError):
         train(interrupted, progress=kill_after_four)
     assert torch.load(tmp_path / "b" / "state.pt", weights_only=True)["step"] == 3
     summary = train(interrupted, resume=True)
