@@ -70,6 +70,8 @@ class LoopConfig:
     """Registration steps in evaluation (the Dice-per-step curve runs 0..eval_steps)."""
     checkpoint_every: int = 500
     """Steps between resumable checkpoints."""
+    max_seconds: float | None = None
+    """Wall-time budget: stop (after a final evaluation and checkpoint) once exceeded. None: no limit."""
     output: str = "runs/digits"
     """Run folder: checkpoints, TensorBoard logs, metrics.jsonl."""
 
@@ -233,7 +235,7 @@ def train(config: TrainConfig, resume: bool = False,
     extras_before = task.extras()  # per-pair tensors (segmentations) belonging to `state`, for the aux loss
     started = time.perf_counter()
     env_time = update_time = 0.0
-    updates_done = 0
+    updates_done, done_steps = 0, start_step
     for step in range(start_step, loop.total_steps):
         t0 = time.perf_counter()
         decision = agent.act(state, deterministic=config.agent.sac.rl_weight == 0)
@@ -260,7 +262,9 @@ def train(config: TrainConfig, resume: bool = False,
             for key, value in metrics.items():
                 writer.add_scalar(f"train/{key}", value, step)
         done_steps = step + 1
-        if done_steps % loop.eval_every == 0 or done_steps == loop.total_steps:
+        out_of_time = loop.max_seconds is not None and time.perf_counter() - started >= loop.max_seconds
+        last = done_steps == loop.total_steps or out_of_time
+        if done_steps % loop.eval_every == 0 or last:
             result_eval = evaluate(agent, eval_batch, loop.eval_steps)
             best_step, best = result_eval.best
             record = {"step": done_steps, "dice_final": result_eval.dice_per_step[-1], "dice_best": best,
@@ -274,17 +278,19 @@ def train(config: TrainConfig, resume: bool = False,
             with (out / "metrics.jsonl").open("a") as handle:
                 handle.write(json.dumps(record) + "\n")
             agent.save(out / "model.pt", train_config=config.to_dict(), eval=asdict(result_eval))
-        if done_steps % loop.checkpoint_every == 0 or done_steps == loop.total_steps:
+        if done_steps % loop.checkpoint_every == 0 or last:
             _atomic_save({"agent": agent.checkpoint(), "buffer": buffer.state_dict(), "task": task.state_dict(),
                           "generators": {"data": data_gen.get_state(), "sample": sample_gen.get_state(),
                                          "torch": torch.get_rng_state()},
                           "step": done_steps, "history": history}, state_path)
         if progress is not None:
             progress(done_steps, loop.total_steps, metrics)
+        if out_of_time:
+            break
     if writer is not None:
         writer.close()
     elapsed = time.perf_counter() - started
-    steps_run = loop.total_steps - start_step
+    steps_run = done_steps - start_step
     return {"history": history, "parameters": agent.parameter_counts(), "seconds": elapsed,
             "env_steps_per_s": steps_run * loop.num_envs / env_time if env_time else None,
             "updates_per_s": updates_done / update_time if update_time else None,
