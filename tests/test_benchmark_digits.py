@@ -18,7 +18,8 @@ def test_tiny_benchmark_writes_section_and_figure(tmp_path) -> None:
         assert all(0.0 <= d <= 1.0 for d in r.dice_any)
         assert r.parameters > 10_000 and math.isfinite(r.seconds_per_pair) and r.train_seconds >= 2.0
     assert results[1].updates >= 1  # the agent may still be in its warm-up after 2 s
-    assert results[0].dice_any[0] == pytest.approx(results[1].dice_any[0], abs=1e-6)  # the same held-out pairs for every variant
+    # the same held-out pairs for every variant
+    assert results[0].dice_any[0] == pytest.approx(results[1].dice_any[0], abs=1e-6)
     markdown = tmp_path / "benchmarks.md"
     markdown.write_text("# rlreg benchmarks\n\n<!-- spatial:begin -->\nkeep me\n<!-- spatial:end -->\n")
     figure = tmp_path / "digits.png"
