@@ -18,7 +18,7 @@ import argparse
 import json
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -56,6 +56,10 @@ class VariantResult:
     folding_percent: float
     seconds_per_pair: float
     """Inference time per pair for T steps (batched), CPU."""
+    env_steps_per_s: float | None = None
+    """Training throughput: pair-steps of the vectorised environment per second of environment time."""
+    updates_per_s: float | None = None
+    """Training throughput: gradient updates per second of update time."""
 
 
 def _train_agent(name: str, overrides: list[str], budget_s: float, output: Path, seed: int) -> tuple[object, dict]:
@@ -132,22 +136,60 @@ def run_benchmark(budget_s: float = 900.0, steps: int = 30, eval_pairs: int = 10
             start = time.perf_counter()
             net, updates = _train_onestep(budget_s, seed, output)
             seconds = time.perf_counter() - start
+            throughput = (None, updates / seconds)
             any_curve, any_gt0, folding, per_pair = _evaluate_onestep(net, any_pairs, steps)
             same_curve = _evaluate_onestep(net, same_pairs, steps)[0]
             params = sum(p.numel() for p in net.parameters())
         else:
             start = time.perf_counter()
-            agent, _summary = _train_agent(name, VARIANTS[name], budget_s, output, seed)
+            agent, summary = _train_agent(name, VARIANTS[name], budget_s, output, seed)
             seconds = time.perf_counter() - start
+            throughput = (summary["env_steps_per_s"], summary["updates_per_s"])
+            if name == "rl":
+                _example_grid(agent, any_pairs, output / "digits_examples.png")
             updates = agent.updates
             any_curve, any_gt0, folding, per_pair = _evaluate_agent(agent, any_pairs, steps)
             same_curve = _evaluate_agent(agent, same_pairs, steps)[0]
             counts = agent.parameter_counts()
             params = counts["planner"] + counts["actor"]
         results.append(VariantResult(name, params, seconds, updates, any_curve, any_gt0, same_curve, folding,
-                                     per_pair))
+                                     per_pair, *throughput))
         (output / "results.json").write_text(json.dumps([r.__dict__ for r in results], indent=2))
     return results
+
+
+@torch.no_grad()
+def _example_grid(agent, pairs, path: Path, count: int = 6, shown: tuple[int, ...] = (0, 1, 2, 5, 10, 20, 30)) -> None:
+    """Rows: example pairs; columns: fixed, then the moving digit after each shown step (deterministic policy)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from rlreg.tasks.registration import RegistrationTask
+
+    task = RegistrationTask(replace(agent.config.task, max_steps=max(shown) + 1))
+    state = task.reset(pairs.fixed[:count], pairs.moving[:count], pairs.fixed_seg[:count], pairs.moving_seg[:count])
+    frames = {0: task.warped.clone()}
+    for t in range(1, max(shown) + 1):
+        state = task.step(agent.act(state).action).state
+        if t in shown:
+            frames[t] = task.warped.clone()
+    fig, axes = plt.subplots(count, len(shown) + 1, figsize=(1.3 * (len(shown) + 1), 1.3 * count), squeeze=False)
+    for row in range(count):
+        panels = [("fixed", pairs.fixed[row, 0])] + [(f"step {t}", frames[t][row, 0]) for t in shown]
+        for col, (title, image) in enumerate(panels):
+            ax = axes[row, col]
+            ax.imshow(image.cpu().numpy(), cmap="gray", vmin=0, vmax=1)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if row == 0:
+                ax.set_title(title, fontsize=8)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, path)
 
 
 def _plot(results: list[VariantResult], path: Path) -> None:
@@ -184,7 +226,14 @@ def write_markdown(results: list[VariantResult], path: Path, command: str, budge
         lines.append(f"| {r.name} | {r.parameters:,} | {r.updates:,} | {r.dice_any[0]:.3f} | "
                      f"{r.dice_any[best]:.3f} ({best}) | {r.dice_any[-1]:.3f} | {max(r.dice_any_gt0):.3f} | "
                      f"{max(r.dice_same):.3f} | {r.folding_percent:.3f} | {r.seconds_per_pair * 1e3:.2f} ms |")
-    lines += ["", f"![Dice per step]({figure.name})", "", END]
+    lines += ["", "Training throughput (CPU, same run): environment pair-steps per second of environment time and "
+              "gradient updates per second of update time.", "",
+              "| variant | env pair-steps / s | updates / s | train seconds |", "|---|---:|---:|---:|"]
+    for r in results:
+        env = f"{r.env_steps_per_s:.0f}" if r.env_steps_per_s else "-"
+        upd = f"{r.updates_per_s:.2f}" if r.updates_per_s else "-"
+        lines.append(f"| {r.name} | {env} | {upd} | {r.train_seconds:.0f} |")
+    lines += ["", f"![Dice per step]({figure.name})", "", "![Examples, step by step](digits_examples.png)", "", END]
     section = "\n".join(lines)
     text = path.read_text() if path.exists() else "# rlreg benchmarks\n"
     if BEGIN in text and END in text:
@@ -209,6 +258,9 @@ def main(argv: list[str] | None = None) -> None:
                             variants=tuple(args.variants.split(",")))
     figure = args.output.parent / "digits_dice_per_step.png"
     _plot(results, figure)
+    examples = args.runs / "digits_examples.png"
+    if examples.exists():
+        os.replace(examples, args.output.parent / "digits_examples.png")
     command = "python -m rlreg.pipelines.benchmark_digits " + " ".join(
         f"--{k.replace('_', '-')} {v}" for k, v in (("budget_minutes", args.budget_minutes),
                                                      ("eval_pairs", args.eval_pairs)))
