@@ -39,6 +39,7 @@ lint: $(STAMP)
 ## Benchmarks: rewrite their sections of docs/benchmarks.md.
 bench: $(STAMP)
 	$(BIN)/rlreg benchmark spatial
+	$(BIN)/rlreg benchmark digits
 
 clean:
 	rm -rf $(VENV) out .pytest_cache .ruff_cache

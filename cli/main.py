@@ -140,5 +140,21 @@ def benchmark_spatial(
     bench.main(device=str(dev), quick=quick, output=output, threads=threads)
 
 
+@benchmark_app.command("digits")
+def benchmark_digits(
+    budget_minutes: Annotated[float, typer.Option(help="Wall-time training budget of each variant.")] = 15.0,
+    eval_pairs: Annotated[int, typer.Option(help="Held-out pairs evaluated.")] = 1000,
+    variants: Annotated[str, typer.Option(help="Comma-separated: rl, rl-actor-aux, aux-only, onestep.")] = (
+        "rl,rl-actor-aux,aux-only,onestep"),
+    output: Annotated[Path, typer.Option("--output", "-o", help="Markdown file to update.")] = Path(
+        "docs/benchmarks.md"),
+) -> None:
+    """The paper's digits transform: the RL agent against baselines (a)-(c) on equal wall time."""
+    from rlreg.pipelines import benchmark_digits as bench
+
+    bench.main(["--budget-minutes", str(budget_minutes), "--eval-pairs", str(eval_pairs), "--variants", variants,
+                "--output", str(output)])
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(app())

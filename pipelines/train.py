@@ -14,13 +14,14 @@ import json
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from rlreg.buffer import ReplayBuffer, Transition
+from rlreg.config import from_dict
 from rlreg.sac import Agent, AgentConfig
 from rlreg.spatial import warp
 from rlreg.tasks.registration import RegistrationTask, batch_dice
@@ -88,23 +89,6 @@ class TrainConfig:
         return asdict(self)
 
 
-def _build(kind: type, values: dict[str, Any], where: str) -> Any:
-    known = {f.name: f for f in fields(kind)}
-    unknown = set(values) - set(known)
-    if unknown:
-        raise ValueError(f"unknown config keys {sorted(f'{where}{k}' for k in unknown)}; "
-                         f"valid at {where or 'top level'}: {sorted(known)}")
-    kwargs: dict[str, Any] = {}
-    defaults = kind()
-    for name, value in values.items():
-        current = getattr(defaults, name)
-        if is_dataclass(current) and isinstance(value, dict):
-            kwargs[name] = _build(type(current), value, f"{where}{name}.")
-        else:
-            kwargs[name] = tuple(value) if isinstance(value, list) else value
-    return kind(**kwargs)
-
-
 def load_config(path: str | os.PathLike[str] | None, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
     """Read a YAML config (or defaults if None) and apply ``dotted.key=value`` overrides (values parsed as YAML)."""
     import yaml
@@ -126,7 +110,7 @@ def load_config(path: str | os.PathLike[str] | None, overrides: list[str] | tupl
         for part in parts[:-1]:
             node = node.setdefault(part, {})
         node[parts[-1]] = yaml.safe_load(value)
-    return _build(TrainConfig, data, "")
+    return from_dict(TrainConfig, data)
 
 
 # ---------------------------------------------------------------------------------------------------- evaluation

@@ -19,7 +19,7 @@ from __future__ import annotations
 import copy
 import math
 import os
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rlreg.buffer import Transition
+from rlreg.config import from_dict
 from rlreg.networks import Actor, NetworkConfig, Planner, PlanOutput, TwinCritic, count_parameters
 from rlreg.tasks.base import Task
 from rlreg.tasks.registration import RegistrationConfig
@@ -89,15 +90,8 @@ class AgentConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> AgentConfig:
-        def build(kind: type, values: dict[str, Any]) -> Any:
-            known = {f.name: f for f in fields(kind)}
-            unknown = set(values) - set(known)
-            if unknown:
-                raise ValueError(f"unknown {kind.__name__} fields {sorted(unknown)}")
-            return kind(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
-
-        return cls(network=build(NetworkConfig, data.get("network", {})), sac=build(SACConfig, data.get("sac", {})),
-                   task=build(RegistrationConfig, data.get("task", {})))
+        """Rebuild from :meth:`to_dict` output (e.g. a checkpoint's ``config``)."""
+        return from_dict(cls, data)
 
 
 class ActOutput(NamedTuple):
