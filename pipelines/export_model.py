@@ -1,0 +1,48 @@
+"""Export a trained checkpoint as a shipped model: optimiser state stripped, card and checksum in models.json."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rlreg.models import MODELS_DIR, REGISTRY, available, sha256
+
+__all__ = ["export_model"]
+
+
+def export_model(checkpoint: Path, name: str, card: dict[str, Any], directory: Path = MODELS_DIR) -> Path:
+    """Write ``<directory>/<name>.pt`` (weights, config, no optimisers) and its card into ``models.json``."""
+    data = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    keep = {k: data[k] for k in ("format_version", "config", "state_dicts", "updates")}
+    target = directory / f"{name}.pt"
+    tmp = target.with_name(f".{target.name}.tmp")
+    torch.save(keep, tmp)
+    os.replace(tmp, target)
+    registry = directory / REGISTRY.name
+    cards = json.loads(registry.read_text()) if registry.exists() else {}
+    cards[name] = {"file": target.name, "sha256": sha256(target), "ndim": keep["config"]["network"]["ndim"],
+                   "max_steps": keep["config"]["task"]["max_steps"], **card}
+    tmp = registry.with_name(f".{registry.name}.tmp")
+    tmp.write_text(json.dumps(cards, indent=2) + "\n")
+    os.replace(tmp, registry)
+    return target
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("checkpoint", type=Path)
+    parser.add_argument("name")
+    parser.add_argument("--card", type=Path, help="JSON file with the model card (training data, metrics, ...)")
+    args = parser.parse_args(argv)
+    card = json.loads(args.card.read_text()) if args.card else {}
+    path = export_model(args.checkpoint, args.name, card)
+    print(f"exported {path}; shipped models: {sorted(available())}")
+
+
+if __name__ == "__main__":
+    main()
