@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from rlreg.io import atomic_output
 from rlreg.losses import diffusion, multiscale_lncc
 from rlreg.onestep import OneStepConfig, OneStepNet
 from rlreg.spatial import folding_percent, warp
@@ -186,10 +187,9 @@ def _example_grid(agent, pairs, path: Path, count: int = 6, shown: tuple[int, ..
             if row == 0:
                 ax.set_title(title, fontsize=8)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
+    with atomic_output(path) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 def _plot(results: list[VariantResult], path: Path) -> None:
@@ -206,10 +206,9 @@ def _plot(results: list[VariantResult], path: Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
+    with atomic_output(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 def write_markdown(results: list[VariantResult], path: Path, command: str, budget_s: float, figure: Path) -> None:
@@ -240,9 +239,8 @@ def write_markdown(results: list[VariantResult], path: Path, command: str, budge
         text = text[: text.index(BEGIN)] + section + text[text.index(END) + len(END):]
     else:
         text = text.rstrip("\n") + "\n\n" + section + "\n"
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    with atomic_output(path) as tmp:
+        tmp.write_text(text)
 
 
 def main(argv: list[str] | None = None) -> None:

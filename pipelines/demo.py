@@ -10,7 +10,6 @@ Once a shipped RL model exists (the shipped-models issue), the deformable stage 
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -21,7 +20,7 @@ import torch
 
 from rlreg.affine import AffineConfig, affine_register, index_map, positions_to_displacement
 from rlreg.instance import InstanceConfig, optimise_displacement
-from rlreg.io import atomic_path, write_image
+from rlreg.io import atomic_output, write_image
 from rlreg.metrics import mean_dice
 from rlreg.spatial import folding_percent, jacobian_determinant, sdlogj, warp
 
@@ -134,8 +133,7 @@ def run_demo(output: Path, fixed_name: str = "9861", moving_name: str = "10021",
                         sdlogj=float(sdlogj(disp)[0]), seconds=seconds, device=str(dev),
                         outputs={k: str(v) for k, v in outputs.items()})
     report = output / "rlreg.json"
-    tmp = atomic_path(report)
-    tmp.write_text(json.dumps(asdict(result), indent=2))
-    os.replace(tmp, report)
+    with atomic_output(report) as tmp:
+        tmp.write_text(json.dumps(asdict(result), indent=2))
     result.outputs["report"] = str(report)
     return result

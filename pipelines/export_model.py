@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from rlreg.io import atomic_output
 from rlreg.models import MODELS_DIR, REGISTRY, available, sha256
 
 __all__ = ["export_model"]
@@ -20,16 +20,14 @@ def export_model(checkpoint: Path, name: str, card: dict[str, Any], directory: P
     data = torch.load(checkpoint, map_location="cpu", weights_only=True)
     keep = {k: data[k] for k in ("format_version", "config", "state_dicts", "updates")}
     target = directory / f"{name}.pt"
-    tmp = target.with_name(f".{target.name}.tmp")
-    torch.save(keep, tmp)
-    os.replace(tmp, target)
+    with atomic_output(target) as tmp:
+        torch.save(keep, tmp)
     registry = directory / REGISTRY.name
     cards = json.loads(registry.read_text()) if registry.exists() else {}
     cards[name] = {"file": target.name, "sha256": sha256(target), "ndim": keep["config"]["network"]["ndim"],
                    "max_steps": keep["config"]["task"]["max_steps"], **card}
-    tmp = registry.with_name(f".{registry.name}.tmp")
-    tmp.write_text(json.dumps(cards, indent=2) + "\n")
-    os.replace(tmp, registry)
+    with atomic_output(registry) as tmp:
+        tmp.write_text(json.dumps(cards, indent=2) + "\n")
     return target
 
 

@@ -22,6 +22,7 @@ import torch
 
 from rlreg.buffer import ReplayBuffer, Transition
 from rlreg.config import from_dict
+from rlreg.io import atomic_output
 from rlreg.sac import Agent, AgentConfig
 from rlreg.spatial import warp
 from rlreg.tasks.registration import RegistrationTask, batch_dice
@@ -159,9 +160,8 @@ def evaluate(agent: Agent, pairs, steps: int, chunk: int = 250) -> EvalResult:
 
 # ---------------------------------------------------------------------------------------------------- training
 def _atomic_save(obj: Any, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    with atomic_output(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def train(config: TrainConfig, resume: bool = False,

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +22,7 @@ import SimpleITK as sitk
 import torch
 from torch import Tensor
 
-__all__ = ["Geometry", "Image", "InputError", "atomic_path", "read_image", "write_image"]
+__all__ = ["Geometry", "Image", "InputError", "atomic_output", "atomic_path", "read_image", "write_image"]
 
 
 class InputError(ValueError):
@@ -124,6 +126,20 @@ def atomic_path(path: Path) -> Path:
     return Path(tmp)
 
 
+@contextmanager
+def atomic_output(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Write through a temporary sibling: ``with atomic_output(p) as tmp: save(tmp)`` renames ``tmp`` onto ``p``
+    only when the block succeeds, so ``p`` is never half-written and an earlier ``p`` survives a failure."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = atomic_path(path)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def write_image(data: Tensor | np.ndarray, geometry: Geometry, path: str | os.PathLike[str],
                 dtype: np.dtype | type | None = None) -> Path:
     """Write a ``(*S)`` / ``(1, 1, *S)`` array on ``geometry``'s grid to ``path`` atomically; returns the path."""
@@ -136,10 +152,6 @@ def write_image(data: Tensor | np.ndarray, geometry: Geometry, path: str | os.Pa
     if dtype is not None:
         array = array.astype(dtype)
     image = geometry.apply_to(sitk.GetImageFromArray(array))
-    tmp = atomic_path(path)
-    try:
+    with atomic_output(path) as tmp:
         sitk.WriteImage(image, str(tmp), useCompression=True)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path

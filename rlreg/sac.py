@@ -29,6 +29,7 @@ from torch import Tensor, nn
 
 from rlreg.buffer import Transition
 from rlreg.config import from_dict
+from rlreg.io import atomic_output
 from rlreg.networks import Actor, NetworkConfig, Planner, PlanOutput, TwinCritic, count_parameters
 from rlreg.tasks.base import Task
 from rlreg.tasks.registration import RegistrationConfig
@@ -251,12 +252,9 @@ class Agent(nn.Module):
 
     def save(self, path: str | os.PathLike[str], **extra: Any) -> Path:
         """Write :meth:`checkpoint` atomically (temporary file, then rename)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        torch.save(self.checkpoint(**extra), tmp)
-        os.replace(tmp, path)
-        return path
+        with atomic_output(path) as tmp:
+            torch.save(self.checkpoint(**extra), tmp)
+        return Path(path)
 
     def load_checkpoint_dict(self, data: dict[str, Any], restore_rng: bool = False) -> None:
         """Load weights, optimiser states and counters from a :meth:`checkpoint` dict."""

@@ -132,3 +132,16 @@ def test_write_image_rejects_wrong_grid(tmp_path) -> None:
     with pytest.raises(ValueError, match="does not match the grid"):
         write_image(torch.zeros(3, 3, 3), geometry, tmp_path / "x.nii.gz")
     assert not list(tmp_path.iterdir())
+
+
+def test_atomic_output_keeps_the_old_file_when_writing_fails(tmp_path) -> None:
+    from rlreg.io import atomic_output
+
+    target = tmp_path / "report.json"
+    with atomic_output(target) as tmp:
+        tmp.write_text("first")
+    with pytest.raises(RuntimeError), atomic_output(target) as tmp:
+        tmp.write_text("half-writ")
+        raise RuntimeError("killed mid-write")
+    assert target.read_text() == "first"
+    assert [p.name for p in tmp_path.iterdir()] == ["report.json"]
