@@ -121,17 +121,31 @@ def _evaluate_onestep(net: OneStepNet, pairs, steps: int) -> tuple[list[float], 
             seconds)
 
 
+ORDER = ("rl", "rl-actor-aux", "aux-only", "onestep")
+
+
 def run_benchmark(budget_s: float = 900.0, steps: int = 30, eval_pairs: int = 1000, seed: int = 0,
-                  output: Path = Path("runs/benchmark_digits"), variants: tuple[str, ...] = (
-                      "rl", "rl-actor-aux", "aux-only", "onestep")) -> list[VariantResult]:
-    """Train every variant for ``budget_s`` seconds and evaluate it on fixed held-out pairs."""
+                  output: Path = Path("runs/benchmark_digits"), variants: tuple[str, ...] = ORDER,
+                  reuse: bool = False) -> list[VariantResult]:
+    """Train every variant for ``budget_s`` seconds and evaluate it on fixed held-out pairs.
+
+    With ``reuse``, variants not in ``variants`` are taken from ``<output>/results.json`` of an earlier run with the
+    same budget and evaluation pairs (so one variant can be re-run without re-training the others).
+    """
     from rlreg.pipelines.digits import DigitPairs, split_mnist
 
     output.mkdir(parents=True, exist_ok=True)
     test = split_mnist()["test"]
     any_pairs = DigitPairs(*test, mode="any").sample(eval_pairs, torch.Generator().manual_seed(12345))
     same_pairs = DigitPairs(*test, mode="same").sample(eval_pairs, torch.Generator().manual_seed(12346))
-    results = []
+    results: list[VariantResult] = []
+    saved = output / "results.json"
+    if reuse and saved.exists():
+        earlier = [VariantResult(**r) for r in json.loads(saved.read_text())]
+        for r in earlier:
+            if abs(r.train_seconds - budget_s) > 0.1 * budget_s or len(r.dice_any) != steps + 1:
+                raise ValueError(f"{saved}: {r.name} was run with another budget or step count; rerun it")
+        results = [r for r in earlier if r.name not in variants]
     for name in variants:
         if name == "onestep":
             start = time.perf_counter()
@@ -155,7 +169,9 @@ def run_benchmark(budget_s: float = 900.0, steps: int = 30, eval_pairs: int = 10
             params = counts["planner"] + counts["actor"]
         results.append(VariantResult(name, params, seconds, updates, any_curve, any_gt0, same_curve, folding,
                                      per_pair, *throughput))
-        (output / "results.json").write_text(json.dumps([r.__dict__ for r in results], indent=2))
+        results.sort(key=lambda r: ORDER.index(r.name))
+        with atomic_output(saved) as tmp:
+            tmp.write_text(json.dumps([r.__dict__ for r in results], indent=2))
     return results
 
 
@@ -249,11 +265,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--eval-pairs", type=int, default=1000)
     parser.add_argument("--output", type=Path, default=Path("docs/benchmarks.md"))
     parser.add_argument("--runs", type=Path, default=Path("runs/benchmark_digits"))
-    parser.add_argument("--variants", default="rl,rl-actor-aux,aux-only,onestep")
+    parser.add_argument("--variants", default=",".join(ORDER))
+    parser.add_argument("--reuse", action="store_true",
+                        help="keep the other variants' results from the earlier run in --runs")
     args = parser.parse_args(argv)
     budget = args.budget_minutes * 60
     results = run_benchmark(budget, eval_pairs=args.eval_pairs, output=args.runs,
-                            variants=tuple(args.variants.split(",")))
+                            variants=tuple(args.variants.split(",")), reuse=args.reuse)
     figure = args.output.parent / "digits_dice_per_step.png"
     _plot(results, figure)
     examples = args.runs / "digits_examples.png"
@@ -262,6 +280,8 @@ def main(argv: list[str] | None = None) -> None:
     command = "python -m rlreg.pipelines.benchmark_digits " + " ".join(
         f"--{k.replace('_', '-')} {v}" for k, v in (("budget_minutes", args.budget_minutes),
                                                      ("eval_pairs", args.eval_pairs)))
+    if args.reuse:
+        command += f" --variants {args.variants} --reuse  (other rows from the earlier run)"
     write_markdown(results, args.output, command, budget, figure)
     print(f"wrote {args.output} and {figure}")
 
