@@ -198,6 +198,9 @@ def train(config: TrainConfig, resume: bool = False,
     state_path = out / "state.pt"
     if resume and state_path.exists():
         saved = torch.load(state_path, map_location=device, weights_only=True)
+        if AgentConfig.from_dict(saved["agent"]["config"]) != config.agent:
+            raise ValueError(f"{state_path}: was trained with another agent config; resume with the same recipe and "
+                             "overrides, or choose a new loop.output")
         agent.load_checkpoint_dict(saved["agent"])
         buffer.load_state_dict(saved["buffer"])
         task.load_state_dict(saved["task"])
@@ -206,6 +209,9 @@ def train(config: TrainConfig, resume: bool = False,
         sample_gen.set_state(saved["generators"]["sample"])
         torch.set_rng_state(saved["generators"]["torch"])
         start_step, history = int(saved["step"]), list(saved["history"])
+        # evaluations logged after the last checkpoint are redone: keep metrics.jsonl in step with the state
+        with atomic_output(out / "metrics.jsonl") as tmp:
+            tmp.write_text("".join(json.dumps(record) + "\n" for record in history))
     (out / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
 
     writer = None

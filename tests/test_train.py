@@ -93,3 +93,11 @@ def test_digits_agent_learns_to_register(tmp_path) -> None:
     summary = train(config)
     record = summary["history"][-1]
     assert record["dice_best"] > record["dice0"] + 0.15, record
+
+
+def test_resume_refuses_another_agent_config(tmp_path) -> None:
+    config = load_config(None, [*TINY, "loop.total_steps=3", f"loop.output={tmp_path}"])
+    train(config)
+    other = load_config(None, [*TINY, "loop.total_steps=6", "agent.sac.gamma=0.5", f"loop.output={tmp_path}"])
+    with pytest.raises(ValueError, match="another agent config"):
+        train(other, resume=True)
