@@ -205,9 +205,11 @@ def train(config: TrainConfig, resume: bool = False,
         buffer.load_state_dict(saved["buffer"])
         task.load_state_dict(saved["task"])
         state = task.observe()
-        data_gen.set_state(saved["generators"]["data"])
-        sample_gen.set_state(saved["generators"]["sample"])
-        torch.set_rng_state(saved["generators"]["torch"])
+        data_gen.set_state(saved["generators"]["data"].cpu())
+        sample_gen.set_state(saved["generators"]["sample"].cpu())
+        torch.set_rng_state(saved["generators"]["torch"].cpu())
+        if "cuda" in saved["generators"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all([s.cpu() for s in saved["generators"]["cuda"]])
         start_step, history = int(saved["step"]), list(saved["history"])
         # evaluations logged after the last checkpoint are redone: keep metrics.jsonl in step with the state
         with atomic_output(out / "metrics.jsonl") as tmp:
@@ -271,7 +273,9 @@ def train(config: TrainConfig, resume: bool = False,
         if done_steps % loop.checkpoint_every == 0 or last:
             _atomic_save({"agent": agent.checkpoint(), "buffer": buffer.state_dict(), "task": task.state_dict(),
                           "generators": {"data": data_gen.get_state(), "sample": sample_gen.get_state(),
-                                         "torch": torch.get_rng_state()},
+                                         "torch": torch.get_rng_state(),
+                                         **({"cuda": torch.cuda.get_rng_state_all()}
+                                            if torch.cuda.is_available() else {})},
                           "step": done_steps, "history": history}, state_path)
         if progress is not None:
             progress(done_steps, loop.total_steps, metrics)

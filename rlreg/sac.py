@@ -246,7 +246,8 @@ class Agent(nn.Module):
             "optimizers": {"planner": self.planner_opt.state_dict(), "actor": self.actor_opt.state_dict(),
                            "critic": self.critic_opt.state_dict(), "alpha": self.alpha_opt.state_dict()},
             "updates": self.updates,
-            "rng": {"torch": torch.get_rng_state()},
+            "rng": {"torch": torch.get_rng_state(),
+                    **({"cuda": torch.cuda.get_rng_state_all()} if torch.cuda.is_available() else {})},
             **extra,
         }
 
@@ -272,7 +273,9 @@ class Agent(nn.Module):
             self.alpha_opt.load_state_dict(data["optimizers"]["alpha"])
         self.updates = int(data.get("updates", 0))
         if restore_rng and "rng" in data:
-            torch.set_rng_state(data["rng"]["torch"])
+            torch.set_rng_state(data["rng"]["torch"].cpu())
+            if "cuda" in data["rng"] and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all([s.cpu() for s in data["rng"]["cuda"]])
 
 
 def load_checkpoint(path: str | os.PathLike[str], device: torch.device | str = "cpu",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -56,3 +57,18 @@ def test_benchmark_quick_prints_and_writes_nothing(tmp_path, monkeypatch) -> Non
     assert result.exit_code == 0, result.output
     assert "warp" in result.output and "grid_sample" in result.output
     assert not (tmp_path / "docs").exists()
+
+
+def test_train_command_runs_a_tiny_recipe_and_reports_json(tmp_path) -> None:
+    recipe = tmp_path / "tiny.yaml"
+    recipe.write_text(
+        "agent:\n  network: {widths: [4, 8], plan_dim: 6, critic_widths: [4, 8], critic_hidden: 16}\n"
+        "  task: {num_labels: 1, aux_dice: 0.0}\n"
+        "loop: {device: cpu, num_envs: 4, warmup_steps: 1, batch_size: 4, eval_pairs: 8, eval_steps: 2,\n"
+        "       eval_every: 2, checkpoint_every: 2, total_steps: 2}\n")
+    result = runner.invoke(app, ["train", str(recipe), f"loop.output={tmp_path / 'run'}", "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.output)
+    assert summary["history"][-1]["step"] == 2 and (tmp_path / "run" / "model.pt").exists()
+    bad = runner.invoke(app, ["train", str(recipe), "loop.bogus=1"])
+    assert bad.exit_code == 2 and "unknown config keys ['loop.bogus']" in bad.output
