@@ -144,13 +144,19 @@ def warp(image: Tensor, displacement: Tensor, mode: InterpMode | str = InterpMod
     return out if image.is_floating_point() else out.round().to(image.dtype)
 
 
+def _grid_coordinates(positions: Tensor, shape: tuple[int, ...] | torch.Size) -> Tensor:
+    """Voxel positions ``(..., ndim)`` of a grid of size ``shape`` -> grid_sample coordinates ``(..., ndim)``
+    (align_corners=True, reversed to x-y-z order). A one-voxel axis maps to 0."""
+    scale = torch.tensor([2.0 / (n - 1) if n > 1 else 0.0 for n in shape], dtype=positions.dtype,
+                         device=positions.device)
+    offset = torch.tensor([1.0 if n > 1 else 0.0 for n in shape], dtype=positions.dtype, device=positions.device)
+    return (positions * scale - offset).flip(-1)
+
+
 def _normalised_positions(displacement: Tensor, in_shape: torch.Size) -> Tensor:
-    ndim = displacement.ndim - 2
+    """grid_sample grid ``(N, *S, ndim)`` reading ``x + u(x)`` as voxel indices of an input of size ``in_shape``."""
     pos = identity_grid(displacement.shape[2:], displacement.dtype, displacement.device) + displacement
-    scale = torch.tensor([2.0 / (n - 1) if n > 1 else 0.0 for n in in_shape], dtype=pos.dtype, device=pos.device)
-    offset = torch.tensor([1.0 if n > 1 else 0.0 for n in in_shape], dtype=pos.dtype, device=pos.device)
-    view = (1, ndim) + (1,) * ndim
-    return (pos * scale.view(view) - offset.view(view)).movedim(1, -1).flip(-1)
+    return _grid_coordinates(pos.movedim(1, -1), in_shape)
 
 
 def _warp_labels(labels: Tensor, displacement: Tensor, padding: PaddingMode) -> Tensor:
@@ -324,10 +330,7 @@ def sample_points(field: Tensor, points: Tensor) -> Tensor:
     ndim = field.ndim - 2
     if points.ndim != 2 or points.shape[1] != ndim:
         raise ValueError(f"points must be (P, {ndim}) voxel coordinates, got {tuple(points.shape)}")
-    shape = field.shape[2:]
-    scale = torch.tensor([2.0 / (n - 1) if n > 1 else 0.0 for n in shape], dtype=field.dtype, device=field.device)
-    offset = torch.tensor([1.0 if n > 1 else 0.0 for n in shape], dtype=field.dtype, device=field.device)
-    grid = (points.to(field) * scale - offset).flip(-1).view(1, -1, *([1] * (ndim - 1)), ndim)
+    grid = _grid_coordinates(points.to(field), field.shape[2:]).view(1, -1, *([1] * (ndim - 1)), ndim)
     values = F.grid_sample(field[:1], grid, mode="bilinear", padding_mode="border", align_corners=True)
     return values.reshape(field.shape[1], -1).T
 
