@@ -159,11 +159,6 @@ def evaluate(agent: Agent, pairs, steps: int, chunk: int = 250) -> EvalResult:
 
 
 # ---------------------------------------------------------------------------------------------------- training
-def _atomic_save(obj: Any, path: Path) -> None:
-    with atomic_output(path) as tmp:
-        torch.save(obj, tmp)
-
-
 def train(config: TrainConfig, resume: bool = False,
           progress: Callable[[int, int, dict[str, float]], None] | None = None) -> dict[str, Any]:
     """Train an agent; returns a summary (final evaluation, throughput, parameter counts, paths).
@@ -201,15 +196,12 @@ def train(config: TrainConfig, resume: bool = False,
         if AgentConfig.from_dict(saved["agent"]["config"]) != config.agent:
             raise ValueError(f"{state_path}: was trained with another agent config; resume with the same recipe and "
                              "overrides, or choose a new loop.output")
-        agent.load_checkpoint_dict(saved["agent"])
+        agent.load_checkpoint_dict(saved["agent"], restore_rng=True)
         buffer.load_state_dict(saved["buffer"])
         task.load_state_dict(saved["task"])
         state = task.observe()
         data_gen.set_state(saved["generators"]["data"].cpu())
         sample_gen.set_state(saved["generators"]["sample"].cpu())
-        torch.set_rng_state(saved["generators"]["torch"].cpu())
-        if "cuda" in saved["generators"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all([s.cpu() for s in saved["generators"]["cuda"]])
         start_step, history = int(saved["step"]), list(saved["history"])
         # evaluations logged after the last checkpoint are redone: keep metrics.jsonl in step with the state
         with atomic_output(out / "metrics.jsonl") as tmp:
@@ -271,12 +263,11 @@ def train(config: TrainConfig, resume: bool = False,
                 handle.write(json.dumps(record) + "\n")
             agent.save(out / "model.pt", train_config=config.to_dict(), eval=asdict(result_eval))
         if done_steps % loop.checkpoint_every == 0 or last:
-            _atomic_save({"agent": agent.checkpoint(), "buffer": buffer.state_dict(), "task": task.state_dict(),
-                          "generators": {"data": data_gen.get_state(), "sample": sample_gen.get_state(),
-                                         "torch": torch.get_rng_state(),
-                                         **({"cuda": torch.cuda.get_rng_state_all()}
-                                            if torch.cuda.is_available() else {})},
-                          "step": done_steps, "history": history}, state_path)
+            # the agent's checkpoint carries the global torch (and CUDA) RNG used for exploration
+            with atomic_output(state_path) as tmp:
+                torch.save({"agent": agent.checkpoint(), "buffer": buffer.state_dict(), "task": task.state_dict(),
+                            "generators": {"data": data_gen.get_state(), "sample": sample_gen.get_state()},
+                            "step": done_steps, "history": history}, tmp)
         if progress is not None:
             progress(done_steps, loop.total_steps, metrics)
         if out_of_time:
