@@ -79,6 +79,124 @@ def demo(
         typer.echo(f"  {name:14s} {path}")
 
 
+def _progress_bar(disabled: bool):
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    return Progress(TextColumn("{task.description:<10}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    disable=disabled, console=Console(stderr=True))
+
+
+def _stage_reporter(bar):
+    tasks: dict[str, int] = {}
+
+    def progress(stage: str, done: int, total: int) -> None:
+        if stage not in tasks:
+            tasks[stage] = bar.add_task(stage, total=total)
+        bar.update(tasks[stage], completed=done, total=total)
+
+    return progress
+
+
+@app.command()
+def register(
+    fixed: Annotated[Path, typer.Argument(help="Fixed (reference) image: NIfTI, NRRD, MHA, DICOM folder; PNG in 2D.")],
+    moving: Annotated[Path, typer.Argument(help="Moving image, resampled into the fixed image's space.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Output directory (new, empty, or rlreg's own).")],
+    fixed_seg: Annotated[Path | None, typer.Option(help="Label map of the fixed image (for Dice).")] = None,
+    moving_seg: Annotated[Path | None, typer.Option(help="Label map of the moving image; warped label-safely.")] = None,
+    fixed_mask: Annotated[Path | None, typer.Option(help="Mask restricting the affine metric and QC.")] = None,
+    moving_mask: Annotated[Path | None, typer.Option(help="Mask restricting the affine metric.")] = None,
+    model: Annotated[str | None, typer.Option(help="Shipped agent, e.g. digits [default: by dimensionality].")] = None,
+    steps: Annotated[int | None, typer.Option(help="Agent steps [default: model's], or optimiser iterations.")] = None,
+    affine: Annotated[bool, typer.Option("--affine/--no-affine", help="Rigid + affine pre-alignment.")] = True,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda[:N].")] = "auto",
+    formats: Annotated[str, typer.Option("--format", help="Extra field exports, comma-separated: slicer, l2r, fsl, "
+                                         "niftyreg, dicom.")] = "",
+    save_inverse: Annotated[bool, typer.Option(help="Also write inverse_warp.nii.gz (moving -> fixed).")] = False,
+    save_steps: Annotated[bool, typer.Option(help="Write the field and image after each step, and a GIF.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress or summary.")] = False,
+    json_output: Annotated[bool, typer.Option("--json", help="Print rlreg.json's content only.")] = False,
+) -> None:
+    """Register MOVING to FIXED: warped image, ITK/ANTs field, transform.h5, Jacobian and QC in OUTPUT."""
+    from rlreg.io import InputError
+    from rlreg.pipelines.device import resolve_device
+    from rlreg.pipelines.register import RegisterOptions
+    from rlreg.pipelines.register import register as run
+
+    options = RegisterOptions(
+        fixed=fixed, moving=moving, output=output, fixed_seg=fixed_seg, moving_seg=moving_seg,
+        fixed_mask=fixed_mask, moving_mask=moving_mask, model=model, steps=steps, affine=affine,
+        formats=tuple(f.strip() for f in formats.split(",") if f.strip()), save_inverse=save_inverse,
+        save_steps=save_steps)
+    try:
+        options.device = str(resolve_device(device))
+        with _progress_bar(quiet or json_output) as bar:
+            result = run(options, progress=_stage_reporter(bar))
+    except (InputError, ValueError) as err:
+        _fail(str(err))
+    except KeyboardInterrupt:
+        _fail(f"interrupted; {output} holds only complete files, and no rlreg.json (the run did not finish)")
+    if json_output:
+        typer.echo(json.dumps(asdict(result), indent=2))
+        return
+    if quiet:
+        return
+    qc, method = result.qc, result.method
+    typer.echo(f"deformable: {method['deformable']}" + (f" ({method['model']}, {method['steps']} steps)"
+                                                      if method.get("model") else f" ({method['steps']} iterations)"))
+    typer.echo(f"LNCC {qc['lncc_before']:.3f} -> affine {qc['lncc_affine']:.3f} -> {qc['lncc_after']:.3f}")
+    if qc.get("dice_after") is not None:
+        typer.echo(f"Dice {qc['dice_before']:.3f} -> affine {qc['dice_affine']:.3f} -> {qc['dice_after']:.3f}")
+    typer.echo(f"folding {qc['folding_percent']:.3f}%  SDlogJ {qc['sdlogj']:.3f}  J in [{qc['jacobian_min']:.2f}, "
+               f"{qc['jacobian_max']:.2f}]  time {result.seconds['total']:.1f}s on {method['device']}")
+    for name, path in result.outputs.items():
+        typer.echo(f"  {name:13s} {path}")
+    typer.echo(f"Apply with ANTs: {result.ants_command}")
+
+
+@app.command()
+def apply(
+    transform: Annotated[Path, typer.Option("--transform", "-t", help="warp.nii.gz, transform.h5 or any ITK "
+                                            "displacement field / transform file.")],
+    reference: Annotated[Path, typer.Option("--reference", "-r", help="Image whose grid the output takes "
+                                            "(the fixed image).")],
+    input_image: Annotated[Path, typer.Option("--input", "-i", help="Image or label map to resample.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Output image file.")],
+    interp: Annotated[str, typer.Option(help="linear, nearest, or label (label maps: never mixes labels).")] = "linear",
+    json_output: Annotated[bool, typer.Option("--json", help="Print a JSON summary only.")] = False,
+) -> None:
+    """Resample an image with a saved transform, like antsApplyTransforms (one interpolation)."""
+    from rlreg.io import InputError
+    from rlreg.pipelines.register import apply_transform
+
+    try:
+        summary = apply_transform(transform, reference, input_image, output, interp)
+    except (InputError, ValueError) as err:
+        _fail(str(err))
+    typer.echo(json.dumps(summary, indent=2) if json_output else f"wrote {summary['output']}")
+
+
+@app.command()
+def invert(
+    transform: Annotated[Path, typer.Option("--transform", "-t", help="Field to invert (warp.nii.gz or .h5).")],
+    fixed: Annotated[Path, typer.Option("--fixed", "-f", help="The fixed image the field lives on.")],
+    reference: Annotated[Path, typer.Option("--reference", "-r", help="Grid of the inverse: the moving image.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Output field, e.g. inverse_warp.nii.gz.")],
+    json_output: Annotated[bool, typer.Option("--json", help="Print a JSON summary only.")] = False,
+) -> None:
+    """Write the inverse (moving -> fixed) of a field as an ITK/ANTs displacement field on the moving grid."""
+    from rlreg.io import InputError
+    from rlreg.pipelines.register import invert_transform
+
+    try:
+        summary = invert_transform(transform, fixed, reference, output)
+    except (InputError, ValueError) as err:
+        _fail(str(err))
+    typer.echo(json.dumps(summary, indent=2) if json_output else
+               f"wrote {summary['output']} (inverse consistency: median {summary['consistency_median_mm']:.3g} mm)")
+
+
 @app.command()
 def train(
     config: Annotated[Path | None, typer.Argument(help="YAML recipe, e.g. pipelines/recipes/digits.yaml.")] = None,

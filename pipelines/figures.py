@@ -8,7 +8,7 @@ import numpy as np
 
 from rlreg.io import atomic_output
 
-__all__ = ["save_registration_overview"]
+__all__ = ["save_registration_overview", "save_step_gif"]
 
 
 def _mid_slices(volume: np.ndarray) -> list[np.ndarray]:
@@ -60,4 +60,41 @@ def save_registration_overview(path: Path, rows: dict[str, np.ndarray], contours
             fig.savefig(tmp, dpi=110, format="png")
     finally:
         plt.close(fig)
+    return path
+
+
+def _frame_plane(volume: np.ndarray) -> np.ndarray:
+    """The picture of one frame: a 2D image itself, or the middle slice of each axis of a 3D one, side by side."""
+    planes = [p.T[::-1] for p in _mid_slices(volume)]
+    height = max(p.shape[0] for p in planes)
+    return np.concatenate([np.pad(p, ((0, height - p.shape[0]), (0, 2))) for p in planes], axis=1)
+
+
+def save_step_gif(path: Path, fixed, frames: list, seconds_per_frame: float = 0.25, min_height: int = 192) -> Path:
+    """An animated GIF of a registration: each frame shows ``[fixed | warped after step t | |difference|]``.
+
+    Args:
+        path: output ``.gif`` (written atomically).
+        fixed: ``(1, 1, *S)`` tensor or ``(*S)`` array, intensities in ``[0, 1]``.
+        frames: the warped moving image before the first step and after each step, same layout as ``fixed``.
+        seconds_per_frame: display time of a frame (the last one is held 4x longer).
+        min_height: frames are enlarged (nearest neighbour) to at least this many pixels high.
+    """
+    from PIL import Image as PILImage
+
+    def array(x) -> np.ndarray:
+        return np.squeeze(x.detach().cpu().numpy() if hasattr(x, "detach") else np.asarray(x))
+
+    base = _frame_plane(array(fixed))
+    pictures = []
+    for frame in frames:
+        moved = _frame_plane(array(frame))
+        strip = np.concatenate([base, moved, np.abs(base - moved)], axis=1)
+        scale = max(1, int(np.ceil(min_height / strip.shape[0])))
+        strip = np.kron(np.clip(strip, 0, 1), np.ones((scale, scale)))
+        pictures.append(PILImage.fromarray((strip * 255).astype(np.uint8)))
+    durations = [int(seconds_per_frame * 1000)] * len(pictures)
+    durations[-1] *= 4
+    with atomic_output(path) as tmp:
+        pictures[0].save(tmp, format="GIF", save_all=True, append_images=pictures[1:], duration=durations, loop=0)
     return path

@@ -39,10 +39,17 @@ class AffineConfig:
     """Seed of the metric's random sampling (deterministic results)."""
 
 
-def affine_register(fixed: sitk.Image, moving: sitk.Image, config: AffineConfig = AffineConfig()) -> sitk.Transform:
+def affine_register(fixed: sitk.Image, moving: sitk.Image, config: AffineConfig = AffineConfig(),
+                    fixed_mask: sitk.Image | None = None, moving_mask: sitk.Image | None = None) -> sitk.Transform:
     """Fit ``T`` (fixed LPS mm -> moving LPS mm, ITK's resampling direction) by rigid then affine registration.
 
-    Starts from the centres of mass (moments), so inputs in different native spaces line up.
+    Starts from the centres of mass (moments), so inputs in different native spaces line up. Pyramid levels that
+    would leave fewer than 8 voxels along an axis are dropped, so small images (28x28 digits) work too.
+
+    Args:
+        fixed, moving: the images (any grids).
+        config: pyramid, iterations, metric.
+        fixed_mask, moving_mask: optional binary masks on the images' grids restricting the metric.
     """
     fixed = sitk.Cast(fixed, sitk.sitkFloat32)
     moving = sitk.Cast(moving, sitk.sitkFloat32)
@@ -50,18 +57,27 @@ def affine_register(fixed: sitk.Image, moving: sitk.Image, config: AffineConfig 
     rigid = sitk.Euler3DTransform() if dim == 3 else sitk.Euler2DTransform()
     rigid = sitk.CenteredTransformInitializer(fixed, moving, rigid,
                                               sitk.CenteredTransformInitializerFilter.MOMENTS).Downcast()
-    _run(fixed, moving, rigid, config)
+    smallest = min(min(fixed.GetSize()), min(moving.GetSize()))
+    levels = [(f, s) for f, s in zip(config.shrink_factors, config.smoothing_sigmas, strict=True)
+              if smallest / f >= 8] or [(1, min(config.smoothing_sigmas))]
+    masks = (fixed_mask, moving_mask)
+    _run(fixed, moving, rigid, config, levels, masks)
     affine = sitk.AffineTransform(dim)
     affine.SetCenter(rigid.GetCenter())
     affine.SetMatrix(rigid.GetMatrix())
     affine.SetTranslation(rigid.GetTranslation())
-    _run(fixed, moving, affine, config)
+    _run(fixed, moving, affine, config, levels, masks)
     return affine
 
 
-def _run(fixed: sitk.Image, moving: sitk.Image, transform: sitk.Transform, config: AffineConfig) -> None:
+def _run(fixed: sitk.Image, moving: sitk.Image, transform: sitk.Transform, config: AffineConfig,
+         levels: list[tuple[int, float]], masks: tuple[sitk.Image | None, sitk.Image | None]) -> None:
     """Optimise ``transform`` in place."""
     method = sitk.ImageRegistrationMethod()
+    if masks[0] is not None:
+        method.SetMetricFixedMask(sitk.Cast(masks[0] > 0, sitk.sitkUInt8))
+    if masks[1] is not None:
+        method.SetMetricMovingMask(sitk.Cast(masks[1] > 0, sitk.sitkUInt8))
     if config.metric == "mattes":
         method.SetMetricAsMattesMutualInformation(numberOfHistogramBins=32)
     elif config.metric == "meansquares":
@@ -75,8 +91,8 @@ def _run(fixed: sitk.Image, moving: sitk.Image, transform: sitk.Transform, confi
                                                     numberOfIterations=config.iterations,
                                                     gradientMagnitudeTolerance=1e-8)
     method.SetOptimizerScalesFromPhysicalShift()
-    method.SetShrinkFactorsPerLevel(list(config.shrink_factors))
-    method.SetSmoothingSigmasPerLevel(list(config.smoothing_sigmas))
+    method.SetShrinkFactorsPerLevel([f for f, _ in levels])
+    method.SetSmoothingSigmasPerLevel([s for _, s in levels])
     method.SmoothingSigmasAreSpecifiedInPhysicalUnitsOn()
     method.SetInitialTransform(transform, inPlace=True)
     method.Execute(fixed, moving)

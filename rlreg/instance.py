@@ -19,7 +19,10 @@ from torch import Tensor
 from rlreg.losses import diffusion, multiscale_lncc
 from rlreg.spatial import resize_displacement, warp
 
-__all__ = ["InstanceConfig", "downsample", "optimise_displacement"]
+__all__ = ["MIN_LEVEL_SIZE", "InstanceConfig", "downsample", "optimise_displacement"]
+
+MIN_LEVEL_SIZE = 16
+"""Smallest number of voxels along an axis at which a pyramid level is still run at its own factor."""
 
 
 @dataclass(frozen=True)
@@ -61,7 +64,8 @@ def downsample(image: Tensor, factor: int) -> Tensor:
 
 def optimise_displacement(fixed: Tensor, moving: Tensor, config: InstanceConfig = InstanceConfig(),
                           initial: Tensor | None = None,
-                          callback: Callable[[int, int, float], None] | None = None) -> Tensor:
+                          callback: Callable[[int, int, float], None] | None = None,
+                          field_callback: Callable[[int, int, Tensor], None] | None = None) -> Tensor:
     """Fit a displacement so that ``warp(moving, u) ≈ fixed``.
 
     Args:
@@ -70,6 +74,8 @@ def optimise_displacement(fixed: Tensor, moving: Tensor, config: InstanceConfig 
         config: pyramid, iterations and loss weights.
         initial: optional ``(N, ndim, *S)`` starting displacement in voxels.
         callback: called as ``callback(level, iteration, loss)`` after each step (progress bars, logging).
+        field_callback: called as ``field_callback(level, iteration, field)`` after each step with the current
+            ``(N, ndim, *S_level)`` displacement (detached; e.g. to save the registration step by step).
 
     Returns:
         ``(N, ndim, *S)`` voxel displacement on the fixed grid (detached).
@@ -80,6 +86,10 @@ def optimise_displacement(fixed: Tensor, moving: Tensor, config: InstanceConfig 
     full = fixed.shape[2:]
     disp = initial
     for level, (factor, iterations) in enumerate(zip(config.levels, config.iterations, strict=True)):
+        # A level coarser than MIN_LEVEL_SIZE voxels along an axis has no structure left to match: do the work at
+        # the finest such factor instead (small images, e.g. 28x28 digits or thin slabs).
+        while factor > 1 and min(full) / factor < MIN_LEVEL_SIZE:
+            factor //= 2
         fixed_l, moving_l = downsample(fixed, factor), downsample(moving, factor)
         size = fixed_l.shape[2:]
         start = (torch.zeros(fixed.shape[0], ndim, *size, dtype=fixed.dtype, device=fixed.device)
@@ -94,6 +104,8 @@ def optimise_displacement(fixed: Tensor, moving: Tensor, config: InstanceConfig 
             loss.backward()
             optimiser.step()
             if callback is not None:
-                callback(level, it, float(loss))
+                callback(level, it, float(loss.detach()))
+            if field_callback is not None:
+                field_callback(level, it, param.detach())
         disp = param.detach()
     return resize_displacement(disp, full)

@@ -88,34 +88,88 @@ class Image:
         return self.geometry.ndim
 
 
-def read_image(path: str | os.PathLike[str], dtype: torch.dtype = torch.float32) -> Image:
-    """Read a 2D or 3D scalar image with its geometry.
+def _read_sitk(path: Path) -> sitk.Image:
+    """One image file, or the single DICOM series in a directory."""
+    if path.is_dir():
+        series = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(path))
+        if not series:
+            raise InputError(f"{path}: directory holds no DICOM series; give an image file or a DICOM series folder")
+        if len(series) > 1:
+            raise InputError(f"{path}: directory holds {len(series)} DICOM series ({', '.join(series[:3])}...); "
+                             "put each series in its own folder")
+        reader = sitk.ImageSeriesReader()
+        reader.SetFileNames(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(path), series[0]))
+        return reader.Execute()
+    return sitk.ReadImage(str(path))
+
+
+def read_image(path: str | os.PathLike[str], dtype: torch.dtype = torch.float32, check_values: bool = True) -> Image:
+    """Read a 2D or 3D scalar image with its geometry: any SimpleITK format, or a DICOM series directory.
+
+    Singleton 3rd/4th dimensions are dropped (a one-slice volume is 2D); 2D RGB(A) pictures (PNG, TIFF, JPEG) are
+    converted to luminance.
+
+    Args:
+        path: image file or DICOM series directory.
+        dtype: tensor dtype of the returned data.
+        check_values: reject NaN/Inf voxels and images whose voxels are all equal.
 
     Raises:
-        InputError: the file is missing, unreadable, not 2D/3D, or multi-component; the message says what to do.
+        InputError: the file is missing, unreadable, not 2D/3D, multi-component, holds NaN/Inf, or is empty; the
+            one-line message names the file and says what to do.
     """
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: file not found; check the path (relative paths are taken from {Path.cwd()})")
     try:
-        image = sitk.ReadImage(str(path))
+        image = _read_sitk(path)
     except RuntimeError as err:
         first = str(err).strip().splitlines()[-1] if str(err).strip() else "unknown error"
-        raise InputError(f"{path}: not a readable image ({first}); give a NIfTI/NRRD/MHA file or DICOM") from None
-    if image.GetNumberOfComponentsPerPixel() != 1:
-        raise InputError(f"{path}: has {image.GetNumberOfComponentsPerPixel()} components per voxel; "
-                         "give a scalar image (e.g. extract one channel first)")
+        raise InputError(f"{path}: not a readable image ({first}); give a NIfTI/NRRD/MHA/PNG file or a DICOM "
+                         "series folder") from None
+    components = image.GetNumberOfComponentsPerPixel()
+    if components in (3, 4) and image.GetDimension() == 2:
+        rgb = sitk.GetArrayFromImage(image).astype(np.float32)[..., :3] @ np.array([0.299, 0.587, 0.114], np.float32)
+        image = _with_geometry(sitk.GetImageFromArray(rgb), image)
+    elif components != 1:
+        raise InputError(f"{path}: has {components} components per voxel; give a scalar image "
+                         "(e.g. extract one channel first)")
     if image.GetDimension() == 4 and image.GetSize()[3] == 1:
         image = image[:, :, :, 0]
     if image.GetDimension() == 3 and image.GetSize()[2] == 1:
         image = image[:, :, 0]
+    if image.GetDimension() == 4:
+        raise InputError(f"{path}: is 4-D with {image.GetSize()[3]} volumes; pick one volume first, e.g. "
+                         f"fslroi {path.name} volume0.nii.gz 0 1, or python -c \"import SimpleITK as s; "
+                         f"s.WriteImage(s.ReadImage('{path.name}')[:,:,:,0], 'volume0.nii.gz')\"")
     if image.GetDimension() not in (2, 3):
         raise InputError(f"{path}: is {image.GetDimension()}-D with size {image.GetSize()}; "
-                         "rlreg registers 2D or 3D images (split 4D series into volumes first)")
+                         "rlreg registers 2D or 3D images")
     array = sitk.GetArrayFromImage(image)
+    if check_values:
+        _check_values(path, array)
     tensor = torch.from_numpy(np.ascontiguousarray(array))
     tensor = tensor.to(dtype) if dtype is not None else tensor
     return Image(data=tensor[None, None], geometry=Geometry.from_sitk(image), path=path)
+
+
+def _with_geometry(image: sitk.Image, like: sitk.Image) -> sitk.Image:
+    image.SetSpacing(like.GetSpacing())
+    image.SetOrigin(like.GetOrigin())
+    image.SetDirection(like.GetDirection())
+    return image
+
+
+def _check_values(path: Path, array: np.ndarray) -> None:
+    if array.size == 0:
+        raise InputError(f"{path}: has no voxels; check that it is the right file")
+    if np.issubdtype(array.dtype, np.floating):
+        bad = int(np.count_nonzero(~np.isfinite(array)))
+        if bad:
+            raise InputError(f"{path}: has {bad} NaN/Inf voxels; replace them first (e.g. fslmaths {path.name} "
+                             "-nan fixed.nii.gz, or numpy.nan_to_num)")
+    if array.min() == array.max():
+        raise InputError(f"{path}: is empty (every voxel is {array.flat[0]}); check that it is the right file")
 
 
 def atomic_path(path: Path) -> Path:

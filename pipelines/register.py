@@ -1,0 +1,566 @@
+"""Register one pair end to end: ``rlreg register fixed moving -o out/``.
+
+Stages (each timed and reported in ``rlreg.json``):
+
+1. **read**: both images (any SimpleITK format, DICOM series folders, PNG/TIFF in 2D) with their full geometry,
+   optional label maps and masks; every input problem is a one-line :class:`~rlreg.io.InputError`.
+2. **affine**: SimpleITK moments -> rigid -> affine (``affine=False`` skips it).
+3. **deformable**, on a working grid: a shipped RL agent run for T steps (``model="digits"``), or, while no 3D
+   agent ships, classical instance optimisation (LNCC + diffusion), named as such in ``rlreg.json``.
+4. **write**: the original moving image resampled *once* through the whole chain, the total field in ITK/ANTs
+   form, the composite ``transform.h5``, the Jacobian, QC numbers; each file atomically, ``rlreg.json`` last.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from rlreg import __version__
+from rlreg.affine import AffineConfig, affine_register, index_map, positions_to_displacement, transform_matrix
+from rlreg.instance import InstanceConfig, optimise_displacement
+from rlreg.io import Geometry, Image, InputError, atomic_output, read_image, write_image
+from rlreg.losses import lncc
+from rlreg.metrics import mean_dice
+from rlreg.spatial import folding_percent, resize_displacement, sdlogj, warp
+from rlreg.transforms import (
+    composite_transform,
+    invert_world,
+    world_displacement,
+    world_jacobian,
+    write_itk_transform,
+    write_itk_warp,
+)
+
+__all__ = ["FORMATS", "RegisterOptions", "RegisterResult", "check_output_dir", "normalise_intensity", "register"]
+
+FORMATS = ("slicer", "l2r", "fsl", "niftyreg", "dicom")
+SIDECAR = "rlreg.json"
+OUTPUT_NAMES = {"warped.nii.gz", "warp.nii.gz", "transform.h5", "jacdet.nii.gz", "warped_seg.nii.gz",
+                "inverse_warp.nii.gz", "overview.png", SIDECAR, "warp_slicer.nii.gz", "warp_fsl.nii.gz",
+                "warp_niftyreg.nii.gz", "registration.dcm", "steps"}
+Progress = Callable[[str, int, int], None]
+
+
+@dataclass
+class RegisterOptions:
+    """What ``rlreg register`` was asked to do."""
+
+    fixed: Path
+    moving: Path
+    output: Path
+    fixed_seg: Path | None = None
+    moving_seg: Path | None = None
+    fixed_mask: Path | None = None
+    moving_mask: Path | None = None
+    model: str | None = None
+    """Shipped agent to run (``rlreg.models``); ``None`` = the default for the input's dimensionality (no 3D or
+    2D medical agent ships yet, so: instance optimisation)."""
+    steps: int | None = None
+    """Agent steps (default: the model card's ``recommended_steps``), or instance-optimisation iterations."""
+    affine: bool = True
+    device: str = "cpu"
+    formats: tuple[str, ...] = ()
+    save_inverse: bool = False
+    save_steps: bool = False
+    instance: InstanceConfig = field(default_factory=InstanceConfig)
+    affine_config: AffineConfig = field(default_factory=AffineConfig)
+    max_working_voxels: int = 8_000_000
+    """Instance optimisation runs on the fixed grid, shrunk (never enlarged) until it has at most this many voxels."""
+
+
+@dataclass
+class RegisterResult:
+    """Everything ``rlreg.json`` holds (see :func:`register`)."""
+
+    tool: str
+    version: str
+    created: str
+    conventions: dict[str, str]
+    inputs: dict[str, Any]
+    method: dict[str, Any]
+    seconds: dict[str, float]
+    qc: dict[str, Any]
+    steps: list[dict[str, float]]
+    outputs: dict[str, str]
+    ants_command: str
+
+
+# ---------------------------------------------------------------------------------------------------- helpers
+def check_output_dir(output: Path) -> None:
+    """Refuse an output folder holding files rlreg did not write (never overwrite someone else's work)."""
+    if not output.exists():
+        return
+    if not output.is_dir():
+        raise InputError(f"{output}: exists and is not a directory; give a new or empty output directory with -o")
+    foreign = sorted(p.name for p in output.iterdir() if p.name not in OUTPUT_NAMES and not p.name.startswith(".")
+                     and not p.name.startswith("disp_"))
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (" ..." if len(foreign) > 3 else "")
+        raise InputError(f"{output}: holds files rlreg did not write ({shown}); choose a new or empty output "
+                         "directory with -o")
+
+
+def normalise_intensity(image: Tensor, mask: Tensor | None = None, low: float = 0.5, high: float = 99.5) -> Tensor:
+    """Map the ``[low, high]`` percentiles (inside ``mask``) to ``[0, 1]`` and clip: robust for MR and CT.
+
+    Percentiles ignore the few extreme voxels (metal in CT, flow artefacts in MR) that would squash a min-max
+    scaling, and need no modality-specific window.
+    """
+    values = image[mask.bool()] if mask is not None else image.flatten()
+    if values.numel() > 2_000_000:
+        values = values[torch.randperm(values.numel(), generator=torch.Generator().manual_seed(0))[:2_000_000]]
+    lo, hi = torch.quantile(values.double(), torch.tensor([low / 100, high / 100], dtype=torch.float64)).tolist()
+    if hi <= lo:
+        lo, hi = float(values.min()), float(values.max())
+    return ((image - lo) / max(hi - lo, 1e-12)).clamp(0.0, 1.0)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for item in files:
+        with item.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def _describe(image: Image) -> dict[str, Any]:
+    g = image.geometry
+    return {"path": str(image.path), "sha256": _sha256(image.path) if image.path else None,
+            "size_xyz": list(g.size[::-1]), "spacing_xyz_mm": list(g.spacing[::-1]), "origin_lps_mm": list(g.origin),
+            "direction": list(g.direction)}
+
+
+def _read_companion(path: Path | None, image: Image, role: str, dtype: torch.dtype) -> Image | None:
+    """Read a segmentation or mask and check it lies on its image's grid."""
+    if path is None:
+        return None
+    other = read_image(path, dtype=dtype)
+    if other.geometry.size != image.geometry.size:
+        raise InputError(f"{path}: grid {'x'.join(map(str, other.geometry.size[::-1]))} does not match "
+                         f"{image.path} ({'x'.join(map(str, image.geometry.size[::-1]))}); give the {role} on that "
+                         "image's grid")
+    return other
+
+
+def _sitk_image(data: Tensor, geometry: Geometry) -> sitk.Image:
+    return geometry.apply_to(sitk.GetImageFromArray(data[0, 0].cpu().numpy()))
+
+
+def working_size(geometry: Geometry, max_voxels: int) -> tuple[int, ...]:
+    """Grid size for the deformable stage: the fixed grid, with its finest axes coarsened until it fits."""
+    size = np.asarray(geometry.size, dtype=np.float64)
+    if size.prod() <= max_voxels:
+        return geometry.size
+    extent = (size - 1) * np.asarray(geometry.spacing)
+    lo, hi = float(min(geometry.spacing)), float(extent.max())
+    for _ in range(50):  # bisect the target spacing
+        mid = (lo + hi) / 2
+        trial = np.minimum(size, np.round(extent / mid) + 1)
+        lo, hi = (mid, hi) if trial.prod() > max_voxels else (lo, mid)
+    return tuple(int(n) for n in np.minimum(size, np.round(extent / hi) + 1))
+
+
+def _resize(image: Tensor, size: tuple[int, ...]) -> Tensor:
+    if tuple(image.shape[2:]) == tuple(size):
+        return image
+    mode = "bilinear" if len(size) == 2 else "trilinear"
+    return F.interpolate(image, size=size, mode=mode, align_corners=True)
+
+
+def _dice(pred: Tensor | None, target: Tensor | None) -> float | None:
+    return None if pred is None or target is None else float(mean_dice(pred, target))
+
+
+def _similarity(fixed: Tensor, warped: Tensor) -> float:
+    return float(lncc(fixed, warped, window=9))
+
+
+# ---------------------------------------------------------------------------------------------------- deformable
+@dataclass
+class _Deformable:
+    field: Tensor
+    """(1, ndim, *W) voxel displacement on the working grid."""
+    history: list[Tensor]
+    """Working-grid fields after each step (or snapshot), when asked for."""
+    curve: list[dict[str, float]]
+    """Similarity after each step."""
+    method: dict[str, Any]
+
+
+def _run_agent(name: str, fixed: Tensor, moving: Tensor, steps: int | None, keep: bool,
+               say: Progress) -> _Deformable:
+    from rlreg import models
+    from rlreg.networks import count_parameters
+    from rlreg.tasks.registration import RegistrationTask
+
+    card = models.available()[name]
+    agent = models.load(name, device=fixed.device)
+    steps = steps or int(card.get("recommended_steps", agent.config.task.max_steps))
+    task = RegistrationTask(replace(agent.config.task, reward="lncc", max_steps=steps + 1))
+    state = task.reset(fixed, moving)
+    history, curve = [], [{"step": 0, "lncc": _similarity(fixed, moving)}]
+    with torch.no_grad():
+        for t in range(1, steps + 1):
+            state = task.step(agent.act(state, deterministic=True).action).state
+            curve.append({"step": t, "lncc": _similarity(fixed, task.warped)})
+            if keep:
+                history.append(task.field.clone())
+            say("deformable", t, steps)
+    method = {"deformable": "rl-agent", "model": name, "model_version": card.get("version", __version__),
+              "model_sha256": card["sha256"], "parameters": count_parameters(agent.planner) + count_parameters(
+                  agent.actor), "steps": steps, "working_grid": list(fixed.shape[2:]), "card": card}
+    return _Deformable(task.field, history, curve, method)
+
+
+def _run_instance(fixed: Tensor, moving: Tensor, config: InstanceConfig, steps: int | None, keep: bool,
+                  say: Progress) -> _Deformable:
+    if steps is not None:  # --steps = total iterations, split across levels in the default proportions
+        total = sum(config.iterations)
+        iterations = tuple(max(1, round(steps * i / total)) for i in config.iterations)
+        config = replace(config, iterations=iterations)
+    total = sum(config.iterations)
+    offsets = np.cumsum((0, *config.iterations))
+    marks = set(np.linspace(0, total, 11).round().astype(int)[1:].tolist()) if keep else set()
+    history: list[Tensor] = []
+    curve: list[dict[str, float]] = []
+    record_every = max(1, total // 40)
+
+    def on_step(level: int, iteration: int, loss: float) -> None:
+        done = int(offsets[level]) + iteration + 1
+        say("deformable", done, total)
+        if done % record_every == 0 or done == total:
+            curve.append({"step": done, "loss": loss})
+
+    def on_field(level: int, iteration: int, current: Tensor) -> None:
+        if int(offsets[level]) + iteration + 1 in marks:
+            history.append(resize_displacement(current, fixed.shape[2:]))
+
+    disp = optimise_displacement(fixed, moving, config, callback=on_step, field_callback=on_field if keep else None)
+    method = {"deformable": "instance-optimisation",
+              "note": "no trained agent for this input ships yet (shipped-models issue): the field is fitted to this "
+                      "pair by Adam on multi-scale LNCC + diffusion; no learning is involved",
+              "model": None, "steps": total, "config": asdict(config), "working_grid": list(fixed.shape[2:])}
+    return _Deformable(disp, history, curve, method)
+
+
+# ---------------------------------------------------------------------------------------------------- the pipeline
+def register(options: RegisterOptions, progress: Progress | None = None) -> RegisterResult:
+    """Run the whole registration and write every output under ``options.output``; returns what ``rlreg.json`` says.
+
+    Raises:
+        InputError: a problem with an input or the output folder (one line, names the file and the fix).
+    """
+    say = progress or (lambda *_: None)
+    opts = options
+    unknown = [f for f in opts.formats if f not in FORMATS]
+    if unknown:
+        raise InputError(f"--format {','.join(unknown)}: unknown; choose from {', '.join(FORMATS)}")
+    check_output_dir(opts.output)
+    seconds: dict[str, float] = {}
+    started = time.perf_counter()
+
+    # 1. read ------------------------------------------------------------------------------------------------
+    t0 = time.perf_counter()
+    say("read", 0, 1)
+    fixed = read_image(opts.fixed)
+    moving = read_image(opts.moving)
+    if fixed.ndim != moving.ndim:
+        raise InputError(f"{opts.moving}: is {moving.ndim}-D but the fixed image {opts.fixed} is {fixed.ndim}-D; "
+                         "register images of the same dimensionality (extract a slice or stack the series first)")
+    fixed_seg = _read_companion(opts.fixed_seg, fixed, "segmentation", torch.int64)
+    moving_seg = _read_companion(opts.moving_seg, moving, "segmentation", torch.int64)
+    if (fixed_seg is None) != (moving_seg is None):
+        given = opts.fixed_seg or opts.moving_seg
+        raise InputError(f"{given}: a segmentation was given for one image only; give both --fixed-seg and "
+                         "--moving-seg (Dice needs both) or neither")
+    fixed_mask = _read_companion(opts.fixed_mask, fixed, "mask", torch.float32)
+    moving_mask = _read_companion(opts.moving_mask, moving, "mask", torch.float32)
+    card = None
+    if opts.model is not None:
+        from rlreg import models
+
+        cards = models.available()
+        if opts.model not in cards:
+            raise InputError(f"--model {opts.model}: no shipped model of that name; available: "
+                             f"{', '.join(sorted(cards)) or 'none'}")
+        card = cards[opts.model]
+        if int(card["ndim"]) != fixed.ndim:
+            raise InputError(f"{opts.fixed}: is {fixed.ndim}-D but --model {opts.model} registers {card['ndim']}-D "
+                             f"images; pick a {fixed.ndim}-D model (see models.json) or omit --model")
+    seconds["read"] = time.perf_counter() - t0
+    say("read", 1, 1)
+
+    device = torch.device(opts.device)
+    fixed_norm = normalise_intensity(fixed.data, None if fixed_mask is None else fixed_mask.data > 0)
+    moving_norm = normalise_intensity(moving.data, None if moving_mask is None else moving_mask.data > 0)
+
+    # 2. affine ----------------------------------------------------------------------------------------------
+    t0 = time.perf_counter()
+    say("affine", 0, 1)
+    transform: sitk.Transform | None = None
+    if opts.affine:
+        transform = affine_register(
+            _sitk_image(fixed_norm, fixed.geometry), _sitk_image(moving_norm, moving.geometry), opts.affine_config,
+            None if fixed_mask is None else _sitk_image(fixed_mask.data, fixed.geometry),
+            None if moving_mask is None else _sitk_image(moving_mask.data, moving.geometry))
+    to_moving = index_map(fixed.geometry, moving.geometry, transform)
+    shape = fixed.geometry.size
+    identity_chain = positions_to_displacement(index_map(fixed.geometry, moving.geometry), shape=shape)
+    affine_chain = positions_to_displacement(to_moving, shape=shape)
+    moving_affine = warp(moving_norm, affine_chain)
+    seconds["affine"] = time.perf_counter() - t0
+    say("affine", 1, 1)
+
+    # 3. deformable on the working grid ------------------------------------------------------------------------
+    t0 = time.perf_counter()
+    if card is not None:
+        size = tuple(card.get("working_grid", shape))
+        result = _run_agent(opts.model, _resize(fixed_norm, size).to(device), _resize(moving_affine, size).to(device),
+                            opts.steps, opts.save_steps, say)
+    else:
+        size = working_size(fixed.geometry, opts.max_working_voxels)
+        result = _run_instance(_resize(fixed_norm, size).to(device), _resize(moving_affine, size).to(device),
+                               opts.instance, opts.steps, opts.save_steps, say)
+    disp = resize_displacement(result.field, shape).cpu()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    seconds["deformable"] = time.perf_counter() - t0
+
+    # 4. resample once through the chain, measure, write ---------------------------------------------------------
+    t0 = time.perf_counter()
+    say("write", 0, 1)
+    chain = positions_to_displacement(to_moving, disp)
+    warped = warp(moving.data, chain)
+    warped_norm = warp(moving_norm, chain)
+    warped_seg = None if moving_seg is None else warp(moving_seg.data, chain, "label")
+    total = world_displacement(chain, fixed.geometry, moving.geometry)
+    jac = world_jacobian(total, fixed.geometry)
+    qc_mask = None if fixed_mask is None else fixed_mask.data > 0
+    fseg = None if fixed_seg is None else fixed_seg.data
+    qc: dict[str, Any] = {
+        "lncc_before": _similarity(fixed_norm, warp(moving_norm, identity_chain)),
+        "lncc_affine": _similarity(fixed_norm, moving_affine),
+        "lncc_after": _similarity(fixed_norm, warped_norm),
+        "folding_percent": float(folding_percent(disp, qc_mask)[0]),
+        "sdlogj": float(sdlogj(disp, qc_mask)[0]),
+        "jacobian_min": float(jac.min()), "jacobian_max": float(jac.max()),
+    }
+    if moving_seg is not None:
+        qc.update(dice_before=_dice(warp(moving_seg.data, identity_chain, "label"), fseg),
+                  dice_affine=_dice(warp(moving_seg.data, affine_chain, "label"), fseg),
+                  dice_after=_dice(warped_seg, fseg))
+
+    out = opts.output
+    out.mkdir(parents=True, exist_ok=True)
+    (out / SIDECAR).unlink(missing_ok=True)  # a folder with rlreg.json holds a finished run; this one is not yet
+    geometry = fixed.geometry
+    written = {
+        "warped": write_image(warped, geometry, out / "warped.nii.gz", np.float32),
+        "warp": write_itk_warp(total, geometry, out / "warp.nii.gz"),
+        # On one grid a chain is the voxel field itself, so this is the deformable part alone in LPS mm.
+        "transform": write_itk_transform(
+            composite_transform(transform, world_displacement(disp, geometry, geometry), geometry),
+            out / "transform.h5"),
+        "jacdet": write_image(jac, geometry, out / "jacdet.nii.gz", np.float32),
+    }
+    if warped_seg is not None:
+        written["warped_seg"] = write_image(warped_seg, geometry, out / "warped_seg.nii.gz", np.int32)
+    if opts.save_inverse:
+        inverse = invert_world(total, geometry, moving.geometry)
+        written["inverse_warp"] = write_itk_warp(inverse, moving.geometry, out / "inverse_warp.nii.gz")
+    written.update(_export_formats(opts, total, chain, geometry))
+    if opts.save_steps:
+        written.update(_save_steps(out, result, to_moving, moving, fixed_norm, moving_norm, fixed.geometry,
+                                   moving_seg, fseg))
+    written["overview"] = _overview(out / "overview.png", fixed_norm, moving_affine, warped_norm, jac, fseg, qc)
+    seconds["write"] = time.perf_counter() - t0
+    seconds["total"] = time.perf_counter() - started
+
+    method = {"affine": "SimpleITK moments -> rigid -> affine" if opts.affine else "none (--no-affine)",
+              "device": str(device), **result.method}
+    if transform is not None:
+        method["affine_matrix_lps"] = transform_matrix(transform, fixed.ndim).tolist()
+    inputs = {"fixed": _describe(fixed), "moving": _describe(moving)}
+    for key, item in (("fixed_seg", fixed_seg), ("moving_seg", moving_seg), ("fixed_mask", fixed_mask),
+                      ("moving_mask", moving_mask)):
+        if item is not None:
+            inputs[key] = {"path": str(item.path), "sha256": _sha256(item.path)}
+    report = RegisterResult(
+        tool="rlreg", version=__version__, created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        conventions=CONVENTIONS, inputs=inputs, method=method, seconds=seconds, qc=qc, steps=result.curve,
+        outputs={k: str(v) for k, v in written.items()} | {"report": str(out / SIDECAR)},
+        ants_command=ants_command(fixed.ndim, opts.fixed, opts.moving, out))
+    with atomic_output(out / SIDECAR) as tmp:
+        tmp.write_text(json.dumps(asdict(report), indent=2))
+    say("write", 1, 1)
+    return report
+
+
+CONVENTIONS = {
+    "direction": "pull-back: a fixed-space point p (LPS mm) maps to the moving-space point p + u(p) (ITK resampling, "
+                 "ANTs forward warp, Slicer 'from parent', DICOM DSRO)",
+    "warp.nii.gz": "total fixed->moving displacement, affine included, on the fixed grid: ITK vector image, 5-D "
+                   "(X,Y,Z,1,3) float32 NIfTI, intent 1007 (vector), LPS millimetres, sform = qform (code 1)",
+    "transform.h5": "ITK CompositeTransform: the displacement (LPS mm, fixed grid) applied first, then the affine",
+    "jacdet.nii.gz": "Jacobian determinant of the total map p -> p + u(p), computed in voxel space (exact for any "
+                     "spacing and direction); < 0 marks folding",
+    "inverse_warp.nii.gz": "moving->fixed displacement on the moving grid (LPS mm, same layout as warp.nii.gz)",
+    "units": "millimetres, LPS (ITK) frame; qc.folding_percent and sdlogj are of the deformable part",
+}
+
+
+def ants_command(ndim: int, fixed: Path, moving: Path, out: Path) -> str:
+    """The ``antsApplyTransforms`` call that reproduces ``warped.nii.gz`` from the written field."""
+    return (f"antsApplyTransforms -d {ndim} -i {moving} -r {fixed} -t {out / 'warp.nii.gz'} "
+            f"-o {out / 'warped_ants.nii.gz'}")
+
+
+def _export_formats(opts: RegisterOptions, total: Tensor, chain: Tensor, geometry: Geometry) -> dict[str, Path]:
+    if not opts.formats:
+        return {}
+    from rlreg import export
+
+    u = np.moveaxis(total[0].numpy(), 0, -1)
+    out, written = opts.output, {}
+    for name in opts.formats:
+        if name == "slicer":
+            written["slicer"] = export.write_slicer(u, geometry, out / "warp_slicer.nii.gz")
+        elif name == "niftyreg":
+            written["niftyreg"] = export.write_niftyreg(u, geometry, out / "warp_niftyreg.nii.gz")
+        elif name == "fsl":
+            written["fsl"] = export.write_fsl(u, geometry, out / "warp_fsl.nii.gz")
+        elif name == "l2r":
+            written["l2r"] = export.write_l2r(chain[0].numpy(), geometry, out / export.l2r_name(opts.fixed,
+                                                                                               opts.moving))
+        elif name == "dicom":
+            refs = [export.dicom_series_ref(p) if p.is_dir() else None for p in (opts.fixed, opts.moving)]
+            written["dicom"] = export.write_dicom(u, geometry, out / "registration.dcm", refs[0], refs[1])
+    return written
+
+
+def _save_steps(out: Path, result: _Deformable, to_moving: np.ndarray, moving: Image, fixed_norm: Tensor,
+                moving_norm: Tensor, geometry: Geometry, moving_seg: Image | None,
+                fixed_seg: Tensor | None) -> dict[str, Path]:
+    """The field and image after each step, a table of the scores, and an animated GIF (``out/steps/``)."""
+    from rlreg.pipelines.figures import save_step_gif
+
+    folder = out / "steps"
+    frames = [warp(moving_norm, positions_to_displacement(to_moving, shape=geometry.size))]
+    table = []
+    for index, working in enumerate(result.history, start=1):
+        disp = resize_displacement(working.cpu(), geometry.size)
+        chain = positions_to_displacement(to_moving, disp)
+        write_image(warp(moving.data, chain), geometry, folder / f"step_{index:03d}_warped.nii.gz", np.float32)
+        write_itk_warp(world_displacement(chain, geometry, moving.geometry), geometry,
+                       folder / f"step_{index:03d}_warp.nii.gz")
+        frames.append(warp(moving_norm, chain))
+        row = {"step": index, "lncc": _similarity(fixed_norm, frames[-1])}
+        if moving_seg is not None:
+            row["dice"] = _dice(warp(moving_seg.data, chain, "label"), fixed_seg)
+        table.append(row)
+    with atomic_output(folder / "steps.json") as tmp:
+        tmp.write_text(json.dumps(table, indent=2))
+    return {"steps": folder, "gif": save_step_gif(folder / "registration.gif", fixed_norm, frames)}
+
+
+def _overview(path: Path, fixed: Tensor, moving_affine: Tensor, warped: Tensor, jac: Tensor,
+              fixed_seg: Tensor | None, qc: dict[str, Any]) -> Path:
+    from rlreg.pipelines.figures import save_registration_overview
+
+    def plane(t: Tensor) -> np.ndarray:
+        return t[0, 0].cpu().numpy()
+
+    title = f"LNCC {qc['lncc_affine']:.3f} (affine) -> {qc['lncc_after']:.3f}"
+    if qc.get("dice_after") is not None:
+        title += f"; Dice {qc['dice_affine']:.3f} -> {qc['dice_after']:.3f}"
+    panels = {"fixed": plane(fixed), "moving (affine)": plane(moving_affine), "warped": plane(warped),
+              "|fixed - warped|": plane((fixed - warped).abs())}
+    return save_registration_overview(path, panels, contours=None if fixed_seg is None else plane(fixed_seg),
+                                      title=title)
+
+
+# ---------------------------------------------------------------------------------------------------- apply, invert
+INTERPOLATIONS = {"linear": "bilinear", "nearest": "nearest", "label": "label"}
+
+
+def _grid_of(path: Path, role: str) -> Image:
+    image = read_image(path, check_values=False)
+    if image.path is None:
+        raise InputError(f"{path}: cannot be used as the {role}")
+    return image
+
+
+def apply_transform(transform: Path, reference: Path, input_image: Path, output: Path,
+                    interp: str = "linear") -> dict[str, Any]:
+    """Resample ``input_image`` onto ``reference``'s grid through ``transform`` (``antsApplyTransforms``'s job).
+
+    Args:
+        transform: ``warp.nii.gz``/``transform.h5`` or any ITK displacement field or transform file.
+        reference: image whose grid the output takes (the fixed image of the registration).
+        input_image: image or label map in the moving space.
+        output: output image (written atomically).
+        interp: ``linear``, ``nearest`` or ``label`` (label-safe: labels never mix).
+
+    Returns:
+        A summary (paths and the interpolation).
+    """
+    if interp not in INTERPOLATIONS:
+        raise InputError(f"--interp {interp}: unknown; choose linear, nearest or label")
+    ref = _grid_of(reference, "reference")
+    labels = interp != "linear"
+    image = read_image(input_image, dtype=torch.int64 if labels else torch.float32, check_values=False)
+    if image.ndim != ref.ndim:
+        raise InputError(f"{input_image}: is {image.ndim}-D but the reference {reference} is {ref.ndim}-D; give an "
+                         "image of the same dimensionality")
+    from rlreg.transforms import chain_from_world, read_transform
+
+    chain = chain_from_world(read_transform(transform, ref.geometry), ref.geometry, image.geometry)
+    resampled = warp(image.data, chain, INTERPOLATIONS[interp])
+    write_image(resampled, ref.geometry, output, np.int32 if labels else np.float32)
+    return {"output": str(output), "transform": str(transform), "reference": str(reference),
+            "input": str(input_image), "interp": interp}
+
+
+def invert_transform(transform: Path, fixed: Path, reference: Path, output: Path) -> dict[str, Any]:
+    """Write the inverse of a fixed-grid field on ``reference``'s grid (the moving image), with its consistency.
+
+    Returns:
+        A summary with the inverse-consistency error ``|ψ(q) + u(q + ψ(q))|`` over the reference grid, in mm
+        (median and 95th percentile, where the preimage lies inside the fixed grid).
+    """
+    from rlreg.transforms import chain_from_world, read_transform
+
+    fixed_image = _grid_of(fixed, "fixed image")
+    ref = _grid_of(reference, "reference")
+    if fixed_image.ndim != ref.ndim:
+        raise InputError(f"{reference}: is {ref.ndim}-D but {fixed} is {fixed_image.ndim}-D; give the moving image "
+                         "of this registration")
+    field = read_transform(transform, fixed_image.geometry)
+    inverse = invert_world(field, fixed_image.geometry, ref.geometry)
+    write_itk_warp(inverse, ref.geometry, output)
+    # consistency: φ(ψ(q)) - q = v(q) + u(q + v(q)), sampling u (fixed grid) at the preimages
+    chain = chain_from_world(inverse, ref.geometry, fixed_image.geometry)
+    error = (inverse + warp(field, chain, padding="border")).norm(dim=1)[0]
+    positions = chain[0] + torch.stack(torch.meshgrid(*[torch.arange(n, dtype=chain.dtype) for n in ref.geometry.size],
+                                                      indexing="ij"))
+    inside = torch.ones_like(error, dtype=torch.bool)
+    for axis, n in enumerate(fixed_image.geometry.size):
+        inside &= (positions[axis] >= 0) & (positions[axis] <= n - 1)
+    values = error[inside] if inside.any() else error.flatten()
+    return {"output": str(output), "transform": str(transform), "fixed": str(fixed), "reference": str(reference),
+            "consistency_median_mm": float(values.median()), "consistency_p95_mm": float(values.quantile(0.95))}

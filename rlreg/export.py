@@ -1,0 +1,594 @@
+"""Extra displacement-field export formats: 3D Slicer, NiftyReg, FSL, Learn2Reg and DICOM DSRO.
+
+The default rlreg output (an ITK/ANTs ``warp.nii.gz``, intent 1007, LPS mm) is written elsewhere; this module holds
+the writers behind ``rlreg register --format``. Every writer takes the field in rlreg's conventions:
+
+* ``geometry`` (:class:`rlreg.io.Geometry`) is the **fixed** grid, ``size``/``spacing`` in tensor axis order
+  (``(k, j, i)`` in 3D), ``origin`` and ``direction`` in ITK LPS terms.
+* ``u`` is a ``(*S, ndim)`` array, ``S = geometry.size``, of **LPS millimetre** displacements in ITK ``(x, y, z)``
+  component order: the *total pull-back* field, fixed point ``p`` maps to moving point ``p + u(p)``. It is what
+  ``sitk.GetArrayFromImage`` returns for an ITK displacement field on the fixed grid.
+* ``chain`` (Learn2Reg only) is the same transform in voxel units, ``(ndim, *S)``, channel ``c`` = tensor axis ``c``.
+
+Notation used in the docstrings: ITK maps an index ``(i, j, k)`` to ``p = o + A (i, j, k)`` with
+``A = R diag(s)``, ``R`` the direction matrix and ``s`` the spacing in ITK order. NIfTI files store the RAS affine
+``diag(-1, -1, 1) [A | o]`` (sform = qform, codes 1), as ITK itself writes it. Each writer's docstring names the
+sources of its convention.
+
+Every file is written through :func:`rlreg.io.atomic_output`, so an interrupted run never leaves half a file.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import nibabel as nib
+import numpy as np
+
+from rlreg import __version__
+from rlreg.io import Geometry, InputError, atomic_output
+
+if TYPE_CHECKING:  # pydicom is imported only by the DICOM functions, so the other formats work without it
+    from pydicom.dataset import Dataset
+
+__all__ = [
+    "DSRO_SOP_CLASS_UID",
+    "DicomSeriesRef",
+    "dicom_series_ref",
+    "l2r_name",
+    "read_dicom_field",
+    "write_dicom",
+    "write_fsl",
+    "write_l2r",
+    "write_niftyreg",
+    "write_slicer",
+]
+
+DSRO_SOP_CLASS_UID = "1.2.840.10008.5.1.4.1.1.66.3"
+"""Deformable Spatial Registration Storage (DICOM PS3.4; ``pydicom.uid.DeformableSpatialRegistrationStorage``)."""
+
+_LPS_TO_RAS = np.array([-1.0, -1.0, 1.0])
+_IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".dcm", ".npz", ".npy", ".hdr", ".img")
+_L2R_PATTERN = re.compile(r"^.+_(?P<case>\d{4})_(?P<modality>\d{4})\.nii(\.gz)?$")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Shared geometry helpers
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _check_field(u: np.ndarray, geometry: Geometry) -> np.ndarray:
+    """``u`` as a float64 array after checking it is ``(*geometry.size, ndim)`` for a 2D or 3D grid."""
+    u = np.asarray(u)
+    if geometry.ndim not in (2, 3):
+        raise ValueError(f"expected a 2D or 3D grid, got a {geometry.ndim}-D geometry of size {geometry.size}")
+    expected = (*geometry.size, geometry.ndim)
+    if u.shape != expected:
+        raise ValueError(f"displacement of shape {u.shape} does not match the grid: expected {expected} "
+                         "(tensor-order grid size, then one LPS component per dimension)")
+    return u.astype(np.float64)
+
+
+def _itk_index_matrix(geometry: Geometry) -> np.ndarray:
+    """``A = R diag(s)`` (``ndim x ndim``): ITK index ``(i, j, k)`` steps to LPS mm."""
+    n = geometry.ndim
+    return np.asarray(geometry.direction, dtype=np.float64).reshape(n, n) * np.asarray(geometry.spacing[::-1])
+
+
+def _embed_3d(geometry: Geometry) -> tuple[np.ndarray, np.ndarray, tuple[int, ...]]:
+    """``(A, origin, size_ijk)`` of the grid as a 3D one (a 2D grid becomes one slice at z = 0, 1 mm thick)."""
+    matrix = _itk_index_matrix(geometry)
+    origin = np.asarray(geometry.origin, dtype=np.float64)
+    size = tuple(int(n) for n in geometry.size[::-1])
+    if geometry.ndim == 2:
+        matrix = np.block([[matrix, np.zeros((2, 1))], [np.zeros((1, 2)), np.ones((1, 1))]])
+        origin = np.append(origin, 0.0)
+        size = (*size, 1)
+    return matrix, origin, size
+
+
+def _ras_affine(geometry: Geometry) -> np.ndarray:
+    """The ``4 x 4`` NIfTI (RAS) affine of the grid, from ITK index ``(i, j, k)`` to RAS mm (2D: one slice)."""
+    matrix, origin, _ = _embed_3d(geometry)
+    affine = np.eye(4)
+    affine[:3, :3] = _LPS_TO_RAS[:, None] * matrix
+    affine[:3, 3] = _LPS_TO_RAS * origin
+    return affine
+
+
+def _nibabel_order(u: np.ndarray, geometry: Geometry) -> np.ndarray:
+    """``(*S, C)`` tensor-order array -> ``(X, Y, Z, C)`` nibabel (ITK index) order; 2D gains ``Z = 1``."""
+    out = np.moveaxis(u, range(geometry.ndim), range(geometry.ndim)[::-1])
+    return out[:, :, None, :] if geometry.ndim == 2 else out
+
+
+def _save_nifti(data: np.ndarray, geometry: Geometry, path: str | os.PathLike[str], intent: int | None = None,
+                intent_name: str = "", intent_p1: float | None = None) -> Path:
+    """Write float32 ``data`` (nibabel axis order) with the fixed RAS affine as sform = qform (codes 1), mm units."""
+    affine = _ras_affine(geometry)
+    image = nib.Nifti1Image(np.asarray(data, dtype=np.float32), affine)
+    image.set_sform(affine, code=1)
+    image.set_qform(affine, code=1)
+    header = image.header
+    header.set_xyzt_units("mm")
+    if intent is not None:
+        header.set_intent(intent, name=intent_name)
+    if intent_p1 is not None:
+        header["intent_p1"] = intent_p1
+    with atomic_output(path) as tmp:
+        nib.save(image, tmp)
+    return Path(path)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# NIfTI family: Slicer, NiftyReg, FSL, Learn2Reg
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def write_slicer(u: np.ndarray, geometry: Geometry, path: str | os.PathLike[str]) -> Path:
+    """Write a 3D Slicer-native displacement field: NIfTI intent 1006 (``NIFTI_INTENT_DISPVECT``), **RAS** mm.
+
+    Layout ``(X, Y, Z, 1, 3)`` float32 on the fixed grid (sform = qform = fixed RAS affine, codes 1, mm). The
+    vectors are ``u`` with x and y negated (LPS -> RAS): Slicer writes 1006 files this way, and ITK >= 5.4 flips
+    x, y back to LPS when it reads intent 1006 (ITK commit d007ee8, Slicer PR #6799). Older ITK/ANTs builds cannot
+    read 1006; the default 1007 + LPS ``warp.nii.gz`` is the portable choice.
+
+    Args:
+        u: ``(*S, ndim)`` LPS mm pull-back displacements on ``geometry`` (components ``(x, y[, z])``).
+        geometry: the fixed grid. A 2D grid is written as a single-slice 3D field with a zero z component,
+            because Slicer transforms are 3D.
+        path: output ``.nii``/``.nii.gz`` file.
+
+    Returns:
+        The written path.
+    """
+    u = _check_field(u, geometry)
+    if geometry.ndim == 2:
+        u = np.concatenate([u, np.zeros((*u.shape[:-1], 1))], axis=-1)
+    ras = _nibabel_order(u, geometry) * _LPS_TO_RAS
+    return _save_nifti(ras[:, :, :, None, :], geometry, path, intent=1006)
+
+
+def write_niftyreg(u: np.ndarray, geometry: Geometry, path: str | os.PathLike[str]) -> Path:
+    """Write a NiftyReg displacement field (``reg_transform -disp`` style), RAS mm.
+
+    NiftyReg tags its transforms with ``intent_code = 1007`` (VECTOR), ``intent_name = "NREG_TRANS"`` and
+    ``intent_p1 = DISP_FIELD = 1`` (KCL-BMEIS/niftyreg ``NREG_TRANS_TYPE``), and stores physical displacements in
+    the NIfTI (RAS) world frame. So this file has the ITK layout and intent but RAS vectors: ITK-based tools read
+    it wrongly (use the default ``warp.nii.gz`` for them).
+
+    Args:
+        u: ``(*S, ndim)`` LPS mm pull-back displacements on ``geometry``.
+        geometry: the fixed (NiftyReg "reference") grid.
+        path: output ``.nii``/``.nii.gz`` file.
+
+    Returns:
+        The written path: ``(X, Y, Z, 1, 3)`` float32 in 3D; in 2D ``(X, Y, 1, 1, 2)`` with x, y only, as NiftyReg
+        itself allocates 2D fields (``nu = nz > 1 ? 3 : 2``).
+    """
+    u = _check_field(u, geometry)
+    ras = _nibabel_order(u, geometry) * _LPS_TO_RAS[: geometry.ndim]
+    return _save_nifti(ras[:, :, :, None, :], geometry, path, intent=1007, intent_name="NREG_TRANS", intent_p1=1.0)
+
+
+def write_fsl(u: np.ndarray, geometry: Geometry, path: str | os.PathLike[str]) -> Path:
+    """Write an FSL relative warp (as from ``convertwarp --relout``): ``(X, Y, Z, 3)`` float32, intent 2006.
+
+    FSL displacements are mm in its *scaled-voxel* frame (origin at voxel 0, axes along the voxel axes, x mirrored
+    when the sform has a positive determinant; regtricks "FSL" docs, nitransforms ``io/fsl.py``). Per voxel::
+
+        u_fsl = diag(s) F A^-1 u,    F = diag(-1, 1, 1) if det(RAS sform) > 0 else I
+
+    with ``A^-1 u`` the displacement in ITK index steps ``(i, j, k)``. Use with ``applywarp --rel``.
+
+    Args:
+        u: ``(*S, 3)`` LPS mm pull-back displacements on ``geometry``.
+        geometry: the fixed (FSL ``--ref``) grid; 3D only.
+        path: output ``.nii``/``.nii.gz`` file.
+
+    Returns:
+        The written path.
+
+    Raises:
+        ValueError: for a 2D field (FSL warps are 3D volumes).
+    """
+    if geometry.ndim != 3:
+        raise ValueError(f"FSL warps are 3D volumes; got a {geometry.ndim}-D grid of size {geometry.size} "
+                         "(use --format l2r or the default warp.nii.gz for 2D images)")
+    u = _check_field(u, geometry)
+    matrix = _itk_index_matrix(geometry)
+    steps = _nibabel_order(u, geometry) @ np.linalg.inv(matrix).T
+    flip = np.array([-1.0, 1.0, 1.0]) if np.linalg.det(_ras_affine(geometry)[:3, :3]) > 0 else np.ones(3)
+    fsl = steps * (flip * np.asarray(geometry.spacing[::-1]))
+    return _save_nifti(fsl, geometry, path, intent=2006)
+
+
+def write_l2r(chain: np.ndarray, geometry: Geometry, path: str | os.PathLike[str]) -> Path:
+    """Write a Learn2Reg submission field: voxel units, nibabel axis order, ``map_coordinates`` convention.
+
+    With ``disp = nib.load(path).get_fdata()`` and a moving image loaded with nibabel (``(X, Y, Z)``, on the fixed
+    grid), ``scipy.ndimage.map_coordinates(moving, identity + disp.transpose(3, 0, 1, 2), order=1)`` is the warped
+    image (Learn2Reg ``evaluation.py``; LUMIR "Validation Submission guidelines"). Spatial axes and components are
+    both in ITK index order ``(i, j, k)``: the reverse of ``chain``'s tensor order.
+
+    Args:
+        chain: ``(ndim, *S)`` pull-back displacement in voxels, channel ``c`` along tensor axis ``c``.
+        geometry: the fixed grid (only the affine is used; Learn2Reg ignores it).
+        path: output ``.nii``/``.nii.gz`` file, usually named with :func:`l2r_name`.
+
+    Returns:
+        The written path: float32 ``(X, Y, Z, 3)`` in 3D, ``(X, Y, 2)`` in 2D (the same convention for a 2D
+        ``(X, Y)`` moving array; Learn2Reg itself has only 3D tasks).
+    """
+    chain = np.asarray(chain)
+    if geometry.ndim not in (2, 3) or chain.shape != (geometry.ndim, *geometry.size):
+        raise ValueError(f"voxel field of shape {chain.shape} does not match the grid: expected "
+                         f"{(geometry.ndim, *geometry.size)} (channels in tensor axis order, then the grid)")
+    components_last = np.moveaxis(chain[::-1], 0, -1)
+    disp = np.moveaxis(components_last, range(geometry.ndim), range(geometry.ndim)[::-1])
+    return _save_nifti(disp, geometry, path)
+
+
+def _case_id(path: str | os.PathLike[str]) -> str:
+    name = Path(path).name
+    match = _L2R_PATTERN.match(name)
+    if match:
+        return match.group("case")
+    for suffix in _IMAGE_SUFFIXES:
+        if name.lower().endswith(suffix) and len(name) > len(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def l2r_name(fixed_path: str | os.PathLike[str], moving_path: str | os.PathLike[str]) -> str:
+    """Learn2Reg file name ``disp_{fix}_{mov}.nii.gz`` for a pair.
+
+    ``{fix}``/``{mov}`` is the 4-digit case id when the file follows Learn2Reg's ``<TASK>_<case>_<modality>.nii.gz``
+    pattern (``NLST_0101_0000.nii.gz`` -> ``0101``); otherwise the file (or DICOM folder) name without its image
+    extension (``.nii.gz``, ``.nrrd``, ``.mha``, ...), so ``sub-1.v2.nii.gz`` gives ``sub-1.v2``.
+    """
+    return f"disp_{_case_id(fixed_path)}_{_case_id(moving_path)}.nii.gz"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# DICOM Deformable Spatial Registration (DSRO)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class DicomSeriesRef:
+    """What a DSRO needs to know about an image series it registers (read by :func:`dicom_series_ref`).
+
+    Attributes:
+        patient_id, patient_name: Patient module values (``PatientName`` as its ``^``-separated string).
+        study_instance_uid, series_instance_uid, frame_of_reference_uid: the series' identifying UIDs.
+        sop_class_uid: SOP class of the series' images (e.g. CT Image Storage).
+        sop_instance_uids: the images' SOP instance UIDs, in ``InstanceNumber`` order.
+        patient_birth_date ... referring_physician_name: the rest of the Patient / General Study attributes, copied
+            into the DSRO when this is the fixed series so that it joins the fixed study consistently.
+    """
+
+    patient_id: str
+    patient_name: str
+    study_instance_uid: str
+    series_instance_uid: str
+    frame_of_reference_uid: str
+    sop_class_uid: str
+    sop_instance_uids: list[str] = field(default_factory=list)
+    patient_birth_date: str = ""
+    patient_sex: str = ""
+    study_date: str = ""
+    study_time: str = ""
+    study_id: str = ""
+    accession_number: str = ""
+    referring_physician_name: str = ""
+
+
+def dicom_series_ref(directory: str | os.PathLike[str], series_instance_uid: str | None = None) -> DicomSeriesRef:
+    """Read the identifiers of one DICOM series from the headers of the files in ``directory`` (pixels skipped).
+
+    Files that are not DICOM, or have no SOP/series UIDs (e.g. a DICOMDIR), are ignored. Instances are listed in
+    ``InstanceNumber`` order, then by file name.
+
+    Args:
+        directory: a folder holding the series (not searched recursively), or one file of the series.
+        series_instance_uid: which series to take when the folder holds several.
+
+    Raises:
+        InputError: no DICOM series, several series and no ``series_instance_uid``, the requested series is
+            absent, or the series has no Frame of Reference UID (a DSRO needs it).
+    """
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    directory = Path(directory)
+    if directory.is_file():
+        try:
+            header = pydicom.dcmread(directory, stop_before_pixels=True)
+        except (InvalidDicomError, OSError) as err:
+            raise InputError(f"{directory}: not a DICOM file ({err}); give a DICOM series folder") from None
+        series_instance_uid = series_instance_uid or header.get("SeriesInstanceUID")
+        directory = directory.parent
+    if not directory.is_dir():
+        raise InputError(f"{directory}: not a folder; give the folder that holds the DICOM series")
+    series: dict[str, list[tuple[int, str, pydicom.Dataset]]] = {}
+    for file in sorted(p for p in directory.iterdir() if p.is_file()):
+        try:
+            header = pydicom.dcmread(file, stop_before_pixels=True)
+        except (InvalidDicomError, OSError):
+            continue
+        if "SOPInstanceUID" not in header or "SeriesInstanceUID" not in header:
+            continue
+        number = int(header.get("InstanceNumber") or 0)
+        series.setdefault(str(header.SeriesInstanceUID), []).append((number, file.name, header))
+    if not series:
+        raise InputError(f"{directory}: no DICOM image files found; give the folder of one DICOM series")
+    if series_instance_uid is None:
+        if len(series) > 1:
+            raise InputError(f"{directory}: holds {len(series)} DICOM series ({', '.join(sorted(series))}); "
+                             "pass series_instance_uid or put one series per folder")
+        series_instance_uid = next(iter(series))
+    if series_instance_uid not in series:
+        raise InputError(f"{directory}: has no series {series_instance_uid} (found {', '.join(sorted(series))})")
+    instances = sorted(series[series_instance_uid], key=lambda item: (item[0], item[1]))
+    first = instances[0][2]
+    frame_of_reference = str(first.get("FrameOfReferenceUID", ""))
+    if not frame_of_reference:
+        raise InputError(f"{directory}: series {series_instance_uid} has no FrameOfReferenceUID, so a spatial "
+                         "registration cannot refer to it; use images with a patient frame of reference")
+
+    def text(keyword: str) -> str:
+        value = first.get(keyword)
+        return "" if value is None else str(value)
+
+    return DicomSeriesRef(
+        patient_id=text("PatientID"), patient_name=text("PatientName"),
+        study_instance_uid=text("StudyInstanceUID"), series_instance_uid=series_instance_uid,
+        frame_of_reference_uid=frame_of_reference, sop_class_uid=text("SOPClassUID"),
+        sop_instance_uids=[str(header.SOPInstanceUID) for _, _, header in instances],
+        patient_birth_date=text("PatientBirthDate"), patient_sex=text("PatientSex"),
+        study_date=text("StudyDate"), study_time=text("StudyTime"), study_id=text("StudyID"),
+        accession_number=text("AccessionNumber"), referring_physician_name=text("ReferringPhysicianName"))
+
+
+def _right_handed(u: np.ndarray, geometry: Geometry) -> tuple[np.ndarray, Geometry]:
+    """The same field on a right-handed grid: if ``det(R) < 0``, reverse tensor axis 0 (ITK ``k``).
+
+    The DSRO grid has only row/column cosines; its slice axis is their cross product. Reversing ``k`` moves the
+    origin to the last slice, ``o + R[:, 2] s_k (n_k - 1)``, and negates ``R[:, 2]``; the vectors are physical LPS
+    and do not change.
+
+    Raises:
+        ValueError: the direction matrix is not orthonormal (a sheared grid has no DICOM orientation).
+    """
+    direction = np.asarray(geometry.direction, dtype=np.float64).reshape(3, 3)
+    if not np.allclose(direction.T @ direction, np.eye(3), atol=1e-5):
+        raise ValueError("the fixed grid is sheared (direction matrix not orthonormal); a DICOM registration grid "
+                         "needs orthogonal axes: resample the fixed image onto an orthogonal grid first")
+    if np.linalg.det(direction) > 0:
+        return u, geometry
+    slices, slice_spacing = geometry.size[0], geometry.spacing[0]
+    origin = np.asarray(geometry.origin) + direction[:, 2] * slice_spacing * (slices - 1)
+    direction[:, 2] *= -1
+    flipped = Geometry(size=geometry.size, spacing=geometry.spacing, origin=tuple(float(v) for v in origin),
+                       direction=tuple(float(v) for v in direction.ravel()))
+    return u[::-1], flipped
+
+
+def _ds(values: np.ndarray | list[float]) -> list[str]:
+    """Numbers as DICOM Decimal Strings (at most 16 characters each)."""
+    from pydicom.valuerep import format_number_as_ds
+
+    return [format_number_as_ds(float(v)) for v in np.ravel(values)]
+
+
+def _identity_matrix_item() -> Dataset:
+    from pydicom.dataset import Dataset
+
+    item = Dataset()
+    item.FrameOfReferenceTransformationMatrix = _ds(np.eye(4))
+    item.FrameOfReferenceTransformationMatrixType = "RIGID"
+    return item
+
+
+def _referenced_series_item(ref: DicomSeriesRef) -> Dataset:
+    from pydicom.dataset import Dataset
+
+    item = Dataset()
+    item.SeriesInstanceUID = ref.series_instance_uid
+    instances = []
+    for uid in ref.sop_instance_uids:
+        instance = Dataset()
+        instance.ReferencedSOPClassUID = ref.sop_class_uid
+        instance.ReferencedSOPInstanceUID = uid
+        instances.append(instance)
+    item.ReferencedInstanceSequence = instances
+    return item
+
+
+def write_dicom(u: np.ndarray, geometry: Geometry, path: str | os.PathLike[str],
+                fixed_ref: DicomSeriesRef | None = None, moving_ref: DicomSeriesRef | None = None) -> Path:
+    """Write a DICOM Deformable Spatial Registration object (DSRO, PS3.3 A.39.2 / C.20.3) with pydicom.
+
+    The DSRO's own Frame of Reference (the Registered RCS) is the fixed one and ``SourceFrameOfReferenceUID`` the
+    moving one: a fixed point ``p`` (DICOM patient coordinates = LPS mm) samples the moving image at
+    ``M_post(M_pre p + D(M_pre p))`` with identity ``M_pre``/``M_post`` here, i.e. exactly rlreg's ``p + u(p)``
+    (C.20.3.1.1). The grid is ``geometry``'s, made right-handed (see below); ``VectorGridData`` holds ``u`` as
+    little-endian float32, ``(x, y, z)`` interleaved, x fastest, then y, then z (C.20.3.1.3).
+
+    DSRO grids only carry row and column cosines, the slice axis being their cross product, so a left-handed
+    ``geometry`` (``det(direction) < 0``) is stored with its slowest axis (tensor axis 0) reversed; the grid points
+    and vectors are the same physical ones.
+
+    Args:
+        u: ``(*S, 3)`` LPS mm pull-back displacements on ``geometry``.
+        geometry: the fixed grid; 3D with an orthonormal direction.
+        path: output file (``.dcm``).
+        fixed_ref: the fixed series (from :func:`dicom_series_ref`): its FoR, patient and study are used, and its
+            instances are referenced. Without it a new FoR, study and empty patient are written.
+        moving_ref: the moving series: its FoR is the source FoR and its instances are the registered images.
+            Without it a new source FoR is generated.
+
+    Returns:
+        The written path.
+
+    Raises:
+        ValueError: for a 2D field, a sheared grid, or a field that does not match the grid.
+    """
+    import pydicom
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    if geometry.ndim != 3:
+        raise ValueError(f"DICOM deformable registration grids are 3D; got a {geometry.ndim}-D grid of size "
+                         f"{geometry.size} (use --format l2r or the default warp.nii.gz for 2D images)")
+    u, geometry = _right_handed(_check_field(u, geometry), geometry)
+    direction = np.asarray(geometry.direction).reshape(3, 3)
+    now = datetime.now()
+    date, time = now.strftime("%Y%m%d"), now.strftime("%H%M%S.%f")
+    sop_instance_uid = generate_uid()
+
+    ds = Dataset()
+    ds.SpecificCharacterSet = "ISO_IR 192"
+    ds.SOPClassUID = DSRO_SOP_CLASS_UID
+    ds.SOPInstanceUID = sop_instance_uid
+    ds.InstanceCreationDate, ds.InstanceCreationTime = date, time
+    # Patient and General Study: join the fixed study (the registration is expressed in the fixed FoR).
+    ds.PatientName = fixed_ref.patient_name if fixed_ref else ""
+    ds.PatientID = fixed_ref.patient_id if fixed_ref else ""
+    ds.PatientBirthDate = fixed_ref.patient_birth_date if fixed_ref else ""
+    ds.PatientSex = fixed_ref.patient_sex if fixed_ref else ""
+    ds.StudyInstanceUID = fixed_ref.study_instance_uid if fixed_ref else generate_uid()
+    ds.StudyDate = fixed_ref.study_date if fixed_ref else date
+    ds.StudyTime = fixed_ref.study_time if fixed_ref else time
+    ds.ReferringPhysicianName = fixed_ref.referring_physician_name if fixed_ref else ""
+    ds.StudyID = fixed_ref.study_id if fixed_ref else ""
+    ds.AccessionNumber = fixed_ref.accession_number if fixed_ref else ""
+    # General Series + Spatial Registration Series.
+    ds.Modality = "REG"
+    ds.SeriesInstanceUID = generate_uid()
+    ds.SeriesNumber = None
+    ds.SeriesDate, ds.SeriesTime = date, time
+    ds.SeriesDescription = "rlreg deformable registration"
+    # Frame of Reference: the Registered RCS is the fixed image's.
+    ds.FrameOfReferenceUID = fixed_ref.frame_of_reference_uid if fixed_ref else generate_uid()
+    ds.PositionReferenceIndicator = ""
+    # General + Enhanced General Equipment.
+    ds.Manufacturer = "rlreg"
+    ds.ManufacturerModelName = "rlreg"
+    ds.DeviceSerialNumber = "0"
+    ds.SoftwareVersions = __version__
+    # Deformable Spatial Registration module with the Content Identification macro.
+    ds.ContentDate, ds.ContentTime = date, time
+    ds.InstanceNumber = 1
+    ds.ContentLabel = "RLREG"
+    ds.ContentDescription = "Dense pull-back displacement field (fixed -> moving), LPS mm"
+    ds.ContentCreatorName = ""
+
+    grid = Dataset()
+    grid.ImagePositionPatient = _ds(geometry.origin)
+    grid.ImageOrientationPatient = _ds(np.concatenate([direction[:, 0], direction[:, 1]]))
+    grid.GridDimensions = [int(n) for n in geometry.size[::-1]]
+    grid.GridResolution = [float(s) for s in geometry.spacing[::-1]]
+    grid.VectorGridData = np.ascontiguousarray(u, dtype="<f4").tobytes()
+
+    method = Dataset()
+    method.CodeValue = "125024"
+    method.CodingSchemeDesignator = "DCM"
+    method.CodeMeaning = "Image Content-based Alignment"
+
+    item = Dataset()
+    item.SourceFrameOfReferenceUID = moving_ref.frame_of_reference_uid if moving_ref else generate_uid()
+    if moving_ref is not None and moving_ref.sop_instance_uids:
+        images = []
+        for uid in moving_ref.sop_instance_uids:
+            image = Dataset()
+            image.ReferencedSOPClassUID = moving_ref.sop_class_uid
+            image.ReferencedSOPInstanceUID = uid
+            images.append(image)
+        item.ReferencedImageSequence = images
+    item.RegistrationTypeCodeSequence = [method]
+    item.PreDeformationMatrixRegistrationSequence = [_identity_matrix_item()]
+    item.PostDeformationMatrixRegistrationSequence = [_identity_matrix_item()]
+    item.DeformableRegistrationGridSequence = [grid]
+    ds.DeformableRegistrationSequence = [item]
+
+    # Common Instance Reference: series of this study directly, series of other studies grouped by study.
+    same_study, other_studies = [], {}
+    seen = set()
+    for ref in (fixed_ref, moving_ref):
+        if ref is None or (ref.study_instance_uid, ref.series_instance_uid) in seen:
+            continue
+        seen.add((ref.study_instance_uid, ref.series_instance_uid))
+        if ref.study_instance_uid == ds.StudyInstanceUID:
+            same_study.append(_referenced_series_item(ref))
+        else:
+            other_studies.setdefault(ref.study_instance_uid, []).append(_referenced_series_item(ref))
+    if same_study:
+        ds.ReferencedSeriesSequence = same_study
+    if other_studies:
+        studies = []
+        for study_uid, series_items in other_studies.items():
+            study = Dataset()
+            study.StudyInstanceUID = study_uid
+            study.ReferencedSeriesSequence = series_items
+            studies.append(study)
+        ds.StudiesContainingOtherReferencedInstancesSequence = studies
+
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = DSRO_SOP_CLASS_UID
+    ds.file_meta.MediaStorageSOPInstanceUID = sop_instance_uid
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    with atomic_output(path) as tmp:
+        pydicom.dcmwrite(tmp, ds, enforce_file_format=True)
+    return Path(path)
+
+
+def read_dicom_field(path: str | os.PathLike[str]) -> tuple[np.ndarray, Geometry]:
+    """Read a DSRO's deformation grid back as ``(u, geometry)`` in rlreg's conventions.
+
+    ``u`` is ``(*geometry.size, 3)`` float32 LPS mm (the stored precision) and ``geometry`` the grid: ``size`` and
+    ``spacing`` in tensor order ``(k, j, i)``, direction columns = row cosines, column cosines, their cross product
+    (always right-handed, so a field written from a left-handed grid comes back with axis 0 reversed: the same
+    points and vectors).
+
+    Raises:
+        InputError: not a DSRO, no deformation grid, a non-identity pre/post matrix (not representable as a
+            displacement on the grid alone), or vector data of the wrong length.
+    """
+    import pydicom
+
+    ds = pydicom.dcmread(path)
+    if str(ds.get("SOPClassUID", "")) != DSRO_SOP_CLASS_UID:
+        raise InputError(f"{path}: not a DICOM Deformable Spatial Registration (SOP class "
+                         f"{ds.get('SOPClassUID', 'missing')}, expected {DSRO_SOP_CLASS_UID})")
+    items = [item for item in ds.get("DeformableRegistrationSequence", []) if "DeformableRegistrationGridSequence"
+             in item]
+    if not items:
+        raise InputError(f"{path}: has no DeformableRegistrationGridSequence; only grid-based DSROs can be read")
+    item = items[0]
+    for keyword in ("PreDeformationMatrixRegistrationSequence", "PostDeformationMatrixRegistrationSequence"):
+        for matrix_item in item.get(keyword, []):
+            matrix = np.array([float(v) for v in matrix_item.FrameOfReferenceTransformationMatrix]).reshape(4, 4)
+            if not np.allclose(matrix, np.eye(4), atol=1e-6):
+                raise InputError(f"{path}: {keyword} is not the identity; only pure deformation grids are supported")
+    grid = item.DeformableRegistrationGridSequence[0]
+    orientation = np.array([float(v) for v in grid.ImageOrientationPatient])
+    row, column = orientation[:3], orientation[3:]
+    direction = np.column_stack([row, column, np.cross(row, column)])
+    size_ijk = [int(n) for n in grid.GridDimensions]
+    spacing_ijk = [float(s) for s in grid.GridResolution]
+    values = np.frombuffer(grid.VectorGridData, dtype="<f4")
+    if values.size != 3 * int(np.prod(size_ijk)):
+        raise InputError(f"{path}: VectorGridData holds {values.size} numbers, expected 3 x {size_ijk}")
+    size = tuple(size_ijk[::-1])
+    u = values.reshape(*size, 3).astype(np.float32)
+    geometry = Geometry(size=size, spacing=tuple(spacing_ijk[::-1]),
+                        origin=tuple(float(v) for v in grid.ImagePositionPatient),
+                        direction=tuple(float(v) for v in direction.ravel()))
+    return u, geometry
