@@ -84,7 +84,7 @@ def _progress_bar(disabled: bool):
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     return Progress(TextColumn("{task.description:<10}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    disable=disabled, console=Console(stderr=True))
+                    disable=disabled, console=Console(stderr=True), transient=True)
 
 
 def _stage_reporter(bar):

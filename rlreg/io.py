@@ -147,7 +147,7 @@ def read_image(path: str | os.PathLike[str], dtype: torch.dtype = torch.float32,
                          "rlreg registers 2D or 3D images")
     array = sitk.GetArrayFromImage(image)
     if check_values:
-        _check_values(path, array)
+        _check_values(path, _nifti_raw(path) if path.name.endswith((".nii", ".nii.gz")) else array)
     tensor = torch.from_numpy(np.ascontiguousarray(array))
     tensor = tensor.to(dtype) if dtype is not None else tensor
     return Image(data=tensor[None, None], geometry=Geometry.from_sitk(image), path=path)
@@ -158,6 +158,16 @@ def _with_geometry(image: sitk.Image, like: sitk.Image) -> sitk.Image:
     image.SetOrigin(like.GetOrigin())
     image.SetDirection(like.GetDirection())
     return image
+
+
+def _nifti_raw(path: Path) -> np.ndarray:
+    """The voxels of a floating-point NIfTI as stored: ITK's reader silently turns NaN into 0, hiding bad data."""
+    import nibabel as nib
+
+    image = nib.load(str(path))
+    if not np.issubdtype(image.get_data_dtype(), np.floating):
+        return np.asarray(image.dataobj)
+    return np.asarray(image.dataobj, dtype=np.float32)
 
 
 def _check_values(path: Path, array: np.ndarray) -> None:

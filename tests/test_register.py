@@ -1,0 +1,310 @@
+"""``rlreg register`` / ``apply`` / ``invert`` end to end, and interop: the written fields, resampled by SimpleITK and
+by ANTs (ANTsPy), reproduce rlreg's own ``warped.nii.gz`` on an oblique, anisotropic, axis-flipped phantom pair."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+from phantoms import write_pair
+from typer.testing import CliRunner
+
+from rlreg.cli.main import app
+from rlreg.io import Geometry, InputError, read_image
+from rlreg.pipelines import register as register_module
+from rlreg.pipelines.register import RegisterOptions, apply_transform, invert_transform, register
+from rlreg.transforms import chain_from_world, read_transform, world_jacobian
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module", params=[2, 3], ids=["2d", "3d"])
+def registered(request, tmp_path_factory):
+    """One phantom pair per dimensionality, registered once with every export."""
+    ndim = request.param
+    folder = tmp_path_factory.mktemp(f"phantom{ndim}d")
+    paths = write_pair(folder, ndim)
+    formats = ("slicer", "l2r", "niftyreg", "fsl", "dicom") if ndim == 3 else ("slicer", "l2r")
+    options = RegisterOptions(fixed=paths["fixed"], moving=paths["moving"], output=folder / "out",
+                              fixed_seg=paths["fixed_seg"], moving_seg=paths["moving_seg"], steps=40,
+                              formats=formats, save_inverse=True)
+    result = register(options)
+    return ndim, paths, folder / "out", result
+
+
+def _interior(warp_path, fixed_path, moving_path) -> np.ndarray:
+    """Fixed voxels whose moving sample point lies inside the moving grid (where every resampler agrees)."""
+    fixed, moving = read_image(fixed_path), read_image(moving_path)
+    chain = chain_from_world(read_transform(warp_path, fixed.geometry), fixed.geometry, moving.geometry)[0]
+    grid = torch.stack(torch.meshgrid(*[torch.arange(n, dtype=chain.dtype) for n in fixed.geometry.size],
+                                      indexing="ij"))
+    positions = chain + grid
+    inside = torch.ones(fixed.geometry.size, dtype=torch.bool)
+    for axis, n in enumerate(moving.geometry.size):
+        inside &= (positions[axis] >= 0) & (positions[axis] <= n - 1)
+    return inside.numpy()
+
+
+def test_outputs_and_sidecar(registered) -> None:
+    _ndim, paths, out, _result = registered
+    report = json.loads((out / "rlreg.json").read_text())
+    assert report["method"]["deformable"] == "instance-optimisation"  # honest about what ran
+    assert report["inputs"]["fixed"]["sha256"] and report["inputs"]["moving"]["sha256"]
+    assert set(report["seconds"]) >= {"read", "affine", "deformable", "write", "total"}
+    qc = report["qc"]
+    assert qc["dice_after"] > qc["dice_affine"] > qc["dice_before"]
+    assert qc["lncc_after"] > qc["lncc_affine"]
+    assert qc["folding_percent"] < 1.0 and qc["jacobian_min"] > 0
+    assert "antsApplyTransforms" in report["ants_command"]
+    fixed = sitk.ReadImage(str(paths["fixed"]))
+    for name in ("warped.nii.gz", "jacdet.nii.gz", "warped_seg.nii.gz"):
+        image = sitk.ReadImage(str(out / name))
+        assert image.GetSize() == fixed.GetSize()
+        assert np.allclose(image.GetDirection(), fixed.GetDirection(), atol=1e-6)
+        assert np.allclose(image.GetOrigin(), fixed.GetOrigin(), atol=1e-4)
+    labels = set(np.unique(sitk.GetArrayFromImage(sitk.ReadImage(str(out / "warped_seg.nii.gz")))))
+    assert labels <= {0, 1, 2, 3}  # label-safe: never an interpolated label
+
+
+def test_warp_file_layout(registered) -> None:
+    """warp.nii.gz: vector image, intent 1007, float32, 5-D in 3D, the fixed grid, sform = qform."""
+    import nibabel as nib
+
+    ndim, _paths, out, _ = registered
+    field = sitk.ReadImage(str(out / "warp.nii.gz"))
+    assert field.GetNumberOfComponentsPerPixel() == ndim and field.GetDimension() == ndim
+    header = nib.load(str(out / "warp.nii.gz")).header
+    assert int(header["intent_code"]) == 1007
+    assert header.get_data_dtype() == np.float32
+    if ndim == 3:
+        assert tuple(header["dim"][:6]) == (5, *field.GetSize(), 1, 3)
+        assert np.allclose(header.get_sform(), header.get_qform(), atol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["warp.nii.gz", "transform.h5"])
+def test_simpleitk_resampling_matches_rlreg(registered, name) -> None:
+    _ndim, paths, out, _ = registered
+    fixed, moving = sitk.ReadImage(str(paths["fixed"])), sitk.ReadImage(str(paths["moving"]))
+    if name.endswith(".h5"):
+        transform = sitk.ReadTransform(str(out / name))
+    else:
+        transform = sitk.DisplacementFieldTransform(sitk.Cast(sitk.ReadImage(str(out / name)),
+                                                              sitk.sitkVectorFloat64))
+    theirs = sitk.GetArrayFromImage(sitk.Resample(moving, fixed, transform, sitk.sitkLinear, 0.0))
+    ours = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "warped.nii.gz")))
+    inside = _interior(out / "warp.nii.gz", paths["fixed"], paths["moving"])
+    assert inside.mean() > 0.5
+    assert np.abs(theirs - ours)[inside].max() < 1e-3
+
+
+@pytest.mark.parametrize("name", ["warp.nii.gz", "transform.h5"])
+def test_ants_resampling_matches_rlreg(registered, name) -> None:
+    ants = pytest.importorskip("ants")
+    ndim, paths, out, _ = registered
+    fixed, moving = ants.image_read(str(paths["fixed"])), ants.image_read(str(paths["moving"]))
+    theirs = ants.apply_transforms(fixed, moving, [str(out / name)], interpolator="linear").numpy()
+    theirs = theirs.transpose(*range(ndim)[::-1])  # ANTs arrays are (i, j, k); rlreg's are (k, j, i)
+    ours = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "warped.nii.gz")))
+    inside = _interior(out / "warp.nii.gz", paths["fixed"], paths["moving"])
+    assert np.abs(theirs - ours)[inside].max() < 1e-3
+
+
+def test_dicom_reads_back_to_the_same_field(registered) -> None:
+    ndim, _paths, out, _ = registered
+    if ndim == 2:
+        pytest.skip("DICOM DSRO is 3D")
+    from rlreg.export import read_dicom_field
+
+    u, geometry = read_dicom_field(out / "registration.dcm")
+    field = sitk.ReadImage(str(out / "warp.nii.gz"))
+    image = sitk.GetImageFromArray(u.astype(np.float64), isVector=True)
+    geometry.apply_to(image)
+    dsro = sitk.DisplacementFieldTransform(image)
+    itk = sitk.DisplacementFieldTransform(sitk.Cast(field, sitk.sitkVectorFloat64))
+    rng = np.random.default_rng(0)
+    for index in rng.integers(1, np.asarray(field.GetSize()) - 1, size=(20, 3)):
+        point = field.TransformContinuousIndexToPhysicalPoint([float(i) for i in index])
+        assert np.allclose(dsro.TransformPoint(point), itk.TransformPoint(point), atol=1e-4)
+
+
+def test_jacdet_is_the_jacobian_of_the_written_field(registered) -> None:
+    _ndim, paths, out, _ = registered
+    fixed = read_image(paths["fixed"])
+    jac = world_jacobian(read_transform(out / "warp.nii.gz", fixed.geometry), fixed.geometry)
+    written = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "jacdet.nii.gz")))
+    assert np.allclose(jac[0, 0].numpy(), written, atol=1e-4)
+
+
+def test_inverse_warp_undoes_the_forward_one(registered, tmp_path) -> None:
+    _ndim, paths, out, _ = registered
+    # moving -> fixed -> moving through warped.nii.gz and the inverse: the phantom's labels come back
+    back = tmp_path / "back_seg.nii.gz"
+    apply_transform(out / "inverse_warp.nii.gz", paths["moving"], out / "warped_seg.nii.gz", back, "label")
+    original = sitk.GetArrayFromImage(sitk.ReadImage(str(paths["moving_seg"])))
+    returned = sitk.GetArrayFromImage(sitk.ReadImage(str(back)))
+    inside = _interior(out / "inverse_warp.nii.gz", paths["moving"], paths["fixed"])
+    assert (original == returned)[inside].mean() > 0.97
+    summary = invert_transform(out / "warp.nii.gz", paths["fixed"], paths["moving"], tmp_path / "inv.nii.gz")
+    assert summary["consistency_median_mm"] < 0.05
+
+
+def test_apply_reproduces_warped_outputs(registered, tmp_path) -> None:
+    _ndim, paths, out, _ = registered
+    apply_transform(out / "transform.h5", paths["fixed"], paths["moving"], tmp_path / "w.nii.gz", "linear")
+    apply_transform(out / "warp.nii.gz", paths["fixed"], paths["moving_seg"], tmp_path / "s.nii.gz", "label")
+    ours = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "warped.nii.gz")))
+    assert np.abs(sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "w.nii.gz"))) - ours).max() < 1e-3
+    seg = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "warped_seg.nii.gz")))
+    assert (sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "s.nii.gz"))) == seg).mean() > 0.999
+
+
+def test_slicer_and_l2r_exports_agree_with_the_warp(registered) -> None:
+    ndim, _paths, out, _ = registered
+    itk = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "warp.nii.gz")))
+    slicer = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "warp_slicer.nii.gz")))  # ITK >= 5.4: RAS -> LPS
+    assert np.allclose(slicer[..., :ndim].reshape(itk.shape), itk, atol=1e-4)
+    assert (out / "disp_fixed_moving.nii.gz").exists()
+
+
+# ---------------------------------------------------------------------------------------------------- errors
+def _fails_in_one_line(args, *needles) -> str:
+    result = runner.invoke(app, ["register", *map(str, args), "--device", "cpu", "--steps", "2"])
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.strip().splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.output
+    for needle in needles:
+        assert str(needle) in lines[0]
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def pair3d(tmp_path_factory):
+    return write_pair(tmp_path_factory.mktemp("errors"), 3)
+
+
+def test_missing_and_unreadable_files(pair3d, tmp_path) -> None:
+    _fails_in_one_line([tmp_path / "nope.nii.gz", pair3d["moving"], "-o", tmp_path / "o"], "nope.nii.gz", "not found")
+    junk = tmp_path / "junk.nii.gz"
+    junk.write_bytes(b"this is not an image")
+    _fails_in_one_line([pair3d["fixed"], junk, "-o", tmp_path / "o"], "junk.nii.gz", "not a readable image")
+
+
+def test_2d_with_3d_is_refused(pair3d, tmp_path) -> None:
+    flat = tmp_path / "flat.nii.gz"
+    sitk.WriteImage(sitk.ReadImage(str(pair3d["fixed"]))[:, :, 5], str(flat))
+    _fails_in_one_line([pair3d["fixed"], flat, "-o", tmp_path / "o"], "flat.nii.gz", "same dimensionality")
+
+
+def test_4d_nan_and_empty_inputs(pair3d, tmp_path) -> None:
+    vol = sitk.ReadImage(str(pair3d["fixed"]))
+    series = tmp_path / "series.nii.gz"
+    sitk.WriteImage(sitk.JoinSeries([vol, vol]), str(series))
+    _fails_in_one_line([series, pair3d["moving"], "-o", tmp_path / "o"], "series.nii.gz", "pick one volume")
+    array = sitk.GetArrayFromImage(vol)
+    array[3, 4, 5] = np.nan
+    nan = sitk.GetImageFromArray(array)
+    nan.CopyInformation(vol)
+    sitk.WriteImage(nan, str(tmp_path / "nan.nii.gz"))
+    _fails_in_one_line([tmp_path / "nan.nii.gz", pair3d["moving"], "-o", tmp_path / "o"], "nan.nii.gz", "NaN")
+    empty = sitk.GetImageFromArray(np.zeros_like(array))
+    empty.CopyInformation(vol)
+    sitk.WriteImage(empty, str(tmp_path / "empty.nii.gz"))
+    _fails_in_one_line([pair3d["fixed"], tmp_path / "empty.nii.gz", "-o", tmp_path / "o"], "empty.nii.gz", "empty")
+
+
+def test_model_of_the_wrong_dimensionality(pair3d, tmp_path) -> None:
+    _fails_in_one_line([pair3d["fixed"], pair3d["moving"], "-o", tmp_path / "o", "--model", "digits"],
+                       "fixed.nii.gz", "2-D")
+
+
+def test_foreign_output_directory_is_left_alone(pair3d, tmp_path) -> None:
+    theirs = tmp_path / "results"
+    theirs.mkdir()
+    (theirs / "thesis.tex").write_text("precious")
+    _fails_in_one_line([pair3d["fixed"], pair3d["moving"], "-o", theirs], "results", "thesis.tex")
+    assert (theirs / "thesis.tex").read_text() == "precious"
+
+
+def test_interrupted_run_leaves_only_complete_files(pair3d, tmp_path, monkeypatch) -> None:
+    def crash(*_args, **_kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(register_module, "write_itk_transform", crash)
+    out = tmp_path / "out"
+    with pytest.raises(KeyboardInterrupt):
+        register(RegisterOptions(fixed=pair3d["fixed"], moving=pair3d["moving"], output=out, steps=2))
+    names = sorted(p.name for p in out.iterdir())
+    assert "rlreg.json" not in names  # the run is visibly unfinished
+    assert not [n for n in names if "tmp" in n]  # no temporary leftovers
+    for name in names:  # what was written is complete and readable
+        assert sitk.ReadImage(str(out / name)).GetNumberOfPixels() > 0
+    # a re-run into the same folder (rlreg's own files) is allowed and completes
+    monkeypatch.undo()
+    register(RegisterOptions(fixed=pair3d["fixed"], moving=pair3d["moving"], output=out, steps=2))
+    assert (out / "rlreg.json").exists()
+
+
+def test_read_image_errors_are_input_errors(tmp_path) -> None:
+    with pytest.raises(InputError, match="no DICOM series"):
+        read_image(tmp_path)
+
+
+# ---------------------------------------------------------------------------------------------------- CLI
+def test_cli_register_json_and_equivalent_ants_command(pair3d, tmp_path) -> None:
+    out = tmp_path / "cli"
+    result = runner.invoke(app, ["register", str(pair3d["fixed"]), str(pair3d["moving"]), "-o", str(out), "--steps",
+                                 "4", "--device", "cpu", "--json", "--no-affine"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert report["method"]["affine"].startswith("none")
+    assert report["ants_command"].startswith("antsApplyTransforms -d 3")
+    assert json.loads((out / "rlreg.json").read_text())["qc"] == report["qc"]
+
+
+def test_cli_apply_and_invert(registered, tmp_path) -> None:
+    _ndim, paths, out, _ = registered
+    result = runner.invoke(app, ["apply", "-t", str(out / "warp.nii.gz"), "-r", str(paths["fixed"]), "-i",
+                                 str(paths["moving_seg"]), "-o", str(tmp_path / "seg.nii.gz"), "--interp", "label"])
+    assert result.exit_code == 0, result.output
+    assert Geometry.from_sitk(sitk.ReadImage(str(tmp_path / "seg.nii.gz"))) == Geometry.from_sitk(
+        sitk.ReadImage(str(paths["fixed"])))
+    result = runner.invoke(app, ["invert", "-t", str(out / "warp.nii.gz"), "-f", str(paths["fixed"]), "-r",
+                                 str(paths["moving"]), "-o", str(tmp_path / "inv.nii.gz"), "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["consistency_median_mm"] < 0.05
+
+
+# ---------------------------------------------------------------------------------------------------- digits
+@pytest.mark.parametrize("suffix", [".png", ".nii.gz"])
+def test_digits_model_through_the_cli(tmp_path, suffix) -> None:
+    """The shipped digits agent registers 28x28 digits given as PNG or 2D NIfTI (issue 3, deliverable 6)."""
+    from PIL import Image as PILImage
+
+    from rlreg.pipelines.digits import split_mnist
+
+    images, _ = split_mnist()["test"]
+    paths = []
+    for name, index in (("fixed", 0), ("moving", 1)):
+        array = (images[index, 0].numpy() * 255).astype(np.uint8)
+        path = tmp_path / f"{name}{suffix}"
+        if suffix == ".png":
+            PILImage.fromarray(array).save(path)
+        else:
+            sitk.WriteImage(sitk.GetImageFromArray(array.astype(np.float32)), str(path))
+        paths.append(path)
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["register", str(paths[0]), str(paths[1]), "--model", "digits", "-o", str(out),
+                                 "--device", "cpu", "--no-affine", "--save-steps", "-q"])
+    assert result.exit_code == 0, result.output
+    warped = sitk.ReadImage(str(out / "warped.nii.gz"))
+    assert warped.GetSize() == (28, 28)
+    report = json.loads((out / "rlreg.json").read_text())
+    assert report["method"]["deformable"] == "rl-agent" and report["method"]["model"] == "digits"
+    steps = report["method"]["steps"]
+    assert [s["step"] for s in report["steps"]] == list(range(steps + 1))
+    assert report["qc"]["lncc_after"] > report["qc"]["lncc_before"] + 0.2
+    assert (out / "steps" / "registration.gif").exists()
+    assert (out / "steps" / f"step_{steps:03d}_warp.nii.gz").exists()
