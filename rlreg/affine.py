@@ -35,8 +35,13 @@ class AffineConfig:
     """Random fraction of fixed voxels used by the metric."""
     metric: str = "meansquares"
     """``meansquares`` (same contrast) or ``mattes`` (mutual information, different contrasts)."""
-    seed: int = 0
-    """Seed of the metric's random sampling (deterministic results)."""
+    seed: int = 1
+    """Seed of the metric's random sampling, >= 1 (deterministic results). SimpleITK reads 0 as "seed from the
+    wall clock", which made every run differ."""
+
+    def __post_init__(self) -> None:
+        if self.seed < 1:
+            raise ValueError(f"AffineConfig.seed must be >= 1 (SimpleITK treats 0 as the wall clock), got {self.seed}")
 
 
 def affine_register(fixed: sitk.Image, moving: sitk.Image, config: AffineConfig = AffineConfig(),
