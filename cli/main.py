@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import sys
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Annotated
 
@@ -110,6 +110,8 @@ def register(
     model: Annotated[str | None, typer.Option(help="Shipped agent, e.g. digits [default: by dimensionality].")] = None,
     steps: Annotated[int | None, typer.Option(help="Agent steps [default: model's], or optimiser iterations.")] = None,
     affine: Annotated[bool, typer.Option("--affine/--no-affine", help="Rigid + affine pre-alignment.")] = True,
+    smoothness: Annotated[float | None, typer.Option(help="Instance optimisation: diffusion weight [default: 4]; "
+                                                     "lower = sharper, more folding risk.")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda[:N].")] = "auto",
     formats: Annotated[str, typer.Option("--format", help="Extra field exports, comma-separated: slicer, l2r, fsl, "
                                          "niftyreg, dicom.")] = "",
@@ -129,6 +131,8 @@ def register(
         fixed_mask=fixed_mask, moving_mask=moving_mask, model=model, steps=steps, affine=affine,
         formats=tuple(f.strip() for f in formats.split(",") if f.strip()), save_inverse=save_inverse,
         save_steps=save_steps)
+    if smoothness is not None:
+        options.instance = replace(options.instance, smoothness=smoothness)
     try:
         options.device = str(resolve_device(device))
         with _progress_bar(quiet or json_output) as bar:

@@ -18,6 +18,9 @@ from torch import Tensor
 from rlreg.io import Geometry
 from rlreg.spatial import identity_grid
 
+MIN_SAMPLES = 50_000
+"""Fewest fixed voxels the affine metric samples (at full resolution), whatever ``sampling_fraction`` says."""
+
 __all__ = ["AffineConfig", "affine_register", "index_map", "positions_to_displacement", "transform_matrix"]
 
 
@@ -33,8 +36,10 @@ class AffineConfig:
     """Optimiser iterations per level."""
     sampling_fraction: float = 0.2
     """Random fraction of fixed voxels used by the metric."""
-    metric: str = "meansquares"
-    """``meansquares`` (same contrast) or ``mattes`` (mutual information, different contrasts)."""
+    metric: str = "mattes"
+    """``mattes`` (Mattes mutual information: any contrasts) or ``meansquares`` (same contrast only). Mattes is the
+    default: on the MNI152 T1 template against a label-derived image it gave affine Dice 0.43-0.44 for three seeds,
+    mean squares 0.27-0.40, and both gave 0.37 on two label-derived brains (issue 4 notes)."""
     seed: int = 1
     """Seed of the metric's random sampling, >= 1 (deterministic results). SimpleITK reads 0 as "seed from the
     wall clock", which made every run differ."""
@@ -90,7 +95,9 @@ def _run(fixed: sitk.Image, moving: sitk.Image, transform: sitk.Transform, confi
     else:
         raise ValueError(f"unknown affine metric {config.metric!r}; use 'meansquares' or 'mattes'")
     method.SetMetricSamplingStrategy(method.RANDOM)
-    method.SetMetricSamplingPercentage(config.sampling_fraction, config.seed)
+    # Small images keep at least MIN_SAMPLES samples: mutual information from a few hundred voxels is noise.
+    fraction = min(1.0, max(config.sampling_fraction, MIN_SAMPLES / fixed.GetNumberOfPixels()))
+    method.SetMetricSamplingPercentage(fraction, config.seed)
     method.SetInterpolator(sitk.sitkLinear)
     method.SetOptimizerAsRegularStepGradientDescent(learningRate=1.0, minStep=1e-4,
                                                     numberOfIterations=config.iterations,

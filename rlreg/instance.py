@@ -65,7 +65,8 @@ def downsample(image: Tensor, factor: int) -> Tensor:
 def optimise_displacement(fixed: Tensor, moving: Tensor, config: InstanceConfig = InstanceConfig(),
                           initial: Tensor | None = None,
                           callback: Callable[[int, int, float], None] | None = None,
-                          field_callback: Callable[[int, int, Tensor], None] | None = None) -> Tensor:
+                          field_callback: Callable[[int, int, Tensor], None] | None = None,
+                          mask: Tensor | None = None) -> Tensor:
     """Fit a displacement so that ``warp(moving, u) ≈ fixed``.
 
     Args:
@@ -76,6 +77,8 @@ def optimise_displacement(fixed: Tensor, moving: Tensor, config: InstanceConfig 
         callback: called as ``callback(level, iteration, loss)`` after each step (progress bars, logging).
         field_callback: called as ``field_callback(level, iteration, field)`` after each step with the current
             ``(N, ndim, *S_level)`` displacement (detached; e.g. to save the registration step by step).
+        mask: optional ``(N, 1, *S)`` weights in ``[0, 1]`` on the fixed grid: the similarity is averaged over
+            them, so regions outside (e.g. anatomy the moving image lacks) do not pull the field.
 
     Returns:
         ``(N, ndim, *S)`` voxel displacement on the fixed grid (detached).
@@ -91,6 +94,7 @@ def optimise_displacement(fixed: Tensor, moving: Tensor, config: InstanceConfig 
         while factor > 1 and min(full) / factor < MIN_LEVEL_SIZE:
             factor //= 2
         fixed_l, moving_l = downsample(fixed, factor), downsample(moving, factor)
+        mask_l = None if mask is None else downsample(mask.to(fixed.dtype), factor)
         size = fixed_l.shape[2:]
         start = (torch.zeros(fixed.shape[0], ndim, *size, dtype=fixed.dtype, device=fixed.device)
                  if disp is None else resize_displacement(disp, size))
@@ -99,7 +103,9 @@ def optimise_displacement(fixed: Tensor, moving: Tensor, config: InstanceConfig 
         for it in range(iterations):
             optimiser.zero_grad(set_to_none=True)
             similarity = multiscale_lncc(fixed_l, warp(moving_l, param), windows=config.windows,
-                                         weights=config.window_weights)
+                                         weights=config.window_weights, reduction="mean" if mask_l is None else "none")
+            if mask_l is not None:
+                similarity = (similarity * mask_l).sum() / mask_l.sum().clamp_min(1e-6)
             loss = (1.0 - similarity) + config.smoothness * diffusion(param)
             loss.backward()
             optimiser.step()
