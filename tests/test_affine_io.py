@@ -161,4 +161,5 @@ def test_affine_registration_is_deterministic() -> None:
     config = AffineConfig(iterations=20, sampling_fraction=0.1)
     first = transform_matrix(affine_register(fixed, moving, config), 3)
     for _ in range(2):
-        assert np.array_equal(transform_matrix(affine_register(fixed, moving, config), 3), first)
+        # equal up to the summation order of ITK's threads (~1e-14); a clock seed moves it by far more
+        assert np.allclose(transform_matrix(affine_register(fixed, moving, config), 3), first, rtol=0, atol=1e-9)
