@@ -401,14 +401,21 @@ def _referenced_series_item(ref: DicomSeriesRef) -> Dataset:
 
     item = Dataset()
     item.SeriesInstanceUID = ref.series_instance_uid
-    instances = []
-    for uid in ref.sop_instance_uids:
-        instance = Dataset()
-        instance.ReferencedSOPClassUID = ref.sop_class_uid
-        instance.ReferencedSOPInstanceUID = uid
-        instances.append(instance)
-    item.ReferencedInstanceSequence = instances
+    item.ReferencedInstanceSequence = _instance_references(ref)
     return item
+
+
+def _instance_references(ref: DicomSeriesRef) -> list:
+    """One ``(ReferencedSOPClassUID, ReferencedSOPInstanceUID)`` item per instance of a series."""
+    from pydicom.dataset import Dataset
+
+    items = []
+    for uid in ref.sop_instance_uids:
+        item = Dataset()
+        item.ReferencedSOPClassUID = ref.sop_class_uid
+        item.ReferencedSOPInstanceUID = uid
+        items.append(item)
+    return items
 
 
 def write_dicom(u: np.ndarray, geometry: Geometry, path: str | os.PathLike[str],
@@ -505,13 +512,7 @@ def write_dicom(u: np.ndarray, geometry: Geometry, path: str | os.PathLike[str],
     item = Dataset()
     item.SourceFrameOfReferenceUID = moving_ref.frame_of_reference_uid if moving_ref else generate_uid()
     if moving_ref is not None and moving_ref.sop_instance_uids:
-        images = []
-        for uid in moving_ref.sop_instance_uids:
-            image = Dataset()
-            image.ReferencedSOPClassUID = moving_ref.sop_class_uid
-            image.ReferencedSOPInstanceUID = uid
-            images.append(image)
-        item.ReferencedImageSequence = images
+        item.ReferencedImageSequence = _instance_references(moving_ref)
     item.RegistrationTypeCodeSequence = [method]
     item.PreDeformationMatrixRegistrationSequence = [_identity_matrix_item()]
     item.PostDeformationMatrixRegistrationSequence = [_identity_matrix_item()]
