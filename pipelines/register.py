@@ -13,7 +13,6 @@ Stages (each timed and reported in ``rlreg.json``):
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from collections.abc import Callable
@@ -34,6 +33,7 @@ from rlreg.instance import InstanceConfig, optimise_displacement
 from rlreg.io import Geometry, Image, InputError, atomic_output, read_image, write_image
 from rlreg.losses import lncc
 from rlreg.metrics import mean_dice
+from rlreg.models import sha256
 from rlreg.spatial import folding_percent, resize_displacement, sdlogj, warp
 from rlreg.transforms import (
     composite_transform,
@@ -133,19 +133,9 @@ def normalise_intensity(image: Tensor, mask: Tensor | None = None, low: float = 
     return ((image - lo) / max(hi - lo, 1e-12)).clamp(0.0, 1.0)
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    for item in files:
-        with item.open("rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()
-
-
 def _describe(image: Image) -> dict[str, Any]:
     g = image.geometry
-    return {"path": str(image.path), "sha256": _sha256(image.path) if image.path else None,
+    return {"path": str(image.path), "sha256": sha256(image.path) if image.path else None,
             "size_xyz": list(g.size[::-1]), "spacing_xyz_mm": list(g.spacing[::-1]), "origin_lps_mm": list(g.origin),
             "direction": list(g.direction)}
 
@@ -406,7 +396,7 @@ def register(options: RegisterOptions, progress: Progress | None = None) -> Regi
     for key, item in (("fixed_seg", fixed_seg), ("moving_seg", moving_seg), ("fixed_mask", fixed_mask),
                       ("moving_mask", moving_mask)):
         if item is not None:
-            inputs[key] = {"path": str(item.path), "sha256": _sha256(item.path)}
+            inputs[key] = {"path": str(item.path), "sha256": sha256(item.path)}
     report = RegisterResult(
         tool="rlreg", version=__version__, created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         conventions=CONVENTIONS, inputs=inputs, method=method, seconds=seconds, qc=qc, steps=result.curve,

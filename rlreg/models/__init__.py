@@ -27,10 +27,13 @@ def available() -> dict[str, dict[str, Any]]:
 
 
 def sha256(path: Path) -> str:
+    """SHA-256 of a file, or of a folder's files in sorted order (e.g. a DICOM series), as hex."""
     digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for item in files:
+        with item.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
     return digest.hexdigest()
 
 
