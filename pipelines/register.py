@@ -382,8 +382,8 @@ def register(options: RegisterOptions, progress: Progress | None = None) -> Regi
         written["inverse_warp"] = write_itk_warp(inverse, moving.geometry, out / "inverse_warp.nii.gz")
     written.update(_export_formats(opts, total, chain, geometry))
     if opts.save_steps:
-        written.update(_save_steps(out, result, to_moving, moving, fixed_norm, moving_norm, fixed.geometry,
-                                   moving_seg, fseg))
+        written.update(_save_steps(out, result, to_moving, moving, fixed_norm, moving_norm, moving_affine,
+                                   fixed.geometry, moving_seg, fseg))
     written["overview"] = _overview(out / "overview.png", fixed_norm, moving_affine, warped_norm, jac, fseg, qc)
     seconds["write"] = time.perf_counter() - t0
     seconds["total"] = time.perf_counter() - started
@@ -451,13 +451,13 @@ def _export_formats(opts: RegisterOptions, total: Tensor, chain: Tensor, geometr
 
 
 def _save_steps(out: Path, result: _Deformable, to_moving: np.ndarray, moving: Image, fixed_norm: Tensor,
-                moving_norm: Tensor, geometry: Geometry, moving_seg: Image | None,
+                moving_norm: Tensor, moving_affine: Tensor, geometry: Geometry, moving_seg: Image | None,
                 fixed_seg: Tensor | None) -> dict[str, Path]:
     """The field and image after each step, a table of the scores, and an animated GIF (``out/steps/``)."""
     from rlreg.pipelines.figures import save_step_gif
 
     folder = out / "steps"
-    frames = [warp(moving_norm, positions_to_displacement(to_moving, shape=geometry.size))]
+    frames = [moving_affine]
     table = []
     for index, working in enumerate(result.history, start=1):
         disp = resize_displacement(working.cpu(), geometry.size)
@@ -495,13 +495,6 @@ def _overview(path: Path, fixed: Tensor, moving_affine: Tensor, warped: Tensor, 
 INTERPOLATIONS = {"linear": "bilinear", "nearest": "nearest", "label": "label"}
 
 
-def _grid_of(path: Path, role: str) -> Image:
-    image = read_image(path, check_values=False)
-    if image.path is None:
-        raise InputError(f"{path}: cannot be used as the {role}")
-    return image
-
-
 def apply_transform(transform: Path, reference: Path, input_image: Path, output: Path,
                     interp: str = "linear") -> dict[str, Any]:
     """Resample ``input_image`` onto ``reference``'s grid through ``transform`` (``antsApplyTransforms``'s job).
@@ -518,7 +511,7 @@ def apply_transform(transform: Path, reference: Path, input_image: Path, output:
     """
     if interp not in INTERPOLATIONS:
         raise InputError(f"--interp {interp}: unknown; choose linear, nearest or label")
-    ref = _grid_of(reference, "reference")
+    ref = read_image(reference, check_values=False)
     labels = interp != "linear"
     image = read_image(input_image, dtype=torch.int64 if labels else torch.float32, check_values=False)
     if image.ndim != ref.ndim:
@@ -542,8 +535,8 @@ def invert_transform(transform: Path, fixed: Path, reference: Path, output: Path
     """
     from rlreg.transforms import chain_from_world, read_transform
 
-    fixed_image = _grid_of(fixed, "fixed image")
-    ref = _grid_of(reference, "reference")
+    fixed_image = read_image(fixed, check_values=False)
+    ref = read_image(reference, check_values=False)
     if fixed_image.ndim != ref.ndim:
         raise InputError(f"{reference}: is {ref.ndim}-D but {fixed} is {fixed_image.ndim}-D; give the moving image "
                          "of this registration")
