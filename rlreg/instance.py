@@ -64,17 +64,19 @@ def downsample(image: Tensor, factor: int) -> Tensor:
 
 def optimise_displacement(fixed: Tensor, moving: Tensor, config: InstanceConfig = InstanceConfig(),
                           initial: Tensor | None = None,
-                          callback: Callable[[int, int, float], None] | None = None,
+                          callback: Callable[[int, int, Tensor], None] | None = None,
                           field_callback: Callable[[int, int, Tensor], None] | None = None,
                           mask: Tensor | None = None) -> Tensor:
     """Fit a displacement so that ``warp(moving, u) ≈ fixed``.
 
     Args:
-        fixed: ``(N, C, *S)`` fixed images, intensities roughly in ``[0, 1]``.
+        fixed: ``(N, C, *S)`` fixed images, intensities roughly in ``[0, 1]``. The ``N`` pairs are independent:
+            each is fitted exactly as it would be alone (the batch only shares the device's work).
         moving: ``(N, C, *S)`` moving images on the same grid (e.g. after affine pre-alignment).
         config: pyramid, iterations and loss weights.
         initial: optional ``(N, ndim, *S)`` starting displacement in voxels.
-        callback: called as ``callback(level, iteration, loss)`` after each step (progress bars, logging).
+        callback: called as ``callback(level, iteration, losses)`` after each step with the ``(N,)`` loss of each
+            pair (CPU tensor; progress bars, logging).
         field_callback: called as ``field_callback(level, iteration, field)`` after each step with the current
             ``(N, ndim, *S_level)`` displacement (detached; e.g. to save the registration step by step).
         mask: optional ``(N, 1, *S)`` weights in ``[0, 1]`` on the fixed grid: the similarity is averaged over
@@ -103,14 +105,17 @@ def optimise_displacement(fixed: Tensor, moving: Tensor, config: InstanceConfig 
         for it in range(iterations):
             optimiser.zero_grad(set_to_none=True)
             similarity = multiscale_lncc(fixed_l, warp(moving_l, param), windows=config.windows,
-                                         weights=config.window_weights, reduction="mean" if mask_l is None else "none")
+                                         weights=config.window_weights, reduction="batch" if mask_l is None else "none")
             if mask_l is not None:
-                similarity = (similarity * mask_l).sum() / mask_l.sum().clamp_min(1e-6)
-            loss = (1.0 - similarity) + config.smoothness * diffusion(param)
-            loss.backward()
+                dims = tuple(range(1, similarity.ndim))
+                similarity = (similarity * mask_l).sum(dims) / mask_l.sum(dims).clamp_min(1e-6)
+            losses = (1.0 - similarity) + config.smoothness * diffusion(param, reduction="batch")
+            # The sum, not the mean: each pair's gradient is then exactly what it would be alone, and Adam acts per
+            # element, so a batch of pairs is optimised as each pair would be on its own.
+            losses.sum().backward()
             optimiser.step()
             if callback is not None:
-                callback(level, it, float(loss.detach()))
+                callback(level, it, losses.detach().cpu())
             if field_callback is not None:
                 field_callback(level, it, param.detach())
         disp = param.detach()

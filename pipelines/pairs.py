@@ -1,0 +1,214 @@
+"""The pairs of a batch: read from a CSV/TSV, a Learn2Reg ``dataset.json``, or an atlas against many images.
+
+Only the *structure* of the list is checked here (columns, JSON keys): a missing or unreadable image is found when
+its pair runs, so it fails that pair alone and the rest of the batch goes on.
+
+Pair ids name the output folders (``OUTDIR/<pair-id>/``) and are stable: the same input gives the same ids in the
+same order on every run, which is what makes resuming and ``--shard i/N`` deterministic.
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import json
+import re
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from rlreg.export import l2r_name
+from rlreg.io import InputError
+
+__all__ = ["COLUMNS", "L2R_SUBSETS", "RESERVED_IDS", "Pair", "read_pairs", "shard"]
+
+COLUMNS = ("fixed", "moving", "fixed_seg", "moving_seg", "fixed_mask", "moving_mask", "fixed_keypoints",
+           "moving_keypoints")
+"""CSV columns, in positional order when the file has no header row (``id`` may also appear in a header)."""
+L2R_SUBSETS = ("registration_val", "registration_test", "training_paired_images")
+"""Learn2Reg pair lists, in the order tried when no subset is named."""
+RESERVED_IDS = frozenset({"report", "evaluation", "logs"})
+"""Names of batch-level folders under OUTDIR, which no pair may take."""
+IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".png", ".tif", ".tiff", ".dcm")
+
+
+@dataclass(frozen=True)
+class Pair:
+    """One registration of a batch. Paths are absolute (resolved against the list's folder)."""
+
+    id: str
+    fixed: Path
+    moving: Path
+    fixed_seg: Path | None = None
+    moving_seg: Path | None = None
+    fixed_mask: Path | None = None
+    moving_mask: Path | None = None
+    fixed_keypoints: Path | None = None
+    """Learn2Reg-style CSV of voxel coordinates ``i,j,k`` (no header) in the fixed image, row-matched to
+    ``moving_keypoints``; used by ``rlreg evaluate`` for TRE."""
+    moving_keypoints: Path | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Pair:
+        return cls(**{f.name: (Path(data[f.name]) if f.name != "id" and data.get(f.name) else data.get(f.name))
+                      for f in fields(cls)})
+
+
+def _stem(path: Path) -> str:
+    name = path.name
+    for suffix in IMAGE_SUFFIXES:
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def _clean(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-.") or "pair"
+
+
+def _unique_ids(raw: list[str]) -> list[str]:
+    """Make ids unique and safe as folder names; a repeated id gets ``-2``, ``-3``, ... in order of appearance."""
+    seen: dict[str, int] = {}
+    out = []
+    for text in raw:
+        base = _clean(text)
+        if base in RESERVED_IDS:
+            base = f"{base}-pair"
+        seen[base] = seen.get(base, 0) + 1
+        out.append(base if seen[base] == 1 else f"{base}-{seen[base]}")
+    return out
+
+
+def _resolve(folder: Path, value: str | None) -> Path | None:
+    if value is None or not value.strip():
+        return None
+    path = Path(value.strip()).expanduser()
+    return path if path.is_absolute() else (folder / path).resolve()
+
+
+def _read_table(path: Path) -> list[Pair]:
+    delimiter = "\t" if path.suffix.lower() in (".tsv", ".tab") else ","
+    with path.open(newline="") as handle:
+        rows = [row for row in csv.reader(handle, delimiter=delimiter) if any(cell.strip() for cell in row)
+                and not row[0].lstrip().startswith("#")]
+    if not rows:
+        raise InputError(f"{path}: lists no pairs; give one pair per row: fixed,moving[,fixed_seg,moving_seg]")
+    header = [cell.strip().lower() for cell in rows[0]]
+    if "fixed" in header and "moving" in header:
+        unknown = [c for c in header if c not in COLUMNS and c != "id"]
+        if unknown:
+            raise InputError(f"{path}: unknown column(s) {', '.join(unknown)}; use id, {', '.join(COLUMNS)}")
+        names, rows = header, rows[1:]
+    else:
+        names = list(COLUMNS)
+    folder = path.parent.resolve()
+    records, raw_ids = [], []
+    for line, row in enumerate(rows, start=2 if names is header else 1):
+        if len(row) < 2 or len(row) > len(names):
+            raise InputError(f"{path}:{line}: has {len(row)} columns; give fixed,moving[,fixed_seg,moving_seg] "
+                             f"(at most {len(names)} columns)")
+        values = dict(zip(names, (cell.strip() for cell in row), strict=False))
+        if not values.get("fixed") or not values.get("moving"):
+            raise InputError(f"{path}:{line}: the fixed or moving path is empty; give both on every row")
+        record = {k: _resolve(folder, values.get(k)) for k in COLUMNS}
+        records.append(record)
+        raw_ids.append(values.get("id") or f"{_stem(record['fixed'])}__{_stem(record['moving'])}")
+    return [Pair(id=i, **r) for i, r in zip(_unique_ids(raw_ids), records, strict=True)]
+
+
+def _sibling(image: Path, folder: str, suffix: str | None = None) -> Path | None:
+    """The Learn2Reg companion of ``imagesTr/X.nii.gz`` in ``labelsTr``/``masksTr``/``keypointsTr``, if present."""
+    if image.parent.name not in ("imagesTr", "imagesTs"):
+        return None
+    name = image.name if suffix is None else _stem(image) + suffix
+    candidate = image.parent.parent / (folder + image.parent.name[-2:]) / name
+    return candidate if candidate.exists() else None
+
+
+def _read_learn2reg(path: Path, subset: str | None) -> list[Pair]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise InputError(f"{path}: not a readable JSON file ({err}); give a Learn2Reg dataset.json") from None
+    available = [k for k in L2R_SUBSETS if isinstance(data.get(k), list) and data[k]]
+    if subset is None:
+        if not available:
+            raise InputError(f"{path}: has none of {', '.join(L2R_SUBSETS)}; give a Learn2Reg dataset.json with a "
+                             "pair list")
+        subset = available[0]
+    elif subset not in available:
+        raise InputError(f"{path}: has no non-empty {subset!r}; choose one of {', '.join(available) or 'none'}")
+    folder = path.parent.resolve()
+    pairs = []
+    for index, entry in enumerate(data[subset]):
+        if not isinstance(entry, dict) or "fixed" not in entry or "moving" not in entry:
+            raise InputError(f"{path}: {subset}[{index}] lacks 'fixed'/'moving'; each entry must name both")
+        fixed, moving = _resolve(folder, entry["fixed"]), _resolve(folder, entry["moving"])
+        assert fixed is not None and moving is not None
+        pairs.append(dict(
+            fixed=fixed, moving=moving, fixed_seg=_sibling(fixed, "labels"), moving_seg=_sibling(moving, "labels"),
+            fixed_mask=_sibling(fixed, "masks"), moving_mask=_sibling(moving, "masks"),
+            fixed_keypoints=_sibling(fixed, "keypoints", ".csv"),
+            moving_keypoints=_sibling(moving, "keypoints", ".csv")))
+    raw = [l2r_name(p["fixed"], p["moving"])[len("disp_"):-len(".nii.gz")] for p in pairs]
+    return [Pair(id=i, **p) for i, p in zip(_unique_ids(raw), pairs, strict=True)]
+
+
+def _read_atlas(atlas: Path, source: str, atlas_seg: Path | None) -> list[Pair]:
+    root = Path(source).expanduser()
+    if root.is_dir():
+        candidates = sorted(p for p in root.iterdir() if not p.name.startswith(".") and
+                            (p.is_dir() or p.name.lower().endswith(IMAGE_SUFFIXES)))
+    else:
+        candidates = sorted(Path(p) for p in glob.glob(str(root)))
+    atlas = atlas.expanduser().resolve()
+    movings = [p.resolve() for p in candidates if p.resolve() != atlas]
+    if not movings:
+        raise InputError(f"{source}: matches no images; give a folder of images or a quoted glob such as "
+                         "'data/*.nii.gz'")
+    seg = atlas_seg.expanduser().resolve() if atlas_seg else None
+    ids = _unique_ids([_stem(p) for p in movings])
+    return [Pair(id=i, fixed=atlas, moving=m, fixed_seg=seg) for i, m in zip(ids, movings, strict=True)]
+
+
+def read_pairs(source: str | Path, atlas: str | Path | None = None, atlas_seg: str | Path | None = None,
+               subset: str | None = None) -> list[Pair]:
+    """The pairs of a batch, in a stable order.
+
+    Args:
+        source: a ``.csv``/``.tsv`` pair list (header ``fixed,moving[,fixed_seg,moving_seg,...]`` or none, paths
+            relative to the file), a Learn2Reg ``*.json`` dataset, or, with ``atlas``, a folder or glob of moving
+            images.
+        atlas: the fixed image every moving image is registered to (atlas mode).
+        atlas_seg: the atlas' label map (atlas mode; moving images then have no labels, so no Dice).
+        subset: Learn2Reg list to use (default: the first non-empty of :data:`L2R_SUBSETS`).
+
+    Raises:
+        InputError: the list itself is malformed (one line, names the file, row and fix).
+    """
+    if atlas is not None:
+        return _read_atlas(Path(atlas), str(source), Path(atlas_seg) if atlas_seg else None)
+    path = Path(source).expanduser()
+    if not path.is_file():
+        raise InputError(f"{path}: no such pair list; give a CSV/TSV of pairs, a Learn2Reg dataset.json, or use "
+                         "--atlas FIXED with a folder or glob of moving images")
+    if path.suffix.lower() == ".json":
+        return _read_learn2reg(path, subset)
+    return _read_table(path)
+
+
+def shard(pairs: list[Pair], spec: str | None) -> list[Pair]:
+    """The pairs of shard ``i/N`` (0-based ``i``): every N-th pair starting at the i-th, in list order.
+
+    Deterministic and disjoint: shards ``0/N`` ... ``N-1/N`` together hold every pair exactly once.
+    """
+    if spec is None:
+        return pairs
+    match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", spec)
+    if not match or int(match[2]) < 1 or int(match[1]) >= int(match[2]):
+        raise InputError(f"--shard {spec}: give i/N with 0 <= i < N, e.g. --shard 0/4 ... --shard 3/4")
+    index, count = int(match[1]), int(match[2])
+    return pairs[index::count]
