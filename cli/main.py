@@ -160,6 +160,151 @@ def register(
 
 
 @app.command()
+def batch(
+    source: Annotated[str, typer.Argument(help="CSV/TSV of pairs (fixed,moving[,fixed_seg,moving_seg], paths "
+                                          "relative to it), a Learn2Reg dataset.json, or with --atlas a folder/glob.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Batch directory: one folder per pair, metrics.jsonl, "
+                                         "summary.csv. Re-run the same command to resume.")],
+    atlas: Annotated[Path | None, typer.Option(help="Atlas mode: register every image of SOURCE to this one.")] = None,
+    atlas_seg: Annotated[Path | None, typer.Option(help="Label map of the atlas.")] = None,
+    subset: Annotated[str | None, typer.Option(help="Learn2Reg list: registration_val, registration_test or "
+                                               "training_paired_images [default: first present].")] = None,
+    shard: Annotated[str | None, typer.Option(help="i/N: run every N-th pair from the i-th (0-based), e.g. one "
+                                              "Slurm array task each.")] = None,
+    workers: Annotated[int | None, typer.Option(help="Processes reading and writing while the device computes; 0 = "
+                                                "none [default: cores - 1].")] = None,
+    batch_size: Annotated[int, typer.Option(help="Pairs per device batch when their grids agree.")] = 4,
+    engine: Annotated[str, typer.Option(help="local, or ray (pip install 'rlreg[distributed]').")] = "local",
+    address: Annotated[str | None, typer.Option(help="Ray cluster: auto or HOST:PORT [default: start a local one]."
+                                                )] = None,
+    model: Annotated[str | None, typer.Option(help="Shipped agent, e.g. digits [default: by dimensionality].")] = None,
+    steps: Annotated[int | None, typer.Option(help="Agent steps [default: model's], or optimiser iterations.")] = None,
+    affine: Annotated[bool, typer.Option("--affine/--no-affine", help="Rigid + affine pre-alignment.")] = True,
+    smoothness: Annotated[float | None, typer.Option(help="Instance optimisation: diffusion weight [default: 4].")
+                          ] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda[:N].")] = "auto",
+    formats: Annotated[str, typer.Option("--format", help="Extra field exports per pair: slicer, l2r, fsl, niftyreg, "
+                                         "dicom.")] = "",
+    save_inverse: Annotated[bool, typer.Option(help="Also write inverse_warp.nii.gz per pair.")] = False,
+    report: Annotated[bool, typer.Option("--report/--no-report", help="Evaluate and build the HTML QC report at the "
+                                         "end.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress or summary.")] = False,
+    json_output: Annotated[bool, typer.Option("--json", help="Print the run's summary as JSON only.")] = False,
+) -> None:
+    """Register many pairs into OUTPUT/<pair-id>/ (as `rlreg register`): resumable, shardable, one line per pair in
+    metrics.jsonl. Exit code 1 when any pair failed."""
+    from rlreg.io import InputError
+    from rlreg.pipelines.batch import BatchOptions, run_batch
+    from rlreg.pipelines.device import resolve_device
+    from rlreg.pipelines.register import RegisterOptions
+
+    settings = RegisterOptions(Path(), Path(), Path(), model=model, steps=steps, affine=affine,
+                               formats=tuple(f.strip() for f in formats.split(",") if f.strip()),
+                               save_inverse=save_inverse)
+    if smoothness is not None:
+        settings.instance = replace(settings.instance, smoothness=smoothness)
+    options = BatchOptions(source=source, output=output, settings=settings, atlas=atlas, atlas_seg=atlas_seg,
+                           subset=subset, shard=shard, batch_size=batch_size, engine=engine, address=address)
+    if workers is not None:
+        options.workers = workers
+    try:
+        settings.device = str(resolve_device(device))
+        with _progress_bar(quiet or json_output) as bar:
+            task = bar.add_task("pairs", total=None)
+
+            def progress(done: int, total: int, pair: str, status: str) -> None:
+                bar.update(task, completed=done, total=total, description=f"{pair[:24]} {status}")
+
+            result = run_batch(options, progress)
+            if report:
+                _evaluate_and_report(output, bar)
+    except (InputError, ValueError) as err:
+        _fail(str(err))
+    except KeyboardInterrupt:
+        _fail(f"interrupted; re-run the same command to resume: finished pairs in {output} are kept")
+    if json_output:
+        typer.echo(json.dumps(asdict(result), indent=2))
+    elif not quiet:
+        typer.echo(f"{result.done} registered, {result.skipped} already done, {len(result.failed)} failed, of "
+                   f"{result.total} pairs in {result.seconds:.0f}s ({result.pairs_per_hour:.0f} pairs/hour)")
+        for item in result.failed:
+            typer.secho(f"  failed {item['pair']}: {item['error']}", fg=typer.colors.RED, err=True)
+        typer.echo(f"  metrics {result.files['metrics']}\n  summary {result.files['summary']}")
+        if report:
+            typer.echo(f"  report  {output / 'report' / 'index.html'}")
+    if result.failed:
+        raise typer.Exit(code=1)
+
+
+def _evaluate_and_report(output: Path, bar) -> None:
+    from rlreg.pipelines.evaluate import evaluate
+    from rlreg.pipelines.report import build_report
+
+    progress = _stage_reporter(bar)
+    evaluate(output, None, None, False, None, None, progress)
+    build_report(output, progress)
+
+
+@app.command()
+def evaluate(
+    source: Annotated[Path, typer.Argument(help="A batch directory (from rlreg batch), or a pair list "
+                                           "(CSV/TSV/Learn2Reg dataset.json) with --fields.")],
+    fields: Annotated[Path | None, typer.Option(help="Folder of fields for a pair list: <pair-id>/warp.nii.gz, "
+                                                "<pair-id>.nii.gz or Learn2Reg disp_{fix}_{mov}.nii.gz.")] = None,
+    learn2reg: Annotated[bool, typer.Option(help="Learn2Reg's conventions: HD95 in voxels, SDlogJ of J+3, "
+                                            "30%/70% quantiles.")] = False,
+    labels: Annotated[str | None, typer.Option(help="Labels to score, comma-separated [default: all].")] = None,
+    subset: Annotated[str | None, typer.Option(help="Learn2Reg pair list to use with --fields.")] = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Output folder [default: "
+                                                "SOURCE/evaluation or FIELDS/evaluation].")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress or summary.")] = False,
+    json_output: Annotated[bool, typer.Option("--json", help="Print evaluation.json's content only.")] = False,
+) -> None:
+    """Dice and HD95 per label, SDlogJ, % folding and TRE, per pair and per label (per_pair.csv, per_label.csv,
+    evaluation.json)."""
+    from rlreg.io import InputError
+    from rlreg.pipelines.evaluate import evaluate as run
+
+    try:
+        chosen = None if labels is None else [int(v) for v in labels.split(",") if v.strip()]
+    except ValueError:
+        _fail(f"--labels {labels}: give integers separated by commas, e.g. --labels 1,2,3")
+    try:
+        with _progress_bar(quiet or json_output) as bar:
+            result = run(source, fields, output, learn2reg, chosen, subset, _stage_reporter(bar))
+    except (InputError, ValueError) as err:
+        _fail(str(err))
+    if json_output:
+        typer.echo(json.dumps(result.to_json(), indent=2))
+    elif not quiet:
+        typer.echo("\n".join(result.summary_lines()))
+
+
+@app.command()
+def report(
+    batch_dir: Annotated[Path, typer.Argument(help="A batch directory (from rlreg batch).")],
+    evaluate_first: Annotated[bool, typer.Option("--evaluate/--no-evaluate", help="Run rlreg evaluate first so the "
+                                                 "report has Dice per label, HD95 and TRE.")] = True,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress; print only the report's path.")] = False,
+) -> None:
+    """Build the visual QC report: BATCH_DIR/report/index.html (sortable, failed and outlier pairs flagged) and a
+    page of pictures per pair. Static files: open index.html in any browser."""
+    from rlreg.io import InputError
+
+    try:
+        with _progress_bar(quiet) as bar:
+            if evaluate_first:
+                _evaluate_and_report(batch_dir, bar)
+            else:
+                from rlreg.pipelines.report import build_report
+
+                build_report(batch_dir, _stage_reporter(bar))
+    except (InputError, ValueError) as err:
+        _fail(str(err))
+    typer.echo(str(batch_dir / "report" / "index.html"))
+
+
+@app.command()
 def apply(
     transform: Annotated[Path, typer.Option("--transform", "-t", help="warp.nii.gz, transform.h5 or any ITK "
                                             "displacement field / transform file.")],

@@ -44,7 +44,16 @@ class AffineConfig:
     """Seed of the metric's random sampling, >= 1 (deterministic results). SimpleITK reads 0 as "seed from the
     wall clock", which made every run differ."""
 
+    threads: int = 1
+    """Threads of the SimpleITK registration and its pyramid filters. With more than one, ITK's metric sums in
+    whatever order the threads finish: measured on a 2 mm brain pair, two runs with 2 threads differed by 0.04 voxel
+    in the affine map (and the instance optimisation then by up to 0.4 voxel), while 1 thread repeats bit for bit,
+    so ``register``, ``batch`` and Ray workers agree. The metric is sampled, so 1 thread cost no measurable time
+    there (6.7 s vs 6.1 s, 8.3 s vs 8.7 s)."""
+
     def __post_init__(self) -> None:
+        if self.threads < 1:
+            raise ValueError(f"AffineConfig.threads must be >= 1, got {self.threads}")
         if self.seed < 1:
             raise ValueError(f"AffineConfig.seed must be >= 1 (SimpleITK treats 0 as the wall clock), got {self.seed}")
 
@@ -61,6 +70,16 @@ def affine_register(fixed: sitk.Image, moving: sitk.Image, config: AffineConfig 
         config: pyramid, iterations, metric.
         fixed_mask, moving_mask: optional binary masks on the images' grids restricting the metric.
     """
+    threads = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(config.threads)  # the pyramid filters too, not just the metric
+    try:
+        return _rigid_then_affine(fixed, moving, config, fixed_mask, moving_mask)
+    finally:
+        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
+
+
+def _rigid_then_affine(fixed: sitk.Image, moving: sitk.Image, config: AffineConfig, fixed_mask: sitk.Image | None,
+                       moving_mask: sitk.Image | None) -> sitk.Transform:
     fixed = sitk.Cast(fixed, sitk.sitkFloat32)
     moving = sitk.Cast(moving, sitk.sitkFloat32)
     dim = fixed.GetDimension()

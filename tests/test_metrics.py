@@ -12,7 +12,17 @@ from monai.metrics import DiceMetric, compute_hausdorff_distance
 from scipy import ndimage
 
 from rlreg import spatial
-from rlreg.metrics import LabelScores, dice_per_label, hd95, mean_dice, tre
+from rlreg.metrics import (
+    LabelScores,
+    dice_per_label,
+    hd95,
+    jacobian_scores,
+    learn2reg_jacobian_determinant,
+    learn2reg_jacobian_scores,
+    learn2reg_tre,
+    mean_dice,
+    tre,
+)
 
 
 def blobs(shape: tuple[int, ...], n_labels: int, seed: int, sigma: float = 2.0) -> np.ndarray:
@@ -312,3 +322,104 @@ def test_regularity_metrics_are_reexported():
     for name in ("folding_percent", "sdlogj", "jacobian_determinant"):
         assert name in metrics.__all__
         assert getattr(metrics, name) is getattr(spatial, name)
+
+
+# ----------------------------------------------------------------------------------------------------- regularity
+
+
+def test_jacobian_scores_match_spatial_on_a_field():
+    """From a precomputed J, the same numbers as rlreg.spatial's functions of the displacement."""
+    rng = np.random.default_rng(3)
+    disp = torch.from_numpy(np.stack([ndimage.gaussian_filter(rng.standard_normal((12, 13, 14)), 2.0) * 20
+                                      for _ in range(3)]))[None]
+    scores = jacobian_scores(spatial.jacobian_determinant(disp))
+    torch.testing.assert_close(scores.sdlogj, spatial.sdlogj(disp))
+    torch.testing.assert_close(scores.folding_percent, spatial.folding_percent(disp))
+    assert scores.folding_percent.item() > 0  # the field folds somewhere, so the check is not vacuous
+    mask = torch.zeros(1, 1, 12, 13, 14)
+    mask[..., 3:9, 3:9, 3:9] = 1
+    masked = jacobian_scores(spatial.jacobian_determinant(disp), mask)
+    torch.testing.assert_close(masked.sdlogj, spatial.sdlogj(disp, mask))
+
+
+def l2r_reference_jacobian(disp_xyz3: np.ndarray) -> np.ndarray:
+    """Learn2Reg's Jacobian as its utils.py describes it, written here from that description: correlate each
+    component of the nibabel-order (X, Y, Z, 3) field with [-0.5, 0, 0.5] along each axis (zero padding), add I,
+    crop 2 voxels per side, determinant."""
+    kernel = np.array([-0.5, 0.0, 0.5])
+    grad = np.empty((3, 3, *disp_xyz3.shape[:3]))
+    for axis in range(3):
+        shape = [1, 1, 1]
+        shape[axis] = 3
+        for comp in range(3):
+            grad[axis, comp] = ndimage.correlate(disp_xyz3[..., comp], kernel.reshape(shape), mode="constant")
+    jac = grad + np.eye(3).reshape(3, 3, 1, 1, 1)
+    jac = jac[:, :, 2:-2, 2:-2, 2:-2]
+    return np.linalg.det(np.moveaxis(jac, (0, 1), (-2, -1)))
+
+
+def test_learn2reg_jacobian_matches_reference_in_both_axis_orders():
+    rng = np.random.default_rng(0)
+    disp = np.stack([ndimage.gaussian_filter(rng.standard_normal((11, 12, 13)), 1.5) * 2 for _ in range(3)], -1)
+    expected = l2r_reference_jacobian(disp)
+    nib_order = torch.from_numpy(np.moveaxis(disp, -1, 0))[None]
+    got = learn2reg_jacobian_determinant(nib_order)
+    assert got.shape == (1, 1, 7, 8, 9)
+    np.testing.assert_allclose(got[0, 0].numpy(), expected, atol=1e-12)
+    # rlreg tensor order (spatial axes and components reversed): the same values, transposed
+    tensor_order = torch.from_numpy(np.ascontiguousarray(np.moveaxis(disp, -1, 0)[::-1].transpose(0, 3, 2, 1)))[None]
+    np.testing.assert_allclose(learn2reg_jacobian_determinant(tensor_order)[0, 0].numpy(), expected.T, atol=1e-12)
+
+
+def test_learn2reg_sdlogj_quirk_on_a_known_field():
+    """u_0 = c x_0^2 / 2: central differences are exact, J = 1 + c x_0. L2R's "+3" SDlogJ is std(log(4 + c x_0))
+    (ddof 0), about a quarter of the plain std(log(1 + c x_0)); its num_foldings is 0 even where J <= 0."""
+    n, c = 16, 0.01
+    x0 = torch.arange(n, dtype=torch.float64).view(n, 1, 1).expand(n, n, n)
+    disp = torch.zeros(1, 3, n, n, n, dtype=torch.float64)
+    disp[0, 0] = c * x0**2 / 2
+    scores = learn2reg_jacobian_scores(disp)
+    kept = np.arange(2, n - 2, dtype=np.float64)  # the crop; every kept slice has the same J
+    np.testing.assert_allclose(scores.sdlogj.item(), np.log(4 + c * kept).std(), rtol=1e-12)
+    plain = jacobian_scores(learn2reg_jacobian_determinant(disp)).sdlogj.item()
+    np.testing.assert_allclose(plain, np.log(1 + c * np.repeat(kept, (n - 4) ** 2)).std(ddof=1), rtol=1e-9)
+    assert 0.2 < scores.sdlogj.item() / plain < 0.3
+    assert scores.num_foldings.item() == 0 and scores.folding_percent.item() == 0
+    disp[0, 0] = -0.2 * x0**2 / 2  # J = 1 - 0.2 x_0 <= 0 from x_0 = 5 on
+    folded = learn2reg_jacobian_scores(disp)
+    assert folded.num_foldings.item() == 0  # reproduced as L2R computes it: the clip makes it always 0
+    assert folded.folding_percent.item() == pytest.approx(100 * np.mean(kept >= 5))
+
+
+def test_learn2reg_jacobian_mask_and_shape_errors():
+    disp = torch.zeros(1, 3, 9, 9, 9, dtype=torch.float64)
+    disp[0, 1] = torch.arange(9, dtype=torch.float64).view(1, 9, 1) ** 2 * 0.05
+    mask = torch.zeros(1, 1, 9, 9, 9)
+    mask[..., :, 2:4, :] = 1
+    logs = np.log(4 + 0.1 * np.array([2.0, 3.0]))  # J = 1 + 0.1 x_1 at the kept x_1 = 2, 3
+    assert learn2reg_jacobian_scores(disp, mask).sdlogj.item() == pytest.approx(logs.std())
+    with pytest.raises(ValueError):
+        learn2reg_jacobian_determinant(torch.zeros(1, 3, 4, 9, 9))
+    with pytest.raises(ValueError):
+        learn2reg_jacobian_determinant(torch.zeros(1, 2, 9, 9, 9))
+
+
+def test_learn2reg_tre_cubic_sampling_and_moving_spacing():
+    """Constant field: exact away from the border. Quadratic field: the cubic spline reads it exactly where linear
+    interpolation (rlreg's tre) does not. Spacing is the moving image's."""
+    n = 20
+    disp = np.zeros((3, n, n, n))
+    disp[0] = 1.5
+    fixed = np.array([[5.0, 6.0, 7.0], [10.25, 9.5, 8.75]])
+    moving = fixed + np.array([1.5, 2.0, 0.0])
+    err = learn2reg_tre(fixed, moving, disp, (2.0, 3.0, 1.0))
+    np.testing.assert_allclose(err.numpy(), [6.0, 6.0], atol=1e-9)
+    x1 = np.arange(n, dtype=np.float64).reshape(1, n, 1)
+    disp = np.zeros((3, n, n, n))
+    disp[2] = np.broadcast_to(0.01 * x1**2, (n, n, n))
+    point = np.array([[10.0, 9.5, 10.0]])
+    target = point + np.array([0.0, 0.0, 0.01 * 9.5**2])
+    err = learn2reg_tre(point, target, torch.from_numpy(disp)[None], 1.0)
+    assert err.item() < 1e-3
+    linear = tre(torch.from_numpy(point), torch.from_numpy(target), torch.from_numpy(disp)[None], 1.0)
+    assert linear.item() == pytest.approx(0.0025, abs=1e-9)  # linear between 9 and 10 overshoots c x^2 by c / 4

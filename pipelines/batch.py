@@ -1,0 +1,427 @@
+"""Register many pairs: ``rlreg batch INPUT -o OUTDIR``, resumable, shardable, on one machine or a Ray cluster.
+
+Each pair goes through the three stages of :mod:`rlreg.pipelines.register`:
+
+* ``prepare`` (read, decode, normalise, affine) and ``finish`` (resample, QC, write) run in **worker processes**, so
+  disk and decoding overlap with the device;
+* ``deform`` runs in the main process on the device, **batched** over pairs whose working grids (and settings)
+  agree; the model is loaded once (cached per device).
+
+Nothing is lost when the batch is killed: every file is written atomically, and a pair counts as done only once
+its ``rlreg.json`` (written last) exists, so a re-run skips finished pairs and redoes half-finished ones. A failing
+pair leaves ``<pair-id>/error.json`` and the batch goes on; a re-run tries it again.
+
+Batch files: ``batch.json`` (input, settings, every pair), ``metrics.jsonl`` (one line per pair, appended as pairs
+end, rewritten in input order at the end of a run) and ``summary.csv`` (one row per pair, then mean, sd, median).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import multiprocessing
+import os
+import statistics
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import asdict, dataclass, field, replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from rlreg import __version__
+from rlreg.io import InputError, atomic_output
+from rlreg.pipelines.pairs import Pair, read_pairs, shard
+from rlreg.pipelines.register import ERROR_RECORD, SIDECAR, RegisterOptions
+
+__all__ = ["BATCH_RECORD", "QC_KEYS", "STAGES", "BatchOptions", "BatchResult", "pair_status", "run_batch"]
+
+BATCH_RECORD = "batch.json"
+METRICS = "metrics.jsonl"
+SUMMARY = "summary.csv"
+QC_KEYS = ("dice_before", "dice_affine", "dice_after", "lncc_before", "lncc_affine", "lncc_after", "folding_percent",
+           "sdlogj", "jacobian_min", "jacobian_max")
+STAGES = ("read", "affine", "deformable", "write")
+ENGINES = ("local", "ray")
+PairProgress = Callable[[int, int, str, str], None]
+"""``progress(finished, total, pair_id, status)`` after each pair of this run."""
+
+
+def default_workers() -> int:
+    """Worker processes for reading/writing: one core is left to the main process (the device loop)."""
+    return max(1, min(8, (os.cpu_count() or 2) - 1))
+
+
+@dataclass
+class BatchOptions:
+    """What ``rlreg batch`` was asked to do."""
+
+    source: str
+    """A CSV/TSV pair list, a Learn2Reg dataset.json, or (with ``atlas``) a folder or glob of moving images."""
+    output: Path
+    settings: RegisterOptions = field(default_factory=lambda: RegisterOptions(Path(), Path(), Path()))
+    """Per-pair registration settings; its fixed/moving/output (and seg/mask) fields are ignored."""
+    atlas: Path | None = None
+    atlas_seg: Path | None = None
+    subset: str | None = None
+    shard: str | None = None
+    """``i/N``: run every N-th pair starting at the i-th (0-based)."""
+    workers: int = field(default_factory=default_workers)
+    """Worker processes for the CPU stages; 0 runs everything in this process (no overlap)."""
+    batch_size: int = 4
+    """Pairs per device batch, when their working grids agree."""
+    engine: str = "local"
+    address: str | None = None
+    """Ray cluster address (``auto``, ``HOST:PORT``); ``None`` starts a local Ray instance."""
+    ray_cpus: int | None = None
+    """CPUs of a local Ray instance (default: all)."""
+
+
+@dataclass
+class BatchResult:
+    """How a run went (also printed by ``rlreg batch --json``)."""
+
+    output: str
+    total: int
+    """Pairs in this shard."""
+    skipped: int
+    """Already finished before this run."""
+    done: int
+    """Finished by this run."""
+    failed: list[dict[str, str]]
+    """``{"pair", "error"}`` of every pair that failed in this run."""
+    seconds: float
+    pairs_per_hour: float
+    stage_seconds: dict[str, float]
+    """Sum over this run's finished pairs of each stage's seconds (read, affine, deformable, write)."""
+    files: dict[str, str]
+
+
+# ---------------------------------------------------------------------------------------------------- records
+def pair_status(outdir: Path, pair_id: str) -> str:
+    """``done`` (``rlreg.json`` readable), ``failed`` (``error.json``), ``unfinished`` (folder only) or ``todo``."""
+    folder = outdir / pair_id
+    record = folder / SIDECAR
+    if record.exists():
+        try:
+            json.loads(record.read_text())
+            return "done"
+        except (OSError, json.JSONDecodeError):
+            return "unfinished"
+    if (folder / ERROR_RECORD).exists():
+        return "failed"
+    return "unfinished" if folder.exists() else "todo"
+
+
+def _metrics_row(outdir: Path, pair: Pair) -> dict[str, Any]:
+    status = pair_status(outdir, pair.id)
+    row: dict[str, Any] = {"pair": pair.id, "status": status, "fixed": str(pair.fixed), "moving": str(pair.moving),
+                           "error": None, "seconds_total": None}
+    row.update({f"seconds_{k}": None for k in STAGES})
+    row.update({k: None for k in QC_KEYS})
+    if status == "done":
+        report = json.loads((outdir / pair.id / SIDECAR).read_text())
+        row["seconds_total"] = report["seconds"].get("total")
+        row.update({f"seconds_{k}": report["seconds"].get(k) for k in STAGES})
+        row.update({k: report["qc"].get(k) for k in QC_KEYS})
+    elif status == "failed":
+        row["error"] = json.loads((outdir / pair.id / ERROR_RECORD).read_text()).get("error")
+    return row
+
+
+def _write_error(outdir: Path, pair: Pair, error: BaseException | str) -> str:
+    message = str(error) if isinstance(error, InputError) else (
+        f"{type(error).__name__}: {error}" if isinstance(error, BaseException) else error)
+    message = " ".join(message.split()) or "unknown error"
+    folder = outdir / pair.id
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / SIDECAR).unlink(missing_ok=True)
+    record = {"pair": pair.id, "error": message,
+              "type": type(error).__name__ if isinstance(error, BaseException) else "Error",
+              "fixed": str(pair.fixed), "moving": str(pair.moving),
+              "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    with atomic_output(folder / ERROR_RECORD) as tmp:
+        tmp.write_text(json.dumps(record, indent=2))
+    return message
+
+
+def _settings_record(settings: RegisterOptions) -> dict[str, Any]:
+    """The settings that change results (the device does not), as saved in ``batch.json``."""
+    keep = ("model", "steps", "affine", "formats", "save_inverse", "save_steps", "instance", "affine_config",
+            "max_working_voxels")
+    data = asdict(settings)
+    return json.loads(json.dumps({k: data[k] for k in keep}, default=str))
+
+
+def _write_batch_record(options: BatchOptions, pairs: list[Pair]) -> Path:
+    path = options.output / BATCH_RECORD
+    settings = _settings_record(options.settings)
+    if path.exists():
+        try:
+            previous = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            previous = {}
+        if previous.get("settings") not in (None, settings):
+            changed = sorted(k for k in settings if previous["settings"].get(k) != settings[k])
+            raise InputError(f"{options.output}: holds a batch run with other settings ({', '.join(changed)}); "
+                             "resume it with the same options or choose a new -o")
+    record = {"tool": "rlreg", "version": __version__,
+              "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "input": str(options.source),
+              "atlas": str(options.atlas) if options.atlas else None, "subset": options.subset,
+              "settings": settings, "pairs": [p.to_json() for p in pairs]}
+    with atomic_output(path) as tmp:
+        tmp.write_text(json.dumps(record, indent=2))
+    return path
+
+
+def _write_tables(outdir: Path, pairs: list[Pair]) -> tuple[Path, Path]:
+    """Rewrite ``metrics.jsonl`` and ``summary.csv`` from the pair records, in input order."""
+    rows = [_metrics_row(outdir, p) for p in pairs if pair_status(outdir, p.id) in ("done", "failed")]
+    with atomic_output(outdir / METRICS) as tmp:
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    columns = ["pair", "status", *QC_KEYS, "seconds_total", *[f"seconds_{k}" for k in STAGES], "fixed", "moving",
+               "error"]
+    with atomic_output(outdir / SUMMARY) as tmp, tmp.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, columns, extrasaction="ignore")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: _cell(row.get(k)) for k in columns})
+        numeric = [k for k in columns if k not in ("pair", "status", "fixed", "moving", "error")]
+        done = [r for r in rows if r["status"] == "done"]
+        for name, reduce in (("mean", statistics.fmean), ("sd", statistics.stdev), ("median", statistics.median)):
+            out: dict[str, Any] = {"pair": name, "status": f"n={len(done)}"}
+            for key in numeric:
+                values = [float(r[key]) for r in done if r.get(key) is not None and math.isfinite(float(r[key]))]
+                out[key] = _cell(reduce(values)) if len(values) >= (2 if name == "sd" else 1) else ""
+            writer.writerow(out)
+    return outdir / METRICS, outdir / SUMMARY
+
+
+def _cell(value: Any) -> Any:
+    if value is None:
+        return ""
+    return f"{value:.6g}" if isinstance(value, float) else value
+
+
+def _append_metrics(outdir: Path, row: dict[str, Any]) -> None:
+    with (outdir / METRICS).open("a") as handle:
+        handle.write(json.dumps(row) + "\n")  # one write of one line: a kill never leaves half a record
+        handle.flush()
+
+
+# ---------------------------------------------------------------------------------------------------- engines
+def _pair_options(settings: RegisterOptions, pair: Pair, outdir: Path) -> RegisterOptions:
+    return replace(settings, fixed=pair.fixed, moving=pair.moving, output=outdir / pair.id,
+                   fixed_seg=pair.fixed_seg, moving_seg=pair.moving_seg, fixed_mask=pair.fixed_mask,
+                   moving_mask=pair.moving_mask, save_steps=settings.save_steps)
+
+
+def _init_worker() -> None:
+    """One thread per worker process: the processes are the parallelism."""
+    import SimpleITK as sitk
+    import torch
+
+    torch.set_num_threads(1)
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
+
+
+def _prepare_job(options: RegisterOptions):
+    from rlreg.pipelines.register import prepare
+
+    return prepare(options)
+
+
+def _finish_job(prepared, result) -> None:
+    from rlreg.pipelines.register import finish
+
+    finish(prepared, result)
+
+
+def _register_job(options: RegisterOptions) -> None:
+    """One pair end to end in one process (the engine with no workers, and each Ray task)."""
+    from rlreg.pipelines.register import deform, finish, prepare
+
+    prepared = prepare(options)
+    finish(prepared, deform([prepared], options.device)[0])
+
+
+Outcome = tuple[Pair, BaseException | None]
+"""A pair and the error it failed with (``None``: done)."""
+
+
+def _run_inline(todo: list[Pair], options: BatchOptions) -> Iterator[Outcome]:
+    for pair in todo:
+        try:
+            _register_job(_pair_options(options.settings, pair, options.output))
+            yield pair, None
+        except Exception as err:
+            yield pair, err
+
+
+def _run_local(todo: list[Pair], options: BatchOptions) -> Iterator[Outcome]:
+    """Worker processes prepare and finish pairs while this process runs ``deform`` batches on the device."""
+    from rlreg.pipelines.register import deform
+
+    queue = deque(todo)
+    context = multiprocessing.get_context("spawn")  # fork after torch has started threads can deadlock
+    prefetch = options.workers + options.batch_size
+    max_finishing = 2 * options.workers
+    while queue:
+        pool = ProcessPoolExecutor(options.workers, mp_context=context, initializer=_init_worker)
+        preparing: dict[Future, Pair] = {}
+        finishing: dict[Future, Pair] = {}
+        ready: dict[Any, list[tuple[Pair, Any]]] = {}
+        try:
+            while queue or preparing or finishing or ready:
+                waiting = sum(len(group) for group in ready.values())
+                while queue and len(preparing) + waiting < prefetch:
+                    pair = queue.popleft()
+                    preparing[pool.submit(_prepare_job, _pair_options(options.settings, pair, options.output))] = pair
+                full = [key for key, group in ready.items() if len(group) >= options.batch_size]
+                if ready and len(finishing) < max_finishing and (full or not preparing):
+                    key = full[0] if full else max(ready, key=lambda k: len(ready[k]))
+                    group = ready.pop(key)[: options.batch_size]
+                    try:
+                        results = deform([prepared for _, prepared in group], options.settings.device)
+                    except Exception as err:
+                        for pair, _ in group:
+                            yield pair, err
+                        continue
+                    for (pair, prepared), result in zip(group, results, strict=True):
+                        finishing[pool.submit(_finish_job, prepared, result)] = pair
+                    continue
+                if not preparing and not finishing:
+                    continue
+                finished, _ = wait([*preparing, *finishing], return_when=FIRST_COMPLETED)
+                for future in finished:
+                    if future in preparing:
+                        pair = preparing.pop(future)
+                        try:
+                            prepared = future.result()
+                        except BrokenProcessPool:
+                            raise
+                        except Exception as err:
+                            yield pair, err
+                            continue
+                        ready.setdefault(prepared.batch_key, []).append((pair, prepared))
+                    else:
+                        pair = finishing.pop(future)
+                        try:
+                            future.result()
+                        except BrokenProcessPool:
+                            raise
+                        except Exception as err:
+                            yield pair, err
+                            continue
+                        yield pair, None
+        except BrokenProcessPool:
+            # A worker died (killed, out of memory): fail the pairs it could have been holding, carry on.
+            lost = [*preparing.values(), *finishing.values()]
+            for pair in lost:
+                yield pair, RuntimeError("a worker process died while handling this pair (out of memory?); "
+                                         "re-run the batch to retry it, with fewer --workers if memory is short")
+            for group in ready.values():
+                queue.extendleft(pair for pair, _ in reversed(group))
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _run_ray(todo: list[Pair], options: BatchOptions) -> Iterator[Outcome]:
+    """One Ray task per pair (``num_gpus=1`` on CUDA, else ``num_cpus=1``), results written by the tasks."""
+    try:
+        import ray
+    except ImportError:
+        raise InputError("--engine ray: Ray is not installed; pip install 'rlreg[distributed]' (or use the "
+                         "default --engine local)") from None
+    started_here = not ray.is_initialized()
+    if started_here:
+        kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
+        if options.address:
+            kwargs["address"] = options.address
+        else:
+            kwargs.update(num_cpus=options.ray_cpus, num_gpus=0 if options.settings.device == "cpu" else None)
+        ray.init(**kwargs)
+    try:
+        on_gpu = options.settings.device.startswith("cuda")
+        task = ray.remote(num_gpus=1 if on_gpu else 0, num_cpus=1, max_retries=0)(_ray_pair)
+        pending = {task.remote(_pair_options(options.settings, pair, options.output)): pair for pair in todo}
+        while pending:
+            finished, _ = ray.wait(list(pending), num_returns=1)
+            for ref in finished:
+                pair = pending.pop(ref)
+                try:
+                    error = ray.get(ref)
+                except Exception as err:
+                    error = f"the Ray task failed: {type(err).__name__}: {err}"
+                yield pair, None if error is None else (error if isinstance(error, BaseException) else
+                                                        RuntimeError(error))
+    finally:
+        if started_here:
+            ray.shutdown()
+
+
+def _ray_pair(options: RegisterOptions) -> BaseException | None:
+    """Ray task body: register one pair; return its error instead of raising (so its message arrives intact)."""
+    _init_worker()
+    try:
+        _register_job(options)
+        return None
+    except Exception as err:
+        return err if isinstance(err, InputError) else RuntimeError(f"{type(err).__name__}: {err}")
+
+
+# ---------------------------------------------------------------------------------------------------- the batch
+def run_batch(options: BatchOptions, progress: PairProgress | None = None) -> BatchResult:
+    """Register every pair of ``options.source`` (of this shard) that is not finished yet.
+
+    Raises:
+        InputError: the pair list, the options or the output folder are unusable (nothing is run).
+    """
+    say = progress or (lambda *_: None)
+    if options.engine not in ENGINES:
+        raise InputError(f"--engine {options.engine}: unknown; choose local or ray")
+    if options.batch_size < 1 or options.workers < 0:
+        raise InputError("--batch-size must be >= 1 and --workers >= 0")
+    started = time.perf_counter()
+    pairs = read_pairs(options.source, options.atlas, options.atlas_seg, options.subset)
+    mine = shard(pairs, options.shard)
+    out = options.output
+    if out.exists() and not out.is_dir():
+        raise InputError(f"{out}: exists and is not a directory; give a new or existing batch directory with -o")
+    if out.exists() and any(out.iterdir()) and not (out / BATCH_RECORD).exists():
+        raise InputError(f"{out}: is not empty and holds no {BATCH_RECORD}; choose a new or empty directory with -o")
+    out.mkdir(parents=True, exist_ok=True)
+    _write_batch_record(options, pairs)
+    _write_tables(out, pairs)
+
+    todo = [p for p in mine if pair_status(out, p.id) != "done"]
+    for pair in todo:  # temporary files a killed run left behind (never renamed into place)
+        for stale in (out / pair.id).glob(".*.tmp*"):
+            stale.unlink(missing_ok=True)
+    skipped = len(mine) - len(todo)
+    engine = (_run_ray if options.engine == "ray" else
+              _run_local if options.workers > 0 and len(todo) > 1 else _run_inline)
+    done, failed = 0, []
+    stage_seconds = dict.fromkeys(STAGES, 0.0)
+    for index, (pair, error) in enumerate(engine(todo, options), start=1):
+        if error is None and pair_status(out, pair.id) == "done":
+            done += 1
+            row = _metrics_row(out, pair)
+            for stage in STAGES:
+                stage_seconds[stage] += float(row[f"seconds_{stage}"] or 0.0)
+        else:
+            message = _write_error(out, pair, error or "the registration ended without its record")
+            failed.append({"pair": pair.id, "error": message})
+            row = _metrics_row(out, pair)
+        _append_metrics(out, row)
+        say(index, len(todo), pair.id, row["status"])
+    metrics, summary = _write_tables(out, pairs)
+    seconds = time.perf_counter() - started
+    return BatchResult(output=str(out), total=len(mine), skipped=skipped, done=done, failed=failed,
+                       seconds=seconds, pairs_per_hour=3600.0 * done / seconds if done else 0.0,
+                       stage_seconds=stage_seconds,
+                       files={"batch": str(out / BATCH_RECORD), "metrics": str(metrics), "summary": str(summary)})
