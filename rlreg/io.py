@@ -182,6 +182,15 @@ def _check_values(path: Path, array: np.ndarray) -> None:
         raise InputError(f"{path}: is empty (every voxel is {array.flat[0]}); check that it is the right file")
 
 
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _current_umask()
+
+
 def atomic_path(path: Path) -> Path:
     """A temporary sibling of ``path`` with the same suffixes (so writers pick the right format)."""
     suffix = "".join(path.suffixes)
@@ -199,6 +208,8 @@ def atomic_output(path: str | os.PathLike[str]) -> Iterator[Path]:
     tmp = atomic_path(path)
     try:
         yield tmp
+        if tmp.exists():  # mkstemp makes the file owner-only; give it the permissions a plain open() would
+            os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

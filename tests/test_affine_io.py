@@ -167,3 +167,15 @@ def test_affine_registration_is_deterministic() -> None:
             assert np.array_equal(transform_matrix(affine_register(fixed, moving, config), 3), first)
     finally:
         sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
+
+
+def test_atomic_output_files_get_ordinary_permissions(tmp_path) -> None:
+    """Files written through a temporary name are readable like any other file (mkstemp alone makes them 0600)."""
+    import os
+
+    from rlreg.io import atomic_output
+
+    with atomic_output(tmp_path / "a.txt") as tmp:
+        tmp.write_text("x")
+    (tmp_path / "b.txt").write_text("x")
+    assert os.stat(tmp_path / "a.txt").st_mode & 0o777 == os.stat(tmp_path / "b.txt").st_mode & 0o777
