@@ -26,7 +26,6 @@ from __future__ import annotations
 import html
 import json
 import math
-import os
 import re
 import shutil
 import statistics
@@ -240,22 +239,10 @@ def find_outliers(entries: Sequence[PairEntry], outlier_z: float = 2.5) -> dict[
 
 
 # ---------------------------------------------------------------------------------------------------- writing
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _write_text(path: Path, text: str, mode: int) -> Path:
+def _write_text(path: Path, text: str) -> Path:
     with atomic_output(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
-        os.chmod(tmp, mode)  # mkstemp makes 0600 files; a report is meant to be shared like any other output
     return path
-
-
-def _publish(paths: Sequence[Path], mode: int) -> None:
-    for path in paths:
-        os.chmod(path, mode)
 
 
 def _remove_stale(report: Path, pages: set[str]) -> None:
@@ -286,7 +273,6 @@ def build_report(outdir: Path, progress: Progress | None = None, outlier_z: floa
     for pair_id, reasons in find_outliers(entries, outlier_z).items():
         next(e for e in entries if e.id == pair_id).outlier = reasons
     report = outdir / "report"
-    mode = 0o666 & ~_umask()
     has_eval = (outdir / "evaluation" / "evaluation.json").is_file()
     say("report", 0, len(entries))
     thumbs: dict[str, str] = {}
@@ -295,17 +281,16 @@ def build_report(outdir: Path, progress: Progress | None = None, outlier_z: floa
         figures, notes = _pair_figures(entry, report / "img" / entry.page) if entry.status == "done" else ({}, [])
         if entry.status != "done" and (report / "img" / entry.page).is_dir():
             shutil.rmtree(report / "img" / entry.page)  # figures of an earlier run that finished
-        _publish(list(figures.values()), mode)
         if "thumb" in figures:
             thumbs[entry.id] = f"img/{quote(entry.page)}/{figures['thumb'].name}"
         previous = entries[number - 2] if number > 1 else None
         following = entries[number] if number < len(entries) else None
         page = _pair_page(entry, figures, notes, previous, following, outdir, time.perf_counter() - started)
-        _write_text(report / "pairs" / f"{entry.page}.html", page, mode)
+        _write_text(report / "pairs" / f"{entry.page}.html", page)
         say("report", number, len(entries))
     index = _index_page(outdir, batch, entries, thumbs, has_eval, outlier_z)
     _remove_stale(report, {e.page for e in entries})
-    return _write_text(report / "index.html", index, mode)
+    return _write_text(report / "index.html", index)
 
 
 # ---------------------------------------------------------------------------------------------------- figures
@@ -506,7 +491,7 @@ th[aria-sort="ascending"] button::after { content: " \\25B2"; }
 th[aria-sort="descending"] button::after { content: " \\25BC"; }
 tbody tr:hover td { background: #f3f6fa; }
 tr.failed td { background: var(--red-bg); } tr.outlier td { background: var(--amber-bg); }
-td.flags { min-width: 14em; max-width: 30em; overflow-wrap: anywhere; font-size: 0.92em; }
+td.flags { min-width: 8em; max-width: 30em; overflow-wrap: anywhere; font-size: 0.92em; }
 .flag-failed { color: var(--red); font-weight: 600; } .flag-outlier { color: var(--amber); font-weight: 600; }
 .status-done { color: #1a7f37; } .status-failed { color: var(--red); font-weight: 600; }
 .status-unfinished { color: #6e7781; }
@@ -644,7 +629,7 @@ def _index_page(outdir: Path, batch: dict[str, Any], entries: list[PairEntry], t
     head += [f'<th data-key="{c.key}" data-type="num" title="{_e(c.tip)}"><button type="button">{_e(c.title)}'
              "</button></th>" for c in columns]
     head += ['<th class="text" data-key="flags" data-type="text"><button type="button">Flags</button></th>',
-             '<th class="text">Warped (coronal)</th>']
+             '<th class="text" title="coronal mid-slice">Warped</th>']
     rows = []
     for entry in entries:
         cls = "failed" if entry.status == "failed" else ("outlier" if entry.outlier else "")
