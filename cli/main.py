@@ -171,8 +171,9 @@ def batch(
                                                "training_paired_images [default: first present].")] = None,
     shard: Annotated[str | None, typer.Option(help="i/N: run every N-th pair from the i-th (0-based), e.g. one "
                                               "Slurm array task each.")] = None,
-    workers: Annotated[int | None, typer.Option(help="Processes reading and writing while the device computes; 0 = "
-                                                "none [default: cores - 1].")] = None,
+    workers: Annotated[int | None, typer.Option(help="Worker processes: on CPU each registers whole pairs [default: "
+                                                "cores]; on GPU they read and write while the device computes "
+                                                "[default: cores - 1]; 0 = one pair at a time.")] = None,
     batch_size: Annotated[int, typer.Option(help="Pairs per device batch when their grids agree.")] = 4,
     engine: Annotated[str, typer.Option(help="local, or ray (pip install 'rlreg[distributed]').")] = "local",
     address: Annotated[str | None, typer.Option(help="Ray cluster: auto or HOST:PORT [default: start a local one]."

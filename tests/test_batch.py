@@ -172,6 +172,19 @@ def test_bad_pairs_mid_list_fail_alone_and_the_cli_says_how_many(data: Path, tmp
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 5
 
 
+def test_device_loop_layout_overlaps_io_and_keeps_failures_local(data: Path, tmp_path: Path) -> None:
+    """The GPU layout (workers prepare/finish, this process runs device batches), forced on CPU."""
+    pairs_csv = _write_csv(data / "loop.csv", [GOOD, ["d3/fixed.nii.gz", "d3/missing.nii.gz"], SWAPPED, GOOD])
+    looped = run_batch(BatchOptions(str(pairs_csv), tmp_path / "loop", _settings(), workers=1, batch_size=2,
+                                    device_loop=True))
+    run_batch(BatchOptions(str(pairs_csv), tmp_path / "inline", _settings(), workers=0))
+    assert (looped.done, [f["pair"] for f in looped.failed]) == (3, ["fixed__missing"])
+    for pair_id in ("fixed__moving", "moving__fixed", "fixed__moving-2"):
+        a = nib.load(tmp_path / "loop" / pair_id / "warp.nii.gz").get_fdata()
+        b = nib.load(tmp_path / "inline" / pair_id / "warp.nii.gz").get_fdata()
+        np.testing.assert_allclose(a, b, atol=1e-3)
+
+
 def test_resuming_with_other_settings_is_refused(data: Path, tmp_path: Path) -> None:
     pairs_csv = _write_csv(data / "one.csv", [GOOD])
     out = tmp_path / "out"
