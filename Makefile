@@ -40,6 +40,8 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/rlreg benchmark spatial
 	$(BIN)/rlreg benchmark digits
+	$(BIN)/python -m rlreg.pipelines.benchmark_register
+	$(BIN)/python -m rlreg.pipelines.benchmark_batch
 
 clean:
 	rm -rf $(VENV) out .pytest_cache .ruff_cache

@@ -6,8 +6,7 @@ four ways, each in a child process timed from outside:
 
 1. **baseline**: a shell-style loop, one ``rlreg register`` process per pair (what a user writes today);
 2. ``rlreg batch --workers 0``: one process, pairs one after another (no interpreter start per pair);
-3. ``rlreg batch`` (local engine, default workers): reading/affine and writing in worker processes while the main
-   process runs the deformable stage;
+3. ``rlreg batch`` (local engine, default workers): on CPU, whole pairs in parallel worker processes;
 4. ``rlreg batch --engine ray``: a local Ray instance with every CPU.
 
 Reported per case: wall seconds, pairs/hour and the ratio to the baseline, the share of summed per-pair stage time
@@ -133,11 +132,12 @@ def render_section(cases: list[BatchCase], command: str, environment: dict[str, 
                      f"{share['affine']:.0%} | {share['deformable']:.0%} | {case.peak_rss_mib:.0f} | {dice} |")
     lines += ["",
               "Shares are of the summed per-pair stage seconds in each pair's `rlreg.json` (read = decode + checks; "
-              "write = resampling through the chain, QC and writing every file). In the local engine, read/affine "
-              "and write run in worker processes while the main process runs the deformable stage, so the stage "
-              "sum exceeds the wall time. Peak RSS is that of the command's process tree as `wait4` reports it "
-              "(the largest single process). No GPU was lent to this session: GPU figures are still to be "
-              "measured.", END]
+              "write = resampling through the chain, QC and writing every file). On CPU the local engine runs whole "
+              "pairs in parallel worker processes (one per core, one thread each), as Ray does, so the stage sum "
+              "exceeds the wall time; the GPU layout (workers read and write while the device runs batched "
+              "deformable stages) is not measured here. Peak RSS is the largest single process of the command's "
+              "tree as `wait4` reports it; Ray's workers are not the command's children, so its figure is the "
+              "driver's. No GPU was lent to this session: GPU figures are still to be measured.", END]
     return "\n".join(lines) + "\n"
 
 

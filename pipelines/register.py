@@ -13,6 +13,7 @@ Stages (each timed and reported in ``rlreg.json``):
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from collections.abc import Callable
@@ -244,6 +245,14 @@ class Deformable:
     """Device time of the batch this pair ran in, divided by the batch size."""
 
 
+@functools.lru_cache(maxsize=4)
+def _load_agent(name: str, device: str):
+    """A shipped agent, loaded once per process and device (a batch calls :func:`deform` many times)."""
+    from rlreg import models
+
+    return models.load(name, device=device)
+
+
 def _run_agent(name: str, fixed: Tensor, moving: Tensor, steps: int | None, keep: bool,
                say: Progress) -> list[Deformable]:
     from rlreg import models
@@ -251,7 +260,7 @@ def _run_agent(name: str, fixed: Tensor, moving: Tensor, steps: int | None, keep
     from rlreg.tasks.registration import RegistrationTask
 
     card = models.available()[name]
-    agent = models.load(name, device=fixed.device)
+    agent = _load_agent(name, str(fixed.device))
     steps = steps or int(card.get("recommended_steps", agent.config.task.max_steps))
     task = RegistrationTask(replace(agent.config.task, reward="lncc", max_steps=steps + 1))
     state = task.reset(fixed, moving)
