@@ -267,6 +267,16 @@ def _run_inline(todo: list[Pair], options: BatchOptions) -> Iterator[Outcome]:
             yield pair, err
 
 
+def _settle(future: Future) -> tuple[Any, BaseException | None]:
+    """A finished job's ``(value, None)`` or ``(None, error)``; a dead worker pool is raised, not returned."""
+    try:
+        return future.result(), None
+    except BrokenProcessPool:
+        raise
+    except Exception as err:
+        return None, err
+
+
 def _run_pairs_in_workers(todo: list[Pair], options: BatchOptions) -> Iterator[Outcome]:
     """CPU: each worker process registers whole pairs, one thread each (pairs in parallel beat threads within a
     pair: measured 1.73x vs 1.16x for the device-loop layout on 2 cores, docs/benchmarks.md)."""
@@ -282,15 +292,7 @@ def _run_pairs_in_workers(todo: list[Pair], options: BatchOptions) -> Iterator[O
                     running[pool.submit(_register_job, _pair_options(options.settings, pair, options.output))] = pair
                 finished, _ = wait(running, return_when=FIRST_COMPLETED)
                 for future in finished:
-                    pair = running.pop(future)
-                    try:
-                        future.result()
-                    except BrokenProcessPool:
-                        raise
-                    except Exception as err:
-                        yield pair, err
-                        continue
-                    yield pair, None
+                    yield running.pop(future), _settle(future)[1]
         except BrokenProcessPool:
             for pair in running.values():
                 yield pair, RuntimeError(WORKER_DIED)
@@ -344,24 +346,13 @@ def _run_local(todo: list[Pair], options: BatchOptions) -> Iterator[Outcome]:
                 for future in finished:
                     if future in preparing:
                         pair = preparing.pop(future)
-                        try:
-                            prepared = future.result()
-                        except BrokenProcessPool:
-                            raise
-                        except Exception as err:
-                            yield pair, err
-                            continue
-                        ready.setdefault(prepared.batch_key, []).append((pair, prepared))
+                        prepared, error = _settle(future)
+                        if error is None:
+                            ready.setdefault(prepared.batch_key, []).append((pair, prepared))
+                        else:
+                            yield pair, error
                     else:
-                        pair = finishing.pop(future)
-                        try:
-                            future.result()
-                        except BrokenProcessPool:
-                            raise
-                        except Exception as err:
-                            yield pair, err
-                            continue
-                        yield pair, None
+                        yield finishing.pop(future), _settle(future)[1]
         except BrokenProcessPool:
             # A worker died (killed, out of memory): fail the pairs it could have been holding, carry on.
             lost = [*preparing.values(), *finishing.values()]

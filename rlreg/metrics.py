@@ -27,7 +27,7 @@ import torch
 from scipy import ndimage
 from torch import Tensor
 
-from rlreg.spatial import folding_percent, jacobian_determinant, sample_points, sdlogj
+from rlreg.spatial import determinant_from_gradients, folding_percent, jacobian_determinant, sample_points, sdlogj
 
 __all__ = [
     "JacobianScores",
@@ -398,15 +398,7 @@ def learn2reg_jacobian_determinant(displacement: Tensor) -> Tensor:
         return 0.5 * (displacement[(slice(None), slice(None), *ahead)]
                       - displacement[(slice(None), slice(None), *behind)])
 
-    grads = [derivative(axis) for axis in range(ndim)]  # grads[a][:, c] = d u_c / d x_a
-    jac = [[grads[a][:, c] + (1.0 if a == c else 0.0) for a in range(ndim)] for c in range(ndim)]
-    if ndim == 2:
-        det = jac[0][0] * jac[1][1] - jac[0][1] * jac[1][0]
-    else:
-        det = (jac[0][0] * (jac[1][1] * jac[2][2] - jac[1][2] * jac[2][1])
-               - jac[0][1] * (jac[1][0] * jac[2][2] - jac[1][2] * jac[2][0])
-               + jac[0][2] * (jac[1][0] * jac[2][1] - jac[1][1] * jac[2][0]))
-    return det.unsqueeze(1)
+    return determinant_from_gradients([derivative(axis) for axis in range(ndim)])
 
 
 class Learn2RegJacobianScores(NamedTuple):

@@ -353,9 +353,17 @@ def jacobian_determinant(displacement: Tensor) -> Tensor:
     if min(displacement.shape[2:]) < 2:
         raise ValueError(f"jacobian_determinant needs >= 2 voxels per axis, got {tuple(displacement.shape[2:])}")
     dims = tuple(range(2, 2 + ndim))
-    # grads[j][:, i] = d u_i / d x_j
-    grads = torch.gradient(displacement, dim=dims)
-    jac = [[grads[j][:, i] + (1.0 if i == j else 0.0) for j in range(ndim)] for i in range(ndim)]
+    return determinant_from_gradients(torch.gradient(displacement, dim=dims))
+
+
+def determinant_from_gradients(grads: list[Tensor] | tuple[Tensor, ...]) -> Tensor:
+    """``det(I + ∇u)`` from the displacement's derivatives: ``grads[a][:, c] = d u_c / d x_a``, each ``(N, ndim, *S)``.
+
+    Returns ``(N, 1, *S)``. Shared by :func:`jacobian_determinant` and the Learn2Reg Jacobian in
+    :mod:`rlreg.metrics`, which differ only in how they take the derivatives.
+    """
+    ndim = len(grads)
+    jac = [[grads[a][:, c] + (1.0 if a == c else 0.0) for a in range(ndim)] for c in range(ndim)]
     if ndim == 2:
         det = jac[0][0] * jac[1][1] - jac[0][1] * jac[1][0]
     else:
