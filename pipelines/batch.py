@@ -38,7 +38,8 @@ from rlreg.io import InputError, atomic_output
 from rlreg.pipelines.pairs import Pair, read_pairs, shard
 from rlreg.pipelines.register import ERROR_RECORD, SIDECAR, RegisterOptions
 
-__all__ = ["BATCH_RECORD", "QC_KEYS", "STAGES", "BatchOptions", "BatchResult", "pair_status", "run_batch"]
+__all__ = ["BATCH_RECORD", "QC_KEYS", "STAGES", "BatchOptions", "BatchResult", "PairRecord", "pair_status",
+           "read_pair_record", "run_batch"]
 
 BATCH_RECORD = "batch.json"
 METRICS = "metrics.jsonl"
@@ -107,34 +108,58 @@ class BatchResult:
 
 
 # ---------------------------------------------------------------------------------------------------- records
-def pair_status(outdir: Path, pair_id: str) -> str:
-    """``done`` (``rlreg.json`` readable), ``failed`` (``error.json``), ``unfinished`` (folder only) or ``todo``."""
-    folder = outdir / pair_id
-    record = folder / SIDECAR
-    if record.exists():
+@dataclass
+class PairRecord:
+    """What a pair folder of a batch says about its pair (read by batch, evaluate and the report alike)."""
+
+    status: str
+    """``done`` (``rlreg.json`` readable), ``failed`` (``error.json``), ``unfinished`` (a folder with neither, or a
+    cut ``rlreg.json``: killed while writing it) or ``todo`` (no folder)."""
+    record: dict[str, Any] | None = None
+    """``rlreg.json`` when done."""
+    error: dict[str, Any] | None = None
+    """``error.json`` when failed (``{"error": ...}`` naming the problem when it is unreadable)."""
+
+    @property
+    def message(self) -> str | None:
+        """The failure's one-line message."""
+        return None if self.error is None else " ".join(str(self.error.get("error") or "failed").split())
+
+
+def read_pair_record(folder: Path) -> PairRecord:
+    """The status and records of one pair folder (``OUTDIR/<pair-id>``)."""
+    if (folder / SIDECAR).exists():
         try:
-            json.loads(record.read_text())
-            return "done"
+            record = json.loads((folder / SIDECAR).read_text())
         except (OSError, json.JSONDecodeError):
-            return "unfinished"
+            return PairRecord("unfinished")
+        return PairRecord("done", record=record) if isinstance(record, dict) else PairRecord("unfinished")
     if (folder / ERROR_RECORD).exists():
-        return "failed"
-    return "unfinished" if folder.exists() else "todo"
+        try:
+            error = json.loads((folder / ERROR_RECORD).read_text())
+        except (OSError, json.JSONDecodeError):
+            error = None
+        return PairRecord("failed", error=error if isinstance(error, dict) else
+                          {"error": f"failed ({ERROR_RECORD} unreadable)"})
+    return PairRecord("unfinished" if folder.exists() else "todo")
+
+
+def pair_status(outdir: Path, pair_id: str) -> str:
+    """``done``, ``failed``, ``unfinished`` or ``todo``: see :class:`PairRecord`."""
+    return read_pair_record(outdir / pair_id).status
 
 
 def _metrics_row(outdir: Path, pair: Pair) -> dict[str, Any]:
-    status = pair_status(outdir, pair.id)
-    row: dict[str, Any] = {"pair": pair.id, "status": status, "fixed": str(pair.fixed), "moving": str(pair.moving),
-                           "error": None, "seconds_total": None}
+    state = read_pair_record(outdir / pair.id)
+    row: dict[str, Any] = {"pair": pair.id, "status": state.status, "fixed": str(pair.fixed),
+                           "moving": str(pair.moving), "error": state.message, "seconds_total": None}
     row.update({f"seconds_{k}": None for k in STAGES})
     row.update({k: None for k in QC_KEYS})
-    if status == "done":
-        report = json.loads((outdir / pair.id / SIDECAR).read_text())
-        row["seconds_total"] = report["seconds"].get("total")
-        row.update({f"seconds_{k}": report["seconds"].get(k) for k in STAGES})
-        row.update({k: report["qc"].get(k) for k in QC_KEYS})
-    elif status == "failed":
-        row["error"] = json.loads((outdir / pair.id / ERROR_RECORD).read_text()).get("error")
+    if state.record is not None:
+        seconds, qc = state.record.get("seconds", {}), state.record.get("qc", {})
+        row["seconds_total"] = seconds.get("total")
+        row.update({f"seconds_{k}": seconds.get(k) for k in STAGES})
+        row.update({k: qc.get(k) for k in QC_KEYS})
     return row
 
 
@@ -185,7 +210,7 @@ def _write_batch_record(options: BatchOptions, pairs: list[Pair]) -> Path:
 
 def _write_tables(outdir: Path, pairs: list[Pair]) -> tuple[Path, Path]:
     """Rewrite ``metrics.jsonl`` and ``summary.csv`` from the pair records, in input order."""
-    rows = [_metrics_row(outdir, p) for p in pairs if pair_status(outdir, p.id) in ("done", "failed")]
+    rows = [row for row in (_metrics_row(outdir, p) for p in pairs) if row["status"] in ("done", "failed")]
     with atomic_output(outdir / METRICS) as tmp:
         tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
     columns = ["pair", "status", *QC_KEYS, "seconds_total", *[f"seconds_{k}" for k in STAGES], "fixed", "moving",
@@ -222,7 +247,7 @@ def _append_metrics(outdir: Path, row: dict[str, Any]) -> None:
 def _pair_options(settings: RegisterOptions, pair: Pair, outdir: Path) -> RegisterOptions:
     return replace(settings, fixed=pair.fixed, moving=pair.moving, output=outdir / pair.id,
                    fixed_seg=pair.fixed_seg, moving_seg=pair.moving_seg, fixed_mask=pair.fixed_mask,
-                   moving_mask=pair.moving_mask, save_steps=settings.save_steps)
+                   moving_mask=pair.moving_mask)
 
 
 def _init_worker() -> None:
@@ -444,9 +469,9 @@ def run_batch(options: BatchOptions, progress: PairProgress | None = None) -> Ba
     done, failed = 0, []
     stage_seconds = dict.fromkeys(STAGES, 0.0)
     for index, (pair, error) in enumerate(engine(todo, options), start=1):
-        if error is None and pair_status(out, pair.id) == "done":
+        row = _metrics_row(out, pair)
+        if error is None and row["status"] == "done":
             done += 1
-            row = _metrics_row(out, pair)
             for stage in STAGES:
                 stage_seconds[stage] += float(row[f"seconds_{stage}"] or 0.0)
         else:

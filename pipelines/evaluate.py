@@ -60,6 +60,7 @@ __all__ = [
     "Evaluation",
     "LabelSummary",
     "PairEvaluation",
+    "PairScores",
     "evaluate",
     "evaluate_batch",
     "evaluate_fields",
@@ -77,7 +78,6 @@ get the 30% quantile, as in the script (for HD95 that is the better tail: reprod
 _EVALUATION_DIR = "evaluation"
 _BATCH_FILE = "batch.json"
 _DONE_FILE = "rlreg.json"
-_ERROR_FILE = "error.json"
 
 CONVENTIONS: dict[str, dict[str, str]] = {
     "rlreg": {
@@ -151,18 +151,9 @@ def _conventions(learn2reg: bool) -> dict[str, str]:
 
 # ---------------------------------------------------------------------------------------------------- results
 @dataclass
-class PairEvaluation:
-    """One row of ``per_pair.csv`` (and of ``evaluation.json["pairs"]``, which adds the per-label scores).
+class PairScores:
+    """What :func:`evaluate` measures for one pair (``None`` = not measured)."""
 
-    ``hd95_mean`` is in mm with rlreg's conventions and in voxels with ``learn2reg`` (the CSV column is named
-    ``hd95_mean_mm`` or ``hd95_mean_vox`` accordingly). ``None`` = not measured (no labels, no keypoints, not
-    scored); ``NaN``/``inf`` are real results (written as ``nan``/``inf`` in CSV and ``null`` in JSON).
-    """
-
-    pair: str
-    status: Status
-    fixed: str | None = None
-    moving: str | None = None
     dice_mean: float | None = None
     hd95_mean: float | None = None
     sdlogj: float | None = None
@@ -176,6 +167,21 @@ class PairEvaluation:
     """Labels scored (Dice not NaN)."""
     labels: dict[int, dict[str, float | None]] = field(default_factory=dict)
     """``{label: {"dice": x, "hd95": y}}`` for every label considered (NaN when not scored)."""
+
+
+@dataclass(kw_only=True)
+class PairEvaluation(PairScores):
+    """One row of ``per_pair.csv`` (and of ``evaluation.json["pairs"]``, which adds the per-label scores).
+
+    ``hd95_mean`` is in mm with rlreg's conventions and in voxels with ``learn2reg`` (the CSV column is named
+    ``hd95_mean_mm`` or ``hd95_mean_vox`` accordingly). ``None`` = not measured (no labels, no keypoints, not
+    scored); ``NaN``/``inf`` are real results (written as ``nan``/``inf`` in CSV and ``null`` in JSON).
+    """
+
+    pair: str
+    status: Status
+    fixed: str | None = None
+    moving: str | None = None
     error: str | None = None
     field: str | None = None
     """The displacement field that was scored."""
@@ -275,7 +281,7 @@ class Evaluation:
         """The ``evaluation.json`` document (non-finite numbers become ``null``)."""
         pairs = []
         for row in self.pairs:
-            item = asdict(row)
+            item = {"pair": row.pair, "status": row.status, **asdict(row)}
             item["labels"] = {str(k): v for k, v in row.labels.items()}
             item[self.hd95_column] = item.pop("hd95_mean")
             if not self.learn2reg:
@@ -428,21 +434,7 @@ def find_field(fields: Path, pair: Pair) -> tuple[Path, Literal["itk", "l2r"]]:
 
 
 # ---------------------------------------------------------------------------------------------------- scoring
-@dataclass
-class _Scores:
-    dice_mean: float | None = None
-    hd95_mean: float | None = None
-    sdlogj: float | None = None
-    folding_percent: float | None = None
-    num_foldings: float | None = None
-    tre_before_mm: float | None = None
-    tre_after_mm: float | None = None
-    n_keypoints: int | None = None
-    n_labels: int = 0
-    labels: dict[int, dict[str, float | None]] = field(default_factory=dict)
-
-
-def _label_scores(scores: _Scores, warped: Tensor, fixed_seg: Tensor, spacing: Sequence[float],
+def _label_scores(scores: PairScores, warped: Tensor, fixed_seg: Tensor, spacing: Sequence[float],
                   labels: Sequence[int] | None, learn2reg: bool, moving_seg: Tensor | None = None) -> None:
     """Dice and HD95 per label into ``scores`` (rlreg or Learn2Reg rules, see :data:`CONVENTIONS`)."""
     if learn2reg:
@@ -495,12 +487,12 @@ def _label_scores(scores: _Scores, warped: Tensor, fixed_seg: Tensor, spacing: S
 
 def _score_rlreg(fixed: Geometry, moving: Geometry | None, world: Callable[[], Tensor], jacobian: Tensor,
                  fixed_seg: Tensor | None, warped_seg: Tensor | None, keypoints: tuple[np.ndarray, np.ndarray] | None,
-                 labels: Sequence[int] | None) -> _Scores:
+                 labels: Sequence[int] | None) -> PairScores:
     """rlreg's conventions: mm, world TRE, J of the total map without offset.
 
     ``world`` returns the ``(1, ndim, *S)`` LPS-mm field on the fixed grid (called only for TRE).
     """
-    scores = _Scores()
+    scores = PairScores()
     if fixed_seg is not None and warped_seg is not None:
         _label_scores(scores, warped_seg, fixed_seg, fixed.spacing, labels, learn2reg=False)
     regularity = jacobian_scores(jacobian)
@@ -528,13 +520,13 @@ def _l2r_warp_labels(moving_seg: Tensor, chain: Tensor) -> Tensor:
 
 def _score_learn2reg(fixed: Geometry, moving: Geometry, chain: Tensor, fixed_seg: Tensor | None,
                      moving_seg: Tensor | None, keypoints: tuple[np.ndarray, np.ndarray] | None,
-                     labels: Sequence[int] | None) -> _Scores:
+                     labels: Sequence[int] | None) -> PairScores:
     """Learn2Reg's conventions on the voxel chain (fixed tensor index -> moving tensor index).
 
     Every Learn2Reg formula is invariant under the common reversal of spatial axes and components, so it is
     applied in rlreg's tensor order directly (keypoints and spacings reversed to match).
     """
-    scores = _Scores()
+    scores = PairScores()
     chain = chain.double()
     if fixed_seg is not None and moving_seg is not None:
         warped = _l2r_warp_labels(moving_seg, chain)
@@ -554,25 +546,14 @@ def _score_learn2reg(fixed: Geometry, moving: Geometry, chain: Tensor, fixed_seg
 
 # ---------------------------------------------------------------------------------------------------- batch pairs
 def _batch_status(folder: Path) -> tuple[Status, str | None]:
-    """The states of ``rlreg batch`` (``pipelines/batch.py``): an unreadable ``rlreg.json`` is unfinished."""
-    if (folder / _DONE_FILE).is_file():
-        try:
-            json.loads((folder / _DONE_FILE).read_text())
-            return "done", None
-        except (OSError, json.JSONDecodeError):
-            return "unfinished", None
-    if (folder / _ERROR_FILE).is_file():
-        try:
-            message = json.loads((folder / _ERROR_FILE).read_text()).get("error") or "failed"
-        except (OSError, json.JSONDecodeError, AttributeError):
-            message = f"failed ({_ERROR_FILE} unreadable)"
-        return "failed", str(message).replace("\n", " ")
-    if folder.is_dir():
-        return "unfinished", None
-    return "todo", None
+    """The states of ``rlreg batch`` (:func:`rlreg.pipelines.batch.read_pair_record`) and a failure's message."""
+    from rlreg.pipelines.batch import read_pair_record
+
+    state = read_pair_record(folder)
+    return state.status, state.message  # type: ignore[return-value]
 
 
-def _score_batch_pair(pair: Pair, folder: Path, learn2reg: bool, labels: Sequence[int] | None) -> _Scores:
+def _score_batch_pair(pair: Pair, folder: Path, learn2reg: bool, labels: Sequence[int] | None) -> PairScores:
     warp_path = folder / "warp.nii.gz"
     if not warp_path.is_file():
         raise InputError(f"{warp_path}: missing although {_DONE_FILE} is there; re-run this pair")
@@ -614,7 +595,8 @@ def _registration_seconds(folder: Path) -> float | None:
 
 
 # ---------------------------------------------------------------------------------------------------- field pairs
-def _score_field_pair(pair: Pair, fields: Path, learn2reg: bool, labels: Sequence[int] | None) -> tuple[_Scores, Path]:
+def _score_field_pair(pair: Pair, fields: Path, learn2reg: bool,
+                      labels: Sequence[int] | None) -> tuple[PairScores, Path]:
     path, kind = find_field(fields, pair)
     fixed = read_image(pair.fixed, check_values=False).geometry
     moving = read_image(pair.moving, check_values=False).geometry
@@ -733,7 +715,7 @@ _PAIR_ERRORS = (InputError, ValueError, OSError, RuntimeError, KeyError)
 """What fails one pair only (missing or unreadable files, wrong grids); anything else is a bug and propagates."""
 
 
-def _run(pair: Pair, score: Callable[[], _Scores | tuple[_Scores, Path]], prefix: str = "") -> PairEvaluation:
+def _run(pair: Pair, score: Callable[[], PairScores | tuple[PairScores, Path]], prefix: str = "") -> PairEvaluation:
     """Score one pair; a failure fails this pair only (status ``failed``, ``prefix`` + the one-line error)."""
     row = PairEvaluation(pair=pair.id, status="done", fixed=str(pair.fixed), moving=str(pair.moving))
     started = time.perf_counter()

@@ -418,11 +418,13 @@ def deform(batch: list[Prepared], device: torch.device | str = "cpu",
     return results
 
 
-def finish(prepared: Prepared, result: Deformable, progress: Progress | None = None) -> RegisterResult:
+def finish(prepared: Prepared, result: Deformable, progress: Progress | None = None,
+           started: float | None = None) -> RegisterResult:
     """Stage 4 (CPU): resample the original moving image once through the whole chain, measure, write every output.
 
     Each file is written atomically; ``rlreg.json`` is removed first and written last, so a folder holding it holds a
-    finished registration.
+    finished registration. ``seconds.total`` is the wall time since ``started`` (a ``time.perf_counter()`` value)
+    when given, else the sum of the stages (a batch overlaps pairs, so its wall time is not one pair's).
     """
     say = progress or (lambda *_: None)
     p, opts = prepared, prepared.options
@@ -480,7 +482,8 @@ def finish(prepared: Prepared, result: Deformable, progress: Progress | None = N
                                    fixed.geometry, moving_seg, fseg))
     written["overview"] = _overview(out / "overview.png", fixed_norm, moving_affine, warped_norm, jac, fseg, qc)
     seconds["write"] = time.perf_counter() - t0
-    seconds["total"] = sum(seconds[k] for k in ("read", "affine", "deformable", "write"))
+    seconds["total"] = (time.perf_counter() - started if started is not None else
+                        sum(seconds[k] for k in ("read", "affine", "deformable", "write")))
 
     method = {"affine": "SimpleITK moments -> rigid -> affine" if opts.affine else "none (--no-affine)",
               "device": opts.device, **result.method}
@@ -515,12 +518,7 @@ def register(options: RegisterOptions, progress: Progress | None = None) -> Regi
     """
     started = time.perf_counter()
     prepared = prepare(options, progress)
-    result = deform([prepared], options.device, progress)[0]
-    report = finish(prepared, result, progress)
-    report.seconds["total"] = time.perf_counter() - started
-    with atomic_output(options.output / SIDECAR) as tmp:
-        tmp.write_text(json.dumps(asdict(report), indent=2))
-    return report
+    return finish(prepared, deform([prepared], options.device, progress)[0], progress, started)
 
 
 CONVENTIONS = {

@@ -41,6 +41,9 @@ import numpy as np
 
 from rlreg import __version__
 from rlreg.io import InputError, atomic_output
+from rlreg.pipelines.batch import read_pair_record
+from rlreg.pipelines.register import ERROR_RECORD as ERROR
+from rlreg.pipelines.register import SIDECAR
 
 __all__ = ["FOLDING_LIMIT", "PairEntry", "build_report", "find_outliers", "load_batch"]
 
@@ -48,7 +51,6 @@ FOLDING_LIMIT = 1.0
 """A finished pair with more than this percentage of folding voxels is an outlier."""
 MAD_TO_SD = 1.4826
 """Median absolute deviation -> standard deviation of a normal distribution."""
-SIDECAR, ERROR = "rlreg.json", "error.json"
 RESERVED = frozenset({"report", "evaluation", "logs"})
 Progress = Callable[[str, int, int], None]
 
@@ -165,17 +167,9 @@ def load_batch(outdir: Path) -> tuple[dict[str, Any], list[PairEntry]]:
         folder = outdir / pair_id
         entry = PairEntry(index=index, id=pair_id, page=_safe_name(pair_id, taken), status="unfinished",
                           folder=folder, pair=pair, evaluation=evaluation.get(pair_id, {}))
-        if (folder / SIDECAR).is_file():
-            record, problem = _read_json(folder / SIDECAR)
-            if isinstance(record, dict):
-                entry.status, entry.record = "done", record
-            else:
-                entry.status, entry.error = "failed", {"error": problem or "rlreg.json is not a JSON object",
-                                                       "type": "ReportError"}
-        elif (folder / ERROR).is_file():
-            error, problem = _read_json(folder / ERROR)
-            entry.status = "failed"
-            entry.error = error if isinstance(error, dict) else {"error": problem or "error.json is not an object"}
+        state = read_pair_record(folder)  # the batch's own reading: a cut rlreg.json is an unfinished pair
+        if state.status in ("done", "failed"):
+            entry.status, entry.record, entry.error = state.status, state.record, state.error
         entries.append(entry)
     return batch, entries
 
