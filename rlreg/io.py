@@ -22,7 +22,8 @@ import SimpleITK as sitk
 import torch
 from torch import Tensor
 
-__all__ = ["Geometry", "Image", "InputError", "atomic_output", "atomic_path", "read_image", "write_image"]
+__all__ = ["Geometry", "Image", "InputError", "atomic_output", "atomic_path", "nibabel_to_sitk", "read_image",
+           "write_image"]
 
 
 class InputError(ValueError):
@@ -230,3 +231,18 @@ def write_image(data: Tensor | np.ndarray, geometry: Geometry, path: str | os.Pa
     with atomic_output(path) as tmp:
         sitk.WriteImage(image, str(tmp), useCompression=True)
     return path
+
+
+def nibabel_to_sitk(image) -> sitk.Image:
+    """A nibabel image (RAS affine, ``(x, y, z)`` array) as a float32 SimpleITK image with the same geometry (LPS).
+
+    The affine must be a rotation times a diagonal scaling (no shear), which holds for every image used here.
+    """
+    array = np.asarray(image.dataobj, dtype=np.float32)
+    out = sitk.GetImageFromArray(np.ascontiguousarray(array.transpose(2, 1, 0)))  # SimpleITK arrays are (z, y, x)
+    affine = np.diag([-1.0, -1.0, 1.0, 1.0]) @ np.asarray(image.affine, dtype=np.float64)  # RAS -> LPS
+    spacing = np.linalg.norm(affine[:3, :3], axis=0)
+    out.SetSpacing(spacing.tolist())
+    out.SetOrigin(affine[:3, 3].tolist())
+    out.SetDirection((affine[:3, :3] / spacing).flatten().tolist())
+    return out

@@ -19,6 +19,7 @@ from __future__ import annotations
 import copy
 import math
 import os
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
@@ -34,7 +35,8 @@ from rlreg.networks import Actor, NetworkConfig, Planner, PlanOutput, TwinCritic
 from rlreg.tasks.base import Task
 from rlreg.tasks.registration import RegistrationConfig
 
-__all__ = ["FORMAT_VERSION", "ActOutput", "Agent", "AgentConfig", "SACConfig", "load_checkpoint"]
+__all__ = ["FORMAT_VERSION", "ActOutput", "Agent", "AgentConfig", "SACConfig", "average_gradients",
+           "broadcast_parameters", "load_checkpoint"]
 
 FORMAT_VERSION = 1
 
@@ -115,6 +117,42 @@ def _kl_to_standard_normal(mean: Tensor, log_std: Tensor) -> Tensor:
     return 0.5 * (mean.pow(2) + torch.exp(2 * log_std) - 1.0 - 2 * log_std).sum(-1)
 
 
+def average_gradients(parameters: Iterable[nn.Parameter]) -> None:
+    """Average gradients over the processes of a ``torch.distributed`` job (data-parallel training); no-op alone.
+
+    SAC steps several optimisers per update, each after its own backward pass over overlapping graphs (the
+    planner loss reads the critics, the auxiliary loss reads the planner), which ``DistributedDataParallel``'s
+    one-backward-per-forward hooks do not fit. So each optimiser's gradients are all-reduced explicitly, in one
+    flat buffer, right before its step: every rank then takes the same step from the same weights, which is what
+    DDP guarantees. A parameter without a gradient contributes zeros, so all ranks reduce buffers of one size.
+    """
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return
+    params = list(parameters)
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    flat /= dist.get_world_size()
+    offset = 0
+    for p in params:
+        n = p.numel()
+        p.grad = flat[offset:offset + n].view_as(p).clone()
+        offset += n
+
+
+def broadcast_parameters(module: nn.Module) -> None:
+    """Copy rank 0's parameters and buffers to every rank of a ``torch.distributed`` job (no-op alone)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return
+    with torch.no_grad():
+        for tensor in [*module.parameters(), *module.buffers()]:
+            dist.broadcast(tensor.data, src=0)
+
+
 class Agent(nn.Module):
     """Planner, actor, twin critics (with targets), temperature and their optimisers."""
 
@@ -158,6 +196,7 @@ class Agent(nn.Module):
 
     # ------------------------------------------------------------------------------------------------ learning
     def _step(self, optimiser: torch.optim.Optimizer, module: nn.Module) -> None:
+        average_gradients(module.parameters())
         if self.config.sac.grad_clip is not None:
             nn.utils.clip_grad_norm_(module.parameters(), self.config.sac.grad_clip)
         optimiser.step()
@@ -210,6 +249,7 @@ class Agent(nn.Module):
         self._step(self.actor_opt, self.actor)
         self.alpha_opt.zero_grad(set_to_none=True)
         alpha_loss.backward()
+        average_gradients([self.log_alpha])
         self.alpha_opt.step()
 
         # 6. Polyak averaging of the target critics

@@ -8,6 +8,7 @@ import sys
 
 from typer.testing import CliRunner
 
+import rlreg.models as models
 from rlreg.cli.main import app
 
 runner = CliRunner()
@@ -16,9 +17,10 @@ runner = CliRunner()
 def test_help_lists_only_working_commands() -> None:
     result = runner.invoke(app, ["--help"])
     assert result.exit_code == 0
-    for built in ("demo", "benchmark", "train", "register", "apply", "invert", "batch", "evaluate", "report"):
+    for built in ("demo", "benchmark", "train", "register", "apply", "invert", "batch", "evaluate", "report",
+                  "models"):
         assert f" {built} " in result.output
-    for name in ("batch", "evaluate", "report"):  # each subcommand's own help works too
+    for name in ("batch", "evaluate", "report", "models"):  # each subcommand's own help works too
         assert runner.invoke(app, [name, "--help"]).exit_code == 0
 
 
@@ -26,6 +28,10 @@ def test_help_does_not_import_torch() -> None:
     """``--help`` must be instant: the CLI module may not pull torch or SimpleITK at import time."""
     code = ("import sys; import rlreg.cli.main as m; "
             "print(any(k in sys.modules for k in ('torch', 'SimpleITK', 'monai')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+    code = ("import sys; from typer.testing import CliRunner; from rlreg.cli.main import app; "
+            "CliRunner().invoke(app, ['models', 'list']); print('torch' in sys.modules)")  # listing is quick too
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 
@@ -73,3 +79,45 @@ def test_train_command_runs_a_tiny_recipe_and_reports_json(tmp_path) -> None:
     assert summary["history"][-1]["step"] == 2 and (tmp_path / "run" / "model.pt").exists()
     bad = runner.invoke(app, ["train", str(recipe), "loop.bogus=1"])
     assert bad.exit_code == 2 and "unknown config keys ['loop.bogus']" in bad.output
+
+
+def test_models_list_and_info_show_the_shipped_digits_model() -> None:
+    table = runner.invoke(app, ["models", "list"])
+    assert table.exit_code == 0, table.output
+    header, *lines = table.output.splitlines()
+    assert header.split()[:2] == ["name", "ndim"] and "headline metric" in header
+    row = next(line for line in lines if line.startswith("digits "))
+    assert row.split()[:4] == ["digits", "2", "-", "222,052"] and "28x28" in row and "dice05_best 0.8826" in row
+    digits = next(r for r in json.loads(runner.invoke(app, ["models", "list", "--json"]).output)
+                  if r["name"] == "digits")
+    assert digits["default"] is False and digits["working_grid"] == [28, 28] and digits["file_size_bytes"] > 0
+
+    info = runner.invoke(app, ["models", "info", "digits"])
+    assert info.exit_code == 0, info.output
+    assert "not a default" in info.output and "checksum ok" in info.output and "training_data" in info.output
+    data = json.loads(runner.invoke(app, ["models", "info", "digits", "--json"]).output)
+    assert data["card"] == models.available()["digits"]
+    assert data["file"]["checksum"] == "ok" and data["file"]["size_bytes"] == digits["file_size_bytes"]
+
+
+def test_models_info_of_an_unknown_name_fails_in_one_line() -> None:
+    result = runner.invoke(app, ["models", "info", "brain"])
+    assert result.exit_code == 2
+    lines = [line for line in result.output.strip().splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: no shipped model named 'brain'; available: ")
+    assert "digits" in lines[0]
+
+
+def test_models_of_a_registry_with_a_default_and_a_damaged_file(tmp_path, monkeypatch) -> None:
+    (tmp_path / "brain.pt").write_bytes(b"0" * 2500)
+    card = {"file": "brain.pt", "sha256": "f" * 64, "ndim": 3, "default": True, "working_spacing_mm": 2.0,
+            "parameters": 1234, "recommended_steps": 10, "metrics": {"dice": 0.8}, "headline_metric": "dice"}
+    (tmp_path / "models.json").write_text(json.dumps({"brain": card}))
+    monkeypatch.setattr(models, "MODELS_DIR", tmp_path)
+    monkeypatch.setattr(models, "REGISTRY", tmp_path / "models.json")
+    row = runner.invoke(app, ["models", "list"]).output.splitlines()[1]
+    assert row.split() == ["brain", "3", "3-D", "1,234", "2", "mm", "10", "dice", "0.8", "2.5", "kB"]
+    info = runner.invoke(app, ["models", "info", "brain"])
+    assert info.exit_code == 1 and "the default for 3-D inputs" in info.output and "checksum mismatch" in info.output
+    assert json.loads(runner.invoke(app, ["models", "info", "brain", "--json"]).output)["file"]["checksum"] == (
+        "mismatch")

@@ -51,3 +51,55 @@ def test_export_strips_optimisers_and_checksum_is_enforced(tmp_path, monkeypatch
     with pytest.raises(ValueError, match="no shipped model named 'nope'; available: toy"):
         models.load("nope")
     assert json.loads((shipped / "models.json").read_text())["toy"]["file"] == "toy.pt"
+
+
+def _registry(folder, monkeypatch, cards: dict) -> None:
+    """Point rlreg.models at a temporary models.json holding ``cards``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "models.json").write_text(json.dumps(cards))
+    monkeypatch.setattr(models, "MODELS_DIR", folder)
+    monkeypatch.setattr(models, "REGISTRY", folder / "models.json")
+
+
+def _card(ndim: int, **extra) -> dict:
+    return {"file": "x.pt", "sha256": "0" * 64, "ndim": ndim, **extra}
+
+
+def test_default_for_reads_the_default_card_of_each_dimensionality(tmp_path, monkeypatch) -> None:
+    _registry(tmp_path / "none", monkeypatch, {"a2": _card(2), "b3": _card(3)})
+    assert models.default_for(2) is None and models.default_for(3) is None
+    assert models.resolve(None, 3) is None  # no default: instance optimisation
+
+    _registry(tmp_path / "one", monkeypatch, {"a2": _card(2), "b3": _card(3, default=True), "c3": _card(3)})
+    assert models.default_for(3) == "b3" and models.default_for(2) is None
+    assert models.resolve(None, 3) == "b3" and models.resolve(models.NO_MODEL, 3) is None
+    assert models.resolve("c3", 3) == "c3"
+
+    _registry(tmp_path / "two", monkeypatch, {"b3": _card(3, default=True), "c3": _card(3, default=True)})
+    with pytest.raises(ValueError, match=r"2 models are the default for 3-D inputs \(b3, c3\)"):
+        models.default_for(3)
+
+
+def test_the_shipped_digits_model_is_not_a_default() -> None:
+    """28x28 digits would be the wrong agent for a medical 2D image: only --model digits runs it."""
+    assert not models.available()["digits"].get("default", False) and models.default_for(2) != "digits"
+
+
+def test_registry_consistency_is_checked(tmp_path, monkeypatch) -> None:
+    _registry(tmp_path / "a", monkeypatch, {"none": _card(3)})
+    with pytest.raises(ValueError, match="may not be named 'none'"):
+        models.available()
+    _registry(tmp_path / "b", monkeypatch, {"m": _card(3, working_grid=[8, 8, 8], working_spacing_mm=2.0)})
+    with pytest.raises(ValueError, match="both working_grid and working_spacing_mm"):
+        models.available()
+    _registry(tmp_path / "c", monkeypatch, {"m": _card(3, working_grid=[8, 8])})
+    with pytest.raises(ValueError, match="not 3-D"):
+        models.available()
+
+
+def test_working_grid_from_a_spacing_covers_the_field_of_view() -> None:
+    size, spacing = (20, 24, 30), (1.5, 1.0, 1.2)  # extents 28.5, 23, 34.8 mm
+    assert models.working_grid(_card(3, working_spacing_mm=2.5), size, spacing) == (12, 10, 15)  # round(e / 2.5) + 1
+    assert models.working_grid(_card(3, working_spacing_mm=0.5), size, spacing) == size  # never finer than the image
+    assert models.working_grid(_card(2, working_grid=[28, 28]), (64, 48), (1.0, 1.0)) == (28, 28)
+    assert models.working_grid(_card(3), size, spacing) == size

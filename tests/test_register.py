@@ -9,13 +9,14 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
-from phantoms import write_pair
+from phantoms import phantom, write_pair
 from typer.testing import CliRunner
 
+import rlreg.models as models
 from rlreg.cli.main import app
 from rlreg.io import Geometry, InputError, read_image
 from rlreg.pipelines import register as register_module
-from rlreg.pipelines.register import RegisterOptions, apply_transform, invert_transform, register
+from rlreg.pipelines.register import RegisterOptions, apply_transform, invert_transform, prepare, register
 from rlreg.transforms import chain_from_world, read_transform, world_jacobian
 
 runner = CliRunner()
@@ -308,3 +309,107 @@ def test_digits_model_through_the_cli(tmp_path, suffix) -> None:
     assert report["qc"]["lncc_after"] > report["qc"]["lncc_before"] + 0.2
     assert (out / "steps" / "registration.gif").exists()
     assert (out / "steps" / f"step_{steps:03d}_warp.nii.gz").exists()
+
+
+# ---------------------------------------------------------------------------------------------------- default model
+@pytest.fixture
+def default3d(tmp_path, monkeypatch) -> str:
+    """A temporary registry whose only model is a fresh (untrained) tiny 3D agent marked default, acting on a 2 mm
+    grid; returns its name."""
+    from rlreg.networks import NetworkConfig
+    from rlreg.sac import Agent, AgentConfig
+
+    folder = tmp_path / "models"
+    torch.manual_seed(0)
+    config = AgentConfig(network=NetworkConfig(ndim=3, widths=(4, 8), plan_dim=6, critic_widths=(4,), critic_hidden=8))
+    path = Agent(config).save(folder / "tiny3d.pt")
+    card = {"file": path.name, "sha256": models.sha256(path), "ndim": 3, "default": True, "working_spacing_mm": 2.0,
+            "recommended_steps": 2, "max_steps": 2}
+    (folder / "models.json").write_text(json.dumps({"tiny3d": card}))
+    monkeypatch.setattr(models, "MODELS_DIR", folder)
+    monkeypatch.setattr(models, "REGISTRY", folder / "models.json")
+    return "tiny3d"
+
+
+@pytest.fixture(scope="module")
+def shifted3d(tmp_path_factory) -> dict:
+    """24^3 phantoms at 1 mm on one axis-aligned grid, the moving object shifted by (2, -1.5, 1) mm and reshaped."""
+    folder = tmp_path_factory.mktemp("shifted")
+    paths = {}
+    for name, centre, radii in (("fixed", (0.0, 0.0, 0.0), (7.0, 6.0, 6.5)), ("moving", (2.0, -1.5, 1.0),
+                                                                             (7.5, 5.5, 6.5))):
+        image, seg = phantom((24, 24, 24), (1.0, 1.0, 1.0), (-11.5, -11.5, -11.5), np.eye(3), centre, radii)
+        paths[name], paths[f"{name}_seg"] = folder / f"{name}.nii.gz", folder / f"{name}_seg.nii.gz"
+        sitk.WriteImage(image, str(paths[name]))
+        sitk.WriteImage(seg, str(paths[f"{name}_seg"]))
+    return paths
+
+
+def test_the_default_model_of_the_input_dimensionality_runs(default3d, pair3d, tmp_path) -> None:
+    report = register(RegisterOptions(pair3d["fixed"], pair3d["moving"], tmp_path / "default", affine=False))
+    method = report.method
+    assert method["deformable"] == "rl-agent" and method["model"] == default3d and method["model_asked"] == "default"
+    assert method["steps"] == 2  # the card's recommended_steps
+    # the fixed image (30 x 28 x 22 voxels of 1.2 x 0.9 x 1.5 mm, tensor order reversed) at 2 mm: extents 31.5,
+    # 24.3, 34.8 mm -> round(e / 2) + 1
+    assert method["working_grid"] == [17, 13, 18]
+    assert json.loads((tmp_path / "default" / "rlreg.json").read_text())["method"]["model"] == default3d
+
+    result = runner.invoke(app, ["register", str(pair3d["fixed"]), str(pair3d["moving"]), "-o", str(tmp_path / "io"),
+                                 "--model", "none", "--steps", "4", "--no-affine", "--device", "cpu", "--json"])
+    assert result.exit_code == 0, result.output
+    method = json.loads(result.output)["method"]
+    assert method["deformable"] == "instance-optimisation" and method["model"] is None
+    assert method["model_asked"] == "none" and method["note"].startswith("--model none")
+
+
+def test_refine_continues_the_agent_field(default3d, shifted3d, tmp_path) -> None:
+    """An untrained agent barely moves; 30 refinement iterations from its field must raise LNCC and Dice."""
+    runs = {}
+    for refine in (0, 30):
+        runs[refine] = register(RegisterOptions(
+            shifted3d["fixed"], shifted3d["moving"], tmp_path / f"refine{refine}", fixed_seg=shifted3d["fixed_seg"],
+            moving_seg=shifted3d["moving_seg"], affine=False, refine=refine, save_steps=refine > 0))
+    plain, refined = runs[0], runs[30]
+    assert "refine" not in plain.method and set(plain.method["seconds"]) == {"agent"}
+    assert refined.qc["lncc_after"] > plain.qc["lncc_after"] + 0.05
+    assert refined.qc["dice_after"] > plain.qc["dice_after"] + 0.02
+    block = refined.method["refine"]
+    assert block["iterations"] == 30 and block["factor"] == 2 and block["working_grid"] == [24, 24, 24]
+    assert block["lncc_after"] > block["lncc_before"]
+    assert set(refined.method["seconds"]) == {"agent", "refine"} and refined.method["seconds"]["refine"] > 0
+    written = json.loads((tmp_path / "refine30" / "rlreg.json").read_text())
+    assert written["method"]["refine"]["lncc_after"] == pytest.approx(block["lncc_after"])
+    # the curve: agent steps 0..2, then the 30 refinement iterations on the same (agent) grid
+    assert [s["step"] for s in written["steps"]] == list(range(33))
+    assert [s.get("phase") for s in written["steps"]][2:4] == [None, "refine"]
+    assert written["steps"][-1]["lncc"] > written["steps"][2]["lncc"]
+    # --save-steps: 2 agent steps, then the refined field, which is the one written
+    table = json.loads((tmp_path / "refine30" / "steps" / "steps.json").read_text())
+    assert len(table) == 3 and table[-1]["dice"] == pytest.approx(refined.qc["dice_after"])
+
+
+def test_refine_without_an_agent_is_refused(pair3d, tmp_path, monkeypatch) -> None:
+    _fails_in_one_line([pair3d["fixed"], pair3d["moving"], "-o", tmp_path / "o", "--model", "none", "--refine", "5"],
+                       "--refine 5", "--model none asks for it", "pick an agent with --model")
+    monkeypatch.setattr(models, "REGISTRY", tmp_path / "no-models.json")  # nothing ships
+    with pytest.raises(InputError, match="no default agent ships for 3-D inputs"):
+        prepare(RegisterOptions(pair3d["fixed"], pair3d["moving"], tmp_path / "p", refine=5))
+    with pytest.raises(ValueError, match="refine must be >= 0"):
+        RegisterOptions(pair3d["fixed"], pair3d["moving"], tmp_path / "p", refine=-1)
+
+
+def test_refine_settings_split_device_batches_and_batch_runs(default3d, shifted3d, tmp_path) -> None:
+    from rlreg.pipelines.batch import _settings_record
+
+    def options(**kwargs) -> RegisterOptions:
+        return RegisterOptions(shifted3d["fixed"], shifted3d["moving"], tmp_path / "p", affine=False, **kwargs)
+
+    keys = {prepare(options(**kwargs)).batch_key for kwargs in ({}, {"refine": 30}, {"refine": 30, "refine_factor": 1},
+                                                                {"refine": 10})}
+    assert len(keys) == 4
+    plain = _settings_record(options())
+    assert plain["models_used"]["3-D"].startswith(f"{default3d} sha256:")
+    assert plain["models_used"]["2-D"] == "instance-optimisation"
+    assert _settings_record(options(refine=30)) != plain
+    assert _settings_record(options(model="none"))["models_used"]["3-D"] == "instance-optimisation"
