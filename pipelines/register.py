@@ -37,7 +37,15 @@ from rlreg.io import Geometry, Image, InputError, atomic_output, read_image, wri
 from rlreg.losses import lncc
 from rlreg.metrics import mean_dice
 from rlreg.models import NO_MODEL, sha256
-from rlreg.spatial import folding_percent, resize_displacement, sdlogj, warp
+from rlreg.spatial import (
+    folding_percent,
+    orientation_axes,
+    reorient,
+    reorient_field_back,
+    resize_displacement,
+    sdlogj,
+    warp,
+)
 from rlreg.transforms import (
     composite_transform,
     invert_world,
@@ -242,13 +250,16 @@ class Prepared:
     """(1, 1, *R) affinely aligned moving image on that grid."""
     refine_mask: Tensor | None = None
     """(1, 1, *R) similarity weights of the refinement, from the fixed mask."""
+    orientation: tuple[tuple[int, ...], tuple[bool, ...]] | None = None
+    """Axis permutation and flips that bring the working grid to the orientation the agent was trained in (the
+    card's ``orientation``; :func:`rlreg.spatial.orientation_axes`), ``None`` when the card has none."""
 
     @property
     def batch_key(self) -> tuple[Any, ...]:
         """Pairs with equal keys can share one device batch in :func:`deform`."""
         opts = self.options
         return (self.model, opts.steps, opts.instance, tuple(self.working_fixed.shape), self.working_mask is None,
-                opts.save_steps, opts.refine, opts.refine_factor,
+                opts.save_steps, opts.refine, opts.refine_factor, self.orientation,
                 None if self.refine_fixed is None else tuple(self.refine_fixed.shape), self.refine_mask is None)
 
 
@@ -275,7 +286,9 @@ def _load_agent(name: str, checksum: str, device: str):
 
 
 def _run_agent(name: str, fixed: Tensor, moving: Tensor, steps: int | None, keep: bool,
-               say: Progress) -> list[Deformable]:
+               say: Progress, orientation: tuple[tuple[int, ...], tuple[bool, ...]] | None = None) -> list[Deformable]:
+    """Run a shipped agent ``steps`` steps on ``(B, 1, *W)`` working images (reoriented to the agent's training
+    orientation and back when ``orientation`` is given)."""
     from rlreg.networks import count_parameters
     from rlreg.tasks.registration import RegistrationTask
 
@@ -283,6 +296,8 @@ def _run_agent(name: str, fixed: Tensor, moving: Tensor, steps: int | None, keep
     agent = _load_agent(name, card["sha256"], str(fixed.device))
     steps = steps or int(card.get("recommended_steps", agent.config.task.max_steps))
     task = RegistrationTask(replace(agent.config.task, reward="lncc", max_steps=steps + 1))
+    if orientation is not None:
+        fixed, moving = reorient(fixed, *orientation), reorient(moving, *orientation)
     state = task.reset(fixed, moving)
     batch = fixed.shape[0]
     history: list[Tensor] = []
@@ -292,15 +307,21 @@ def _run_agent(name: str, fixed: Tensor, moving: Tensor, steps: int | None, keep
             state = task.step(agent.act(state, deterministic=True).action).state
             scores.append(lncc(fixed, task.warped, window=9, reduction="batch").cpu())
             if keep:
-                history.append(task.field.cpu().clone())
+                history.append(_back(task.field, orientation).cpu())
             say("deformable", t, steps)
     method = {"deformable": "rl-agent", "model": name, "model_version": card.get("version", __version__),
               "model_sha256": card["sha256"], "parameters": count_parameters(agent.planner) + count_parameters(
                   agent.actor), "steps": steps, "working_grid": list(fixed.shape[2:]), "card": card}
-    field = task.field.cpu()
+    method["orientation"] = None if orientation is None else {"perm": list(orientation[0]),
+                                                               "flips": list(orientation[1])}
+    field = _back(task.field, orientation).cpu()
     return [Deformable(field[b:b + 1], [h[b:b + 1] for h in history],
                        [{"step": t, "lncc": float(s[b])} for t, s in enumerate(scores)], dict(method), 0.0)
             for b in range(batch)]
+
+
+def _back(field: Tensor, orientation: tuple[tuple[int, ...], tuple[bool, ...]] | None) -> Tensor:
+    return field.clone() if orientation is None else reorient_field_back(field, *orientation)
 
 
 def _refine(results: list[Deformable], working: tuple[Tensor, Tensor], refine: tuple[Tensor, Tensor],
@@ -454,6 +475,8 @@ def prepare(options: RegisterOptions, progress: Progress | None = None) -> Prepa
     prepared = Prepared(opts, fixed, moving, fixed_seg, moving_seg, fixed_mask, model, card, fixed_norm, moving_norm,
                         transform, to_moving, moving_affine, _resize(fixed_norm, size), _resize(moving_affine, size),
                         None if fixed_binary is None or card is not None else _resize(fixed_binary, size), seconds)
+    if card is not None and card.get("orientation"):
+        prepared.orientation = orientation_axes(fixed.geometry.direction, card["orientation"])
     if card is not None and opts.refine:
         prepared.refine_fixed = _resize(fixed_norm, instance_size)
         prepared.refine_moving = _resize(moving_affine, instance_size)
@@ -494,7 +517,7 @@ def deform(batch: list[Prepared], device: torch.device | str = "cpu",
                                 stacked([p.working_mask for p in batch]))
         seconds = elapsed_since(t0)
     else:
-        results = _run_agent(batch[0].model, fixed, moving, first.steps, first.save_steps, say)
+        results = _run_agent(batch[0].model, fixed, moving, first.steps, first.save_steps, say, batch[0].orientation)
         split = {"agent": elapsed_since(t0) / len(batch)}
         if first.refine:  # the batch key guarantees every pair has its refinement-grid images
             t1 = time.perf_counter()

@@ -22,9 +22,11 @@ from __future__ import annotations
 
 import functools
 import itertools
+from collections.abc import Sequence
 from enum import Enum
 from typing import Literal
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -38,6 +40,9 @@ __all__ = [
     "integrate_velocity",
     "invert",
     "jacobian_determinant",
+    "orientation_axes",
+    "reorient",
+    "reorient_field_back",
     "resize_displacement",
     "sample_points",
     "sdlogj",
@@ -410,3 +415,49 @@ class SpatialTransformer(nn.Module):
     def forward(self, image: Tensor, displacement: Tensor) -> Tensor:
         """``(N, C, *S)`` image, ``(N, ndim, *S)`` voxel displacement -> ``(N, C, *S)`` warped image."""
         return warp(image, displacement, self.mode, self.padding)
+
+
+def orientation_axes(direction: Sequence[float], target: Sequence[float]) -> tuple[tuple[int, ...], tuple[bool, ...]]:
+    """The axis permutation and flips that bring an image grid closest to a target orientation (no resampling).
+
+    A network trained on images in one array orientation (e.g. the MNI152 template's) sees a grid stored another
+    way (LIP, RAS, ...) as a rotated, mirrored brain. Permuting and flipping the array axes is exact and cheap;
+    for oblique grids it gives the nearest axis-aligned orientation.
+
+    Args:
+        direction: the grid's row-major ``ndim x ndim`` direction cosines (column ``j`` = world direction of index
+            axis ``j``, ITK/SimpleITK order: x first).
+        target: the target grid's direction, same layout.
+
+    Returns:
+        ``(perm, flips)`` over **tensor** axes (``(z, y, x)`` order in 3-D): canonical tensor axis ``b`` is source
+        axis ``perm[b]``, reversed when ``flips[b]``. Use with :func:`reorient` and :func:`reorient_field_back`.
+    """
+    ndim = round(len(direction) ** 0.5)
+    source = np.asarray(direction, dtype=np.float64).reshape(ndim, ndim)[:, ::-1]  # columns in tensor-axis order
+    goal = np.asarray(target, dtype=np.float64).reshape(ndim, ndim)[:, ::-1]
+    dots = goal.T @ source  # [b, a] = target axis b . source axis a
+    best = max(itertools.permutations(range(ndim)), key=lambda p: sum(abs(dots[b, p[b]]) for b in range(ndim)))
+    return tuple(int(a) for a in best), tuple(bool(dots[b, best[b]] < 0) for b in range(ndim))
+
+
+def reorient(image: Tensor, perm: Sequence[int], flips: Sequence[bool]) -> Tensor:
+    """``(N, C, *S)`` image in the canonical orientation of :func:`orientation_axes` (a view-like copy)."""
+    out = image.permute(0, 1, *(2 + a for a in perm))
+    dims = [2 + b for b, flip in enumerate(flips) if flip]
+    return out.flip(dims) if dims else out.contiguous()
+
+
+def reorient_field_back(field: Tensor, perm: Sequence[int], flips: Sequence[bool]) -> Tensor:
+    """Bring a ``(N, ndim, *S_canonical)`` voxel displacement back to the source grid's axes.
+
+    Undoes :func:`reorient` on the spatial axes and maps the vector components: a flipped axis negates its
+    component, and canonical component ``b`` becomes source component ``perm[b]``.
+    """
+    ndim = len(perm)
+    dims = [2 + b for b, flip in enumerate(flips) if flip]
+    signs = torch.tensor([-1.0 if flip else 1.0 for flip in flips], dtype=field.dtype, device=field.device)
+    out = field.flip(dims) if dims else field
+    out = out * signs.view(1, ndim, *([1] * ndim))
+    inverse = [perm.index(a) for a in range(ndim)]
+    return out[:, inverse].permute(0, 1, *(2 + b for b in inverse)).contiguous()

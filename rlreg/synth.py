@@ -339,8 +339,9 @@ def brain_template(spacing_mm: float = 2.0) -> BrainTemplate:
     t1 = resample(sitk.Cast(template, sitk.sitkFloat32), sitk.sitkLinear, sitk.sitkFloat32)
     brain = resample(sitk.Cast(mask, sitk.sitkFloat32), sitk.sitkLinear, sitk.sitkFloat32) > 0.5
     dk = resample(atlas, sitk.sitkNearestNeighbor, sitk.sitkInt32)
-    ids = np.unique(dk[dk > 0])
-    lookup = np.zeros(int(dk.max()) + 1, dtype=np.int64)
+    full = sitk.GetArrayViewFromImage(atlas)
+    ids = np.unique(full[full > 0])  # every atlas id, so label numbers do not depend on the spacing
+    lookup = np.zeros(int(ids.max()) + 1, dtype=np.int64)
     lookup[ids] = np.arange(1, len(ids) + 1)
     labels = lookup[dk]
     inside = t1[brain]
