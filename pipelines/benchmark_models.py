@@ -238,7 +238,7 @@ def render(store: dict[str, Any], environment: dict[str, Any]) -> str:
                          f"{_fmt(r['model_seconds_per_pair'], 2)} | {r['parameters'] or 0:,} | "
                          f"{_fmt(r['peak_rss_gib'], 2)} |")
         lines.append("")
-    lines += _budgets() + ["", "![Dice per pair, each method](img/models_dice.png)", "", END]
+    lines += [*_budgets(), "", "![Dice per pair, each method](img/models_dice.png)", "", END]
     return "\n".join(lines) + "\n"
 
 
