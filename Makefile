@@ -42,6 +42,10 @@ bench: $(STAMP)
 	$(BIN)/rlreg benchmark digits
 	$(BIN)/python -m rlreg.pipelines.benchmark_register
 	$(BIN)/python -m rlreg.pipelines.benchmark_batch
+	$(BIN)/python -m rlreg.pipelines.benchmark_agent
+	test -f runs/voxelmorph-brain/model.pt || $(BIN)/python -m rlreg.pipelines.benchmark_models train-voxelmorph
+	$(BIN)/python -m rlreg.pipelines.benchmark_models run --dataset abagen2 --pairs 6
+	$(BIN)/python -m rlreg.pipelines.benchmark_models run --dataset mni2 --pairs 4
 
 clean:
 	rm -rf $(VENV) out .pytest_cache .ruff_cache
