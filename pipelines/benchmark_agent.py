@@ -87,6 +87,7 @@ def main(argv: list[str] | None = None) -> None:
     from pathlib import Path
 
     from rlreg.pipelines.benchmark_register import _environment, write_section
+    from rlreg.pipelines.benchmark_spatial import load_average
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=1)
@@ -94,6 +95,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--output", type=Path, default=Path("docs/benchmarks.md"))
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    load = load_average()
     rows = []
     for lever in LEVERS:
         try:
@@ -103,7 +105,7 @@ def main(argv: list[str] | None = None) -> None:
         rows.append((lever, result))
         print(lever.name, result, flush=True)
     base = rows[0][1]["seconds"]
-    env = _environment(None, Path("out"))
+    env = _environment(load, Path("out"))
     lines = [BEGIN, "## Agent speed levers (3-D brain pair, model time only)", "",
              f"`python -m rlreg.pipelines.benchmark_agent --threads {args.threads}`: one pair, {args.threads} CPU "
              f"thread(s), median of {args.repeats} episodes, every row in the same invocation; {env['cpu']}, torch "

@@ -373,7 +373,8 @@ def _environment(load_at_start: float | None, work: Path) -> dict[str, Any]:
     from rlreg.pipelines.benchmark_spatial import _cpu_name, load_average
 
     end = load_average()
-    load = "n/a" if end is None else f"{load_at_start:.1f} at start, {end:.1f} at end (1-min average)"
+    start = "n/a" if load_at_start is None else f"{load_at_start:.1f}"
+    load = "n/a" if end is None else f"{start} at start, {end:.1f} at end (1-min average)"
     return {"cpu": f"{_cpu_name()} ({os.cpu_count()} logical CPUs)", "threads": torch.get_num_threads(),
             "torch": torch.__version__, "python": platform.python_version(),
             "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "load": load,

@@ -236,7 +236,7 @@ def write_mni_deformed_dataset(folder: Path, pairs: int = 10, resolution: float 
     brain-like training family shares this template, so the set is a sanity check, not evidence of generalisation.
     Files already present are kept. Returns ``pairs.csv`` (``id,fixed,moving,fixed_seg,moving_seg``).
     """
-    from rlreg.spatial import warp
+    from rlreg.spatial import compose, warp
     from rlreg.synth import brain_template, random_affine_field, random_smooth_field
 
     folder = Path(folder)
@@ -263,7 +263,7 @@ def write_mni_deformed_dataset(folder: Path, pairs: int = 10, resolution: float 
         affine = random_affine_field(1, shape, generator, "cpu", rotation_deg=8.0, scaling=0.08, shear=0.03,
                                      shift_voxels=6.0 * voxels)
         smooth = random_smooth_field(1, shape, generator, "cpu", grid=6, max_std=6.0 * voxels)
-        field = smooth + warp(affine, smooth, padding="border")
+        field = compose(affine, smooth)
         name = f"deformed_{k:02d}"
         write(warp(template.image, field)[0, 0].numpy(), folder / f"{name}.nii.gz", sitk.sitkFloat32)
         write(warp(template.labels, field, "label")[0, 0].numpy().astype(np.int32), folder / f"{name}_seg.nii.gz",

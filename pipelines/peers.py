@@ -183,6 +183,15 @@ def _start(out: Path) -> None:
     (out / PEER_RECORD).unlink(missing_ok=True)
 
 
+def _load_tool(load: Callable[[], Any], started: float) -> tuple[Any, dict[str, float], float]:
+    """Import a peer tool, timed as ``seconds["setup"]`` and kept out of the pair's total: returns the module, the
+    seconds dict and the start time moved forward by the setup."""
+    t0 = time.perf_counter()
+    tool = load()
+    setup = time.perf_counter() - t0
+    return tool, {"setup": setup}, started + setup
+
+
 def _finish_record(out: Path, record: PeerRecord) -> PeerRecord:
     (out / ERROR_RECORD).unlink(missing_ok=True)
     record.outputs["record"] = str(out / PEER_RECORD)
@@ -316,13 +325,9 @@ def register_syn(fixed: Path, moving: Path, out: Path, threads: int = 1, seed: i
     Returns:
         The record written to ``peer.json`` (times in seconds, memory in GiB).
     """
-    started = time.perf_counter()
-    out = Path(out)
+    started, out = time.perf_counter(), Path(out)
     _start(out)
-    t0 = time.perf_counter()
-    ants = _ants()
-    seconds = {"setup": time.perf_counter() - t0}
-    started += seconds["setup"]
+    ants, seconds, started = _load_tool(_ants, started)
     # The environment is in place before ANTs touches ITK at all (ants.from_numpy included): ANTsPy's ITK fixes its
     # thread count at that first use.
     with _threads(threads), tempfile.TemporaryDirectory(prefix="rlreg-syn-") as scratch, \
@@ -449,13 +454,9 @@ def register_elastix(fixed: Path, moving: Path, out: Path, threads: int = 1, kee
     Returns:
         The record written to ``peer.json`` (times in seconds, memory in GiB).
     """
-    started = time.perf_counter()
-    out = Path(out)
+    started, out = time.perf_counter(), Path(out)
     _start(out)
-    t0 = time.perf_counter()
-    itk = _itk()
-    seconds = {"setup": time.perf_counter() - t0}
-    started += seconds["setup"]
+    itk, seconds, started = _load_tool(_itk, started)
     parameters, effective = _elastix_maps(itk, overrides)
     threader = itk.MultiThreaderBase
     maximum, default = threader.GetGlobalMaximumNumberOfThreads(), threader.GetGlobalDefaultNumberOfThreads()

@@ -522,8 +522,7 @@ def deform(batch: list[Prepared], device: torch.device | str = "cpu",
         if first.refine:  # the batch key guarantees every pair has its refinement-grid images
             t1 = time.perf_counter()
             config = replace(first.instance, levels=(first.refine_factor,), iterations=(first.refine,))
-            refine_images = (torch.cat([p.refine_fixed for p in batch if p.refine_fixed is not None]).to(device),
-                             torch.cat([p.refine_moving for p in batch if p.refine_moving is not None]).to(device))
+            refine_images = (stacked([p.refine_fixed for p in batch]), stacked([p.refine_moving for p in batch]))
             _refine(results, (fixed, moving), refine_images, stacked([p.refine_mask for p in batch]), config,
                     first.save_steps, say)
             split["refine"] = elapsed_since(t1) / len(batch)

@@ -11,10 +11,11 @@ continues from it and, on CPU, reproduces the uninterrupted run exactly.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -360,15 +361,7 @@ def _autocast(mode: str, device: torch.device) -> Callable[[], contextlib.Abstra
     if mode not in ("auto", "bf16", "off"):
         raise ValueError(f"loop.amp must be auto, bf16 or off, got {mode!r}")
     enabled = mode == "bf16" or (mode == "auto" and device.type == "cuda")
-    if not enabled:
-        return contextlib.nullcontext
-
-    @contextlib.contextmanager
-    def context() -> Iterator[None]:
-        with torch.autocast(device.type, dtype=torch.bfloat16):
-            yield
-
-    return context
+    return functools.partial(torch.autocast, device.type, dtype=torch.bfloat16) if enabled else contextlib.nullcontext
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from rlreg.spatial import identity_grid, integrate_velocity, resize_displacement, warp
+from rlreg.spatial import compose, identity_grid, integrate_velocity, resize_displacement, warp
 
 __all__ = [
     "BrainTemplate",
@@ -396,8 +396,7 @@ class SynthPairs:
         affine = random_affine_field(count, shape, generator, device, c.rotation_deg, c.scaling, c.shear,
                                      c.shift_voxels)
         smooth = random_smooth_field(count, shape, generator, device, c.deform_grid, c.max_velocity)
-        # apply the smooth field first, then the affine: x -> x + s(x) -> ... both pull-backs, composed once
-        return smooth + warp(affine, smooth, padding="border")
+        return compose(affine, smooth)  # one displacement: the smooth field, then the affine
 
     def sample(self, count: int, generator: torch.Generator, device: torch.device | str = "cpu") -> SynthBatch:
         """``count`` new pairs, drawn from ``generator`` (CPU), built on ``device``."""
