@@ -120,7 +120,7 @@ def register(
     refine: Annotated[int, typer.Option(min=0, help=REFINE_HELP)] = 0,
     refine_factor: Annotated[int, typer.Option(min=1, help=REFINE_FACTOR_HELP)] = 2,
     affine: Annotated[bool, typer.Option("--affine/--no-affine", help="Rigid + affine pre-alignment.")] = True,
-    smoothness: Annotated[float | None, typer.Option(help="Instance optimisation: diffusion weight [default: 4]; "
+    smoothness: Annotated[float | None, typer.Option(help="Instance optimisation: diffusion weight [default: 1]; "
                                                      "lower = sharper, more folding risk.")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda[:N].")] = "auto",
     formats: Annotated[str, typer.Option("--format", help="Extra field exports, comma-separated: slicer, l2r, fsl, "
@@ -198,7 +198,7 @@ def batch(
     refine: Annotated[int, typer.Option(min=0, help=REFINE_HELP)] = 0,
     refine_factor: Annotated[int, typer.Option(min=1, help=REFINE_FACTOR_HELP)] = 2,
     affine: Annotated[bool, typer.Option("--affine/--no-affine", help="Rigid + affine pre-alignment.")] = True,
-    smoothness: Annotated[float | None, typer.Option(help="Instance optimisation: diffusion weight [default: 4].")
+    smoothness: Annotated[float | None, typer.Option(help="Instance optimisation: diffusion weight [default: 1].")
                           ] = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda[:N].")] = "auto",
     formats: Annotated[str, typer.Option("--format", help="Extra field exports per pair: slicer, l2r, fsl, niftyreg, "

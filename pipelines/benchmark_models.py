@@ -259,6 +259,8 @@ def _run(args: argparse.Namespace) -> None:
     if unknown:
         raise SystemExit(f"--methods: unknown {unknown}; choose from {', '.join(METHODS)}")
     result = run_dataset(args.dataset, methods, args.pairs, root, args.refine, Path(args.voxelmorph), args.threads)
+    # Re-read: another invocation (other methods, run alongside on another core) may have stored its results since.
+    store = json.loads(store_path.read_text()) if store_path.exists() else {}
     previous = store.get(args.dataset, {}).get("methods", {})
     result["methods"] = {**{k: v for k, v in previous.items() if k not in result["methods"]}, **result["methods"]}
     result["methods"] = {m: result["methods"][m] for m in METHODS if m in result["methods"]}

