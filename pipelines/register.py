@@ -558,10 +558,10 @@ def finish(prepared: Prepared, result: Deformable, progress: Progress | None = N
     chain = positions_to_displacement(p.to_moving, disp)
     identity_map = index_map(fixed.geometry, moving.geometry)
     same_grid = moving.geometry.size == shape and np.allclose(identity_map, np.eye(fixed.ndim + 1), atol=1e-6)
-    identity_chain = positions_to_displacement(identity_map, shape=shape)
+    identity_chain = None if same_grid else positions_to_displacement(identity_map, shape=shape)
 
     def unaligned(image: Tensor, mode: str = "bilinear") -> Tensor:  # the moving image as it lies on the fixed grid
-        return image if same_grid else warp(image, identity_chain, mode)
+        return image if identity_chain is None else warp(image, identity_chain, mode)
 
     affine_chain = positions_to_displacement(p.to_moving, shape=shape)
     warped = warp(moving.data, chain)

@@ -23,7 +23,9 @@ import SimpleITK as sitk
 import torch
 from torch import Tensor
 
+from rlreg.instance import _Adam, downsample, level_factor
 from rlreg.io import Geometry
+from rlreg.losses import lncc
 from rlreg.spatial import identity_grid, warp
 
 MIN_SAMPLES = 50_000
@@ -153,9 +155,6 @@ def fit_affine(fixed: Tensor, moving: Tensor, fixed_geometry: Geometry, moving_g
     Returns:
         ``(ndim+1, ndim+1)`` homogeneous matrix of ``T`` (fixed LPS mm -> moving LPS mm).
     """
-    from rlreg.instance import MIN_LEVEL_SIZE, _Adam, downsample
-    from rlreg.losses import lncc
-
     ndim, device = fixed.ndim - 2, fixed.device
     fixed, moving = fixed.float(), moving.float().to(device)
     centre_f, centre_m = _centre_of_mass(fixed, fixed_geometry), _centre_of_mass(moving, moving_geometry)
@@ -165,8 +164,7 @@ def fit_affine(fixed: Tensor, moving: Tensor, fixed_geometry: Geometry, moving_g
     to_moving = torch.as_tensor(np.linalg.inv(moving_geometry.index_to_world()), dtype=torch.float64, device=device)
     eye = torch.eye(ndim, dtype=torch.float64, device=device)
     for factor, steps in zip(config.levels, config.steps, strict=True):
-        while factor > 1 and min(min(fixed.shape[2:]), min(moving.shape[2:])) / factor < MIN_LEVEL_SIZE:
-            factor //= 2
+        factor = level_factor(factor, (*fixed.shape[2:], *moving.shape[2:]))
         fixed_l, moving_l = downsample(fixed, factor), downsample(moving, factor)
         scale_f = _level_scale(fixed.shape[2:], fixed_l.shape[2:], device).view(ndim, 1)
         scale_m = _level_scale(moving.shape[2:], moving_l.shape[2:], device).view(ndim, 1)

@@ -25,7 +25,7 @@ from torch import Tensor
 from rlreg.losses import diffusion, multiscale_lncc
 from rlreg.spatial import compose, integrate_velocity, resize_displacement, warp
 
-__all__ = ["MIN_LEVEL_SIZE", "InstanceConfig", "downsample", "optimise_displacement"]
+__all__ = ["MIN_LEVEL_SIZE", "InstanceConfig", "downsample", "level_factor", "optimise_displacement"]
 
 MIN_LEVEL_SIZE = 16
 """Smallest number of voxels along an axis at which a pyramid level is still run at its own factor."""
@@ -61,6 +61,17 @@ class InstanceConfig:
             raise ValueError(f"downsampling factors must be >= 1, got {self.levels}")
 
 
+def level_factor(factor: int, sizes: tuple[int, ...] | torch.Size) -> int:
+    """The pyramid factor actually used for ``factor`` on grids whose smallest axis is ``min(sizes)`` voxels.
+
+    A level coarser than :data:`MIN_LEVEL_SIZE` voxels along an axis has no structure left to match, so the work
+    is done at the finest such factor instead (small images, e.g. 28x28 digits or thin slabs).
+    """
+    while factor > 1 and min(sizes) / factor < MIN_LEVEL_SIZE:
+        factor //= 2
+    return factor
+
+
 def downsample(image: Tensor, factor: int) -> Tensor:
     """Box-smooth then resample a ``(N, C, *S)`` image to ``ceil(S / factor)`` (align_corners=True grids)."""
     if factor == 1:
@@ -93,6 +104,14 @@ class _Adam:
         self.param.grad = None
 
 
+def _field(unknown: Tensor, base: Tensor | None, config: InstanceConfig) -> Tensor:
+    """A level's displacement from its unknown: the displacement itself, or ``compose(base, exp(velocity))``."""
+    if not config.diffeomorphic:
+        return unknown
+    exp = integrate_velocity(unknown, config.integration_steps)
+    return exp if base is None else compose(base, exp)
+
+
 def optimise_displacement(fixed: Tensor, moving: Tensor, config: InstanceConfig = InstanceConfig(),
                           initial: Tensor | None = None,
                           callback: Callable[[int, int, Tensor], None] | None = None,
@@ -122,26 +141,19 @@ def optimise_displacement(fixed: Tensor, moving: Tensor, config: InstanceConfig 
     full = fixed.shape[2:]
     base, disp, velocity = initial, initial, None  # diffeomorphic: disp = compose(base, exp(velocity))
     for level, (factor, iterations) in enumerate(zip(config.levels, config.iterations, strict=True)):
-        # A level coarser than MIN_LEVEL_SIZE voxels along an axis has no structure left to match: do the work at
-        # the finest such factor instead (small images, e.g. 28x28 digits or thin slabs).
-        while factor > 1 and min(full) / factor < MIN_LEVEL_SIZE:
-            factor //= 2
+        factor = level_factor(factor, full)
         fixed_l, moving_l = downsample(fixed, factor), downsample(moving, factor)
         mask_l = None if mask is None else downsample(mask.to(fixed.dtype), factor)
         size = fixed_l.shape[2:]
         zeros = torch.zeros(fixed.shape[0], ndim, *size, dtype=fixed.dtype, device=fixed.device)
+        base_l = None if base is None or not config.diffeomorphic else resize_displacement(base, size)
         if config.diffeomorphic:
-            base_l = None if base is None else resize_displacement(base, size)
             param = (zeros if velocity is None else resize_displacement(velocity, size)).requires_grad_(True)
         else:
             param = (zeros if disp is None else resize_displacement(disp, size)).requires_grad_(True)
         optimiser = _Adam(param, config.learning_rate)
         for it in range(iterations):
-            if config.diffeomorphic:
-                current = integrate_velocity(param, config.integration_steps)
-                current = current if base_l is None else compose(base_l, current)
-            else:
-                current = param
+            current = _field(param, base_l, config)
             similarity = multiscale_lncc(fixed_l, warp(moving_l, current), windows=config.windows,
                                          weights=config.window_weights, reduction="batch" if mask_l is None else "none")
             if mask_l is not None:
@@ -156,11 +168,7 @@ def optimise_displacement(fixed: Tensor, moving: Tensor, config: InstanceConfig 
                 callback(level, it, losses.detach().cpu())
             if field_callback is not None:
                 field_callback(level, it, current.detach())
-        if config.diffeomorphic:
-            velocity = param.detach()
-            with torch.no_grad():
-                disp = integrate_velocity(velocity, config.integration_steps)
-                disp = disp if base_l is None else compose(base_l, disp)
-        else:
-            disp = param.detach()
+        velocity = param.detach() if config.diffeomorphic else None
+        with torch.no_grad():
+            disp = _field(param.detach(), base_l, config)
     return resize_displacement(disp, full)
