@@ -197,6 +197,24 @@ def _settings_record(settings: RegisterOptions) -> dict[str, Any]:
     return json.loads(json.dumps(record, default=str))
 
 
+def _with_new_defaults(stored: dict[str, Any]) -> dict[str, Any]:
+    """A stored settings record with options added to rlreg since it was written filled in at their defaults.
+
+    A run started by an older rlreg then resumes as long as the new options keep their defaults (which reproduce
+    the old behaviour); a new option set to anything else still counts as a change.
+    """
+    from rlreg.affine import AffineConfig
+    from rlreg.instance import InstanceConfig
+
+    defaults = json.loads(json.dumps({"instance": asdict(InstanceConfig()), "affine_config": asdict(AffineConfig())},
+                                     default=str))
+    out = dict(stored)
+    for key, fields in defaults.items():
+        if isinstance(out.get(key), dict):
+            out[key] = {**{k: v for k, v in fields.items() if k not in out[key]}, **out[key]}
+    return out
+
+
 def _write_batch_record(options: BatchOptions, pairs: list[Pair]) -> Path:
     path = options.output / BATCH_RECORD
     settings = _settings_record(options.settings)
@@ -205,6 +223,8 @@ def _write_batch_record(options: BatchOptions, pairs: list[Pair]) -> Path:
             previous = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError):
             previous = {}
+        if previous.get("settings") is not None:
+            previous["settings"] = _with_new_defaults(previous["settings"])
         if previous.get("settings") not in (None, settings):
             changed = sorted(k for k in settings if previous["settings"].get(k) != settings[k])
             raise InputError(f"{options.output}: holds a batch run with other settings ({', '.join(changed)}); "

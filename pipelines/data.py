@@ -331,3 +331,42 @@ def write_dev_dataset(folder: Path, pairs: int = 6, resolution: float = 2.0, see
         moving, moving_seg = subject(f"dev_{k:02d}_b")
         rows.append([f"dev_{k:02d}", fixed, moving, fixed_seg, moving_seg])
     return _write_pair_list(folder, rows)
+
+
+DIGITS_SEED = 20_220_222
+"""Seed of dataset (c)'s digit pairs (drawn from the held-out test digits, which no model trains on)."""
+
+
+def write_digits_dataset(folder: Path, pairs: int = 30, seed: int = DIGITS_SEED) -> Path:
+    """Dataset (c): same-class pairs of held-out MNIST digits as 2-D NIfTI files, for the side-by-side benchmark.
+
+    Digits come from :func:`rlreg.pipelines.digits.split_mnist`'s test split (the ``digits`` model never saw them),
+    paired within a class (:class:`~rlreg.pipelines.digits.DigitPairs`, mode ``same``): registering a 3 to another 3
+    has a meaningful answer, a 3 to a 7 does not (that is the paper's transform task, scored in the digits section).
+    Each digit is ``digit_<index>.nii.gz`` (28 x 28, intensities in ``[0, 1]``, 1 mm pixels, identity direction) with
+    ``digit_<index>_seg.nii.gz`` (the digit binarised at 0.5, label 1). Files already present are kept. Returns
+    ``pairs.csv`` (``id,fixed,moving,fixed_seg,moving_seg``).
+    """
+    from rlreg.pipelines.digits import DigitPairs, split_mnist
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    images, classes = split_mnist()["test"]
+    digits = DigitPairs(images, classes, mode="same")
+    fixed_idx, moving_idx = digits.indices(pairs, torch.Generator().manual_seed(seed))
+    rows = []
+    for k, (f, m) in enumerate(zip(fixed_idx.tolist(), moving_idx.tolist(), strict=True)):
+        names = []
+        for index in (f, m):
+            image = images[index, 0].numpy().astype(np.float32)
+            for suffix, array, pixel in (("", image, sitk.sitkFloat32),
+                                         ("_seg", (image > digits.threshold).astype(np.uint8), sitk.sitkUInt8)):
+                path = folder / f"digit_{index:04d}{suffix}.nii.gz"
+                if not path.exists():
+                    itk_image = sitk.Cast(sitk.GetImageFromArray(array), pixel)
+                    with atomic_output(path) as tmp:
+                        sitk.WriteImage(itk_image, str(tmp), useCompression=True)
+            names.append(f"digit_{index:04d}")
+        rows.append([f"pair_{k:02d}_{int(classes[f])}", f"{names[0]}.nii.gz", f"{names[1]}.nii.gz",
+                     f"{names[0]}_seg.nii.gz", f"{names[1]}_seg.nii.gz"])
+    return _write_pair_list(folder, rows)

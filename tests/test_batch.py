@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import nibabel as nib
@@ -192,6 +193,18 @@ def test_resuming_with_other_settings_is_refused(data: Path, tmp_path: Path) -> 
     with pytest.raises(InputError, match=r"other settings.*steps"):
         run_batch(BatchOptions(str(pairs_csv), out, RegisterOptions(Path(), Path(), Path(), steps=STEPS + 1),
                                workers=0))
+    # A run written before an option existed resumes while that option keeps its default, and not otherwise.
+    record_path = out / "batch.json"
+    record = json.loads(record_path.read_text())
+    del record["settings"]["instance"]["velocity_factor"]
+    record_path.write_text(json.dumps(record))
+    resumed = run_batch(BatchOptions(str(pairs_csv), out, _settings(), workers=0))
+    assert (resumed.skipped, resumed.done) == (1, 0)  # accepted, and the finished pair is kept
+    record["settings"]["instance"].pop("velocity_factor", None)
+    record_path.write_text(json.dumps(record))
+    other = replace(_settings(), instance=replace(_settings().instance, velocity_factor=2))
+    with pytest.raises(InputError, match=r"other settings.*instance"):
+        run_batch(BatchOptions(str(pairs_csv), out, other, workers=0))
     (tmp_path / "theirs").mkdir()
     (tmp_path / "theirs" / "notes.txt").write_text("mine")
     with pytest.raises(InputError, match="not empty"):

