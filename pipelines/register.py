@@ -57,7 +57,7 @@ from rlreg.transforms import (
 )
 
 __all__ = ["FORMATS", "Deformable", "Prepared", "RegisterOptions", "RegisterResult", "check_output_dir", "deform",
-           "finish", "normalise_intensity", "prepare", "register"]
+           "finish", "instance_settings", "normalise_intensity", "prepare", "register"]
 
 FORMATS = ("slicer", "l2r", "fsl", "niftyreg", "dicom")
 DEFAULT_INSTANCE = InstanceConfig(levels=(4, 2, 1), iterations=(60, 30, 10), smoothness=1.0, windows=(5,))
@@ -68,6 +68,18 @@ one thread, against 0.733 for the defaults until session 5 (SimpleITK affine, le
 window 7). The full-resolution level bought the most (+0.09 Dice). ``--smoothness 0.5``: 0.905, folding 0.024 %,
 SDlogJ 0.27; ``--smoothness 2``: 0.885, no folding, SDlogJ 0.11."""
 DEFAULT_SMOOTHNESS = DEFAULT_INSTANCE.smoothness
+DIFFEOMORPHIC_SMOOTHNESS = 0.5
+"""Diffusion weight of ``--diffeomorphic`` (variant ``svf-s0.5-w5-lean`` of ``docs/tuning.md``, by the same rule
+among the velocity variants): dev-set Dice 0.907 ± 0.017, no folding, SDlogJ 0.11, but about 6x the deformable
+time of the default (30 s vs 5 s per 2 mm brain pair on one thread)."""
+
+
+def instance_settings(smoothness: float | None = None, diffeomorphic: bool = False) -> InstanceConfig:
+    """The instance optimisation the command line asks for: the tuned defaults, or their velocity-field variant,
+    with ``smoothness`` (the diffusion weight) overriding the tuned weight when given."""
+    config = replace(DEFAULT_INSTANCE, diffeomorphic=True, smoothness=DIFFEOMORPHIC_SMOOTHNESS) if diffeomorphic \
+        else DEFAULT_INSTANCE
+    return config if smoothness is None else replace(config, smoothness=smoothness)
 SIDECAR = "rlreg.json"
 ERROR_RECORD = "error.json"
 """Written by ``rlreg batch`` in a pair folder whose registration failed (never next to a ``rlreg.json``)."""

@@ -413,3 +413,20 @@ def test_refine_settings_split_device_batches_and_batch_runs(default3d, shifted3
     assert plain["models_used"]["2-D"] == "instance-optimisation"
     assert _settings_record(options(refine=30)) != plain
     assert _settings_record(options(model="none"))["models_used"]["3-D"] == "instance-optimisation"
+
+
+def test_diffeomorphic_option_reaches_the_optimiser_and_does_not_fold(tmp_path) -> None:
+    """``--diffeomorphic``: a velocity field at the tuned weight 0.5 (``--smoothness`` still overrides it), recorded
+    in rlreg.json, and the written field has no folded voxel."""
+    paths = write_pair(tmp_path, 2)
+    base = ["register", str(paths["fixed"]), str(paths["moving"]), "--model", "none", "--steps", "30", "--json"]
+    out = runner.invoke(app, [*base, "-o", str(tmp_path / "svf"), "--diffeomorphic"])
+    assert out.exit_code == 0, out.output
+    record = json.loads(out.stdout)
+    assert record["method"]["config"]["diffeomorphic"] is True
+    assert record["method"]["config"]["smoothness"] == register_module.DIFFEOMORPHIC_SMOOTHNESS
+    assert record["qc"]["folding_percent"] == 0.0
+    out = runner.invoke(app, [*base, "-o", str(tmp_path / "svf2"), "--diffeomorphic", "--smoothness", "2"])
+    assert json.loads(out.stdout)["method"]["config"]["smoothness"] == 2.0
+    out = runner.invoke(app, [*base, "-o", str(tmp_path / "plain")])
+    assert json.loads(out.stdout)["method"]["config"]["diffeomorphic"] is False
