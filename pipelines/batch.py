@@ -201,17 +201,15 @@ def _with_new_defaults(stored: dict[str, Any]) -> dict[str, Any]:
     """A stored settings record with options added to rlreg since it was written filled in at their defaults.
 
     A run started by an older rlreg then resumes as long as the new options keep their defaults (which reproduce
-    the old behaviour); a new option set to anything else still counts as a change.
+    the old behaviour); a new option set to anything else still counts as a change. Only options inside the
+    nested configs (``instance``, ``affine_config``) are filled: a missing top-level entry such as ``models_used``
+    cannot be assumed and still refuses the resume.
     """
-    from rlreg.affine import AffineConfig
-    from rlreg.instance import InstanceConfig
-
-    defaults = json.loads(json.dumps({"instance": asdict(InstanceConfig()), "affine_config": asdict(AffineConfig())},
-                                     default=str))
+    defaults = _settings_record(RegisterOptions(Path(), Path(), Path()))
     out = dict(stored)
-    for key, fields in defaults.items():
-        if isinstance(out.get(key), dict):
-            out[key] = {**{k: v for k, v in fields.items() if k not in out[key]}, **out[key]}
+    for key, value in defaults.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = {**{k: v for k, v in value.items() if k not in out[key]}, **out[key]}
     return out
 
 

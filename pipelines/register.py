@@ -72,14 +72,6 @@ DIFFEOMORPHIC_SMOOTHNESS = 0.5
 """Diffusion weight of ``--diffeomorphic`` (variant ``svf-s0.5-w5-lean`` of ``docs/tuning.md``, by the same rule
 among the velocity variants): dev-set Dice 0.907 ± 0.017, no folding, SDlogJ 0.11, but about 6x the deformable
 time of the default (30 s vs 5 s per 2 mm brain pair on one thread)."""
-
-
-def instance_settings(smoothness: float | None = None, diffeomorphic: bool = False) -> InstanceConfig:
-    """The instance optimisation the command line asks for: the tuned defaults, or their velocity-field variant,
-    with ``smoothness`` (the diffusion weight) overriding the tuned weight when given."""
-    config = replace(DEFAULT_INSTANCE, diffeomorphic=True, smoothness=DIFFEOMORPHIC_SMOOTHNESS) if diffeomorphic \
-        else DEFAULT_INSTANCE
-    return config if smoothness is None else replace(config, smoothness=smoothness)
 SIDECAR = "rlreg.json"
 ERROR_RECORD = "error.json"
 """Written by ``rlreg batch`` in a pair folder whose registration failed (never next to a ``rlreg.json``)."""
@@ -144,6 +136,14 @@ class RegisterResult:
 
 
 # ---------------------------------------------------------------------------------------------------- helpers
+def instance_settings(smoothness: float | None = None, diffeomorphic: bool = False) -> InstanceConfig:
+    """The instance optimisation the command line asks for: the tuned defaults, or their velocity-field variant,
+    with ``smoothness`` (the diffusion weight) overriding the tuned weight when given."""
+    config = replace(DEFAULT_INSTANCE, diffeomorphic=True, smoothness=DIFFEOMORPHIC_SMOOTHNESS) if diffeomorphic \
+        else DEFAULT_INSTANCE
+    return config if smoothness is None else replace(config, smoothness=smoothness)
+
+
 def check_output_dir(output: Path) -> None:
     """Refuse an output folder holding files rlreg did not write (never overwrite someone else's work)."""
     if not output.exists():

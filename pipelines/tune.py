@@ -39,7 +39,7 @@ class Variant:
 _SITK = AffineConfig(backend="simpleitk")
 _OLD = InstanceConfig(smoothness=4.0)
 _FULL = replace(_OLD, levels=(4, 2, 1), iterations=(100, 60, 20))
-_LEAN = replace(_FULL, smoothness=1.0, windows=(5,), iterations=(60, 30, 10))  # the session-5 default
+_LEAN = replace(_FULL, smoothness=1.0, windows=(5,), iterations=(60, 30, 10))  # s1-w5-lean, the session-5 default
 VARIANTS: dict[str, Variant] = {v.name: v for v in (
     Variant("v0-sitk-s4-L42", _OLD, _SITK),  # the defaults until session 5
     Variant("sitk-s1-L42", replace(_OLD, smoothness=1.0), _SITK),
@@ -52,10 +52,10 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in (
     Variant("s1-L421-w5", replace(_FULL, smoothness=1.0, windows=(5,))),
     Variant("s1-w5-short", replace(_FULL, smoothness=1.0, windows=(5,), iterations=(80, 40, 10))),
     Variant("s0.5-w5-short", replace(_FULL, smoothness=0.5, windows=(5,), iterations=(80, 40, 10))),
-    Variant("s0.5-w5-lean", replace(_FULL, smoothness=0.5, windows=(5,), iterations=(60, 30, 10))),
-    Variant("s1-w5-lean", replace(_FULL, smoothness=1.0, windows=(5,), iterations=(60, 30, 10))),
-    Variant("s2-w5-lean", replace(_FULL, smoothness=2.0, windows=(5,), iterations=(60, 30, 10))),
-    Variant("s0.5-w5-lean-fine", replace(_FULL, smoothness=0.5, windows=(5,), iterations=(60, 30, 15))),
+    Variant("s0.5-w5-lean", replace(_LEAN, smoothness=0.5)),
+    Variant("s1-w5-lean", _LEAN),
+    Variant("s2-w5-lean", replace(_LEAN, smoothness=2.0)),
+    Variant("s0.5-w5-lean-fine", replace(_LEAN, smoothness=0.5, iterations=(60, 30, 15))),
     Variant("svf-s1-w5-lean", replace(_LEAN, smoothness=1.0, diffeomorphic=True)),
     Variant("svf-s0.5-w5-lean", replace(_LEAN, smoothness=0.5, diffeomorphic=True)),
     Variant("svf-s0.25-w5-lean", replace(_LEAN, smoothness=0.25, diffeomorphic=True)),
@@ -67,7 +67,7 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in (
     Variant("svf4-s0.25-w5-lean", replace(_LEAN, smoothness=0.25, diffeomorphic=True, velocity_factor=4)),
     Variant("svf2-s0.25-i4-w5", replace(_LEAN, smoothness=0.25, diffeomorphic=True, velocity_factor=2,
                                         integration_steps=4, iterations=(60, 20, 10))),
-    Variant("s1-w3-lean", replace(_FULL, smoothness=1.0, windows=(3,), iterations=(60, 30, 10))),
+    Variant("s1-w3-lean", replace(_LEAN, windows=(3,))),
     Variant("s1-w5-lr0.4", replace(_LEAN, learning_rate=0.4)),
     Variant("s1-w5-L8421", replace(_LEAN, levels=(8, 4, 2, 1), iterations=(60, 60, 30, 10))),
 )}

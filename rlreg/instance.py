@@ -151,15 +151,14 @@ def optimise_displacement(fixed: Tensor, moving: Tensor, config: InstanceConfig 
         fixed_l, moving_l = downsample(fixed, factor), downsample(moving, factor)
         mask_l = None if mask is None else downsample(mask.to(fixed.dtype), factor)
         size = fixed_l.shape[2:]
-        zeros = torch.zeros(fixed.shape[0], ndim, *size, dtype=fixed.dtype, device=fixed.device)
         base_l = None if base is None or not config.diffeomorphic else resize_displacement(base, size)
-        if config.diffeomorphic:
+        if config.diffeomorphic:  # the velocity's grid: this level's, or coarser (velocity_factor)
             coarse = level_factor(max(factor, config.velocity_factor), full)
-            vsize = size if coarse == factor else torch.Size(math.ceil(n / coarse) for n in full)
-            param = (zeros.new_zeros(*zeros.shape[:2], *vsize) if velocity is None
-                     else resize_displacement(velocity, vsize)).requires_grad_(True)
+            grid, start = torch.Size(math.ceil(n / coarse) for n in full), velocity
         else:
-            param = (zeros if disp is None else resize_displacement(disp, size)).requires_grad_(True)
+            grid, start = size, disp
+        param = (torch.zeros(fixed.shape[0], ndim, *grid, dtype=fixed.dtype, device=fixed.device) if start is None
+                 else resize_displacement(start, grid)).requires_grad_(True)
         optimiser = _Adam(param, config.learning_rate)
         for it in range(iterations):
             current = _field(param, base_l, config, size)

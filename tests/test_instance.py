@@ -68,16 +68,21 @@ def test_written_out_adam_matches_torch_adam() -> None:
     assert float((ours - target).abs().max()) < 3.0 - 0.5  # it moved towards the target
 
 
+def _large_deformation_pair() -> tuple[torch.Tensor, torch.Tensor]:
+    """48 x 48 blobs and their warp by a smooth random field of up to 6 pixels."""
+    shape = (48, 48)
+    fixed = blobs(shape, seed=3)
+    gen = torch.Generator().manual_seed(4)
+    truth = F.interpolate(torch.randn(1, 2, 5, 5, generator=gen), size=shape, mode="bilinear", align_corners=True)
+    return fixed, warp(fixed, -6.0 * truth / truth.abs().max())
+
+
 def test_diffeomorphic_mode_folds_far_less_than_the_displacement() -> None:
     """A large deformation and a weak regulariser: the displacement folds (1 %), the velocity field does not.
 
     Without any regulariser the velocity folds too (1.4 % vs 9.6 %): scaling and squaring is only diffeomorphic
     for velocities smooth at the scale of ``2**-steps``, which is what the docstring promises."""
-    shape = (48, 48)
-    fixed = blobs(shape, seed=3)
-    gen = torch.Generator().manual_seed(4)
-    truth = F.interpolate(torch.randn(1, 2, 5, 5, generator=gen), size=shape, mode="bilinear", align_corners=True)
-    moving = warp(fixed, -6.0 * truth / truth.abs().max())
+    fixed, moving = _large_deformation_pair()
     base = InstanceConfig(levels=(2, 1), iterations=(60, 60), learning_rate=0.2, smoothness=0.1, windows=(5,))
     plain = optimise_displacement(fixed, moving, base)
     svf = optimise_displacement(fixed, moving, InstanceConfig(**{**base.__dict__, "diffeomorphic": True}))
@@ -100,17 +105,13 @@ def test_diffeomorphic_mode_continues_from_an_initial_field() -> None:
 def test_coarse_velocity_grid_gives_a_full_size_folding_free_field() -> None:
     """``velocity_factor=2``: the velocity lives on the half grid at the full-resolution level, its exponential is
     upsampled to the image, and the result still aligns the pair without folding."""
-    shape = (48, 48)
-    fixed = blobs(shape, seed=3)
-    gen = torch.Generator().manual_seed(4)
-    truth = F.interpolate(torch.randn(1, 2, 5, 5, generator=gen), size=shape, mode="bilinear", align_corners=True)
-    moving = warp(fixed, -6.0 * truth / truth.abs().max())
+    fixed, moving = _large_deformation_pair()
     seen: list[tuple[int, ...]] = []
     config = InstanceConfig(levels=(2, 1), iterations=(60, 60), smoothness=0.1, windows=(5,), diffeomorphic=True,
                             velocity_factor=2)
     out = optimise_displacement(fixed, moving, config, field_callback=lambda lv, it, f: seen.append(f.shape[2:]))
-    assert out.shape == (1, 2, *shape)
-    assert seen[0] == (24, 24) and seen[-1] == shape  # the full-resolution level scores full-size fields
+    assert out.shape == (1, 2, 48, 48)
+    assert seen[0] == (24, 24) and seen[-1] == (48, 48)  # the full-resolution level scores full-size fields
     assert float(folding_percent(out)) == 0.0
     assert float(lncc(fixed, warp(moving, out))) > float(lncc(fixed, moving)) + 0.1
     with pytest.raises(ValueError, match="factors"):
