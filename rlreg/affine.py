@@ -16,6 +16,7 @@ single interpolation.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -51,6 +52,10 @@ class AffineConfig:
     """torch: Adam step size of the translation, in mm."""
     window: int = 7
     """torch: local NCC window, in voxels of each level."""
+    max_voxels: int = 200_000
+    """torch: most voxels of the finest level. A larger fixed image doubles every level's factor until its finest
+    level fits, so a 1 mm brain is fitted on the grids a 2 mm one is (finest 46 x 55 x 46): a 12-parameter map needs
+    no 1 mm detail, and the fit took 12.7 s of a 1 mm registration."""
     shrink_factors: tuple[int, ...] = (8, 4, 2)
     """simpleitk: pyramid downsampling per level, coarse to fine."""
     smoothing_sigmas: tuple[float, ...] = (3.0, 2.0, 1.0)
@@ -79,6 +84,8 @@ class AffineConfig:
             raise ValueError(f"AffineConfig.backend must be 'torch' or 'simpleitk', got {self.backend!r}")
         if len(self.levels) != len(self.steps) or not self.levels or min(self.levels) < 1:
             raise ValueError(f"AffineConfig.levels {self.levels} and steps {self.steps}: same non-empty length, >= 1")
+        if self.max_voxels < 1:
+            raise ValueError(f"AffineConfig.max_voxels must be >= 1, got {self.max_voxels}")
         if self.threads < 1:
             raise ValueError(f"AffineConfig.threads must be >= 1, got {self.threads}")
         if self.seed < 1:
@@ -163,8 +170,11 @@ def fit_affine(fixed: Tensor, moving: Tensor, fixed_geometry: Geometry, moving_g
     fixed_world = torch.as_tensor(fixed_geometry.index_to_world(), dtype=torch.float64, device=device)
     to_moving = torch.as_tensor(np.linalg.inv(moving_geometry.index_to_world()), dtype=torch.float64, device=device)
     eye = torch.eye(ndim, dtype=torch.float64, device=device)
+    extra = 1  # doubles every level's factor until the finest level fits config.max_voxels
+    while math.prod(math.ceil(n / (min(config.levels) * extra)) for n in fixed.shape[2:]) > config.max_voxels:
+        extra *= 2
     for factor, steps in zip(config.levels, config.steps, strict=True):
-        factor = level_factor(factor, (*fixed.shape[2:], *moving.shape[2:]))
+        factor = level_factor(factor * extra, (*fixed.shape[2:], *moving.shape[2:]))
         fixed_l, moving_l = downsample(fixed, factor), downsample(moving, factor)
         scale_f = _level_scale(fixed.shape[2:], fixed_l.shape[2:], device).view(ndim, 1)
         scale_m = _level_scale(moving.shape[2:], moving_l.shape[2:], device).view(ndim, 1)

@@ -78,13 +78,22 @@ def level_factor(factor: int, sizes: tuple[int, ...] | torch.Size) -> int:
 
 
 def downsample(image: Tensor, factor: int) -> Tensor:
-    """Box-smooth then resample a ``(N, C, *S)`` image to ``ceil(S / factor)`` (align_corners=True grids)."""
+    """Box-smooth then resample a ``(N, C, *S)`` image to ``ceil(S / factor)`` (align_corners=True grids).
+
+    The box is ``k = 2 * (factor // 2) + 1`` voxels wide and averages only voxels inside the image. Wider than 3 it
+    is applied one axis at a time: the same mean at ``3k`` instead of ``k**3`` reads per voxel in 3-D (measured on a
+    1 mm brain, 1 thread: factor 4 0.45 s vs 0.86 s, factor 8 0.37 s vs 4.7 s; at 3 the full box is cheaper).
+    """
     if factor == 1:
         return image
     ndim = image.ndim - 2
     pool = F.avg_pool2d if ndim == 2 else F.avg_pool3d
     kernel = 2 * (factor // 2) + 1
-    smooth = pool(image, kernel, stride=1, padding=kernel // 2, count_include_pad=False)
+    boxes = [(kernel,) * ndim] if kernel <= 3 else [tuple(kernel if a == axis else 1 for a in range(ndim))
+                                                    for axis in range(ndim)]
+    smooth = image
+    for box in boxes:
+        smooth = pool(smooth, box, stride=1, padding=tuple(k // 2 for k in box), count_include_pad=False)
     size = [math.ceil(n / factor) for n in image.shape[2:]]
     return F.interpolate(smooth, size=size, mode="bilinear" if ndim == 2 else "trilinear", align_corners=True)
 

@@ -171,6 +171,11 @@ def _warp_labels(labels: Tensor, displacement: Tensor, padding: PaddingMode) -> 
     score is the summed linear weight of all corners carrying the same label as ``c``; the output is the label of
     the best corner. This equals "one-hot, interpolate linearly, argmax" without materialising one channel per
     label, so memory is ``O(2**ndim * voxels)`` whatever the number of labels.
+
+    Most positions fall in a cell (the ``2**ndim`` voxels around them) whose corners all carry one label: region
+    interiors and background. Those cells are found once on the input grid, so such a position costs two gathers;
+    only the others (boundaries, and cells reaching outside the grid) are voted on (:func:`_vote_labels`). At 1 mm
+    with 82 labels that made the three label warps of a registration 6x faster.
     """
     ndim = displacement.ndim - 2
     n, ch = labels.shape[:2]
@@ -180,55 +185,85 @@ def _warp_labels(labels: Tensor, displacement: Tensor, padding: PaddingMode) -> 
     pos = (identity_grid(displacement.shape[2:], displacement.dtype, displacement.device) + displacement).flatten(2)
     low = pos.floor()
     frac = (pos - low).transpose(0, 1)  # (ndim, N, V)
-    low = low.long()
-    # Per axis and offset: flat-index contribution and in-grid mask, shared by the 2**ndim corners.
-    offsets_index: list[list[Tensor]] = []
-    offsets_inside: list[list[Tensor]] = []
+    low = low.long().transpose(0, 1)  # (ndim, N, V)
+    cells = [max(size - 1, 0) for size in in_shape]  # cell c spans voxels c .. c + 1 along each axis
+    inside = torch.ones_like(low[0], dtype=torch.bool)
+    cell_index = torch.zeros_like(low[0])
+    stride = 1
+    for axis in reversed(range(ndim)):
+        inside &= (low[axis] >= 0) & (low[axis] < cells[axis])
+        cell_index += low[axis].clamp(0, max(cells[axis] - 1, 0)) * stride
+        stride *= cells[axis]
+    out = []
+    for c in range(ch):
+        volume = labels[:, c]
+        if min(cells) > 0:
+            origin = volume[(slice(None), *(slice(0, k) for k in cells))]
+            uniform = torch.ones_like(origin, dtype=torch.bool)
+            for offsets in itertools.product((0, 1), repeat=ndim):
+                if any(offsets):
+                    corner = volume[(slice(None), *(slice(o, o + k) for o, k in zip(offsets, cells, strict=True)))]
+                    uniform &= corner == origin
+            result = torch.gather(origin.reshape(n, -1), 1, cell_index)
+            vote = ~(inside & torch.gather(uniform.reshape(n, -1), 1, cell_index))
+        else:  # a one-voxel axis has no cells: vote everywhere
+            result = torch.zeros(cell_index.shape, dtype=labels.dtype, device=labels.device)
+            vote = torch.ones_like(cell_index, dtype=torch.bool)
+        if vote.any():
+            batch = torch.arange(n, device=labels.device).view(n, 1).expand_as(vote)[vote]
+            result[vote] = _vote_labels(volume.reshape(-1), batch, low[:, vote], frac[:, vote], in_shape, padding)
+        out.append(result)
+    return torch.stack(out, dim=1).reshape(n, ch, *displacement.shape[2:])
+
+
+def _vote_labels(flat: Tensor, batch: Tensor, low: Tensor, frac: Tensor, in_shape: torch.Size,
+                 padding: PaddingMode) -> Tensor:
+    """The linear-weight vote of :func:`_warp_labels` at ``M`` positions.
+
+    Args:
+        flat: ``(N * prod(in_shape),)`` labels of one channel, batch-major.
+        batch: ``(M,)`` batch row of each position.
+        low: ``(ndim, M)`` integer corner below each position; frac: ``(ndim, M)`` its offset from it in ``[0, 1)``.
+        in_shape: the input grid; padding: ``zeros`` (outside is label 0) or ``border`` (nearest border label).
+
+    Returns:
+        ``(M,)`` labels, dtype of ``flat``.
+    """
+    ndim = low.shape[0]
+    contributions: list[list[Tensor]] = []  # per axis, per offset (0, 1): flat-index contribution
+    inside_axis: list[list[Tensor]] = [[], []]  # per offset, per axis: in-grid mask
     stride = 1
     for axis in reversed(range(ndim)):
         size = in_shape[axis]
-        idx = [low[:, axis] + off for off in (0, 1)]
-        offsets_index.insert(0, [i.clamp(0, size - 1) * stride for i in idx])
-        offsets_inside.insert(0, [(i >= 0) & (i < size) for i in idx])
+        idx = [low[axis] + off for off in (0, 1)]
+        contributions.insert(0, [i.clamp(0, size - 1) * stride for i in idx])
+        inside_axis[0].insert(0, (idx[0] >= 0) & (idx[0] < size))
+        inside_axis[1].insert(0, (idx[1] >= 0) & (idx[1] < size))
         stride *= size
+    base = batch * stride
     corners = list(itertools.product((0, 1), repeat=ndim))
-    flat_index = []
+    values, weights = [], []
     for offsets in corners:
-        index = offsets_index[0][offsets[0]]
-        for axis in range(1, ndim):
-            index = index + offsets_index[axis][offsets[axis]]
-        flat_index.append(index)
-    out = []
-    for c in range(ch):
-        flat = labels[:, c].reshape(n, -1)
-        cl = []
-        for k, offsets in enumerate(corners):
-            values = torch.gather(flat, 1, flat_index[k])
-            if padding == "zeros":
-                inside = offsets_inside[0][offsets[0]]
-                for axis in range(1, ndim):
-                    inside = inside & offsets_inside[axis][offsets[axis]]
-                values = values.masked_fill(~inside, 0)
-            cl.append(values)
-        cl = torch.stack(cl)  # (K, N, V)
-        result = cl[0].clone()
-        # Most voxels see one label at all corners (region interiors, background): vote only where they differ.
-        mixed = (cl != cl[:1]).any(0)
-        if mixed.any():
-            cl_m = cl[:, mixed]  # (K, M)
-            frac_m = frac[:, mixed]  # (ndim, M)
-            weights = []
-            for offsets in corners:
-                w = torch.ones_like(frac_m[0])
-                for axis, off in enumerate(offsets):
-                    w = w * (frac_m[axis] if off else 1.0 - frac_m[axis])
-                weights.append(w)
-            cw_m = torch.stack(weights)
-            # score[k] = sum_j w_j [label_j == label_k]
-            score = torch.stack([(cw_m * (cl_m == cl_m[k])).sum(0) for k in range(len(corners))])
-            result[mixed] = torch.gather(cl_m, 0, score.argmax(0, keepdim=True))[0]
-        out.append(result)
-    return torch.stack(out, dim=1).reshape(n, ch, *displacement.shape[2:])
+        index = base + sum(contributions[axis][off] for axis, off in enumerate(offsets))
+        value = flat[index]
+        if padding == "zeros":
+            inside = functools.reduce(torch.logical_and, (inside_axis[off][axis] for axis, off in enumerate(offsets)))
+            value = value.masked_fill(~inside, 0)
+        values.append(value)
+        weights.append(functools.reduce(torch.mul, (frac[axis] if off else 1.0 - frac[axis]
+                                                    for axis, off in enumerate(offsets))))
+    values, weights = torch.stack(values), torch.stack(weights)  # (K, M)
+    # score[k] = sum_j w_j [label_j == label_k], each unordered pair compared once; the first best corner wins ties.
+    score = weights.clone()
+    for k, j in itertools.combinations(range(len(corners)), 2):
+        same = values[k] == values[j]
+        score[k] += weights[j] * same
+        score[j] += weights[k] * same
+    best, label = score[0], values[0]
+    for k in range(1, len(corners)):  # a running argmax: 4x faster than argmax over the short first axis here
+        better = score[k] > best
+        best, label = torch.where(better, score[k], best), torch.where(better, values[k], label)
+    return label
 
 
 def compose(first: Tensor, then: Tensor) -> Tensor:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import SimpleITK as sitk
@@ -207,11 +209,18 @@ def test_torch_affine_recovers_a_known_affine_across_grids(ndim: int) -> None:
     reference.SetOrigin((50.0, 2.0, -3.0)[:ndim])
     reference.SetDirection(np.diag([-1.0, 1.0, 1.0][:ndim]).ravel().tolist())
     moving = sitk.Resample(fixed, reference, truth.GetInverse(), sitk.sitkLinear, 0.0)
-    fitted = affine_register(fixed, moving, AffineConfig(levels=(2, 1), steps=(150, 100)))
     grid = np.stack(np.meshgrid(*[np.arange(10, n - 10, 6) for n in size], indexing="ij"), -1).reshape(-1, ndim)
     points = [fixed.TransformIndexToPhysicalPoint(p.tolist()) for p in grid]
-    err = max(np.linalg.norm(np.subtract(fitted.TransformPoint(p), truth.TransformPoint(p))) for p in points)
-    assert err < 1.0, err  # converged (twice the steps change nothing); sub-voxel of the 1.1-1.5 mm moving grid
+    matrices = []
+    # The default budget runs levels 2 and 1; half the image's voxels doubles both (4 and 2), as a 1 mm brain's are.
+    # Converged (twice the steps change nothing): sub-voxel of the 1.1-1.5 mm moving grid, and within about one
+    # voxel when the finest level is 2 fixed voxels.
+    for budget, tolerance in ((AffineConfig.max_voxels, 1.0), (math.prod(size) // 2, 1.5)):
+        fitted = affine_register(fixed, moving, AffineConfig(levels=(2, 1), steps=(150, 100), max_voxels=budget))
+        err = max(np.linalg.norm(np.subtract(fitted.TransformPoint(p), truth.TransformPoint(p))) for p in points)
+        assert err < tolerance, (budget, err)
+        matrices.append(transform_matrix(fitted, ndim))
+    assert not np.allclose(matrices[0], matrices[1], atol=1e-6)  # the smaller budget did fit on coarser grids
 
 
 def test_torch_affine_is_deterministic_and_respects_the_fixed_mask() -> None:

@@ -50,6 +50,17 @@ def test_downsample_sizes() -> None:
     assert downsample(torch.rand(1, 1, 9, 10), 1).shape == (1, 1, 9, 10)
 
 
+@pytest.mark.parametrize("factor", [2, 4, 8])
+def test_downsample_smooths_with_the_full_box_inside_the_image(factor: int) -> None:
+    """Wide boxes run one axis at a time; the mean must still be the full box's, over voxels inside the image."""
+    image = torch.rand(2, 3, 17, 20, 9, dtype=torch.float64)
+    kernel = 2 * (factor // 2) + 1
+    box = F.avg_pool3d(image, kernel, stride=1, padding=kernel // 2, count_include_pad=False)
+    size = [-(-n // factor) for n in image.shape[2:]]
+    expected = F.interpolate(box, size=size, mode="trilinear", align_corners=True)
+    assert torch.allclose(downsample(image, factor), expected, atol=1e-12)
+
+
 def test_written_out_adam_matches_torch_adam() -> None:
     """``_Adam`` replaces torch.optim.Adam only to skip its 2.5 s import of torch._dynamo: same trajectory."""
     from rlreg.instance import _Adam

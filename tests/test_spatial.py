@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 from rlreg.spatial import (
     SpatialTransformer,
+    _vote_labels,
     compose,
     folding_percent,
     identity_grid,
@@ -259,6 +260,26 @@ def test_label_warp_never_invents_values_and_matches_onehot_reference(ndim: int)
     reference = values[probs.argmax(1, keepdim=True)]
     ties = (probs.topk(2, dim=1).values.diff(dim=1).abs() < 1e-9)
     assert torch.equal(out[~ties], reference[~ties])
+
+
+@pytest.mark.parametrize("padding", ["zeros", "border"])
+def test_label_warp_shortcut_of_uniform_cells_equals_the_vote_everywhere(padding: str) -> None:
+    """Positions in one-label cells skip the vote; the result must be what voting at every position gives, also for
+    positions outside the grid, batches, several channels, float labels and one-voxel axes (no cells at all)."""
+    gen = torch.Generator().manual_seed(3)
+    for shape, n, ch, scale in [((12, 9, 7), 2, 2, 3.0), ((15, 11), 1, 1, 0.4), ((6, 1, 5), 1, 1, 1.0)]:
+        ndim = len(shape)
+        blocks = torch.randint(0, 5, (n, ch, *[max(k // 3, 1) for k in shape]), generator=gen).float() * 1.5
+        labels = F.interpolate(blocks, size=shape, mode="nearest")  # regions, so most cells are uniform
+        disp = scale * torch.randn(n, ndim, *shape, generator=gen)
+        out = warp(labels, disp, "label", padding=padding)
+        pos = (identity_grid(shape) + disp).flatten(2)
+        low = pos.floor()
+        frac, low = (pos - low).transpose(0, 1).flatten(1), low.long().transpose(0, 1).flatten(1)
+        batch = torch.arange(n).repeat_interleave(pos.shape[-1])
+        everywhere = torch.stack([_vote_labels(labels[:, c].reshape(-1), batch, low, frac, labels.shape[2:], padding)
+                                  for c in range(ch)]).view(ch, n, *shape).transpose(0, 1)
+        assert torch.equal(out, everywhere)
 
 
 def test_label_warp_float_labels_and_border_padding() -> None:
