@@ -34,6 +34,8 @@ from pathlib import Path
 from typing import Any
 
 from rlreg import __version__, models
+from rlreg.affine import AffineConfig
+from rlreg.instance import InstanceConfig
 from rlreg.io import InputError, atomic_output
 from rlreg.pipelines.pairs import Pair, read_pairs, shard
 from rlreg.pipelines.register import ERROR_RECORD, SIDECAR, RegisterOptions
@@ -200,12 +202,15 @@ def _settings_record(settings: RegisterOptions) -> dict[str, Any]:
 def _with_new_defaults(stored: dict[str, Any]) -> dict[str, Any]:
     """A stored settings record with options added to rlreg since it was written filled in at their defaults.
 
-    A run started by an older rlreg then resumes as long as the new options keep their defaults (which reproduce
-    the old behaviour); a new option set to anything else still counts as a change. Only options inside the
-    nested configs (``instance``, ``affine_config``) are filled: a missing top-level entry such as ``models_used``
-    cannot be assumed and still refuses the resume.
+    A run started by an older rlreg then resumes as long as each new option has the value that reproduces the old
+    behaviour: its dataclass default (e.g. ``gradient_sigma`` 0, no gradient smoothing), not the tuned default
+    ``rlreg register`` now uses, so a run of the old defaults is refused rather than silently continued with new
+    ones. (``AffineConfig.max_voxels`` is the exception: it changes nothing below 200,000 voxels at the finest
+    affine level, i.e. on 2 mm brains.) Only options inside the nested configs (``instance``, ``affine_config``)
+    are filled: a missing top-level entry such as ``models_used`` cannot be assumed and still refuses the resume.
     """
-    defaults = _settings_record(RegisterOptions(Path(), Path(), Path()))
+    defaults = _settings_record(RegisterOptions(Path(), Path(), Path(), instance=InstanceConfig(),
+                                                affine_config=AffineConfig()))
     out = dict(stored)
     for key, value in defaults.items():
         if isinstance(value, dict) and isinstance(out.get(key), dict):

@@ -335,6 +335,17 @@ def write_dev_dataset(folder: Path, pairs: int = 6, resolution: float = 2.0, see
     return _write_pair_list(folder, rows)
 
 
+DEV_T1_SEED = 31_338
+"""Seed of the T1 development set (:func:`write_dev_t1_dataset`), apart from :data:`HELD_OUT_SEED` and training's."""
+
+
+def write_dev_t1_dataset(folder: Path, pairs: int = 6, resolution: float = 2.0) -> Path:
+    """The T1 development set: dataset (b)'s construction (the MNI152 T1 template against random affine and smooth
+    deformations of itself) drawn from :data:`DEV_T1_SEED`, so settings are tuned for (b)'s kind of pair without
+    ever touching (b)'s pairs. Returns ``pairs.csv``."""
+    return write_mni_deformed_dataset(folder, pairs=pairs, resolution=resolution, seed=DEV_T1_SEED)
+
+
 DIGITS_SEED = 20_220_222
 """Seed of dataset (c)'s digit pairs (drawn from the held-out test digits, which no model trains on)."""
 

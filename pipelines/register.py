@@ -60,18 +60,21 @@ __all__ = ["FORMATS", "Deformable", "Prepared", "RegisterOptions", "RegisterResu
            "finish", "instance_settings", "normalise_intensity", "prepare", "register"]
 
 FORMATS = ("slicer", "l2r", "fsl", "niftyreg", "dicom")
-DEFAULT_INSTANCE = InstanceConfig(levels=(4, 2, 1), iterations=(60, 30, 10), smoothness=1.0, windows=(5,))
-"""Instance optimisation of ``rlreg register``: variant ``s1-w5-lean`` of ``docs/tuning.md``, chosen on the
-development set (never on the evaluation data) as the smoothest setting within 0.005 Dice of the best. There,
-with the torch affine stage: Dice 0.901 ± 0.026, folding 0.006 % (max 0.028 %), SDlogJ 0.17, 5.0 s per pair on
-one thread, against 0.733 for the defaults until session 5 (SimpleITK affine, levels 4-2, diffusion weight 4,
-window 7). The full-resolution level bought the most (+0.09 Dice). ``--smoothness 0.5``: 0.905, folding 0.024 %,
-SDlogJ 0.27; ``--smoothness 2``: 0.885, no folding, SDlogJ 0.11."""
+DEFAULT_INSTANCE = InstanceConfig(levels=(4, 2, 1), iterations=(60, 30, 15), smoothness=1.0, windows=(5,),
+                                  gradient_sigma=1.0)
+"""Instance optimisation of ``rlreg register``: variant ``g1-w5-i15`` of ``docs/tuning.md``, chosen on the two
+development sets (never on the evaluation data). Against ``s1-w5-lean`` (the default of sessions 5 and 6, which
+had 10 full-resolution iterations and no gradient smoothing): Dice 0.912 vs 0.901 on the label-derived set and
+0.925 vs 0.913 on the T1 set, with less folding and a smoother field (SDlogJ 0.135 vs 0.173), for about 2.5 s more
+per 2 mm pair on one thread. 20 full-resolution iterations gave 0.003 more Dice on each set for another 2.5 s.
+``--smoothness 0.5`` and 2 trade Dice for folding either way (``s0.5-w5-lean``, ``s2-w5-lean``)."""
 DEFAULT_SMOOTHNESS = DEFAULT_INSTANCE.smoothness
-DIFFEOMORPHIC_SMOOTHNESS = 0.5
-"""Diffusion weight of ``--diffeomorphic`` (variant ``svf-s0.5-w5-lean`` of ``docs/tuning.md``, by the same rule
-among the velocity variants): dev-set Dice 0.907 ± 0.017, no folding, SDlogJ 0.11, but about 6x the deformable
-time of the default (30 s vs 5 s per 2 mm brain pair on one thread)."""
+DIFFEOMORPHIC_INSTANCE = InstanceConfig(levels=(4, 2, 1), iterations=(60, 30, 10), smoothness=0.5, windows=(5,),
+                                        diffeomorphic=True)
+"""``--diffeomorphic``: variant ``svf-s0.5-w5-lean`` of ``docs/tuning.md``, the velocity variant chosen by the
+rule of session 6: label-set Dice 0.907 ± 0.017, no folding, SDlogJ 0.11, but about 6x the deformable time of the
+displacement (30 s vs 5 s per 2 mm brain pair on one thread). Gradient smoothing was not tuned for it."""
+DIFFEOMORPHIC_SMOOTHNESS = DIFFEOMORPHIC_INSTANCE.smoothness
 SIDECAR = "rlreg.json"
 ERROR_RECORD = "error.json"
 """Written by ``rlreg batch`` in a pair folder whose registration failed (never next to a ``rlreg.json``)."""
@@ -139,8 +142,7 @@ class RegisterResult:
 def instance_settings(smoothness: float | None = None, diffeomorphic: bool = False) -> InstanceConfig:
     """The instance optimisation the command line asks for: the tuned defaults, or their velocity-field variant,
     with ``smoothness`` (the diffusion weight) overriding the tuned weight when given."""
-    config = replace(DEFAULT_INSTANCE, diffeomorphic=True, smoothness=DIFFEOMORPHIC_SMOOTHNESS) if diffeomorphic \
-        else DEFAULT_INSTANCE
+    config = DIFFEOMORPHIC_INSTANCE if diffeomorphic else DEFAULT_INSTANCE
     return config if smoothness is None else replace(config, smoothness=smoothness)
 
 

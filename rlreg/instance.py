@@ -25,7 +25,8 @@ from torch import Tensor
 from rlreg.losses import diffusion, multiscale_lncc
 from rlreg.spatial import compose, integrate_velocity, resize_displacement, warp
 
-__all__ = ["MIN_LEVEL_SIZE", "InstanceConfig", "downsample", "level_factor", "optimise_displacement"]
+__all__ = ["MIN_LEVEL_SIZE", "InstanceConfig", "downsample", "gaussian_smooth", "level_factor",
+           "optimise_displacement"]
 
 MIN_LEVEL_SIZE = 16
 """Smallest number of voxels along an axis at which a pyramid level is still run at its own factor."""
@@ -59,9 +60,18 @@ class InstanceConfig:
     exponential is upsampled to the level. 2 makes a full-resolution level about 8x cheaper in 3-D; the idea of
     integrating at a lower resolution is VoxelMorph's ``int_downsize`` (Dalca et al., MICCAI 2018)."""
 
+    gradient_sigma: float = 0.0
+    """Gaussian sigma, in voxels of the level, applied to the gradient before each Adam step (0 = off). Smoothing
+    the update, not only penalising the field, is the "fluid" half of SyN's and demons' regularisation, and what
+    FireANTs feeds Adam (Jena et al. 2024); each step then moves a neighbourhood coherently instead of every voxel
+    by Adam's ~``learning_rate`` whatever its gradient's size. On the T1 development set sigma 1 added Dice 0.009
+    at equal iterations (``docs/tuning.md``)."""
+
     def __post_init__(self) -> None:
         if len(self.levels) != len(self.iterations) or not self.levels:
             raise ValueError(f"levels {self.levels} and iterations {self.iterations} must be non-empty, same length")
+        if self.gradient_sigma < 0:
+            raise ValueError(f"gradient_sigma must be >= 0 voxels, got {self.gradient_sigma}")
         if any(f < 1 for f in (*self.levels, self.velocity_factor)):
             raise ValueError(f"downsampling factors must be >= 1, got {self.levels} / {self.velocity_factor}")
 
@@ -96,6 +106,25 @@ def downsample(image: Tensor, factor: int) -> Tensor:
         smooth = pool(smooth, box, stride=1, padding=tuple(k // 2 for k in box), count_include_pad=False)
     size = [math.ceil(n / factor) for n in image.shape[2:]]
     return F.interpolate(smooth, size=size, mode="bilinear" if ndim == 2 else "trilinear", align_corners=True)
+
+
+def gaussian_smooth(image: Tensor, sigma: float) -> Tensor:
+    """Separable Gaussian smoothing of a ``(N, C, *S)`` tensor, ``sigma`` (> 0) in voxels, zero outside the grid,
+    truncated at 3 sigma. Written as shifted sums: on a 2 mm brain field 2x faster on CPU than a grouped convolution
+    (:func:`rlreg.synth.gaussian_blur`) for these short kernels."""
+    radius = max(1, math.ceil(3 * sigma))
+    offsets = torch.arange(-radius, radius + 1, dtype=torch.float64)
+    kernel = torch.exp(-0.5 * (offsets / sigma) ** 2)
+    kernel = (kernel / kernel.sum()).tolist()
+    out = image
+    for axis in range(2, image.ndim):
+        size = out.shape[axis]
+        pad = [0, 0] * (image.ndim - 1 - axis) + [radius, radius]
+        padded = F.pad(out, pad)
+        out = kernel[0] * padded.narrow(axis, 0, size)
+        for i in range(1, 2 * radius + 1):
+            out = out.add(padded.narrow(axis, i, size), alpha=kernel[i])
+    return out
 
 
 class _Adam:
@@ -180,6 +209,8 @@ def optimise_displacement(fixed: Tensor, moving: Tensor, config: InstanceConfig 
             # The sum, not the mean: each pair's gradient is then exactly what it would be alone, and Adam acts per
             # element, so a batch of pairs is optimised as each pair would be on its own.
             losses.sum().backward()
+            if config.gradient_sigma > 0:
+                param.grad = gaussian_smooth(param.grad, config.gradient_sigma)
             optimiser.step()
             if callback is not None:
                 callback(level, it, losses.detach().cpu())

@@ -205,6 +205,17 @@ def test_resuming_with_other_settings_is_refused(data: Path, tmp_path: Path) -> 
     other = replace(_settings(), instance=replace(_settings().instance, velocity_factor=2))
     with pytest.raises(InputError, match=r"other settings.*instance"):
         run_batch(BatchOptions(str(pairs_csv), out, other, workers=0))
+    # A missing option means its off value (what rlreg did before it existed), not today's tuned default: a run
+    # without gradient smoothing is not continued with it.
+    assert _settings().instance.gradient_sigma > 0
+    old = replace(_settings(), instance=replace(_settings().instance, gradient_sigma=0.0))
+    run_batch(BatchOptions(str(pairs_csv), tmp_path / "old", old, workers=0))
+    record = json.loads((tmp_path / "old" / "batch.json").read_text())
+    del record["settings"]["instance"]["gradient_sigma"]
+    (tmp_path / "old" / "batch.json").write_text(json.dumps(record))
+    with pytest.raises(InputError, match=r"other settings.*instance"):
+        run_batch(BatchOptions(str(pairs_csv), tmp_path / "old", _settings(), workers=0))
+    assert run_batch(BatchOptions(str(pairs_csv), tmp_path / "old", old, workers=0)).skipped == 1
     (tmp_path / "theirs").mkdir()
     (tmp_path / "theirs" / "notes.txt").write_text("mine")
     with pytest.raises(InputError, match="not empty"):

