@@ -275,6 +275,11 @@ def _run(args: argparse.Namespace) -> None:
     # Re-read: another invocation (other methods, run alongside on another core) may have stored its results since.
     store = json.loads(store_path.read_text()) if store_path.exists() else {}
     previous = store.get(args.dataset, {}).get("methods", {})
+    for method, record in result["methods"].items():
+        # A peer's finished pairs are skipped when the run is repeated, so its child may have run only some (or
+        # none) of the fields scored: its peak memory is the largest of the runs that made them.
+        if not method.startswith("rlreg") and previous.get(method, {}).get("peak_rss_gib") is not None:
+            record["peak_rss_gib"] = max(record["peak_rss_gib"], previous[method]["peak_rss_gib"])
     result["methods"] = {**{k: v for k, v in previous.items() if k not in result["methods"]}, **result["methods"]}
     result["methods"] = {m: result["methods"][m] for m in METHODS if m in result["methods"]}
     store[args.dataset] = result

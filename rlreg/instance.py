@@ -2,8 +2,10 @@
 
 No learning: minimise ``(1 - LNCC(fixed, moving o u)) + smoothness * diffusion(u)`` with Adam over a
 coarse-to-fine pyramid, the recipe of optimisation-based deep-learning-era tools (e.g. the instance optimisation
-stage of ConvexAdam, Siebert et al. 2021, and FireANTs' greedy stage, Jena et al. 2024). rlreg uses it as the
-baseline that needs no model, for test-time refinement, and as the demo's pipeline before a shipped model exists.
+stage of ConvexAdam, Siebert et al. 2021, and FireANTs' greedy stage, Jena et al. 2024). With ``gradient_sigma``
+each gradient is Gaussian-smoothed before the Adam step, as FireANTs does (the "fluid" regularisation of SyN and
+demons). rlreg uses it as the baseline that needs no model, for test-time refinement, and as the default pipeline
+while no shipped agent beats it.
 
 With ``diffeomorphic=True`` the unknown is a stationary velocity field integrated by scaling and squaring
 (Arsigny et al. 2006; as in VoxelMorph's diffeomorphic variant). The map is invertible as long as the velocity is
