@@ -26,9 +26,9 @@ from torch import Tensor
 
 from rlreg.losses import diffusion, multiscale_lncc
 from rlreg.spatial import compose, integrate_velocity, resize_displacement, warp
+from rlreg.synth import gaussian_blur
 
-__all__ = ["MIN_LEVEL_SIZE", "InstanceConfig", "downsample", "gaussian_smooth", "level_factor",
-           "optimise_displacement"]
+__all__ = ["MIN_LEVEL_SIZE", "InstanceConfig", "downsample", "level_factor", "optimise_displacement"]
 
 MIN_LEVEL_SIZE = 16
 """Smallest number of voxels along an axis at which a pyramid level is still run at its own factor."""
@@ -108,25 +108,6 @@ def downsample(image: Tensor, factor: int) -> Tensor:
         smooth = pool(smooth, box, stride=1, padding=tuple(k // 2 for k in box), count_include_pad=False)
     size = [math.ceil(n / factor) for n in image.shape[2:]]
     return F.interpolate(smooth, size=size, mode="bilinear" if ndim == 2 else "trilinear", align_corners=True)
-
-
-def gaussian_smooth(image: Tensor, sigma: float) -> Tensor:
-    """Separable Gaussian smoothing of a ``(N, C, *S)`` tensor, ``sigma`` (> 0) in voxels, zero outside the grid,
-    truncated at 3 sigma. Written as shifted sums: on a 2 mm brain field 2x faster on CPU than a grouped convolution
-    (:func:`rlreg.synth.gaussian_blur`) for these short kernels."""
-    radius = max(1, math.ceil(3 * sigma))
-    offsets = torch.arange(-radius, radius + 1, dtype=torch.float64)
-    kernel = torch.exp(-0.5 * (offsets / sigma) ** 2)
-    kernel = (kernel / kernel.sum()).tolist()
-    out = image
-    for axis in range(2, image.ndim):
-        size = out.shape[axis]
-        pad = [0, 0] * (image.ndim - 1 - axis) + [radius, radius]
-        padded = F.pad(out, pad)
-        out = kernel[0] * padded.narrow(axis, 0, size)
-        for i in range(1, 2 * radius + 1):
-            out = out.add(padded.narrow(axis, i, size), alpha=kernel[i])
-    return out
 
 
 class _Adam:
@@ -212,7 +193,7 @@ def optimise_displacement(fixed: Tensor, moving: Tensor, config: InstanceConfig 
             # element, so a batch of pairs is optimised as each pair would be on its own.
             losses.sum().backward()
             if config.gradient_sigma > 0:
-                param.grad = gaussian_smooth(param.grad, config.gradient_sigma)
+                param.grad = gaussian_blur(param.grad, config.gradient_sigma)
             optimiser.step()
             if callback is not None:
                 callback(level, it, losses.detach().cpu())

@@ -197,31 +197,39 @@ def random_affine_field(count: int, shape: tuple[int, ...], generator: torch.Gen
     return (moved - grid).view(count, ndim, *shape)
 
 
-def gaussian_blur(image: Tensor, sigma: Tensor) -> Tensor:
-    """Separable Gaussian blur with one sigma (voxels) per image; sigma 0 leaves an image unchanged.
+def gaussian_blur(image: Tensor, sigma: Tensor | float) -> Tensor:
+    """Separable Gaussian blur, zero outside the grid, truncated at 3 sigma; sigma 0 leaves an image unchanged.
+
+    Written as sums of shifted copies of the padded image: on a 2 mm brain field 2x faster on CPU than a grouped
+    convolution for these short kernels (it smooths every instance-optimisation gradient, :mod:`rlreg.instance`).
 
     Args:
         image: ``(N, C, *S)`` float.
-        sigma: ``(N,)`` standard deviations in voxels.
+        sigma: ``(N,)`` standard deviations in voxels, one per image, or one number for all.
     """
-    ndim = image.ndim - 2
-    radius = max(1, math.ceil(3 * float(sigma.max()))) if sigma.numel() else 1
-    offsets = torch.arange(-radius, radius + 1, dtype=image.dtype, device=image.device)
-    sig = sigma.to(image).clamp_min(1e-3).view(-1, 1)
-    kernels = torch.exp(-0.5 * (offsets / sig) ** 2)
-    kernels = torch.where(sigma.to(image.device).view(-1, 1) > 1e-3, kernels, (offsets == 0).to(image.dtype))
+    count = image.shape[0]
+    sigma = torch.as_tensor(sigma, dtype=torch.float64).cpu().expand(count)
+    radius = max(1, math.ceil(3 * float(sigma.max()))) if count else 1
+    offsets = torch.arange(-radius, radius + 1, dtype=torch.float64)
+    kernels = torch.exp(-0.5 * (offsets / sigma.clamp_min(1e-3).view(-1, 1)) ** 2)
+    kernels = torch.where(sigma.view(-1, 1) > 1e-3, kernels, (offsets == 0).double())
     kernels = kernels / kernels.sum(1, keepdim=True)  # (N, K)
-    count, channels = image.shape[:2]
-    x = image.reshape(1, count * channels, *image.shape[2:])
-    conv = F.conv2d if ndim == 2 else F.conv3d
-    for axis in range(ndim):
-        view = [1] * ndim
-        view[axis] = -1
-        weight = kernels.repeat_interleave(channels, 0).view(count * channels, 1, *view)
-        padding = [0] * ndim
-        padding[axis] = radius
-        x = conv(x, weight, padding=tuple(padding), groups=count * channels)
-    return x.view_as(image)
+    uniform = bool((kernels == kernels[:1]).all()) if count else True
+    # One sigma: python-float weights (fused multiply-adds); several: (N, 1, ...) weight tensors.
+    weights = kernels[0].tolist() if uniform else list(kernels.to(image).view(count, 1, -1, *[1] * (image.ndim - 2))
+                                                       .unbind(2))
+    out = image
+    for axis in range(2, image.ndim):
+        size = out.shape[axis]
+        padded = F.pad(out, [0, 0] * (image.ndim - 1 - axis) + [radius, radius])
+        taps = [padded.narrow(axis, i, size) for i in range(2 * radius + 1)]
+        if uniform:
+            out = taps[0] * weights[0]
+            for tap, weight in zip(taps[1:], weights[1:], strict=True):
+                out = out.add(tap, alpha=weight)
+        else:
+            out = sum(tap * weight for tap, weight in zip(taps, weights, strict=True))
+    return out
 
 
 def random_label_maps(count: int, shape: tuple[int, ...], num_labels: int, generator: torch.Generator,

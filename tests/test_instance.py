@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from rlreg.instance import InstanceConfig, downsample, gaussian_smooth, optimise_displacement
+from rlreg.instance import InstanceConfig, downsample, optimise_displacement
 from rlreg.losses import lncc
 from rlreg.spatial import folding_percent, warp
 
@@ -127,16 +127,6 @@ def test_coarse_velocity_grid_gives_a_full_size_folding_free_field() -> None:
     assert float(lncc(fixed, warp(moving, out))) > float(lncc(fixed, moving)) + 0.1
     with pytest.raises(ValueError, match="factors"):
         InstanceConfig(velocity_factor=0)
-
-
-@pytest.mark.parametrize("shape", [(2, 3, 17, 20), (1, 2, 9, 12, 10)])
-def test_gaussian_smooth_equals_a_zero_padded_gaussian_convolution(shape: tuple[int, ...]) -> None:
-    from rlreg.synth import gaussian_blur
-
-    image = torch.randn(shape, dtype=torch.float64)
-    for sigma in (0.6, 1.0, 2.0):
-        reference = gaussian_blur(image, torch.full((shape[0],), sigma, dtype=torch.float64))
-        assert torch.allclose(gaussian_smooth(image, sigma), reference, atol=1e-12)
 
 
 def test_gradient_smoothing_spreads_each_update_over_a_neighbourhood() -> None:

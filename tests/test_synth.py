@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from rlreg.spatial import folding_percent, orientation_axes, reorient, reorient_field_back, warp
 from rlreg.synth import (
@@ -168,3 +169,27 @@ def test_t1_dev_set_is_dataset_b_construction_from_another_seed(tmp_path) -> Non
     assert np.array_equal(read(tmp_path / "dev", "template.nii.gz"), read(tmp_path / "b", "template.nii.gz"))
     dev, held_out = read(tmp_path / "dev", "deformed_00_seg.nii.gz"), read(tmp_path / "b", "deformed_00_seg.nii.gz")
     assert (dev != held_out).mean() > 0.01
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 17, 20), (2, 2, 9, 12, 10)])
+def test_gaussian_blur_equals_a_zero_padded_gaussian_convolution(shape: tuple[int, ...]) -> None:
+    """One sigma for all images, and one per image, against a dense convolution with the separable kernel."""
+    import math
+
+    ndim = len(shape) - 2
+    image = torch.randn(shape, dtype=torch.float64)
+    for sigmas in ([1.0, 1.0], [0.6, 2.0]):
+        radius = math.ceil(3 * max(sigmas))
+        expected = []
+        for b, sigma in enumerate(sigmas):
+            taps = torch.exp(-0.5 * (torch.arange(-radius, radius + 1, dtype=torch.float64) / sigma) ** 2)
+            taps = taps / taps.sum()
+            kernel = taps
+            for _ in range(ndim - 1):
+                kernel = kernel[..., None] * taps
+            conv = F.conv2d if ndim == 2 else F.conv3d
+            weight = kernel.expand(shape[1], 1, *kernel.shape)
+            expected.append(conv(image[b:b + 1], weight, padding=radius, groups=shape[1]))
+        sigma = torch.tensor(sigmas, dtype=torch.float64) if sigmas[0] != sigmas[1] else sigmas[0]
+        blurred = gaussian_blur(image, sigma)
+        assert torch.allclose(blurred, torch.cat(expected), atol=1e-12)
