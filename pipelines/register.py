@@ -72,8 +72,8 @@ DEFAULT_SMOOTHNESS = DEFAULT_INSTANCE.smoothness
 DIFFEOMORPHIC_INSTANCE = InstanceConfig(levels=(4, 2, 1), iterations=(60, 30, 10), smoothness=0.5, windows=(5,),
                                         diffeomorphic=True)
 """``--diffeomorphic``: variant ``svf-s0.5-w5-lean`` of ``docs/tuning.md``, the velocity variant chosen by the
-rule of session 6: label-set Dice 0.907 ± 0.017, no folding, SDlogJ 0.11, but about 6x the deformable time of the
-displacement (30 s vs 5 s per 2 mm brain pair on one thread). Gradient smoothing was not tuned for it."""
+rule of session 6: label-set Dice 0.907 ± 0.017, no folding, SDlogJ 0.11, but about 4x the deformable time of
+:data:`DEFAULT_INSTANCE` (30 s vs 7.5 s per 2 mm brain pair on one thread). Gradient smoothing was not tuned for it."""
 DIFFEOMORPHIC_SMOOTHNESS = DIFFEOMORPHIC_INSTANCE.smoothness
 SIDECAR = "rlreg.json"
 ERROR_RECORD = "error.json"

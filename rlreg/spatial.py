@@ -174,8 +174,8 @@ def _warp_labels(labels: Tensor, displacement: Tensor, padding: PaddingMode) -> 
 
     Most positions fall in a cell (the ``2**ndim`` voxels around them) whose corners all carry one label: region
     interiors and background. Those cells are found once on the input grid, so such a position costs two gathers;
-    only the others (boundaries, and cells reaching outside the grid) are voted on (:func:`_vote_labels`). At 1 mm
-    with 82 labels that made the three label warps of a registration 6x faster.
+    only the others (boundaries, and cells reaching outside the grid) are voted on (:func:`_vote_labels`). On a
+    1 mm brain with 82 labels, one thread, a warp took about 1.8 s instead of 4.4 s, with the same labels.
     """
     ndim = displacement.ndim - 2
     n, ch = labels.shape[:2]
