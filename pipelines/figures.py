@@ -17,54 +17,111 @@ def _mid_slices(volume: np.ndarray) -> list[np.ndarray]:
     return [np.take(volume, volume.shape[axis] // 2, axis=axis) for axis in range(3)]
 
 
+def _font(size: int):
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1 (no FreeType default): the fixed bitmap font
+        return ImageFont.load_default()
+
+
+def _gray(plane: np.ndarray, vmax: float) -> np.ndarray:
+    """``(H, W)`` float -> ``(H, W, 3)`` uint8 on a gray ramp from 0 to ``vmax``."""
+    level = np.clip(plane / vmax, 0.0, 1.0) * 255.0
+    return np.repeat(level.astype(np.uint8)[..., None], 3, axis=-1)
+
+
+def _jacobian_colours(plane: np.ndarray) -> np.ndarray:
+    """``(H, W)`` Jacobian determinants -> ``(H, W, 3)`` uint8: log2 of the determinant from -1 (blue, halved
+    volume) through 0 (white) to +1 (red, doubled volume); folding (determinant <= 0) black."""
+    log = np.clip(np.log2(np.clip(plane, 1e-6, None)), -1.0, 1.0)
+    red = np.where(log < 0, 1.0 + log, 1.0)
+    blue = np.where(log > 0, 1.0 - log, 1.0)
+    green = 1.0 - np.abs(log)
+    rgb = (np.stack([red, green, blue], axis=-1) * 255.0).astype(np.uint8)
+    rgb[plane <= 0] = 0
+    return rgb
+
+
 def save_registration_overview(path: Path, rows: dict[str, np.ndarray], contours: np.ndarray | None = None,
-                               title: str = "") -> Path:
+                               title: str = "", jacobian: np.ndarray | None = None, panel_size: int = 240) -> Path:
     """Write a PNG grid: one row per named image (e.g. fixed, moving, warped), one column per mid slice.
+
+    Drawn with Pillow alone (about 30 ms for a 2 mm brain; matplotlib took about 1 s plus 1 s to import).
 
     Args:
         path: output PNG (written atomically).
-        rows: name -> 2D or 3D array, all on the fixed grid.
-        contours: optional fixed label map; its boundaries are drawn on every panel so misalignment shows.
-        title: figure title.
+        rows: name -> 2D or 3D array, all on the fixed grid; each row is shown in gray from 0 to its 99.5th
+            percentile.
+        contours: optional fixed label map; its boundaries are drawn in orange on every panel so misalignment shows.
+        title: text above the grid.
+        jacobian: optional Jacobian determinant map on the same grid, added as a last row: log2 of the determinant
+            from -1 (blue) through 0 (white) to +1 (red), folding (determinant <= 0) in black.
+        panel_size: each slice is enlarged (an integer factor, bilinear for images, nearest for labels) until its
+            longer side reaches at least this many pixels.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from PIL import Image as PILImage
+    from PIL import ImageDraw
 
     names = list(rows)
-    columns = len(_mid_slices(rows[names[0]]))
-    fig, axes = plt.subplots(len(names), columns, figsize=(3.2 * columns, 3.0 * len(names)), squeeze=False)
-    overlays = None
-    if contours is not None:  # label boundaries as an orange RGBA layer: one imshow, 10x cheaper than contour()
-        overlays = []
-        for labels in (np.asarray(s) for s in _mid_slices(contours)):
-            boundary = np.zeros(labels.shape, dtype=bool)
+    entries: list[tuple[str, list[np.ndarray], int]] = []  # name, RGB slices, how to enlarge them
+    for name in names:
+        volume = np.asarray(rows[name], dtype=np.float32)
+        vmax = float(np.percentile(volume, 99.5)) or 1.0
+        entries.append((name, [_gray(p, vmax) for p in _mid_slices(volume)], PILImage.BILINEAR))
+    if jacobian is not None:  # nearest: interpolated colours would invent determinants between the voxels'
+        entries.append(("log2 Jacobian", [_jacobian_colours(p) for p in _mid_slices(np.asarray(jacobian))],
+                        PILImage.NEAREST))
+    shapes = [p.shape[:2] for p in entries[0][1]]
+    scale = max(1, int(np.ceil(panel_size / max(max(s) for s in shapes))))
+    boundaries = None
+    if contours is not None:  # label edges on the enlarged grid: one pixel wide whatever the scale
+        boundaries = []
+        for labels in _mid_slices(np.asarray(contours)):
+            big = np.kron(labels, np.ones((scale, scale), dtype=labels.dtype))
+            edge = np.zeros(big.shape, dtype=bool)
             for axis in range(2):
-                boundary |= np.diff(labels, axis=axis, prepend=np.take(labels, [0], axis=axis)) != 0
-            layer = np.zeros((*boundary.T.shape, 4), dtype=np.float32)
-            layer[boundary.T] = (1.0, 0.5, 0.05, 0.8)
-            overlays.append(layer)
-    for r, name in enumerate(names):
-        vmax = float(np.percentile(rows[name], 99.5)) or 1.0
-        for c, plane in enumerate(_mid_slices(rows[name])):
-            ax = axes[r, c]
-            ax.imshow(plane.T, cmap="gray", origin="lower", vmin=0.0, vmax=vmax, interpolation="nearest")
-            if overlays is not None:
-                ax.imshow(overlays[c], origin="lower", interpolation="nearest")
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if c == 0:
-                ax.set_ylabel(name)
+                edge |= np.diff(big, axis=axis, prepend=np.take(big, [0], axis=axis)) != 0
+            boundaries.append(_picture(edge))
+    font, small = _font(16), _font(14)
+    gap, label_width = 8, 26
+    title_height = 30 if title else gap
+    widths = [s[0] * scale for s in shapes]  # a slice (x, y) is shown with x across and y up
+    height = max(s[1] for s in shapes) * scale
+    legend = 0 if jacobian is None else 48  # the Jacobian row's colour bar and its ticks
+    canvas = PILImage.new("RGB", (label_width + sum(widths) + gap * (len(widths) + 1) + legend,
+                                  title_height + len(entries) * (height + gap)), "white")
+    draw = ImageDraw.Draw(canvas)
     if title:
-        fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    try:
-        with atomic_output(path) as tmp:
-            fig.savefig(tmp, dpi=110, format="png")
-    finally:
-        plt.close(fig)
+        draw.text((canvas.width // 2, title_height // 2), title, fill="black", font=font, anchor="mm")
+    for r, (name, planes, resample) in enumerate(entries):
+        top = title_height + r * (height + gap)
+        label = PILImage.new("RGB", (height, label_width), "white")
+        ImageDraw.Draw(label).text((height // 2, label_width // 2), name, fill="black", font=small, anchor="mm")
+        canvas.paste(label.rotate(90, expand=True), (0, top))
+        left = label_width + gap
+        for c, plane in enumerate(planes):
+            picture = _picture(plane)
+            panel = PILImage.fromarray(picture).resize((picture.shape[1] * scale, picture.shape[0] * scale), resample)
+            if boundaries is not None:
+                mask = PILImage.fromarray(boundaries[c].astype(np.uint8) * 200)
+                panel.paste(PILImage.new("RGB", panel.size, (255, 128, 13)), (0, 0), mask)
+            canvas.paste(panel, (left, top + height - panel.height))
+            left += panel.width + gap
+        if resample == PILImage.NEAREST:  # colour bar: log2 J from +1 (top) to -1
+            ramp = np.linspace(2.0, 0.5, height)[:, None].repeat(12, axis=1)
+            canvas.paste(PILImage.fromarray(_jacobian_colours(ramp)), (left, top))
+            for text, y in (("+1", top + 8), ("0", top + height // 2), ("-1", top + height - 8)):
+                draw.text((left + 16, y), text, fill="black", font=small, anchor="lm")
+    with atomic_output(path) as tmp:
+        canvas.save(tmp, format="PNG")
     return path
+
+
+def _picture(plane: np.ndarray) -> np.ndarray:
+    """A slice ``(x, y[, 3])`` as picture rows: ``y`` up the page, ``x`` across."""
+    return np.ascontiguousarray(np.swapaxes(plane, 0, 1)[::-1])
 
 
 def _frame_plane(volume: np.ndarray) -> np.ndarray:

@@ -40,6 +40,7 @@ from rlreg.metrics import mean_dice
 from rlreg.models import NO_MODEL, sha256
 from rlreg.spatial import (
     folding_percent,
+    jacobian_determinant,
     orientation_axes,
     reorient,
     reorient_field_back,
@@ -620,7 +621,8 @@ def finish(prepared: Prepared, result: Deformable, progress: Progress | None = N
     if opts.save_steps:
         written.update(_save_steps(out, result, p.to_moving, moving, fixed_norm, moving_norm, moving_affine,
                                    fixed.geometry, moving_seg, fseg))
-    written["overview"] = _overview(out / "overview.png", fixed_norm, moving_affine, warped_norm, jac, fseg, qc)
+    written["overview"] = _overview(out / "overview.png", fixed_norm, moving_affine, warped_norm,
+                                    jacobian_determinant(disp), fseg, qc)
     seconds["write"] = time.perf_counter() - t0
     seconds["total"] = (time.perf_counter() - started if started is not None else
                         sum(seconds[k] for k in ("read", "affine", "deformable", "write")))
@@ -734,7 +736,7 @@ def _save_steps(out: Path, result: Deformable, to_moving: np.ndarray, moving: Im
     return {"steps": folder, "gif": save_step_gif(folder / "registration.gif", fixed_norm, frames)}
 
 
-def _overview(path: Path, fixed: Tensor, moving_affine: Tensor, warped: Tensor, jac: Tensor,
+def _overview(path: Path, fixed: Tensor, moving_affine: Tensor, warped: Tensor, deformable_jac: Tensor,
               fixed_seg: Tensor | None, qc: dict[str, Any]) -> Path:
     from rlreg.pipelines.figures import save_registration_overview
 
@@ -747,7 +749,7 @@ def _overview(path: Path, fixed: Tensor, moving_affine: Tensor, warped: Tensor, 
     panels = {"fixed": plane(fixed), "moving (affine)": plane(moving_affine), "warped": plane(warped),
               "|fixed - warped|": plane((fixed - warped).abs())}
     return save_registration_overview(path, panels, contours=None if fixed_seg is None else plane(fixed_seg),
-                                      title=title)
+                                      title=title, jacobian=plane(deformable_jac))
 
 
 # ---------------------------------------------------------------------------------------------------- apply, invert

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from rlreg.losses import diffusion, multiscale_lncc
+from rlreg.losses import FixedLNCC, diffusion
 from rlreg.spatial import compose, integrate_velocity, resize_displacement, warp
 from rlreg.synth import gaussian_blur
 
@@ -181,10 +181,10 @@ def optimise_displacement(fixed: Tensor, moving: Tensor, config: InstanceConfig 
         param = (torch.zeros(fixed.shape[0], ndim, *grid, dtype=fixed.dtype, device=fixed.device) if start is None
                  else resize_displacement(start, grid)).requires_grad_(True)
         optimiser = _Adam(param, config.learning_rate)
+        similarity_to_fixed = FixedLNCC(fixed_l, config.windows, config.window_weights)
         for it in range(iterations):
             current = _field(param, base_l, config, size)
-            similarity = multiscale_lncc(fixed_l, warp(moving_l, current), windows=config.windows,
-                                         weights=config.window_weights, reduction="batch" if mask_l is None else "none")
+            similarity = similarity_to_fixed(warp(moving_l, current), "batch" if mask_l is None else "none")
             if mask_l is not None:
                 dims = tuple(range(1, similarity.ndim))
                 similarity = (similarity * mask_l).sum(dims) / mask_l.sum(dims).clamp_min(1e-6)

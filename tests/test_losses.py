@@ -14,6 +14,7 @@ from monai.losses import LocalNormalizedCrossCorrelationLoss
 from rlreg.losses import (
     BendingEnergyLoss,
     DiffusionLoss,
+    FixedLNCC,
     LNCCLoss,
     MultiScaleLNCCLoss,
     SoftDiceLoss,
@@ -220,6 +221,26 @@ def test_multiscale_lncc_is_the_normalised_weighted_mean(ndim: int) -> None:
     # Scaling all weights changes nothing (normalised); changing their ratio does.
     assert torch.allclose(multiscale_lncc(a, b, weights=(4.0, 2.0, 1.0)), multiscale_lncc(a, b))
     assert not torch.allclose(multiscale_lncc(a, b, weights=(1.0, 0.0, 0.0)), multiscale_lncc(a, b))
+
+
+@pytest.mark.parametrize("ndim", NDIMS)
+def test_fixed_lncc_equals_multiscale_lncc_values_and_gradients(ndim: int) -> None:
+    fixed = smooth_image(SHAPES[ndim], batch=2, seed=22) * 3.0 + 100.0  # far from 0: the mean shift matters
+    moving = smooth_image(SHAPES[ndim], batch=2, seed=23)
+    windows, weights = (7, 3), (1.0, 0.5)
+    cached = FixedLNCC(fixed, windows, weights)
+    for reduction in ("mean", "batch", "none"):
+        direct_input = moving.clone().requires_grad_(True)
+        cached_input = moving.clone().requires_grad_(True)
+        direct = multiscale_lncc(fixed, direct_input, windows, weights, reduction=reduction)
+        ours = cached(cached_input, reduction)
+        assert torch.allclose(ours, direct, atol=1e-6)
+        direct.sum().backward()
+        ours.sum().backward()
+        assert torch.allclose(cached_input.grad, direct_input.grad, atol=1e-6)
+    assert float(cached(fixed)) == pytest.approx(1.0, abs=1e-5)
+    with pytest.raises(ValueError, match="shape"):
+        cached(moving[:1])
 
 
 @pytest.mark.parametrize("ndim", NDIMS)
