@@ -115,7 +115,7 @@ def save_registration_overview(path: Path, rows: dict[str, np.ndarray], contours
             for text, y in (("+1", top + 8), ("0", top + height // 2), ("-1", top + height - 8)):
                 draw.text((left + 16, y), text, fill="black", font=small, anchor="lm")
     with atomic_output(path) as tmp:
-        canvas.save(tmp, format="PNG")
+        canvas.save(tmp, format="PNG", compress_level=3)  # half the time of the default 6, 1 % larger
     return path
 
 

@@ -35,7 +35,7 @@ from rlreg import __version__, models
 from rlreg.affine import AffineConfig, affine_register, index_map, positions_to_displacement, transform_matrix
 from rlreg.instance import InstanceConfig, optimise_displacement
 from rlreg.io import Geometry, Image, InputError, atomic_output, read_image, write_image
-from rlreg.losses import lncc
+from rlreg.losses import FixedLNCC, lncc
 from rlreg.metrics import mean_dice
 from rlreg.models import NO_MODEL, sha256
 from rlreg.spatial import (
@@ -224,8 +224,10 @@ def _dice(pred: Tensor | None, target: Tensor | None) -> float | None:
     return None if pred is None or target is None else float(mean_dice(pred, target))
 
 
-def _similarity(fixed: Tensor, warped: Tensor) -> float:
-    return float(lncc(fixed, warped, window=9))
+def _similarity(fixed: Tensor) -> Callable[[Tensor], float]:
+    """The QC similarity to ``fixed``: squared LNCC, window 9 (the fixed image's statistics computed once)."""
+    score = FixedLNCC(fixed, (9,), (1.0,))
+    return lambda warped: float(score(warped))
 
 
 # ---------------------------------------------------------------------------------------------------- stages
@@ -586,10 +588,11 @@ def finish(prepared: Prepared, result: Deformable, progress: Progress | None = N
     jac = world_jacobian(total, fixed.geometry)
     qc_mask = None if fixed_mask is None else fixed_mask.data > 0
     fseg = None if p.fixed_seg is None else p.fixed_seg.data
+    similarity = _similarity(fixed_norm)
     qc: dict[str, Any] = {
-        "lncc_before": _similarity(fixed_norm, unaligned(moving_norm)),
-        "lncc_affine": _similarity(fixed_norm, moving_affine),
-        "lncc_after": _similarity(fixed_norm, warped_norm),
+        "lncc_before": similarity(unaligned(moving_norm)),
+        "lncc_affine": similarity(moving_affine),
+        "lncc_after": similarity(warped_norm),
         "folding_percent": float(folding_percent(disp, qc_mask)[0]),
         "sdlogj": float(sdlogj(disp, qc_mask)[0]),
         "jacobian_min": float(jac.min()), "jacobian_max": float(jac.max()),
@@ -719,7 +722,7 @@ def _save_steps(out: Path, result: Deformable, to_moving: np.ndarray, moving: Im
 
     folder = out / "steps"
     frames = [moving_affine]
-    table = []
+    table, similarity = [], _similarity(fixed_norm)
     for index, working in enumerate(result.history, start=1):
         disp = resize_displacement(working.cpu(), geometry.size)
         chain = positions_to_displacement(to_moving, disp)
@@ -727,7 +730,7 @@ def _save_steps(out: Path, result: Deformable, to_moving: np.ndarray, moving: Im
         write_itk_warp(world_displacement(chain, geometry, moving.geometry), geometry,
                        folder / f"step_{index:03d}_warp.nii.gz")
         frames.append(warp(moving_norm, chain))
-        row = {"step": index, "lncc": _similarity(fixed_norm, frames[-1])}
+        row = {"step": index, "lncc": similarity(frames[-1])}
         if moving_seg is not None:
             row["dice"] = _dice(warp(moving_seg.data, chain, "label"), fixed_seg)
         table.append(row)

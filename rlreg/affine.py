@@ -26,7 +26,7 @@ from torch import Tensor
 
 from rlreg.instance import _Adam, downsample, level_factor
 from rlreg.io import Geometry
-from rlreg.losses import lncc
+from rlreg.losses import FixedLNCC
 from rlreg.spatial import identity_grid, warp
 
 MIN_SAMPLES = 50_000
@@ -183,11 +183,12 @@ def fit_affine(fixed: Tensor, moving: Tensor, fixed_geometry: Geometry, moving_g
         grid = identity_grid(fixed_l.shape[2:], torch.float64, device).flatten(2)[0]  # (ndim, V) level indices
         points = fixed_world[:-1, :-1] @ (grid * scale_f) + fixed_world[:-1, -1:] - centre_f.view(ndim, 1)
         optimisers = (_Adam(linear, config.matrix_rate), _Adam(shift, config.shift_rate_mm))
+        similarity_to_fixed = FixedLNCC(fixed_l, (config.window,), (1.0,))
         for _ in range(steps):
             moved = (eye + linear) @ points + (centre_m + shift).view(ndim, 1)
             index = (to_moving[:-1, :-1] @ moved + to_moving[:-1, -1:]) / scale_m
             displacement = (index - grid).to(fixed.dtype).view(1, ndim, *fixed_l.shape[2:])
-            similarity = lncc(fixed_l, warp(moving_l, displacement), config.window, reduction="none")
+            similarity = similarity_to_fixed(warp(moving_l, displacement), "none")
             mask = weights
             if moving_weights is not None:
                 inside = warp(moving_weights, displacement)
