@@ -3,17 +3,23 @@
 ``python -m rlreg.pipelines.benchmark_agent [--threads 1]`` times the deformable stage (planner + actor per step,
 composition and re-warp of the original moving image) of a freshly initialised agent on the grid sizes a 2 mm
 brain pair gives, starting from SPAC's official setting (a 5-level network at 128^3, 20 steps) and adding one lever
-at a time. Weights do not change the cost, so no training is needed. Each case: median of ``--repeats`` timed
-episodes after one warm-up. Writes ``docs/benchmarks.md`` between ``<!-- agent-speed:begin -->`` and
-``<!-- agent-speed:end -->``.
+at a time. Weights do not change the cost, so no training is needed. Each case runs in a fresh child process
+(median of ``--repeats`` timed episodes after one warm-up), so its peak resident memory is its own; a child that
+only imports the same modules gives the baseline that memory is quoted above. Writes ``docs/benchmarks.md`` between
+``<!-- agent-speed:begin -->`` and ``<!-- agent-speed:end -->``.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import statistics
+import sys
+import tempfile
 import time
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import torch
 
@@ -83,9 +89,31 @@ def time_episode(lever: Lever, repeats: int = 3) -> dict[str, float]:
             "parameters": count_parameters(agent.planner) + count_parameters(agent.actor)}
 
 
-def main(argv: list[str] | None = None) -> None:
-    from pathlib import Path
+def _measure(index: int, args: argparse.Namespace, work: Path) -> dict:
+    """Run lever ``index`` in a fresh child process: its timing record plus its own peak RSS (MiB)."""
+    from rlreg.pipelines.benchmark_register import run_child
 
+    result_path = work / f"lever_{index}.json"
+    command = [sys.executable, "-m", "rlreg.pipelines.benchmark_agent", "--lever", str(index), "--threads",
+               str(args.threads), "--repeats", str(args.repeats), "--result", str(result_path)]
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
+    child = run_child(command, work / f"lever_{index}.stdout", env)
+    if child.returncode != 0 or not result_path.exists():
+        last = (child.stderr.strip().splitlines() or ["no output"])[-1]
+        return {"error": f"exit {child.returncode}: {last[:120]}"}
+    return {**json.loads(result_path.read_text()), "peak_rss_mib": child.peak_rss_mib}
+
+
+def _import_baseline_mib(work: Path) -> float:
+    """Peak RSS of a child that imports what a lever's child imports and stops."""
+    from rlreg.pipelines.benchmark_register import run_child
+
+    code = "import torch, rlreg.pipelines.benchmark_agent"
+    run = run_child([sys.executable, "-c", code], work / "import_baseline.stdout")
+    return run.peak_rss_mib if run.returncode == 0 else float("nan")
+
+
+def main(argv: list[str] | None = None) -> None:
     from rlreg.pipelines.benchmark_register import _environment, write_section
     from rlreg.pipelines.benchmark_spatial import load_average
 
@@ -93,32 +121,41 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--output", type=Path, default=Path("docs/benchmarks.md"))
+    parser.add_argument("--lever", type=int, default=None, help=argparse.SUPPRESS)  # child: time this lever only
+    parser.add_argument("--result", type=Path, default=None, help=argparse.SUPPRESS)  # child: its record
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.lever is not None:
+        record = time_episode(LEVERS[args.lever], args.repeats)
+        args.result.write_text(json.dumps(record))
+        return
     load = load_average()
     rows = []
-    for lever in LEVERS:
-        try:
-            result = time_episode(lever, args.repeats)
-        except Exception as err:  # e.g. torch.compile without a compiler: report, do not hide the other rows
-            result = {"error": f"{type(err).__name__}: {str(err).splitlines()[0][:120]}"}
-        rows.append((lever, result))
-        print(lever.name, result, flush=True)
-    base = rows[0][1]["seconds"]
+    with tempfile.TemporaryDirectory(prefix="rlreg-agent-speed-") as scratch:
+        baseline = _import_baseline_mib(Path(scratch))
+        for index, lever in enumerate(LEVERS):
+            result = _measure(index, args, Path(scratch))  # e.g. torch.compile without a compiler: an error row
+            rows.append((lever, result))
+            print(lever.name, result, flush=True)
+    base = rows[0][1].get("seconds", float("nan"))
     env = _environment(load, Path("out"))
     lines = [BEGIN, "## Agent speed levers (3-D brain pair, model time only)", "",
              f"`python -m rlreg.pipelines.benchmark_agent --threads {args.threads}`: one pair, {args.threads} CPU "
              f"thread(s), median of {args.repeats} episodes, every row in the same invocation; {env['cpu']}, torch "
-             f"{env['torch']}, {env['date']}. Each row adds one lever to the row above.", "",
-             "| case | grid | steps | parameters | s/step | s/pair | speed-up vs SPAC |",
-             "|---|---|---|---|---|---|---|"]
+             f"{env['torch']}, {env['date']}. Each row adds one lever to the row above and runs in a fresh child "
+             f"process. *Peak MiB* is that child's own peak resident memory above the {baseline:.0f} MiB a child "
+             "that only imports the same modules reaches (network, activations and the episode's images; "
+             "torch.compile's compiler included).", "",
+             "| case | grid | steps | parameters | s/step | s/pair | speed-up vs SPAC | peak MiB |",
+             "|---|---|---|---|---|---|---|---|"]
     for lever, r in rows:
         if "error" in r:
-            lines.append(f"| {lever.name} | {'x'.join(map(str, lever.grid))} | {lever.steps} | | | | {r['error']} |")
+            lines.append(f"| {lever.name} | {'x'.join(map(str, lever.grid))} | {lever.steps} | | | | {r['error']} | |")
             continue
         extra = f" (compile {r['compile_seconds']:.0f} s once)" if lever.compile else ""
         lines.append(f"| {lever.name} | {'x'.join(map(str, lever.grid))} | {lever.steps} | {r['parameters']:,} | "
-                     f"{r['per_step']:.3f} | {r['seconds']:.2f}{extra} | {base / r['seconds']:.1f}x |")
+                     f"{r['per_step']:.3f} | {r['seconds']:.2f}{extra} | {base / r['seconds']:.1f}x | "
+                     f"{r['peak_rss_mib'] - baseline:.0f} |")
     lines += ["", "Not measured here: bf16/AMP needs a GPU (none was lent); encoding the fixed image once per pair "
               "needs a two-stream planner (not built, see the issue notes).", END]
     write_section(args.output, "\n".join(lines) + "\n", BEGIN, END)
