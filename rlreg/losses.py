@@ -228,6 +228,8 @@ class FixedLNCC:
                  eps: float = 1e-5) -> None:
         self.windows = [_check_window(w) for w in windows]
         self.weights = _check_weights(self.windows, weights)
+        if fixed.ndim not in (4, 5):
+            raise ValueError(f"fixed must be (N, C, *S) with 2 or 3 spatial dims, got shape {tuple(fixed.shape)}")
         fixed = _as_float(fixed)
         self.shape, self.eps = fixed.shape, eps
         with torch.no_grad():

@@ -241,6 +241,8 @@ def test_fixed_lncc_equals_multiscale_lncc_values_and_gradients(ndim: int) -> No
     assert float(cached(fixed)) == pytest.approx(1.0, abs=1e-5)
     with pytest.raises(ValueError, match="shape"):
         cached(moving[:1])
+    with pytest.raises(ValueError, match="spatial"):
+        FixedLNCC(fixed[0])
 
 
 @pytest.mark.parametrize("ndim", NDIMS)
