@@ -242,7 +242,7 @@ def test_fixed_lncc_equals_multiscale_lncc_values_and_gradients(ndim: int) -> No
     with pytest.raises(ValueError, match="shape"):
         cached(moving[:1])
     with pytest.raises(ValueError, match="spatial"):
-        FixedLNCC(fixed[0])
+        FixedLNCC(fixed[0, 0])
 
 
 @pytest.mark.parametrize("ndim", NDIMS)
