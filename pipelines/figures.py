@@ -48,7 +48,8 @@ def save_registration_overview(path: Path, rows: dict[str, np.ndarray], contours
                                title: str = "", jacobian: np.ndarray | None = None, panel_size: int = 240) -> Path:
     """Write a PNG grid: one row per named image (e.g. fixed, moving, warped), one column per mid slice.
 
-    Drawn with Pillow alone (about 30 ms for a 2 mm brain; matplotlib took about 1 s plus 1 s to import).
+    Drawn with Pillow alone (about 0.1 s for a 2 mm brain, PNG encoding included; matplotlib took about 1 s, plus
+    1 s to import).
 
     Args:
         path: output PNG (written atomically).
@@ -65,14 +66,14 @@ def save_registration_overview(path: Path, rows: dict[str, np.ndarray], contours
     from PIL import ImageDraw
 
     names = list(rows)
-    entries: list[tuple[str, list[np.ndarray], int]] = []  # name, RGB slices, how to enlarge them
+    entries: list[tuple[str, list[np.ndarray], int, bool]] = []  # name, RGB slices, how to enlarge, colour bar
     for name in names:
         volume = np.asarray(rows[name], dtype=np.float32)
         vmax = float(np.percentile(volume, 99.5)) or 1.0
-        entries.append((name, [_gray(p, vmax) for p in _mid_slices(volume)], PILImage.BILINEAR))
+        entries.append((name, [_gray(p, vmax) for p in _mid_slices(volume)], PILImage.BILINEAR, False))
     if jacobian is not None:  # nearest: interpolated colours would invent determinants between the voxels'
         entries.append(("log2 Jacobian", [_jacobian_colours(p) for p in _mid_slices(np.asarray(jacobian))],
-                        PILImage.NEAREST))
+                        PILImage.NEAREST, True))
     shapes = [p.shape[:2] for p in entries[0][1]]
     scale = max(1, int(np.ceil(panel_size / max(max(s) for s in shapes))))
     boundaries = None
@@ -95,7 +96,7 @@ def save_registration_overview(path: Path, rows: dict[str, np.ndarray], contours
     draw = ImageDraw.Draw(canvas)
     if title:
         draw.text((canvas.width // 2, title_height // 2), title, fill="black", font=font, anchor="mm")
-    for r, (name, planes, resample) in enumerate(entries):
+    for r, (name, planes, resample, colour_bar) in enumerate(entries):
         top = title_height + r * (height + gap)
         label = PILImage.new("RGB", (height, label_width), "white")
         ImageDraw.Draw(label).text((height // 2, label_width // 2), name, fill="black", font=small, anchor="mm")
@@ -109,7 +110,7 @@ def save_registration_overview(path: Path, rows: dict[str, np.ndarray], contours
                 panel.paste(PILImage.new("RGB", panel.size, (255, 128, 13)), (0, 0), mask)
             canvas.paste(panel, (left, top + height - panel.height))
             left += panel.width + gap
-        if resample == PILImage.NEAREST:  # colour bar: log2 J from +1 (top) to -1
+        if colour_bar:  # log2 J from +1 (top) to -1
             ramp = np.linspace(2.0, 0.5, height)[:, None].repeat(12, axis=1)
             canvas.paste(PILImage.fromarray(_jacobian_colours(ramp)), (left, top))
             for text, y in (("+1", top + 8), ("0", top + height // 2), ("-1", top + height - 8)):
