@@ -104,17 +104,8 @@ def _measure(index: int, args: argparse.Namespace, work: Path) -> dict:
     return {**json.loads(result_path.read_text()), "peak_rss_mib": child.peak_rss_mib}
 
 
-def _import_baseline_mib(work: Path) -> float:
-    """Peak RSS of a child that imports what a lever's child imports and stops."""
-    from rlreg.pipelines.benchmark_register import run_child
-
-    code = "import torch, rlreg.pipelines.benchmark_agent"
-    run = run_child([sys.executable, "-c", code], work / "import_baseline.stdout")
-    return run.peak_rss_mib if run.returncode == 0 else float("nan")
-
-
 def main(argv: list[str] | None = None) -> None:
-    from rlreg.pipelines.benchmark_register import _environment, write_section
+    from rlreg.pipelines.benchmark_register import _environment, import_baseline_mib, write_section
     from rlreg.pipelines.benchmark_spatial import load_average
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -132,7 +123,7 @@ def main(argv: list[str] | None = None) -> None:
     load = load_average()
     rows = []
     with tempfile.TemporaryDirectory(prefix="rlreg-agent-speed-") as scratch:
-        baseline = _import_baseline_mib(Path(scratch))
+        baseline = import_baseline_mib(Path(scratch), "torch, rlreg.pipelines.benchmark_agent")
         for index, lever in enumerate(LEVERS):
             result = _measure(index, args, Path(scratch))  # e.g. torch.compile without a compiler: an error row
             rows.append((lever, result))

@@ -136,10 +136,11 @@ def register_command(paths: dict[str, Path], output: Path, device: str) -> list[
             "--device", device, "--json"]
 
 
-def import_baseline_mib(work: Path) -> float:
-    """Peak RSS of a child that only imports what ``rlreg register`` imports (torch, SimpleITK, the pipeline)."""
-    code = "import rlreg.cli.main, rlreg.pipelines.register, rlreg.pipelines.figures"
-    run = run_child([sys.executable, "-c", code], work / "import_baseline.out")
+def import_baseline_mib(work: Path,
+                        modules: str = "rlreg.cli.main, rlreg.pipelines.register, rlreg.pipelines.figures") -> float:
+    """Peak RSS of a child that only imports ``modules`` (by default what ``rlreg register`` imports: torch,
+    SimpleITK, the pipeline)."""
+    run = run_child([sys.executable, "-c", f"import {modules}"], work / "import_baseline.out")
     return run.peak_rss_mib if run.returncode == 0 else float("nan")
 
 
