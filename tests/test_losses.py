@@ -386,7 +386,9 @@ def test_regularisers_gradcheck() -> None:
     # Two samples, both reductions: each sample's energy has its own gradient.
     field = torch.randn(2, 3, 4, 3, 5, generator=torch.Generator().manual_seed(29), dtype=torch.float64)
     for reduction in ("batch", "mean"):
-        assert torch.autograd.gradcheck(lambda u, r=reduction: diffusion(u, reduction=r), (field.requires_grad_(True),))
+        for regulariser in (diffusion, bending_energy):
+            assert torch.autograd.gradcheck(lambda u, f=regulariser, r=reduction: f(u, reduction=r),
+                                            (field.requires_grad_(True),))
 
 
 @pytest.mark.parametrize(
