@@ -85,6 +85,10 @@ MODEL_HELP = ("Shipped agent (rlreg models list), or none for instance optimisat
               "default for the input's dimensionality, else instance optimisation].")
 REFINE_HELP = "Refine the agent's field by N iterations of instance optimisation (agents only)."
 REFINE_FACTOR_HELP = "Downsampling factor of the refinement, relative to the instance-optimisation grid."
+SMOOTHNESS_HELP = ("Instance optimisation: diffusion weight [default: 0.25; 0.5 with --diffeomorphic]; lower = "
+                   "sharper, more folding risk.")
+BENDING_HELP = ("Instance optimisation: bending-energy weight [default: 1; 0 with --diffeomorphic]; it charges "
+                "curvature, not the smooth large-scale part of a deformation.")
 DIFFEOMORPHIC_HELP = ("Instance optimisation of a stationary velocity field (diffusion weight 0.5 unless "
                       "--smoothness): no folding, about 6x slower.")
 
@@ -122,8 +126,8 @@ def register(
     refine: Annotated[int, typer.Option(min=0, help=REFINE_HELP)] = 0,
     refine_factor: Annotated[int, typer.Option(min=1, help=REFINE_FACTOR_HELP)] = 2,
     affine: Annotated[bool, typer.Option("--affine/--no-affine", help="Rigid + affine pre-alignment.")] = True,
-    smoothness: Annotated[float | None, typer.Option(help="Instance optimisation: diffusion weight [default: 1]; "
-                                                     "lower = sharper, more folding risk.")] = None,
+    smoothness: Annotated[float | None, typer.Option(help=SMOOTHNESS_HELP)] = None,
+    bending: Annotated[float | None, typer.Option(help=BENDING_HELP)] = None,
     diffeomorphic: Annotated[bool, typer.Option(help=DIFFEOMORPHIC_HELP)] = False,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda[:N].")] = "auto",
     formats: Annotated[str, typer.Option("--format", help="Extra field exports, comma-separated: slicer, l2r, fsl, "
@@ -144,7 +148,7 @@ def register(
         fixed_mask=fixed_mask, moving_mask=moving_mask, model=model, steps=steps, refine=refine,
         refine_factor=refine_factor, affine=affine, formats=tuple(f.strip() for f in formats.split(",") if f.strip()),
         save_inverse=save_inverse, save_steps=save_steps)
-    options.instance = instance_settings(smoothness, diffeomorphic)
+    options.instance = instance_settings(smoothness, diffeomorphic, bending)
     try:
         options.device = str(resolve_device(device))
         with _progress_bar(quiet or json_output) as bar:
@@ -200,8 +204,8 @@ def batch(
     refine: Annotated[int, typer.Option(min=0, help=REFINE_HELP)] = 0,
     refine_factor: Annotated[int, typer.Option(min=1, help=REFINE_FACTOR_HELP)] = 2,
     affine: Annotated[bool, typer.Option("--affine/--no-affine", help="Rigid + affine pre-alignment.")] = True,
-    smoothness: Annotated[float | None, typer.Option(help="Instance optimisation: diffusion weight [default: 1].")
-                          ] = None,
+    smoothness: Annotated[float | None, typer.Option(help=SMOOTHNESS_HELP)] = None,
+    bending: Annotated[float | None, typer.Option(help=BENDING_HELP)] = None,
     diffeomorphic: Annotated[bool, typer.Option(help=DIFFEOMORPHIC_HELP)] = False,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda[:N].")] = "auto",
     formats: Annotated[str, typer.Option("--format", help="Extra field exports per pair: slicer, l2r, fsl, niftyreg, "
@@ -223,7 +227,7 @@ def batch(
                                refine_factor=refine_factor, affine=affine,
                                formats=tuple(f.strip() for f in formats.split(",") if f.strip()),
                                save_inverse=save_inverse)
-    settings.instance = instance_settings(smoothness, diffeomorphic)
+    settings.instance = instance_settings(smoothness, diffeomorphic, bending)
     options = BatchOptions(source=source, output=output, settings=settings, atlas=atlas, atlas_seg=atlas_seg,
                            subset=subset, shard=shard, batch_size=batch_size, engine=engine, address=address)
     if workers is not None:

@@ -9,7 +9,7 @@ Stages (each timed and reported in ``rlreg.json``):
 3. **deformable**, on a working grid: a shipped RL agent run for T steps (``model="digits"``, or by default the
    model marked default for the input's dimensionality), optionally refined by ``refine`` iterations of instance
    optimisation; or, with ``model="none"`` or when no default agent ships for the input, classical instance
-   optimisation (LNCC + diffusion), named as such in ``rlreg.json``.
+   optimisation (LNCC + diffusion and bending energy), named as such in ``rlreg.json``.
 4. **write**: the original moving image resampled *once* through the whole chain, the total field in ITK/ANTs
    form, the composite ``transform.h5``, the Jacobian, QC numbers; each file atomically, ``rlreg.json`` last.
 """
@@ -61,15 +61,18 @@ __all__ = ["FORMATS", "Deformable", "Prepared", "RegisterOptions", "RegisterResu
            "finish", "instance_settings", "normalise_intensity", "prepare", "register"]
 
 FORMATS = ("slicer", "l2r", "fsl", "niftyreg", "dicom")
-DEFAULT_INSTANCE = InstanceConfig(levels=(4, 2, 1), iterations=(60, 30, 15), smoothness=1.0, windows=(5,),
-                                  gradient_sigma=1.0)
-"""Instance optimisation of ``rlreg register``: variant ``g1-w5-i15`` of ``docs/tuning.md``, chosen on the two
-development sets (never on the evaluation data). Against ``s1-w5-lean`` (the default of sessions 5 and 6, which
-had 10 full-resolution iterations and no gradient smoothing): Dice 0.912 vs 0.901 on the label-derived set and
-0.925 vs 0.913 on the T1 set, with less folding and a smoother field (SDlogJ 0.135 vs 0.173), for about 2.5 s more
-per 2 mm pair on one thread. 20 full-resolution iterations gave 0.003 more Dice on each set for another 2.5 s.
-``--smoothness 0.5`` and 2 trade Dice for folding either way (``s0.5-w5-lean``, ``s2-w5-lean``)."""
+DEFAULT_INSTANCE = InstanceConfig(levels=(4, 2, 1), iterations=(60, 30, 15), smoothness=0.25, bending=1.0,
+                                  windows=(5,), gradient_sigma=1.0)
+"""Instance optimisation of ``rlreg register``: variant ``g1-s0.25-b1`` of ``docs/tuning.md``, chosen on the two
+development sets (never on the evaluation data). It is session 7's ``g1-w5-i15`` (diffusion weight 1, which had
+replaced ``s1-w5-lean``: +0.011 and +0.012 Dice) with most of the diffusion traded for bending energy. Diffusion
+charges every displacement gradient, so it holds back large smooth deformations; bending energy charges only
+curvature, as elastix's B-spline grid does by construction, and still stops voxel-scale noise. Against
+``g1-w5-i15``: T1 set 0.935 vs 0.925 (elastix 0.934 on the same six pairs), label set 0.914 vs 0.912, no folded
+voxel on either, for about 0.9 s more per 2 mm pair on one thread. Bending alone (``g1-b1``/``g1-b2``/``g1-b4``)
+or with more weight gains more on the T1 set (up to 0.940) but loses on the label set (down to 0.903)."""
 DEFAULT_SMOOTHNESS = DEFAULT_INSTANCE.smoothness
+DEFAULT_BENDING = DEFAULT_INSTANCE.bending
 DIFFEOMORPHIC_INSTANCE = InstanceConfig(levels=(4, 2, 1), iterations=(60, 30, 10), smoothness=0.5, windows=(5,),
                                         diffeomorphic=True)
 """``--diffeomorphic``: variant ``svf-s0.5-w5-lean`` of ``docs/tuning.md``, the velocity variant chosen by the
@@ -140,11 +143,15 @@ class RegisterResult:
 
 
 # ---------------------------------------------------------------------------------------------------- helpers
-def instance_settings(smoothness: float | None = None, diffeomorphic: bool = False) -> InstanceConfig:
+def instance_settings(smoothness: float | None = None, diffeomorphic: bool = False,
+                      bending: float | None = None) -> InstanceConfig:
     """The instance optimisation the command line asks for: the tuned defaults, or their velocity-field variant,
-    with ``smoothness`` (the diffusion weight) overriding the tuned weight when given."""
+    with ``smoothness`` (the diffusion weight) and ``bending`` (the bending-energy weight) overriding the tuned
+    weights when given."""
     config = DIFFEOMORPHIC_INSTANCE if diffeomorphic else DEFAULT_INSTANCE
-    return config if smoothness is None else replace(config, smoothness=smoothness)
+    if smoothness is not None:
+        config = replace(config, smoothness=smoothness)
+    return config if bending is None else replace(config, bending=bending)
 
 
 def check_output_dir(output: Path) -> None:
@@ -636,8 +643,8 @@ def finish(prepared: Prepared, result: Deformable, progress: Progress | None = N
               "device": opts.device, "model_asked": opts.model or "default", **result.method}
     if p.model is None:
         why = "--model none" if opts.model == NO_MODEL else f"no default agent ships for {fixed.ndim}-D inputs"
-        method["note"] = (f"{why}: the field is fitted to this pair by Adam on multi-scale LNCC + diffusion; no "
-                          "learning is involved")
+        method["note"] = (f"{why}: the field is fitted to this pair by Adam on local NCC + diffusion and "
+                          "bending energy; no learning is involved")
     if p.transform is not None:
         method["affine_matrix_lps"] = transform_matrix(p.transform, fixed.ndim).tolist()
     inputs = {"fixed": _describe(fixed), "moving": _describe(moving)}

@@ -44,6 +44,7 @@ _SITK = AffineConfig(backend="simpleitk")
 _OLD = InstanceConfig(smoothness=4.0)
 _FULL = replace(_OLD, levels=(4, 2, 1), iterations=(100, 60, 20))
 _LEAN = replace(_FULL, smoothness=1.0, windows=(5,), iterations=(60, 30, 10))  # s1-w5-lean, the session-5 default
+_G1 = replace(_LEAN, gradient_sigma=1.0, iterations=(60, 30, 15))  # g1-w5-i15, the session-7 default
 VARIANTS: dict[str, Variant] = {v.name: v for v in (
     Variant("v0-sitk-s4-L42", _OLD, _SITK),  # the defaults until session 5
     Variant("sitk-s1-L42", replace(_OLD, smoothness=1.0), _SITK),
@@ -77,6 +78,15 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in (
     Variant("g1-w5-lean", replace(_LEAN, gradient_sigma=1.0)),
     Variant("g1-w5-i15", replace(_LEAN, gradient_sigma=1.0, iterations=(60, 30, 15))),
     Variant("g1-w5-i20", replace(_LEAN, gradient_sigma=1.0, iterations=(60, 30, 20))),
+    # Session 9: bending energy (squared second derivatives) beside or instead of diffusion, from g1-w5-i15.
+    Variant("g1-b1", replace(_G1, smoothness=0.0, bending=1.0)),
+    Variant("g1-b2", replace(_G1, smoothness=0.0, bending=2.0)),
+    Variant("g1-b4", replace(_G1, smoothness=0.0, bending=4.0)),
+    Variant("g1-s0.5-b1", replace(_G1, smoothness=0.5, bending=1.0)),
+    Variant("g1-s0.25-b1", replace(_G1, smoothness=0.25, bending=1.0)),
+    Variant("g1-s0.25-b2", replace(_G1, smoothness=0.25, bending=2.0)),
+    Variant("g1-s0.25-b1-i10", replace(_G1, smoothness=0.25, bending=1.0, iterations=(60, 30, 10))),
+    Variant("g1-s0.25-b1-i12", replace(_G1, smoothness=0.25, bending=1.0, iterations=(60, 30, 12))),
 )}
 
 

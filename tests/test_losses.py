@@ -24,6 +24,7 @@ from rlreg.losses import (
     lncc_loss,
     multiscale_lncc,
     multiscale_lncc_loss,
+    regularise_,
     soft_dice,
     soft_dice_loss,
     total_variation,
@@ -374,6 +375,23 @@ def test_regulariser_reductions_and_dtype(ndim: int) -> None:
         assert regulariser(torch.empty_like(field, device="meta")).device.type == "meta"
         if module is not None:
             assert torch.equal(module(reduction="batch")(field), per_sample)
+
+
+@pytest.mark.parametrize("ndim", NDIMS)
+def test_regularise_in_place_matches_autograd(ndim: int) -> None:
+    """``regularise_`` returns the weighted energies and adds exactly the gradient autograd gives for their sum."""
+    field = torch.randn(2, ndim, *SHAPES[ndim], generator=torch.Generator().manual_seed(31), dtype=torch.float64)
+    start = torch.randn(field.shape, generator=torch.Generator().manual_seed(32), dtype=torch.float64)
+    for weights in ((0.25, 1.0), (1.0, 0.0), (0.0, 2.0)):
+        leaf = field.clone().requires_grad_(True)
+        expected = weights[0] * diffusion(leaf, "batch") + weights[1] * bending_energy(leaf, "batch")
+        (grad,) = torch.autograd.grad(expected.sum(), leaf)
+        gradient = start.clone()
+        energies = regularise_(field, gradient, *weights)
+        torch.testing.assert_close(energies, expected.detach(), rtol=1e-12, atol=0)
+        torch.testing.assert_close(gradient, start + grad, rtol=1e-12, atol=1e-15)
+    with pytest.raises(ValueError, match="shape"):
+        regularise_(field, start[:1], 1.0)
 
 
 def test_regularisers_gradcheck() -> None:

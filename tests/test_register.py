@@ -429,4 +429,10 @@ def test_diffeomorphic_option_reaches_the_optimiser_and_does_not_fold(tmp_path) 
     out = runner.invoke(app, [*base, "-o", str(tmp_path / "svf2"), "--diffeomorphic", "--smoothness", "2"])
     assert json.loads(out.stdout)["method"]["config"]["smoothness"] == 2.0
     out = runner.invoke(app, [*base, "-o", str(tmp_path / "plain")])
-    assert json.loads(out.stdout)["method"]["config"]["diffeomorphic"] is False
+    config = json.loads(out.stdout)["method"]["config"]
+    assert config["diffeomorphic"] is False
+    assert (config["smoothness"], config["bending"]) == (register_module.DEFAULT_SMOOTHNESS,
+                                                         register_module.DEFAULT_BENDING)
+    out = runner.invoke(app, [*base, "-o", str(tmp_path / "flat"), "--bending", "0", "--smoothness", "1"])
+    config = json.loads(out.stdout)["method"]["config"]
+    assert (config["smoothness"], config["bending"]) == (1.0, 0.0)
