@@ -596,12 +596,13 @@ def finish(prepared: Prepared, result: Deformable, progress: Progress | None = N
     qc_mask = None if fixed_mask is None else fixed_mask.data > 0
     fseg = None if p.fixed_seg is None else p.fixed_seg.data
     similarity = _similarity(fixed_norm)
+    deformable_jac = jacobian_determinant(disp)  # the deformable part's, shared by the QC numbers and the overview
     qc: dict[str, Any] = {
         "lncc_before": similarity(unaligned(moving_norm)),
         "lncc_affine": similarity(moving_affine),
         "lncc_after": similarity(warped_norm),
-        "folding_percent": float(folding_percent(disp, qc_mask)[0]),
-        "sdlogj": float(sdlogj(disp, qc_mask)[0]),
+        "folding_percent": float(folding_percent(disp, qc_mask, determinant=deformable_jac)[0]),
+        "sdlogj": float(sdlogj(disp, qc_mask, determinant=deformable_jac)[0]),
         "jacobian_min": float(jac.min()), "jacobian_max": float(jac.max()),
     }
     if moving_seg is not None:
@@ -631,8 +632,8 @@ def finish(prepared: Prepared, result: Deformable, progress: Progress | None = N
     if opts.save_steps:
         written.update(_save_steps(out, result, p.to_moving, moving, fixed_norm, moving_norm, moving_affine,
                                    fixed.geometry, moving_seg, fseg))
-    written["overview"] = _overview(out / "overview.png", fixed_norm, moving_affine, warped_norm,
-                                    jacobian_determinant(disp), fseg, qc)
+    written["overview"] = _overview(out / "overview.png", fixed_norm, moving_affine, warped_norm, deformable_jac, fseg,
+                                    qc)
     seconds["write"] = time.perf_counter() - t0
     seconds["total"] = (time.perf_counter() - started if started is not None else
                         sum(seconds[k] for k in ("read", "affine", "deformable", "write")))

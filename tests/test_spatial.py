@@ -230,6 +230,10 @@ def test_jacobian_folding_and_sdlogj_golden() -> None:
     # Learn2Reg's +3 quirk changes the value for a non-trivial field
     field = smooth_field((16, 16), 1.0)
     assert sdlogj(field, learn2reg_offset=True).item() < sdlogj(field).item()
+    # A determinant the caller already has is used as given, not recomputed.
+    det = jacobian_determinant(field)
+    assert sdlogj(field, determinant=det).item() == sdlogj(field).item()
+    assert folding_percent(field, determinant=-det).item() == 100.0
 
 
 def test_jacobian_matches_sitk_on_identity_geometry() -> None:
@@ -264,8 +268,9 @@ def test_label_warp_never_invents_values_and_matches_onehot_reference(ndim: int)
 
 @pytest.mark.parametrize("padding", ["zeros", "border"])
 def test_label_warp_shortcut_of_uniform_cells_equals_the_vote_everywhere(padding: str) -> None:
-    """Positions in one-label cells skip the vote; the result must be what voting at every position gives, also for
-    positions outside the grid, batches, several channels, float labels and one-voxel axes (no cells at all)."""
+    """Positions in one-label cells, and with zero padding those whose corners are all off the grid, skip the vote;
+    the result must be what voting at every position gives, also for positions outside the grid, batches, several
+    channels, float labels and one-voxel axes (no cells at all)."""
     gen = torch.Generator().manual_seed(3)
     for shape, n, ch, scale in [((12, 9, 7), 2, 2, 3.0), ((15, 11), 1, 1, 0.4), ((6, 1, 5), 1, 1, 1.0)]:
         ndim = len(shape)
@@ -277,6 +282,8 @@ def test_label_warp_shortcut_of_uniform_cells_equals_the_vote_everywhere(padding
         low = pos.floor()
         frac, low = (pos - low).transpose(0, 1).flatten(1), low.long().transpose(0, 1).flatten(1)
         batch = torch.arange(n).repeat_interleave(pos.shape[-1])
+        if scale > 1:  # some positions lie wholly off the grid
+            assert ((low < -1) | (low > torch.tensor(shape).view(-1, 1) - 1)).any(0).sum() > 10
         everywhere = torch.stack([_vote_labels(labels[:, c].reshape(-1), batch, low, frac, labels.shape[2:], padding)
                                   for c in range(ch)]).view(ch, n, *shape).transpose(0, 1)
         assert torch.equal(out, everywhere)
