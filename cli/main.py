@@ -33,6 +33,9 @@ def _version(value: bool) -> None:
 def main(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
                                                help="Print the version and exit.")] = False) -> None:
     """Step-wise deformable medical image registration with deep reinforcement learning."""
+    from rlreg.pipelines.memory import keep_freed_memory
+
+    keep_freed_memory()  # every command here is one short-lived job: reuse freed tensors' memory (see its docstring)
 
 
 def _fail(message: str) -> None:

@@ -156,7 +156,9 @@ SETS = {
                "and are never tuned on."),
     "t1": ("dev_t1_2mm", "`rlreg.pipelines.data.write_dev_t1_dataset`: the MNI152 T1 template against random "
            "deformations of itself, 2 mm, drawn from a seed of its own. It stands in for dataset (b), whose pairs "
-           "are never tuned on."),
+           "are never tuned on. For reference, elastix (itk-elastix default affine + B-spline maps, "
+           "`rlreg.pipelines.peers.register_elastix`, scored by `rlreg evaluate`) reaches Dice 0.934 ± 0.009 on "
+           "its first six pairs (session 9)."),
 }
 """Development sets: name -> (folder under ``out/``, description)."""
 

@@ -405,13 +405,15 @@ def _diffusion_terms(u: Tensor, gradient: Tensor | None = None, scale: Tensor | 
     signs to both ends of each difference, so it is built while each difference is at hand.
     """
     total = u.new_zeros(u.shape[0])
+    buffer = u.new_empty(u.numel())  # one allocation for the three differences: fresh memory costs page faults
     for axis in range(2, u.ndim):
-        d = u.diff(dim=axis)
+        length = u.shape[axis] - 1
+        d = torch.sub(u.narrow(axis, 1, length), u.narrow(axis, 0, length),
+                      out=_shaped(buffer, (*u.shape[:axis], length, *u.shape[axis + 1:])))
         count = d[0].numel()
         total += torch.linalg.vecdot(d.flatten(1), d.flatten(1)) / count
         if gradient is not None:
             alpha = _fold_scale(d, scale, 2.0 / count)
-            length = u.shape[axis] - 1
             gradient.narrow(axis, 1, length).add_(d, alpha=alpha)
             gradient.narrow(axis, 0, length).sub_(d, alpha=alpha)
     return total
@@ -461,33 +463,53 @@ def _interior(u: Tensor, shifts: dict[int, int]) -> Tensor:
     return u[tuple(index)]
 
 
-def _second_difference_stencil(axis_a: int, axis_b: int) -> list[tuple[dict[int, int], float]]:
-    """The central second difference ``d2u / dx_a dx_b`` as ``(shift, weight)`` terms on the interior.
+def _second_difference_stencil(axis_a: int, axis_b: int) -> tuple[list[tuple[dict[int, int], float]], float]:
+    """The central second difference ``d2u / dx_a dx_b`` on the interior as ``(shift, tap)`` terms and a factor
+    ``c``: ``c * sum(tap * u(x + shift))``.
 
-    Pure: ``u(x+1) - 2 u(x) + u(x-1)``; mixed: ``(u(+,+) - u(+,-) - u(-,+) + u(-,-)) / 4``. Both are exact for
-    quadratics, and the compact pure stencil (unlike differentiating a central gradient twice, which has width
-    5) also penalises a one-voxel checkerboard.
+    Pure: ``u(x+1) - 2 u(x) + u(x-1)`` (``c = 1``); mixed: ``(u(+,+) - u(+,-) - u(-,+) + u(-,-)) / 4``
+    (``c = 1/4``). Both are exact for quadratics, and the compact pure stencil (unlike differentiating a central
+    gradient twice, which has width 5) also penalises a one-voxel checkerboard.
     """
     if axis_a == axis_b:
-        return [({axis_a: 1}, 1.0), ({}, -2.0), ({axis_a: -1}, 1.0)]
-    return [({axis_a: sa, axis_b: sb}, 0.25 * sa * sb) for sa in (1, -1) for sb in (1, -1)]
+        return [({axis_a: 1}, 1.0), ({}, -2.0), ({axis_a: -1}, 1.0)], 1.0
+    return [({axis_a: sa, axis_b: sb}, float(sa * sb)) for sa in (1, -1) for sb in (1, -1)], 0.25
+
+
+def _shaped(buffer: Tensor, shape: tuple[int, ...] | torch.Size) -> Tensor:
+    """A contiguous ``shape`` view of the start of the flat ``buffer``."""
+    return buffer[:math.prod(shape)].view(shape)
 
 
 def _second_differences(u: Tensor) -> Iterator[tuple[int, int, Tensor]]:
-    """``(a, b, d2u / dx_a dx_b)`` on the interior for every axis pair ``a <= b`` (the stencils of
-    :func:`_second_difference_stencil`), each as two shifted subtractions: a pure term is a forward difference of a
-    forward difference, a mixed one a central difference of a central difference (times 1/4)."""
+    """``(a, b, raw)`` for every axis pair ``a <= b``, ``raw`` being ``sum(tap * u(x + shift))`` of
+    :func:`_second_difference_stencil` on the interior (the second difference divided by its factor ``c``).
+
+    Each is two shifted subtractions: a pure term is a forward difference of a forward difference, a mixed one a
+    central difference of a central difference. Two buffers serve every term, so ``raw`` is only valid until the
+    next one is produced.
+    """
     ndim = u.ndim - 2
+    inner = (*u.shape[:2], *(n - 2 for n in u.shape[2:]))
+    step_buffer, out_buffer = u.new_empty(u.numel()), u.new_empty(math.prod(inner))
     for a in range(ndim):
         for b in range(a, ndim):
             if a == b:
-                step = _crop_axes(u.diff(dim=2 + a), skip=a)
-                yield a, b, step.diff(dim=2 + a)
+                x = _crop_axes(u, skip=a)
+                length = u.shape[2 + a] - 1
+                step = torch.sub(x.narrow(2 + a, 1, length), x.narrow(2 + a, 0, length),
+                                 out=_shaped(step_buffer, (*x.shape[:2 + a], length, *x.shape[3 + a:])))
+                raw = torch.sub(step.narrow(2 + a, 1, length - 1), step.narrow(2 + a, 0, length - 1),
+                                out=_shaped(out_buffer, inner))
             else:
-                central = u.narrow(2 + b, 2, u.shape[2 + b] - 2) - u.narrow(2 + b, 0, u.shape[2 + b] - 2)
-                central = _crop_axes(central, skip=(a, b))
+                x = _crop_axes(u, skip=(a, b))
+                length = u.shape[2 + b] - 2
+                central = torch.sub(x.narrow(2 + b, 2, length), x.narrow(2 + b, 0, length),
+                                    out=_shaped(step_buffer, (*x.shape[:2 + b], length, *x.shape[3 + b:])))
                 length = u.shape[2 + a] - 2
-                yield a, b, (central.narrow(2 + a, 2, length) - central.narrow(2 + a, 0, length)).mul_(0.25)
+                raw = torch.sub(central.narrow(2 + a, 2, length), central.narrow(2 + a, 0, length),
+                                out=_shaped(out_buffer, inner))
+            yield a, b, raw
 
 
 def _crop_axes(u: Tensor, skip: int | tuple[int, ...]) -> Tensor:
@@ -503,18 +525,20 @@ def _bending_terms(u: Tensor, gradient: Tensor | None = None, scale: Tensor | fl
     """Per-sample bending energy ``(N,)`` of :func:`bending_energy`; with ``gradient``, also adds ``scale`` times its
     gradient into it in place (``scale``: a float or ``(N, 1, ...)``).
 
-    Each term is ``w mean (D u)**2`` for a linear stencil ``D``, so its gradient is ``2 w D^T (D u) / count``: the
-    second difference scattered back through the stencil's shifts and weights, while it is at hand.
+    Each term is ``w mean (D u)**2`` for a linear stencil ``D = c * sum(tap * shift)``, so its gradient is
+    ``2 w D^T (D u) / count``: the raw second difference scattered back through the stencil's shifts and taps
+    (times ``2 w c**2 / count``), while it is at hand.
     """
     count = u[0].numel() // math.prod(u.shape[2:]) * math.prod(n - 2 for n in u.shape[2:])
     total = u.new_zeros(u.shape[0])
-    for a, b, d in _second_differences(u):
-        weight = 1.0 if a == b else 2.0
-        total += weight * torch.linalg.vecdot(d.flatten(1), d.flatten(1))
+    for a, b, raw in _second_differences(u):
+        taps, factor = _second_difference_stencil(a, b)
+        weight = (1.0 if a == b else 2.0) * factor**2
+        total += weight * torch.linalg.vecdot(raw.flatten(1), raw.flatten(1))
         if gradient is not None:
-            alpha = _fold_scale(d, scale, 2.0 * weight / count)
-            for shift, tap in _second_difference_stencil(a, b):
-                _interior(gradient, shift).add_(d, alpha=tap * alpha)
+            alpha = _fold_scale(raw, scale, 2.0 * weight / count)
+            for shift, tap in taps:
+                _interior(gradient, shift).add_(raw, alpha=tap * alpha)
     return total / count
 
 

@@ -1,0 +1,38 @@
+"""Process-wide memory settings, applied once at the edge (the command line), never by the library on import."""
+
+from __future__ import annotations
+
+import ctypes
+import sys
+
+__all__ = ["keep_freed_memory"]
+
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_MAX = -4
+_applied: bool | None = None
+
+
+def keep_freed_memory(trim_threshold: int = 1 << 30) -> bool:
+    """Make glibc's allocator keep freed memory in the process instead of handing it back to the system.
+
+    By default glibc maps every allocation above its mmap threshold (at most 32 MiB) fresh from the kernel and
+    unmaps it on free, so each large tensor is paid for again in page faults, one per 4 KiB, the first time it is
+    written. A 1 mm brain's displacement field is 90 MB and an instance-optimisation step allocates dozens of
+    such tensors. With mmap off (``M_MMAP_MAX = 0``) and up to ``trim_threshold`` bytes of free heap kept
+    (``M_TRIM_THRESHOLD``), freed blocks are reused: measured on one 1 mm step, one thread, 3.2-5.8 s -> 2.0-3.1 s
+    (five steps, two runs each). The cost is that the process keeps its peak memory until it exits, which a
+    registration command reaches anyway. PyTorch's CPU tuning guide gets the same effect from jemalloc or tcmalloc.
+
+    Idempotent; a no-op (returning ``False``) where the C library is not glibc (macOS, musl, Windows).
+    """
+    global _applied
+    if _applied is None:
+        _applied = False
+        if sys.platform.startswith("linux"):
+            try:
+                libc = ctypes.CDLL("libc.so.6")
+                _applied = bool(libc.mallopt(_M_MMAP_MAX, 0)) and bool(libc.mallopt(_M_TRIM_THRESHOLD,
+                                                                                    trim_threshold))
+            except (OSError, AttributeError):
+                _applied = False
+    return _applied
