@@ -58,7 +58,9 @@ def test_outputs_and_sidecar(registered) -> None:
     qc = report["qc"]
     assert qc["dice_after"] > qc["dice_affine"] > qc["dice_before"]
     assert qc["lncc_after"] > qc["lncc_affine"]
-    assert qc["folding_percent"] < 1.0 and qc["jacobian_min"] > 0
+    # The default's light diffusion (0.25, with bending energy) may fold a few voxels at this phantom's sharp edges
+    # (0.011 % in 3-D); on the brain data it folds less than the diffusion-only loss did (docs/benchmarks.md).
+    assert qc["folding_percent"] < 0.1 and qc["jacobian_max"] > qc["jacobian_min"]
     assert "antsApplyTransforms" in report["ants_command"]
     fixed = sitk.ReadImage(str(paths["fixed"]))
     for name in ("warped.nii.gz", "jacdet.nii.gz", "warped_seg.nii.gz"):
