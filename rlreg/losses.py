@@ -20,7 +20,7 @@ Reductions: ``"mean"`` gives a scalar; ``"batch"`` gives one value per sample, `
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Literal
 
 import torch
@@ -385,7 +385,7 @@ def diffusion(displacement: Tensor, reduction: Reduction = "mean") -> Tensor:
     """
     _check_reduction(reduction, ("mean", "batch"))
     _check_displacement(displacement, 2)
-    return _reduce(_Diffusion.apply(_as_float(displacement)), reduction)
+    return _reduce(_QuadraticEnergy.apply(_as_float(displacement), _diffusion_terms), reduction)
 
 
 def _fold_scale(d: Tensor, scale: Tensor | float, factor: float) -> float:
@@ -419,22 +419,25 @@ def _diffusion_terms(u: Tensor, gradient: Tensor | None = None, scale: Tensor | 
     return total
 
 
-class _Diffusion(torch.autograd.Function):
-    """Per-sample diffusion energy ``(N,)`` with its gradient written out (:func:`_diffusion_terms`): about a third
-    of autograd's time on a 2 mm brain field. Not twice differentiable."""
+class _QuadraticEnergy(torch.autograd.Function):
+    """Per-sample energy ``(N,)`` of a quadratic regulariser with its gradient written out by ``terms``
+    (:func:`_diffusion_terms` or :func:`_bending_terms`, which build it while each difference is at hand): a third
+    of autograd's time for diffusion, 2.5x faster for bending energy (85 -> 35 ms) on a 2 mm brain field. The
+    gradient is built in the forward pass when the input needs one, and the backward pass only scales it. Not twice
+    differentiable."""
 
     @staticmethod
-    def forward(ctx, u: Tensor) -> Tensor:
+    def forward(ctx, u: Tensor, terms: Callable[..., Tensor]) -> Tensor:
         gradient = torch.zeros_like(u) if ctx.needs_input_grad[0] else None
-        energy = _diffusion_terms(u, gradient)
+        energy = terms(u, gradient)
         ctx.save_for_backward(gradient)
         return energy
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx, grad: Tensor) -> Tensor:
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:
         (gradient,) = ctx.saved_tensors
-        return gradient * grad.view(-1, *[1] * (gradient.ndim - 1))
+        return gradient * grad.view(-1, *[1] * (gradient.ndim - 1)), None
 
 
 def total_variation(displacement: Tensor, reduction: Reduction = "mean") -> Tensor:
@@ -542,24 +545,6 @@ def _bending_terms(u: Tensor, gradient: Tensor | None = None, scale: Tensor | fl
     return total / count
 
 
-class _Bending(torch.autograd.Function):
-    """Per-sample bending energy ``(N,)`` with its gradient written out (:func:`_bending_terms`): about 2.5x faster
-    than autograd on a 2 mm brain field (85 -> 35 ms). Not twice differentiable."""
-
-    @staticmethod
-    def forward(ctx, u: Tensor) -> Tensor:
-        gradient = torch.zeros_like(u) if ctx.needs_input_grad[0] else None
-        energy = _bending_terms(u, gradient)
-        ctx.save_for_backward(gradient)
-        return energy
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad: Tensor) -> Tensor:
-        (gradient,) = ctx.saved_tensors
-        return gradient * grad.view(-1, *[1] * (gradient.ndim - 1))
-
-
 def bending_energy(displacement: Tensor, reduction: Reduction = "mean") -> Tensor:
     """Bending energy: ``sum_i (d2u/dx_i2)**2 + 2 sum_{i<j} (d2u/dx_i dx_j)**2``, averaged over channels and voxels.
 
@@ -574,7 +559,7 @@ def bending_energy(displacement: Tensor, reduction: Reduction = "mean") -> Tenso
     """
     _check_reduction(reduction, ("mean", "batch"))
     _check_displacement(displacement, 3)
-    per_sample = _Bending.apply(_as_float(displacement))
+    per_sample = _QuadraticEnergy.apply(_as_float(displacement), _bending_terms)
     return per_sample.mean() if reduction == "mean" else per_sample
 
 
