@@ -196,11 +196,10 @@ def _warp_labels(labels: Tensor, displacement: Tensor, padding: PaddingMode) -> 
     stride = 1
     for axis in reversed(range(ndim)):
         inside &= (low[axis] >= 0) & (low[axis] < cells[axis])
-        outside |= (low[axis] < -1) | (low[axis] > in_shape[axis] - 1)
+        if padding == "zeros":
+            outside |= (low[axis] < -1) | (low[axis] > in_shape[axis] - 1)
         cell_index += low[axis].clamp(0, max(cells[axis] - 1, 0)) * stride
         stride *= cells[axis]
-    if padding != "zeros":
-        outside.zero_()
     out = []
     for c in range(ch):
         volume = labels[:, c]
