@@ -84,13 +84,14 @@ def demo(
         typer.echo(f"  {name:14s} {path}")
 
 
-MODEL_HELP = ("Shipped agent (rlreg models list), or none for instance optimisation [default: the model marked "
+MODEL_HELP = ("Shipped agent (rlreg models list), or none for instance optimisation \\[default: the model marked "
               "default for the input's dimensionality, else instance optimisation].")
 REFINE_HELP = "Refine the agent's field by N iterations of instance optimisation (agents only)."
 REFINE_FACTOR_HELP = "Downsampling factor of the refinement, relative to the instance-optimisation grid."
-SMOOTHNESS_HELP = ("Instance optimisation: diffusion weight [default: 0.25; 0.5 with --diffeomorphic]; lower = "
+STEPS_HELP = "Agent steps \\[default: model's], or optimiser iterations."
+SMOOTHNESS_HELP = ("Instance optimisation: diffusion weight \\[default: 0.25; 0.5 with --diffeomorphic]; lower = "
                    "sharper, more folding risk.")
-BENDING_HELP = ("Instance optimisation: bending-energy weight [default: 1; 0 with --diffeomorphic]; it charges "
+BENDING_HELP = ("Instance optimisation: bending-energy weight \\[default: 1; 0 with --diffeomorphic]; it charges "
                 "curvature, not the smooth large-scale part of a deformation.")
 DIFFEOMORPHIC_HELP = ("Instance optimisation of a stationary velocity field (diffusion weight 0.5 unless "
                       "--smoothness): no folding, about 6x slower.")
@@ -125,7 +126,7 @@ def register(
     fixed_mask: Annotated[Path | None, typer.Option(help="Mask restricting the affine metric and QC.")] = None,
     moving_mask: Annotated[Path | None, typer.Option(help="Mask restricting the affine metric.")] = None,
     model: Annotated[str | None, typer.Option(help=MODEL_HELP)] = None,
-    steps: Annotated[int | None, typer.Option(help="Agent steps [default: model's], or optimiser iterations.")] = None,
+    steps: Annotated[int | None, typer.Option(help=STEPS_HELP)] = None,
     refine: Annotated[int, typer.Option(min=0, help=REFINE_HELP)] = 0,
     refine_factor: Annotated[int, typer.Option(min=1, help=REFINE_FACTOR_HELP)] = 2,
     affine: Annotated[bool, typer.Option("--affine/--no-affine", help="Rigid + affine pre-alignment.")] = True,
@@ -192,18 +193,18 @@ def batch(
     atlas: Annotated[Path | None, typer.Option(help="Atlas mode: register every image of SOURCE to this one.")] = None,
     atlas_seg: Annotated[Path | None, typer.Option(help="Label map of the atlas.")] = None,
     subset: Annotated[str | None, typer.Option(help="Learn2Reg list: registration_val, registration_test or "
-                                               "training_paired_images [default: first present].")] = None,
+                                               "training_paired_images \\[default: first present].")] = None,
     shard: Annotated[str | None, typer.Option(help="i/N: run every N-th pair from the i-th (0-based), e.g. one "
                                               "Slurm array task each.")] = None,
-    workers: Annotated[int | None, typer.Option(help="Worker processes: on CPU each registers whole pairs [default: "
+    workers: Annotated[int | None, typer.Option(help="Worker processes: on CPU each registers whole pairs \\[default: "
                                                 "cores]; on GPU they read and write while the device computes "
-                                                "[default: cores - 1]; 0 = one pair at a time.")] = None,
+                                                "\\[default: cores - 1]; 0 = one pair at a time.")] = None,
     batch_size: Annotated[int, typer.Option(help="Pairs per device batch when their grids agree.")] = 4,
     engine: Annotated[str, typer.Option(help="local, or ray (pip install 'rlreg[distributed]').")] = "local",
-    address: Annotated[str | None, typer.Option(help="Ray cluster: auto or HOST:PORT [default: start a local one]."
+    address: Annotated[str | None, typer.Option(help="Ray cluster: auto or HOST:PORT \\[default: start a local one]."
                                                 )] = None,
     model: Annotated[str | None, typer.Option(help=MODEL_HELP)] = None,
-    steps: Annotated[int | None, typer.Option(help="Agent steps [default: model's], or optimiser iterations.")] = None,
+    steps: Annotated[int | None, typer.Option(help=STEPS_HELP)] = None,
     refine: Annotated[int, typer.Option(min=0, help=REFINE_HELP)] = 0,
     refine_factor: Annotated[int, typer.Option(min=1, help=REFINE_FACTOR_HELP)] = 2,
     affine: Annotated[bool, typer.Option("--affine/--no-affine", help="Rigid + affine pre-alignment.")] = True,
@@ -281,9 +282,9 @@ def evaluate(
                                                 "<pair-id>.nii.gz or Learn2Reg disp_{fix}_{mov}.nii.gz.")] = None,
     learn2reg: Annotated[bool, typer.Option(help="Learn2Reg's conventions: HD95 in voxels, SDlogJ of J+3, "
                                             "30%/70% quantiles.")] = False,
-    labels: Annotated[str | None, typer.Option(help="Labels to score, comma-separated [default: all].")] = None,
+    labels: Annotated[str | None, typer.Option(help="Labels to score, comma-separated \\[default: all].")] = None,
     subset: Annotated[str | None, typer.Option(help="Learn2Reg pair list to use with --fields.")] = None,
-    output: Annotated[Path | None, typer.Option("--output", "-o", help="Output folder [default: "
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Output folder \\[default: "
                                                 "SOURCE/evaluation or FIELDS/evaluation].")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress or summary.")] = False,
     json_output: Annotated[bool, typer.Option("--json", help="Print evaluation.json's content only.")] = False,
@@ -499,7 +500,7 @@ def models_info(
 @benchmark_app.command("spatial")
 def benchmark_spatial(
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Markdown file to update "
-                                                "[default: docs/benchmarks.md; none with --quick].")] = None,
+                                                "\\[default: docs/benchmarks.md; none with --quick].")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda[:N].")] = "auto",
     quick: Annotated[bool, typer.Option(help="Tiny sizes, for a smoke test (prints only, unless --output).")] = False,
     threads: Annotated[int | None, typer.Option(help="torch CPU threads for the run.")] = None,

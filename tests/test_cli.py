@@ -24,6 +24,14 @@ def test_help_lists_only_working_commands() -> None:
         assert runner.invoke(app, [name, "--help"]).exit_code == 0
 
 
+def test_help_shows_the_defaults_written_in_option_help() -> None:
+    """Rich reads ``[...]`` as markup: the ``[default: ...]`` notes in option help are escaped so they print."""
+    result = runner.invoke(app, ["register", "--help"], env={"COLUMNS": "300"})
+    assert result.exit_code == 0
+    text = " ".join(result.output.split())
+    assert "[default: 0.25; 0.5 with --diffeomorphic]" in text and "Agent steps [default: model's]" in text
+
+
 def test_help_does_not_import_torch() -> None:
     """``--help`` must be instant: the CLI module may not pull torch or SimpleITK at import time."""
     code = ("import sys; import rlreg.cli.main as m; "
