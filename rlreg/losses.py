@@ -388,18 +388,9 @@ def diffusion(displacement: Tensor, reduction: Reduction = "mean") -> Tensor:
     return _reduce(_QuadraticEnergy.apply(_as_float(displacement), _diffusion_terms), reduction)
 
 
-def _fold_scale(d: Tensor, scale: Tensor | float, factor: float) -> float:
-    """The scalar to scatter ``d`` with: ``scale * factor`` itself when ``scale`` is a float, else ``1`` after
-    multiplying ``d`` by the per-sample ``scale * factor`` in place (one pass over ``d`` saved when a float)."""
-    if isinstance(scale, Tensor):
-        d.mul_(scale * factor)
-        return 1.0
-    return scale * factor
-
-
-def _diffusion_terms(u: Tensor, gradient: Tensor | None = None, scale: Tensor | float = 1.0) -> Tensor:
-    """Per-sample diffusion energy ``(N,)`` of :func:`diffusion`; with ``gradient``, also adds ``scale`` times its
-    gradient into it in place (``scale``: a float or ``(N, 1, ...)``).
+def _diffusion_terms(u: Tensor, gradient: Tensor | None = None, scale: float = 1.0) -> Tensor:
+    """Per-sample diffusion energy ``(N,)`` of :func:`diffusion`; with ``gradient``, also adds ``scale`` times the
+    gradient of its batch sum into it in place.
 
     The gradient of ``mean (u(x + e_i) - u(x))**2`` is the difference field itself, scattered back with opposite
     signs to both ends of each difference, so it is built while each difference is at hand.
@@ -413,7 +404,7 @@ def _diffusion_terms(u: Tensor, gradient: Tensor | None = None, scale: Tensor | 
         count = d[0].numel()
         total += torch.linalg.vecdot(d.flatten(1), d.flatten(1)) / count
         if gradient is not None:
-            alpha = _fold_scale(d, scale, 2.0 / count)
+            alpha = scale * 2.0 / count
             gradient.narrow(axis, 1, length).add_(d, alpha=alpha)
             gradient.narrow(axis, 0, length).sub_(d, alpha=alpha)
     return total
@@ -457,13 +448,14 @@ def total_variation(displacement: Tensor, reduction: Reduction = "mean") -> Tens
     return _reduce(per_sample, reduction)
 
 
-def _interior(u: Tensor, shifts: dict[int, int]) -> Tensor:
-    """The view of ``u`` on its interior (every spatial axis cropped by 1 each side), moved by ``shifts`` voxels."""
-    index = [slice(None), slice(None)]
+def _interior(u: Tensor, shifts: dict[int, int] | None = None, whole: tuple[int, ...] = ()) -> Tensor:
+    """The view of ``u`` on its interior (every spatial axis cropped by 1 each side, except the axes in ``whole``),
+    moved by ``shifts`` voxels."""
+    shifts = shifts or {}
     for axis in range(u.ndim - 2):
-        start = 1 + shifts.get(axis, 0)
-        index.append(slice(start, u.shape[2 + axis] - 2 + start))
-    return u[tuple(index)]
+        if axis not in whole:
+            u = u.narrow(2 + axis, 1 + shifts.get(axis, 0), u.shape[2 + axis] - 2)
+    return u
 
 
 def _second_difference_stencil(axis_a: int, axis_b: int) -> tuple[list[tuple[dict[int, int], float]], float]:
@@ -498,14 +490,14 @@ def _second_differences(u: Tensor) -> Iterator[tuple[int, int, Tensor]]:
     for a in range(ndim):
         for b in range(a, ndim):
             if a == b:
-                x = _crop_axes(u, skip=a)
+                x = _interior(u, whole=(a,))
                 length = u.shape[2 + a] - 1
                 step = torch.sub(x.narrow(2 + a, 1, length), x.narrow(2 + a, 0, length),
                                  out=_shaped(step_buffer, (*x.shape[:2 + a], length, *x.shape[3 + a:])))
                 raw = torch.sub(step.narrow(2 + a, 1, length - 1), step.narrow(2 + a, 0, length - 1),
                                 out=_shaped(out_buffer, inner))
             else:
-                x = _crop_axes(u, skip=(a, b))
+                x = _interior(u, whole=(a, b))
                 length = u.shape[2 + b] - 2
                 central = torch.sub(x.narrow(2 + b, 2, length), x.narrow(2 + b, 0, length),
                                     out=_shaped(step_buffer, (*x.shape[:2 + b], length, *x.shape[3 + b:])))
@@ -515,18 +507,9 @@ def _second_differences(u: Tensor) -> Iterator[tuple[int, int, Tensor]]:
             yield a, b, raw
 
 
-def _crop_axes(u: Tensor, skip: int | tuple[int, ...]) -> Tensor:
-    """``u`` cropped by one voxel at both ends of every spatial axis except those in ``skip``."""
-    skip = (skip,) if isinstance(skip, int) else skip
-    for axis in range(u.ndim - 2):
-        if axis not in skip:
-            u = u.narrow(2 + axis, 1, u.shape[2 + axis] - 2)
-    return u
-
-
-def _bending_terms(u: Tensor, gradient: Tensor | None = None, scale: Tensor | float = 1.0) -> Tensor:
-    """Per-sample bending energy ``(N,)`` of :func:`bending_energy`; with ``gradient``, also adds ``scale`` times its
-    gradient into it in place (``scale``: a float or ``(N, 1, ...)``).
+def _bending_terms(u: Tensor, gradient: Tensor | None = None, scale: float = 1.0) -> Tensor:
+    """Per-sample bending energy ``(N,)`` of :func:`bending_energy`; with ``gradient``, also adds ``scale`` times the
+    gradient of its batch sum into it in place.
 
     Each term is ``w mean (D u)**2`` for a linear stencil ``D = c * sum(tap * shift)``, so its gradient is
     ``2 w D^T (D u) / count``: the raw second difference scattered back through the stencil's shifts and taps
@@ -539,7 +522,7 @@ def _bending_terms(u: Tensor, gradient: Tensor | None = None, scale: Tensor | fl
         weight = (1.0 if a == b else 2.0) * factor**2
         total += weight * torch.linalg.vecdot(raw.flatten(1), raw.flatten(1))
         if gradient is not None:
-            alpha = _fold_scale(raw, scale, 2.0 * weight / count)
+            alpha = scale * 2.0 * weight / count
             for shift, tap in taps:
                 _interior(gradient, shift).add_(raw, alpha=tap * alpha)
     return total / count
@@ -559,8 +542,7 @@ def bending_energy(displacement: Tensor, reduction: Reduction = "mean") -> Tenso
     """
     _check_reduction(reduction, ("mean", "batch"))
     _check_displacement(displacement, 3)
-    per_sample = _QuadraticEnergy.apply(_as_float(displacement), _bending_terms)
-    return per_sample.mean() if reduction == "mean" else per_sample
+    return _reduce(_QuadraticEnergy.apply(_as_float(displacement), _bending_terms), reduction)
 
 
 @torch.no_grad()
