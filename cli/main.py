@@ -130,8 +130,8 @@ def register(
     refine: Annotated[int, typer.Option(min=0, help=REFINE_HELP)] = 0,
     refine_factor: Annotated[int, typer.Option(min=1, help=REFINE_FACTOR_HELP)] = 2,
     affine: Annotated[bool, typer.Option("--affine/--no-affine", help="Rigid + affine pre-alignment.")] = True,
-    smoothness: Annotated[float | None, typer.Option(help=SMOOTHNESS_HELP)] = None,
-    bending: Annotated[float | None, typer.Option(help=BENDING_HELP)] = None,
+    smoothness: Annotated[float | None, typer.Option(min=0.0, help=SMOOTHNESS_HELP)] = None,
+    bending: Annotated[float | None, typer.Option(min=0.0, help=BENDING_HELP)] = None,
     diffeomorphic: Annotated[bool, typer.Option(help=DIFFEOMORPHIC_HELP)] = False,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda[:N].")] = "auto",
     formats: Annotated[str, typer.Option("--format", help="Extra field exports, comma-separated: slicer, l2r, fsl, "
@@ -208,8 +208,8 @@ def batch(
     refine: Annotated[int, typer.Option(min=0, help=REFINE_HELP)] = 0,
     refine_factor: Annotated[int, typer.Option(min=1, help=REFINE_FACTOR_HELP)] = 2,
     affine: Annotated[bool, typer.Option("--affine/--no-affine", help="Rigid + affine pre-alignment.")] = True,
-    smoothness: Annotated[float | None, typer.Option(help=SMOOTHNESS_HELP)] = None,
-    bending: Annotated[float | None, typer.Option(help=BENDING_HELP)] = None,
+    smoothness: Annotated[float | None, typer.Option(min=0.0, help=SMOOTHNESS_HELP)] = None,
+    bending: Annotated[float | None, typer.Option(min=0.0, help=BENDING_HELP)] = None,
     diffeomorphic: Annotated[bool, typer.Option(help=DIFFEOMORPHIC_HELP)] = False,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda[:N].")] = "auto",
     formats: Annotated[str, typer.Option("--format", help="Extra field exports per pair: slicer, l2r, fsl, niftyreg, "
