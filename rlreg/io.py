@@ -11,6 +11,7 @@ never leaves a half-written file where a finished one was expected.
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -23,7 +24,7 @@ import torch
 from torch import Tensor
 
 __all__ = ["Geometry", "Image", "InputError", "atomic_output", "atomic_path", "nibabel_to_sitk", "read_image",
-           "write_image"]
+           "save_sitk", "write_image"]
 
 
 class InputError(ValueError):
@@ -227,9 +228,40 @@ def write_image(data: Tensor | np.ndarray, geometry: Geometry, path: str | os.Pa
         raise ValueError(f"array of shape {array.shape} does not match the grid {geometry.size}")
     if dtype is not None:
         array = array.astype(dtype)
-    image = geometry.apply_to(sitk.GetImageFromArray(array))
+    return save_sitk(geometry.apply_to(sitk.GetImageFromArray(array)), path)
+
+
+def _fast_gzip():
+    """ISA-L's gzip module, or None where the ``isal`` wheel is missing (then SimpleITK compresses)."""
+    try:
+        from isal import igzip
+    except ImportError:  # pragma: no cover - isal is a dependency; exotic platforms may lack a wheel
+        return None
+    return igzip
+
+
+def save_sitk(image: sitk.Image, path: str | os.PathLike[str]) -> Path:
+    """Write a SimpleITK image to ``path`` atomically, compressed where the format allows; returns the path.
+
+    ``.nii.gz`` is written by SimpleITK uncompressed and then gzipped by ISA-L at level 1 (Intel's ``igzip``): on
+    float fields, whose low mantissa bits barely compress, zlib ran at about 25 MB/s, so a 1 mm displacement field
+    (73 MiB) took 2.7 s to write and ISA-L takes 0.35 s, for a file 5 % larger (62 vs 59 MiB). The result is a plain
+    gzip stream: every NIfTI reader opens it. Other formats go through SimpleITK's own compression.
+    """
+    path = Path(path)
+    igzip = _fast_gzip()
+    if igzip is None or not path.name.endswith(".nii.gz"):
+        with atomic_output(path) as tmp:
+            sitk.WriteImage(image, str(tmp), useCompression=True)
+        return path
     with atomic_output(path) as tmp:
-        sitk.WriteImage(image, str(tmp), useCompression=True)
+        raw = tmp.with_name(tmp.name[: -len(".gz")])
+        try:
+            sitk.WriteImage(image, str(raw), useCompression=False)
+            with raw.open("rb") as source, igzip.open(tmp, "wb", compresslevel=1) as target:
+                shutil.copyfileobj(source, target, 1 << 22)
+        finally:
+            raw.unlink(missing_ok=True)
     return path
 
 

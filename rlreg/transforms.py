@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from rlreg.affine import transform_matrix
-from rlreg.io import Geometry, InputError, atomic_output
+from rlreg.io import Geometry, InputError, atomic_output, save_sitk
 from rlreg.spatial import identity_grid, invert, jacobian_determinant, sample_points
 
 __all__ = [
@@ -124,10 +124,7 @@ def _field_tensor(image: sitk.Image) -> Tensor:
 
 def write_itk_warp(displacement: Tensor, geometry: Geometry, path: str | os.PathLike[str]) -> Path:
     """Write an ANTs/ITK ``warp.nii.gz``: vector image of float32 LPS mm on ``geometry`` (5-D, intent 1007)."""
-    path = Path(path)
-    with atomic_output(path) as tmp:
-        sitk.WriteImage(sitk_field(displacement, geometry), str(tmp), useCompression=True)
-    return path
+    return save_sitk(sitk_field(displacement, geometry), path)
 
 
 def composite_transform(affine: sitk.Transform | None, deformable: Tensor, geometry: Geometry) -> sitk.Transform:
