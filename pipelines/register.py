@@ -33,7 +33,7 @@ from torch import Tensor
 
 from rlreg import __version__, models
 from rlreg.affine import AffineConfig, affine_register, index_map, positions_to_displacement, transform_matrix
-from rlreg.instance import InstanceConfig, optimise_displacement
+from rlreg.instance import InstanceConfig, foreground_box, optimise_displacement
 from rlreg.io import Geometry, Image, InputError, atomic_output, read_image, write_image
 from rlreg.losses import FixedLNCC, lncc
 from rlreg.metrics import mean_dice
@@ -62,7 +62,7 @@ __all__ = ["FORMATS", "Deformable", "Prepared", "RegisterOptions", "RegisterResu
 
 FORMATS = ("slicer", "l2r", "fsl", "niftyreg", "dicom")
 DEFAULT_INSTANCE = InstanceConfig(levels=(4, 2, 1), iterations=(60, 30, 15), smoothness=0.25, bending=1.0,
-                                  windows=(5,), gradient_sigma=1.0)
+                                  windows=(5,), gradient_sigma=1.0, crop_margin=8)
 """Instance optimisation of ``rlreg register``: variant ``g1-s0.25-b1`` of ``docs/tuning.md``, chosen on the two
 development sets (never on the evaluation data). It is session 7's ``g1-w5-i15`` (diffusion weight 1, which had
 replaced ``s1-w5-lean``: +0.011 and +0.012 Dice) with most of the diffusion traded for bending energy. Diffusion
@@ -70,7 +70,12 @@ charges every displacement gradient, so it holds back large smooth deformations;
 curvature, as elastix's B-spline grid does by construction, and still stops voxel-scale noise. Against
 ``g1-w5-i15``: T1 set 0.935 vs 0.925 (elastix 0.934 on the same six pairs), label set 0.914 vs 0.912, no folded
 voxel on either, for about 0.9 s more per 2 mm pair on one thread. Bending alone (``g1-b1``/``g1-b2``/``g1-b4``)
-or with more weight gains more on the T1 set (up to 0.940) but loses on the label set (down to 0.903)."""
+or with more weight gains more on the T1 set (up to 0.940) but loses on the label set (down to 0.903).
+
+It optimises only inside the box of non-zero voxels of either image grown by 8 voxels (``crop_margin``,
+``g1-s0.25-b1-c8``): the same Dice on both development sets as the whole grid (0.914 and 0.935; margins 2, 4 and 16
+also tied within 0.001), SDlogJ within 0.006, in 0.6-0.7x the deformable time at 2 mm (4.7-5.2 s -> 3.1-3.8 s) and
+0.55x at 1 mm (42 -> 23 s) on skull-stripped brains, whose bounding box fills a third to a half of the grid."""
 DEFAULT_SMOOTHNESS = DEFAULT_INSTANCE.smoothness
 DEFAULT_BENDING = DEFAULT_INSTANCE.bending
 DIFFEOMORPHIC_INSTANCE = InstanceConfig(levels=(4, 2, 1), iterations=(60, 30, 10), smoothness=0.5, windows=(5,),
@@ -288,7 +293,19 @@ class Prepared:
         opts = self.options
         return (self.model, opts.steps, opts.instance, tuple(self.working_fixed.shape), self.working_mask is None,
                 opts.save_steps, opts.refine, opts.refine_factor, self.orientation,
-                None if self.refine_fixed is None else tuple(self.refine_fixed.shape), self.refine_mask is None)
+                None if self.refine_fixed is None else tuple(self.refine_fixed.shape), self.refine_mask is None,
+                self._crop_box)
+
+    @property
+    def _crop_box(self) -> tuple[tuple[int, int], ...] | None:
+        """The box instance optimisation (or the refinement) crops to: a batch is cropped to its pairs' common box,
+        so only pairs with equal boxes share one and each still gets the field it would get alone."""
+        margin = self.options.instance.crop_margin
+        if margin is None or (self.model is not None and not self.options.refine):
+            return None
+        images = ([self.working_fixed, self.working_moving] if self.model is None
+                  else [self.refine_fixed, self.refine_moving])
+        return tuple((cut.start, cut.stop) for cut in foreground_box(images, margin))
 
 
 @dataclass

@@ -87,6 +87,9 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in (
     Variant("g1-s0.25-b2", replace(_G1, smoothness=0.25, bending=2.0)),
     Variant("g1-s0.25-b1-i10", replace(_G1, smoothness=0.25, bending=1.0, iterations=(60, 30, 10))),
     Variant("g1-s0.25-b1-i12", replace(_G1, smoothness=0.25, bending=1.0, iterations=(60, 30, 12))),
+    # The session-9 default (g1-s0.25-b1) optimised inside the images' non-zero bounding box grown by N voxels.
+    *(Variant(f"g1-s0.25-b1-c{margin}", replace(_G1, smoothness=0.25, bending=1.0, crop_margin=margin))
+      for margin in (2, 4, 8, 16)),
 )}
 
 

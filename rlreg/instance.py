@@ -19,8 +19,8 @@ iteration. Not the default: on the development set it bought no Dice that the fu
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -30,7 +30,7 @@ from rlreg.losses import FixedLNCC, regularise_
 from rlreg.spatial import compose, integrate_velocity, resize_displacement, warp
 from rlreg.synth import gaussian_blur
 
-__all__ = ["MIN_LEVEL_SIZE", "InstanceConfig", "downsample", "level_factor", "optimise_displacement"]
+__all__ = ["MIN_LEVEL_SIZE", "InstanceConfig", "downsample", "foreground_box", "level_factor", "optimise_displacement"]
 
 MIN_LEVEL_SIZE = 16
 """Smallest number of voxels along an axis at which a pyramid level is still run at its own factor."""
@@ -66,6 +66,14 @@ class InstanceConfig:
     exponential is upsampled to the level. 2 makes a full-resolution level about 8x cheaper in 3-D; the idea of
     integrating at a lower resolution is VoxelMorph's ``int_downsize`` (Dalca et al., MICCAI 2018)."""
 
+    crop_margin: int | None = None
+    """Optimise only on the bounding box of the voxels where either image is non-zero, grown by this many voxels of
+    the full grid on every side, and extend the fitted field beyond it by its edge values (None = the whole grid).
+    Where both images are exactly zero (the background of skull-stripped or masked scans, clipped to 0 by
+    rlreg's intensity normalisation) local NCC has no gradient, so only the regulariser acts there and the box
+    changes little but the cost; images with a non-zero background give a box as large as the grid. The margin
+    must cover the largest displacement, so that no voxel outside the box maps onto anatomy."""
+
     gradient_sigma: float = 0.0
     """Gaussian sigma, in voxels of the level, applied to the gradient before each Adam step (0 = off). Smoothing
     the update, not only penalising the field, is the "fluid" half of SyN's and demons' regularisation, and what
@@ -81,6 +89,8 @@ class InstanceConfig:
         if self.smoothness < 0 or self.bending < 0:
             raise ValueError(f"regulariser weights must be >= 0, got smoothness {self.smoothness}, "
                              f"bending {self.bending}")
+        if self.crop_margin is not None and self.crop_margin < 0:
+            raise ValueError(f"crop_margin must be >= 0 voxels or None, got {self.crop_margin}")
         if any(f < 1 for f in (*self.levels, self.velocity_factor)):
             raise ValueError(f"downsampling factors must be >= 1, got {self.levels} / {self.velocity_factor}")
 
@@ -146,6 +156,33 @@ def _field(unknown: Tensor, base: Tensor | None, config: InstanceConfig, size: t
     return exp if base is None else compose(base, exp)
 
 
+def foreground_box(images: Sequence[Tensor], margin: int) -> tuple[slice, ...]:
+    """Per spatial axis, the slice of the bounding box of every non-zero voxel of any ``(N, C, *S)`` image, grown by
+    ``margin`` voxels and clipped to the grid; the whole grid where all images are zero."""
+    spatial = images[0].shape[2:]
+    occupied = torch.zeros(spatial, dtype=torch.bool, device=images[0].device)
+    for image in images:
+        occupied |= (image != 0).flatten(0, 1).any(0)
+    box = []
+    for axis, size in enumerate(spatial):
+        others = tuple(a for a in range(len(spatial)) if a != axis)
+        hits = torch.nonzero(occupied.any(others) if others else occupied).flatten().tolist()
+        if not hits:
+            return tuple(slice(0, n) for n in spatial)
+        box.append(slice(max(0, hits[0] - margin), min(size, hits[-1] + 1 + margin)))
+    return tuple(box)
+
+
+def _uncrop(update: Tensor, box: tuple[slice, ...], size: torch.Size) -> Tensor:
+    """Place an ``(N, ndim, *box)`` field on the whole ``size`` grid, continued outside the box by its edge values."""
+    pads = []
+    for cut, n in reversed(list(zip(box, size, strict=True))):
+        pads += [cut.start, n - cut.stop]
+    if not any(pads):
+        return update
+    return F.pad(update, pads, mode="replicate")
+
+
 def optimise_displacement(fixed: Tensor, moving: Tensor, config: InstanceConfig = InstanceConfig(),
                           initial: Tensor | None = None,
                           callback: Callable[[int, int, Tensor], None] | None = None,
@@ -162,7 +199,12 @@ def optimise_displacement(fixed: Tensor, moving: Tensor, config: InstanceConfig 
         callback: called as ``callback(level, iteration, losses)`` after each step with the ``(N,)`` loss of each
             pair (CPU tensor; progress bars, logging).
         field_callback: called as ``field_callback(level, iteration, field)`` after each step with the current
-            ``(N, ndim, *S_level)`` displacement (detached; e.g. to save the registration step by step).
+            ``(N, ndim, *S_level)`` displacement (detached; e.g. to save the registration step by step). With
+            ``config.crop_margin`` the field comes on the whole ``(N, ndim, *S)`` grid instead.
+
+    With ``config.crop_margin`` a batch is cropped to one box around the non-zero voxels of all its pairs, so a pair
+    gets exactly the field it gets alone only when its own box is that box (``rlreg.pipelines.register`` batches
+    only such pairs together).
         mask: optional ``(N, 1, *S)`` weights in ``[0, 1]`` on the fixed grid: the similarity is averaged over
             them, so regions outside (e.g. anatomy the moving image lacks) do not pull the field.
 
@@ -171,6 +213,22 @@ def optimise_displacement(fixed: Tensor, moving: Tensor, config: InstanceConfig 
     """
     if fixed.shape != moving.shape:
         raise ValueError(f"fixed {tuple(fixed.shape)} and moving {tuple(moving.shape)} must share a grid")
+    if config.crop_margin is not None:
+        whole = fixed.shape[2:]
+        box = foreground_box([fixed, moving], config.crop_margin)
+        if tuple(cut.stop - cut.start for cut in box) != tuple(whole):
+            index = (slice(None), slice(None), *box)
+            start = None if initial is None else initial.detach()[index]
+
+            def whole_field(field: Tensor) -> Tensor:  # a field fitted inside the box, on the whole grid
+                field = resize_displacement(field, fixed[index].shape[2:])
+                update = _uncrop(field if start is None else field - start, box, whole)
+                return update if initial is None else initial.detach() + update
+
+            on_field = None if field_callback is None else (
+                lambda level, it, field: field_callback(level, it, whole_field(field)))
+            return whole_field(optimise_displacement(fixed[index], moving[index], replace(config, crop_margin=None),
+                                                     start, callback, on_field, None if mask is None else mask[index]))
     ndim = fixed.ndim - 2
     full = fixed.shape[2:]
     base, disp, velocity = initial, initial, None  # diffeomorphic: disp = compose(base, exp(velocity))

@@ -24,7 +24,7 @@ from rlreg.cli.main import app
 from rlreg.io import InputError
 from rlreg.pipelines.batch import BatchOptions, pair_status, run_batch
 from rlreg.pipelines.pairs import read_pairs, shard
-from rlreg.pipelines.register import RegisterOptions, deform, prepare
+from rlreg.pipelines.register import DEFAULT_INSTANCE, RegisterOptions, deform, prepare
 
 STEPS = 10
 OUTPUTS = ("warped.nii.gz", "warp.nii.gz", "jacdet.nii.gz", "warped_seg.nii.gz")
@@ -119,9 +119,25 @@ def test_shards_partition_the_pairs(data: Path) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------- device batches
-def test_a_device_batch_gives_each_pair_its_own_field(data: Path, tmp_path: Path) -> None:
-    a = prepare(RegisterOptions(data / "d3/fixed.nii.gz", data / "d3/moving.nii.gz", tmp_path / "a", steps=STEPS))
-    b = prepare(RegisterOptions(data / "d3/fixed.nii.gz", data / "d3/fixed.nii.gz", tmp_path / "b", steps=STEPS))
+@pytest.mark.parametrize("crop", [None, 2])
+def test_a_device_batch_gives_each_pair_its_own_field(data: Path, tmp_path: Path, crop: int | None) -> None:
+    """Pairs batched on the device get the fields they get alone. Cropped to the foreground, pairs batch only when
+    their boxes agree (the batch is cropped to one box): the same pair registered twice does, two pairs whose
+    foregrounds differ do not."""
+    instance = replace(DEFAULT_INSTANCE, crop_margin=crop)
+    a = prepare(RegisterOptions(data / "d3/fixed.nii.gz", data / "d3/moving.nii.gz", tmp_path / "a", steps=STEPS,
+                                instance=instance))
+    b = prepare(RegisterOptions(data / "d3/fixed.nii.gz", data / "d3/fixed.nii.gz", tmp_path / "b", steps=STEPS,
+                                instance=instance))
+    if crop is not None:
+        assert a.batch_key != b.batch_key
+        assert a._crop_box != tuple((0, n) for n in a.working_fixed.shape[2:])  # the phantoms do crop
+        with pytest.raises(ValueError, match="batch_key"):
+            deform([a, b])
+        b = prepare(RegisterOptions(data / "d3/fixed.nii.gz", data / "d3/moving.nii.gz", tmp_path / "b",
+                                    steps=STEPS, instance=instance))
+        b.working_moving = b.working_moving.sqrt()  # another pair with the first pair's foreground, hence box
+        assert a.batch_key == b.batch_key
     alone = [deform([a])[0], deform([b])[0]]
     together = deform([a, b])
     for single, batched in zip(alone, together, strict=True):

@@ -168,3 +168,65 @@ def test_bending_keeps_an_affine_field_that_diffusion_flattens(ndim: int) -> Non
     assert error(scaling, smoothness=1.0) > 0.1
     with pytest.raises(ValueError, match="bending"):
         InstanceConfig(bending=-1.0)
+
+
+def _embedded_pair(ndim: int) -> tuple[torch.Tensor, torch.Tensor, tuple[slice, ...]]:
+    """A blob pair inside a zero background: the moving blob is the fixed one shifted by a voxel and a half."""
+    inner = (24,) * ndim
+    whole = (40, 38) if ndim == 2 else (36, 34, 36)
+    corner = (7, 6) if ndim == 2 else (6, 5, 6)
+    box = tuple(slice(c, c + n) for c, n in zip(corner, inner, strict=True))
+    fixed = torch.zeros(1, 1, *whole)
+    blob = blobs(inner, seed=3) * torch.hann_window(inner[0], periodic=False).view(-1, *[1] * (ndim - 1))
+    fixed[(..., *box)] = blob
+    truth = torch.zeros(1, ndim, *whole)
+    truth[:, -1] = 1.5
+    return fixed, warp(fixed, -truth), box
+
+
+@pytest.mark.parametrize("ndim", [2, 3])
+def test_cropping_to_the_foreground_fits_the_same_field_there_and_extends_it(ndim: int) -> None:
+    """With ``crop_margin`` only the non-zero box (plus margin) is optimised: inside it the fit matches the whole-grid
+    fit (only the regulariser's boundary moves), outside it the field continues by its edge values, and a callback
+    still sees whole-grid fields."""
+    from rlreg.instance import foreground_box
+
+    fixed, moving, _ = _embedded_pair(ndim)
+    probe = torch.zeros(1, 2, 10, 12, 9)
+    probe[0, 1, 2, 5, 3], probe[0, 0, 6, 7, 8] = 1.0, -2.0  # any channel, any sign
+    assert foreground_box([probe, torch.zeros_like(probe)], 0) == (slice(2, 7), slice(5, 8), slice(3, 9))
+    assert foreground_box([probe], 3) == (slice(0, 10), slice(2, 11), slice(0, 9))  # clipped to the grid
+    assert foreground_box([torch.zeros_like(fixed)], 2) == tuple(slice(0, n) for n in fixed.shape[2:])
+    assert all(s.stop - s.start < n for s, n in zip(foreground_box([fixed, moving], 4), fixed.shape[2:], strict=True))
+    config = InstanceConfig(levels=(2, 1), iterations=(30, 15), smoothness=0.25, bending=1.0, windows=(5,),
+                            gradient_sigma=1.0)
+    whole = optimise_displacement(fixed, moving, config)
+    shapes: list[tuple[int, ...]] = []
+    cropped = optimise_displacement(fixed, moving, InstanceConfig(**{**config.__dict__, "crop_margin": 4}),
+                                    field_callback=lambda lv, it, f: shapes.append(tuple(f.shape)))
+    assert set(shapes) == {tuple(whole.shape)}
+    region = foreground_box([fixed], 0)
+    core = (slice(None), slice(None), *region)
+    before, fitted = float(lncc(fixed, moving)), float(lncc(fixed, warp(moving, whole)))
+    assert float(lncc(fixed, warp(moving, cropped))) > fitted - 0.1 * (fitted - before)
+    assert (cropped[core][:, -1] - whole[core][:, -1]).abs().mean() < 0.15 * whole[core][:, -1].abs().mean()
+    crop = foreground_box([fixed, moving], 4)
+    edge = cropped.narrow(2, crop[0].stop - 1, 1)
+    assert torch.equal(cropped[:, :, crop[0].stop:], edge.expand_as(cropped[:, :, crop[0].stop:]))
+
+
+def test_cropping_continues_an_initial_field_and_leaves_it_alone() -> None:
+    from rlreg.instance import foreground_box
+
+    fixed, moving, _ = _embedded_pair(3)
+    initial = torch.zeros(1, 3, *fixed.shape[2:])
+    initial[:, 0] = 0.25 + 0.01 * torch.arange(fixed.shape[2]).view(-1, 1, 1)  # a ramp the fit keeps outside the box
+    kept = initial.clone()
+    out = optimise_displacement(fixed, moving, InstanceConfig(levels=(1,), iterations=(10,), windows=(5,),
+                                                              crop_margin=3), initial=initial)
+    assert torch.equal(initial, kept)
+    start = foreground_box([fixed, moving], 3)[0].start
+    assert start > 0
+    update = out - initial  # the fitted change, continued outside the box by its value on the box's first slice
+    assert torch.allclose(update[:, :, :start], update[:, :, start:start + 1].expand_as(update[:, :, :start]))
+    assert update[:, :, start:].abs().max() > 0.05
