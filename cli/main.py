@@ -92,10 +92,10 @@ REFINE_FACTOR_HELP = "Downsampling factor of the refinement, relative to the ins
 STEPS_HELP = "Agent steps \\[default: model's], or optimiser iterations."
 SMOOTHNESS_HELP = ("Instance optimisation: diffusion weight \\[default: 0.25; 0.5 with --diffeomorphic]; lower = "
                    "sharper, more folding risk.")
-BENDING_HELP = ("Instance optimisation: bending-energy weight \\[default: 1; 0 with --diffeomorphic]; it charges "
-                "curvature, not the smooth large-scale part of a deformation.")
-DIFFEOMORPHIC_HELP = ("Instance optimisation of a stationary velocity field (diffusion weight 0.5 unless "
-                      "--smoothness): no folding, about 6x slower.")
+BENDING_HELP = ("Instance optimisation: bending-energy weight \\[default: 1 in 3-D; 0 in 2-D or with "
+                "--diffeomorphic]; it charges curvature, not the smooth large-scale part of a deformation.")
+DIFFEOMORPHIC_HELP = ("3-D instance optimisation of a stationary velocity field (diffusion weight 0.5 unless "
+                      "--smoothness): no folding, about 6x slower. 2-D inputs always get one.")
 
 
 def _progress_bar(disabled: bool):
@@ -145,15 +145,15 @@ def register(
     """Register MOVING to FIXED: warped image, ITK/ANTs field, transform.h5, Jacobian and QC in OUTPUT."""
     from rlreg.io import InputError
     from rlreg.pipelines.device import resolve_device
-    from rlreg.pipelines.register import RegisterOptions, instance_settings
+    from rlreg.pipelines.register import RegisterOptions
     from rlreg.pipelines.register import register as run
 
     options = RegisterOptions(
         fixed=fixed, moving=moving, output=output, fixed_seg=fixed_seg, moving_seg=moving_seg,
         fixed_mask=fixed_mask, moving_mask=moving_mask, model=model, steps=steps, refine=refine,
         refine_factor=refine_factor, affine=affine, formats=tuple(f.strip() for f in formats.split(",") if f.strip()),
-        save_inverse=save_inverse, save_steps=save_steps)
-    options.instance = instance_settings(smoothness, diffeomorphic, bending)
+        save_inverse=save_inverse, save_steps=save_steps, smoothness=smoothness, bending=bending,
+        diffeomorphic=diffeomorphic)
     try:
         options.device = str(resolve_device(device))
         with _progress_bar(quiet or json_output) as bar:
@@ -226,13 +226,13 @@ def batch(
     from rlreg.io import InputError
     from rlreg.pipelines.batch import BatchOptions, run_batch
     from rlreg.pipelines.device import resolve_device
-    from rlreg.pipelines.register import RegisterOptions, instance_settings
+    from rlreg.pipelines.register import RegisterOptions
 
     settings = RegisterOptions(Path(), Path(), Path(), model=model, steps=steps, refine=refine,
                                refine_factor=refine_factor, affine=affine,
                                formats=tuple(f.strip() for f in formats.split(",") if f.strip()),
-                               save_inverse=save_inverse)
-    settings.instance = instance_settings(smoothness, diffeomorphic, bending)
+                               save_inverse=save_inverse, smoothness=smoothness, bending=bending,
+                               diffeomorphic=diffeomorphic)
     options = BatchOptions(source=source, output=output, settings=settings, atlas=atlas, atlas_seg=atlas_seg,
                            subset=subset, shard=shard, batch_size=batch_size, engine=engine, address=address)
     if workers is not None:

@@ -188,9 +188,12 @@ def _settings_record(settings: RegisterOptions) -> dict[str, Any]:
     optimisation): a default model shipped or re-shipped since the run started changes the results too.
     """
     keep = ("model", "steps", "refine", "refine_factor", "affine", "formats", "save_inverse", "save_steps",
-            "instance", "affine_config", "max_working_voxels")
+            "instance", "smoothness", "bending", "diffeomorphic", "affine_config", "max_working_voxels")
     data = asdict(settings)
     record = {k: data[k] for k in keep}
+    # What the instance optimisation resolves to for 2-D and 3-D pairs: a tuned default changed since the run
+    # started changes the results too.
+    record["instances_used"] = {f"{ndim}-D": asdict(settings.instance_for(ndim)) for ndim in (2, 3)}
     cards = models.available()
     used = {f"{ndim}-D": models.resolve(settings.model, ndim) for ndim in (2, 3)}
     record["models_used"] = {key: "instance-optimisation" if name is None else
@@ -207,15 +210,19 @@ def _with_new_defaults(stored: dict[str, Any]) -> dict[str, Any]:
     ``rlreg register`` now uses, so a run of the old defaults is refused rather than silently continued with new
     ones. (``AffineConfig.max_voxels`` is the exception: it changes nothing below 200,000 voxels at the finest
     affine level, i.e. on 2 mm brains.) Only options inside the nested configs (``instance``, ``affine_config``)
-    are filled: a missing top-level entry such as ``models_used`` cannot be assumed and still refuses the resume.
+    are filled (at any depth, e.g. ``instances_used``'s per-dimensionality configs): a missing top-level entry such as
+    ``models_used`` cannot be assumed and still refuses the resume.
     """
     defaults = _settings_record(RegisterOptions(Path(), Path(), Path(), instance=InstanceConfig(),
                                                 affine_config=AffineConfig()))
-    out = dict(stored)
-    for key, value in defaults.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = {**{k: v for k, v in value.items() if k not in out[key]}, **out[key]}
-    return out
+    def fill(record: dict[str, Any], default: dict[str, Any], top: bool) -> dict[str, Any]:
+        out = dict(record) if top else {**{k: v for k, v in default.items() if k not in record}, **record}
+        for key, value in default.items():
+            if isinstance(value, dict) and isinstance(out.get(key), dict):
+                out[key] = fill(out[key], value, False)
+        return out
+
+    return fill(stored, defaults, True)
 
 
 def _write_batch_record(options: BatchOptions, pairs: list[Pair]) -> Path:

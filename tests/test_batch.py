@@ -212,25 +212,27 @@ def test_resuming_with_other_settings_is_refused(data: Path, tmp_path: Path) -> 
     # A run written before an option existed resumes while that option keeps its default, and not otherwise.
     record_path = out / "batch.json"
     record = json.loads(record_path.read_text())
-    del record["settings"]["instance"]["velocity_factor"]
+    assert record["settings"]["instance"] is None  # the tuned default per dimensionality, recorded as resolved:
+    assert record["settings"]["instances_used"]["3-D"]["crop_margin"] == DEFAULT_INSTANCE.crop_margin
+    assert record["settings"]["instances_used"]["2-D"]["diffeomorphic"] is True
+    del record["settings"]["instances_used"]["3-D"]["velocity_factor"]
     record_path.write_text(json.dumps(record))
     resumed = run_batch(BatchOptions(str(pairs_csv), out, _settings(), workers=0))
     assert (resumed.skipped, resumed.done) == (1, 0)  # accepted, and the finished pair is kept
-    record["settings"]["instance"].pop("velocity_factor", None)
-    record_path.write_text(json.dumps(record))
-    other = replace(_settings(), instance=replace(_settings().instance, velocity_factor=2))
-    with pytest.raises(InputError, match=r"other settings.*instance"):
-        run_batch(BatchOptions(str(pairs_csv), out, other, workers=0))
+    for other in (_settings(instance=replace(DEFAULT_INSTANCE, velocity_factor=2)), _settings(smoothness=0.5)):
+        with pytest.raises(InputError, match=r"other settings.*instance"):
+            run_batch(BatchOptions(str(pairs_csv), out, other, workers=0))
     # A missing option means its off value (what rlreg did before it existed), not today's tuned default: a run
     # without gradient smoothing is not continued with it.
-    assert _settings().instance.gradient_sigma > 0
-    old = replace(_settings(), instance=replace(_settings().instance, gradient_sigma=0.0))
+    assert DEFAULT_INSTANCE.gradient_sigma > 0
+    old = _settings(instance=replace(DEFAULT_INSTANCE, gradient_sigma=0.0))
     run_batch(BatchOptions(str(pairs_csv), tmp_path / "old", old, workers=0))
     record = json.loads((tmp_path / "old" / "batch.json").read_text())
-    del record["settings"]["instance"]["gradient_sigma"]
+    for config in (record["settings"]["instance"], *record["settings"]["instances_used"].values()):
+        del config["gradient_sigma"]
     (tmp_path / "old" / "batch.json").write_text(json.dumps(record))
     with pytest.raises(InputError, match=r"other settings.*instance"):
-        run_batch(BatchOptions(str(pairs_csv), tmp_path / "old", _settings(), workers=0))
+        run_batch(BatchOptions(str(pairs_csv), tmp_path / "old", _settings(instance=DEFAULT_INSTANCE), workers=0))
     assert run_batch(BatchOptions(str(pairs_csv), tmp_path / "old", old, workers=0)).skipped == 1
     (tmp_path / "theirs").mkdir()
     (tmp_path / "theirs" / "notes.txt").write_text("mine")

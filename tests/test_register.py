@@ -4,6 +4,7 @@ by ANTs (ANTsPy), reproduce rlreg's own ``warped.nii.gz`` on an oblique, anisotr
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 
 import numpy as np
 import pytest
@@ -418,9 +419,10 @@ def test_refine_settings_split_device_batches_and_batch_runs(default3d, shifted3
 
 
 def test_diffeomorphic_option_reaches_the_optimiser_and_does_not_fold(tmp_path) -> None:
-    """``--diffeomorphic``: a velocity field at the tuned weight 0.5 (``--smoothness`` still overrides it), recorded
-    in rlreg.json, and the written field has no folded voxel."""
-    paths = write_pair(tmp_path, 2)
+    """3-D: ``--diffeomorphic`` is a velocity field at the tuned weight 0.5 (``--smoothness`` still overrides it),
+    recorded in rlreg.json, with no folded voxel; without it the displacement default runs. 2-D: the tuned default
+    is a velocity field already (``DEFAULT_INSTANCE_2D``), and the weights override it the same way."""
+    paths = write_pair(tmp_path / "p3", 3)
     base = ["register", str(paths["fixed"]), str(paths["moving"]), "--model", "none", "--steps", "30", "--json"]
     out = runner.invoke(app, [*base, "-o", str(tmp_path / "svf"), "--diffeomorphic"])
     assert out.exit_code == 0, out.output
@@ -435,9 +437,16 @@ def test_diffeomorphic_option_reaches_the_optimiser_and_does_not_fold(tmp_path) 
     assert config["diffeomorphic"] is False
     assert (config["smoothness"], config["bending"]) == (register_module.DEFAULT_SMOOTHNESS,
                                                          register_module.DEFAULT_BENDING)
-    out = runner.invoke(app, [*base, "-o", str(tmp_path / "flat"), "--bending", "0", "--smoothness", "1"])
+    paths = write_pair(tmp_path / "p2", 2)
+    base = ["register", str(paths["fixed"]), str(paths["moving"]), "--model", "none", "--steps", "30", "--json"]
+    out = runner.invoke(app, [*base, "-o", str(tmp_path / "plain2d")])
+    record = json.loads(out.stdout)
+    tuned = json.loads(json.dumps(asdict(register_module.DEFAULT_INSTANCE_2D)))
+    assert record["method"]["config"] == tuned | {"iterations": [17, 9, 4]}  # --steps 30 split as 60 : 30 : 15
+    assert record["method"]["config"]["diffeomorphic"] is True and record["qc"]["folding_percent"] == 0.0
+    out = runner.invoke(app, [*base, "-o", str(tmp_path / "flat"), "--bending", "0.5", "--smoothness", "1"])
     config = json.loads(out.stdout)["method"]["config"]
-    assert (config["smoothness"], config["bending"]) == (1.0, 0.0)
+    assert (config["smoothness"], config["bending"], config["diffeomorphic"]) == (1.0, 0.5, True)
     for flag in ("--bending", "--smoothness"):  # a negative weight is a usage error, not a traceback
         out = runner.invoke(app, [*base, "-o", str(tmp_path / "negative"), flag, "-1"])
         assert out.exit_code == 2 and "greater than or equal to 0" in out.output
