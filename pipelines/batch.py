@@ -37,6 +37,7 @@ from rlreg import __version__, models
 from rlreg.affine import AffineConfig
 from rlreg.instance import InstanceConfig
 from rlreg.io import InputError, atomic_output
+from rlreg.pipelines.memory import keep_freed_memory, memory_kept, release_freed_memory
 from rlreg.pipelines.pairs import Pair, read_pairs, shard
 from rlreg.pipelines.register import ERROR_RECORD, SIDECAR, RegisterOptions
 
@@ -290,13 +291,17 @@ def _pair_options(settings: RegisterOptions, pair: Pair, outdir: Path) -> Regist
                    moving_mask=pair.moving_mask)
 
 
-def _init_worker() -> None:
-    """One thread per worker process: the processes are the parallelism."""
+def _init_worker(keep_memory: bool = False) -> None:
+    """One thread per worker process: the processes are the parallelism. ``keep_memory``: the allocator setting of
+    the command that started the batch (:func:`rlreg.pipelines.memory.keep_freed_memory`), which spawned workers do
+    not inherit."""
     import SimpleITK as sitk
     import torch
 
     torch.set_num_threads(1)
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
+    if keep_memory:
+        keep_freed_memory()
 
 
 def _prepare_job(options: RegisterOptions):
@@ -317,6 +322,7 @@ def _register_job(options: RegisterOptions) -> None:
 
     prepared = prepare(options)
     finish(prepared, deform([prepared], options.device)[0])
+    release_freed_memory()  # what this pair freed goes back to the system before the next pair
 
 
 Outcome = tuple[Pair, BaseException | None]
@@ -348,7 +354,8 @@ def _run_pairs_in_workers(todo: list[Pair], options: BatchOptions) -> Iterator[O
     queue = deque(todo)
     context = multiprocessing.get_context("spawn")
     while queue:
-        pool = ProcessPoolExecutor(options.workers, mp_context=context, initializer=_init_worker)
+        pool = ProcessPoolExecutor(options.workers, mp_context=context, initializer=_init_worker,
+                                   initargs=(memory_kept(),))
         running: dict[Future, Pair] = {}
         try:
             while queue or running:
@@ -382,7 +389,8 @@ def _run_local(todo: list[Pair], options: BatchOptions) -> Iterator[Outcome]:
     prefetch = options.workers + options.batch_size
     max_finishing = 2 * options.workers
     while queue:
-        pool = ProcessPoolExecutor(options.workers, mp_context=context, initializer=_init_worker)
+        pool = ProcessPoolExecutor(options.workers, mp_context=context, initializer=_init_worker,
+                                   initargs=(memory_kept(),))
         preparing: dict[Future, Pair] = {}
         finishing: dict[Future, Pair] = {}
         ready: dict[Any, list[tuple[Pair, Any]]] = {}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import ctypes
 import sys
 
-__all__ = ["keep_freed_memory"]
+__all__ = ["keep_freed_memory", "memory_kept", "release_freed_memory"]
 
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_MAX = -4
@@ -36,3 +36,20 @@ def keep_freed_memory(trim_threshold: int = 1 << 30) -> bool:
             except (OSError, AttributeError):
                 _applied = False
     return _applied
+
+
+def memory_kept() -> bool:
+    """Whether :func:`keep_freed_memory` is in force in this process."""
+    return bool(_applied)
+
+
+def release_freed_memory() -> bool:
+    """Hand the free part of the heap back to the system (glibc ``malloc_trim(0)``), where
+    :func:`keep_freed_memory` is in force: between the pairs of a long batch, so memory freed by one pair and left
+    scattered through the heap does not add up over the batch. ``False`` (and nothing done) otherwise."""
+    if not _applied:
+        return False
+    try:
+        return bool(ctypes.CDLL("libc.so.6").malloc_trim(0))
+    except (OSError, AttributeError):
+        return False

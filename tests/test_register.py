@@ -379,6 +379,7 @@ def test_refine_continues_the_agent_field(default3d, shifted3d, tmp_path) -> Non
     assert refined.qc["dice_after"] > plain.qc["dice_after"] + 0.02
     block = refined.method["refine"]
     assert block["iterations"] == 30 and block["factor"] == 2 and block["working_grid"] == [24, 24, 24]
+    assert block["optimised_grid"] == [24, 24, 24]  # factor 2 would leave 12 < MIN_LEVEL_SIZE voxels: full grid
     assert block["lncc_after"] > block["lncc_before"]
     assert set(refined.method["seconds"]) == {"agent", "refine"} and refined.method["seconds"]["refine"] > 0
     written = json.loads((tmp_path / "refine30" / "rlreg.json").read_text())
