@@ -67,7 +67,8 @@ class InstanceConfig:
     integrating at a lower resolution is VoxelMorph's ``int_downsize`` (Dalca et al., MICCAI 2018)."""
 
     crop_margin: int | None = None
-    """Optimise only on the bounding box of the voxels where either image is non-zero, grown by this many voxels of
+    """Optimise only on the bounding box of the voxels where either image is non-zero (up to a relative
+    :data:`FOREGROUND_TOLERANCE`), grown by this many voxels of
     the full grid on every side, and extend the fitted field beyond it by its edge values (None = the whole grid).
     Where both images are exactly zero (the background of skull-stripped or masked scans, clipped to 0 by
     rlreg's intensity normalisation) local NCC has no gradient, so only the regulariser acts there and the box
@@ -156,13 +157,20 @@ def _field(unknown: Tensor, base: Tensor | None, config: InstanceConfig, size: t
     return exp if base is None else compose(base, exp)
 
 
+FOREGROUND_TOLERANCE = 1e-6
+"""Voxels within this fraction of an image's largest magnitude of 0 count as background in :func:`foreground_box`:
+resampled templates carry residue down to 1e-45 in their background (nilearn's MNI152), which is not anatomy."""
+
+
 def foreground_box(images: Sequence[Tensor], margin: int) -> tuple[slice, ...]:
-    """Per spatial axis, the slice of the bounding box of every non-zero voxel of any ``(N, C, *S)`` image, grown by
-    ``margin`` voxels and clipped to the grid; the whole grid where all images are zero."""
+    """Per spatial axis, the slice of the bounding box of every non-zero voxel of any ``(N, C, *S)`` image (beyond
+    :data:`FOREGROUND_TOLERANCE` of its largest magnitude), grown by ``margin`` voxels and clipped to the grid; the
+    whole grid where all images are zero."""
     spatial = images[0].shape[2:]
     occupied = torch.zeros(spatial, dtype=torch.bool, device=images[0].device)
     for image in images:
-        occupied |= (image != 0).flatten(0, 1).any(0)
+        magnitude = image.abs()
+        occupied |= (magnitude > FOREGROUND_TOLERANCE * magnitude.max()).flatten(0, 1).any(0)
     box = []
     for axis, size in enumerate(spatial):
         others = tuple(a for a in range(len(spatial)) if a != axis)

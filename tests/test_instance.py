@@ -197,6 +197,9 @@ def test_cropping_to_the_foreground_fits_the_same_field_there_and_extends_it(ndi
     assert foreground_box([probe, torch.zeros_like(probe)], 0) == (slice(2, 7), slice(5, 8), slice(3, 9))
     assert foreground_box([probe], 3) == (slice(0, 10), slice(2, 11), slice(0, 9))  # clipped to the grid
     assert foreground_box([torch.zeros_like(fixed)], 2) == tuple(slice(0, n) for n in fixed.shape[2:])
+    residue = probe.clone()
+    residue[0, 0, 9, 0, 0] = 1e-30  # resampling residue in a template's background is not anatomy
+    assert foreground_box([residue], 0) == foreground_box([probe], 0)
     assert all(s.stop - s.start < n for s, n in zip(foreground_box([fixed, moving], 4), fixed.shape[2:], strict=True))
     config = InstanceConfig(levels=(2, 1), iterations=(30, 15), smoothness=0.25, bending=1.0, windows=(5,),
                             gradient_sigma=1.0)
