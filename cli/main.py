@@ -95,7 +95,7 @@ SMOOTHNESS_HELP = ("Instance optimisation: diffusion weight \\[default: 0.25; 0.
 BENDING_HELP = ("Instance optimisation: bending-energy weight \\[default: 1 in 3-D; 0 in 2-D or with "
                 "--diffeomorphic]; it charges curvature, not the smooth large-scale part of a deformation.")
 DIFFEOMORPHIC_HELP = ("3-D instance optimisation of a stationary velocity field (diffusion weight 0.5 unless "
-                      "--smoothness): no folding, about 6x slower. 2-D inputs always get one.")
+                      "--smoothness): no folding, 4-5x slower. 2-D inputs always get one.")
 
 
 def _progress_bar(disabled: bool):
