@@ -68,8 +68,8 @@ class InstanceConfig:
 
     crop_margin: int | None = None
     """Optimise only on the bounding box of the voxels where either image is non-zero (up to a relative
-    :data:`FOREGROUND_TOLERANCE`), grown by this many voxels of
-    the full grid on every side, and extend the fitted field beyond it by its edge values (None = the whole grid).
+    :data:`FOREGROUND_TOLERANCE`), grown by this many voxels of the full grid on every side, and extend the fitted
+    field beyond it by its edge values (None = the whole grid).
     Where both images are exactly zero (the background of skull-stripped or masked scans, clipped to 0 by
     rlreg's intensity normalisation) local NCC has no gradient, so only the regulariser acts there and the box
     changes little but the cost; images with a non-zero background give a box as large as the grid. The margin
@@ -198,9 +198,14 @@ def optimise_displacement(fixed: Tensor, moving: Tensor, config: InstanceConfig 
                           mask: Tensor | None = None) -> Tensor:
     """Fit a displacement so that ``warp(moving, u) ≈ fixed``.
 
+    With ``config.crop_margin`` a batch is cropped to one box around the non-zero voxels of all its pairs, so a pair
+    gets exactly the field it gets alone only when its own box is that box (``rlreg.pipelines.register`` batches
+    only such pairs together).
+
     Args:
         fixed: ``(N, C, *S)`` fixed images, intensities roughly in ``[0, 1]``. The ``N`` pairs are independent:
-            each is fitted exactly as it would be alone (the batch only shares the device's work).
+            each is fitted exactly as it would be alone (the batch only shares the device's work; with
+            ``crop_margin``, see above).
         moving: ``(N, C, *S)`` moving images on the same grid (e.g. after affine pre-alignment).
         config: pyramid, iterations and loss weights.
         initial: optional ``(N, ndim, *S)`` starting displacement in voxels.
@@ -209,10 +214,6 @@ def optimise_displacement(fixed: Tensor, moving: Tensor, config: InstanceConfig 
         field_callback: called as ``field_callback(level, iteration, field)`` after each step with the current
             ``(N, ndim, *S_level)`` displacement (detached; e.g. to save the registration step by step). With
             ``config.crop_margin`` the field comes on the whole ``(N, ndim, *S)`` grid instead.
-
-    With ``config.crop_margin`` a batch is cropped to one box around the non-zero voxels of all its pairs, so a pair
-    gets exactly the field it gets alone only when its own box is that box (``rlreg.pipelines.register`` batches
-    only such pairs together).
         mask: optional ``(N, 1, *S)`` weights in ``[0, 1]`` on the fixed grid: the similarity is averaged over
             them, so regions outside (e.g. anatomy the moving image lacks) do not pull the field.
 
