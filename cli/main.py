@@ -90,8 +90,8 @@ MODEL_HELP = ("Shipped agent (rlreg models list), or none for instance optimisat
 REFINE_HELP = "Refine the agent's field by N iterations of instance optimisation (agents only)."
 REFINE_FACTOR_HELP = "Downsampling factor of the refinement, relative to the instance-optimisation grid."
 STEPS_HELP = "Agent steps \\[default: model's], or optimiser iterations."
-SMOOTHNESS_HELP = ("Instance optimisation: diffusion weight \\[default: 0.25; 0.5 with --diffeomorphic]; lower = "
-                   "sharper, more folding risk.")
+SMOOTHNESS_HELP = ("Instance optimisation: diffusion weight \\[default: 1 in 3-D; 0.25 in 2-D; 0.5 with "
+                   "--diffeomorphic]; lower = sharper, more folding risk.")
 BENDING_HELP = ("Instance optimisation: bending-energy weight \\[default: 1 in 3-D; 0 in 2-D or with "
                 "--diffeomorphic]; it charges curvature, not the smooth large-scale part of a deformation.")
 DIFFEOMORPHIC_HELP = ("3-D instance optimisation of a stationary velocity field (diffusion weight 0.5 unless "

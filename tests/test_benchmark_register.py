@@ -34,7 +34,9 @@ def test_new_user_pair_shares_the_82_labels(pair_2mm):
     assert 83 not in fixed_labels  # the MNI atlas's brainstem, absent from the native maps
 
 
-def test_new_user_fixed_is_the_nilearn_template(pair_2mm):
+def test_new_user_fixed_is_the_nilearn_template_cut_to_the_cerebrum(pair_2mm):
+    """The template's own voxels and geometry inside the cerebrum the shared labels outline; zero over the
+    cerebellum and brainstem, which the donor's label-derived image lacks."""
     import nibabel as nib
     from nilearn.datasets import load_mni152_template
 
@@ -44,7 +46,18 @@ def test_new_user_fixed_is_the_nilearn_template(pair_2mm):
     written = nib.load(pair_2mm["fixed"])
     np.testing.assert_allclose(written.affine, template.affine, atol=1e-5)
     assert written.shape == template.shape
-    np.testing.assert_allclose(written.get_fdata(), template.get_fdata(), atol=1e-6)
+    kept, original = written.get_fdata(), template.get_fdata()
+    inside = kept != 0
+    np.testing.assert_allclose(kept[inside], original[inside], atol=1e-6)
+    labelled = nib.load(pair_2mm["fixed_seg"]).get_fdata() > 0
+    assert inside[labelled & (original != 0)].mean() > 0.99  # every labelled structure is kept
+    brain = original > 0.1 * original.max()
+    cut = brain & ~inside
+    # the cut is the cerebellum and brainstem: about a sixth of the template's brain, all below the cerebrum's centre
+    assert 0.08 < cut.sum() / brain.sum() < 0.3
+    z = written.affine @ np.c_[np.argwhere(cut), np.ones(cut.sum())].T
+    z_labelled = written.affine @ np.c_[np.argwhere(labelled), np.ones(labelled.sum())].T
+    assert np.median(z[2]) < np.median(z_labelled[2]) - 20  # mm, world z (RAS superior)
     seg = sitk.ReadImage(str(pair_2mm["fixed_seg"]))
     image = sitk.ReadImage(str(pair_2mm["fixed"]))
     assert seg.GetSize() == image.GetSize()

