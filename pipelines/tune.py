@@ -148,8 +148,8 @@ def run(dataset: Path, pairs: int, variants: list[Variant], work: Path) -> list[
 
 
 def _table(records: list[dict], variants: list[Variant]) -> str:
-    lines = ["| variant | Dice mean ± sd | folding % (max) | SDlogJ | affine s | deformable s | settings |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| variant | Dice mean ± sd | Dice after affine | folding % (max) | SDlogJ | affine s | deformable s | "
+             "settings |", "|---|---|---|---|---|---|---|---|"]
     for variant in variants:
         rows = [r for r in records if r["variant"] == variant.name]
         if not rows:
@@ -160,6 +160,7 @@ def _table(records: list[dict], variants: list[Variant]) -> str:
         if variant.affine != AffineConfig():
             settings["affine"] = {k: v for k, v in asdict(variant.affine).items() if v != asdict(AffineConfig())[k]}
         lines.append(f"| {variant.name} | {statistics.fmean(dice):.3f} ± {statistics.pstdev(dice):.3f} | "
+                     f"{statistics.fmean(r['qc']['dice_affine'] for r in rows):.3f} | "
                      f"{statistics.fmean(folding):.3f} ({max(folding):.3f}) | "
                      f"{statistics.fmean(r['qc']['sdlogj'] for r in rows):.3f} | "
                      f"{statistics.median(r['seconds']['affine'] for r in rows):.1f} | "
