@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import functools
 import json
-import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
@@ -34,7 +33,7 @@ from torch import Tensor
 
 from rlreg import __version__, models
 from rlreg.affine import AffineConfig, affine_register, index_map, positions_to_displacement, transform_matrix
-from rlreg.instance import InstanceConfig, foreground_box, level_factor, optimise_displacement
+from rlreg.instance import InstanceConfig, foreground_box, level_factor, level_size, optimise_displacement
 from rlreg.io import Geometry, Image, InputError, atomic_output, read_image, write_image
 from rlreg.losses import FixedLNCC, lncc
 from rlreg.metrics import mean_dice
@@ -428,8 +427,8 @@ def _refine(results: list[Deformable], working: tuple[Tensor, Tensor], refine: t
     total = sum(config.iterations)
     record_every = -(-total // 40)  # at most 40 rows
     curve: list[tuple[int, Tensor]] = []
-    factor = level_factor(config.levels[0], fixed.shape[2:])
-    optimised_grid = [math.ceil(n / factor) for n in fixed.shape[2:]]  # before any crop to the foreground
+    # before any crop to the foreground
+    optimised_grid = list(level_size(fixed.shape[2:], level_factor(config.levels[0], fixed.shape[2:])))
 
     def score(images: tuple[Tensor, Tensor], field: Tensor) -> Tensor:
         with torch.no_grad():

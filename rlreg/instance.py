@@ -30,7 +30,8 @@ from rlreg.losses import FixedLNCC, regularise_
 from rlreg.spatial import compose, integrate_velocity, resize_displacement, warp
 from rlreg.synth import gaussian_blur
 
-__all__ = ["MIN_LEVEL_SIZE", "InstanceConfig", "downsample", "foreground_box", "level_factor", "optimise_displacement"]
+__all__ = ["MIN_LEVEL_SIZE", "InstanceConfig", "downsample", "foreground_box", "level_factor", "level_size",
+           "optimise_displacement"]
 
 MIN_LEVEL_SIZE = 16
 """Smallest number of voxels along an axis at which a pyramid level is still run at its own factor."""
@@ -107,6 +108,12 @@ def level_factor(factor: int, sizes: tuple[int, ...] | torch.Size) -> int:
     return factor
 
 
+def level_size(sizes: Sequence[int], factor: int) -> tuple[int, ...]:
+    """Voxels per axis of a pyramid level ``factor`` times coarser than a grid of ``sizes``: ``ceil(sizes /
+    factor)``, the grid :func:`downsample` resamples to."""
+    return tuple(math.ceil(n / factor) for n in sizes)
+
+
 def downsample(image: Tensor, factor: int) -> Tensor:
     """Box-smooth then resample a ``(N, C, *S)`` image to ``ceil(S / factor)`` (align_corners=True grids).
 
@@ -124,8 +131,8 @@ def downsample(image: Tensor, factor: int) -> Tensor:
     smooth = image
     for box in boxes:
         smooth = pool(smooth, box, stride=1, padding=tuple(k // 2 for k in box), count_include_pad=False)
-    size = [math.ceil(n / factor) for n in image.shape[2:]]
-    return F.interpolate(smooth, size=size, mode="bilinear" if ndim == 2 else "trilinear", align_corners=True)
+    return F.interpolate(smooth, size=level_size(image.shape[2:], factor),
+                         mode="bilinear" if ndim == 2 else "trilinear", align_corners=True)
 
 
 class _Adam:
@@ -249,7 +256,7 @@ def optimise_displacement(fixed: Tensor, moving: Tensor, config: InstanceConfig 
         base_l = None if base is None or not config.diffeomorphic else resize_displacement(base, size)
         if config.diffeomorphic:  # the velocity's grid: this level's, or coarser (velocity_factor)
             coarse = level_factor(max(factor, config.velocity_factor), full)
-            grid, start = torch.Size(math.ceil(n / coarse) for n in full), velocity
+            grid, start = torch.Size(level_size(full, coarse)), velocity
         else:
             grid, start = size, disp
         param = (torch.zeros(fixed.shape[0], ndim, *grid, dtype=fixed.dtype, device=fixed.device) if start is None
