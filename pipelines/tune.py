@@ -25,6 +25,7 @@ import functools
 import json
 import statistics
 import tempfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -34,7 +35,7 @@ from rlreg.affine import AffineConfig
 from rlreg.instance import InstanceConfig
 from rlreg.io import atomic_output
 
-__all__ = ["SETS", "VARIANTS", "Variant", "main", "merge_records", "run"]
+__all__ = ["SETS", "VARIANTS", "Variant", "main", "merge_records", "run", "set_writers"]
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -212,6 +213,23 @@ SETS = {
 """Development sets: name -> (folder under ``out/``, description)."""
 
 
+def set_writers() -> dict[str, Callable[[Path], Path]]:
+    """Each development set's writer (:data:`SETS`' names -> ``writer(folder) -> pairs.csv``)."""
+    from rlreg.pipelines.data import (
+        DEV_ROUGH_SEED,
+        DEV_ROUGHNESS_MM,
+        write_dev_dataset,
+        write_dev_digits_dataset,
+        write_dev_mixed_dataset,
+        write_dev_t1_dataset,
+    )
+
+    return {"labels": write_dev_dataset, "t1": write_dev_t1_dataset, "digits": write_dev_digits_dataset,
+            "mixed": write_dev_mixed_dataset,
+            "labels-rough": functools.partial(write_dev_dataset, seed=DEV_ROUGH_SEED, roughness_mm=DEV_ROUGHNESS_MM),
+            "mixed-cerebrum": functools.partial(write_dev_mixed_dataset, cerebrum_only=True)}
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--set", default="labels", choices=sorted(SETS), help="development set")
@@ -222,22 +240,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--merge", type=Path, nargs="*", default=[],
                         help="other tuning.json stores (runs in parallel) to merge in; --pairs 0: only merge")
     args = parser.parse_args(argv)
-    from rlreg.pipelines.data import (
-        DEV_ROUGH_SEED,
-        DEV_ROUGHNESS_MM,
-        write_dev_dataset,
-        write_dev_digits_dataset,
-        write_dev_mixed_dataset,
-        write_dev_t1_dataset,
-    )
-
     torch.set_num_threads(1)
     dataset = args.dataset or ROOT / "out" / SETS[args.set][0]
-    writers = {"labels": write_dev_dataset, "t1": write_dev_t1_dataset, "digits": write_dev_digits_dataset,
-               "mixed": write_dev_mixed_dataset,
-               "labels-rough": functools.partial(write_dev_dataset, seed=DEV_ROUGH_SEED, roughness_mm=DEV_ROUGHNESS_MM),
-               "mixed-cerebrum": functools.partial(write_dev_mixed_dataset, cerebrum_only=True)}
-    writers[args.set](dataset)
+    set_writers()[args.set](dataset)
     chosen = [VARIANTS[name] for name in args.variants.split(",")] if args.pairs else []
     with tempfile.TemporaryDirectory(prefix="rlreg-tune-") as scratch:
         records = run(dataset, args.pairs, chosen, Path(scratch)) if chosen else []

@@ -167,6 +167,12 @@ def test_tune_records_every_variant_on_the_dev_set(tmp_path) -> None:
     assert records[1]["qc"]["sdlogj"] < records[0]["qc"]["sdlogj"]  # the regulariser weight reaches the optimiser
 
 
+def test_every_development_set_has_a_writer() -> None:
+    from rlreg.pipelines.tune import SETS, set_writers
+
+    assert set(set_writers()) == set(SETS)
+
+
 def test_tuning_records_merge_per_set_and_variant() -> None:
     from rlreg.pipelines.tune import merge_records
 
