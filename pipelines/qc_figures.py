@@ -1,5 +1,6 @@
 """Figures of the batch QC report (:mod:`rlreg.pipelines.report`): anatomical planes, checkerboard, edges, deformed
-grid, Jacobian, Dice per label, similarity per step, thumbnails.
+grid, Jacobian, Dice per label, similarity per step, thumbnails; and the held-out Dice curve of a training run
+(:func:`save_training_curve`, written by :mod:`rlreg.pipelines.train`).
 
 Orientation. Volumes are first put in an **LPS-ordered array**: the tensor axes are permuted and flipped so that
 array axis ``c`` runs along world (LPS) axis ``c`` in the increasing direction, each tensor axis being matched to
@@ -38,6 +39,7 @@ __all__ = [
     "save_jacobian",
     "save_steps",
     "save_thumbnail",
+    "save_training_curve",
 ]
 
 DPI = 100
@@ -438,6 +440,37 @@ def save_steps(path: Path, steps: Sequence[dict[str, float]], levels: Sequence[i
         twin.plot(x, y, color="#e63946", linewidth=1.2)
         twin.set_ylabel("Dice", fontsize=FONT, color="#e63946")
         twin.tick_params(labelsize=8)
+    return _save(fig, path)
+
+
+def save_training_curve(path: Path, history: Sequence[dict[str, float]]) -> Path:
+    """Held-out Dice of a training run against its environment steps: before registration, the best over the
+    agent's steps (the step count marked at each point) and after the evaluation's last step.
+
+    Args:
+        history: the run's ``metrics.jsonl`` records, ``{"step", "dice0", "dice_best", "best_step",
+            "dice_final"}`` (:func:`rlreg.pipelines.train.train`).
+    """
+    fig = _figure(5.6, 3.0)
+    ax = fig.add_axes((0.13, 0.16, 0.83, 0.74))
+    records = sorted(history, key=lambda r: r["step"])
+    if records:
+        x = [r["step"] for r in records]
+        ax.plot(x, [r["dice0"] for r in records], color="#57606a", linestyle="--", linewidth=1.0,
+                label="before (affine only)")
+        ax.plot(x, [r["dice_final"] for r in records], color="#e63946", linewidth=1.0, label="after the last step")
+        ax.plot(x, [r["dice_best"] for r in records], color="#1d3557", marker="o" if len(x) <= 40 else None,
+                markersize=3, linewidth=1.4, label="best over the steps (at the step marked)")
+        if len(x) <= 40:
+            for record in (r for r in records if r.get("best_step")):
+                ax.annotate(str(record["best_step"]), (record["step"], record["dice_best"]),
+                            textcoords="offset points", xytext=(0, 4), ha="center", fontsize=FONT - 3,
+                            color="#1d3557")
+        ax.legend(fontsize=8, loc="upper left")
+    ax.set_xlabel("environment steps (batches of pairs)", fontsize=FONT)
+    ax.set_ylabel("held-out Dice", fontsize=FONT)
+    ax.tick_params(labelsize=8)
+    ax.grid(alpha=0.3)
     return _save(fig, path)
 
 

@@ -25,6 +25,7 @@ import torch
 from rlreg.buffer import ReplayBuffer, Transition
 from rlreg.config import from_dict
 from rlreg.io import atomic_output
+from rlreg.pipelines.qc_figures import save_training_curve
 from rlreg.sac import Agent, AgentConfig, broadcast_parameters
 from rlreg.spatial import warp
 from rlreg.synth import SynthConfig, SynthPairs
@@ -82,7 +83,7 @@ class LoopConfig:
     max_seconds: float | None = None
     """Wall-time budget: stop (after a final evaluation and checkpoint) once exceeded. None: no limit."""
     output: str = "runs/digits"
-    """Run folder: checkpoints, TensorBoard logs, metrics.jsonl."""
+    """Run folder: checkpoints, TensorBoard logs, metrics.jsonl and its picture curve.png."""
     amp: str = "auto"
     """Mixed precision: ``auto`` (bfloat16 autocast on CUDA, off on CPU), ``bf16`` (also on CPU) or ``off``."""
     eval_chunk: int = 250
@@ -278,6 +279,7 @@ def train(config: TrainConfig, resume: bool = False,
                     writer.add_scalar(f"eval/{key}", value, done_steps)
             with (out / "metrics.jsonl").open("a") as handle:
                 handle.write(json.dumps(record) + "\n")
+            save_training_curve(out / "curve.png", history)
             agent.save(out / "model.pt", train_config=config.to_dict(), eval=asdict(result_eval))
         if done_steps % loop.checkpoint_every == 0 or last:
             # the agent's checkpoint carries the global torch (and CUDA) RNG used for exploration

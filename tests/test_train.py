@@ -68,6 +68,7 @@ def test_resume_after_kill_reproduces_the_uninterrupted_run(tmp_path) -> None:
     a = (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()
     b = (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()
     assert a == b
+    assert (tmp_path / "b" / "curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # the curve, redrawn
 
 
 def test_seeded_runs_are_identical_and_seeds_matter(tmp_path) -> None:
