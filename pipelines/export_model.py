@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from rlreg.io import atomic_output
+from rlreg.io import atomic_output, save_torch
 from rlreg.models import MODELS_DIR, REGISTRY, available, sha256
 
 __all__ = ["export_model"]
@@ -20,8 +20,7 @@ def export_model(checkpoint: Path, name: str, card: dict[str, Any], directory: P
     data = torch.load(checkpoint, map_location="cpu", weights_only=True)
     keep = {k: data[k] for k in ("format_version", "config", "state_dicts", "updates")}
     target = directory / f"{name}.pt"
-    with atomic_output(target) as tmp:
-        torch.save(keep, tmp)
+    save_torch(keep, target)  # byte-reproducible: exporting the same weights again keeps the checksum
     registry = directory / REGISTRY.name
     cards = json.loads(registry.read_text()) if registry.exists() else {}
     cards[name] = {"file": target.name, "sha256": sha256(target), "ndim": keep["config"]["network"]["ndim"],

@@ -72,7 +72,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from rlreg.io import Geometry, Image, InputError, atomic_output, read_image, write_image
+from rlreg.io import Geometry, Image, InputError, atomic_output, read_image, save_torch, write_image
 from rlreg.pipelines.pairs import Pair
 from rlreg.spatial import orientation_axes, reorient, reorient_field_back, resize_displacement, warp
 from rlreg.transforms import chain_from_world, write_itk_warp
@@ -684,9 +684,7 @@ def train_voxelmorph(sampler: Callable[[int, torch.Generator, torch.device | str
         "torch_version": str(torch.__version__),
     }
     output = Path(output)
-    with atomic_output(output) as tmp:
-        torch.save(checkpoint, tmp)
-    return output
+    return save_torch(checkpoint, output)
 
 
 @functools.lru_cache(maxsize=2)

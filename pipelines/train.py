@@ -24,7 +24,7 @@ import torch
 
 from rlreg.buffer import ReplayBuffer, Transition
 from rlreg.config import from_dict
-from rlreg.io import atomic_output
+from rlreg.io import atomic_output, save_torch
 from rlreg.pipelines.qc_figures import save_training_curve
 from rlreg.sac import Agent, AgentConfig, broadcast_parameters
 from rlreg.spatial import warp
@@ -283,10 +283,9 @@ def train(config: TrainConfig, resume: bool = False,
             agent.save(out / "model.pt", train_config=config.to_dict(), eval=asdict(result_eval))
         if done_steps % loop.checkpoint_every == 0 or last:
             # the agent's checkpoint carries the global torch (and CUDA) RNG used for exploration
-            with atomic_output(state_path) as tmp:
-                torch.save({"agent": agent.checkpoint(), "buffer": buffer.state_dict(), "task": task.state_dict(),
-                            "generators": {"data": data_gen.get_state(), "sample": sample_gen.get_state()},
-                            "step": done_steps, "history": history}, tmp)
+            save_torch({"agent": agent.checkpoint(), "buffer": buffer.state_dict(), "task": task.state_dict(),
+                        "generators": {"data": data_gen.get_state(), "sample": sample_gen.get_state()},
+                        "step": done_steps, "history": history}, state_path)
         if progress is not None:
             progress(done_steps, loop.total_steps, metrics)
         if out_of_time:

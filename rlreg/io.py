@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 __all__ = ["Geometry", "Image", "InputError", "atomic_output", "atomic_path", "nibabel_to_sitk", "read_image",
-           "save_sitk", "write_image"]
+           "save_sitk", "save_torch", "write_image"]
 
 
 class InputError(ValueError):
@@ -215,6 +215,17 @@ def atomic_output(path: str | os.PathLike[str]) -> Iterator[Path]:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def save_torch(obj: object, path: str | os.PathLike[str]) -> Path:
+    """``torch.save`` atomically and byte-reproducibly: the same ``obj`` always gives the same file (and checksum).
+
+    Saved to a path, torch names the archive's root folder after the file, here a random temporary name; saved
+    through an open handle it is always ``archive``.
+    """
+    with atomic_output(path) as tmp, tmp.open("wb") as handle:
+        torch.save(obj, handle)
+    return Path(path)
 
 
 def write_image(data: Tensor | np.ndarray, geometry: Geometry, path: str | os.PathLike[str],

@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from rlreg.buffer import Transition
 from rlreg.config import from_dict
-from rlreg.io import atomic_output
+from rlreg.io import save_torch
 from rlreg.networks import Actor, NetworkConfig, Planner, PlanOutput, TwinCritic, count_parameters
 from rlreg.tasks.base import Task
 from rlreg.tasks.registration import RegistrationConfig
@@ -292,10 +292,8 @@ class Agent(nn.Module):
         }
 
     def save(self, path: str | os.PathLike[str], **extra: Any) -> Path:
-        """Write :meth:`checkpoint` atomically (temporary file, then rename)."""
-        with atomic_output(path) as tmp:
-            torch.save(self.checkpoint(**extra), tmp)
-        return Path(path)
+        """Write :meth:`checkpoint` atomically (temporary file, then rename) and byte-reproducibly."""
+        return save_torch(self.checkpoint(**extra), path)
 
     def load_checkpoint_dict(self, data: dict[str, Any], restore_rng: bool = False) -> None:
         """Load weights, optimiser states and counters from a :meth:`checkpoint` dict."""

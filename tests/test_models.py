@@ -53,6 +53,18 @@ def test_export_strips_optimisers_and_checksum_is_enforced(tmp_path, monkeypatch
     assert json.loads((shipped / "models.json").read_text())["toy"]["file"] == "toy.pt"
 
 
+def test_export_is_byte_reproducible(tmp_path) -> None:
+    """Exporting the same weights again gives the same file, so a card's checksum names the weights, not the run."""
+    checkpoint = Agent(AgentConfig()).save(tmp_path / "trained.pt")
+    shipped = tmp_path / "shipped"
+    shipped.mkdir()
+    first = export_model(checkpoint, "toy", {}, directory=shipped).read_bytes()
+    card = json.loads((shipped / "models.json").read_text())["toy"]
+    second = export_model(checkpoint, "toy", {"status": "new card"}, directory=shipped).read_bytes()
+    assert first == second
+    assert json.loads((shipped / "models.json").read_text())["toy"]["sha256"] == card["sha256"]
+
+
 def _registry(folder, monkeypatch, cards: dict) -> None:
     """Point rlreg.models at a temporary models.json holding ``cards``."""
     folder.mkdir(parents=True, exist_ok=True)
