@@ -457,7 +457,7 @@ def save_training_curve(path: Path, history: Sequence[dict[str, float]]) -> Path
     if records:
         x = [r["step"] for r in records]
         ax.plot(x, [r["dice0"] for r in records], color="#57606a", linestyle="--", linewidth=1.0,
-                label="before (affine only)")
+                label="before the first step")
         ax.plot(x, [r["dice_final"] for r in records], color="#e63946", linewidth=1.0, label="after the last step")
         ax.plot(x, [r["dice_best"] for r in records], color="#1d3557", marker="o" if len(x) <= 40 else None,
                 markersize=3, linewidth=1.4, label="best over the steps (at the step marked)")
