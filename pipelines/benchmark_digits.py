@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from rlreg.io import atomic_output
+from rlreg.io import atomic_output, save_torch
 from rlreg.losses import diffusion, multiscale_lncc
 from rlreg.onestep import OneStepConfig, OneStepNet
 from rlreg.spatial import folding_percent, warp
@@ -93,7 +93,7 @@ def _train_onestep(budget_s: float, seed: int, output: Path) -> tuple[OneStepNet
         loss.backward()
         optimiser.step()
         updates += 1
-    torch.save({"state_dict": net.state_dict(), "config": net.config.__dict__}, output / "onestep.pt")
+    save_torch({"state_dict": net.state_dict(), "config": net.config.__dict__}, output / "onestep.pt")
     return net, updates
 
 
