@@ -314,17 +314,6 @@ def _subject_field(shape: tuple[int, ...], generator: torch.Generator, voxels_pe
     return compose(affine, random_smooth_field(1, shape, generator, "cpu", grid=6, max_std=6.0 * voxels_per_mm))
 
 
-def _rough_field(shape: tuple[int, ...], generator: torch.Generator, rms_voxels: float,
-                 sigma_voxels: float) -> Tensor:
-    """A subject's own fine-scale anatomy: white noise blurred by ``sigma_voxels`` and scaled to ``rms_voxels`` RMS
-    length, ``(1, 3, *shape)`` voxel displacement. Not integrated, so it may fold: the label layouts it makes differ
-    in topology, as two brains' gyri do, and no smooth field maps one onto the other."""
-    from rlreg.synth import gaussian_blur
-
-    noise = gaussian_blur(torch.randn((1, len(shape), *shape), generator=generator), sigma_voxels)
-    return noise * (rms_voxels / noise.pow(2).sum(1).mean().sqrt())
-
-
 DEV_SEED = 31_337
 """Seed of the development set (:func:`write_dev_dataset`), apart from every training seed and :data:`HELD_OUT_SEED`."""
 
@@ -332,9 +321,10 @@ DEV_ROUGH_SEED = 31_340
 """Seed of the rough development set (``write_dev_dataset(roughness_mm=...)``, tune's ``labels-rough``)."""
 
 DEV_ROUGHNESS_MM = (3.0, 4.0)
-"""``(RMS length, correlation sigma)`` in mm of the rough set's per-subject anatomy (:func:`_rough_field`). Fixed in
-session 12 before any variant ran on the set: between two such copies of the atlas (nothing else moved), Dice is
-0.52 at 2 mm, so the set's pairs cannot be matched much beyond that, as real inter-subject pairs cannot."""
+"""``(RMS length, correlation sigma)`` in mm of the rough set's per-subject anatomy
+(:func:`rlreg.synth.random_rough_field`). Fixed in session 12 before any variant ran on the set: between two such
+copies of the atlas (nothing else moved), Dice is 0.52 at 2 mm, so the set's pairs cannot be matched much beyond
+that, as real inter-subject pairs cannot."""
 
 
 def write_dev_dataset(folder: Path, pairs: int = 6, resolution: float = 2.0, seed: int = DEV_SEED,
@@ -349,12 +339,12 @@ def write_dev_dataset(folder: Path, pairs: int = 6, resolution: float = 2.0, see
     present are kept. Returns ``pairs.csv`` (``id,fixed,moving,fixed_seg,moving_seg``).
 
     Such pairs can be matched exactly by a smooth field; real subjects cannot. With ``roughness_mm = (rms, sigma)``
-    each subject first gets an anatomy of its own in atlas space (:func:`_rough_field`: blurred noise, may fold), so
-    a pair differs also at a fine scale no regulariser-free fit should chase (:data:`DEV_ROUGHNESS_MM`,
-    :data:`DEV_ROUGH_SEED`).
+    each subject first gets an anatomy of its own in atlas space (:func:`rlreg.synth.random_rough_field`: blurred
+    noise, may fold), so a pair differs also at a fine scale no regulariser-free fit should chase
+    (:data:`DEV_ROUGHNESS_MM`, :data:`DEV_ROUGH_SEED`).
     """
     from rlreg.spatial import compose, warp
-    from rlreg.synth import brain_template, gaussian_blur
+    from rlreg.synth import brain_template, gaussian_blur, random_rough_field
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -369,7 +359,7 @@ def write_dev_dataset(folder: Path, pairs: int = 6, resolution: float = 2.0, see
         field = _subject_field(shape, generator, voxels)
         if roughness_mm is not None:
             rms, sigma = roughness_mm
-            field = compose(_rough_field(shape, generator, rms * voxels, sigma * voxels), field)
+            field = compose(random_rough_field(1, shape, generator, "cpu", rms * voxels, sigma * voxels), field)
         labels = warp(template.labels, field, "label")[0, 0]
         classes = warp(tissue, field, "label")[0, 0].long()
         image = gaussian_blur(levels[classes][None, None], torch.tensor([0.7]))[0, 0]

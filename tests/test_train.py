@@ -96,6 +96,30 @@ def test_digits_agent_learns_to_register(tmp_path) -> None:
     assert record["dice_best"] > record["dice0"] + 0.15, record
 
 
+def test_init_from_starts_from_the_given_weights_and_checks_the_config(tmp_path) -> None:
+    """Fine-tuning: with no update yet (warm-up longer than the run) the saved model is the one it started from,
+    critics and temperature included; without ``init_from`` it is not; another agent config is refused."""
+    first = load_config(None, [*TINY, "loop.total_steps=3", f"loop.output={tmp_path / 'first'}"])
+    train(first)
+    source = tmp_path / "first" / "model.pt"
+    idle = [*TINY, "loop.total_steps=2", "loop.warmup_steps=50", "loop.seed=7"]
+    train(load_config(None, [*idle, f"loop.init_from={source}", f"loop.output={tmp_path / 'tuned'}"]))
+    train(load_config(None, [*idle, f"loop.output={tmp_path / 'fresh'}"]))
+    tuned = torch.load(tmp_path / "tuned" / "model.pt", weights_only=True)["state_dicts"]
+    saved = torch.load(source, weights_only=True)["state_dicts"]
+    for part in ("planner", "actor", "critic", "critic_target"):
+        for key, value in saved[part].items():
+            assert torch.equal(tuned[part][key], value), (part, key)
+    assert torch.equal(tuned["log_alpha"], saved["log_alpha"])
+    assert not torch.equal(_weights(tmp_path / "fresh" / "model.pt"), _weights(source))
+    other = load_config(None, [*idle, "agent.network.plan_dim=5", f"loop.init_from={source}",
+                               f"loop.output={tmp_path / 'other'}"])
+    with pytest.raises(ValueError, match="another agent config"):
+        train(other)
+    with pytest.raises(ValueError, match="not a readable rlreg checkpoint"):
+        train(load_config(None, [*idle, f"loop.init_from={tmp_path / 'none.pt'}", f"loop.output={tmp_path / 'x'}"]))
+
+
 def test_resume_refuses_another_agent_config(tmp_path) -> None:
     config = load_config(None, [*TINY, "loop.total_steps=3", f"loop.output={tmp_path}"])
     train(config)
