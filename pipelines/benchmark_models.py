@@ -202,16 +202,30 @@ def _plot(store: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
-def _budgets(vxm_model: Path = Path("runs/voxelmorph-brain/model.pt")) -> list[str]:
-    """Training budgets of the learned methods, from the brain-3d card and the VoxelMorph checkpoint."""
+VXM_MODEL = Path("runs/voxelmorph-brain/model.pt")
+"""Where ``train-voxelmorph`` writes the VoxelMorph peer (a run folder: not in a fresh clone)."""
+
+
+def _voxelmorph_training(store: dict[str, Any], vxm_model: Path = VXM_MODEL) -> dict[str, float] | None:
+    """The VoxelMorph peer's training budget (``steps``, ``seconds``): from its checkpoint when present, else as
+    stored with the results it produced (so a clone without the run folder renders the same line)."""
+    if vxm_model.exists():
+        info = torch.load(vxm_model, weights_only=True)
+        return {"steps": int(info["steps"]), "seconds": float(info["seconds"])}
+    stored = (d.get("methods", {}).get("voxelmorph", {}).get("training") for d in store.values())
+    return next((t for t in stored if t), None)
+
+
+def _budgets(store: dict[str, Any], vxm_model: Path = VXM_MODEL) -> list[str]:
+    """Training budgets of the learned methods, from the brain-3d card and the VoxelMorph peer's record."""
     from rlreg import models
 
     card = models.available().get(BRAIN_MODEL, {})
     lines = [f"* Training budgets: `{BRAIN_MODEL}` {card.get('budget', 'n/a')}"]
-    if vxm_model.exists():
-        info = torch.load(vxm_model, weights_only=True)
-        lines[0] += (f"; VoxelMorph {info['steps']} steps of batch 1 in {info['seconds']:.0f} s on the same shared "
-                     "CPU cores (64^3 grid, label-supervised: NCC + grad + Dice).")
+    training = _voxelmorph_training(store, vxm_model)
+    if training is not None:
+        lines[0] += (f"; VoxelMorph {training['steps']} steps of batch 1 in {training['seconds']:.0f} s on the same "
+                     "shared CPU cores (64^3 grid, label-supervised: NCC + grad + Dice).")
     return lines
 
 
@@ -248,7 +262,7 @@ def render(store: dict[str, Any], environment: dict[str, Any]) -> str:
                          f"{_fmt(r['model_seconds_per_pair'], 2)} | {r['parameters'] or 0:,} | "
                          f"{_fmt(r['peak_rss_gib'], 2)} |")
         lines.append("")
-    lines += [*_budgets(), "", "![Dice per pair, each method](img/models_dice.png)", "", END]
+    lines += [*_budgets(store), "", "![Dice per pair, each method](img/models_dice.png)", "", END]
     return "\n".join(lines) + "\n"
 
 
@@ -280,6 +294,8 @@ def _run(args: argparse.Namespace) -> None:
         # none) of the fields scored: its peak memory is the largest of the runs that made them.
         if not method.startswith("rlreg") and previous.get(method, {}).get("peak_rss_gib") is not None:
             record["peak_rss_gib"] = max(record["peak_rss_gib"], previous[method]["peak_rss_gib"])
+    if "voxelmorph" in result["methods"]:  # its budget travels with its results (the run folder does not)
+        result["methods"]["voxelmorph"]["training"] = _voxelmorph_training({}, Path(args.voxelmorph))
     result["methods"] = {**{k: v for k, v in previous.items() if k not in result["methods"]}, **result["methods"]}
     result["methods"] = {m: result["methods"][m] for m in METHODS if m in result["methods"]}
     store[args.dataset] = result
@@ -306,7 +322,7 @@ def main(argv: list[str] | None = None) -> None:
     sub = parser.add_subparsers(dest="command", required=True)
     vxm = sub.add_parser("train-voxelmorph", help="train the VoxelMorph peer on the brain-3d synthetic data")
     vxm.add_argument("--budget", type=float, default=1200.0, help="wall-clock seconds of training")
-    vxm.add_argument("--output", default="runs/voxelmorph-brain/model.pt")
+    vxm.add_argument("--output", default=str(VXM_MODEL))
     vxm.add_argument("--device", default="cpu")
     vxm.add_argument("--threads", type=int, default=None)
     run = sub.add_parser("run", help="register and score a dataset with every method; update docs/benchmarks.md")
@@ -315,7 +331,7 @@ def main(argv: list[str] | None = None) -> None:
     run.add_argument("--methods", default=",".join(METHODS))
     run.add_argument("--refine", type=int, default=40, help="rlreg --refine iterations")
     run.add_argument("--threads", type=int, default=1, help="CPU threads of every method")
-    run.add_argument("--voxelmorph", default="runs/voxelmorph-brain/model.pt", help="VoxelMorph checkpoint")
+    run.add_argument("--voxelmorph", default=str(VXM_MODEL), help="VoxelMorph checkpoint")
     run.add_argument("--root", default="out", help="datasets and work folders")
     run.add_argument("--results", default="docs/benchmarks_models.json", help="raw numbers of every dataset")
     run.add_argument("--output", default="docs/benchmarks.md")

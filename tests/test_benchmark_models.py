@@ -43,3 +43,20 @@ def test_digits_cases_run_the_digits_agent_and_refuse_the_3d_voxelmorph(tmp_path
     with pytest.raises(SystemExit, match="3-D brain model"):
         bm.main(["run", "--dataset", "digits", "--methods", "rlreg,voxelmorph", "--root", str(tmp_path),
                  "--results", str(tmp_path / "r.json"), "--output", str(tmp_path / "b.md")])
+
+
+def test_voxelmorph_budget_renders_from_its_stored_record_without_the_run_folder(tmp_path: Path) -> None:
+    """A fresh clone has no runs/ folder: the peer's training budget comes from the results it produced."""
+    import torch
+
+    from rlreg.pipelines.benchmark_models import _budgets, _voxelmorph_training
+
+    store = {"abagen2": {"methods": {"syn": {}, "voxelmorph": {"training": {"steps": 91, "seconds": 782.4}}}},
+             "digits": {"methods": {"syn": {}}}}
+    missing = tmp_path / "none.pt"
+    assert _voxelmorph_training(store, missing) == {"steps": 91, "seconds": 782.4}
+    assert "VoxelMorph 91 steps of batch 1 in 782 s" in _budgets(store, missing)[0]
+    assert _voxelmorph_training({"digits": {"methods": {}}}, missing) is None
+    checkpoint = tmp_path / "vxm.pt"
+    torch.save({"steps": 5, "seconds": 12.0}, checkpoint)
+    assert _voxelmorph_training(store, checkpoint) == {"steps": 5, "seconds": 12.0}  # the checkpoint wins
