@@ -83,7 +83,8 @@ class LoopConfig:
     max_seconds: float | None = None
     """Wall-time budget: stop (after a final evaluation and checkpoint) once exceeded. None: no limit."""
     output: str = "runs/digits"
-    """Run folder: checkpoints, TensorBoard logs, metrics.jsonl and its picture curve.png."""
+    """Run folder: checkpoints (``model.pt`` from the latest evaluation, ``best.pt`` from the one with the highest
+    held-out Dice), TensorBoard logs, metrics.jsonl and its picture curve.png."""
     amp: str = "auto"
     """Mixed precision: ``auto`` (bfloat16 autocast on CUDA, off on CPU), ``bf16`` (also on CPU) or ``off``."""
     eval_chunk: int = 250
@@ -287,6 +288,8 @@ def train(config: TrainConfig, resume: bool = False,
                 handle.write(json.dumps(record) + "\n")
             save_training_curve(out / "curve.png", history)
             agent.save(out / "model.pt", train_config=config.to_dict(), eval=asdict(result_eval))
+            if best >= max(r["dice_best"] for r in history):  # SAC's evaluations are noisy: keep the best one too
+                agent.save(out / "best.pt", train_config=config.to_dict(), eval=asdict(result_eval), step=done_steps)
         if done_steps % loop.checkpoint_every == 0 or last:
             # the agent's checkpoint carries the global torch (and CUDA) RNG used for exploration
             save_torch({"agent": agent.checkpoint(), "buffer": buffer.state_dict(), "task": task.state_dict(),

@@ -71,6 +71,22 @@ def test_resume_after_kill_reproduces_the_uninterrupted_run(tmp_path) -> None:
     assert (tmp_path / "b" / "curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # the curve, redrawn
 
 
+def test_best_checkpoint_is_the_evaluation_with_the_highest_held_out_dice(tmp_path, monkeypatch) -> None:
+    """``best.pt`` follows the highest held-out Dice (the later evaluation on a tie); ``model.pt`` the latest."""
+    from rlreg.pipelines import train as train_module
+
+    scores = iter([0.3, 0.5, 0.4, 0.5, 0.2, 0.1])
+    monkeypatch.setattr(train_module, "evaluate",
+                        lambda *args, **kwargs: train_module.EvalResult([0.1, next(scores)], [0.1, 0.1], 0.0))
+    train(load_config(None, [*TINY, "loop.total_steps=12", "loop.eval_every=2", f"loop.output={tmp_path}"]))
+    best = torch.load(tmp_path / "best.pt", weights_only=True)
+    latest = torch.load(tmp_path / "model.pt", weights_only=True)
+    assert best["step"] == 8 and best["eval"]["dice_per_step"] == [0.1, 0.5]
+    assert latest["eval"]["dice_per_step"] == [0.1, 0.1]
+    agent, _ = load_checkpoint(tmp_path / "best.pt")  # a checkpoint like model.pt: exportable as it is
+    assert sum(p.numel() for p in agent.parameters()) > 0
+
+
 def test_seeded_runs_are_identical_and_seeds_matter(tmp_path) -> None:
     runs = []
     for name, seed in (("x", 0), ("y", 0), ("z", 1)):
