@@ -26,7 +26,7 @@ from rlreg.buffer import ReplayBuffer, Transition
 from rlreg.config import from_dict
 from rlreg.io import atomic_output, save_torch
 from rlreg.pipelines.qc_figures import save_training_curve
-from rlreg.sac import Agent, AgentConfig, broadcast_parameters
+from rlreg.sac import Agent, AgentConfig, broadcast_parameters, load_checkpoint
 from rlreg.spatial import warp
 from rlreg.synth import SynthConfig, SynthPairs
 from rlreg.tasks.registration import RegistrationTask, batch_dice
@@ -316,16 +316,11 @@ def train(config: TrainConfig, resume: bool = False,
 
 def _load_weights(agent: Agent, path: Path, config: AgentConfig) -> None:
     """Copy the weights (not the optimiser states) of the checkpoint or shipped model at ``path`` into ``agent``."""
-    try:
-        saved = torch.load(path, map_location="cpu", weights_only=True)
-        saved_config = AgentConfig.from_dict(saved["config"])
-    except Exception as err:
-        raise ValueError(f"{path}: not a readable rlreg checkpoint ({type(err).__name__}); give loop.init_from a "
-                         "model.pt written by training or a shipped model file") from None
-    if saved_config != config:
+    source, data = load_checkpoint(path)  # a clear one-line ValueError for an unreadable or newer file
+    if source.config != config:
         raise ValueError(f"{path}: was trained with another agent config; fine-tune it with the recipe it was trained "
                          "with (its config is inside the file)")
-    agent.load_checkpoint_dict({"state_dicts": saved["state_dicts"]})
+    agent.load_checkpoint_dict({"state_dicts": data["state_dicts"]})
 
 
 def training_data(data: DataConfig) -> tuple[Any, Any]:
