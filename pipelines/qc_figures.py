@@ -29,6 +29,7 @@ from rlreg.io import Geometry, atomic_output
 __all__ = [
     "Plane",
     "Volume",
+    "display_planes",
     "mid_planes",
     "reorient",
     "save_checkerboard",
@@ -150,6 +151,27 @@ def mid_planes(volume: Volume, centre: Sequence[int] | None = None) -> list[Plan
             plane = np.flip(plane, axis=lead + 1)
         planes.append(Plane(name, plane, (volume.spacing[down[0]], volume.spacing[right[0]]), down, right, letters))
     return planes
+
+
+def display_planes(data: np.ndarray, geometry: Geometry | None = None,
+                   centre: Sequence[int] | None = None) -> list[Plane]:
+    """How rlreg shows an array on the screen: :func:`reorient` then :func:`mid_planes`.
+
+    Args:
+        data: ``(*S)`` or ``(C, *S)`` array in tensor axis order (SimpleITK's array order, as :class:`Geometry`).
+        geometry: its grid; ``None`` (scalar ``data`` only) means identity direction and 1 mm spacing, so a 2D
+            array ``(j, i)`` read from a PNG is shown as image viewers show the file (row ``j`` = 0 at the top).
+        centre: voxel of the LPS-ordered volume the planes go through (default: the middle).
+
+    Returns:
+        The axial, coronal and sagittal planes in 3D (row 0 at the top of the screen, with their edge letters), or
+        the one ``image`` plane in 2D.
+    """
+    if geometry is None:
+        n = data.ndim  # a scalar array
+        geometry = Geometry(size=tuple(data.shape), spacing=(1.0,) * n, origin=(0.0,) * n,
+                            direction=tuple(np.eye(n).ravel().tolist()))
+    return mid_planes(reorient(data, geometry), centre)
 
 
 def window(data: np.ndarray, low: float = 0.5, high: float = 99.5) -> tuple[float, float]:

@@ -700,7 +700,7 @@ def finish(prepared: Prepared, result: Deformable, progress: Progress | None = N
         written.update(_save_steps(out, result, p.to_moving, moving, fixed_norm, moving_norm, moving_affine,
                                    fixed.geometry, moving_seg, fseg))
     written["overview"] = _overview(out / "overview.png", fixed_norm, moving_affine, warped_norm, deformable_jac, fseg,
-                                    qc)
+                                    qc, geometry)
     seconds["write"] = time.perf_counter() - t0
     seconds["total"] = (time.perf_counter() - started if started is not None else
                         sum(seconds[k] for k in ("read", "affine", "deformable", "write")))
@@ -834,11 +834,14 @@ def _save_steps(out: Path, result: Deformable, to_moving: np.ndarray, moving: Im
         table.append({"step": index, **scores})
     with atomic_output(folder / "steps.json") as tmp:
         tmp.write_text(json.dumps(table, indent=2))
-    return {"steps": folder, "gif": save_step_gif(folder / "registration.gif", fixed_norm, frames)}
+    return {"steps": folder, "gif": save_step_gif(folder / "registration.gif", fixed_norm, frames, geometry=geometry)}
 
 
 def _overview(path: Path, fixed: Tensor, moving_affine: Tensor, warped: Tensor, deformable_jac: Tensor,
-              fixed_seg: Tensor | None, qc: dict[str, Any]) -> Path:
+              fixed_seg: Tensor | None, qc: dict[str, Any], geometry: Geometry) -> Path:
+    """``overview.png``; the Jacobian is drawn inside the fixed image's foreground box only: the deformable stage
+    fits the field inside a crop around the foreground and continues its edge values outside, where the determinant
+    would draw stripes (:func:`rlreg.instance.optimise_displacement`)."""
     from rlreg.pipelines.figures import save_registration_overview
 
     def plane(t: Tensor) -> np.ndarray:
@@ -849,8 +852,11 @@ def _overview(path: Path, fixed: Tensor, moving_affine: Tensor, warped: Tensor, 
         title += f"; Dice {qc['dice_affine']:.3f} -> {qc['dice_after']:.3f}"
     panels = {"fixed": plane(fixed), "moving (affine)": plane(moving_affine), "warped": plane(warped),
               "|fixed - warped|": plane((fixed - warped).abs())}
+    support = np.zeros(geometry.size, dtype=bool)
+    support[foreground_box([fixed], 0)] = True
     return save_registration_overview(path, panels, contours=None if fixed_seg is None else plane(fixed_seg),
-                                      title=title, jacobian=plane(deformable_jac))
+                                      title=title, jacobian=plane(deformable_jac), geometry=geometry,
+                                      jacobian_support=support)
 
 
 # ---------------------------------------------------------------------------------------------------- apply, invert
