@@ -5,36 +5,55 @@ Heavy modules (torch, SimpleITK, the pipelines) are imported inside the commands
 
 from __future__ import annotations
 
+import inspect
 import json
 import sys
 from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated
 
+import click
 import typer
+from typer.core import TyperGroup
 
-app = typer.Typer(name="rlreg", no_args_is_help=True, add_completion=False,
+
+class WholeSummaryGroup(TyperGroup):
+    """A command group that lists each command with the whole first paragraph of its help, wrapped to the terminal
+    (click cuts it with "..." after about 45 characters)."""
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        command = super().get_command(ctx, cmd_name)
+        if command is not None and not command.short_help and command.help:
+            command.short_help = " ".join(inspect.cleandoc(command.help).split("\n\n")[0].split())
+        return command
+
+
+# Plain click help (rich_markup_mode=None): it wraps at any terminal width without cutting words, and brackets in
+# help text stay literal; Rich's six-column option tables cut words with an ellipsis at 80 columns.
+HELP_STYLE = {"rich_markup_mode": None, "cls": WholeSummaryGroup}
+app = typer.Typer(name="rlreg", no_args_is_help=True, add_completion=False, **HELP_STYLE,
                   help="Step-wise deformable medical image registration with deep reinforcement learning.")
-benchmark_app = typer.Typer(no_args_is_help=True, help="Benchmarks that write docs/benchmarks.md.")
+benchmark_app = typer.Typer(no_args_is_help=True, **HELP_STYLE, help="Benchmarks that write docs/benchmarks.md.")
 app.add_typer(benchmark_app, name="benchmark")
-models_app = typer.Typer(no_args_is_help=True, help="Agents shipped with rlreg: list them, show a model card.")
+models_app = typer.Typer(no_args_is_help=True, **HELP_STYLE,
+                         help="Agents shipped with rlreg: list them, show a model card.")
 app.add_typer(models_app, name="models")
 
 # Options several commands share (register and batch above all), declared once.
 ModelOption = Annotated[str | None, typer.Option(
-    help="Shipped agent (rlreg models list), or none for instance optimisation \\[default: the model marked default "
+    help="Shipped agent (rlreg models list), or none for instance optimisation [default: the model marked default "
          "for the input's dimensionality, else instance optimisation].")]
-StepsOption = Annotated[int | None, typer.Option(help="Agent steps \\[default: model's], or optimiser iterations.")]
+StepsOption = Annotated[int | None, typer.Option(help="Agent steps [default: model's], or optimiser iterations.")]
 RefineOption = Annotated[int, typer.Option(
     min=0, help="Refine the agent's field by N iterations of instance optimisation (agents only).")]
 RefineFactorOption = Annotated[int, typer.Option(
     min=1, help="Downsampling factor of the refinement, relative to the instance-optimisation grid.")]
 AffineOption = Annotated[bool, typer.Option("--affine/--no-affine", help="Rigid + affine pre-alignment.")]
 SmoothnessOption = Annotated[float | None, typer.Option(
-    min=0.0, help="Instance optimisation: diffusion weight \\[default: 1 in 3-D; 0.25 in 2-D; 0.5 with "
+    min=0.0, help="Instance optimisation: diffusion weight [default: 1 in 3-D; 0.25 in 2-D; 0.5 with "
                   "--diffeomorphic]; lower = sharper, more folding risk.")]
 BendingOption = Annotated[float | None, typer.Option(
-    min=0.0, help="Instance optimisation: bending-energy weight \\[default: 1 in 3-D; 0 in 2-D or with "
+    min=0.0, help="Instance optimisation: bending-energy weight [default: 1 in 3-D; 0 in 2-D or with "
                   "--diffeomorphic]; it charges curvature, not the smooth large-scale part of a deformation.")]
 DiffeomorphicOption = Annotated[bool, typer.Option(
     help="3-D instance optimisation of a stationary velocity field (diffusion weight 0.5 unless --smoothness): no "
@@ -203,15 +222,15 @@ def batch(
     atlas: Annotated[Path | None, typer.Option(help="Atlas mode: register every image of SOURCE to this one.")] = None,
     atlas_seg: Annotated[Path | None, typer.Option(help="Label map of the atlas.")] = None,
     subset: Annotated[str | None, typer.Option(help="Learn2Reg list: registration_val, registration_test or "
-                                               "training_paired_images \\[default: first present].")] = None,
+                                               "training_paired_images [default: first present].")] = None,
     shard: Annotated[str | None, typer.Option(help="i/N: run every N-th pair from the i-th (0-based), e.g. one "
                                               "Slurm array task each.")] = None,
-    workers: Annotated[int | None, typer.Option(help="Worker processes: on CPU each registers whole pairs \\[default: "
+    workers: Annotated[int | None, typer.Option(help="Worker processes: on CPU each registers whole pairs [default: "
                                                 "cores]; on GPU they read and write while the device computes "
-                                                "\\[default: cores - 1]; 0 = one pair at a time.")] = None,
+                                                "[default: cores - 1]; 0 = one pair at a time.")] = None,
     batch_size: Annotated[int, typer.Option(help="Pairs per device batch when their grids agree.")] = 4,
     engine: Annotated[str, typer.Option(help="local, or ray (pip install 'rlreg[distributed]').")] = "local",
-    address: Annotated[str | None, typer.Option(help="Ray cluster: auto or HOST:PORT \\[default: start a local one]."
+    address: Annotated[str | None, typer.Option(help="Ray cluster: auto or HOST:PORT [default: start a local one]."
                                                 )] = None,
     model: ModelOption = None,
     steps: StepsOption = None,
@@ -292,9 +311,9 @@ def evaluate(
                                                 "<pair-id>.nii.gz or Learn2Reg disp_{fix}_{mov}.nii.gz.")] = None,
     learn2reg: Annotated[bool, typer.Option(help="Learn2Reg's conventions: HD95 in voxels, SDlogJ of J+3, "
                                             "30%/70% quantiles.")] = False,
-    labels: Annotated[str | None, typer.Option(help="Labels to score, comma-separated \\[default: all].")] = None,
+    labels: Annotated[str | None, typer.Option(help="Labels to score, comma-separated [default: all].")] = None,
     subset: Annotated[str | None, typer.Option(help="Learn2Reg pair list to use with --fields.")] = None,
-    output: Annotated[Path | None, typer.Option("--output", "-o", help="Output folder \\[default: "
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Output folder [default: "
                                                 "SOURCE/evaluation or FIELDS/evaluation].")] = None,
     quiet: QuietOption = False,
     json_output: Annotated[bool, typer.Option("--json", help="Print evaluation.json's content only.")] = False,
@@ -510,7 +529,7 @@ def models_info(
 @benchmark_app.command("spatial")
 def benchmark_spatial(
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Markdown file to update "
-                                                "\\[default: docs/benchmarks.md; none with --quick].")] = None,
+                                                "[default: docs/benchmarks.md; none with --quick].")] = None,
     device: DeviceOption = "auto",
     quick: Annotated[bool, typer.Option(help="Tiny sizes, for a smoke test (prints only, unless --output).")] = False,
     threads: Annotated[int | None, typer.Option(help="torch CPU threads for the run.")] = None,

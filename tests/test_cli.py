@@ -25,7 +25,7 @@ def test_help_lists_only_working_commands() -> None:
 
 
 def test_help_shows_the_defaults_written_in_option_help() -> None:
-    """Rich reads ``[...]`` as markup: the ``[default: ...]`` notes in option help are escaped so they print."""
+    """Help is plain text: the ``[default: ...]`` notes in option help print as written."""
     result = runner.invoke(app, ["register", "--help"], env={"COLUMNS": "300"})
     assert result.exit_code == 0
     text = " ".join(result.output.split())
@@ -37,6 +37,32 @@ def test_help_shows_the_defaults_written_in_option_help() -> None:
             f"{DIFFEOMORPHIC_INSTANCE.smoothness:g} with --diffeomorphic]") in text
     assert f"[default: {DEFAULT_INSTANCE.bending:g} in 3-D; 0 in 2-D or with --diffeomorphic]" in text
     assert DEFAULT_INSTANCE_2D.bending == DIFFEOMORPHIC_INSTANCE.bending == 0
+
+
+def _command_paths(command, path=()) -> list[tuple[str, ...]]:
+    """Every command and subcommand of the CLI, as argument lists."""
+    paths = [path]
+    for name, sub in getattr(command, "commands", {}).items():
+        paths += _command_paths(sub, (*path, name))
+    return paths
+
+
+def test_every_help_reads_whole_at_80_columns() -> None:
+    """No help text is cut with an ellipsis at 80 columns: not in option names, words of option help, nor the
+    command summaries of a group; and brackets in help (``rlreg[distributed]``) print as written."""
+    import typer.main
+
+    paths = _command_paths(typer.main.get_command(app))
+    assert ("register",) in paths and ("models", "info") in paths
+    for path in paths:
+        result = runner.invoke(app, [*path, "--help"], terminal_width=80, env={"COLUMNS": "80"})
+        assert result.exit_code == 0, (path, result.output)
+        body = [line for line in result.output.splitlines() if not line.startswith("Usage:")]
+        # Rich cuts with "\u2026"; click ends a cut command summary with "..." (an argument's "name..." is no cut)
+        assert not any("\u2026" in line or line.endswith("...") for line in body), (path, result.output)
+        assert max(len(line) for line in body) <= 80, (path, result.output)
+    batch = " ".join(runner.invoke(app, ["batch", "--help"], terminal_width=80).output.split())
+    assert "ray (pip install 'rlreg[distributed]')" in batch
 
 
 def test_help_does_not_import_torch() -> None:
