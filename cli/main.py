@@ -295,11 +295,10 @@ def batch(
 
 
 def _evaluate_and_report(output: Path, bar) -> None:
-    from rlreg.pipelines.evaluate import evaluate
-    from rlreg.pipelines.report import build_report
+    from rlreg.pipelines.report import build_report, evaluation_for_report
 
     progress = _stage_reporter(bar)
-    evaluate(output, None, None, False, None, None, progress)
+    evaluation_for_report(output, progress)
     build_report(output, progress)
 
 

@@ -222,6 +222,8 @@ class Evaluation:
         aggregate: ``{metric: {"n": ..., "mean": ..., ...}}`` (keys: see ``conventions["aggregate"]``), metric names
             as the ``per_pair.csv`` columns.
         outputs: ``{"per_pair": path, "per_label": path, "evaluation": path}``.
+        selected_labels: the label values asked for (``--labels``), ``None`` for every label present; recorded
+            beside ``learn2reg`` so that a later run (``rlreg report``) can redo the evaluation with the same settings.
     """
 
     input: Path
@@ -232,6 +234,7 @@ class Evaluation:
     labels: list[LabelSummary]
     aggregate: dict[str, dict[str, float | None]]
     outputs: dict[str, Path] = field(default_factory=dict)
+    selected_labels: list[int] | None = None
 
     @property
     def hd95_column(self) -> str:
@@ -291,6 +294,7 @@ class Evaluation:
             "tool": "rlreg", "version": __version__,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "input": str(self.input), "mode": self.mode, "learn2reg": self.learn2reg,
+            "selected_labels": self.selected_labels,
             "conventions": self.conventions, "counts": self.counts(), "aggregate": self.aggregate,
             "per_label": [asdict(row) for row in self.labels], "pairs": pairs,
         })
@@ -702,10 +706,10 @@ def _write(evaluation: Evaluation, output: Path) -> None:
 
 
 def _finish(source: Path, mode: Literal["batch", "fields"], learn2reg: bool, rows: list[PairEvaluation],
-            output: Path) -> Evaluation:
+            output: Path, selected_labels: list[int] | None = None) -> Evaluation:
     evaluation = Evaluation(input=source, mode=mode, learn2reg=learn2reg, conventions=_conventions(learn2reg),
                             pairs=rows,
-                            labels=_per_label(rows), aggregate={})
+                            labels=_per_label(rows), aggregate={}, selected_labels=selected_labels)
     evaluation.aggregate = _aggregate(rows, learn2reg, evaluation.hd95_column)
     _write(evaluation, output)
     return evaluation
@@ -783,7 +787,7 @@ def evaluate_batch(outdir: Path, learn2reg: bool = False, labels: Sequence[int] 
                                  error=message)
         rows.append(row)
         say("evaluate", index, len(pairs))
-    return _finish(outdir, "batch", learn2reg, rows, Path(output) if output else outdir / _EVALUATION_DIR)
+    return _finish(outdir, "batch", learn2reg, rows, Path(output) if output else outdir / _EVALUATION_DIR, labels)
 
 
 def evaluate_fields(source: str | Path, fields: Path, output: Path, learn2reg: bool = False,
@@ -820,7 +824,7 @@ def evaluate_fields(source: str | Path, fields: Path, output: Path, learn2reg: b
     for index, pair in enumerate(pairs, start=1):
         rows.append(_run(pair, lambda p=pair: _score_field_pair(p, fields, learn2reg, labels)))
         say("evaluate", index, len(pairs))
-    return _finish(Path(source), "fields", learn2reg, rows, Path(output))
+    return _finish(Path(source), "fields", learn2reg, rows, Path(output), labels)
 
 
 def evaluate(input: Path, fields: Path | None = None, output: Path | None = None, learn2reg: bool = False,

@@ -45,7 +45,7 @@ from rlreg.pipelines.batch import read_pair_record
 from rlreg.pipelines.register import ERROR_RECORD as ERROR
 from rlreg.pipelines.register import SIDECAR
 
-__all__ = ["FOLDING_LIMIT", "PairEntry", "build_report", "find_outliers", "load_batch"]
+__all__ = ["FOLDING_LIMIT", "PairEntry", "build_report", "evaluation_for_report", "find_outliers", "load_batch"]
 
 FOLDING_LIMIT = 1.0
 """A finished pair with more than this percentage of folding voxels is an outlier."""
@@ -156,9 +156,12 @@ def load_batch(outdir: Path) -> tuple[dict[str, Any], list[PairEntry]]:
     if listed is None:
         listed = [{"id": p.name} for p in sorted(outdir.iterdir()) if p.is_dir() and p.name not in RESERVED
                   and not p.name.startswith(".") and ((p / SIDECAR).exists() or (p / ERROR).exists())]
+        if not listed and (outdir / SIDECAR).is_file():
+            raise InputError(f"{outdir}: is the output of one rlreg register run; rlreg report needs a batch "
+                             "directory (from rlreg batch); for one run, see its overview.png and rlreg.json")
         if not listed:
-            raise InputError(f"{outdir}: holds no batch.json and no pair folders; give the output folder of "
-                             "rlreg batch")
+            raise InputError(f"{outdir}: holds no batch.json and no pair folders; rlreg report needs the output "
+                             "folder of rlreg batch")
     evaluation = _evaluation_rows(outdir / "evaluation" / "evaluation.json")
     taken: set[str] = set()
     entries = []
@@ -285,6 +288,44 @@ def build_report(outdir: Path, progress: Progress | None = None, outlier_z: floa
     index = _index_page(outdir, batch, entries, thumbs, has_eval, outlier_z)
     _remove_stale(report, {e.page for e in entries})
     return _write_text(report / "index.html", index)
+
+
+def evaluation_for_report(outdir: Path, progress: Progress | None = None) -> str:
+    """Make ``OUTDIR/evaluation/evaluation.json`` current for the report, never changing its conventions.
+
+    An existing evaluation is kept when it scored exactly the pairs of ``batch.json`` and is newer than
+    ``batch.json`` and every pair's ``rlreg.json``/``error.json``; otherwise the batch is evaluated again with the
+    conventions recorded in it (``learn2reg``, ``selected_labels``). Without one, it is made with rlreg's defaults.
+
+    Returns:
+        ``"kept"``, ``"updated"`` (re-evaluated with the recorded conventions) or ``"made"``.
+
+    Raises:
+        InputError: ``outdir`` is not a batch output folder with ``batch.json``, or its ``evaluation.json`` cannot
+            be read (so its conventions are unknown).
+    """
+    from rlreg.pipelines.evaluate import evaluate_batch
+
+    outdir = Path(outdir)
+    batch, entries = load_batch(outdir)
+    if not batch:
+        raise InputError(f"{outdir}: has no batch.json, so rlreg evaluate cannot score it; rerun rlreg batch on "
+                         "this folder, or build the report without evaluation (--no-evaluate)")
+    path = outdir / "evaluation" / "evaluation.json"
+    if not path.exists():
+        evaluate_batch(outdir, progress=progress)
+        return "made"
+    previous, problem = _read_json(path)
+    if problem or not isinstance(previous, dict) or not isinstance(previous.get("learn2reg"), bool):
+        raise InputError(f"{path}: {problem or 'not an rlreg evaluation'}, so the conventions it was made with are "
+                         "unknown; rerun rlreg evaluate on this folder with the options you want, or delete it")
+    scored = {str(row.get("pair")) for row in previous.get("pairs") or [] if isinstance(row, dict)}
+    made = path.stat().st_mtime
+    inputs = [outdir / "batch.json"] + [outdir / e.id / name for e in entries for name in (SIDECAR, ERROR)]
+    if scored == {e.id for e in entries} and all(made >= p.stat().st_mtime for p in inputs if p.exists()):
+        return "kept"
+    evaluate_batch(outdir, learn2reg=previous["learn2reg"], labels=previous.get("selected_labels"), progress=progress)
+    return "updated"
 
 
 # ---------------------------------------------------------------------------------------------------- figures

@@ -237,6 +237,49 @@ def test_without_batch_json_and_bad_folders(tmp_path: Path, batch: Path) -> None
     assert [(e.id, e.status) for e in entries] == [("bad", "failed"), ("p1", "done")]
 
 
+def test_report_of_a_folder_that_is_no_batch_says_what_report_needs(tmp_path: Path, batch: Path) -> None:
+    from typer.testing import CliRunner
+
+    from rlreg.cli.main import app
+
+    shutil.copytree(batch / "p1", tmp_path / "one_run", ignore=shutil.ignore_patterns("*.h5"))
+    (tmp_path / "empty").mkdir()
+    for folder, why in (("nope", "not a directory"), ("empty", "no batch.json"), ("one_run", "one rlreg register")):
+        result = CliRunner().invoke(app, ["report", str(tmp_path / folder)])
+        assert result.exit_code == 2, result.output
+        message = " ".join(result.output.split())
+        assert message.startswith("error: ") and why in message and "rlreg batch" in message, message
+        assert "--fields" not in message  # an evaluate option: report has none
+
+
+def test_report_keeps_or_redoes_a_learn2reg_evaluation_with_its_conventions(tmp_path: Path, batch: Path) -> None:
+    """``rlreg evaluate B --learn2reg`` then ``rlreg report B``: the report reuses that evaluation while it is current,
+    and re-evaluates with Learn2Reg's conventions (and the same labels) once a pair is newer."""
+    from typer.testing import CliRunner
+
+    from rlreg.cli.main import app
+
+    copy = tmp_path / "batch"
+    shutil.copytree(batch, copy, ignore=shutil.ignore_patterns("report", "evaluation", "*.h5"))
+    runner = CliRunner()
+    assert runner.invoke(app, ["evaluate", str(copy), "--learn2reg", "--labels", "1,2", "-q"]).exit_code == 0
+    evaluation = copy / "evaluation" / "evaluation.json"
+    before = evaluation.read_bytes()
+    result = runner.invoke(app, ["report", str(copy), "-q"])
+    assert result.exit_code == 0, result.output
+    assert evaluation.read_bytes() == before  # kept, not redone
+    later = evaluation.stat().st_mtime + 10
+    os.utime(copy / "p1" / "rlreg.json", (later, later))  # p1 registered again after the evaluation
+    assert runner.invoke(app, ["report", str(copy), "-q"]).exit_code == 0
+    redone = json.loads(evaluation.read_text())
+    assert evaluation.stat().st_mtime >= later - 10 and evaluation.read_bytes() != before
+    assert redone["learn2reg"] is True and redone["selected_labels"] == [1, 2]
+    assert {str(k) for row in redone["pairs"] if row["status"] == "done" for k in row["labels"]} <= {"1", "2"}
+    (copy / "evaluation" / "evaluation.json").write_text("{")
+    result = runner.invoke(app, ["report", str(copy), "-q"])
+    assert result.exit_code == 2 and "rerun rlreg evaluate" in " ".join(result.output.split())
+
+
 def _entry(name: str, **qc: float) -> PairEntry:
     return PairEntry(index=0, id=name, page=name, status="done", folder=Path(name), record={"qc": qc})
 
