@@ -119,3 +119,21 @@ def test_3d_overview_names_planes_and_letters_for_lps_and_ras_flipped_grids(tmp_
     drawn = np.abs(axial - LETTER_COLOUR).sum(-1) < 60
     assert np.array_equal(drawn, letters(("R", "L", "A", "P")))
     assert not np.array_equal(drawn, letters(("L", "R", "P", "A")))
+
+
+def test_jacobian_row_is_drawn_inside_its_support_only(tmp_path):
+    """Outside the fitted box the field is continued by its edge values, whose determinant draws stripes: the
+    overview leaves that part light gray."""
+    from rlreg.pipelines.figures import OUTSIDE_GRAY
+
+    image = np.zeros((24, 24), dtype=np.float32)
+    image[6:18, 6:18] = 1.0
+    jac = np.where(np.arange(24)[None, :] % 2 == 0, 1.8, 0.6).repeat(24, 0).astype(np.float32)  # stripes
+    support = image > 0
+    path = save_registration_overview(tmp_path / "o.png", {"fixed": image}, jacobian=jac, panel_size=96,
+                                      jacobian_support=support)
+    picture = np.asarray(Image.open(path).convert("RGB")).astype(int)
+    gray = (picture == OUTSIDE_GRAY).all(-1)
+    coloured = (picture[..., 0] > 200) & (picture[..., 2] < 150) | (picture[..., 2] > 200) & (picture[..., 0] < 150)
+    assert gray.sum() == (24 * 24 - 12 * 12) * 4 * 4  # the whole outside, 4x4 pixels a voxel
+    assert coloured[gray].sum() == 0 and coloured.sum() >= 12 * 12 * 4 * 4  # the stripes show inside only
