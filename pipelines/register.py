@@ -761,9 +761,12 @@ CONVENTIONS = {
 
 
 def ants_command(ndim: int, fixed: Path, moving: Path, out: Path) -> str:
-    """The ``antsApplyTransforms`` call that reproduces ``warped.nii.gz`` from the written field."""
-    return (f"antsApplyTransforms -d {ndim} -i {moving} -r {fixed} -t {out / 'warp.nii.gz'} "
-            f"-o {out / 'warped_ants.nii.gz'}")
+    """The ``antsApplyTransforms`` call that reproduces ``warped.nii.gz`` from the written field, each path quoted
+    for a POSIX shell (spaces, quotes and non-ASCII names paste as they are)."""
+    import shlex
+
+    return (f"antsApplyTransforms -d {ndim} -i {shlex.quote(str(moving))} -r {shlex.quote(str(fixed))} "
+            f"-t {shlex.quote(str(out / 'warp.nii.gz'))} -o {shlex.quote(str(out / 'warped_ants.nii.gz'))}")
 
 
 def _export_formats(opts: RegisterOptions, total: Tensor, chain: Tensor, geometry: Geometry) -> dict[str, Path]:

@@ -53,7 +53,8 @@ DSRO_SOP_CLASS_UID = "1.2.840.10008.5.1.4.1.1.66.3"
 """Deformable Spatial Registration Storage (DICOM PS3.4; ``pydicom.uid.DeformableSpatialRegistrationStorage``)."""
 
 _LPS_TO_RAS = np.array([-1.0, -1.0, 1.0])
-_IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".dcm", ".npz", ".npy", ".hdr", ".img")
+_IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".dcm", ".npz", ".npy", ".hdr", ".img",
+                   ".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 _L2R_PATTERN = re.compile(r"^.+_(?P<case>\d{4})_(?P<modality>\d{4})\.nii(\.gz)?$")
 
 
@@ -250,7 +251,7 @@ def l2r_name(fixed_path: str | os.PathLike[str], moving_path: str | os.PathLike[
 
     ``{fix}``/``{mov}`` is the 4-digit case id when the file follows Learn2Reg's ``<TASK>_<case>_<modality>.nii.gz``
     pattern (``NLST_0101_0000.nii.gz`` -> ``0101``); otherwise the file (or DICOM folder) name without its image
-    extension (``.nii.gz``, ``.nrrd``, ``.mha``, ...), so ``sub-1.v2.nii.gz`` gives ``sub-1.v2``.
+    extension (``.nii.gz``, ``.nrrd``, ``.mha``, ``.png``, ...), so ``sub-1.v2.nii.gz`` gives ``sub-1.v2``.
     """
     return f"disp_{_case_id(fixed_path)}_{_case_id(moving_path)}.nii.gz"
 

@@ -224,6 +224,8 @@ def test_l2r_rejects_wrong_layout(tmp_path: Path) -> None:
     ("fixed.nii.gz", "/y/moving.nrrd", "disp_fixed_moving.nii.gz"),
     ("sub-1.v2.nii.gz", "NLST_0007_0000.nii.gz", "disp_sub-1.v2_0007.nii.gz"),
     ("ct_series", "atlas.mha", "disp_ct_series_atlas.nii.gz"),
+    ("png/three_0.png", "three_1.PNG", "disp_three_0_three_1.nii.gz"),
+    ("slice.tiff", "slice2.jpg", "disp_slice_slice2.nii.gz"),
     ("Task_12_0000.nii.gz", "Task_0012_00001.nii.gz", "disp_Task_12_0000_Task_0012_00001.nii.gz"),
 ])
 def test_l2r_name(fixed: str, moving: str, name: str) -> None:

@@ -452,3 +452,16 @@ def test_diffeomorphic_option_reaches_the_optimiser_and_does_not_fold(tmp_path) 
         out = runner.invoke(app, [*base, "-o", str(tmp_path / "negative"), flag, "-1"])
         assert out.exit_code == 2 and "greater than or equal to 0" in out.output
         assert not (tmp_path / "negative").exists()
+
+
+def test_ants_command_quotes_paths_for_the_shell() -> None:
+    import shlex
+    from pathlib import Path
+
+    from rlreg.pipelines.register import ants_command
+
+    fixed, moving = Path("dir with spaces/fïxed 1.nii.gz"), Path("it's/moving.nii.gz")
+    out = Path("out dir")
+    words = shlex.split(ants_command(3, fixed, moving, out))
+    assert words == ["antsApplyTransforms", "-d", "3", "-i", str(moving), "-r", str(fixed), "-t",
+                     str(out / "warp.nii.gz"), "-o", str(out / "warped_ants.nii.gz")]
