@@ -341,7 +341,8 @@ def evaluate(
 def report(
     batch_dir: Annotated[Path, typer.Argument(help="A batch directory (from rlreg batch).")],
     evaluate_first: Annotated[bool, typer.Option("--evaluate/--no-evaluate", help="Run rlreg evaluate first so the "
-                                                 "report has Dice per label, HD95 and TRE.")] = True,
+                                                 "report has Dice per label, HD95 and TRE (a current evaluation is "
+                                                 "kept; an older one is redone with its own conventions).")] = True,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress; print only the report's path.")] = False,
 ) -> None:
     """Build the visual QC report: BATCH_DIR/report/index.html (sortable, failed and outlier pairs flagged) and a
