@@ -700,7 +700,7 @@ def finish(prepared: Prepared, result: Deformable, progress: Progress | None = N
         written.update(_save_steps(out, result, p.to_moving, moving, fixed_norm, moving_norm, moving_affine,
                                    fixed.geometry, moving_seg, fseg))
     written["overview"] = _overview(out / "overview.png", fixed_norm, moving_affine, warped_norm, deformable_jac, fseg,
-                                    qc, geometry)
+                                    qc, geometry, _fitted_region(p))
     seconds["write"] = time.perf_counter() - t0
     seconds["total"] = (time.perf_counter() - started if started is not None else
                         sum(seconds[k] for k in ("read", "affine", "deformable", "write")))
@@ -840,11 +840,33 @@ def _save_steps(out: Path, result: Deformable, to_moving: np.ndarray, moving: Im
     return {"steps": folder, "gif": save_step_gif(folder / "registration.gif", fixed_norm, frames, geometry=geometry)}
 
 
+def _fitted_region(p: Prepared) -> np.ndarray | None:
+    """``(*F)`` boolean mask of the fixed grid inside the box where the deformable stage fitted its field, ``None``
+    when it fitted the whole grid.
+
+    With ``crop_margin`` the field is fitted inside a box around the foreground and continued by its edge values
+    outside (:func:`rlreg.instance.optimise_displacement`); the determinant of that continuation draws stripes, which
+    ``overview.png`` leaves out. The box lies on the working (or refinement) grid ``W`` and maps to the fixed grid
+    ``F`` as :func:`rlreg.spatial.resize_displacement` does (corner voxel centres coincide).
+    """
+    box = p._crop_box
+    if box is None:
+        return None
+    working = (p.working_fixed if p.model is None else p.refine_fixed).shape[2:]
+    size = p.fixed.geometry.size
+    region = np.zeros(size, dtype=bool)
+    cuts = []
+    for (start, stop), w, f in zip(box, working, size, strict=True):
+        scale = (f - 1) / (w - 1) if w > 1 else 1.0
+        cuts.append(slice(int(np.floor(start * scale)), min(f, int(np.ceil((stop - 1) * scale)) + 1)))
+    region[tuple(cuts)] = True
+    return region
+
+
 def _overview(path: Path, fixed: Tensor, moving_affine: Tensor, warped: Tensor, deformable_jac: Tensor,
-              fixed_seg: Tensor | None, qc: dict[str, Any], geometry: Geometry) -> Path:
-    """``overview.png``; the Jacobian is drawn inside the fixed image's foreground box only: the deformable stage
-    fits the field inside a crop around the foreground and continues its edge values outside, where the determinant
-    would draw stripes (:func:`rlreg.instance.optimise_displacement`)."""
+              fixed_seg: Tensor | None, qc: dict[str, Any], geometry: Geometry,
+              fitted: np.ndarray | None = None) -> Path:
+    """``overview.png``; the Jacobian row is drawn inside ``fitted`` (:func:`_fitted_region`) only."""
     from rlreg.pipelines.figures import save_registration_overview
 
     def plane(t: Tensor) -> np.ndarray:
@@ -855,11 +877,9 @@ def _overview(path: Path, fixed: Tensor, moving_affine: Tensor, warped: Tensor, 
         title += f"; Dice {qc['dice_affine']:.3f} -> {qc['dice_after']:.3f}"
     panels = {"fixed": plane(fixed), "moving (affine)": plane(moving_affine), "warped": plane(warped),
               "|fixed - warped|": plane((fixed - warped).abs())}
-    support = np.zeros(geometry.size, dtype=bool)
-    support[foreground_box([fixed], 0)] = True
     return save_registration_overview(path, panels, contours=None if fixed_seg is None else plane(fixed_seg),
                                       title=title, jacobian=plane(deformable_jac), geometry=geometry,
-                                      jacobian_support=support)
+                                      jacobian_support=fitted)
 
 
 # ---------------------------------------------------------------------------------------------------- apply, invert

@@ -465,3 +465,27 @@ def test_ants_command_quotes_paths_for_the_shell() -> None:
     words = shlex.split(ants_command(3, fixed, moving, out))
     assert words == ["antsApplyTransforms", "-d", "3", "-i", str(moving), "-r", str(fixed), "-t",
                      str(out / "warp.nii.gz"), "-o", str(out / "warped_ants.nii.gz")]
+
+
+def test_overview_leaves_out_the_jacobian_beyond_the_fitted_box(tmp_path) -> None:
+    """Instance optimisation fits the field in a box around the foreground and continues it outside: overview.png
+    draws the Jacobian inside that box only (light gray beyond), and the box covers the whole object."""
+    from PIL import Image as PILImage
+
+    from rlreg.pipelines.figures import OUTSIDE_GRAY
+    from rlreg.pipelines.register import _fitted_region
+
+    yy, xx = np.mgrid[:64, :72]
+    paths = []
+    for name, (cy, cx) in (("f", (30, 34)), ("m", (32, 36))):
+        disc = ((yy - cy) ** 2 / 64 + (xx - cx) ** 2 / 100 < 1).astype(np.uint8) * 200
+        paths.append(tmp_path / f"{name}.png")
+        PILImage.fromarray(disc).save(paths[-1])
+    options = RegisterOptions(fixed=paths[0], moving=paths[1], output=tmp_path / "out", model="none", steps=5,
+                              affine=False)
+    region = _fitted_region(prepare(options))
+    assert region is not None and 0 < region.sum() < region.size
+    assert region[22:39, 24:45].all() and not region[0, 0]  # the fixed disc inside, a far corner outside
+    register(options)
+    picture = np.asarray(PILImage.open(tmp_path / "out" / "overview.png").convert("RGB"))
+    assert (picture == OUTSIDE_GRAY).all(-1).sum() > 0
