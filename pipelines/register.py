@@ -39,7 +39,9 @@ from rlreg.io import (
     Image,
     InputError,
     atomic_output,
+    check_output_image,
     check_same_grid,
+    picture_array,
     read_image,
     read_label_map,
     write_image,
@@ -914,15 +916,20 @@ def apply_transform(transform: Path, reference: Path, input_image: Path, output:
         raise InputError(f"--interp {interp}: unknown; choose linear, nearest or label")
     ref = read_image(reference, check_values=False)
     labels = interp != "linear"
-    image = read_image(input_image, dtype=torch.int64 if labels else torch.float32, check_values=False)
+    image = (read_label_map(input_image, check_values=False) if interp == "label" else
+             read_image(input_image, dtype=torch.int64 if labels else torch.float32, check_values=False))
     if image.ndim != ref.ndim:
         raise InputError(f"{input_image}: is {image.ndim}-D but the reference {reference} is {ref.ndim}-D; give an "
                          "image of the same dimensionality")
+    check_output_image(output, ref.ndim)
     from rlreg.transforms import chain_from_world, read_transform
 
     chain = chain_from_world(read_transform(transform, ref.geometry), ref.geometry, image.geometry)
     resampled = warp(image.data, chain, INTERPOLATIONS[interp])
-    write_image(resampled, ref.geometry, output, np.int32 if labels else np.float32)
+    if output.name.lower().endswith(".png"):
+        write_image(picture_array(resampled, labels, input_image), ref.geometry, output)
+    else:
+        write_image(resampled, ref.geometry, output, np.int32 if labels else np.float32)
     return {"output": str(output), "transform": str(transform), "reference": str(reference),
             "input": str(input_image), "interp": interp}
 
@@ -941,6 +948,7 @@ def invert_transform(transform: Path, fixed: Path, reference: Path, output: Path
     if fixed_image.ndim != ref.ndim:
         raise InputError(f"{reference}: is {ref.ndim}-D but {fixed} is {fixed_image.ndim}-D; give the moving image "
                          "of this registration")
+    check_output_image(output, ref.ndim, pictures=False)
     field = read_transform(transform, fixed_image.geometry)
     inverse = invert_world(field, fixed_image.geometry, ref.geometry)
     write_itk_warp(inverse, ref.geometry, output)

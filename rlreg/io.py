@@ -26,8 +26,9 @@ import torch
 from torch import Tensor
 
 __all__ = ["COORDINATE_TOLERANCE", "DIRECTION_TOLERANCE", "Geometry", "Image", "InputError", "atomic_output",
-           "atomic_path", "check_complete", "check_same_grid", "grid_difference", "nibabel_to_sitk", "read_image",
-           "read_label_map", "save_sitk", "save_torch", "write_image"]
+           "atomic_path", "check_complete", "check_output_image", "check_same_grid", "grid_difference",
+           "nibabel_to_sitk", "picture_array", "read_image", "read_label_map", "save_sitk", "save_torch",
+           "write_image"]
 
 COORDINATE_TOLERANCE = 1e-3
 """Two grids agree when their origins and spacings differ by at most this fraction of the smaller voxel size.
@@ -403,6 +404,71 @@ def write_image(data: Tensor | np.ndarray, geometry: Geometry, path: str | os.Pa
     if dtype is not None:
         array = array.astype(dtype)
     return save_sitk(geometry.apply_to(sitk.GetImageFromArray(array)), path)
+
+
+WRITABLE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".png", ".tif", ".tiff")
+"""Output file names rlreg writes images to (SimpleITK picks the format from the name)."""
+
+
+def check_output_image(path: str | os.PathLike[str], ndim: int, pictures: bool = True) -> None:
+    """Refuse an output image name SimpleITK cannot write to, before any work is done.
+
+    Args:
+        path: the output file name.
+        ndim: dimensionality of the image to be written (PNG holds 2-D pictures only).
+        pictures: whether a ``.png`` is acceptable (not for displacement fields).
+
+    Raises:
+        InputError: a folder, a name without an image extension, JPEG (lossy: it would change intensities and
+            labels), or PNG for a 3-D image or a field; one line with the fix.
+    """
+    path = Path(path)
+    name = path.name.lower()
+    if path.is_dir():
+        raise InputError(f"{path}: is a folder; give an output file name such as {path / 'warped.nii.gz'}")
+    if name.endswith((".jpg", ".jpeg")):
+        raise InputError(f"{path}: JPEG is lossy and would change intensities and labels; give a .png "
+                         f"(2-D) or .nii.gz file name, e.g. {path.with_suffix('.png').name}")
+    if not name.endswith(WRITABLE_SUFFIXES):
+        raise InputError(f"{path}: has no image extension; give a file name ending in .nii.gz (or .nii, .nrrd, "
+                         f".mha; .png for 2-D pictures), e.g. {path.name}.nii.gz")
+    if name.endswith(".png") and (ndim != 2 or not pictures):
+        what = f"this image is {ndim}-D" if pictures else "a displacement field is not a picture"
+        raise InputError(f"{path}: PNG holds 2-D pictures and {what}; give a .nii.gz file name, e.g. "
+                         f"{path.name[: -len('.png')]}.nii.gz")
+
+
+def picture_array(data: Tensor | np.ndarray, labels: bool, source: str | os.PathLike[str] | None = None
+                  ) -> np.ndarray:
+    """An image as 8- or 16-bit unsigned integers for a PNG (which holds nothing else).
+
+    Labels keep their values (8-bit when they fit, else 16-bit). Intensities read from an 8- or 16-bit file
+    (``source``: a PNG, or any file SimpleITK reports as such) are rounded and clipped to that type, so a warped
+    picture keeps its input's scale. Other intensities (float, signed, e.g. CT) are rescaled linearly from their
+    minimum and maximum to 0-65535.
+
+    Raises:
+        InputError: labels below 0 or above 65535, which a PNG cannot hold.
+    """
+    array = data.detach().cpu().numpy() if isinstance(data, Tensor) else np.asarray(data)
+    if labels:
+        lo, hi = int(array.min()), int(array.max())
+        if lo < 0 or hi > 65535:
+            raise InputError(f"{source}: labels {lo}..{hi} do not fit a PNG (0..65535); give a .nii.gz output name")
+        return array.astype(np.uint8 if hi <= 255 else np.uint16)
+    stored = None
+    if source is not None and Path(source).is_file():
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(str(source))
+        reader.ReadImageInformation()
+        stored = reader.GetPixelID()
+    for kind, dtype in (((sitk.sitkUInt8, sitk.sitkVectorUInt8), np.uint8),
+                        ((sitk.sitkUInt16, sitk.sitkVectorUInt16), np.uint16)):
+        if stored in kind:
+            return np.clip(np.rint(array), 0, np.iinfo(dtype).max).astype(dtype)
+    lo, hi = float(array.min()), float(array.max())
+    scaled = (array.astype(np.float64) - lo) / (hi - lo) if hi > lo else np.zeros(array.shape)
+    return np.rint(scaled * 65535).astype(np.uint16)
 
 
 def _fast_gzip():

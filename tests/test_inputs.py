@@ -198,3 +198,131 @@ def test_an_empty_folder_prints_no_itk_warning(tmp_path, capfd) -> None:
     with pytest.raises(InputError, match="no DICOM series"):
         read_image(tmp_path)
     assert "WARNING" not in capfd.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------------- devices
+@pytest.mark.parametrize("device", ["gpu", "mps"])
+def test_a_device_rlreg_does_not_run_on_is_one_line(pair, tmp_path, device) -> None:
+    _one_line_error(["register", pair["fixed"], pair["moving"], "-o", tmp_path / "o", "--device", device],
+                    f"--device {device}", "use --device auto, cpu")
+
+
+# ---------------------------------------------------------------------------------------------------- apply -o
+@pytest.fixture(scope="module")
+def picture(tmp_path_factory):
+    """A 2-D 8-bit PNG, its label map and a zero field on its grid: applying the field must give them back."""
+    folder = tmp_path_factory.mktemp("picture")
+    from rlreg.transforms import write_itk_warp
+
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, size=(20, 24), dtype=np.uint8)
+    labels = (image > 128).astype(np.uint8) * 3
+    sitk.WriteImage(sitk.GetImageFromArray(image), str(folder / "image.png"))
+    sitk.WriteImage(sitk.GetImageFromArray(labels), str(folder / "labels.png"))
+    geometry = read_image(folder / "image.png").geometry
+    write_itk_warp(torch.zeros(1, 2, *geometry.size), geometry, folder / "warp.nii.gz")
+    return {"folder": folder, "image": image, "labels": labels}
+
+
+def _apply(picture, output, *extra) -> list:
+    folder = picture["folder"]
+    return ["apply", "-t", folder / "warp.nii.gz", "-r", folder / "image.png", "-i", folder / "image.png", "-o",
+            output, *extra]
+
+
+def test_apply_to_a_folder_or_a_name_without_extension_is_one_line(picture, tmp_path) -> None:
+    _one_line_error(_apply(picture, tmp_path), tmp_path, "is a folder", "warped.nii.gz")
+    _one_line_error(_apply(picture, tmp_path / "result"), "result", "no image extension", "result.nii.gz")
+    _one_line_error(_apply(picture, tmp_path / "result.jpg"), "result.jpg", "lossy", "result.png")
+
+
+def test_apply_writes_a_2d_png_in_the_input_type(picture, tmp_path) -> None:
+    result = runner.invoke(app, [*map(str, _apply(picture, tmp_path / "out.png"))])
+    assert result.exit_code == 0, result.output
+    written = sitk.ReadImage(str(tmp_path / "out.png"))
+    assert written.GetPixelID() == sitk.sitkUInt8
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(written), picture["image"])
+    folder = picture["folder"]
+    args = [*_apply(picture, tmp_path / "labels.png", "--interp", "label")]
+    args[args.index(folder / "image.png", 5)] = folder / "labels.png"  # the input, not the reference
+    result = runner.invoke(app, [*map(str, args)])
+    assert result.exit_code == 0, result.output
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "labels.png"))),
+                                  picture["labels"])
+
+
+def test_apply_png_output_of_a_3d_image_is_one_line(pair, tmp_path) -> None:
+    from rlreg.transforms import write_itk_warp
+
+    geometry = read_image(pair["fixed"]).geometry
+    write_itk_warp(torch.zeros(1, 3, *geometry.size), geometry, tmp_path / "warp.nii.gz")
+    _one_line_error(["apply", "-t", tmp_path / "warp.nii.gz", "-r", pair["fixed"], "-i", pair["moving"], "-o",
+                     tmp_path / "out.png"], "out.png", "3-D", "out.nii.gz")
+
+
+def test_picture_array_rescales_float_intensities_to_16_bit() -> None:
+    from rlreg.io import picture_array
+
+    out = picture_array(np.array([[-1000.0, 0.0], [1000.0, 3000.0]]), labels=False)
+    assert out.dtype == np.uint16 and out.min() == 0 and out.max() == 65535
+    assert picture_array(np.array([[0, 300]]), labels=True).dtype == np.uint16
+    with pytest.raises(InputError, match="do not fit a PNG"):
+        picture_array(np.array([[-1, 2]]), labels=True, source="seg.nii.gz")
+
+
+# ---------------------------------------------------------------------------------------------------- batch lists
+def _batch(source, out, *extra) -> object:
+    return runner.invoke(app, ["batch", str(source), "-o", str(out), "--workers", "0", "--device", "cpu", "--steps",
+                               "2", "--no-affine", *map(str, extra)])
+
+
+def test_a_dataset_json_with_a_non_string_path_is_one_line(tmp_path) -> None:
+    dataset = tmp_path / "dataset.json"
+    dataset.write_text(json.dumps({"registration_val": [{"fixed": 1, "moving": None}]}))
+    _one_line_error(["batch", dataset, "-o", tmp_path / "out"], "dataset.json", "registration_val[0].fixed is 1",
+                    "not a path")
+
+
+def test_a_csv_with_a_utf8_bom_keeps_its_header(tmp_path) -> None:
+    from rlreg.pipelines.pairs import read_pairs
+
+    listed = tmp_path / "pairs.csv"
+    listed.write_bytes(b"\xef\xbb\xbffixed,moving\na.nii.gz,b.nii.gz\n")
+    pairs = read_pairs(listed)
+    assert len(pairs) == 1 and pairs[0].fixed == tmp_path / "a.nii.gz" and pairs[0].id == "a__b"
+
+
+def test_repeated_rows_are_registered_once_with_a_warning(tmp_path) -> None:
+    from rlreg.pipelines.pairs import read_pairs
+
+    listed = tmp_path / "pairs.csv"
+    listed.write_text("fixed,moving\na.nii.gz,b.nii.gz\nc.nii.gz,b.nii.gz\n./a.nii.gz,b.nii.gz\n")
+    warnings: list[str] = []
+    assert [p.id for p in read_pairs(listed, warnings=warnings)] == ["a__b", "c__b"]
+    assert warnings == [f"{listed}:4: repeats {listed}:2 (a.nii.gz, b.nii.gz); the pair is registered once"]
+    result = _batch(listed, tmp_path / "out")  # the files are missing: both pairs fail, quickly
+    assert result.exit_code == 1
+    assert f"warning: {warnings[0]}" in result.output
+    assert "2 failed, of 2 pairs" in result.output
+
+
+def test_batch_missing_file_names_the_list_folder(tmp_path, monkeypatch) -> None:
+    lists = tmp_path / "lists"
+    lists.mkdir()
+    (lists / "pairs.csv").write_text("fixed,moving\n../data/a.nii.gz,../data/b.nii.gz\n")
+    monkeypatch.chdir(tmp_path)
+    result = _batch("lists/pairs.csv", tmp_path / "out")
+    assert result.exit_code == 1
+    failed = [line for line in result.output.splitlines() if "failed a__b" in line]
+    assert len(failed) == 1 and "relative paths in pairs.csv are taken from its folder" in failed[0]
+    assert str(lists) in failed[0] and str(tmp_path / "data" / "a.nii.gz") in failed[0]
+
+
+def test_batch_truncated_file_error_names_the_file(pair, truncated, tmp_path) -> None:
+    listed = tmp_path / "pairs.csv"
+    listed.write_text(f"fixed,moving\n{pair['fixed']},{truncated}\n")
+    result = _batch(listed, tmp_path / "out")
+    assert result.exit_code == 1
+    failed = [line for line in result.output.splitlines() if line.strip().startswith("failed ")]
+    assert len(failed) == 1 and str(truncated) in failed[0] and "cut short" in failed[0]
+    assert "EOFError" not in result.output
