@@ -30,6 +30,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wai
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
+from itertools import chain
 from pathlib import Path
 from typing import Any
 
@@ -108,6 +109,8 @@ class BatchResult:
     stage_seconds: dict[str, float]
     """Sum over this run's finished pairs of each stage's seconds (read, affine, deformable, write)."""
     files: dict[str, str]
+    warnings: list[str] = field(default_factory=list)
+    """One line each about the pair list (e.g. repeated rows, registered once); the CLI prints them on stderr."""
 
 
 # ---------------------------------------------------------------------------------------------------- records
@@ -289,6 +292,21 @@ def _pair_options(settings: RegisterOptions, pair: Pair, outdir: Path) -> Regist
     return replace(settings, fixed=pair.fixed, moving=pair.moving, output=outdir / pair.id,
                    fixed_seg=pair.fixed_seg, moving_seg=pair.moving_seg, fixed_mask=pair.fixed_mask,
                    moving_mask=pair.moving_mask)
+
+
+def _missing_file(pair: Pair, options: BatchOptions) -> InputError | None:
+    """A file of ``pair`` that does not exist, as the pair's error: checked here, where the list is known, so the
+    message names the folder its relative paths were taken from."""
+    for key in ("fixed", "moving", "fixed_seg", "moving_seg", "fixed_mask", "moving_mask"):
+        path = getattr(pair, key)
+        if path is not None and not path.exists():
+            if options.atlas is not None:
+                base = f"relative paths are taken from {Path.cwd()}"
+            else:
+                source = Path(options.source).expanduser()
+                base = f"relative paths in {source.name} are taken from its folder, {source.parent.resolve()}"
+            return InputError(f"{path}: file not found; check the path ({base})")
+    return None
 
 
 def _init_worker(keep_memory: bool = False) -> None:
@@ -496,7 +514,8 @@ def run_batch(options: BatchOptions, progress: PairProgress | None = None) -> Ba
     if options.batch_size < 1 or options.workers < 0:
         raise InputError("--batch-size must be >= 1 and --workers >= 0")
     started = time.perf_counter()
-    pairs = read_pairs(options.source, options.atlas, options.atlas_seg, options.subset)
+    list_warnings: list[str] = []
+    pairs = read_pairs(options.source, options.atlas, options.atlas_seg, options.subset, list_warnings)
     mine = shard(pairs, options.shard)
     out = options.output
     if out.exists() and not out.is_dir():
@@ -512,11 +531,14 @@ def run_batch(options: BatchOptions, progress: PairProgress | None = None) -> Ba
         for stale in (out / pair.id).glob(".*.tmp*"):
             stale.unlink(missing_ok=True)
     skipped = len(mine) - len(todo)
+    missing = {pair.id: error for pair in todo if (error := _missing_file(pair, options)) is not None}
+    runnable = [pair for pair in todo if pair.id not in missing]
     engine = (_run_ray if options.engine == "ray" else
-              _run_local if options.workers > 0 and len(todo) > 1 else _run_inline)
+              _run_local if options.workers > 0 and len(runnable) > 1 else _run_inline)
     done, failed = 0, []
     stage_seconds = dict.fromkeys(STAGES, 0.0)
-    for index, (pair, error) in enumerate(engine(todo, options), start=1):
+    outcomes = chain(((pair, missing[pair.id]) for pair in todo if pair.id in missing), engine(runnable, options))
+    for index, (pair, error) in enumerate(outcomes, start=1):
         row = _metrics_row(out, pair)
         if error is None and row["status"] == "done":
             done += 1
@@ -533,4 +555,5 @@ def run_batch(options: BatchOptions, progress: PairProgress | None = None) -> Ba
     return BatchResult(output=str(out), total=len(mine), skipped=skipped, done=done, failed=failed,
                        seconds=seconds, pairs_per_hour=3600.0 * done / seconds if done else 0.0,
                        stage_seconds=stage_seconds,
-                       files={"batch": str(out / BATCH_RECORD), "metrics": str(metrics), "summary": str(summary)})
+                       files={"batch": str(out / BATCH_RECORD), "metrics": str(metrics), "summary": str(summary)},
+                       warnings=list_warnings)

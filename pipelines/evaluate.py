@@ -42,7 +42,7 @@ from torch import Tensor
 
 from rlreg import __version__
 from rlreg.export import l2r_name
-from rlreg.io import Geometry, InputError, atomic_output, read_image
+from rlreg.io import Geometry, InputError, atomic_output, check_same_grid, read_image, read_label_map
 from rlreg.metrics import (
     dice_per_label,
     hd95,
@@ -343,12 +343,11 @@ def _header_geometry(path: Path) -> Geometry:
                     origin=tuple(reader.GetOrigin()), direction=tuple(reader.GetDirection()))
 
 
-def _read_labels(path: Path, geometry: Geometry, role: str) -> Tensor:
-    """A label map ``(1, 1, *S)`` int64, checked to lie on ``geometry``'s grid."""
-    image = read_image(path, dtype=torch.int64, check_values=False)
-    if image.geometry.size != geometry.size:
-        raise InputError(f"{path}: {role} grid {'x'.join(map(str, image.geometry.size[::-1]))} does not match its "
-                         f"image ({'x'.join(map(str, geometry.size[::-1]))}); give the label map on that image's grid")
+def _read_labels(path: Path, geometry: Geometry, role: str, reference: Path) -> Tensor:
+    """A label map ``(1, 1, *S)`` int64 (integer values only), checked to lie on ``geometry``'s grid (that of
+    ``reference``): size, spacing, origin and direction."""
+    image = read_label_map(path, check_values=False)
+    check_same_grid(path, image.geometry, reference, geometry, role)
     return image.data
 
 
@@ -575,8 +574,8 @@ def _score_batch_pair(pair: Pair, folder: Path, learn2reg: bool, labels: Sequenc
         chain = chain_from_world(world().double(), fixed, moving)
         fixed_seg = moving_seg = None
         if pair.fixed_seg is not None and pair.moving_seg is not None:
-            fixed_seg = _read_labels(pair.fixed_seg, fixed, "fixed label map")
-            moving_seg = _read_labels(pair.moving_seg, moving, "moving label map")
+            fixed_seg = _read_labels(pair.fixed_seg, fixed, "fixed label map", pair.fixed)
+            moving_seg = _read_labels(pair.moving_seg, moving, "moving label map", pair.moving)
         return _score_learn2reg(fixed, moving, chain, fixed_seg, moving_seg, keypoints, labels)
     jac_path = folder / "jacdet.nii.gz"
     jac = read_image(jac_path, check_values=False)
@@ -585,8 +584,8 @@ def _score_batch_pair(pair: Pair, folder: Path, learn2reg: bool, labels: Sequenc
     fixed_seg = warped_seg = None
     warped_path = folder / "warped_seg.nii.gz"
     if pair.fixed_seg is not None and warped_path.is_file():
-        fixed_seg = _read_labels(pair.fixed_seg, fixed, "fixed label map")
-        warped_seg = _read_labels(warped_path, fixed, "warped label map")
+        fixed_seg = _read_labels(pair.fixed_seg, fixed, "fixed label map", pair.fixed)
+        warped_seg = _read_labels(warped_path, fixed, "warped label map", warp_path)
     moving = moving_geometry() if keypoints is not None else None
     return _score_rlreg(fixed, moving, world, jac.data, fixed_seg, warped_seg, keypoints, labels)
 
@@ -615,8 +614,8 @@ def _score_field_pair(pair: Pair, fields: Path, learn2reg: bool,
         chain = chain_from_world(world, fixed, moving)
     fixed_seg = moving_seg = None
     if pair.fixed_seg is not None and pair.moving_seg is not None:
-        fixed_seg = _read_labels(pair.fixed_seg, fixed, "fixed label map")
-        moving_seg = _read_labels(pair.moving_seg, moving, "moving label map")
+        fixed_seg = _read_labels(pair.fixed_seg, fixed, "fixed label map", pair.fixed)
+        moving_seg = _read_labels(pair.moving_seg, moving, "moving label map", pair.moving)
     if learn2reg:
         return _score_learn2reg(fixed, moving, chain, fixed_seg, moving_seg, keypoints, labels), path
     warped = None if moving_seg is None else warp(moving_seg, chain.float(), "label")

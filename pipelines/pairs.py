@@ -89,9 +89,29 @@ def _resolve(folder: Path, value: str | None) -> Path | None:
     return path if path.is_absolute() else (folder / path).resolve()
 
 
-def _read_table(path: Path) -> list[Pair]:
+def _drop_repeats(pairs: list[dict[str, Any]], where: list[str], raw_ids: list[str], given_ids: list[str | None],
+                  warnings: list[str] | None) -> tuple[list[dict[str, Any]], list[str]]:
+    """Keep the first of rows naming the same files in every column and the same ``id`` (or none): a repeated row
+    is almost surely a mistake, and registering it twice only costs time. Rows told apart by distinct ids are
+    kept (a deliberate repeat). Says which rows were dropped in ``warnings``."""
+    first: dict[tuple[Any, ...], str] = {}
+    kept, kept_ids = [], []
+    for pair, place, raw, given in zip(pairs, where, raw_ids, given_ids, strict=True):
+        key = (given, *(pair.get(k) for k in COLUMNS))
+        if key in first:
+            if warnings is not None:
+                warnings.append(f"{place}: repeats {first[key]} ({pair['fixed'].name}, {pair['moving'].name}); "
+                                "the pair is registered once")
+            continue
+        first[key] = place
+        kept.append(pair)
+        kept_ids.append(raw)
+    return kept, kept_ids
+
+
+def _read_table(path: Path, warnings: list[str] | None = None) -> list[Pair]:
     delimiter = "\t" if path.suffix.lower() in (".tsv", ".tab") else ","
-    with path.open(newline="") as handle:
+    with path.open(newline="", encoding="utf-8-sig") as handle:  # -sig: Excel's "CSV UTF-8" starts with a BOM
         rows = [row for row in csv.reader(handle, delimiter=delimiter) if any(cell.strip() for cell in row)
                 and not row[0].lstrip().startswith("#")]
     if not rows:
@@ -105,7 +125,7 @@ def _read_table(path: Path) -> list[Pair]:
     else:
         names = list(COLUMNS)
     folder = path.parent.resolve()
-    records, raw_ids = [], []
+    records, raw_ids, where, given_ids = [], [], [], []
     for line, row in enumerate(rows, start=2 if names is header else 1):
         if len(row) < 2 or len(row) > len(names):
             raise InputError(f"{path}:{line}: has {len(row)} columns; give fixed,moving[,fixed_seg,moving_seg] "
@@ -116,6 +136,9 @@ def _read_table(path: Path) -> list[Pair]:
         record = {k: _resolve(folder, values.get(k)) for k in COLUMNS}
         records.append(record)
         raw_ids.append(values.get("id") or f"{_stem(record['fixed'])}__{_stem(record['moving'])}")
+        where.append(f"{path}:{line}")
+        given_ids.append(values.get("id") or None)
+    records, raw_ids = _drop_repeats(records, where, raw_ids, given_ids, warnings)
     return [Pair(id=i, **r) for i, r in zip(_unique_ids(raw_ids), records, strict=True)]
 
 
@@ -128,9 +151,9 @@ def _sibling(image: Path, folder: str, suffix: str | None = None) -> Path | None
     return candidate if candidate.exists() else None
 
 
-def _read_learn2reg(path: Path, subset: str | None) -> list[Pair]:
+def _read_learn2reg(path: Path, subset: str | None, warnings: list[str] | None = None) -> list[Pair]:
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_text(encoding="utf-8-sig"))
     except (OSError, json.JSONDecodeError) as err:
         raise InputError(f"{path}: not a readable JSON file ({err}); give a Learn2Reg dataset.json") from None
     available = [k for k in L2R_SUBSETS if isinstance(data.get(k), list) and data[k]]
@@ -146,6 +169,11 @@ def _read_learn2reg(path: Path, subset: str | None) -> list[Pair]:
     for index, entry in enumerate(data[subset]):
         if not isinstance(entry, dict) or "fixed" not in entry or "moving" not in entry:
             raise InputError(f"{path}: {subset}[{index}] lacks 'fixed'/'moving'; each entry must name both")
+        for key in ("fixed", "moving"):
+            if not isinstance(entry[key], str) or not entry[key].strip():
+                raise InputError(f"{path}: {subset}[{index}].{key} is {json.dumps(entry[key])}, not a path; give "
+                                 "each image as a path string relative to the dataset.json, e.g. "
+                                 '"./imagesTr/0001_0000.nii.gz"')
         fixed, moving = _resolve(folder, entry["fixed"]), _resolve(folder, entry["moving"])
         assert fixed is not None and moving is not None
         pairs.append(dict(
@@ -154,6 +182,8 @@ def _read_learn2reg(path: Path, subset: str | None) -> list[Pair]:
             fixed_keypoints=_sibling(fixed, "keypoints", ".csv"),
             moving_keypoints=_sibling(moving, "keypoints", ".csv")))
     raw = [l2r_name(p["fixed"], p["moving"])[len("disp_"):-len(".nii.gz")] for p in pairs]
+    pairs, raw = _drop_repeats(pairs, [f"{path}: {subset}[{i}]" for i in range(len(pairs))], raw,
+                               [None] * len(pairs), warnings)
     return [Pair(id=i, **p) for i, p in zip(_unique_ids(raw), pairs, strict=True)]
 
 
@@ -175,7 +205,7 @@ def _read_atlas(atlas: Path, source: str, atlas_seg: Path | None) -> list[Pair]:
 
 
 def read_pairs(source: str | Path, atlas: str | Path | None = None, atlas_seg: str | Path | None = None,
-               subset: str | None = None) -> list[Pair]:
+               subset: str | None = None, warnings: list[str] | None = None) -> list[Pair]:
     """The pairs of a batch, in a stable order.
 
     Args:
@@ -185,6 +215,8 @@ def read_pairs(source: str | Path, atlas: str | Path | None = None, atlas_seg: s
         atlas: the fixed image every moving image is registered to (atlas mode).
         atlas_seg: the atlas' label map (atlas mode; moving images then have no labels, so no Dice).
         subset: Learn2Reg list to use (default: the first non-empty of :data:`L2R_SUBSETS`).
+        warnings: where to append one line per row dropped because it repeats an earlier row's files (the pair
+            is registered once).
 
     Raises:
         InputError: the list itself is malformed (one line, names the file, row and fix).
@@ -196,8 +228,8 @@ def read_pairs(source: str | Path, atlas: str | Path | None = None, atlas_seg: s
         raise InputError(f"{path}: no such pair list; give a CSV/TSV of pairs, a Learn2Reg dataset.json, or use "
                          "--atlas FIXED with a folder or glob of moving images")
     if path.suffix.lower() == ".json":
-        return _read_learn2reg(path, subset)
-    return _read_table(path)
+        return _read_learn2reg(path, subset, warnings)
+    return _read_table(path, warnings)
 
 
 def shard(pairs: list[Pair], spec: str | None) -> list[Pair]:

@@ -34,7 +34,18 @@ from torch import Tensor
 from rlreg import __version__, models
 from rlreg.affine import AffineConfig, affine_register, index_map, positions_to_displacement, transform_matrix
 from rlreg.instance import InstanceConfig, foreground_box, level_factor, level_size, optimise_displacement
-from rlreg.io import Geometry, Image, InputError, atomic_output, read_image, write_image
+from rlreg.io import (
+    Geometry,
+    Image,
+    InputError,
+    atomic_output,
+    check_output_image,
+    check_same_grid,
+    picture_array,
+    read_image,
+    read_label_map,
+    write_image,
+)
 from rlreg.losses import FixedLNCC, lncc
 from rlreg.metrics import mean_dice
 from rlreg.models import NO_MODEL, sha256
@@ -193,6 +204,9 @@ class RegisterResult:
     steps: list[dict[str, float]]
     outputs: dict[str, str]
     ants_command: str
+    warnings: list[str] = field(default_factory=list)
+    """One line each: results that ran but may mislead (e.g. label maps that share few labels); the CLI prints
+    them on stderr."""
 
 
 # ---------------------------------------------------------------------------------------------------- helpers
@@ -245,15 +259,35 @@ def _describe(image: Image) -> dict[str, Any]:
 
 
 def _read_companion(path: Path | None, image: Image, role: str, dtype: torch.dtype) -> Image | None:
-    """Read a segmentation or mask and check it lies on its image's grid."""
+    """Read a segmentation (``int64``: integer labels only) or mask and check it lies on its image's grid: size,
+    spacing, origin and direction (:func:`rlreg.io.check_same_grid`)."""
     if path is None:
         return None
-    other = read_image(path, dtype=dtype)
-    if other.geometry.size != image.geometry.size:
-        raise InputError(f"{path}: grid {'x'.join(map(str, other.geometry.size[::-1]))} does not match "
-                         f"{image.path} ({'x'.join(map(str, image.geometry.size[::-1]))}); give the {role} on that "
-                         "image's grid")
+    other = read_label_map(path) if dtype == torch.int64 else read_image(path, dtype=dtype)
+    check_same_grid(path, other.geometry, image.path, image.geometry, role)
     return other
+
+
+def label_overlap_warning(fixed_seg: Tensor, moving_seg: Tensor, fixed_path: Path | None,
+                          moving_path: Path | None) -> str | None:
+    """A warning when two label maps share no label, or fewer than half of either map's labels (0 = background).
+
+    Dice averages over the labels of either map, and a label missing from one map scores 0: two maps numbered from
+    different label tables give a meaningless Dice without any error.
+    """
+    fixed_labels = set(torch.unique(fixed_seg).tolist()) - {0}
+    moving_labels = set(torch.unique(moving_seg).tolist()) - {0}
+    shared = fixed_labels & moving_labels
+    if fixed_labels and moving_labels and 2 * len(shared) >= max(len(fixed_labels), len(moving_labels)):
+        return None
+
+    def listed(labels: set[int]) -> str:
+        return f"{len(labels)} labels" + (f" ({min(labels)}..{max(labels)})" if labels else "")
+
+    what, effect = (("share no label", "every label scores Dice 0") if not shared else
+                    (f"share only {len(shared)} labels", "labels present in one map only score Dice 0"))
+    return (f"{fixed_path} and {moving_path} {what} (fixed: {listed(fixed_labels)}; moving: "
+            f"{listed(moving_labels)}): {effect}; check that both maps use the same label table")
 
 
 def _sitk_image(data: Tensor, geometry: Geometry) -> sitk.Image:
@@ -335,6 +369,8 @@ class Prepared:
     orientation: tuple[tuple[int, ...], tuple[bool, ...]] | None = None
     """Axis permutation and flips that bring the working grid to the orientation the agent was trained in (the
     card's ``orientation``; :func:`rlreg.spatial.orientation_axes`), ``None`` when the card has none."""
+    warnings: list[str] = field(default_factory=list)
+    """Input warnings found while reading (one line each), carried into :attr:`RegisterResult.warnings`."""
 
     @property
     def batch_key(self) -> tuple[Any, ...]:
@@ -526,6 +562,10 @@ def prepare(options: RegisterOptions, progress: Progress | None = None) -> Prepa
         given = opts.fixed_seg or opts.moving_seg
         raise InputError(f"{given}: a segmentation was given for one image only; give both --fixed-seg and "
                          "--moving-seg (Dice needs both) or neither")
+    input_warnings = []
+    if fixed_seg is not None and moving_seg is not None:
+        overlap = label_overlap_warning(fixed_seg.data, moving_seg.data, opts.fixed_seg, opts.moving_seg)
+        input_warnings += [overlap] if overlap else []
     fixed_mask = _read_companion(opts.fixed_mask, fixed, "mask", torch.float32)
     moving_mask = _read_companion(opts.moving_mask, moving, "mask", torch.float32)
     try:
@@ -570,6 +610,7 @@ def prepare(options: RegisterOptions, progress: Progress | None = None) -> Prepa
     prepared = Prepared(opts, fixed, moving, fixed_seg, moving_seg, fixed_mask, model, card, fixed_norm, moving_norm,
                         transform, to_moving, moving_affine, _resize(fixed_norm, size), _resize(moving_affine, size),
                         None if fixed_binary is None or card is not None else _resize(fixed_binary, size), seconds)
+    prepared.warnings = input_warnings
     if card is not None and card.get("orientation"):
         prepared.orientation = orientation_axes(fixed.geometry.direction, card["orientation"])
     if card is not None and opts.refine:
@@ -726,7 +767,7 @@ def finish(prepared: Prepared, result: Deformable, progress: Progress | None = N
         tool="rlreg", version=__version__, created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         conventions=CONVENTIONS, inputs=inputs, method=method, seconds=seconds, qc=qc, steps=result.curve,
         outputs={k: str(v) for k, v in written.items()} | {"report": str(out / SIDECAR)},
-        ants_command=ants_command(fixed.ndim, opts.fixed, opts.moving, out))
+        ants_command=ants_command(fixed.ndim, opts.fixed, opts.moving, out), warnings=list(p.warnings))
     (out / ERROR_RECORD).unlink(missing_ok=True)
     with atomic_output(out / SIDECAR) as tmp:
         tmp.write_text(json.dumps(asdict(report), indent=2))
@@ -904,15 +945,20 @@ def apply_transform(transform: Path, reference: Path, input_image: Path, output:
         raise InputError(f"--interp {interp}: unknown; choose linear, nearest or label")
     ref = read_image(reference, check_values=False)
     labels = interp != "linear"
-    image = read_image(input_image, dtype=torch.int64 if labels else torch.float32, check_values=False)
+    image = (read_label_map(input_image, check_values=False) if interp == "label" else
+             read_image(input_image, dtype=torch.int64 if labels else torch.float32, check_values=False))
     if image.ndim != ref.ndim:
         raise InputError(f"{input_image}: is {image.ndim}-D but the reference {reference} is {ref.ndim}-D; give an "
                          "image of the same dimensionality")
+    check_output_image(output, ref.ndim)
     from rlreg.transforms import chain_from_world, read_transform
 
     chain = chain_from_world(read_transform(transform, ref.geometry), ref.geometry, image.geometry)
     resampled = warp(image.data, chain, INTERPOLATIONS[interp])
-    write_image(resampled, ref.geometry, output, np.int32 if labels else np.float32)
+    if output.name.lower().endswith(".png"):
+        write_image(picture_array(resampled, labels, input_image), ref.geometry, output)
+    else:
+        write_image(resampled, ref.geometry, output, np.int32 if labels else np.float32)
     return {"output": str(output), "transform": str(transform), "reference": str(reference),
             "input": str(input_image), "interp": interp}
 
@@ -931,6 +977,7 @@ def invert_transform(transform: Path, fixed: Path, reference: Path, output: Path
     if fixed_image.ndim != ref.ndim:
         raise InputError(f"{reference}: is {ref.ndim}-D but {fixed} is {fixed_image.ndim}-D; give the moving image "
                          "of this registration")
+    check_output_image(output, ref.ndim, pictures=False)
     field = read_transform(transform, fixed_image.geometry)
     inverse = invert_world(field, fixed_image.geometry, ref.geometry)
     write_itk_warp(inverse, ref.geometry, output)

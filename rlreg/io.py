@@ -10,9 +10,11 @@ never leaves a half-written file where a finished one was expected.
 
 from __future__ import annotations
 
+import gzip
 import os
 import shutil
 import tempfile
+import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -23,8 +25,22 @@ import SimpleITK as sitk
 import torch
 from torch import Tensor
 
-__all__ = ["Geometry", "Image", "InputError", "atomic_output", "atomic_path", "nibabel_to_sitk", "read_image",
-           "save_sitk", "save_torch", "write_image"]
+__all__ = ["COORDINATE_TOLERANCE", "DIRECTION_TOLERANCE", "Geometry", "Image", "InputError", "atomic_output",
+           "atomic_path", "check_complete", "check_output_image", "check_same_grid", "grid_difference",
+           "nibabel_to_sitk", "picture_array", "read_image", "read_label_map", "save_sitk", "save_torch",
+           "write_image"]
+
+COORDINATE_TOLERANCE = 1e-3
+"""Two grids agree when their origins and spacings differ by at most this fraction of the smaller voxel size.
+
+ITK compares grids with 1e-6 voxel (``ImageToImageFilter``'s default coordinate tolerance). rlreg allows 1e-3:
+a NIfTI header stores the origin in float32, so an image converted from NRRD, MHA or DICOM (double precision)
+moves by up to ``|origin| x 6e-8`` mm, which is 1.5e-4 of a 0.2 mm voxel at 1000 mm (measured in
+``docs/register.md``). A thousandth of a voxel is still far below any registration error."""
+DIRECTION_TOLERANCE = 1e-5
+"""Two grids agree when their direction matrices differ by at most this much in any entry (ITK's default is
+1e-6). NIfTI's float32 quaternion or sform rounds directions by about 7e-8 (``docs/register.md``); 1e-5 moves a
+voxel 256 voxels from the origin by 0.003 voxel."""
 
 
 class InputError(ValueError):
@@ -93,7 +109,13 @@ class Image:
 def _read_sitk(path: Path) -> sitk.Image:
     """One image file, or the single DICOM series in a directory."""
     if path.is_dir():
-        series = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(path))
+        # ITK's GDCM scanner prints a WARNING for a folder without DICOM files; rlreg's own line says it better.
+        shown = sitk.ProcessObject.GetGlobalWarningDisplay()
+        sitk.ProcessObject.SetGlobalWarningDisplay(False)
+        try:
+            series = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(path))
+        finally:
+            sitk.ProcessObject.SetGlobalWarningDisplay(shown)
         if not series:
             raise InputError(f"{path}: directory holds no DICOM series; give an image file or a DICOM series folder")
         if len(series) > 1:
@@ -102,7 +124,47 @@ def _read_sitk(path: Path) -> sitk.Image:
         reader = sitk.ImageSeriesReader()
         reader.SetFileNames(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(path), series[0]))
         return reader.Execute()
+    check_complete(path)
     return sitk.ReadImage(str(path))
+
+
+def _cut_short(path: Path, reason: str) -> InputError:
+    return InputError(f"{path}: is cut short or corrupt ({reason}); it was probably copied or downloaded only in "
+                      "part: copy it again from its source")
+
+
+def check_complete(path: str | os.PathLike[str]) -> None:
+    """Refuse a ``.nii.gz`` whose gzip stream is cut short: the usual result of a partly copied or downloaded file.
+
+    ITK's NIfTI reader reads such a file without complaint and fills the missing voxels with zeros, so the check
+    is made here. It is cheap for a whole file: a gzip stream ends with the uncompressed size modulo 2**32 (RFC
+    1952), compared with the size the NIfTI header implies. Only when they differ (a cut file, or a legitimate
+    multi-member stream) is the whole stream decompressed to decide.
+
+    Raises:
+        InputError: the stream ends early or is corrupt (one line, names the file and the fix).
+    """
+    path = Path(path)
+    if not path.name.lower().endswith(".nii.gz") or not path.is_file():
+        return
+    import nibabel as nib
+
+    try:
+        proxy = nib.load(str(path)).dataobj
+        expected = int(proxy.offset) + int(np.prod(proxy.shape)) * np.dtype(proxy.dtype).itemsize
+        with path.open("rb") as handle:
+            handle.seek(-4, os.SEEK_END)
+            stored = int.from_bytes(handle.read(4), "little")
+    except Exception:  # not a NIfTI that nibabel parses: SimpleITK's reader gives the verdict
+        return
+    if stored == expected % 2**32:
+        return
+    try:
+        with gzip.open(path, "rb") as stream:
+            while stream.read(1 << 24):
+                pass
+    except (EOFError, OSError, zlib.error) as err:
+        raise _cut_short(path, str(err) or type(err).__name__) from None
 
 
 def read_image(path: str | os.PathLike[str], dtype: torch.dtype = torch.float32, check_values: bool = True) -> Image:
@@ -149,10 +211,94 @@ def read_image(path: str | os.PathLike[str], dtype: torch.dtype = torch.float32,
                          "rlreg registers 2D or 3D images")
     array = sitk.GetArrayFromImage(image)
     if check_values:
-        _check_values(path, _nifti_raw(path) if path.name.endswith((".nii", ".nii.gz")) else array)
+        try:
+            raw = _nifti_raw(path) if path.name.endswith((".nii", ".nii.gz")) else array
+        except (EOFError, zlib.error) as err:
+            raise _cut_short(path, str(err) or type(err).__name__) from None
+        _check_values(path, raw)
     tensor = torch.from_numpy(np.ascontiguousarray(array))
     tensor = tensor.to(dtype) if dtype is not None else tensor
     return Image(data=tensor[None, None], geometry=Geometry.from_sitk(image), path=path)
+
+
+_AXES = "xyz"
+
+
+def grid_difference(geometry: Geometry, reference: Geometry, name: str = "the reference") -> str | None:
+    """How ``geometry``'s grid differs from ``reference``'s (called ``name``), in words, or ``None`` if they agree.
+
+    Size must match exactly; spacing and origin within :data:`COORDINATE_TOLERANCE` of the smaller voxel size, the
+    direction within :data:`DIRECTION_TOLERANCE` per entry: ITK's test of "the same physical space"
+    (``ImageToImageFilter::VerifyInputInformation``), with tolerances that accept NIfTI's float32 header round-off.
+    Origin differences are named along LPS ``x, y, z``; size and spacing in ITK's ``(i, j, k)`` order.
+    """
+    if geometry.size != reference.size:
+        return (f"grid {'x'.join(map(str, geometry.size[::-1]))} does not match {name}'s "
+                f"({'x'.join(map(str, reference.size[::-1]))})")
+    voxel = min(min(geometry.spacing), min(reference.spacing))
+    tolerance = COORDINATE_TOLERANCE * voxel
+    spacing, ref_spacing = np.asarray(geometry.spacing[::-1]), np.asarray(reference.spacing[::-1])
+    if np.abs(spacing - ref_spacing).max() > tolerance:
+        shown, ref_shown = ("x".join(f"{v:g}" for v in values) for values in (spacing, ref_spacing))
+        return f"spacing {shown} mm differs from {name}'s ({ref_shown} mm)"
+    shift = np.asarray(geometry.origin) - np.asarray(reference.origin)
+    off = np.abs(shift) > tolerance
+    if off.any():
+        if off.sum() == 1:
+            axis = int(np.argmax(off))
+            return f"origin differs by {shift[axis]:g} mm along {_AXES[axis]} from {name}'s"
+        return f"origin differs by ({', '.join(f'{v:g}' for v in shift)}) mm along (x, y, z) from {name}'s"
+    n = geometry.ndim
+    direction = np.asarray(geometry.direction).reshape(n, n)
+    ref_direction = np.asarray(reference.direction).reshape(n, n)
+    if np.abs(direction - ref_direction).max() > DIRECTION_TOLERANCE:
+        flipped = ["ijk"[i] for i in range(n) if np.abs(direction[:, i] + ref_direction[:, i]).max()
+                   <= DIRECTION_TOLERANCE]
+        if flipped:
+            return (f"direction differs from {name}'s (index axis {', '.join(flipped)} points the other way)")
+        cosines = np.clip(np.sum(direction * ref_direction, axis=0), -1.0, 1.0)
+        return (f"direction differs from {name}'s (an index axis turned by "
+                f"{np.degrees(np.arccos(cosines)).max():.3g} degrees)")
+    return None
+
+
+def check_same_grid(path: str | os.PathLike[str], geometry: Geometry, reference: str | os.PathLike[str] | None,
+                    reference_geometry: Geometry, what: str = "label map") -> None:
+    """Refuse ``path`` (a label map or mask) unless it lies on ``reference``'s grid (:func:`grid_difference`).
+
+    Raises:
+        InputError: one line naming both files, the difference and how to resample onto the right grid.
+    """
+    difference = grid_difference(geometry, reference_geometry, str(reference or "its image"))
+    if difference is None:
+        return
+    name = Path(reference).name if reference is not None else "image.nii.gz"
+    raise InputError(f"{path}: {difference}; give the {what} on that image's grid (resample it "
+                     f"with nearest-neighbour labels, e.g. antsApplyTransforms -d {geometry.ndim} -i {Path(path).name} "
+                     f"-r {name} -o on_grid.nii.gz -n GenericLabel; or, if only its header is wrong, copy the image's "
+                     "header onto it with SimpleITK's CopyInformation)")
+
+
+def read_label_map(path: str | os.PathLike[str], check_values: bool = True) -> Image:
+    """Read a label map (segmentation or mask) as a ``(1, 1, *S)`` int64 tensor, refusing non-integer values.
+
+    The voxels are read in their stored type and checked before any cast: a cast would truncate 1.3 and 1.7 alike
+    to 1 and make an intensity image look like a label map.
+
+    Raises:
+        InputError: as :func:`read_image`, or a value that is not an integer (NaN and Inf included).
+    """
+    image = read_image(path, dtype=torch.float64, check_values=check_values)  # exact for every integer type used
+    data = image.data
+    offset = (data - torch.round(data)).abs().nan_to_num(nan=1.0, posinf=1.0)  # 1 marks NaN/Inf
+    count = int((offset > 0).sum())
+    if count:
+        example = float(data.flatten()[offset.flatten().argmax()])
+        raise InputError(f"{image.path}: holds {count} non-integer values (e.g. {example:g}); a label "
+                         "map holds integer labels: give the segmentation, not an intensity image (labels saved "
+                         "as floats with round-off must be rounded first, e.g. with numpy.rint)")
+    image.data = data.to(torch.int64)
+    return image
 
 
 def _with_geometry(image: sitk.Image, like: sitk.Image) -> sitk.Image:
@@ -178,10 +324,28 @@ def _check_values(path: Path, array: np.ndarray) -> None:
     if np.issubdtype(array.dtype, np.floating):
         bad = int(np.count_nonzero(~np.isfinite(array)))
         if bad:
-            raise InputError(f"{path}: has {bad} NaN/Inf voxels; replace them first (e.g. fslmaths {path.name} "
-                             "-nan fixed.nii.gz, or numpy.nan_to_num)")
+            raise InputError(f"{path}: has {bad} NaN/Inf voxels; replace them first ({_nan_hint(path)})")
     if array.min() == array.max():
-        raise InputError(f"{path}: is empty (every voxel is {array.flat[0]}); check that it is the right file")
+        what = "empty" if array.flat[0] == 0 else "constant"
+        raise InputError(f"{path}: is {what} (every voxel is {array.flat[0]}); check that it is the right file")
+
+
+def _nan_hint(path: Path) -> str:
+    """How to replace NaN/Inf in ``path``'s format: fslmaths reads only NIfTI; SimpleITK reads every format."""
+    name = path.name
+    for suffix in (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd"):
+        if name.lower().endswith(suffix):
+            stem, ext = name[: -len(suffix)], name[-len(suffix):]
+            break
+    else:
+        stem, ext = path.stem, path.suffix
+    clean = f"{stem}_clean{ext}"
+    python = (f"python -c \"import SimpleITK as s, numpy as n; i=s.ReadImage('{name}'); "
+              f"o=s.GetImageFromArray(n.nan_to_num(s.GetArrayFromImage(i), posinf=0, neginf=0)); "
+              f"o.CopyInformation(i); s.WriteImage(o, '{clean}')\"")
+    if ext.lower().startswith(".nii"):
+        return f"e.g. fslmaths {name} -nan {clean}, or {python}"
+    return f"e.g. {python}"
 
 
 def _current_umask() -> int:
@@ -240,6 +404,71 @@ def write_image(data: Tensor | np.ndarray, geometry: Geometry, path: str | os.Pa
     if dtype is not None:
         array = array.astype(dtype)
     return save_sitk(geometry.apply_to(sitk.GetImageFromArray(array)), path)
+
+
+WRITABLE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".png", ".tif", ".tiff")
+"""Output file names rlreg writes images to (SimpleITK picks the format from the name)."""
+
+
+def check_output_image(path: str | os.PathLike[str], ndim: int, pictures: bool = True) -> None:
+    """Refuse an output image name SimpleITK cannot write to, before any work is done.
+
+    Args:
+        path: the output file name.
+        ndim: dimensionality of the image to be written (PNG holds 2-D pictures only).
+        pictures: whether a ``.png`` is acceptable (not for displacement fields).
+
+    Raises:
+        InputError: a folder, a name without an image extension, JPEG (lossy: it would change intensities and
+            labels), or PNG for a 3-D image or a field; one line with the fix.
+    """
+    path = Path(path)
+    name = path.name.lower()
+    if path.is_dir():
+        raise InputError(f"{path}: is a folder; give an output file name such as {path / 'warped.nii.gz'}")
+    if name.endswith((".jpg", ".jpeg")):
+        raise InputError(f"{path}: JPEG is lossy and would change intensities and labels; give a .png "
+                         f"(2-D) or .nii.gz file name, e.g. {path.with_suffix('.png').name}")
+    if not name.endswith(WRITABLE_SUFFIXES):
+        raise InputError(f"{path}: has no image extension; give a file name ending in .nii.gz (or .nii, .nrrd, "
+                         f".mha; .png for 2-D pictures), e.g. {path.name}.nii.gz")
+    if name.endswith(".png") and (ndim != 2 or not pictures):
+        what = f"this image is {ndim}-D" if pictures else "a displacement field is not a picture"
+        raise InputError(f"{path}: PNG holds 2-D pictures and {what}; give a .nii.gz file name, e.g. "
+                         f"{path.name[: -len('.png')]}.nii.gz")
+
+
+def picture_array(data: Tensor | np.ndarray, labels: bool, source: str | os.PathLike[str] | None = None
+                  ) -> np.ndarray:
+    """An image as 8- or 16-bit unsigned integers for a PNG (which holds nothing else).
+
+    Labels keep their values (8-bit when they fit, else 16-bit). Intensities read from an 8- or 16-bit file
+    (``source``: a PNG, or any file SimpleITK reports as such) are rounded and clipped to that type, so a warped
+    picture keeps its input's scale. Other intensities (float, signed, e.g. CT) are rescaled linearly from their
+    minimum and maximum to 0-65535.
+
+    Raises:
+        InputError: labels below 0 or above 65535, which a PNG cannot hold.
+    """
+    array = data.detach().cpu().numpy() if isinstance(data, Tensor) else np.asarray(data)
+    if labels:
+        lo, hi = int(array.min()), int(array.max())
+        if lo < 0 or hi > 65535:
+            raise InputError(f"{source}: labels {lo}..{hi} do not fit a PNG (0..65535); give a .nii.gz output name")
+        return array.astype(np.uint8 if hi <= 255 else np.uint16)
+    stored = None
+    if source is not None and Path(source).is_file():
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(str(source))
+        reader.ReadImageInformation()
+        stored = reader.GetPixelID()
+    for kind, dtype in (((sitk.sitkUInt8, sitk.sitkVectorUInt8), np.uint8),
+                        ((sitk.sitkUInt16, sitk.sitkVectorUInt16), np.uint16)):
+        if stored in kind:
+            return np.clip(np.rint(array), 0, np.iinfo(dtype).max).astype(dtype)
+    lo, hi = float(array.min()), float(array.max())
+    scaled = (array.astype(np.float64) - lo) / (hi - lo) if hi > lo else np.zeros(array.shape)
+    return np.rint(scaled * 65535).astype(np.uint16)
 
 
 def _fast_gzip():

@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from rlreg.affine import transform_matrix
-from rlreg.io import Geometry, InputError, atomic_output, save_sitk
+from rlreg.io import Geometry, InputError, atomic_output, check_complete, save_sitk
 from rlreg.spatial import identity_grid, invert, jacobian_determinant, sample_points
 
 __all__ = [
@@ -185,6 +185,7 @@ def read_transform(path: str | os.PathLike[str], reference: Geometry) -> Tensor:
     try:
         if name.endswith(TRANSFORM_SUFFIXES):
             return _reference_field(sitk.ReadTransform(str(path)), reference)
+        check_complete(path)  # ITK reads a cut .nii.gz as zero displacements
         image = sitk.ReadImage(str(path))
     except RuntimeError as err:
         detail = str(err).strip().splitlines()[-1] if str(err).strip() else "unknown error"

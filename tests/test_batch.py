@@ -43,12 +43,13 @@ def data(tmp_path_factory) -> Path:
     return folder
 
 
-def _write_csv(path: Path, rows: list[list[str]], header: bool = True) -> Path:
+def _write_csv(path: Path, rows: list[list[str]], header: bool = True, ids: list[str] | None = None) -> Path:
+    """A pair list; ``ids`` adds an ``id`` column, which lets a pair repeat (a plain repeated row is dropped)."""
     with path.open("w", newline="") as handle:
         writer = csv.writer(handle)
         if header:
-            writer.writerow(["fixed", "moving", "fixed_seg", "moving_seg"])
-        writer.writerows(rows)
+            writer.writerow((["id"] if ids else []) + ["fixed", "moving", "fixed_seg", "moving_seg"])
+        writer.writerows([[i, *row] for i, row in zip(ids, rows, strict=True)] if ids else rows)
     return path
 
 
@@ -69,8 +70,11 @@ def test_csv_tsv_and_headerless_lists_resolve_relative_paths(data: Path) -> None
 
 
 def test_repeated_pairs_get_distinct_ids_and_bad_rows_name_the_line(data: Path) -> None:
-    pairs = read_pairs(_write_csv(data / "rep.csv", [GOOD, GOOD, GOOD]))
+    pairs = read_pairs(_write_csv(data / "rep.csv", [GOOD, GOOD[:2], ["d3/fixed.nii.gz", "d2/moving.nii.gz"]]))
     assert [p.id for p in pairs] == ["fixed__moving", "fixed__moving-2", "fixed__moving-3"]
+    warnings: list[str] = []
+    assert len(read_pairs(_write_csv(data / "rep2.csv", [GOOD, GOOD, GOOD]), warnings=warnings)) == 1
+    assert len(warnings) == 2 and "rep2.csv:3: repeats" in warnings[0]
     (data / "bad.csv").write_text("fixed,moving\na.nii.gz\n")
     with pytest.raises(InputError, match=r"bad\.csv:2: has 1 columns"):
         read_pairs(data / "bad.csv")
@@ -108,7 +112,7 @@ def test_atlas_mode_takes_a_folder_or_a_glob(data: Path) -> None:
 
 
 def test_shards_partition_the_pairs(data: Path) -> None:
-    pairs = read_pairs(_write_csv(data / "many.csv", [GOOD] * 7))
+    pairs = read_pairs(_write_csv(data / "many.csv", [GOOD] * 7, ids=[f"p{i}" for i in range(7)]))
     parts = [shard(pairs, f"{i}/3") for i in range(3)]
     assert sorted(p.id for part in parts for p in part) == sorted(p.id for p in pairs)
     assert [len(part) for part in parts] == [3, 2, 2]
@@ -191,7 +195,8 @@ def test_bad_pairs_mid_list_fail_alone_and_the_cli_says_how_many(data: Path, tmp
 
 def test_device_loop_layout_overlaps_io_and_keeps_failures_local(data: Path, tmp_path: Path) -> None:
     """The GPU layout (workers prepare/finish, this process runs device batches), forced on CPU."""
-    pairs_csv = _write_csv(data / "loop.csv", [GOOD, ["d3/fixed.nii.gz", "d3/missing.nii.gz"], SWAPPED, GOOD])
+    pairs_csv = _write_csv(data / "loop.csv", [GOOD, ["d3/fixed.nii.gz", "d3/missing.nii.gz"], SWAPPED, GOOD],
+                           ids=["fixed__moving", "fixed__missing", "moving__fixed", "fixed__moving-2"])
     looped = run_batch(BatchOptions(str(pairs_csv), tmp_path / "loop", _settings(), workers=1, batch_size=2,
                                     device_loop=True))
     run_batch(BatchOptions(str(pairs_csv), tmp_path / "inline", _settings(), workers=0))
@@ -241,7 +246,8 @@ def test_resuming_with_other_settings_is_refused(data: Path, tmp_path: Path) -> 
 
 
 def test_shards_into_one_directory_complete_the_batch_once(data: Path, tmp_path: Path) -> None:
-    pairs_csv = _write_csv(data / "three.csv", [GOOD, SWAPPED, GOOD])
+    pairs_csv = _write_csv(data / "three.csv", [GOOD, SWAPPED, GOOD],
+                           ids=["fixed__moving", "moving__fixed", "fixed__moving-2"])
     out = tmp_path / "out"
     first = run_batch(BatchOptions(str(pairs_csv), out, _settings(), shard="0/2", workers=0))
     second = run_batch(BatchOptions(str(pairs_csv), out, _settings(), shard="1/2", workers=0))
@@ -259,7 +265,7 @@ def _complete_outputs(folder: Path) -> None:
 
 def test_sigkill_mid_batch_then_resume_completes_every_pair_once(data: Path, tmp_path: Path) -> None:
     """The acceptance kill test: SIGKILL the whole batch (main and workers), run it again."""
-    pairs_csv = _write_csv(data / "kill.csv", [GOOD, SWAPPED] * 4)
+    pairs_csv = _write_csv(data / "kill.csv", [GOOD, SWAPPED] * 4, ids=[f"pair{i}" for i in range(8)])
     out = tmp_path / "out"
     command = [sys.executable, "-m", "rlreg.cli.main", "batch", str(pairs_csv), "-o", str(out), "--steps", "40",
                "--workers", "1", "--batch-size", "1", "--device", "cpu", "--quiet"]
