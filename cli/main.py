@@ -60,9 +60,9 @@ def main(version: Annotated[bool, typer.Option("--version", callback=_version, i
     keep_freed_memory()  # every command here is one short-lived job: reuse freed tensors' memory (see its docstring)
 
 
-def _fail(message: str) -> None:
+def _fail(message: str, code: int = 2) -> None:
     typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(code=2)
+    raise typer.Exit(code=code)
 
 
 @app.command()
@@ -144,6 +144,10 @@ def register(
     bending: BendingOption = None,
     diffeomorphic: DiffeomorphicOption = False,
     device: DeviceOption = "auto",
+    threads: Annotated[int | None, typer.Option(
+        min=1, help="CPU threads (torch, SimpleITK); the affine stage always runs on one. Results repeat bit for bit "
+                    "for a given count. Use 1 on a machine busy with other jobs \\[default: OMP_NUM_THREADS, else the "
+                    "cores this process may use].")] = None,
     formats: Annotated[str, typer.Option("--format", help="Extra field exports, comma-separated: slicer, l2r, fsl, "
                                          "niftyreg, dicom.")] = "",
     save_inverse: Annotated[bool, typer.Option(help="Also write inverse_warp.nii.gz (moving -> fixed).")] = False,
@@ -156,21 +160,24 @@ def register(
     from rlreg.pipelines.device import resolve_device
     from rlreg.pipelines.register import RegisterOptions
     from rlreg.pipelines.register import register as run
+    from rlreg.pipelines.signals import exit_code, sigterm_as_interrupt
+    from rlreg.pipelines.threads import default_threads
 
     options = RegisterOptions(
         fixed=fixed, moving=moving, output=output, fixed_seg=fixed_seg, moving_seg=moving_seg,
         fixed_mask=fixed_mask, moving_mask=moving_mask, model=model, steps=steps, refine=refine,
         refine_factor=refine_factor, affine=affine, formats=tuple(f.strip() for f in formats.split(",") if f.strip()),
         save_inverse=save_inverse, save_steps=save_steps, smoothness=smoothness, bending=bending,
-        diffeomorphic=diffeomorphic)
+        diffeomorphic=diffeomorphic, threads=threads or default_threads())
     try:
         options.device = str(resolve_device(device))
-        with _progress_bar(quiet or json_output) as bar:
+        with sigterm_as_interrupt(), _progress_bar(quiet or json_output) as bar:
             result = run(options, progress=_stage_reporter(bar))
     except (InputError, ValueError) as err:
         _fail(str(err))
-    except KeyboardInterrupt:
-        _fail(f"interrupted; {output} holds only complete files, and no rlreg.json (the run did not finish)")
+    except KeyboardInterrupt as stop:
+        _fail(f"interrupted; {output} holds only complete files, and no rlreg.json (the run did not finish)",
+              exit_code(stop))
     if json_output:
         typer.echo(json.dumps(asdict(result), indent=2))
         return
@@ -222,6 +229,10 @@ def batch(
     bending: BendingOption = None,
     diffeomorphic: DiffeomorphicOption = False,
     device: DeviceOption = "auto",
+    threads: Annotated[int | None, typer.Option(
+        min=1, help="CPU threads per pair, i.e. per worker process (torch, SimpleITK); the affine stage always runs "
+                    "on one \\[default: 1 with workers; as rlreg register with --workers 0]. --workers then defaults "
+                    "to cores / threads.")] = None,
     formats: Annotated[str, typer.Option("--format", help="Extra field exports per pair: slicer, l2r, fsl, niftyreg, "
                                          "dicom.")] = "",
     save_inverse: Annotated[bool, typer.Option(help="Also write inverse_warp.nii.gz per pair.")] = False,
@@ -236,19 +247,20 @@ def batch(
     from rlreg.pipelines.batch import BatchOptions, run_batch
     from rlreg.pipelines.device import resolve_device
     from rlreg.pipelines.register import RegisterOptions
+    from rlreg.pipelines.signals import exit_code, sigterm_as_interrupt
 
     settings = RegisterOptions(Path(), Path(), Path(), model=model, steps=steps, refine=refine,
                                refine_factor=refine_factor, affine=affine,
                                formats=tuple(f.strip() for f in formats.split(",") if f.strip()),
                                save_inverse=save_inverse, smoothness=smoothness, bending=bending,
-                               diffeomorphic=diffeomorphic)
+                               diffeomorphic=diffeomorphic, threads=threads)
     options = BatchOptions(source=source, output=output, settings=settings, atlas=atlas, atlas_seg=atlas_seg,
                            subset=subset, shard=shard, batch_size=batch_size, engine=engine, address=address)
     if workers is not None:
         options.workers = workers
     try:
         settings.device = str(resolve_device(device))
-        with _progress_bar(quiet or json_output) as bar:
+        with sigterm_as_interrupt(), _progress_bar(quiet or json_output) as bar:
             task = bar.add_task("pairs", total=None)
 
             def progress(done: int, total: int, pair: str, status: str) -> None:
@@ -259,8 +271,8 @@ def batch(
                 _evaluate_and_report(output, bar)
     except (InputError, ValueError) as err:
         _fail(str(err))
-    except KeyboardInterrupt:
-        _fail(f"interrupted; re-run the same command to resume: finished pairs in {output} are kept")
+    except KeyboardInterrupt as stop:
+        _fail(f"interrupted; re-run the same command to resume: finished pairs in {output} are kept", exit_code(stop))
     if json_output:
         typer.echo(json.dumps(asdict(result), indent=2))
     elif not quiet:
