@@ -103,7 +103,9 @@ def test_killing_the_batch_pid_leaves_no_worker_and_a_rerun_computes_each_pair_o
     out = tmp_path / "out"
     command = [sys.executable, "-m", "rlreg.cli.main", "batch", str(pairs_csv), "-o", str(out), "--steps",
                str(STEPS), "--no-affine", "--workers", "2", "--device", "cpu", "--quiet"]
-    process = subprocess.Popen(command, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    log = tmp_path / "stderr.txt"  # a file, not a pipe: surviving workers would hold a pipe open for ever
+    with log.open("wb") as stderr_file:
+        process = subprocess.Popen(command, start_new_session=True, stdout=subprocess.DEVNULL, stderr=stderr_file)
     children: set[int] = set()
     try:
         deadline = time.monotonic() + 180
@@ -113,17 +115,16 @@ def test_killing_the_batch_pid_leaves_no_worker_and_a_rerun_computes_each_pair_o
                 break
             time.sleep(0.05)
         children |= _children(process.pid)
-        assert process.poll() is None, f"the batch ended before it could be killed: {process.stderr.read()!r}"
+        assert process.poll() is None, f"the batch ended before it could be killed: {log.read_text()!r}"
         os.kill(process.pid, sig)  # the main process only, as `kill PID` does
         code = process.wait(timeout=60)
-        stderr = process.stderr.read().decode()
         survivors = _survivors(children, within=10.0)
     finally:
         if process.poll() is None:
             process.kill()
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)  # whatever survived, so a failure leaves nothing running
-        process.stderr.close()
+    stderr = log.read_text()
     assert len(children) >= 3, f"expected 2 workers and the resource tracker, found {sorted(children)}"
     assert not survivors, f"processes outlived the killed batch: {sorted(survivors)}"
     if sig == signal.SIGTERM:
@@ -151,7 +152,9 @@ def test_sigterm_stops_register_cleanly_with_143(data: Path, tmp_path: Path) -> 
     command = [sys.executable, "-m", "rlreg.cli.main", "register", str(data / "d3" / "fixed.nii.gz"),
                str(data / "d3" / "moving.nii.gz"), "-o", str(out), "--model", "none", "--steps", "100000",
                "--device", "cpu", "--quiet"]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    log = tmp_path / "stderr.txt"
+    with log.open("wb") as stderr_file:
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=stderr_file)
     try:
         deadline = time.monotonic() + 120
         while process.poll() is None and time.monotonic() < deadline and not _catches(process.pid, signal.SIGTERM):
@@ -162,8 +165,7 @@ def test_sigterm_stops_register_cleanly_with_143(data: Path, tmp_path: Path) -> 
     finally:
         if process.poll() is None:
             process.kill()
-    stderr = process.stderr.read().decode()
-    process.stderr.close()
+    stderr = log.read_text()
     assert code == 143, stderr
     assert "interrupted;" in stderr and "Traceback" not in stderr
     assert not (out / "rlreg.json").exists()
