@@ -146,8 +146,8 @@ def register(
     device: DeviceOption = "auto",
     threads: Annotated[int | None, typer.Option(
         min=1, help="CPU threads (torch, SimpleITK); the affine stage always runs on one. Results repeat bit for bit "
-                    "for a given count. Use 1 on a machine busy with other jobs \\[default: OMP_NUM_THREADS, else the "
-                    "cores this process may use].")] = None,
+                    "for a given count. More threads than free cores slow it down many times \\[default: "
+                    "OMP_NUM_THREADS, else half the CPUs this process may use].")] = None,
     formats: Annotated[str, typer.Option("--format", help="Extra field exports, comma-separated: slicer, l2r, fsl, "
                                          "niftyreg, dicom.")] = "",
     save_inverse: Annotated[bool, typer.Option(help="Also write inverse_warp.nii.gz (moving -> fixed).")] = False,

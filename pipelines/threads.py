@@ -46,15 +46,22 @@ def usable_cpus() -> int:
 
 
 def default_threads() -> int:
-    """``rlreg register``'s default ``--threads``: ``OMP_NUM_THREADS`` when set, else torch's own default (the
-    physical cores) capped at :func:`usable_cpus`."""
+    """``rlreg register``'s default ``--threads``: ``OMP_NUM_THREADS`` when set, else half the usable CPUs
+    (:func:`usable_cpus`), at most torch's own default (the physical cores), at least 1.
+
+    Half: on a machine with simultaneous multithreading that is the physical cores, torch's own choice; where other
+    work runs beside the registration (a viewer, a compiler, a colleague's job on a shared server), it leaves room
+    for it. Threads that outnumber the free cores stall every parallel region (each waits for its slowest thread),
+    which on a 2-CPU machine made a registration 3x to 17x slower, while one thread there costs little
+    (docs/register.md, "Threads").
+    """
     import torch
 
     try:
         asked = int(os.environ.get("OMP_NUM_THREADS", ""))
     except ValueError:
         asked = 0
-    return asked if asked >= 1 else max(1, min(torch.get_num_threads(), usable_cpus()))
+    return asked if asked >= 1 else max(1, min(torch.get_num_threads(), usable_cpus() // 2))
 
 
 @contextlib.contextmanager

@@ -235,6 +235,12 @@ def test_threads_option_sets_the_registration_threads_and_the_default_follows_om
     assert default_threads() == 3
     monkeypatch.delenv("OMP_NUM_THREADS")
     assert 1 <= default_threads() <= usable_cpus()
+    monkeypatch.setattr("rlreg.pipelines.threads.usable_cpus", lambda: 2)
+    assert default_threads() == 1  # a 2-CPU machine: one thread, room for one busy neighbour
+    monkeypatch.setattr("rlreg.pipelines.threads.usable_cpus", lambda: 64)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 8)
+    assert default_threads() == 8  # never more than torch's own default (the physical cores)
+    monkeypatch.undo()
     assert default_workers("cpu", threads=usable_cpus()) == 1
     d3 = data / "d3"
     args = ["register", str(d3 / "fixed.nii.gz"), str(d3 / "moving.nii.gz"), "--steps", "4", "--device", "cpu",
