@@ -301,11 +301,11 @@ def _init_worker(keep_memory: bool = False, threads: int = 1, parent: tuple[int,
     (:func:`rlreg.pipelines.memory.keep_freed_memory`), which spawned workers do not inherit. ``parent``: the pid of
     the process that started this one and whether its main thread did; the worker then dies with it
     (:func:`rlreg.pipelines.signals.die_with_parent`) instead of registering on, orphaned."""
+    if parent is not None:
+        die_with_parent(*parent)
     import SimpleITK as sitk
     import torch
 
-    if parent is not None:
-        die_with_parent(*parent)
     torch.set_num_threads(threads)
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
     if keep_memory:

@@ -257,7 +257,7 @@ def test_register_and_batch_workers_give_the_same_affine_and_qc(data: Path, tmp_
     """The same pair through ``register()`` (this process) and ``run_batch`` (spawned worker processes, one thread
     each): the affine stage runs on one thread in both, so the affine matrix is bit-identical whatever ``threads``
     register runs with; with equal ``threads`` every QC number is too; with 2 threads the QC numbers differ only by
-    float32 rounding (stated tolerance 1e-3)."""
+    float32 rounding (stated tolerances: 2e-3, and 0.05 for the Jacobian's extremes, docs/register.md "Threads")."""
     fine = data / "fine"
     row = ["fine/fixed.nii.gz", "fine/moving.nii.gz", "fine/fixed_seg.nii.gz", "fine/moving_seg.nii.gz"]
     pairs_csv = _pair_list(data, "same.csv", [row, row])
@@ -280,5 +280,5 @@ def test_register_and_batch_workers_give_the_same_affine_and_qc(data: Path, tmp_
     assert other["method"]["cpu_threads"] == 2
     assert other["method"]["affine_matrix_lps"] == from_batch["method"]["affine_matrix_lps"]
     assert other["qc"].keys() == from_batch["qc"].keys()
-    for key, value in from_batch["qc"].items():
-        assert other["qc"][key] == pytest.approx(value, abs=1e-3), key
+    for key, value in from_batch["qc"].items():  # a Jacobian extreme is one voxel's value: looser
+        assert other["qc"][key] == pytest.approx(value, abs=0.05 if key.startswith("jacobian") else 2e-3), key
