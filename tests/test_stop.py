@@ -20,6 +20,7 @@ import torch
 from phantoms import phantom, rotation, write_pair
 from typer.testing import CliRunner
 
+from rlreg.affine import AffineConfig
 from rlreg.cli.main import app
 from rlreg.pipelines.batch import BatchOptions, default_workers, read_pair_record, run_batch
 from rlreg.pipelines.register import RegisterOptions
@@ -261,8 +262,9 @@ def test_register_and_batch_workers_give_the_same_affine_and_qc(data: Path, tmp_
     fine = data / "fine"
     row = ["fine/fixed.nii.gz", "fine/moving.nii.gz", "fine/fixed_seg.nii.gz", "fine/moving_seg.nii.gz"]
     pairs_csv = _pair_list(data, "same.csv", [row, row])
-    batch = run_batch(BatchOptions(str(pairs_csv), tmp_path / "batch", RegisterOptions(Path(), Path(), Path(),
-                                                                                        steps=STEPS), workers=2))
+    affine = AffineConfig(steps=(40, 20))  # fewer Adam steps than the default: seconds, not tens of seconds
+    batch = run_batch(BatchOptions(str(pairs_csv), tmp_path / "batch", RegisterOptions(
+        Path(), Path(), Path(), steps=STEPS, affine_config=affine), workers=1))
     assert batch.done == 2
     from_batch = json.loads((tmp_path / "batch" / "fixed__moving" / "rlreg.json").read_text())
     assert from_batch["method"]["cpu_threads"] == 1
@@ -270,7 +272,8 @@ def test_register_and_batch_workers_give_the_same_affine_and_qc(data: Path, tmp_
 
     def alone(threads: int) -> dict:
         options = RegisterOptions(fine / "fixed.nii.gz", fine / "moving.nii.gz", tmp_path / f"t{threads}",
-                                  fine / "fixed_seg.nii.gz", fine / "moving_seg.nii.gz", steps=STEPS, threads=threads)
+                                  fine / "fixed_seg.nii.gz", fine / "moving_seg.nii.gz", steps=STEPS, threads=threads,
+                                  affine_config=affine)
         return json.loads(json.dumps(asdict(register(options)), default=str))
 
     same = alone(1)
