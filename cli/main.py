@@ -79,9 +79,9 @@ def main(version: Annotated[bool, typer.Option("--version", callback=_version, i
     keep_freed_memory()  # every command here is one short-lived job: reuse freed tensors' memory (see its docstring)
 
 
-def _fail(message: str) -> None:
+def _fail(message: str, code: int = 2) -> None:
     typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(code=2)
+    raise typer.Exit(code=code)
 
 
 @app.command()
@@ -163,6 +163,10 @@ def register(
     bending: BendingOption = None,
     diffeomorphic: DiffeomorphicOption = False,
     device: DeviceOption = "auto",
+    threads: Annotated[int | None, typer.Option(
+        min=1, help="CPU threads (torch, SimpleITK); the affine stage always runs on one. Results repeat bit for bit "
+                    "for a given count. More threads than free cores slow it down many times \\[default: "
+                    "OMP_NUM_THREADS, else half the CPUs this process may use].")] = None,
     formats: Annotated[str, typer.Option("--format", help="Extra field exports, comma-separated: slicer, l2r, fsl, "
                                          "niftyreg, dicom.")] = "",
     save_inverse: Annotated[bool, typer.Option(help="Also write inverse_warp.nii.gz (moving -> fixed).")] = False,
@@ -175,21 +179,24 @@ def register(
     from rlreg.pipelines.device import resolve_device
     from rlreg.pipelines.register import RegisterOptions
     from rlreg.pipelines.register import register as run
+    from rlreg.pipelines.signals import exit_code, sigterm_as_interrupt
+    from rlreg.pipelines.threads import default_threads
 
     options = RegisterOptions(
         fixed=fixed, moving=moving, output=output, fixed_seg=fixed_seg, moving_seg=moving_seg,
         fixed_mask=fixed_mask, moving_mask=moving_mask, model=model, steps=steps, refine=refine,
         refine_factor=refine_factor, affine=affine, formats=tuple(f.strip() for f in formats.split(",") if f.strip()),
         save_inverse=save_inverse, save_steps=save_steps, smoothness=smoothness, bending=bending,
-        diffeomorphic=diffeomorphic)
+        diffeomorphic=diffeomorphic, threads=threads or default_threads())
     try:
         options.device = str(resolve_device(device))
-        with _progress_bar(quiet or json_output) as bar:
+        with sigterm_as_interrupt(), _progress_bar(quiet or json_output) as bar:
             result = run(options, progress=_stage_reporter(bar))
     except (InputError, ValueError) as err:
         _fail(str(err))
-    except KeyboardInterrupt:
-        _fail(f"interrupted; {output} holds only complete files, and no rlreg.json (the run did not finish)")
+    except KeyboardInterrupt as stop:
+        _fail(f"interrupted; {output} holds only complete files, and no rlreg.json (the run did not finish)",
+              exit_code(stop))
     for warning in result.warnings:
         typer.secho(f"warning: {warning}", fg=typer.colors.YELLOW, err=True)
     if json_output:
@@ -243,6 +250,10 @@ def batch(
     bending: BendingOption = None,
     diffeomorphic: DiffeomorphicOption = False,
     device: DeviceOption = "auto",
+    threads: Annotated[int | None, typer.Option(
+        min=1, help="CPU threads per pair, i.e. per worker process (torch, SimpleITK); the affine stage always runs "
+                    "on one \\[default: 1 with workers; as rlreg register with --workers 0]. --workers then defaults "
+                    "to cores / threads.")] = None,
     formats: Annotated[str, typer.Option("--format", help="Extra field exports per pair: slicer, l2r, fsl, niftyreg, "
                                          "dicom.")] = "",
     save_inverse: Annotated[bool, typer.Option(help="Also write inverse_warp.nii.gz per pair.")] = False,
@@ -257,19 +268,20 @@ def batch(
     from rlreg.pipelines.batch import BatchOptions, run_batch
     from rlreg.pipelines.device import resolve_device
     from rlreg.pipelines.register import RegisterOptions
+    from rlreg.pipelines.signals import exit_code, sigterm_as_interrupt
 
     settings = RegisterOptions(Path(), Path(), Path(), model=model, steps=steps, refine=refine,
                                refine_factor=refine_factor, affine=affine,
                                formats=tuple(f.strip() for f in formats.split(",") if f.strip()),
                                save_inverse=save_inverse, smoothness=smoothness, bending=bending,
-                               diffeomorphic=diffeomorphic)
+                               diffeomorphic=diffeomorphic, threads=threads)
     options = BatchOptions(source=source, output=output, settings=settings, atlas=atlas, atlas_seg=atlas_seg,
                            subset=subset, shard=shard, batch_size=batch_size, engine=engine, address=address)
     if workers is not None:
         options.workers = workers
     try:
         settings.device = str(resolve_device(device))
-        with _progress_bar(quiet or json_output) as bar:
+        with sigterm_as_interrupt(), _progress_bar(quiet or json_output) as bar:
             task = bar.add_task("pairs", total=None)
 
             def progress(done: int, total: int, pair: str, status: str) -> None:
@@ -280,8 +292,8 @@ def batch(
                 _evaluate_and_report(output, bar)
     except (InputError, ValueError) as err:
         _fail(str(err))
-    except KeyboardInterrupt:
-        _fail(f"interrupted; re-run the same command to resume: finished pairs in {output} are kept")
+    except KeyboardInterrupt as stop:
+        _fail(f"interrupted; re-run the same command to resume: finished pairs in {output} are kept", exit_code(stop))
     for warning in result.warnings:
         typer.secho(f"warning: {warning}", fg=typer.colors.YELLOW, err=True)
     if json_output:

@@ -23,6 +23,7 @@ import math
 import multiprocessing
 import os
 import statistics
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -41,6 +42,8 @@ from rlreg.io import InputError, atomic_output
 from rlreg.pipelines.memory import keep_freed_memory, memory_kept, release_freed_memory
 from rlreg.pipelines.pairs import Pair, read_pairs, shard
 from rlreg.pipelines.register import ERROR_RECORD, SIDECAR, RegisterOptions
+from rlreg.pipelines.signals import die_with_parent
+from rlreg.pipelines.threads import cpu_threads, default_threads, usable_cpus
 
 __all__ = ["BATCH_RECORD", "QC_KEYS", "STAGES", "BatchOptions", "BatchResult", "PairRecord", "pair_status",
            "read_pair_record", "run_batch"]
@@ -56,11 +59,12 @@ PairProgress = Callable[[int, int, str, str], None]
 """``progress(finished, total, pair_id, status)`` after each pair of this run."""
 
 
-def default_workers(device: str) -> int:
-    """Worker processes: on CPU one per core (each runs whole pairs); with a GPU, one core is left to the main
-    process, which runs the device loop."""
-    cores = os.cpu_count() or 2
-    return max(1, cores if device == "cpu" else min(8, cores - 1))
+def default_workers(device: str, threads: int = 1) -> int:
+    """Worker processes: on CPU one per ``threads`` usable cores (each runs whole pairs on ``threads`` threads);
+    with a GPU, one core is left to the main process, which runs the device loop. Usable cores are those of the
+    process's affinity and CPU quota (:func:`rlreg.pipelines.threads.usable_cpus`), not the machine's."""
+    cores = usable_cpus()
+    return max(1, cores // threads if device == "cpu" else min(8, cores - 1))
 
 
 @dataclass
@@ -309,15 +313,19 @@ def _missing_file(pair: Pair, options: BatchOptions) -> InputError | None:
     return None
 
 
-def _init_worker(keep_memory: bool = False) -> None:
-    """One thread per worker process: the processes are the parallelism. ``keep_memory``: the allocator setting of
-    the command that started the batch (:func:`rlreg.pipelines.memory.keep_freed_memory`), which spawned workers do
-    not inherit."""
+def _init_worker(keep_memory: bool = False, threads: int = 1, parent: tuple[int, bool] | None = None) -> None:
+    """Set up a worker process: ``threads`` torch and SimpleITK threads (default one: the processes are the
+    parallelism). ``keep_memory``: the allocator setting of the command that started the batch
+    (:func:`rlreg.pipelines.memory.keep_freed_memory`), which spawned workers do not inherit. ``parent``: the pid of
+    the process that started this one and whether its main thread did; the worker then dies with it
+    (:func:`rlreg.pipelines.signals.die_with_parent`) instead of registering on, orphaned."""
+    if parent is not None:
+        die_with_parent(*parent)
     import SimpleITK as sitk
     import torch
 
-    torch.set_num_threads(1)
-    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
+    torch.set_num_threads(threads)
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
     if keep_memory:
         keep_freed_memory()
 
@@ -350,7 +358,8 @@ Outcome = tuple[Pair, BaseException | None]
 def _run_inline(todo: list[Pair], options: BatchOptions) -> Iterator[Outcome]:
     for pair in todo:
         try:
-            _register_job(_pair_options(options.settings, pair, options.output))
+            with cpu_threads(options.settings.threads):
+                _register_job(_pair_options(options.settings, pair, options.output))
             yield pair, None
         except Exception as err:
             yield pair, err
@@ -366,14 +375,32 @@ def _settle(future: Future) -> tuple[Any, BaseException | None]:
         return None, err
 
 
+def _worker_pool(options: BatchOptions) -> ProcessPoolExecutor:
+    """``options.workers`` spawned worker processes, each on ``options.settings.threads`` threads and bound to die
+    with this process. Spawn, not fork: forking after torch has started threads can deadlock."""
+    parent = (os.getpid(), threading.current_thread() is threading.main_thread())
+    return ProcessPoolExecutor(options.workers, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=_init_worker,
+                               initargs=(memory_kept(), options.settings.threads or 1, parent))
+
+
+def _stop_workers(pool: ProcessPoolExecutor) -> None:
+    """Stop now (Ctrl-C, SIGTERM): cancel the jobs not started and terminate the workers, whose pairs stay
+    unfinished (no ``rlreg.json``) and are redone by a re-run, instead of waiting for them to finish."""
+    processes = list((pool._processes or {}).values())  # no public handle on the workers before Python 3.14
+    pool.shutdown(wait=False, cancel_futures=True)
+    for process in processes:
+        process.terminate()
+    for process in processes:
+        process.join(timeout=10)
+
+
 def _run_pairs_in_workers(todo: list[Pair], options: BatchOptions) -> Iterator[Outcome]:
-    """CPU: each worker process registers whole pairs, one thread each (pairs in parallel beat threads within a
-    pair: measured 1.73x vs 1.16x for the device-loop layout on 2 cores, docs/benchmarks.md)."""
+    """CPU: each worker process registers whole pairs, one thread each by default (pairs in parallel beat threads
+    within a pair: measured 1.73x vs 1.16x for the device-loop layout on 2 cores, docs/benchmarks.md)."""
     queue = deque(todo)
-    context = multiprocessing.get_context("spawn")
     while queue:
-        pool = ProcessPoolExecutor(options.workers, mp_context=context, initializer=_init_worker,
-                                   initargs=(memory_kept(),))
+        pool = _worker_pool(options)
         running: dict[Future, Pair] = {}
         try:
             while queue or running:
@@ -386,6 +413,9 @@ def _run_pairs_in_workers(todo: list[Pair], options: BatchOptions) -> Iterator[O
         except BrokenProcessPool:
             for pair in running.values():
                 yield pair, RuntimeError(WORKER_DIED)
+        except BaseException:  # interrupted, or the consumer stopped early (GeneratorExit)
+            _stop_workers(pool)
+            raise
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
 
@@ -403,12 +433,10 @@ def _run_local(todo: list[Pair], options: BatchOptions) -> Iterator[Outcome]:
         return
 
     queue = deque(todo)
-    context = multiprocessing.get_context("spawn")  # fork after torch has started threads can deadlock
     prefetch = options.workers + options.batch_size
     max_finishing = 2 * options.workers
     while queue:
-        pool = ProcessPoolExecutor(options.workers, mp_context=context, initializer=_init_worker,
-                                   initargs=(memory_kept(),))
+        pool = _worker_pool(options)
         preparing: dict[Future, Pair] = {}
         finishing: dict[Future, Pair] = {}
         ready: dict[Any, list[tuple[Pair, Any]]] = {}
@@ -451,6 +479,9 @@ def _run_local(todo: list[Pair], options: BatchOptions) -> Iterator[Outcome]:
                 yield pair, RuntimeError(WORKER_DIED)
             for group in ready.values():
                 queue.extendleft(pair for pair, _ in reversed(group))
+        except BaseException:  # interrupted, or the consumer stopped early (GeneratorExit)
+            _stop_workers(pool)
+            raise
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
 
@@ -472,7 +503,8 @@ def _run_ray(todo: list[Pair], options: BatchOptions) -> Iterator[Outcome]:
         ray.init(**kwargs)
     try:
         on_gpu = options.settings.device.startswith("cuda")
-        task = ray.remote(num_gpus=1 if on_gpu else 0, num_cpus=1, max_retries=0)(_ray_pair)
+        task = ray.remote(num_gpus=1 if on_gpu else 0, num_cpus=options.settings.threads or 1,
+                          max_retries=0)(_ray_pair)
         pending = {task.remote(_pair_options(options.settings, pair, options.output)): pair for pair in todo}
         while pending:
             finished, _ = ray.wait(list(pending), num_returns=1)
@@ -491,7 +523,7 @@ def _run_ray(todo: list[Pair], options: BatchOptions) -> Iterator[Outcome]:
 
 def _ray_pair(options: RegisterOptions) -> BaseException | None:
     """Ray task body: register one pair; return its error instead of raising (so its message arrives intact)."""
-    _init_worker()
+    _init_worker(threads=options.threads or 1)
     try:
         _register_job(options)
         return None
@@ -509,10 +541,15 @@ def run_batch(options: BatchOptions, progress: PairProgress | None = None) -> Ba
     say = progress or (lambda *_: None)
     if options.engine not in ENGINES:
         raise InputError(f"--engine {options.engine}: unknown; choose local or ray")
+    if options.settings.threads is not None and options.settings.threads < 1:
+        raise InputError(f"--threads {options.settings.threads}: give 1 or more CPU threads per pair")
     if options.workers is None:
-        options = replace(options, workers=default_workers(options.settings.device))
+        options = replace(options, workers=default_workers(options.settings.device, options.settings.threads or 1))
     if options.batch_size < 1 or options.workers < 0:
         raise InputError("--batch-size must be >= 1 and --workers >= 0")
+    if options.settings.threads is None:  # one per worker; a whole machine's share when this process runs the pairs
+        threads = 1 if options.workers > 0 or options.engine == "ray" else default_threads()
+        options = replace(options, settings=replace(options.settings, threads=threads))
     started = time.perf_counter()
     list_warnings: list[str] = []
     pairs = read_pairs(options.source, options.atlas, options.atlas_seg, options.subset, list_warnings)
@@ -537,19 +574,23 @@ def run_batch(options: BatchOptions, progress: PairProgress | None = None) -> Ba
               _run_local if options.workers > 0 and len(runnable) > 1 else _run_inline)
     done, failed = 0, []
     stage_seconds = dict.fromkeys(STAGES, 0.0)
-    outcomes = chain(((pair, missing[pair.id]) for pair in todo if pair.id in missing), engine(runnable, options))
-    for index, (pair, error) in enumerate(outcomes, start=1):
-        row = _metrics_row(out, pair)
-        if error is None and row["status"] == "done":
-            done += 1
-            for stage in STAGES:
-                stage_seconds[stage] += float(row[f"seconds_{stage}"] or 0.0)
-        else:
-            message = _write_error(out, pair, error or "the registration ended without its record")
-            failed.append({"pair": pair.id, "error": message})
+    engine_outcomes = engine(runnable, options)
+    outcomes = chain(((pair, missing[pair.id]) for pair in todo if pair.id in missing), engine_outcomes)
+    try:  # closed at once on an interrupt between two outcomes: the workers stop now, not at garbage collection
+        for index, (pair, error) in enumerate(outcomes, start=1):
             row = _metrics_row(out, pair)
-        _append_metrics(out, row)
-        say(index, len(todo), pair.id, row["status"])
+            if error is None and row["status"] == "done":
+                done += 1
+                for stage in STAGES:
+                    stage_seconds[stage] += float(row[f"seconds_{stage}"] or 0.0)
+            else:
+                message = _write_error(out, pair, error or "the registration ended without its record")
+                failed.append({"pair": pair.id, "error": message})
+                row = _metrics_row(out, pair)
+            _append_metrics(out, row)
+            say(index, len(todo), pair.id, row["status"])
+    finally:
+        engine_outcomes.close()
     metrics, summary = _write_tables(out, pairs)
     seconds = time.perf_counter() - started
     return BatchResult(output=str(out), total=len(mine), skipped=skipped, done=done, failed=failed,

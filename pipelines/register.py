@@ -49,6 +49,7 @@ from rlreg.io import (
 from rlreg.losses import FixedLNCC, lncc
 from rlreg.metrics import mean_dice
 from rlreg.models import NO_MODEL, sha256
+from rlreg.pipelines.threads import cpu_threads
 from rlreg.spatial import (
     folding_percent,
     jacobian_determinant,
@@ -160,6 +161,10 @@ class RegisterOptions:
     """Downsampling factor of the refinement's single pyramid level, relative to the instance-optimisation grid."""
     affine: bool = True
     device: str = "cpu"
+    threads: int | None = None
+    """CPU threads of torch and SimpleITK during :func:`register` (``None``: as the process has them). Results
+    repeat bit for bit for a given count; float32 sums split over another count round differently (the affine
+    stage excepted: it runs on ``affine_config.threads``). ``rlreg batch`` uses it per worker process."""
     formats: tuple[str, ...] = ()
     save_inverse: bool = False
     save_steps: bool = False
@@ -749,7 +754,8 @@ def finish(prepared: Prepared, result: Deformable, progress: Progress | None = N
     affine_method = ("centres of mass -> affine, Adam on local NCC (rlreg.affine.fit_affine)"
                      if opts.affine_config.backend == "torch" else "SimpleITK moments -> rigid -> affine (Mattes MI)")
     method = {"affine": affine_method if opts.affine else "none (--no-affine)",
-              "device": opts.device, "model_asked": opts.model or "default", **result.method}
+              "device": opts.device, "cpu_threads": torch.get_num_threads(), "model_asked": opts.model or "default",
+              **result.method}
     if p.model is None:
         why = "--model none" if opts.model == NO_MODEL else f"no default agent ships for {fixed.ndim}-D inputs"
         method["note"] = (f"{why}: the field is fitted to this pair by Adam on local NCC + diffusion and "
@@ -784,8 +790,9 @@ def register(options: RegisterOptions, progress: Progress | None = None) -> Regi
         InputError: a problem with an input or the output folder (one line, names the file and the fix).
     """
     started = time.perf_counter()
-    prepared = prepare(options, progress)
-    return finish(prepared, deform([prepared], options.device, progress)[0], progress, started)
+    with cpu_threads(options.threads):
+        prepared = prepare(options, progress)
+        return finish(prepared, deform([prepared], options.device, progress)[0], progress, started)
 
 
 CONVENTIONS = {

@@ -73,11 +73,14 @@ class AffineConfig:
     from the wall clock", which made every run differ."""
 
     threads: int = 1
-    """simpleitk: threads of the SimpleITK registration and its pyramid filters. With more than one, ITK's metric sums
-    in whatever order the threads finish: measured on a 2 mm brain pair, two runs with 2 threads differed by 0.04 voxel
-    in the affine map (and the instance optimisation then by up to 0.4 voxel), while 1 thread repeats bit for bit,
-    so ``register``, ``batch`` and Ray workers agree. The metric is sampled, so 1 thread cost no measurable time
-    there (6.7 s vs 6.1 s, 8.3 s vs 8.7 s)."""
+    """Threads of the affine fit, whatever the rest of the registration runs with: torch's for the torch backend,
+    SimpleITK's (registration and pyramid filters) for simpleitk. Sums split over threads add in another order, so
+    the affine changes with the thread count, and the deformable stage then follows it: simpleitk with 2 threads
+    differed between two runs by 0.04 voxel in the affine map (and the instance optimisation then by up to 0.4
+    voxel); the torch backend repeats for a given count but differs between counts (docs/register.md, "Threads").
+    One thread repeats bit for bit, so ``register``, ``batch`` and Ray workers agree on the affine whatever
+    ``--threads`` they run with. The metric is sampled, so 1 thread cost simpleitk no measurable time (6.7 s vs
+    6.1 s, 8.3 s vs 8.7 s)."""
 
     def __post_init__(self) -> None:
         if self.backend not in ("torch", "simpleitk"):
@@ -110,8 +113,13 @@ def affine_register(fixed: sitk.Image, moving: sitk.Image, config: AffineConfig 
                 return None
             return torch.from_numpy(sitk.GetArrayFromImage(sitk.Cast(image, sitk.sitkFloat32)))[None, None]
 
-        matrix = fit_affine(tensor(fixed), tensor(moving), Geometry.from_sitk(fixed), Geometry.from_sitk(moving),
-                            config, tensor(fixed_mask), tensor(moving_mask))
+        threads = torch.get_num_threads()
+        torch.set_num_threads(config.threads)
+        try:
+            matrix = fit_affine(tensor(fixed), tensor(moving), Geometry.from_sitk(fixed), Geometry.from_sitk(moving),
+                                config, tensor(fixed_mask), tensor(moving_mask))
+        finally:
+            torch.set_num_threads(threads)
         ndim = fixed.GetDimension()
         transform = sitk.AffineTransform(ndim)
         transform.SetMatrix(matrix[:ndim, :ndim].ravel().tolist())
