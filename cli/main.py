@@ -24,7 +24,8 @@ app.add_typer(models_app, name="models")
 ModelOption = Annotated[str | None, typer.Option(
     help="Shipped agent (rlreg models list), or none for instance optimisation \\[default: the model marked default "
          "for the input's dimensionality, else instance optimisation].")]
-StepsOption = Annotated[int | None, typer.Option(help="Agent steps \\[default: model's], or optimiser iterations.")]
+StepsOption = Annotated[int | None, typer.Option(
+    help="Agent steps \\[default: model's], or optimiser iterations; 0 = affine only (no deformable stage).")]
 RefineOption = Annotated[int, typer.Option(
     min=0, help="Refine the agent's field by N iterations of instance optimisation (agents only).")]
 RefineFactorOption = Annotated[int, typer.Option(

@@ -89,6 +89,14 @@ class BatchOptions:
     ray_cpus: int | None = None
     """CPUs of a local Ray instance (default: all)."""
 
+    def __post_init__(self) -> None:
+        """Range-check the numeric settings (one-line :class:`InputError`); the per-pair ones are checked by
+        :class:`RegisterOptions`."""
+        for name, value, lowest in (("--batch-size", self.batch_size, 1), ("--workers", self.workers, 0),
+                                    ("ray_cpus", self.ray_cpus, 1)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < lowest):
+                raise InputError(f"{name} {value}: must be a whole number >= {lowest}")
+
 
 @dataclass
 class BatchResult:
@@ -491,10 +499,9 @@ def run_batch(options: BatchOptions, progress: PairProgress | None = None) -> Ba
     say = progress or (lambda *_: None)
     if options.engine not in ENGINES:
         raise InputError(f"--engine {options.engine}: unknown; choose local or ray")
-    if options.workers is None:
-        options = replace(options, workers=default_workers(options.settings.device))
-    if options.batch_size < 1 or options.workers < 0:
-        raise InputError("--batch-size must be >= 1 and --workers >= 0")
+    # replace() re-runs the range checks, also on fields assigned after construction
+    options = replace(options, workers=default_workers(options.settings.device) if options.workers is None
+                      else options.workers)
     started = time.perf_counter()
     pairs = read_pairs(options.source, options.atlas, options.atlas_seg, options.subset)
     mine = shard(pairs, options.shard)

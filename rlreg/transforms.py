@@ -30,6 +30,7 @@ from rlreg.io import Geometry, InputError, atomic_output, save_sitk
 from rlreg.spatial import identity_grid, invert, jacobian_determinant, sample_points
 
 __all__ = [
+    "affine_transform",
     "chain_from_world",
     "composite_transform",
     "invert_world",
@@ -127,6 +128,17 @@ def write_itk_warp(displacement: Tensor, geometry: Geometry, path: str | os.Path
     return save_sitk(sitk_field(displacement, geometry), path)
 
 
+def affine_transform(affine: sitk.Transform | None, ndim: int) -> sitk.AffineTransform:
+    """Any linear SimpleITK transform (or ``None``, the identity) as one plain ``AffineTransform`` (LPS mm, centre 0):
+    the form ANTs writes as ``0GenericAffine.mat`` and ITK's MATLAB transform IO reads and writes."""
+    linear = sitk.AffineTransform(ndim)
+    if affine is not None:
+        matrix = transform_matrix(affine, ndim)
+        linear.SetMatrix(matrix[:ndim, :ndim].ravel().tolist())
+        linear.SetTranslation(matrix[:ndim, ndim].tolist())
+    return linear
+
+
 def composite_transform(affine: sitk.Transform | None, deformable: Tensor, geometry: Geometry) -> sitk.Transform:
     """ITK composite "deformable, then affine" as ITK applies it to fixed points: ``p -> A(p + u_def(p))``.
 
@@ -134,13 +146,8 @@ def composite_transform(affine: sitk.Transform | None, deformable: Tensor, geome
         affine: the pre-alignment (fixed -> moving, LPS mm) or ``None`` for the identity.
         deformable: ``(1, ndim, *S)`` LPS-mm displacement on the fixed grid (``geometry``).
     """
-    ndim = geometry.ndim
     field = sitk.DisplacementFieldTransform(sitk_field(deformable, geometry, sitk.sitkVectorFloat64))
-    linear = sitk.AffineTransform(ndim)
-    if affine is not None:
-        matrix = transform_matrix(affine, ndim)
-        linear.SetMatrix(matrix[:ndim, :ndim].ravel().tolist())
-        linear.SetTranslation(matrix[:ndim, ndim].tolist())
+    linear = affine_transform(affine, geometry.ndim)
     # ITK's composite is a stack: the transform added last is applied to the point first.
     return sitk.CompositeTransform([linear, field])
 
