@@ -158,13 +158,13 @@ def register(
     from rlreg.pipelines.register import RegisterOptions
     from rlreg.pipelines.register import register as run
 
-    options = RegisterOptions(
-        fixed=fixed, moving=moving, output=output, fixed_seg=fixed_seg, moving_seg=moving_seg,
-        fixed_mask=fixed_mask, moving_mask=moving_mask, model=model, steps=steps, refine=refine,
-        refine_factor=refine_factor, affine=affine, formats=tuple(f.strip() for f in formats.split(",") if f.strip()),
-        save_inverse=save_inverse, save_steps=save_steps, smoothness=smoothness, bending=bending,
-        diffeomorphic=diffeomorphic)
     try:
+        options = RegisterOptions(
+            fixed=fixed, moving=moving, output=output, fixed_seg=fixed_seg, moving_seg=moving_seg,
+            fixed_mask=fixed_mask, moving_mask=moving_mask, model=model, steps=steps, refine=refine,
+            refine_factor=refine_factor, affine=affine,
+            formats=tuple(f.strip() for f in formats.split(",") if f.strip()), save_inverse=save_inverse,
+            save_steps=save_steps, smoothness=smoothness, bending=bending, diffeomorphic=diffeomorphic)
         options.device = str(resolve_device(device))
         with _progress_bar(quiet or json_output) as bar:
             result = run(options, progress=_stage_reporter(bar))
@@ -238,16 +238,15 @@ def batch(
     from rlreg.pipelines.device import resolve_device
     from rlreg.pipelines.register import RegisterOptions
 
-    settings = RegisterOptions(Path(), Path(), Path(), model=model, steps=steps, refine=refine,
-                               refine_factor=refine_factor, affine=affine,
-                               formats=tuple(f.strip() for f in formats.split(",") if f.strip()),
-                               save_inverse=save_inverse, smoothness=smoothness, bending=bending,
-                               diffeomorphic=diffeomorphic)
-    options = BatchOptions(source=source, output=output, settings=settings, atlas=atlas, atlas_seg=atlas_seg,
-                           subset=subset, shard=shard, batch_size=batch_size, engine=engine, address=address)
-    if workers is not None:
-        options.workers = workers
     try:
+        settings = RegisterOptions(Path(), Path(), Path(), model=model, steps=steps, refine=refine,
+                                   refine_factor=refine_factor, affine=affine,
+                                   formats=tuple(f.strip() for f in formats.split(",") if f.strip()),
+                                   save_inverse=save_inverse, smoothness=smoothness, bending=bending,
+                                   diffeomorphic=diffeomorphic)
+        options = BatchOptions(source=source, output=output, settings=settings, atlas=atlas, atlas_seg=atlas_seg,
+                               subset=subset, shard=shard, batch_size=batch_size, engine=engine, address=address,
+                               workers=workers)
         settings.device = str(resolve_device(device))
         with _progress_bar(quiet or json_output) as bar:
             task = bar.add_task("pairs", total=None)
