@@ -44,6 +44,7 @@ from rlreg.io import Geometry, Image, InputError, atomic_output, read_image, wri
 from rlreg.losses import FixedLNCC, lncc
 from rlreg.metrics import mean_dice
 from rlreg.models import NO_MODEL, sha256
+from rlreg.slices import SlicePlane
 from rlreg.spatial import (
     folding_percent,
     jacobian_determinant,
@@ -423,7 +424,7 @@ def normalise_intensity(image: Tensor, mask: Tensor | None = None, low: float = 
 
 
 def _describe(image: Image) -> dict[str, Any]:
-    g = image.geometry
+    g = image.volume or image.geometry  # a one-slice volume as it is on disk
     return {"path": str(image.path), "sha256": sha256(image.path) if image.path else None,
             "size_xyz": list(g.size[::-1]), "spacing_xyz_mm": list(g.spacing[::-1]), "origin_lps_mm": list(g.origin),
             "direction": list(g.direction)}
@@ -720,6 +721,8 @@ def prepare(options: RegisterOptions, progress: Progress | None = None) -> Prepa
         raise InputError(f"{opts.moving}: is {moving.ndim}-D but the fixed image {opts.fixed} is {fixed.ndim}-D; "
                          "register images of the same dimensionality (extract a slice or stack the series first)")
     opts = replace(opts, instance=opts.instance_for(fixed.ndim))  # from here on, the config that runs
+    if fixed.volume is not None and moving.volume is not None:  # two slices: the moving one in the fixed plane
+        moving = replace(moving, geometry=SlicePlane(fixed.volume).geometry_of(moving.volume, opts.moving))
     fixed_seg = _read_companion(opts.fixed_seg, fixed, "segmentation", torch.int64)
     moving_seg = _read_companion(opts.moving_seg, moving, "segmentation", torch.int64)
     if (fixed_seg is None) != (moving_seg is None):
@@ -793,7 +796,7 @@ def _check_outputs(opts: RegisterOptions, fixed: Image, moving: Image, segmentat
     inputs a DSRO cannot refer to, and the disk space the outputs need (uncompressed, an upper bound)."""
     ndim = fixed.ndim
     three_d_only = [name for name in opts.formats if name in ("fsl", "dicom")]
-    if ndim == 2 and three_d_only:
+    if ndim == 2 and three_d_only and fixed.volume is None:  # a one-slice volume's fields are 3-D
         raise InputError(f"--format {','.join(three_d_only)}: writes 3-D fields only, but {opts.fixed} is 2-D; drop "
                          f"it (slicer, niftyreg and l2r take 2-D fields)")
     if "dicom" in opts.formats:
@@ -929,28 +932,41 @@ def _finish(prepared: Prepared, result: Deformable, progress: Progress | None = 
 
     out = opts.output
     earlier = begin_outputs(out, planned_outputs(opts, p.transform is not None, moving_seg is not None))
-    geometry = fixed.geometry
+    geometry, plane, offset = fixed.geometry, None, 0.0
+    linear, deformable_world = p.transform, world_displacement(disp, geometry, geometry)
+    out_total, out_chain, ndim = total, chain, fixed.ndim
+    if fixed.volume is not None:  # a one-slice volume, registered in its plane: outputs on its 3-D grid
+        plane, geometry, ndim = SlicePlane(fixed.volume), fixed.volume, 3
+        offset = 0.0 if moving.volume is None else plane.offset(moving.volume)
+        out_total, out_chain, deformable_world = plane.field(total, offset), plane.chain(chain), plane.field(
+            deformable_world)
+        linear = None if p.transform is None else affine_transform(
+            None, 3, plane.matrix(transform_matrix(p.transform, 2), offset))
     written = {
         "warped": write_image(warped, geometry, out / "warped.nii.gz", np.float32),
-        "warp": write_itk_warp(total, geometry, out / "warp.nii.gz"),
+        "warp": write_itk_warp(out_total, geometry, out / "warp.nii.gz"),
         # On one grid a chain is the voxel field itself, so this is the deformable part alone in LPS mm.
         "transform": write_itk_transform(
-            affine_transform(p.transform, fixed.ndim) if opts.affine_only else
-            composite_transform(p.transform, world_displacement(disp, geometry, geometry), geometry),
+            affine_transform(linear, ndim) if opts.affine_only else
+            composite_transform(linear, deformable_world, geometry),
             out / "transform.h5"),
         "jacdet": write_image(jac, geometry, out / "jacdet.nii.gz", np.float32),
     }
-    if p.transform is not None:
-        written["affine"] = write_itk_transform(affine_transform(p.transform, fixed.ndim), out / "affine.mat")
+    if linear is not None:
+        written["affine"] = write_itk_transform(affine_transform(linear, ndim), out / "affine.mat")
     if warped_seg is not None:
         written["warped_seg"] = write_image(warped_seg, geometry, out / "warped_seg.nii.gz", np.int32)
     if opts.save_inverse:
-        inverse = invert_world(total, geometry, moving.geometry)
-        written["inverse_warp"] = write_itk_warp(inverse, moving.geometry, out / "inverse_warp.nii.gz")
-    written.update(_export_formats(opts, total, chain, geometry))
+        inverse = invert_world(total, fixed.geometry, moving.geometry)
+        if plane is not None and moving.volume is not None:
+            inverse_grid, inverse = moving.volume, plane.field(inverse, -offset, grid=moving.volume)
+        else:
+            inverse_grid = moving.geometry
+        written["inverse_warp"] = write_itk_warp(inverse, inverse_grid, out / "inverse_warp.nii.gz")
+    written.update(_export_formats(opts, out_total, out_chain, geometry))
     if opts.save_steps:
         written.update(_save_steps(out, result, p.to_moving, moving, fixed_norm, moving_norm, moving_affine,
-                                   fixed.geometry, moving_seg, fseg))
+                                   fixed.geometry, moving_seg, fseg, plane, offset))
     written["overview"] = _overview(out / "overview.png", fixed_norm, moving_affine, warped_norm, deformable_jac, fseg,
                                     qc)
     seconds["write"] = time.perf_counter() - t0
@@ -968,8 +984,8 @@ def _finish(prepared: Prepared, result: Deformable, progress: Progress | None = 
         why = "--model none" if opts.model == NO_MODEL else f"no default agent ships for {fixed.ndim}-D inputs"
         method["note"] = (f"{why}: the field is fitted to this pair by Adam on local NCC + diffusion and "
                           "bending energy; no learning is involved")
-    if p.transform is not None:
-        method["affine_matrix_lps"] = transform_matrix(p.transform, fixed.ndim).tolist()
+    if linear is not None:
+        method["affine_matrix_lps"] = transform_matrix(linear, ndim).tolist()
     inputs = {"fixed": _describe(fixed), "moving": _describe(moving)}
     for key, item in (("fixed_seg", p.fixed_seg), ("moving_seg", moving_seg), ("fixed_mask", fixed_mask),
                       ("moving_mask", opts.moving_mask)):
@@ -981,7 +997,7 @@ def _finish(prepared: Prepared, result: Deformable, progress: Progress | None = 
         tool="rlreg", version=__version__, created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         conventions=CONVENTIONS, inputs=inputs, method=method, seconds=seconds, qc=qc, steps=result.curve,
         outputs={k: str(v) for k, v in written.items()} | {"report": str(out / SIDECAR)},
-        ants_command=ants_command(fixed.ndim, opts.fixed, opts.moving, out))
+        ants_command=ants_command(ndim, opts.fixed, opts.moving, out))
     (out / ERROR_RECORD).unlink(missing_ok=True)
     with atomic_output(out / SIDECAR) as tmp:
         tmp.write_text(json.dumps(asdict(report), indent=2))
@@ -1075,8 +1091,9 @@ def step_scores(working: Tensor, to_moving: np.ndarray, size: tuple[int, ...], m
 
 def _save_steps(out: Path, result: Deformable, to_moving: np.ndarray, moving: Image, fixed_norm: Tensor,
                 moving_norm: Tensor, moving_affine: Tensor, geometry: Geometry, moving_seg: Image | None,
-                fixed_seg: Tensor | None) -> dict[str, Path]:
-    """The field and image after each step, a table of the scores, and an animated GIF (``out/steps/``)."""
+                fixed_seg: Tensor | None, plane: SlicePlane | None = None, offset: float = 0.0) -> dict[str, Path]:
+    """The field and image after each step, a table of the scores, and an animated GIF (``out/steps/``); a one-slice
+    volume's (``plane``, through-plane ``offset``) written on its 3-D grid."""
     from rlreg.pipelines.figures import save_step_gif
 
     folder = out / "steps"
@@ -1085,9 +1102,11 @@ def _save_steps(out: Path, result: Deformable, to_moving: np.ndarray, moving: Im
     for index, working in enumerate(result.history, start=1):
         chain, frame, scores = step_scores(working, to_moving, geometry.size, moving_norm, similarity,
                                            None if moving_seg is None else moving_seg.data, fixed_seg)
-        write_image(warp(moving.data, chain), geometry, folder / f"step_{index:03d}_warped.nii.gz", np.float32)
-        write_itk_warp(world_displacement(chain, geometry, moving.geometry), geometry,
-                       folder / f"step_{index:03d}_warp.nii.gz")
+        step_field, grid = world_displacement(chain, geometry, moving.geometry), geometry
+        if plane is not None:
+            step_field, grid = plane.field(step_field, offset), plane.volume
+        write_image(warp(moving.data, chain), grid, folder / f"step_{index:03d}_warped.nii.gz", np.float32)
+        write_itk_warp(step_field, grid, folder / f"step_{index:03d}_warp.nii.gz")
         frames.append(frame)
         table.append({"step": index, **scores})
     with atomic_output(folder / "steps.json") as tmp:

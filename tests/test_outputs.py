@@ -229,16 +229,17 @@ def test_affine_only_is_described_truthfully(affine_only) -> None:
     assert transform.GetName() == "AffineTransform" or transform.GetNumberOfTransforms() == 1
 
 
-def _inside_moving(fixed: Path, moving: Path, transform: Path) -> np.ndarray:
-    """Fixed voxels that ``transform`` maps inside the moving grid (where every resampler agrees), ``(k, j, i)``."""
+def _inside_moving(fixed: Path, moving: Path, transform: Path | sitk.Transform) -> np.ndarray:
+    """Fixed voxels that ``transform`` maps inside the moving grid (where every resampler agrees), ``(k, j, i)``;
+    within half a voxel along an axis one voxel thick."""
     grid, image = sitk.ReadImage(str(fixed)), sitk.ReadImage(str(moving))
-    mapping = sitk.ReadTransform(str(transform))
-    size = np.asarray(image.GetSize())
+    mapping = transform if isinstance(transform, sitk.Transform) else sitk.ReadTransform(str(transform))
+    size = np.maximum(np.asarray(image.GetSize()), 1.5)
     inside = np.zeros(grid.GetSize()[::-1], dtype=bool)
     for index in np.ndindex(*grid.GetSize()):
         point = mapping.TransformPoint(grid.TransformIndexToPhysicalPoint(index))
         position = np.asarray(image.TransformPhysicalPointToContinuousIndex(point))
-        inside[index[::-1]] = bool(np.all((position >= 0) & (position <= size - 1)))
+        inside[index[::-1]] = bool(np.all((position >= -1e-6) & (position <= size - 1 + 1e-6)))
     return inside
 
 
@@ -279,3 +280,76 @@ def test_affine_only_refuses_deformable_settings(pair2d, tmp_path, flags, refuse
     result = runner.invoke(app, ["register", str(pair2d["fixed"]), str(pair2d["moving"]), "-o", str(tmp_path / "o"),
                                  "--steps", "0", *flags])
     assert result.exit_code == 2 and refused in result.output and len(result.output.strip().splitlines()) == 1
+
+
+# ---------------------------------------------------------------------------------------------------- one-slice volumes
+def _slice(source: Path, target: Path, cut: tuple[slice, ...]) -> Path:
+    sitk.WriteImage(sitk.ReadImage(str(source))[cut], str(target))
+    return target
+
+
+def test_one_slice_volumes_come_back_on_their_3d_grid(pair3d, tmp_path) -> None:
+    axial = (slice(None), slice(None))
+    fixed = _slice(pair3d["fixed"], tmp_path / "fslice.nii.gz", (*axial, slice(11, 12)))
+    moving = _slice(pair3d["moving"], tmp_path / "mslice.nii.gz", (*axial, slice(13, 14)))  # another plane
+    out = tmp_path / "out"
+    result = register(RegisterOptions(fixed=fixed, moving=moving, output=out, steps=20, save_inverse=True,
+                                      formats=("l2r",)))
+    reference = sitk.ReadImage(str(fixed))
+    for name, grid in (("warped.nii.gz", fixed), ("jacdet.nii.gz", fixed), ("warp.nii.gz", fixed),
+                       ("inverse_warp.nii.gz", moving)):
+        image, like = sitk.ReadImage(str(out / name)), sitk.ReadImage(str(grid))
+        assert image.GetDimension() == 3, name
+        assert np.allclose(image.GetOrigin(), like.GetOrigin(), atol=1e-4), name
+        assert np.allclose(image.GetDirection(), like.GetDirection(), atol=1e-6), name
+    assert sitk.ReadImage(str(out / "warped.nii.gz")).GetSize() == reference.GetSize()
+    warp = sitk.ReadImage(str(out / "warp.nii.gz"))
+    assert warp.GetNumberOfComponentsPerPixel() == 3
+    normal = np.reshape(reference.GetDirection(), (3, 3))[:, 2]
+    offset = normal @ (np.asarray(sitk.ReadImage(str(moving)).GetOrigin()) - reference.GetOrigin())
+    through = sitk.GetArrayFromImage(warp) @ normal
+    assert abs(offset) > 1 and np.allclose(through, offset, atol=1e-3)  # exactly onto the moving slice's plane
+    back = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "inverse_warp.nii.gz"))) @ normal
+    assert np.allclose(back, -offset, atol=1e-3)
+    ours = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "warped.nii.gz")))
+    moving_image = sitk.ReadImage(str(moving), sitk.sitkFloat32)
+    for transform in (sitk.DisplacementFieldTransform(sitk.Cast(warp, sitk.sitkVectorFloat64)),
+                      sitk.ReadTransform(str(out / "transform.h5"))):
+        theirs = sitk.GetArrayFromImage(sitk.Resample(moving_image, reference, transform, sitk.sitkLinear, 0.0))
+        inside = _inside_moving(fixed, moving, transform)
+        assert inside.mean() > 0.5 and np.abs(theirs - ours)[inside].max() < 1e-3
+    assert result.ants_command.startswith("antsApplyTransforms -d 3")
+    assert json.loads((out / "rlreg.json").read_text())["inputs"]["fixed"]["size_xyz"] == list(reference.GetSize())
+    l2r = sitk.ReadImage(str(out / "disp_fslice_mslice.nii.gz"))
+    assert l2r.GetNumberOfPixels() * l2r.GetNumberOfComponentsPerPixel() == 3 * reference.GetNumberOfPixels()
+
+
+def test_ants_applies_a_one_slice_warp_in_3d(pair3d, tmp_path) -> None:
+    ants = pytest.importorskip("ants")
+    cut = (slice(None), slice(13, 14), slice(None))  # a coronal-like cut of an oblique grid, the same plane twice
+    fixed = _slice(pair3d["fixed"], tmp_path / "f.nii.gz", cut)
+    shifted = sitk.ReadImage(str(pair3d["fixed"]))
+    shifted.SetOrigin(tuple(np.asarray(shifted.GetOrigin()) + np.reshape(shifted.GetDirection(), (3, 3))[:, 0] * 2))
+    sitk.WriteImage(shifted, str(tmp_path / "shifted.nii.gz"))
+    moving = _slice(tmp_path / "shifted.nii.gz", tmp_path / "m.nii.gz", cut)
+    out = tmp_path / "out"
+    register(RegisterOptions(fixed=fixed, moving=moving, output=out, affine=False, steps=20))
+    warp = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "warp.nii.gz")))
+    normal = np.reshape(sitk.ReadImage(str(fixed)).GetDirection(), (3, 3))[:, 1]
+    assert np.abs(warp @ normal).max() < 1e-4 and np.abs(warp).max() > 0.5  # in-plane only: the same plane
+    f, m = ants.image_read(str(fixed)), ants.image_read(str(moving))
+    theirs = ants.apply_transforms(f, m, [str(out / "warp.nii.gz")], interpolator="linear").numpy()
+    ours = ants.image_read(str(out / "warped.nii.gz")).numpy()
+    assert theirs.shape == ours.shape == f.shape and np.abs(theirs - ours).max() < 1e-3
+
+
+def test_slices_in_other_orientations_are_refused_and_2d_stays_2d(pair3d, tmp_path) -> None:
+    fixed = _slice(pair3d["fixed"], tmp_path / "f.nii.gz", (slice(None), slice(None), slice(5, 6)))
+    moving = _slice(pair3d["moving"], tmp_path / "m.nii.gz", (slice(None), slice(10, 11), slice(None)))
+    with pytest.raises(InputError, match="not parallel"):
+        prepare(RegisterOptions(fixed=fixed, moving=moving, output=tmp_path / "o"))
+    flat = tmp_path / "flat.nii.gz"
+    sitk.WriteImage(sitk.ReadImage(str(pair3d["fixed"]))[:, :, 5], str(flat))  # a genuine 2-D image
+    from rlreg.io import read_image
+
+    assert read_image(flat).volume is None and read_image(fixed).volume is not None
