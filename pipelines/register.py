@@ -1131,6 +1131,27 @@ def _overview(path: Path, fixed: Tensor, moving_affine: Tensor, warped: Tensor, 
 
 
 # ---------------------------------------------------------------------------------------------------- apply, invert
+def _slice_pair(reference: Image, other: Image, path: Path) -> tuple[Image, SlicePlane | None, float]:
+    """For a one-slice ``reference`` (:mod:`rlreg.slices`): ``other`` in the frame of its plane (when ``other`` is a
+    one-slice volume too), that plane, and the distance between the planes; else ``(other, None, 0)``."""
+    if reference.volume is None:
+        return other, None, 0.0
+    plane = SlicePlane(reference.volume)
+    if other.volume is None:
+        return other, plane, 0.0
+    return replace(other, geometry=plane.geometry_of(other.volume, path)), plane, plane.offset(other.volume)
+
+
+def _read_field(transform: Path, reference: Image, plane: SlicePlane | None) -> Tensor:
+    """A transform file as the LPS-mm field on ``reference``'s grid; for a one-slice reference, read on its 3-D grid
+    and brought into the frame of its plane."""
+    from rlreg.transforms import read_transform
+
+    if plane is None:
+        return read_transform(transform, reference.geometry)
+    return plane.flatten(read_transform(transform, plane.volume), reference.geometry)
+
+
 INTERPOLATIONS = {"linear": "bilinear", "nearest": "nearest", "label": "label"}
 
 
@@ -1156,11 +1177,12 @@ def apply_transform(transform: Path, reference: Path, input_image: Path, output:
     if image.ndim != ref.ndim:
         raise InputError(f"{input_image}: is {image.ndim}-D but the reference {reference} is {ref.ndim}-D; give an "
                          "image of the same dimensionality")
-    from rlreg.transforms import chain_from_world, read_transform
+    from rlreg.transforms import chain_from_world
 
-    chain = chain_from_world(read_transform(transform, ref.geometry), ref.geometry, image.geometry)
+    image, plane, _ = _slice_pair(ref, image, input_image)
+    chain = chain_from_world(_read_field(transform, ref, plane), ref.geometry, image.geometry)
     resampled = warp(image.data, chain, INTERPOLATIONS[interp])
-    write_image(resampled, ref.geometry, output, np.int32 if labels else np.float32)
+    write_image(resampled, ref.volume or ref.geometry, output, np.int32 if labels else np.float32)
     return {"output": str(output), "transform": str(transform), "reference": str(reference),
             "input": str(input_image), "interp": interp}
 
@@ -1172,16 +1194,20 @@ def invert_transform(transform: Path, fixed: Path, reference: Path, output: Path
         A summary with the inverse-consistency error ``|ψ(q) + u(q + ψ(q))|`` over the reference grid, in mm
         (median and 95th percentile, where the preimage lies inside the fixed grid).
     """
-    from rlreg.transforms import chain_from_world, read_transform
+    from rlreg.transforms import chain_from_world
 
     fixed_image = read_image(fixed, check_values=False)
     ref = read_image(reference, check_values=False)
     if fixed_image.ndim != ref.ndim:
         raise InputError(f"{reference}: is {ref.ndim}-D but {fixed} is {fixed_image.ndim}-D; give the moving image "
                          "of this registration")
-    field = read_transform(transform, fixed_image.geometry)
+    ref, plane, offset = _slice_pair(fixed_image, ref, reference)
+    field = _read_field(transform, fixed_image, plane)
     inverse = invert_world(field, fixed_image.geometry, ref.geometry)
-    write_itk_warp(inverse, ref.geometry, output)
+    if plane is not None and ref.volume is not None:
+        write_itk_warp(plane.field(inverse, -offset, grid=ref.volume), ref.volume, output)
+    else:
+        write_itk_warp(inverse, ref.geometry, output)
     # consistency: φ(ψ(q)) - q = v(q) + u(q + v(q)), sampling u (fixed grid) at the preimages
     chain = chain_from_world(inverse, ref.geometry, fixed_image.geometry)
     error = (inverse + warp(field, chain, padding="border")).norm(dim=1)[0]

@@ -108,6 +108,12 @@ class SlicePlane:
         lifted = lifted + normal.view(1, 3, *[1] * (displacement.ndim - 2))
         return self._unsqueeze(lifted, grid or self.volume)
 
+    def flatten(self, displacement: Tensor, grid: Geometry) -> Tensor:
+        """``(N, 3, *S3)`` LPS-mm displacement on the one-slice grid -> ``(N, 2, *grid.size)`` in-plane displacement
+        in this frame (``E^T u``; the through-plane part is dropped): the inverse of :meth:`field`."""
+        frame = torch.as_tensor(self.frame, dtype=displacement.dtype, device=displacement.device)
+        return torch.einsum("ck,nc...->nk...", frame, displacement).reshape(displacement.shape[0], 2, *grid.size)
+
     def chain(self, chain: Tensor, grid: Geometry | None = None) -> Tensor:
         """``(N, 2, *S2)`` voxel chain (channels = 2-D tensor axes) -> ``(N, 3, *S3)``, zero along the slice axis."""
         a, b, _ = self.axes

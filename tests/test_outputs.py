@@ -18,7 +18,7 @@ from rlreg.cli.main import app
 from rlreg.io import InputError
 from rlreg.pipelines import register as register_module
 from rlreg.pipelines.batch import BatchOptions
-from rlreg.pipelines.register import RegisterOptions, prepare, register
+from rlreg.pipelines.register import RegisterOptions, apply_transform, invert_transform, prepare, register
 
 runner = CliRunner()
 
@@ -322,6 +322,14 @@ def test_one_slice_volumes_come_back_on_their_3d_grid(pair3d, tmp_path) -> None:
     assert json.loads((out / "rlreg.json").read_text())["inputs"]["fixed"]["size_xyz"] == list(reference.GetSize())
     l2r = sitk.ReadImage(str(out / "disp_fslice_mslice.nii.gz"))
     assert l2r.GetNumberOfPixels() * l2r.GetNumberOfComponentsPerPixel() == 3 * reference.GetNumberOfPixels()
+    # rlreg's own apply and invert read those files back on the slices' 3-D grids
+    apply_transform(out / "warp.nii.gz", fixed, moving, tmp_path / "applied.nii.gz")
+    applied = sitk.ReadImage(str(tmp_path / "applied.nii.gz"))
+    assert applied.GetSize() == reference.GetSize() and np.allclose(applied.GetOrigin(), reference.GetOrigin())
+    assert np.abs(sitk.GetArrayFromImage(applied) - ours).max() < 1e-5
+    invert_transform(out / "warp.nii.gz", fixed, moving, tmp_path / "inverse.nii.gz")
+    again = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "inverse.nii.gz")))
+    assert np.abs(again - sitk.GetArrayFromImage(sitk.ReadImage(str(out / "inverse_warp.nii.gz")))).max() < 1e-4
 
 
 def test_ants_applies_a_one_slice_warp_in_3d(pair3d, tmp_path) -> None:
