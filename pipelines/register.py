@@ -318,8 +318,11 @@ def recorded_outputs(output: Path) -> set[Path]:
             listed = json.loads(record.read_text())["outputs"]
         except (OSError, ValueError, KeyError, TypeError):
             continue
-        base = Path(listed.get("report", output / SIDECAR)).parent if isinstance(listed, dict) else output
-        for value in (listed.values() if isinstance(listed, dict) else listed):
+        if not isinstance(listed, dict):  # the writing record: names relative to the folder
+            names |= {Path(str(value)) for value in listed}
+            continue
+        base = Path(str(listed.get("report", output / SIDECAR))).parent  # rlreg.json: paths as that run gave them
+        for value in listed.values():
             path = Path(str(value))
             try:
                 names.add(path.relative_to(base))
