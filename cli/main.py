@@ -27,16 +27,16 @@ ModelOption = Annotated[str | None, typer.Option(
 StepsOption = Annotated[int | None, typer.Option(
     help="Agent steps \\[default: model's], or optimiser iterations; 0 = affine only (no deformable stage).")]
 RefineOption = Annotated[int, typer.Option(
-    min=0, help="Refine the agent's field by N iterations of instance optimisation (agents only).")]
+    help="Refine the agent's field by N iterations of instance optimisation (agents only).")]
 RefineFactorOption = Annotated[int, typer.Option(
-    min=1, help="Downsampling factor of the refinement, relative to the instance-optimisation grid.")]
+    help="Downsampling factor of the refinement, relative to the instance-optimisation grid.")]
 AffineOption = Annotated[bool, typer.Option("--affine/--no-affine", help="Rigid + affine pre-alignment.")]
 SmoothnessOption = Annotated[float | None, typer.Option(
-    min=0.0, help="Instance optimisation: diffusion weight \\[default: 1 in 3-D; 0.25 in 2-D; 0.5 with "
-                  "--diffeomorphic]; lower = sharper, more folding risk.")]
+    help="Instance optimisation: diffusion weight \\[default: 1 in 3-D; 0.25 in 2-D; 0.5 with "
+         "--diffeomorphic]; lower = sharper, more folding risk.")]
 BendingOption = Annotated[float | None, typer.Option(
-    min=0.0, help="Instance optimisation: bending-energy weight \\[default: 1 in 3-D; 0 in 2-D or with "
-                  "--diffeomorphic]; it charges curvature, not the smooth large-scale part of a deformation.")]
+    help="Instance optimisation: bending-energy weight \\[default: 1 in 3-D; 0 in 2-D or with "
+         "--diffeomorphic]; it charges curvature, not the smooth large-scale part of a deformation.")]
 DiffeomorphicOption = Annotated[bool, typer.Option(
     help="3-D instance optimisation of a stationary velocity field (diffusion weight 0.5 unless --smoothness): no "
          "folding, 4-5x slower. 2-D inputs always get one.")]

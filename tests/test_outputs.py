@@ -363,3 +363,16 @@ def test_slices_in_other_orientations_are_refused_and_2d_stays_2d(pair3d, tmp_pa
     from rlreg.io import read_image
 
     assert read_image(flat).volume is None and read_image(fixed).volume is not None
+
+
+@pytest.mark.parametrize(("command", "flag", "value"), [("register", "--refine", "-1"),
+                                                        ("register", "--refine-factor", "0"),
+                                                        ("register", "--smoothness", "-1.5"),
+                                                        ("batch", "--bending", "-2.5"), ("batch", "--workers", "-1"),
+                                                        ("batch", "--batch-size", "0")])
+def test_cli_out_of_range_options_are_one_line(pair2d, tmp_path, command, flag, value) -> None:
+    inputs = [str(pair2d["fixed"]), str(pair2d["moving"])] if command == "register" else [str(tmp_path / "p.csv")]
+    result = runner.invoke(app, [command, *inputs, "-o", str(tmp_path / "o"), flag, value])
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {flag} {value}: must be ") and ">= " in lines[0]
