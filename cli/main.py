@@ -43,18 +43,19 @@ app.add_typer(models_app, name="models")
 ModelOption = Annotated[str | None, typer.Option(
     help="Shipped agent (rlreg models list), or none for instance optimisation [default: the model marked default "
          "for the input's dimensionality, else instance optimisation].")]
-StepsOption = Annotated[int | None, typer.Option(help="Agent steps [default: model's], or optimiser iterations.")]
+StepsOption = Annotated[int | None, typer.Option(
+    help="Agent steps [default: model's], or optimiser iterations; 0 = affine only (no deformable stage).")]
 RefineOption = Annotated[int, typer.Option(
-    min=0, help="Refine the agent's field by N iterations of instance optimisation (agents only).")]
+    help="Refine the agent's field by N iterations of instance optimisation (agents only).")]
 RefineFactorOption = Annotated[int, typer.Option(
-    min=1, help="Downsampling factor of the refinement, relative to the instance-optimisation grid.")]
+    help="Downsampling factor of the refinement, relative to the instance-optimisation grid.")]
 AffineOption = Annotated[bool, typer.Option("--affine/--no-affine", help="Rigid + affine pre-alignment.")]
 SmoothnessOption = Annotated[float | None, typer.Option(
-    min=0.0, help="Instance optimisation: diffusion weight [default: 1 in 3-D; 0.25 in 2-D; 0.5 with "
-                  "--diffeomorphic]; lower = sharper, more folding risk.")]
+    help="Instance optimisation: diffusion weight [default: 1 in 3-D; 0.25 in 2-D; 0.5 with "
+         "--diffeomorphic]; lower = sharper, more folding risk.")]
 BendingOption = Annotated[float | None, typer.Option(
-    min=0.0, help="Instance optimisation: bending-energy weight [default: 1 in 3-D; 0 in 2-D or with "
-                  "--diffeomorphic]; it charges curvature, not the smooth large-scale part of a deformation.")]
+    help="Instance optimisation: bending-energy weight [default: 1 in 3-D; 0 in 2-D or with "
+         "--diffeomorphic]; it charges curvature, not the smooth large-scale part of a deformation.")]
 DiffeomorphicOption = Annotated[bool, typer.Option(
     help="3-D instance optimisation of a stationary velocity field (diffusion weight 0.5 unless --smoothness): no "
          "folding, 4-5x slower. 2-D inputs always get one.")]
@@ -164,9 +165,9 @@ def register(
     diffeomorphic: DiffeomorphicOption = False,
     device: DeviceOption = "auto",
     threads: Annotated[int | None, typer.Option(
-        min=1, help="CPU threads (torch, SimpleITK); the affine stage always runs on one. Results repeat bit for bit "
-                    "for a given count. More threads than free cores slow it down many times \\[default: "
-                    "OMP_NUM_THREADS, else half the CPUs this process may use].")] = None,
+        help="CPU threads (torch, SimpleITK); the affine stage always runs on one. Results repeat bit for bit "
+             "for a given count. More threads than free cores slow it down many times [default: "
+             "OMP_NUM_THREADS, else half the CPUs this process may use].")] = None,
     formats: Annotated[str, typer.Option("--format", help="Extra field exports, comma-separated: slicer, l2r, fsl, "
                                          "niftyreg, dicom.")] = "",
     save_inverse: Annotated[bool, typer.Option(help="Also write inverse_warp.nii.gz (moving -> fixed).")] = False,
@@ -182,13 +183,14 @@ def register(
     from rlreg.pipelines.signals import exit_code, sigterm_as_interrupt
     from rlreg.pipelines.threads import default_threads
 
-    options = RegisterOptions(
-        fixed=fixed, moving=moving, output=output, fixed_seg=fixed_seg, moving_seg=moving_seg,
-        fixed_mask=fixed_mask, moving_mask=moving_mask, model=model, steps=steps, refine=refine,
-        refine_factor=refine_factor, affine=affine, formats=tuple(f.strip() for f in formats.split(",") if f.strip()),
-        save_inverse=save_inverse, save_steps=save_steps, smoothness=smoothness, bending=bending,
-        diffeomorphic=diffeomorphic, threads=threads or default_threads())
     try:
+        options = RegisterOptions(
+            fixed=fixed, moving=moving, output=output, fixed_seg=fixed_seg, moving_seg=moving_seg,
+            fixed_mask=fixed_mask, moving_mask=moving_mask, model=model, steps=steps, refine=refine,
+            refine_factor=refine_factor, affine=affine,
+            formats=tuple(f.strip() for f in formats.split(",") if f.strip()), save_inverse=save_inverse,
+            save_steps=save_steps, smoothness=smoothness, bending=bending, diffeomorphic=diffeomorphic,
+            threads=threads or default_threads())
         options.device = str(resolve_device(device))
         with sigterm_as_interrupt(), _progress_bar(quiet or json_output) as bar:
             result = run(options, progress=_stage_reporter(bar))
@@ -251,9 +253,9 @@ def batch(
     diffeomorphic: DiffeomorphicOption = False,
     device: DeviceOption = "auto",
     threads: Annotated[int | None, typer.Option(
-        min=1, help="CPU threads per pair, i.e. per worker process (torch, SimpleITK); the affine stage always runs "
-                    "on one \\[default: 1 with workers; as rlreg register with --workers 0]. --workers then defaults "
-                    "to cores / threads.")] = None,
+        help="CPU threads per pair, i.e. per worker process (torch, SimpleITK); the affine stage always runs "
+             "on one [default: 1 with workers; as rlreg register with --workers 0]. --workers then defaults "
+             "to cores / threads.")] = None,
     formats: Annotated[str, typer.Option("--format", help="Extra field exports per pair: slicer, l2r, fsl, niftyreg, "
                                          "dicom.")] = "",
     save_inverse: Annotated[bool, typer.Option(help="Also write inverse_warp.nii.gz per pair.")] = False,
@@ -270,16 +272,15 @@ def batch(
     from rlreg.pipelines.register import RegisterOptions
     from rlreg.pipelines.signals import exit_code, sigterm_as_interrupt
 
-    settings = RegisterOptions(Path(), Path(), Path(), model=model, steps=steps, refine=refine,
-                               refine_factor=refine_factor, affine=affine,
-                               formats=tuple(f.strip() for f in formats.split(",") if f.strip()),
-                               save_inverse=save_inverse, smoothness=smoothness, bending=bending,
-                               diffeomorphic=diffeomorphic, threads=threads)
-    options = BatchOptions(source=source, output=output, settings=settings, atlas=atlas, atlas_seg=atlas_seg,
-                           subset=subset, shard=shard, batch_size=batch_size, engine=engine, address=address)
-    if workers is not None:
-        options.workers = workers
     try:
+        settings = RegisterOptions(Path(), Path(), Path(), model=model, steps=steps, refine=refine,
+                                   refine_factor=refine_factor, affine=affine,
+                                   formats=tuple(f.strip() for f in formats.split(",") if f.strip()),
+                                   save_inverse=save_inverse, smoothness=smoothness, bending=bending,
+                                   diffeomorphic=diffeomorphic, threads=threads)
+        options = BatchOptions(source=source, output=output, settings=settings, atlas=atlas, atlas_seg=atlas_seg,
+                               subset=subset, shard=shard, batch_size=batch_size, engine=engine, address=address,
+                               workers=workers)
         settings.device = str(resolve_device(device))
         with sigterm_as_interrupt(), _progress_bar(quiet or json_output) as bar:
             task = bar.add_task("pairs", total=None)

@@ -94,6 +94,14 @@ class BatchOptions:
     ray_cpus: int | None = None
     """CPUs of a local Ray instance (default: all)."""
 
+    def __post_init__(self) -> None:
+        """Range-check the numeric settings (one-line :class:`InputError`); the per-pair ones are checked by
+        :class:`RegisterOptions`."""
+        for name, value, lowest in (("--batch-size", self.batch_size, 1), ("--workers", self.workers, 0),
+                                    ("ray_cpus", self.ray_cpus, 1)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < lowest):
+                raise InputError(f"{name} {value}: must be a whole number >= {lowest}")
+
 
 @dataclass
 class BatchResult:
@@ -543,10 +551,9 @@ def run_batch(options: BatchOptions, progress: PairProgress | None = None) -> Ba
         raise InputError(f"--engine {options.engine}: unknown; choose local or ray")
     if options.settings.threads is not None and options.settings.threads < 1:
         raise InputError(f"--threads {options.settings.threads}: give 1 or more CPU threads per pair")
-    if options.workers is None:
-        options = replace(options, workers=default_workers(options.settings.device, options.settings.threads or 1))
-    if options.batch_size < 1 or options.workers < 0:
-        raise InputError("--batch-size must be >= 1 and --workers >= 0")
+    # replace() re-runs the range checks, also on fields assigned after construction
+    options = replace(options, workers=default_workers(options.settings.device, options.settings.threads or 1)
+                      if options.workers is None else options.workers)
     if options.settings.threads is None:  # one per worker; a whole machine's share when this process runs the pairs
         threads = 1 if options.workers > 0 or options.engine == "ray" else default_threads()
         options = replace(options, settings=replace(options.settings, threads=threads))

@@ -18,8 +18,14 @@ from __future__ import annotations
 
 import functools
 import json
+import math
+import os
+import re
+import shutil
+import tempfile
 import time
 from collections.abc import Callable
+from contextlib import suppress
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -50,6 +56,7 @@ from rlreg.losses import FixedLNCC, lncc
 from rlreg.metrics import mean_dice
 from rlreg.models import NO_MODEL, sha256
 from rlreg.pipelines.threads import cpu_threads
+from rlreg.slices import SlicePlane
 from rlreg.spatial import (
     folding_percent,
     jacobian_determinant,
@@ -61,6 +68,7 @@ from rlreg.spatial import (
     warp,
 )
 from rlreg.transforms import (
+    affine_transform,
     composite_transform,
     invert_world,
     world_displacement,
@@ -131,9 +139,16 @@ default's displacement, whose weights were chosen on brains; the best folding-fr
 SIDECAR = "rlreg.json"
 ERROR_RECORD = "error.json"
 """Written by ``rlreg batch`` in a pair folder whose registration failed (never next to a ``rlreg.json``)."""
-OUTPUT_NAMES = {ERROR_RECORD, "warped.nii.gz", "warp.nii.gz", "transform.h5", "jacdet.nii.gz", "warped_seg.nii.gz",
-                "inverse_warp.nii.gz", "overview.png", SIDECAR, "warp_slicer.nii.gz", "warp_fsl.nii.gz",
-                "warp_niftyreg.nii.gz", "registration.dcm", "steps"}
+FORMAT_FILES = {"slicer": "warp_slicer.nii.gz", "fsl": "warp_fsl.nii.gz", "niftyreg": "warp_niftyreg.nii.gz",
+                "dicom": "registration.dcm"}
+"""The file each ``--format`` writes (``l2r`` writes ``disp_<fixed>_<moving>.nii.gz``)."""
+OUTPUT_NAMES = {ERROR_RECORD, "warped.nii.gz", "warp.nii.gz", "transform.h5", "affine.mat", "jacdet.nii.gz",
+                "warped_seg.nii.gz", "inverse_warp.nii.gz", "overview.png", SIDECAR, *FORMAT_FILES.values(), "steps"}
+WRITING_RECORD = ".rlreg-writing.json"
+"""Hidden list of the outputs a run is writing, removed once ``rlreg.json`` is written: a killed run's files are
+then known to be rlreg's, and the next run removes them."""
+_STEP_FILE = re.compile(r"(step_\d+_(warped|warp)\.nii\.gz|steps\.json|registration\.gif)")
+_L2R_FILE = re.compile(r"disp_.+\.(nii\.gz|npz)")
 Progress = Callable[[str, int, int], None]
 
 
@@ -184,8 +199,38 @@ class RegisterOptions:
     """Instance optimisation runs on the fixed grid, shrunk (never enlarged) until it has at most this many voxels."""
 
     def __post_init__(self) -> None:
-        if self.refine < 0 or self.refine_factor < 1:
-            raise ValueError(f"refine must be >= 0 and refine_factor >= 1, got {self.refine} and {self.refine_factor}")
+        """Range-check every numeric setting (one-line :class:`InputError`), so the command line, ``rlreg batch``
+        and the Python API refuse the same values before any work starts."""
+        checks = [("--steps", self.steps, 0, "0 = affine only, none = the default"),
+                  ("--refine", self.refine, 0, "0 = no refinement"),
+                  ("--refine-factor", self.refine_factor, 1, "1 = the instance-optimisation grid"),
+                  ("--smoothness", self.smoothness, 0.0, "0 = no diffusion regularisation"),
+                  ("--bending", self.bending, 0.0, "0 = no bending energy"),
+                  ("max_working_voxels", self.max_working_voxels, 1, "the default is 8000000"),
+                  ("--threads", self.threads, 1, "the default follows OMP_NUM_THREADS or half the CPUs")]
+        for name, value, lowest, hint in checks:
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise InputError(f"{name} {value}: not a finite number; give a number >= {lowest} ({hint})")
+            if value < lowest:
+                raise InputError(f"{name} {value}: must be >= {lowest} ({hint})")
+        if self.affine_only:
+            if not self.affine:
+                raise InputError("--steps 0 with --no-affine: nothing would be registered; drop one of them")
+            asked = [flag for flag, given in (("--refine", self.refine > 0), ("--save-steps", self.save_steps),
+                                              ("--smoothness", self.smoothness is not None),
+                                              ("--bending", self.bending is not None),
+                                              ("--diffeomorphic", self.diffeomorphic),
+                                              ("--model", self.model not in (None, NO_MODEL))) if given]
+            if asked:
+                raise InputError(f"--steps 0 (affine only) with {', '.join(asked)}: those set the deformable stage, "
+                                 "which --steps 0 skips; drop them or give --steps > 0")
+
+    @property
+    def affine_only(self) -> bool:
+        """``steps == 0``: no deformable stage; the outputs are the affine stage's (``antsRegistrationSyN.sh -t a``)."""
+        return self.steps == 0
 
     def instance_for(self, ndim: int) -> InstanceConfig:
         """The instance optimisation that runs on ``ndim``-D inputs."""
@@ -241,6 +286,151 @@ def check_output_dir(output: Path) -> None:
                          "directory with -o")
 
 
+def check_writable(output: Path, needed_bytes: int = 0) -> None:
+    """Refuse an output folder this process cannot write into, or whose disk lacks ``needed_bytes``, before any
+    heavy work (the folder, or the nearest existing folder above it, is probed with a temporary file)."""
+    existing = output
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".rlreg-probe.", dir=existing)
+        os.close(fd)
+        Path(probe).unlink()
+    except OSError as err:
+        raise InputError(f"{output}: cannot write there ({err.strerror}); make {existing} writable or choose "
+                         "another output directory with -o") from None
+    free = shutil.disk_usage(existing).free
+    if needed_bytes > free:
+        raise InputError(f"{output}: the outputs need up to {needed_bytes / 2**20:.0f} MiB but the disk holding "
+                         f"{existing} has {free / 2**20:.0f} MiB free; free some space or choose another output "
+                         "directory with -o")
+
+
+def _unwritable(output: Path, err: OSError) -> InputError:
+    """The one-line error for a write that failed (disk full, read-only, permissions)."""
+    return InputError(f"{output}: writing the outputs failed ({err.strerror or err}); free some space or make it "
+                      "writable, or choose another output directory with -o (nothing was kept)")
+
+
+def _is_rlreg_output(relative: Path) -> bool:
+    """Whether a path inside an output folder has a name that ``rlreg register`` writes."""
+    parts = relative.parts
+    if len(parts) == 1:
+        return parts[0] in OUTPUT_NAMES or bool(_L2R_FILE.fullmatch(parts[0]))
+    return len(parts) == 2 and parts[0] == "steps" and bool(_STEP_FILE.fullmatch(parts[1]))
+
+
+def _expand(output: Path, names: set[Path]) -> set[Path]:
+    """``names`` (relative to ``output``) with the ``steps`` folder replaced by the step files in it."""
+    files = {name for name in names if name != Path("steps")}
+    if Path("steps") in names and (output / "steps").is_dir():
+        files |= {Path("steps", item.name) for item in (output / "steps").iterdir()}
+    return {name for name in files if _is_rlreg_output(name)}
+
+
+def recorded_outputs(output: Path) -> set[Path]:
+    """Files (relative to ``output``) that an earlier run recorded writing there: the outputs its ``rlreg.json``
+    lists, and those of a run killed before writing it (:data:`WRITING_RECORD`). Only rlreg's own file names count,
+    so a file rlreg did not write is never among them."""
+    names: set[Path] = set()
+    for record in (output / SIDECAR, output / WRITING_RECORD):
+        try:
+            listed = json.loads(record.read_text())["outputs"]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if not isinstance(listed, dict):  # the writing record: names relative to the folder
+            names |= {Path(str(value)) for value in listed}
+            continue
+        base = Path(str(listed.get("report", output / SIDECAR))).parent  # rlreg.json: paths as that run gave them
+        for value in listed.values():
+            path = Path(str(value))
+            try:
+                names.add(path.relative_to(base))
+            except ValueError:
+                names.add(Path(path.name))
+    return _expand(output, names)
+
+
+def remove_temporary_files(output: Path) -> None:
+    """Delete the hidden temporary files (``.<name>.<random>.tmp.<ext>``, see :func:`rlreg.io.atomic_path`) that a
+    killed run leaves in ``output`` and its ``steps`` folder: they were never renamed into place."""
+    for folder in (output, output / "steps"):
+        if folder.is_dir():
+            for stale in folder.glob(".*.tmp*"):
+                stale.unlink(missing_ok=True)
+
+
+def _remove_outputs(output: Path, names: set[Path]) -> None:
+    for name in sorted(names):
+        with suppress(OSError):  # read-only: nothing more can be done
+            (output / name).unlink(missing_ok=True)
+    steps = output / "steps"
+    if steps.is_dir() and not any(steps.iterdir()):
+        steps.rmdir()
+
+
+def planned_outputs(opts: RegisterOptions, affine: bool, segmentation: bool) -> set[Path]:
+    """The files (relative to the output folder) a run with ``opts`` writes; ``steps`` stands for that folder."""
+    names = {"warped.nii.gz", "warp.nii.gz", "transform.h5", "jacdet.nii.gz", "overview.png"}
+    names |= {"affine.mat"} if affine else set()
+    names |= {"warped_seg.nii.gz"} if segmentation else set()
+    names |= {"inverse_warp.nii.gz"} if opts.save_inverse else set()
+    names |= {"steps"} if opts.save_steps else set()
+    for name in opts.formats:
+        if name == "l2r":
+            from rlreg import export
+
+            names.add(export.l2r_name(opts.fixed, opts.moving))
+        elif name in FORMAT_FILES:
+            names.add(FORMAT_FILES[name])
+    return {Path(name) for name in names}
+
+
+def _step_files(count: int) -> set[Path]:
+    """What ``--save-steps`` writes for ``count`` steps (relative to the output folder)."""
+    names = {"steps.json", "registration.gif"} | {f"step_{i:03d}_{kind}.nii.gz" for i in range(1, count + 1)
+                                                   for kind in ("warped", "warp")}
+    return {Path("steps", name) for name in names}
+
+
+def begin_outputs(output: Path, planned: set[Path]) -> set[Path]:
+    """Start writing a run's outputs into ``output``; returns the earlier runs' files (:func:`recorded_outputs`).
+
+    Temporary files of killed runs are removed, :data:`WRITING_RECORD` lists ``planned`` (the names this run may
+    write, relative) and the earlier files, and the earlier ``rlreg.json`` is removed (a folder with ``rlreg.json``
+    holds a finished run; this one is not yet). :func:`end_outputs` completes the run, :func:`abandon_outputs` undoes
+    it.
+    """
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+        remove_temporary_files(output)
+        earlier = recorded_outputs(output)
+        with atomic_output(output / WRITING_RECORD) as tmp:
+            tmp.write_text(json.dumps({"outputs": sorted(str(name) for name in planned | earlier)}))
+        (output / SIDECAR).unlink(missing_ok=True)
+    except OSError as err:
+        raise _unwritable(output, err) from None
+    return earlier
+
+
+def end_outputs(output: Path, earlier: set[Path], report: RegisterResult, steps: int) -> None:
+    """After ``rlreg.json`` is written: remove the earlier runs' files this run did not rewrite (the outputs of
+    other options, ``disp_*`` of other pairs, surplus step files), then :data:`WRITING_RECORD`."""
+    kept = {Path(path).relative_to(output) for key, path in report.outputs.items() if key != "steps"}
+    _remove_outputs(output, earlier - kept - (_step_files(steps) if steps else set()))
+    (output / WRITING_RECORD).unlink(missing_ok=True)
+
+
+def abandon_outputs(output: Path) -> None:
+    """A failed write stage: remove every file :data:`WRITING_RECORD` lists (this run's and the earlier runs', whose
+    ``rlreg.json`` is gone) and the record, so that no outputs stay without an ``rlreg.json``. Does nothing unless a
+    write stage began and did not finish."""
+    if (output / SIDECAR).exists() or not (output / WRITING_RECORD).exists():
+        return
+    _remove_outputs(output, recorded_outputs(output) | {Path(WRITING_RECORD)})
+    remove_temporary_files(output)
+
+
 def normalise_intensity(image: Tensor, mask: Tensor | None = None, low: float = 0.5, high: float = 99.5) -> Tensor:
     """Map the ``[low, high]`` percentiles (inside ``mask``) to ``[0, 1]`` and clip: robust for MR and CT.
 
@@ -257,7 +447,7 @@ def normalise_intensity(image: Tensor, mask: Tensor | None = None, low: float = 
 
 
 def _describe(image: Image) -> dict[str, Any]:
-    g = image.geometry
+    g = image.volume or image.geometry  # a one-slice volume as it is on disk
     return {"path": str(image.path), "sha256": sha256(image.path) if image.path else None,
             "size_xyz": list(g.size[::-1]), "spacing_xyz_mm": list(g.spacing[::-1]), "origin_lps_mm": list(g.origin),
             "direction": list(g.direction)}
@@ -269,6 +459,8 @@ def _read_companion(path: Path | None, image: Image, role: str, dtype: torch.dty
     if path is None:
         return None
     other = read_label_map(path) if dtype == torch.int64 else read_image(path, dtype=dtype)
+    if other.volume is not None or image.volume is not None:  # one-slice volumes: the 3-D grids must agree
+        check_same_grid(path, other.volume or other.geometry, image.path, image.volume or image.geometry, role)
     check_same_grid(path, other.geometry, image.path, image.geometry, role)
     return other
 
@@ -429,7 +621,7 @@ def _run_agent(name: str, fixed: Tensor, moving: Tensor, steps: int | None, keep
 
     card = models.card(name)
     agent = _load_agent(name, card["sha256"], str(fixed.device))
-    steps = steps or int(card.get("recommended_steps", agent.config.task.max_steps))
+    steps = steps if steps is not None else int(card.get("recommended_steps", agent.config.task.max_steps))
     task = RegistrationTask(replace(agent.config.task, reward="lncc", max_steps=steps + 1))
     if orientation is not None:
         fixed, moving = reorient(fixed, *orientation), reorient(moving, *orientation)
@@ -506,12 +698,26 @@ def _refine(results: list[Deformable], working: tuple[Tensor, Tensor], refine: t
             "config": asdict(config)}
 
 
+def split_iterations(config: InstanceConfig, steps: int) -> InstanceConfig:
+    """``config`` running exactly ``steps`` (>= 1) iterations in all: split across its pyramid levels in its own
+    proportions (largest remainders, at least one per level); with fewer iterations than levels, only the finest
+    ``steps`` levels run, one iteration each."""
+    levels, weights = config.levels, np.asarray(config.iterations, dtype=np.float64)
+    if steps < len(levels):
+        return replace(config, levels=levels[-steps:], iterations=(1,) * steps)
+    share = steps * weights / weights.sum()
+    iterations = np.maximum(1, np.floor(share)).astype(int)
+    while iterations.sum() > steps:  # the minimum of one per level overshot: take from the largest
+        iterations[int(np.argmax(iterations))] -= 1
+    for index in np.argsort(-(share - iterations), kind="stable")[: steps - int(iterations.sum())]:
+        iterations[index] += 1
+    return replace(config, iterations=tuple(int(n) for n in iterations))
+
+
 def _run_instance(fixed: Tensor, moving: Tensor, config: InstanceConfig, steps: int | None, keep: bool,
                   say: Progress, mask: Tensor | None = None) -> list[Deformable]:
-    if steps is not None:  # --steps = total iterations, split across levels in the default proportions
-        total = sum(config.iterations)
-        iterations = tuple(max(1, round(steps * i / total)) for i in config.iterations)
-        config = replace(config, iterations=iterations)
+    if steps is not None:
+        config = split_iterations(config, steps)
     total = sum(config.iterations)
     offsets = np.cumsum((0, *config.iterations))
     marks = set(np.linspace(0, total, 11).round().astype(int)[1:].tolist()) if keep else set()
@@ -550,6 +756,7 @@ def prepare(options: RegisterOptions, progress: Progress | None = None) -> Prepa
     if unknown:
         raise InputError(f"--format {','.join(unknown)}: unknown; choose from {', '.join(FORMATS)}")
     check_output_dir(opts.output)
+    check_writable(opts.output)
     seconds: dict[str, float] = {}
 
     # 1. read ------------------------------------------------------------------------------------------------
@@ -561,6 +768,8 @@ def prepare(options: RegisterOptions, progress: Progress | None = None) -> Prepa
         raise InputError(f"{opts.moving}: is {moving.ndim}-D but the fixed image {opts.fixed} is {fixed.ndim}-D; "
                          "register images of the same dimensionality (extract a slice or stack the series first)")
     opts = replace(opts, instance=opts.instance_for(fixed.ndim))  # from here on, the config that runs
+    if fixed.volume is not None and moving.volume is not None:  # two slices: the moving one in the fixed plane
+        moving = replace(moving, geometry=SlicePlane(fixed.volume).geometry_of(moving.volume, opts.moving))
     fixed_seg = _read_companion(opts.fixed_seg, fixed, "segmentation", torch.int64)
     moving_seg = _read_companion(opts.moving_seg, moving, "segmentation", torch.int64)
     if (fixed_seg is None) != (moving_seg is None):
@@ -574,7 +783,7 @@ def prepare(options: RegisterOptions, progress: Progress | None = None) -> Prepa
     fixed_mask = _read_companion(opts.fixed_mask, fixed, "mask", torch.float32)
     moving_mask = _read_companion(opts.moving_mask, moving, "mask", torch.float32)
     try:
-        model = models.resolve(opts.model, fixed.ndim)
+        model = None if opts.affine_only else models.resolve(opts.model, fixed.ndim)
         cards = models.available()
     except ValueError as err:
         raise InputError(str(err)) from None
@@ -587,11 +796,17 @@ def prepare(options: RegisterOptions, progress: Progress | None = None) -> Prepa
         if int(card["ndim"]) != fixed.ndim:
             raise InputError(f"{opts.fixed}: is {fixed.ndim}-D but --model {model} registers {card['ndim']}-D "
                              f"images; pick a {fixed.ndim}-D model (rlreg models list) or omit --model")
+        limit = card.get("max_steps")
+        if opts.steps is not None and limit is not None and opts.steps > int(limit):
+            raise InputError(f"--steps {opts.steps}: model {model} was trained for at most {limit} steps and degrades "
+                             f"beyond them; give --steps 1-{limit} (default {card.get('recommended_steps', limit)}), "
+                             "or add --refine N for a closer fit")
     elif opts.refine:
         why = "--model none asks for it" if opts.model == NO_MODEL else (
             f"no default agent ships for {fixed.ndim}-D inputs")
         raise InputError(f"--refine {opts.refine}: refines an agent's field, but the instance optimisation runs here "
                          f"({why}); drop --refine (--steps sets its iterations) or pick an agent with --model")
+    _check_outputs(opts, fixed, moving, fixed_seg is not None, card)
     seconds["read"] = time.perf_counter() - t0
     say("read", 1, 1)
 
@@ -627,6 +842,33 @@ def prepare(options: RegisterOptions, progress: Progress | None = None) -> Prepa
     return prepared
 
 
+def _check_outputs(opts: RegisterOptions, fixed: Image, moving: Image, segmentation: bool,
+                   card: dict[str, Any] | None) -> None:
+    """Everything the write stage could refuse, checked before the affine stage: formats the grid cannot take, DICOM
+    inputs a DSRO cannot refer to, and the disk space the outputs need (uncompressed, an upper bound)."""
+    ndim = fixed.ndim
+    three_d_only = [name for name in opts.formats if name in ("fsl", "dicom")]
+    if ndim == 2 and three_d_only and fixed.volume is None:  # a one-slice volume's fields are 3-D
+        raise InputError(f"--format {','.join(three_d_only)}: writes 3-D fields only, but {opts.fixed} is 2-D; drop "
+                         f"it (slicer, niftyreg and l2r take 2-D fields)")
+    if "dicom" in opts.formats:
+        from rlreg import export
+
+        for path in (opts.fixed, opts.moving):
+            if path.is_dir():
+                export.dicom_series_ref(path)  # raises the one-line error (e.g. no FrameOfReferenceUID)
+    fixed_voxels, moving_voxels = math.prod(fixed.geometry.size), math.prod(moving.geometry.size)
+    field_bytes = 4 * ndim
+    per_voxel = 4 + field_bytes + 8 * ndim + 4 + field_bytes  # warped, warp, transform.h5, jacdet, a gzip copy
+    per_voxel += 4 if segmentation else 0
+    per_voxel += field_bytes * len(opts.formats)
+    if opts.save_steps:
+        steps = 10 if card is None else (opts.steps or int(card.get("recommended_steps", 10))) + bool(opts.refine)
+        per_voxel += (4 + field_bytes) * steps
+    needed = fixed_voxels * per_voxel + (moving_voxels * field_bytes if opts.save_inverse else 0)
+    check_writable(opts.output, needed)
+
+
 def deform(batch: list[Prepared], device: torch.device | str = "cpu",
            progress: Progress | None = None) -> list[Deformable]:
     """Stage 3, on ``device``: the deformable registration of one or more pairs sharing a :attr:`~Prepared.batch_key`.
@@ -651,6 +893,10 @@ def deform(batch: list[Prepared], device: torch.device | str = "cpu",
 
     t0 = time.perf_counter()
     first = batch[0].options
+    if first.affine_only:
+        method = {"deformable": "none", "model": None, "steps": 0}
+        return [Deformable(torch.zeros(1, p.fixed.ndim, *p.working_fixed.shape[2:]), [], [], dict(method), 0.0)
+                for p in batch]
     fixed = torch.cat([p.working_fixed for p in batch]).to(device)
     moving = torch.cat([p.working_moving for p in batch]).to(device)
     if batch[0].model is None:
@@ -677,6 +923,19 @@ def deform(batch: list[Prepared], device: torch.device | str = "cpu",
 
 def finish(prepared: Prepared, result: Deformable, progress: Progress | None = None,
            started: float | None = None) -> RegisterResult:
+    """Stage 4: :func:`_finish`, leaving no outputs without an ``rlreg.json`` when it fails (:func:`abandon_outputs`);
+    a failed write (disk full, read-only folder) is a one-line :class:`InputError`."""
+    try:
+        return _finish(prepared, result, progress, started)
+    except Exception as err:
+        abandon_outputs(prepared.options.output)
+        if isinstance(err, OSError):
+            raise _unwritable(prepared.options.output, err) from None
+        raise
+
+
+def _finish(prepared: Prepared, result: Deformable, progress: Progress | None = None,
+            started: float | None = None) -> RegisterResult:
     """Stage 4 (CPU): resample the original moving image once through the whole chain, measure, write every output.
 
     Each file is written atomically; ``rlreg.json`` is removed first and written last, so a folder holding it holds a
@@ -724,27 +983,42 @@ def finish(prepared: Prepared, result: Deformable, progress: Progress | None = N
                   dice_after=_dice(warped_seg, fseg))
 
     out = opts.output
-    out.mkdir(parents=True, exist_ok=True)
-    (out / SIDECAR).unlink(missing_ok=True)  # a folder with rlreg.json holds a finished run; this one is not yet
-    geometry = fixed.geometry
+    earlier = begin_outputs(out, planned_outputs(opts, p.transform is not None, moving_seg is not None))
+    geometry, plane, offset = fixed.geometry, None, 0.0
+    linear, deformable_world = p.transform, world_displacement(disp, geometry, geometry)
+    out_total, out_chain, ndim = total, chain, fixed.ndim
+    if fixed.volume is not None:  # a one-slice volume, registered in its plane: outputs on its 3-D grid
+        plane, geometry, ndim = SlicePlane(fixed.volume), fixed.volume, 3
+        offset = 0.0 if moving.volume is None else plane.offset(moving.volume)
+        out_total, out_chain, deformable_world = plane.field(total, offset), plane.chain(chain), plane.field(
+            deformable_world)
+        linear = None if p.transform is None else affine_transform(
+            None, 3, plane.matrix(transform_matrix(p.transform, 2), offset))
     written = {
         "warped": write_image(warped, geometry, out / "warped.nii.gz", np.float32),
-        "warp": write_itk_warp(total, geometry, out / "warp.nii.gz"),
+        "warp": write_itk_warp(out_total, geometry, out / "warp.nii.gz"),
         # On one grid a chain is the voxel field itself, so this is the deformable part alone in LPS mm.
         "transform": write_itk_transform(
-            composite_transform(p.transform, world_displacement(disp, geometry, geometry), geometry),
+            affine_transform(linear, ndim) if opts.affine_only else
+            composite_transform(linear, deformable_world, geometry),
             out / "transform.h5"),
         "jacdet": write_image(jac, geometry, out / "jacdet.nii.gz", np.float32),
     }
+    if linear is not None:
+        written["affine"] = write_itk_transform(affine_transform(linear, ndim), out / "affine.mat")
     if warped_seg is not None:
         written["warped_seg"] = write_image(warped_seg, geometry, out / "warped_seg.nii.gz", np.int32)
     if opts.save_inverse:
-        inverse = invert_world(total, geometry, moving.geometry)
-        written["inverse_warp"] = write_itk_warp(inverse, moving.geometry, out / "inverse_warp.nii.gz")
-    written.update(_export_formats(opts, total, chain, geometry))
+        inverse = invert_world(total, fixed.geometry, moving.geometry)
+        if plane is not None and moving.volume is not None:
+            inverse_grid, inverse = moving.volume, plane.field(inverse, -offset, grid=moving.volume)
+        else:
+            inverse_grid = moving.geometry
+        written["inverse_warp"] = write_itk_warp(inverse, inverse_grid, out / "inverse_warp.nii.gz")
+    written.update(_export_formats(opts, out_total, out_chain, geometry))
     if opts.save_steps:
         written.update(_save_steps(out, result, p.to_moving, moving, fixed_norm, moving_norm, moving_affine,
-                                   fixed.geometry, moving_seg, fseg))
+                                   fixed.geometry, moving_seg, fseg, plane, offset))
     written["overview"] = _overview(out / "overview.png", fixed_norm, moving_affine, warped_norm, deformable_jac, fseg,
                                     qc, geometry, _fitted_region(p))
     seconds["write"] = time.perf_counter() - t0
@@ -756,12 +1030,15 @@ def finish(prepared: Prepared, result: Deformable, progress: Progress | None = N
     method = {"affine": affine_method if opts.affine else "none (--no-affine)",
               "device": opts.device, "cpu_threads": torch.get_num_threads(), "model_asked": opts.model or "default",
               **result.method}
-    if p.model is None:
+    if opts.affine_only:
+        method["note"] = ("--steps 0: affine only, no deformable stage; warp.nii.gz is the affine as a displacement "
+                          "field, transform.h5 and affine.mat hold the affine alone")
+    elif p.model is None:
         why = "--model none" if opts.model == NO_MODEL else f"no default agent ships for {fixed.ndim}-D inputs"
         method["note"] = (f"{why}: the field is fitted to this pair by Adam on local NCC + diffusion and "
                           "bending energy; no learning is involved")
-    if p.transform is not None:
-        method["affine_matrix_lps"] = transform_matrix(p.transform, fixed.ndim).tolist()
+    if linear is not None:
+        method["affine_matrix_lps"] = transform_matrix(linear, ndim).tolist()
     inputs = {"fixed": _describe(fixed), "moving": _describe(moving)}
     for key, item in (("fixed_seg", p.fixed_seg), ("moving_seg", moving_seg), ("fixed_mask", fixed_mask),
                       ("moving_mask", opts.moving_mask)):
@@ -773,10 +1050,11 @@ def finish(prepared: Prepared, result: Deformable, progress: Progress | None = N
         tool="rlreg", version=__version__, created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         conventions=CONVENTIONS, inputs=inputs, method=method, seconds=seconds, qc=qc, steps=result.curve,
         outputs={k: str(v) for k, v in written.items()} | {"report": str(out / SIDECAR)},
-        ants_command=ants_command(fixed.ndim, opts.fixed, opts.moving, out), warnings=list(p.warnings))
+        ants_command=ants_command(ndim, opts.fixed, opts.moving, out), warnings=list(p.warnings))
     (out / ERROR_RECORD).unlink(missing_ok=True)
     with atomic_output(out / SIDECAR) as tmp:
         tmp.write_text(json.dumps(asdict(report), indent=2))
+    end_outputs(out, earlier, report, len(result.history) if opts.save_steps else 0)
     say("write", 1, 1)
     return report
 
@@ -801,6 +1079,8 @@ CONVENTIONS = {
     "warp.nii.gz": "total fixed->moving displacement, affine included, on the fixed grid: ITK vector image, 5-D "
                    "(X,Y,Z,1,3) float32 NIfTI, intent 1007 (vector), LPS millimetres, sform = qform (code 1)",
     "transform.h5": "ITK CompositeTransform: the displacement (LPS mm, fixed grid) applied first, then the affine",
+    "affine.mat": "the affine stage alone (fixed LPS -> moving LPS), an ITK AffineTransform in ANTs' "
+                  "0GenericAffine.mat form; warp.nii.gz and transform.h5 already include it: never chain them with it",
     "jacdet.nii.gz": "Jacobian determinant of the total map p -> p + u(p), computed in voxel space (exact for any "
                      "spacing and direction); < 0 marks folding",
     "inverse_warp.nii.gz": "moving->fixed displacement on the moving grid (LPS mm, same layout as warp.nii.gz)",
@@ -868,8 +1148,9 @@ def step_scores(working: Tensor, to_moving: np.ndarray, size: tuple[int, ...], m
 
 def _save_steps(out: Path, result: Deformable, to_moving: np.ndarray, moving: Image, fixed_norm: Tensor,
                 moving_norm: Tensor, moving_affine: Tensor, geometry: Geometry, moving_seg: Image | None,
-                fixed_seg: Tensor | None) -> dict[str, Path]:
-    """The field and image after each step, a table of the scores, and an animated GIF (``out/steps/``)."""
+                fixed_seg: Tensor | None, plane: SlicePlane | None = None, offset: float = 0.0) -> dict[str, Path]:
+    """The field and image after each step, a table of the scores, and an animated GIF (``out/steps/``); a one-slice
+    volume's (``plane``, through-plane ``offset``) written on its 3-D grid."""
     from rlreg.pipelines.figures import save_step_gif
 
     folder = out / "steps"
@@ -878,9 +1159,11 @@ def _save_steps(out: Path, result: Deformable, to_moving: np.ndarray, moving: Im
     for index, working in enumerate(result.history, start=1):
         chain, frame, scores = step_scores(working, to_moving, geometry.size, moving_norm, similarity,
                                            None if moving_seg is None else moving_seg.data, fixed_seg)
-        write_image(warp(moving.data, chain), geometry, folder / f"step_{index:03d}_warped.nii.gz", np.float32)
-        write_itk_warp(world_displacement(chain, geometry, moving.geometry), geometry,
-                       folder / f"step_{index:03d}_warp.nii.gz")
+        step_field, grid = world_displacement(chain, geometry, moving.geometry), geometry
+        if plane is not None:
+            step_field, grid = plane.field(step_field, offset), plane.volume
+        write_image(warp(moving.data, chain), grid, folder / f"step_{index:03d}_warped.nii.gz", np.float32)
+        write_itk_warp(step_field, grid, folder / f"step_{index:03d}_warp.nii.gz")
         frames.append(frame)
         table.append({"step": index, **scores})
     with atomic_output(folder / "steps.json") as tmp:
@@ -931,6 +1214,27 @@ def _overview(path: Path, fixed: Tensor, moving_affine: Tensor, warped: Tensor, 
 
 
 # ---------------------------------------------------------------------------------------------------- apply, invert
+def _slice_pair(reference: Image, other: Image, path: Path) -> tuple[Image, SlicePlane | None, float]:
+    """For a one-slice ``reference`` (:mod:`rlreg.slices`): ``other`` in the frame of its plane (when ``other`` is a
+    one-slice volume too), that plane, and the distance between the planes; else ``(other, None, 0)``."""
+    if reference.volume is None:
+        return other, None, 0.0
+    plane = SlicePlane(reference.volume)
+    if other.volume is None:
+        return other, plane, 0.0
+    return replace(other, geometry=plane.geometry_of(other.volume, path)), plane, plane.offset(other.volume)
+
+
+def _read_field(transform: Path, reference: Image, plane: SlicePlane | None) -> Tensor:
+    """A transform file as the LPS-mm field on ``reference``'s grid; for a one-slice reference, read on its 3-D grid
+    and brought into the frame of its plane."""
+    from rlreg.transforms import read_transform
+
+    if plane is None:
+        return read_transform(transform, reference.geometry)
+    return plane.flatten(read_transform(transform, plane.volume), reference.geometry)
+
+
 INTERPOLATIONS = {"linear": "bilinear", "nearest": "nearest", "label": "label"}
 
 
@@ -958,14 +1262,15 @@ def apply_transform(transform: Path, reference: Path, input_image: Path, output:
         raise InputError(f"{input_image}: is {image.ndim}-D but the reference {reference} is {ref.ndim}-D; give an "
                          "image of the same dimensionality")
     check_output_image(output, ref.ndim)
-    from rlreg.transforms import chain_from_world, read_transform
+    from rlreg.transforms import chain_from_world
 
-    chain = chain_from_world(read_transform(transform, ref.geometry), ref.geometry, image.geometry)
+    image, plane, _ = _slice_pair(ref, image, input_image)
+    chain = chain_from_world(_read_field(transform, ref, plane), ref.geometry, image.geometry)
     resampled = warp(image.data, chain, INTERPOLATIONS[interp])
     if output.name.lower().endswith(".png"):
-        write_image(picture_array(resampled, labels, input_image), ref.geometry, output)
+        write_image(picture_array(resampled, labels, input_image), ref.volume or ref.geometry, output)
     else:
-        write_image(resampled, ref.geometry, output, np.int32 if labels else np.float32)
+        write_image(resampled, ref.volume or ref.geometry, output, np.int32 if labels else np.float32)
     return {"output": str(output), "transform": str(transform), "reference": str(reference),
             "input": str(input_image), "interp": interp}
 
@@ -977,7 +1282,7 @@ def invert_transform(transform: Path, fixed: Path, reference: Path, output: Path
         A summary with the inverse-consistency error ``|ψ(q) + u(q + ψ(q))|`` over the reference grid, in mm
         (median and 95th percentile, where the preimage lies inside the fixed grid).
     """
-    from rlreg.transforms import chain_from_world, read_transform
+    from rlreg.transforms import chain_from_world
 
     fixed_image = read_image(fixed, check_values=False)
     ref = read_image(reference, check_values=False)
@@ -985,9 +1290,13 @@ def invert_transform(transform: Path, fixed: Path, reference: Path, output: Path
         raise InputError(f"{reference}: is {ref.ndim}-D but {fixed} is {fixed_image.ndim}-D; give the moving image "
                          "of this registration")
     check_output_image(output, ref.ndim, pictures=False)
-    field = read_transform(transform, fixed_image.geometry)
+    ref, plane, offset = _slice_pair(fixed_image, ref, reference)
+    field = _read_field(transform, fixed_image, plane)
     inverse = invert_world(field, fixed_image.geometry, ref.geometry)
-    write_itk_warp(inverse, ref.geometry, output)
+    if plane is not None and ref.volume is not None:
+        write_itk_warp(plane.field(inverse, -offset, grid=ref.volume), ref.volume, output)
+    else:
+        write_itk_warp(inverse, ref.geometry, output)
     # consistency: φ(ψ(q)) - q = v(q) + u(q + v(q)), sampling u (fixed grid) at the preimages
     chain = chain_from_world(inverse, ref.geometry, fixed_image.geometry)
     error = (inverse + warp(field, chain, padding="border")).norm(dim=1)[0]

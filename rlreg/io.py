@@ -100,6 +100,9 @@ class Image:
     data: Tensor
     geometry: Geometry
     path: Path | None = None
+    volume: Geometry | None = None
+    """The 3-D grid of the one-slice volume this 2-D image was read from (``None`` for a 2-D or 3-D image): rlreg
+    registers such a slice in its plane and writes its outputs on this grid (:mod:`rlreg.slices`)."""
 
     @property
     def ndim(self) -> int:
@@ -170,8 +173,9 @@ def check_complete(path: str | os.PathLike[str]) -> None:
 def read_image(path: str | os.PathLike[str], dtype: torch.dtype = torch.float32, check_values: bool = True) -> Image:
     """Read a 2D or 3D scalar image with its geometry: any SimpleITK format, or a DICOM series directory.
 
-    Singleton 3rd/4th dimensions are dropped (a one-slice volume is 2D); 2D RGB(A) pictures (PNG, TIFF, JPEG) are
-    converted to luminance.
+    A singleton 4th dimension is dropped; a 3-D volume one voxel thick along one axis becomes a 2-D image in the
+    frame of its plane, its 3-D grid kept in :attr:`Image.volume` (:mod:`rlreg.slices`); 2D RGB(A) pictures (PNG,
+    TIFF, JPEG) are converted to luminance.
 
     Args:
         path: image file or DICOM series directory.
@@ -200,8 +204,6 @@ def read_image(path: str | os.PathLike[str], dtype: torch.dtype = torch.float32,
                          "(e.g. extract one channel first)")
     if image.GetDimension() == 4 and image.GetSize()[3] == 1:
         image = image[:, :, :, 0]
-    if image.GetDimension() == 3 and image.GetSize()[2] == 1:
-        image = image[:, :, 0]
     if image.GetDimension() == 4:
         raise InputError(f"{path}: is 4-D with {image.GetSize()[3]} volumes; pick one volume first, e.g. "
                          f"fslroi {path.name} volume0.nii.gz 0 1, or python -c \"import SimpleITK as s; "
@@ -209,7 +211,13 @@ def read_image(path: str | os.PathLike[str], dtype: torch.dtype = torch.float32,
     if image.GetDimension() not in (2, 3):
         raise InputError(f"{path}: is {image.GetDimension()}-D with size {image.GetSize()}; "
                          "rlreg registers 2D or 3D images")
-    array = sitk.GetArrayFromImage(image)
+    geometry, volume = Geometry.from_sitk(image), None
+    if image.GetDimension() == 3:
+        from rlreg.slices import in_plane_geometry, singleton_axis
+
+        if singleton_axis(image.GetSize()) is not None:  # one slice: registered in its plane (rlreg.slices)
+            geometry, volume = in_plane_geometry(geometry), geometry
+    array = sitk.GetArrayFromImage(image).reshape(geometry.size)
     if check_values:
         try:
             raw = _nifti_raw(path) if path.name.endswith((".nii", ".nii.gz")) else array
@@ -218,7 +226,7 @@ def read_image(path: str | os.PathLike[str], dtype: torch.dtype = torch.float32,
         _check_values(path, raw)
     tensor = torch.from_numpy(np.ascontiguousarray(array))
     tensor = tensor.to(dtype) if dtype is not None else tensor
-    return Image(data=tensor[None, None], geometry=Geometry.from_sitk(image), path=path)
+    return Image(data=tensor[None, None], geometry=geometry, path=path, volume=volume)
 
 
 _AXES = "xyz"
@@ -398,7 +406,8 @@ def write_image(data: Tensor | np.ndarray, geometry: Geometry, path: str | os.Pa
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     array = data.detach().cpu().numpy() if isinstance(data, Tensor) else np.asarray(data)
-    array = array.reshape(array.shape[-geometry.ndim:]) if array.ndim > geometry.ndim else array
+    if array.size == int(np.prod(geometry.size)):  # (1, 1, *S) data, or a slice's 2-D data on its one-slice grid
+        array = array.reshape(geometry.size)
     if tuple(array.shape) != geometry.size:
         raise ValueError(f"array of shape {array.shape} does not match the grid {geometry.size}")
     if dtype is not None:

@@ -18,6 +18,7 @@ With ``W`` the tensor-index -> LPS matrix of a grid (``Geometry.index_to_world``
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -27,9 +28,11 @@ from torch import Tensor
 
 from rlreg.affine import transform_matrix
 from rlreg.io import Geometry, InputError, atomic_output, check_complete, save_sitk
+from rlreg.slices import singleton_axis
 from rlreg.spatial import identity_grid, invert, jacobian_determinant, sample_points
 
 __all__ = [
+    "affine_transform",
     "chain_from_world",
     "composite_transform",
     "invert_world",
@@ -123,8 +126,35 @@ def _field_tensor(image: sitk.Image) -> Tensor:
 
 
 def write_itk_warp(displacement: Tensor, geometry: Geometry, path: str | os.PathLike[str]) -> Path:
-    """Write an ANTs/ITK ``warp.nii.gz``: vector image of float32 LPS mm on ``geometry`` (5-D, intent 1007)."""
+    """Write an ANTs/ITK ``warp.nii.gz``: vector image of float32 LPS mm on ``geometry`` (5-D, intent 1007).
+
+    A grid one voxel thick along one axis (a one-slice volume, :mod:`rlreg.slices`) is written with that slice twice,
+    one spacing apart: ITK's NIfTI reader turns a one-slice *vector* image into a 2-D image, dropping the slice's
+    position and, for a slice not parallel to the x-y plane, failing on the then singular direction; with two equal
+    slices the field reads as 3-D and gives the slice's vectors at every point of its plane.
+    """
+    axis = singleton_axis(geometry.size[::-1]) if geometry.ndim == 3 else None
+    if axis is not None:
+        tensor_axis = 2 - axis
+        displacement = displacement.repeat_interleave(2, dim=2 + tensor_axis)
+        size = list(geometry.size)
+        size[tensor_axis] = 2
+        geometry = replace(geometry, size=tuple(size))
     return save_sitk(sitk_field(displacement, geometry), path)
+
+
+def affine_transform(affine: sitk.Transform | None, ndim: int,
+                     matrix: np.ndarray | None = None) -> sitk.AffineTransform:
+    """Any linear SimpleITK transform (or a homogeneous ``(ndim+1, ndim+1)`` ``matrix``, or neither: the identity)
+    as one plain ``AffineTransform`` (LPS mm, centre 0): the form ANTs writes as ``0GenericAffine.mat`` and ITK's
+    MATLAB transform IO reads and writes."""
+    linear = sitk.AffineTransform(ndim)
+    if affine is not None:
+        matrix = transform_matrix(affine, ndim)
+    if matrix is not None:
+        linear.SetMatrix(matrix[:ndim, :ndim].ravel().tolist())
+        linear.SetTranslation(matrix[:ndim, ndim].tolist())
+    return linear
 
 
 def composite_transform(affine: sitk.Transform | None, deformable: Tensor, geometry: Geometry) -> sitk.Transform:
@@ -134,13 +164,8 @@ def composite_transform(affine: sitk.Transform | None, deformable: Tensor, geome
         affine: the pre-alignment (fixed -> moving, LPS mm) or ``None`` for the identity.
         deformable: ``(1, ndim, *S)`` LPS-mm displacement on the fixed grid (``geometry``).
     """
-    ndim = geometry.ndim
     field = sitk.DisplacementFieldTransform(sitk_field(deformable, geometry, sitk.sitkVectorFloat64))
-    linear = sitk.AffineTransform(ndim)
-    if affine is not None:
-        matrix = transform_matrix(affine, ndim)
-        linear.SetMatrix(matrix[:ndim, :ndim].ravel().tolist())
-        linear.SetTranslation(matrix[:ndim, ndim].tolist())
+    linear = affine_transform(affine, geometry.ndim)
     # ITK's composite is a stack: the transform added last is applied to the point first.
     return sitk.CompositeTransform([linear, field])
 
