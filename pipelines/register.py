@@ -1020,7 +1020,7 @@ def _finish(prepared: Prepared, result: Deformable, progress: Progress | None = 
         written.update(_save_steps(out, result, p.to_moving, moving, fixed_norm, moving_norm, moving_affine,
                                    fixed.geometry, moving_seg, fseg, plane, offset))
     written["overview"] = _overview(out / "overview.png", fixed_norm, moving_affine, warped_norm, deformable_jac, fseg,
-                                    qc, geometry, _fitted_region(p))
+                                    qc, fixed.geometry, _fitted_region(p))
     seconds["write"] = time.perf_counter() - t0
     seconds["total"] = (time.perf_counter() - started if started is not None else
                         sum(seconds[k] for k in ("read", "affine", "deformable", "write")))
