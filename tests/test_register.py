@@ -450,7 +450,7 @@ def test_diffeomorphic_option_reaches_the_optimiser_and_does_not_fold(tmp_path) 
     assert (config["smoothness"], config["bending"], config["diffeomorphic"]) == (1.0, 0.5, True)
     for flag in ("--bending", "--smoothness"):  # a negative weight is a usage error, not a traceback
         out = runner.invoke(app, [*base, "-o", str(tmp_path / "negative"), flag, "-1"])
-        assert out.exit_code == 2 and "greater than or equal to 0" in out.output
+        assert out.exit_code == 2 and "must be >= 0" in out.output
         assert not (tmp_path / "negative").exists()
 
 
