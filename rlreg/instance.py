@@ -83,6 +83,16 @@ class InstanceConfig:
     by Adam's ~``learning_rate`` whatever its gradient's size. On the T1 development set sigma 1 added Dice 0.009
     at equal iterations (``docs/tuning.md``)."""
 
+    stationary_similarity: bool = True
+    """Optimise the local NCC whose maximum is exactly ``warped moving == fixed`` (``FixedLNCC(stationary=True)``).
+    False: the usual ``cross**2 / (var_f * var_m + eps)``, whose gradient at the identity of an image registered to
+    itself is as large as a real pair's (``docs/register.md``)."""
+    keep_best: bool = True
+    """End each pyramid level on the iterate with the lowest loss (similarity + regularisers) seen there, the final
+    one included, instead of on the last. Adam does not settle at a minimum with a constant step size: it normalises
+    whatever gradient is left, rounding noise included, into steps of about ``learning_rate`` (Kingma and Ba 2015,
+    section 2), so it circles the minimum. Keeping the best iterate costs one extra loss evaluation per level and
+    can only lower the objective; an image registered to itself then keeps the identity it starts from."""
     def __post_init__(self) -> None:
         if len(self.levels) != len(self.iterations) or not self.levels:
             raise ValueError(f"levels {self.levels} and iterations {self.iterations} must be non-empty, same length")
@@ -153,6 +163,28 @@ class _Adam:
         denom = (self.v / (1 - b2**self.t)).sqrt_().add_(self.eps)
         self.param.addcdiv_(self.m, denom, value=-self.lr / (1 - b1**self.t))
         self.param.grad = None
+
+
+def _similarity(score: FixedLNCC, warped: Tensor, mask: Tensor | None) -> Tensor:
+    """``(N,)`` similarity of warped moving images, averaged over the ``(N, 1, *S)`` weights ``mask`` when given."""
+    similarity = score(warped, "batch" if mask is None else "none")
+    if mask is None:
+        return similarity
+    dims = tuple(range(1, similarity.ndim))
+    return (similarity * mask).sum(dims) / mask.sum(dims).clamp_min(1e-6)
+
+
+@torch.no_grad()
+def _keep_best(param: Tensor, losses: Tensor, best: Tensor, best_loss: Tensor | None) -> Tensor:
+    """Copy into ``best`` the pairs of ``param`` (``(N, ...)``) whose ``(N,)`` loss is lower than ``best_loss`` (or all,
+    when None); returns the updated best losses."""
+    if best_loss is None:
+        best.copy_(param)
+        return losses.clone()
+    better = losses < best_loss
+    if better.any():
+        best[better] = param.detach()[better]
+    return torch.where(better, losses, best_loss)
 
 
 def _field(unknown: Tensor, base: Tensor | None, config: InstanceConfig, size: torch.Size) -> Tensor:
@@ -262,18 +294,19 @@ def optimise_displacement(fixed: Tensor, moving: Tensor, config: InstanceConfig 
         param = (torch.zeros(fixed.shape[0], ndim, *grid, dtype=fixed.dtype, device=fixed.device) if start is None
                  else resize_displacement(start, grid).detach().clone()).requires_grad_(True)  # never the caller's
         optimiser = _Adam(param, config.learning_rate)
-        similarity_to_fixed = FixedLNCC(fixed_l, config.windows, config.window_weights)
+        similarity_to_fixed = FixedLNCC(fixed_l, config.windows, config.window_weights,
+                                        stationary=config.stationary_similarity)
+        best, best_loss = param.detach().clone(), None
         for it in range(iterations):
             current = _field(param, base_l, config, size)
-            similarity = similarity_to_fixed(warp(moving_l, current), "batch" if mask_l is None else "none")
-            if mask_l is not None:
-                dims = tuple(range(1, similarity.ndim))
-                similarity = (similarity * mask_l).sum(dims) / mask_l.sum(dims).clamp_min(1e-6)
+            similarity = _similarity(similarity_to_fixed, warp(moving_l, current), mask_l)
             # The sum, not the mean: each pair's gradient is then exactly what it would be alone, and Adam acts per
             # element, so a batch of pairs is optimised as each pair would be on its own. The regularisers' gradient
             # is written out and added in place (the same numbers as autograd's, about 40 ms less per 2 mm step).
             (1.0 - similarity).sum().backward()
             losses = (1.0 - similarity.detach()) + regularise_(param, param.grad, config.smoothness, config.bending)
+            if config.keep_best:
+                best_loss = _keep_best(param, losses, best, best_loss)
             if config.gradient_sigma > 0:
                 param.grad = gaussian_blur(param.grad, config.gradient_sigma)
             optimiser.step()
@@ -281,6 +314,13 @@ def optimise_displacement(fixed: Tensor, moving: Tensor, config: InstanceConfig 
                 callback(level, it, losses.detach().cpu())
             if field_callback is not None:
                 field_callback(level, it, current.detach())
+        if config.keep_best:
+            with torch.no_grad():  # the last step's result has not been scored yet
+                losses = 1.0 - _similarity(similarity_to_fixed, warp(moving_l, _field(param, base_l, config, size)),
+                                            mask_l)
+                losses += regularise_(param, torch.zeros_like(param), config.smoothness, config.bending)
+                _keep_best(param, losses, best, best_loss)
+                param = best
         velocity = param.detach() if config.diffeomorphic else None
         with torch.no_grad():
             disp = _field(param.detach(), base_l, config, size)

@@ -191,8 +191,8 @@ def _crop(padded: Tensor, window: int, radius: int) -> tuple:
     return (Ellipsis, *[slice(margin, padded.shape[a] - margin) for a in range(2, padded.ndim)])
 
 
-def _moving_lncc_maps(fixed: _FixedStatistics, moving: Tensor, eps: float) -> list[Tensor]:
-    """:func:`_lncc_maps` with the fixed image's part already computed."""
+def _moving_lncc_maps(fixed: _FixedStatistics, moving: Tensor, eps: float, stationary: bool = False) -> list[Tensor]:
+    """:func:`_lncc_maps` with the fixed image's part already computed (``stationary``: see :class:`FixedLNCC`)."""
     n, c, *spatial = moving.shape
     ndim = len(spatial)
     radius = max(fixed.windows) // 2
@@ -208,7 +208,13 @@ def _moving_lncc_maps(fixed: _FixedStatistics, moving: Tensor, eps: float) -> li
         # variances. The padded zeros count as window values, so Cauchy-Schwarz holds and cc <= 1 everywhere.
         cross = fm_sum - f_sum * m_sum / size
         var_m = (mm_sum - m_sum * m_sum / size).clamp_min(0.0)
-        maps.append(cross * cross / (var_f * var_m + eps))
+        if stationary:
+            # float32 rounding of the box sums (~1e-6) is not negligible against the shared sample's sqrt(eps) as it
+            # is against eps: a nearly flat window may exceed its bound of 1 by ~1e-3, which is only noise.
+            shared = math.sqrt(eps)
+            maps.append(((cross + shared) ** 2 / ((var_f + shared) * (var_m + shared))).clamp_max(1.0))
+        else:
+            maps.append(cross * cross / (var_f * var_m + eps))
     return maps
 
 
@@ -221,19 +227,30 @@ class FixedLNCC:
     rounding, gradients included (the fixed image's statistics are constants of the call, so no gradient reaches
     ``fixed``).
 
+    With ``stationary=True`` each window's value is ``(cross + e)**2 / ((var_f + e) * (var_m + e))``, ``e =
+    sqrt(eps)``: the squared correlation of the two windows each extended by one shared sample of deviation
+    ``sqrt(e)``. Cauchy-Schwarz still bounds it by 1, and it reaches 1 only where the moving window equals the fixed
+    one (up to a constant), so a moving image equal to the fixed one is an exact maximum and its gradient there is
+    zero. The usual ``cross**2 / (var_f * var_m + eps)`` is not maximised there: it grows when the moving window's
+    contrast grows (``cc = s**2 v**2 / (s**2 v**2 + eps)`` for a window scaled by ``s``), so wherever ``var_f * var_m``
+    is comparable to ``eps`` (low-contrast tissue, the edge of a zero background) its gradient pulls the field of an
+    image registered to itself away from the identity. Windows flat in both images score 1 (they match) instead of
+    0; neither has a gradient. Use it for optimisation; the reported similarity keeps the usual form.
+
     Args:
         fixed: ``(N, C, *S)`` fixed image, 2 or 3 spatial dims.
         windows, weights, eps: as in :func:`multiscale_lncc` (no ``downsample``).
+        stationary: the form above, whose maximum is exactly ``moving == fixed``.
     """
 
     def __init__(self, fixed: Tensor, windows: Sequence[int] = (9, 7, 5), weights: Sequence[float] = (1.0, 0.5, 0.25),
-                 eps: float = 1e-5) -> None:
+                 eps: float = 1e-5, stationary: bool = False) -> None:
         self.windows = [_check_window(w) for w in windows]
         self.weights = _check_weights(self.windows, weights)
         if fixed.ndim not in (4, 5):
             raise ValueError(f"fixed must be (N, C, *S) with 2 or 3 spatial dims, got shape {tuple(fixed.shape)}")
         fixed = _as_float(fixed)
-        self.shape, self.eps = fixed.shape, eps
+        self.shape, self.eps, self.stationary = fixed.shape, eps, stationary
         with torch.no_grad():
             self.statistics = _FixedStatistics.of(fixed, self.windows)
 
@@ -243,7 +260,8 @@ class FixedLNCC:
         _check_reduction(reduction, ("mean", "batch", "none"))
         if moving.shape != self.shape:
             raise ValueError(f"moving {tuple(moving.shape)} must have the fixed image's shape {tuple(self.shape)}")
-        maps = _moving_lncc_maps(self.statistics, moving.to(self.statistics.padded.dtype), self.eps)
+        maps = _moving_lncc_maps(self.statistics, moving.to(self.statistics.padded.dtype), self.eps,
+                                 self.stationary)
         return _weighted(maps, self.weights, reduction)
 
 
