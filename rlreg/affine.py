@@ -24,16 +24,11 @@ import SimpleITK as sitk
 import torch
 from torch import Tensor
 
-from rlreg.instance import _Adam, downsample, level_factor
+from rlreg.instance import ROUNDING, _Adam, downsample, level_factor
 from rlreg.io import Geometry
 from rlreg.losses import FixedLNCC
 from rlreg.spatial import identity_grid, warp
 
-ROUNDING = 1e-5
-"""Loss decreases this small are rounding, not progress, and ``keep_best`` does not leave the parameters it holds for
-them: float32 sums over the level's voxels, and ``warp``'s normalised coordinates, which move intensities by up to
-~1e-5 even at zero displacement. On a brain registered to itself, iterates 3.5e-6 "better" than the identity had the
-matrix off it by 1e-3."""
 MIN_SAMPLES = 50_000
 """Fewest fixed voxels the affine metric samples (at full resolution), whatever ``sampling_fraction`` says."""
 
@@ -61,14 +56,12 @@ class AffineConfig:
     """torch: most voxels of the finest level. A larger fixed image doubles every level's factor until its finest
     level fits, so a 1 mm brain is fitted on the grids a 2 mm one is (finest 46 x 55 x 46): a 12-parameter map needs
     no 1 mm detail, and the fit took 12.7 s of a 1 mm registration."""
-    stationary_similarity: bool = True
-    """torch: optimise the local NCC whose maximum is exactly ``moving o T == fixed``
-    (``FixedLNCC(stationary=True)``), so an image registered to itself has its optimum at the identity; False: the
-    usual form, whose optimum for such a pair scaled one axis by 0.989 on a 2 mm brain."""
-    keep_best: bool = True
-    """torch: end each pyramid level on the parameters with the lowest loss seen there (the final ones included)
-    rather than the last, as :attr:`rlreg.instance.InstanceConfig.keep_best` does: Adam with constant step sizes
-    circles a minimum at about its step size instead of settling."""
+    accept_if_better: bool = True
+    """torch: keep a pyramid level's result only if it lowers ``1 - LNCC`` scored with the local NCC whose maximum
+    is exactly ``moving o T == fixed`` (``FixedLNCC(stationary=True)``) against the map the level started from, as
+    :attr:`rlreg.instance.InstanceConfig.accept_if_better` does. The optimised NCC's ``eps`` rewards raising the
+    moving image's contrast, and Adam keeps stepping at its rates around a minimum: without the check a 2 mm brain
+    registered to itself came back scaled by 0.989 along one axis."""
     shrink_factors: tuple[int, ...] = (8, 4, 2)
     """simpleitk: pyramid downsampling per level, coarse to fine."""
     smoothing_sigmas: tuple[float, ...] = (3.0, 2.0, 1.0)
@@ -196,29 +189,34 @@ def fit_affine(fixed: Tensor, moving: Tensor, fixed_geometry: Geometry, moving_g
         grid = identity_grid(fixed_l.shape[2:], torch.float64, device).flatten(2)[0]  # (ndim, V) level indices
         points = fixed_world[:-1, :-1] @ (grid * scale_f) + fixed_world[:-1, -1:] - centre_f.view(ndim, 1)
         optimisers = (_Adam(linear, config.matrix_rate), _Adam(shift, config.shift_rate_mm))
-        similarity_to_fixed = FixedLNCC(fixed_l, (config.window,), (1.0,), stationary=config.stationary_similarity)
-        best = (float("inf"), linear.detach().clone(), shift.detach().clone())
-        for step in range(steps + config.keep_best):  # keep_best: one more pass scores the last step's result
+        similarity_to_fixed = FixedLNCC(fixed_l, (config.window,), (1.0,))
+        exact = FixedLNCC(fixed_l, (config.window,), (1.0,), stationary=True)
+        start = (linear.detach().clone(), shift.detach().clone())
+        start_loss = None
+        # The first pass (accept_if_better) scores the starting map, the last one the final map; the rest step.
+        for step in range(-config.accept_if_better, steps + config.accept_if_better):
             moved = (eye + linear) @ points + (centre_m + shift).view(ndim, 1)
             index = (to_moving[:-1, :-1] @ moved + to_moving[:-1, -1:]) / scale_m
             displacement = (index - grid).to(fixed.dtype).view(1, ndim, *fixed_l.shape[2:])
-            similarity = similarity_to_fixed(warp(moving_l, displacement), "none")
+            score = exact if step < 0 or step == steps else similarity_to_fixed
+            similarity = score(warp(moving_l, displacement), "none")
             mask = weights
             if moving_weights is not None:
                 inside = warp(moving_weights, displacement)
                 mask = inside if mask is None else mask * inside
             loss = 1.0 - (similarity.mean() if mask is None else (similarity * mask).sum() / mask.sum().clamp_min(1))
-            if config.keep_best and loss.item() < best[0] - ROUNDING:
-                best = (loss.item(), linear.detach().clone(), shift.detach().clone())
+            if step < 0:
+                start_loss = loss.item()
+                continue
             if step == steps:
+                if loss.item() > start_loss - ROUNDING:  # no real improvement: keep the starting map
+                    with torch.no_grad():
+                        linear.copy_(start[0])
+                        shift.copy_(start[1])
                 break
             loss.backward()
             for optimiser in optimisers:
                 optimiser.step()
-        if config.keep_best:
-            with torch.no_grad():
-                linear.copy_(best[1])
-                shift.copy_(best[2])
     matrix = np.eye(ndim + 1)
     linear_part = (eye + linear.detach()).cpu().numpy()
     matrix[:ndim, :ndim] = linear_part

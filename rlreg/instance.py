@@ -30,9 +30,14 @@ from rlreg.losses import FixedLNCC, regularise_
 from rlreg.spatial import compose, integrate_velocity, resize_displacement, warp
 from rlreg.synth import gaussian_blur
 
-__all__ = ["MIN_LEVEL_SIZE", "InstanceConfig", "downsample", "foreground_box", "level_factor", "level_size",
+__all__ = ["MIN_LEVEL_SIZE", "ROUNDING", "InstanceConfig", "downsample", "foreground_box", "level_factor", "level_size",
            "optimise_displacement"]
 
+ROUNDING = 1e-5
+"""Loss decreases this small are rounding, not progress (``accept_if_better`` keeps a level's starting point unless
+its result beats it by more): float32 sums over the level's voxels, and ``warp``'s normalised coordinates, which move
+intensities by up to ~1e-5 even at zero displacement. On a brain registered to itself, maps 3.5e-6 "better" than the
+identity were off it by 1e-3 in the matrix."""
 MIN_LEVEL_SIZE = 16
 """Smallest number of voxels along an axis at which a pyramid level is still run at its own factor."""
 
@@ -83,16 +88,15 @@ class InstanceConfig:
     by Adam's ~``learning_rate`` whatever its gradient's size. On the T1 development set sigma 1 added Dice 0.009
     at equal iterations (``docs/tuning.md``)."""
 
-    stationary_similarity: bool = True
-    """Optimise the local NCC whose maximum is exactly ``warped moving == fixed`` (``FixedLNCC(stationary=True)``).
-    False: the usual ``cross**2 / (var_f * var_m + eps)``, whose gradient at the identity of an image registered to
-    itself is as large as a real pair's (``docs/register.md``)."""
-    keep_best: bool = True
-    """End each pyramid level on the iterate with the lowest loss (similarity + regularisers) seen there, the final
-    one included, instead of on the last. Adam does not settle at a minimum with a constant step size: it normalises
-    whatever gradient is left, rounding noise included, into steps of about ``learning_rate`` (Kingma and Ba 2015,
-    section 2), so it circles the minimum. Keeping the best iterate costs one extra loss evaluation per level and
-    can only lower the objective; an image registered to itself then keeps the identity it starts from."""
+    accept_if_better: bool = True
+    """Keep a pyramid level's result only where it lowers the level's objective, scored with the local NCC whose
+    maximum is exactly ``warped moving == fixed`` (``FixedLNCC(stationary=True)``) plus the regularisers, against
+    the field the level started from; otherwise keep that starting field. Adam with a constant step size does not
+    settle at a minimum: it normalises whatever gradient is left, rounding noise included, into steps of about
+    ``learning_rate`` (Kingma and Ba 2015, section 2), and the optimised NCC's ``eps`` pulls towards higher moving
+    contrast. Together they moved an image registered to itself by up to 0.5 voxel (``docs/register.md``); a real
+    pair's levels always improve, so it keeps their results. Costs two loss evaluations per level."""
+
     def __post_init__(self) -> None:
         if len(self.levels) != len(self.iterations) or not self.levels:
             raise ValueError(f"levels {self.levels} and iterations {self.iterations} must be non-empty, same length")
@@ -175,16 +179,11 @@ def _similarity(score: FixedLNCC, warped: Tensor, mask: Tensor | None) -> Tensor
 
 
 @torch.no_grad()
-def _keep_best(param: Tensor, losses: Tensor, best: Tensor, best_loss: Tensor | None) -> Tensor:
-    """Copy into ``best`` the pairs of ``param`` (``(N, ...)``) whose ``(N,)`` loss is lower than ``best_loss`` (or all,
-    when None); returns the updated best losses."""
-    if best_loss is None:
-        best.copy_(param)
-        return losses.clone()
-    better = losses < best_loss
-    if better.any():
-        best[better] = param.detach()[better]
-    return torch.where(better, losses, best_loss)
+def _objective(score: FixedLNCC, moving: Tensor, param: Tensor, base: Tensor | None, config: InstanceConfig,
+               size: torch.Size, mask: Tensor | None) -> Tensor:
+    """``(N,)`` loss of the unknown ``param`` at one level: ``1 - similarity + regularisers``."""
+    losses = 1.0 - _similarity(score, warp(moving, _field(param, base, config, size)), mask)
+    return losses + regularise_(param, torch.zeros_like(param), config.smoothness, config.bending)
 
 
 def _field(unknown: Tensor, base: Tensor | None, config: InstanceConfig, size: torch.Size) -> Tensor:
@@ -294,9 +293,11 @@ def optimise_displacement(fixed: Tensor, moving: Tensor, config: InstanceConfig 
         param = (torch.zeros(fixed.shape[0], ndim, *grid, dtype=fixed.dtype, device=fixed.device) if start is None
                  else resize_displacement(start, grid).detach().clone()).requires_grad_(True)  # never the caller's
         optimiser = _Adam(param, config.learning_rate)
-        similarity_to_fixed = FixedLNCC(fixed_l, config.windows, config.window_weights,
-                                        stationary=config.stationary_similarity)
-        best, best_loss = param.detach().clone(), None
+        similarity_to_fixed = FixedLNCC(fixed_l, config.windows, config.window_weights)
+        if config.accept_if_better:
+            exact = FixedLNCC(fixed_l, config.windows, config.window_weights, stationary=True)
+            start_param = param.detach().clone()
+            start_loss = _objective(exact, moving_l, start_param, base_l, config, size, mask_l)
         for it in range(iterations):
             current = _field(param, base_l, config, size)
             similarity = _similarity(similarity_to_fixed, warp(moving_l, current), mask_l)
@@ -305,8 +306,6 @@ def optimise_displacement(fixed: Tensor, moving: Tensor, config: InstanceConfig 
             # is written out and added in place (the same numbers as autograd's, about 40 ms less per 2 mm step).
             (1.0 - similarity).sum().backward()
             losses = (1.0 - similarity.detach()) + regularise_(param, param.grad, config.smoothness, config.bending)
-            if config.keep_best:
-                best_loss = _keep_best(param, losses, best, best_loss)
             if config.gradient_sigma > 0:
                 param.grad = gaussian_blur(param.grad, config.gradient_sigma)
             optimiser.step()
@@ -314,13 +313,10 @@ def optimise_displacement(fixed: Tensor, moving: Tensor, config: InstanceConfig 
                 callback(level, it, losses.detach().cpu())
             if field_callback is not None:
                 field_callback(level, it, current.detach())
-        if config.keep_best:
-            with torch.no_grad():  # the last step's result has not been scored yet
-                losses = 1.0 - _similarity(similarity_to_fixed, warp(moving_l, _field(param, base_l, config, size)),
-                                            mask_l)
-                losses += regularise_(param, torch.zeros_like(param), config.smoothness, config.bending)
-                _keep_best(param, losses, best, best_loss)
-                param = best
+        if config.accept_if_better:
+            worse = _objective(exact, moving_l, param, base_l, config, size, mask_l) > start_loss - ROUNDING
+            if worse.any():
+                param = torch.where(worse.view(-1, *[1] * (param.ndim - 1)), start_param, param.detach())
         velocity = param.detach() if config.diffeomorphic else None
         with torch.no_grad():
             disp = _field(param.detach(), base_l, config, size)
