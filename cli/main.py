@@ -171,6 +171,8 @@ def register(
         _fail(str(err))
     except KeyboardInterrupt:
         _fail(f"interrupted; {output} holds only complete files, and no rlreg.json (the run did not finish)")
+    for warning in result.warnings:
+        typer.secho(f"warning: {warning}", fg=typer.colors.YELLOW, err=True)
     if json_output:
         typer.echo(json.dumps(asdict(result), indent=2))
         return
