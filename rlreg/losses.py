@@ -209,10 +209,8 @@ def _moving_lncc_maps(fixed: _FixedStatistics, moving: Tensor, eps: float, stati
         cross = fm_sum - f_sum * m_sum / size
         var_m = (mm_sum - m_sum * m_sum / size).clamp_min(0.0)
         if stationary:
-            # float32 rounding of the box sums (~1e-6) is not negligible against the shared sample's sqrt(eps) as it
-            # is against eps: a nearly flat window may exceed its bound of 1 by ~1e-3, which is only noise.
-            shared = math.sqrt(eps)
-            maps.append(((cross + shared) ** 2 / ((var_f + shared) * (var_m + shared))).clamp_max(1.0))
+            maps.append((var_f * var_f / (var_f * var_f + eps) * cross * cross / (var_f * var_m + eps * eps))
+                        .clamp_max(1.0))
         else:
             maps.append(cross * cross / (var_f * var_m + eps))
     return maps
@@ -227,20 +225,20 @@ class FixedLNCC:
     rounding, gradients included (the fixed image's statistics are constants of the call, so no gradient reaches
     ``fixed``).
 
-    With ``stationary=True`` each window's value is ``(cross + e)**2 / ((var_f + e) * (var_m + e))``, ``e =
-    sqrt(eps)``: the squared correlation of the two windows each extended by one shared sample of deviation
-    ``sqrt(e)``. Cauchy-Schwarz still bounds it by 1, and it reaches 1 only where the moving window equals the fixed
-    one (up to a constant), so a moving image equal to the fixed one is an exact maximum and its gradient there is
-    zero. The usual ``cross**2 / (var_f * var_m + eps)`` is not maximised there: it grows when the moving window's
-    contrast grows (``cc = s**2 v**2 / (s**2 v**2 + eps)`` for a window scaled by ``s``), so wherever ``var_f * var_m``
-    is comparable to ``eps`` (low-contrast tissue, the edge of a zero background) its gradient pulls the field of an
-    image registered to itself away from the identity. Windows flat in both images score 1 (they match) instead of
-    0; neither has a gradient. Use it for optimisation; the reported similarity keeps the usual form.
+    With ``stationary=True`` each window's value is ``w * cross**2 / (var_f * var_m + eps**2)`` with the weight
+    ``w = var_f**2 / (var_f**2 + eps)`` of the fixed window alone (clamped to 1). The usual ``cross**2 / (var_f *
+    var_m + eps)`` weights a window by ``var_f * var_m / (var_f * var_m + eps)``, which grows with the *moving*
+    window's contrast (``s**2 v**2 / (s**2 v**2 + eps)`` for a window scaled by ``s``), so it is not maximised where
+    the moving image equals the fixed one: wherever ``var_f * var_m`` is comparable to ``eps`` (low-contrast tissue,
+    the edge of a zero background) it pulls an image registered to itself off the identity. Weighting by the fixed
+    window alone, each window is largest (up to ``eps**2``) where the moving window equals the fixed one, and the
+    value matches the usual form wherever both windows are alike. It is a score for checking an optimiser's result;
+    its gradient is steep where the moving window is flat.
 
     Args:
         fixed: ``(N, C, *S)`` fixed image, 2 or 3 spatial dims.
         windows, weights, eps: as in :func:`multiscale_lncc` (no ``downsample``).
-        stationary: the form above, whose maximum is exactly ``moving == fixed``.
+        stationary: the form above, whose maximum is ``moving == fixed``.
     """
 
     def __init__(self, fixed: Tensor, windows: Sequence[int] = (9, 7, 5), weights: Sequence[float] = (1.0, 0.5, 0.25),
