@@ -89,13 +89,14 @@ class InstanceConfig:
     at equal iterations (``docs/tuning.md``)."""
 
     accept_if_better: bool = True
-    """Keep a pyramid level's result only where it lowers the level's objective, scored with the local NCC whose
-    maximum is exactly ``warped moving == fixed`` (``FixedLNCC(stationary=True)``) plus the regularisers, against
-    the field the level started from; otherwise keep that starting field. Adam with a constant step size does not
-    settle at a minimum: it normalises whatever gradient is left, rounding noise included, into steps of about
+    """Keep a pyramid level's result only where it raises the similarity, scored with the local NCC whose maximum is
+    ``warped moving == fixed`` (``FixedLNCC(stationary=True)``), above that of the field the level started from
+    (by more than :data:`ROUNDING`); otherwise keep that starting field. Adam with a constant step size does not
+    settle at a maximum: it normalises whatever gradient is left, rounding noise included, into steps of about
     ``learning_rate`` (Kingma and Ba 2015, section 2), and the optimised NCC's ``eps`` pulls towards higher moving
-    contrast. Together they moved an image registered to itself by up to 0.5 voxel (``docs/register.md``); a real
-    pair's levels always improve, so it keeps their results. Costs two loss evaluations per level."""
+    contrast. Together they moved an image registered to itself by up to 0.5 voxel (``docs/register.md``). The
+    regularisers are left out of the check: with gradient smoothing Adam does not descend the regularised loss, and
+    real pairs' levels raised it while improving Dice. Costs two similarity evaluations per level."""
 
     def __post_init__(self) -> None:
         if len(self.levels) != len(self.iterations) or not self.levels:
@@ -179,11 +180,10 @@ def _similarity(score: FixedLNCC, warped: Tensor, mask: Tensor | None) -> Tensor
 
 
 @torch.no_grad()
-def _objective(score: FixedLNCC, moving: Tensor, param: Tensor, base: Tensor | None, config: InstanceConfig,
-               size: torch.Size, mask: Tensor | None) -> Tensor:
-    """``(N,)`` loss of the unknown ``param`` at one level: ``1 - similarity + regularisers``."""
-    losses = 1.0 - _similarity(score, warp(moving, _field(param, base, config, size)), mask)
-    return losses + regularise_(param, torch.zeros_like(param), config.smoothness, config.bending)
+def _dissimilarity(score: FixedLNCC, moving: Tensor, param: Tensor, base: Tensor | None, config: InstanceConfig,
+                   size: torch.Size, mask: Tensor | None) -> Tensor:
+    """``(N,)`` ``1 - similarity`` of the unknown ``param`` at one level."""
+    return 1.0 - _similarity(score, warp(moving, _field(param, base, config, size)), mask)
 
 
 def _field(unknown: Tensor, base: Tensor | None, config: InstanceConfig, size: torch.Size) -> Tensor:
@@ -297,7 +297,7 @@ def optimise_displacement(fixed: Tensor, moving: Tensor, config: InstanceConfig 
         if config.accept_if_better:
             exact = FixedLNCC(fixed_l, config.windows, config.window_weights, stationary=True)
             start_param = param.detach().clone()
-            start_loss = _objective(exact, moving_l, start_param, base_l, config, size, mask_l)
+            start_loss = _dissimilarity(exact, moving_l, start_param, base_l, config, size, mask_l)
         for it in range(iterations):
             current = _field(param, base_l, config, size)
             similarity = _similarity(similarity_to_fixed, warp(moving_l, current), mask_l)
@@ -314,7 +314,7 @@ def optimise_displacement(fixed: Tensor, moving: Tensor, config: InstanceConfig 
             if field_callback is not None:
                 field_callback(level, it, current.detach())
         if config.accept_if_better:
-            worse = _objective(exact, moving_l, param, base_l, config, size, mask_l) > start_loss - ROUNDING
+            worse = _dissimilarity(exact, moving_l, param, base_l, config, size, mask_l) > start_loss - ROUNDING
             if worse.any():
                 param = torch.where(worse.view(-1, *[1] * (param.ndim - 1)), start_param, param.detach())
         velocity = param.detach() if config.diffeomorphic else None
