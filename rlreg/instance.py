@@ -171,12 +171,17 @@ class _Adam:
 
 
 def _similarity(score: FixedLNCC, warped: Tensor, mask: Tensor | None) -> Tensor:
-    """``(N,)`` similarity of warped moving images, averaged over the ``(N, 1, *S)`` weights ``mask`` when given."""
+    """``(N,)`` similarity of warped moving images, weighted by the ``(N, 1, *S)`` weights ``mask`` when given.
+
+    The weighted sum is divided by the number of voxels, as the unweighted mean is, not by the sum of the weights:
+    a voxel inside the mask then pulls exactly as hard as without a mask, against regularisers that are means over
+    every voxel. Dividing by the weights scaled the similarity up by the grid-to-mask volume ratio (about 3 for a
+    brain mask on a 2 mm brain), which is a weaker regulariser: the field folded 100 times more (``docs/register.md``).
+    """
     similarity = score(warped, "batch" if mask is None else "none")
     if mask is None:
         return similarity
-    dims = tuple(range(1, similarity.ndim))
-    return (similarity * mask).sum(dims) / mask.sum(dims).clamp_min(1e-6)
+    return (similarity * mask).mean(tuple(range(1, similarity.ndim)))
 
 
 @torch.no_grad()
@@ -252,8 +257,9 @@ def optimise_displacement(fixed: Tensor, moving: Tensor, config: InstanceConfig 
         field_callback: called as ``field_callback(level, iteration, field)`` after each step with the current
             ``(N, ndim, *S_level)`` displacement (detached; e.g. to save the registration step by step). With
             ``config.crop_margin`` the field comes on the whole ``(N, ndim, *S)`` grid instead.
-        mask: optional ``(N, 1, *S)`` weights in ``[0, 1]`` on the fixed grid: the similarity is averaged over
-            them, so regions outside (e.g. anatomy the moving image lacks) do not pull the field.
+        mask: optional ``(N, 1, *S)`` weights in ``[0, 1]`` on the fixed grid: the similarity is weighted by
+            them, so regions outside (e.g. anatomy the moving image lacks) do not pull the field, while voxels inside
+            pull as hard as without a mask (the weighted sum is divided by the voxel count, see :func:`_similarity`).
 
     Returns:
         ``(N, ndim, *S)`` voxel displacement on the fixed grid (detached).
