@@ -89,14 +89,15 @@ class InstanceConfig:
     at equal iterations (``docs/tuning.md``)."""
 
     accept_if_better: bool = True
-    """Keep a pyramid level's result only where it raises the similarity, scored with the local NCC whose maximum is
-    ``warped moving == fixed`` (``FixedLNCC(stationary=True)``), above that of the field the level started from
-    (by more than :data:`ROUNDING`); otherwise keep that starting field. Adam with a constant step size does not
-    settle at a maximum: it normalises whatever gradient is left, rounding noise included, into steps of about
-    ``learning_rate`` (Kingma and Ba 2015, section 2), and the optimised NCC's ``eps`` pulls towards higher moving
-    contrast. Together they moved an image registered to itself by up to 0.5 voxel (``docs/register.md``). The
-    regularisers are left out of the check: with gradient smoothing Adam does not descend the regularised loss, and
-    real pairs' levels raised it while improving Dice. Costs two similarity evaluations per level."""
+    """Keep a pyramid level's result unless it is no better than the field the level started from in either
+    respect: it neither raised the similarity, scored with the local NCC whose maximum is ``warped moving == fixed``
+    (``FixedLNCC(stationary=True)``), by more than :data:`ROUNDING`, nor lowered the regularisers' energy; such a
+    result is dominated by the start, which is kept. Adam with a constant step size does not settle at an optimum:
+    it normalises whatever gradient is left, rounding noise included, into steps of about ``learning_rate`` (Kingma
+    and Ba 2015, section 2), and the optimised NCC's ``eps`` pulls towards higher moving contrast. Together they
+    moved an image registered to itself by up to 0.5 voxel (``docs/register.md``). The regularised loss itself is
+    not the test: with gradient smoothing Adam does not descend it, and real pairs' levels raised it while improving
+    Dice. Costs two similarity evaluations per level."""
 
     def __post_init__(self) -> None:
         if len(self.levels) != len(self.iterations) or not self.levels:
@@ -185,10 +186,11 @@ def _similarity(score: FixedLNCC, warped: Tensor, mask: Tensor | None) -> Tensor
 
 
 @torch.no_grad()
-def _dissimilarity(score: FixedLNCC, moving: Tensor, param: Tensor, base: Tensor | None, config: InstanceConfig,
-                   size: torch.Size, mask: Tensor | None) -> Tensor:
-    """``(N,)`` ``1 - similarity`` of the unknown ``param`` at one level."""
-    return 1.0 - _similarity(score, warp(moving, _field(param, base, config, size)), mask)
+def _scores(score: FixedLNCC, moving: Tensor, param: Tensor, base: Tensor | None, config: InstanceConfig,
+            size: torch.Size, mask: Tensor | None) -> tuple[Tensor, Tensor]:
+    """``(N,)`` ``1 - similarity`` and ``(N,)`` regulariser energy of the unknown ``param`` at one level."""
+    energy = regularise_(param, torch.zeros_like(param), config.smoothness, config.bending)
+    return 1.0 - _similarity(score, warp(moving, _field(param, base, config, size)), mask), energy
 
 
 def _field(unknown: Tensor, base: Tensor | None, config: InstanceConfig, size: torch.Size) -> Tensor:
@@ -303,7 +305,7 @@ def optimise_displacement(fixed: Tensor, moving: Tensor, config: InstanceConfig 
         if config.accept_if_better:
             exact = FixedLNCC(fixed_l, config.windows, config.window_weights, stationary=True)
             start_param = param.detach().clone()
-            start_loss = _dissimilarity(exact, moving_l, start_param, base_l, config, size, mask_l)
+            start_scores = _scores(exact, moving_l, start_param, base_l, config, size, mask_l)
         for it in range(iterations):
             current = _field(param, base_l, config, size)
             similarity = _similarity(similarity_to_fixed, warp(moving_l, current), mask_l)
@@ -320,7 +322,8 @@ def optimise_displacement(fixed: Tensor, moving: Tensor, config: InstanceConfig 
             if field_callback is not None:
                 field_callback(level, it, current.detach())
         if config.accept_if_better:
-            worse = _dissimilarity(exact, moving_l, param, base_l, config, size, mask_l) > start_loss - ROUNDING
+            dissimilarity, energy = _scores(exact, moving_l, param, base_l, config, size, mask_l)
+            worse = (dissimilarity > start_scores[0] - ROUNDING) & (energy >= start_scores[1])
             if worse.any():
                 param = torch.where(worse.view(-1, *[1] * (param.ndim - 1)), start_param, param.detach())
         velocity = param.detach() if config.diffeomorphic else None
