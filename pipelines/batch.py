@@ -170,7 +170,8 @@ def pair_status(outdir: Path, pair_id: str) -> str:
 def _metrics_row(outdir: Path, pair: Pair) -> dict[str, Any]:
     state = read_pair_record(outdir / pair.id)
     row: dict[str, Any] = {"pair": pair.id, "status": state.status, "fixed": str(pair.fixed),
-                           "moving": str(pair.moving), "error": state.message, "seconds_total": None}
+                           "moving": str(pair.moving), "error": state.message, "seconds_total": None,
+                           "warnings": []}
     row.update({f"seconds_{k}": None for k in STAGES})
     row.update({k: None for k in QC_KEYS})
     if state.record is not None:
@@ -178,6 +179,7 @@ def _metrics_row(outdir: Path, pair: Pair) -> dict[str, Any]:
         row["seconds_total"] = seconds.get("total")
         row.update({f"seconds_{k}": seconds.get(k) for k in STAGES})
         row.update({k: qc.get(k) for k in QC_KEYS})
+        row["warnings"] = list(state.record.get("warnings", []))
     return row
 
 

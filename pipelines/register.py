@@ -79,7 +79,7 @@ from rlreg.transforms import (
 
 __all__ = ["DEFAULT_INSTANCE", "DEFAULT_INSTANCE_2D", "FORMATS", "Deformable", "Prepared", "RegisterOptions",
            "RegisterResult", "check_output_dir", "deform", "finish", "instance_settings", "normalise_intensity",
-           "prepare", "register"]
+           "prepare", "quality_warnings", "register"]
 
 FORMATS = ("slicer", "l2r", "fsl", "niftyreg", "dicom")
 DEFAULT_INSTANCE = InstanceConfig(levels=(4, 2, 1), iterations=(60, 30, 15), smoothness=1.0, bending=1.0,
@@ -255,8 +255,8 @@ class RegisterResult:
     outputs: dict[str, str]
     ants_command: str
     warnings: list[str] = field(default_factory=list)
-    """One line each: results that ran but may mislead (e.g. label maps that share few labels); the CLI prints
-    them on stderr."""
+    """One line each: results that ran but may mislead (label maps that share few labels, a deformable stage that
+    lowered the similarity or folds); the CLI prints them on stderr."""
 
 
 # ---------------------------------------------------------------------------------------------------- helpers
@@ -270,6 +270,25 @@ def instance_settings(smoothness: float | None = None, diffeomorphic: bool = Fal
     if smoothness is not None:
         config = replace(config, smoothness=smoothness)
     return config if bending is None else replace(config, bending=bending)
+
+
+FOLDING_WARNING_PERCENT = 1.0
+"""Folding (of the deformable part) above this percentage of the fixed grid (or mask) is warned about, as the batch
+report flags it (``rlreg.pipelines.report.FOLDING_LIMIT``)."""
+
+
+def quality_warnings(qc: dict[str, Any]) -> list[str]:
+    """One-line warnings about a finished registration's QC numbers: the deformable stage lowered the similarity the
+    affine stage reached, or its field folds more than :data:`FOLDING_WARNING_PERCENT` of the voxels. Either means
+    the deformable result should not be trusted as is (degenerate inputs: tiny grids, images without structure)."""
+    warnings = []
+    if qc["lncc_after"] < qc["lncc_affine"]:
+        warnings.append(f"the deformable stage lowered the similarity (LNCC {qc['lncc_affine']:.3f} after the affine "
+                        f"-> {qc['lncc_after']:.3f}); check the inputs, or use the affine alone")
+    if qc["folding_percent"] > FOLDING_WARNING_PERCENT:
+        warnings.append(f"the field folds {qc['folding_percent']:.2f} % of the voxels (Jacobian <= 0, more than "
+                        f"{FOLDING_WARNING_PERCENT:g} %); raise --smoothness or use --diffeomorphic")
+    return warnings
 
 
 def check_output_dir(output: Path) -> None:
@@ -977,6 +996,7 @@ def _finish(prepared: Prepared, result: Deformable, progress: Progress | None = 
         "sdlogj": float(sdlogj(disp, qc_mask, determinant=deformable_jac)[0]),
         "jacobian_min": float(jac.min()), "jacobian_max": float(jac.max()),
     }
+    warnings = quality_warnings(qc)
     if moving_seg is not None:
         qc.update(dice_before=_dice(unaligned(moving_seg.data, "label"), fseg),
                   dice_affine=_dice(warp(moving_seg.data, affine_chain, "label"), fseg),
@@ -1050,7 +1070,7 @@ def _finish(prepared: Prepared, result: Deformable, progress: Progress | None = 
         tool="rlreg", version=__version__, created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         conventions=CONVENTIONS, inputs=inputs, method=method, seconds=seconds, qc=qc, steps=result.curve,
         outputs={k: str(v) for k, v in written.items()} | {"report": str(out / SIDECAR)},
-        ants_command=ants_command(ndim, opts.fixed, opts.moving, out), warnings=list(p.warnings))
+        ants_command=ants_command(ndim, opts.fixed, opts.moving, out), warnings=[*p.warnings, *warnings])
     (out / ERROR_RECORD).unlink(missing_ok=True)
     with atomic_output(out / SIDECAR) as tmp:
         tmp.write_text(json.dumps(asdict(report), indent=2))

@@ -50,6 +50,7 @@ class Variant:
 
 
 _SITK = AffineConfig(backend="simpleitk")
+_UNCHECKED_AFFINE = AffineConfig(accept_if_better=False)
 _OLD = InstanceConfig(smoothness=4.0)
 _FULL = replace(_OLD, levels=(4, 2, 1), iterations=(100, 60, 20))
 _LEAN = replace(_FULL, smoothness=1.0, windows=(5,), iterations=(60, 30, 10))  # s1-w5-lean, the session-5 default
@@ -117,6 +118,11 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in (
                                                  levels=(4, 2), iterations=(60, 30)))
       for g in (1.0, 2.0)),
     Variant("g1-s0.25-b1-c8-w9", replace(_G1, smoothness=0.25, bending=1.0, crop_margin=8, windows=(9,))),
+    # The defaults (3-D g1-s1-b1-c8, 2-D svf-g1-s0.25-b0-c8) without the check that keeps a pyramid level's result
+    # only if it improves the objective scored with the stationary local NCC (accept_if_better, affine and deformable).
+    *(Variant(f"{name}-unchecked", replace(config, accept_if_better=False), _UNCHECKED_AFFINE)
+      for name, config in (("g1-s1-b1-c8", replace(_G1, bending=1.0, crop_margin=8)),
+                           ("svf-g1-s0.25-b0-c8", replace(_G1, smoothness=0.25, crop_margin=8, diffeomorphic=True)))),
 )}
 
 

@@ -30,9 +30,14 @@ from rlreg.losses import FixedLNCC, regularise_
 from rlreg.spatial import compose, integrate_velocity, resize_displacement, warp
 from rlreg.synth import gaussian_blur
 
-__all__ = ["MIN_LEVEL_SIZE", "InstanceConfig", "downsample", "foreground_box", "level_factor", "level_size",
+__all__ = ["MIN_LEVEL_SIZE", "ROUNDING", "InstanceConfig", "downsample", "foreground_box", "level_factor", "level_size",
            "optimise_displacement"]
 
+ROUNDING = 1e-5
+"""Loss decreases this small are rounding, not progress (``accept_if_better`` keeps a level's starting point unless
+its result beats it by more): float32 sums over the level's voxels, and ``warp``'s normalised coordinates, which move
+intensities by up to ~1e-5 even at zero displacement. On a brain registered to itself, maps 3.5e-6 "better" than the
+identity were off it by 1e-3 in the matrix."""
 MIN_LEVEL_SIZE = 16
 """Smallest number of voxels along an axis at which a pyramid level is still run at its own factor."""
 
@@ -82,6 +87,17 @@ class InstanceConfig:
     FireANTs feeds Adam (Jena et al. 2024); each step then moves a neighbourhood coherently instead of every voxel
     by Adam's ~``learning_rate`` whatever its gradient's size. On the T1 development set sigma 1 added Dice 0.009
     at equal iterations (``docs/tuning.md``)."""
+
+    accept_if_better: bool = True
+    """Keep a pyramid level's result unless it is no better than the field the level started from in either
+    respect: it neither raised the similarity, scored with the local NCC whose maximum is ``warped moving == fixed``
+    (``FixedLNCC(stationary=True)``), by more than :data:`ROUNDING`, nor lowered the regularisers' energy; such a
+    result is dominated by the start, which is kept. Adam with a constant step size does not settle at an optimum:
+    it normalises whatever gradient is left, rounding noise included, into steps of about ``learning_rate`` (Kingma
+    and Ba 2015, section 2), and the optimised NCC's ``eps`` pulls towards higher moving contrast. Together they
+    moved an image registered to itself by up to 0.5 voxel (``docs/register.md``). The regularised loss itself is
+    not the test: with gradient smoothing Adam does not descend it, and real pairs' levels raised it while improving
+    Dice. Costs two similarity evaluations per level."""
 
     def __post_init__(self) -> None:
         if len(self.levels) != len(self.iterations) or not self.levels:
@@ -155,6 +171,28 @@ class _Adam:
         self.param.grad = None
 
 
+def _similarity(score: FixedLNCC, warped: Tensor, mask: Tensor | None) -> Tensor:
+    """``(N,)`` similarity of warped moving images, weighted by the ``(N, 1, *S)`` weights ``mask`` when given.
+
+    The weighted sum is divided by the number of voxels, as the unweighted mean is, not by the sum of the weights:
+    a voxel inside the mask then pulls exactly as hard as without a mask, against regularisers that are means over
+    every voxel. Dividing by the weights scaled the similarity up by the grid-to-mask volume ratio (about 3 for a
+    brain mask on a 2 mm brain), which is a weaker regulariser: the field folded 100 times more (``docs/register.md``).
+    """
+    similarity = score(warped, "batch" if mask is None else "none")
+    if mask is None:
+        return similarity
+    return (similarity * mask).mean(tuple(range(1, similarity.ndim)))
+
+
+@torch.no_grad()
+def _scores(score: FixedLNCC, moving: Tensor, param: Tensor, base: Tensor | None, config: InstanceConfig,
+            size: torch.Size, mask: Tensor | None) -> tuple[Tensor, Tensor]:
+    """``(N,)`` ``1 - similarity`` and ``(N,)`` regulariser energy of the unknown ``param`` at one level."""
+    energy = regularise_(param, torch.zeros_like(param), config.smoothness, config.bending)
+    return 1.0 - _similarity(score, warp(moving, _field(param, base, config, size)), mask), energy
+
+
 def _field(unknown: Tensor, base: Tensor | None, config: InstanceConfig, size: torch.Size) -> Tensor:
     """A level's ``(N, ndim, *size)`` displacement from its unknown: the displacement itself, or
     ``compose(base, exp(velocity))`` with the exponential upsampled from the velocity's grid to ``size``."""
@@ -221,8 +259,9 @@ def optimise_displacement(fixed: Tensor, moving: Tensor, config: InstanceConfig 
         field_callback: called as ``field_callback(level, iteration, field)`` after each step with the current
             ``(N, ndim, *S_level)`` displacement (detached; e.g. to save the registration step by step). With
             ``config.crop_margin`` the field comes on the whole ``(N, ndim, *S)`` grid instead.
-        mask: optional ``(N, 1, *S)`` weights in ``[0, 1]`` on the fixed grid: the similarity is averaged over
-            them, so regions outside (e.g. anatomy the moving image lacks) do not pull the field.
+        mask: optional ``(N, 1, *S)`` weights in ``[0, 1]`` on the fixed grid: the similarity is weighted by
+            them, so regions outside (e.g. anatomy the moving image lacks) do not pull the field, while voxels inside
+            pull as hard as without a mask (the weighted sum is divided by the voxel count, see :func:`_similarity`).
 
     Returns:
         ``(N, ndim, *S)`` voxel displacement on the fixed grid (detached).
@@ -263,12 +302,13 @@ def optimise_displacement(fixed: Tensor, moving: Tensor, config: InstanceConfig 
                  else resize_displacement(start, grid).detach().clone()).requires_grad_(True)  # never the caller's
         optimiser = _Adam(param, config.learning_rate)
         similarity_to_fixed = FixedLNCC(fixed_l, config.windows, config.window_weights)
+        if config.accept_if_better:
+            exact = FixedLNCC(fixed_l, config.windows, config.window_weights, stationary=True)
+            start_param = param.detach().clone()
+            start_scores = _scores(exact, moving_l, start_param, base_l, config, size, mask_l)
         for it in range(iterations):
             current = _field(param, base_l, config, size)
-            similarity = similarity_to_fixed(warp(moving_l, current), "batch" if mask_l is None else "none")
-            if mask_l is not None:
-                dims = tuple(range(1, similarity.ndim))
-                similarity = (similarity * mask_l).sum(dims) / mask_l.sum(dims).clamp_min(1e-6)
+            similarity = _similarity(similarity_to_fixed, warp(moving_l, current), mask_l)
             # The sum, not the mean: each pair's gradient is then exactly what it would be alone, and Adam acts per
             # element, so a batch of pairs is optimised as each pair would be on its own. The regularisers' gradient
             # is written out and added in place (the same numbers as autograd's, about 40 ms less per 2 mm step).
@@ -281,6 +321,11 @@ def optimise_displacement(fixed: Tensor, moving: Tensor, config: InstanceConfig 
                 callback(level, it, losses.detach().cpu())
             if field_callback is not None:
                 field_callback(level, it, current.detach())
+        if config.accept_if_better:
+            dissimilarity, energy = _scores(exact, moving_l, param, base_l, config, size, mask_l)
+            worse = (dissimilarity > start_scores[0] - ROUNDING) & (energy >= start_scores[1])
+            if worse.any():
+                param = torch.where(worse.view(-1, *[1] * (param.ndim - 1)), start_param, param.detach())
         velocity = param.detach() if config.diffeomorphic else None
         with torch.no_grad():
             disp = _field(param.detach(), base_l, config, size)

@@ -191,8 +191,8 @@ def _crop(padded: Tensor, window: int, radius: int) -> tuple:
     return (Ellipsis, *[slice(margin, padded.shape[a] - margin) for a in range(2, padded.ndim)])
 
 
-def _moving_lncc_maps(fixed: _FixedStatistics, moving: Tensor, eps: float) -> list[Tensor]:
-    """:func:`_lncc_maps` with the fixed image's part already computed."""
+def _moving_lncc_maps(fixed: _FixedStatistics, moving: Tensor, eps: float, stationary: bool = False) -> list[Tensor]:
+    """:func:`_lncc_maps` with the fixed image's part already computed (``stationary``: see :class:`FixedLNCC`)."""
     n, c, *spatial = moving.shape
     ndim = len(spatial)
     radius = max(fixed.windows) // 2
@@ -208,7 +208,11 @@ def _moving_lncc_maps(fixed: _FixedStatistics, moving: Tensor, eps: float) -> li
         # variances. The padded zeros count as window values, so Cauchy-Schwarz holds and cc <= 1 everywhere.
         cross = fm_sum - f_sum * m_sum / size
         var_m = (mm_sum - m_sum * m_sum / size).clamp_min(0.0)
-        maps.append(cross * cross / (var_f * var_m + eps))
+        if stationary:
+            maps.append((var_f * var_f / (var_f * var_f + eps) * cross * cross / (var_f * var_m + eps * eps))
+                        .clamp_max(1.0))
+        else:
+            maps.append(cross * cross / (var_f * var_m + eps))
     return maps
 
 
@@ -221,19 +225,30 @@ class FixedLNCC:
     rounding, gradients included (the fixed image's statistics are constants of the call, so no gradient reaches
     ``fixed``).
 
+    With ``stationary=True`` each window's value is ``w * cross**2 / (var_f * var_m + eps**2)`` with the weight
+    ``w = var_f**2 / (var_f**2 + eps)`` of the fixed window alone (clamped to 1). The usual ``cross**2 / (var_f *
+    var_m + eps)`` weights a window by ``var_f * var_m / (var_f * var_m + eps)``, which grows with the *moving*
+    window's contrast (``s**2 v**2 / (s**2 v**2 + eps)`` for a window scaled by ``s``), so it is not maximised where
+    the moving image equals the fixed one: wherever ``var_f * var_m`` is comparable to ``eps`` (low-contrast tissue,
+    the edge of a zero background) it pulls an image registered to itself off the identity. Weighting by the fixed
+    window alone, each window is largest (up to ``eps**2``) where the moving window equals the fixed one, and the
+    value matches the usual form wherever both windows are alike. It is a score for checking an optimiser's result;
+    its gradient is steep where the moving window is flat.
+
     Args:
         fixed: ``(N, C, *S)`` fixed image, 2 or 3 spatial dims.
         windows, weights, eps: as in :func:`multiscale_lncc` (no ``downsample``).
+        stationary: the form above, whose maximum is ``moving == fixed``.
     """
 
     def __init__(self, fixed: Tensor, windows: Sequence[int] = (9, 7, 5), weights: Sequence[float] = (1.0, 0.5, 0.25),
-                 eps: float = 1e-5) -> None:
+                 eps: float = 1e-5, stationary: bool = False) -> None:
         self.windows = [_check_window(w) for w in windows]
         self.weights = _check_weights(self.windows, weights)
         if fixed.ndim not in (4, 5):
             raise ValueError(f"fixed must be (N, C, *S) with 2 or 3 spatial dims, got shape {tuple(fixed.shape)}")
         fixed = _as_float(fixed)
-        self.shape, self.eps = fixed.shape, eps
+        self.shape, self.eps, self.stationary = fixed.shape, eps, stationary
         with torch.no_grad():
             self.statistics = _FixedStatistics.of(fixed, self.windows)
 
@@ -243,7 +258,8 @@ class FixedLNCC:
         _check_reduction(reduction, ("mean", "batch", "none"))
         if moving.shape != self.shape:
             raise ValueError(f"moving {tuple(moving.shape)} must have the fixed image's shape {tuple(self.shape)}")
-        maps = _moving_lncc_maps(self.statistics, moving.to(self.statistics.padded.dtype), self.eps)
+        maps = _moving_lncc_maps(self.statistics, moving.to(self.statistics.padded.dtype), self.eps,
+                                 self.stationary)
         return _weighted(maps, self.weights, reduction)
 
 
