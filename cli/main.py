@@ -190,7 +190,7 @@ def register(
             refine_factor=refine_factor, affine=affine,
             formats=tuple(f.strip() for f in formats.split(",") if f.strip()), save_inverse=save_inverse,
             save_steps=save_steps, smoothness=smoothness, bending=bending, diffeomorphic=diffeomorphic,
-            threads=threads or default_threads())
+            threads=default_threads() if threads is None else threads)
         options.device = str(resolve_device(device))
         with sigterm_as_interrupt(), _progress_bar(quiet or json_output) as bar:
             result = run(options, progress=_stage_reporter(bar))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import json
+import locale
 import shutil
 from pathlib import Path
 
@@ -117,6 +118,17 @@ def test_3d_only_formats_on_2d_inputs_are_refused_before_the_affine(pair2d, tmp_
 
 def test_dicom_without_frame_of_reference_is_refused_before_the_affine(pair3d, tmp_path, monkeypatch) -> None:
     pydicom = pytest.importorskip("pydicom")
+    # GDCM's DICOM writer (sitk.WriteImage to .dcm, used here to build the series) sets the C library's LC_CTYPE to
+    # "C" and leaves it there, which turns Python's default text encoding into ASCII for every later test.
+    saved_ctype = locale.setlocale(locale.LC_CTYPE)
+    monkeypatch.setattr(register_module, "affine_register", _no_affine_stage)
+    try:
+        _refuse_dicom_without_frame_of_reference(pydicom, pair3d, tmp_path)
+    finally:
+        locale.setlocale(locale.LC_CTYPE, saved_ctype)
+
+
+def _refuse_dicom_without_frame_of_reference(pydicom, pair3d, tmp_path) -> None:
     series = tmp_path / "series"
     series.mkdir()
     volume = sitk.Cast(sitk.ReadImage(str(pair3d["fixed"])) * 1000, sitk.sitkInt16)
@@ -131,7 +143,6 @@ def test_dicom_without_frame_of_reference_is_refused_before_the_affine(pair3d, t
         if "FrameOfReferenceUID" in ds:
             del ds.FrameOfReferenceUID
         ds.save_as(path)
-    monkeypatch.setattr(register_module, "affine_register", _no_affine_stage)
     with pytest.raises(InputError, match="no FrameOfReferenceUID"):
         prepare(RegisterOptions(fixed=series, moving=pair3d["moving"], output=tmp_path / "out", formats=("dicom",)))
 
