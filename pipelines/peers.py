@@ -74,6 +74,7 @@ from torch import Tensor, nn
 
 from rlreg.io import Geometry, Image, InputError, atomic_output, read_image, save_torch, write_image
 from rlreg.pipelines.pairs import Pair
+from rlreg.pipelines.threads import cpu_threads
 from rlreg.spatial import orientation_axes, reorient, reorient_field_back, resize_displacement, warp
 from rlreg.transforms import chain_from_world, write_itk_warp
 
@@ -219,22 +220,6 @@ def _environment(**values: str) -> Iterator[None]:
                 os.environ[key] = value
 
 
-@contextlib.contextmanager
-def _threads(count: int) -> Iterator[None]:
-    """torch and SimpleITK limited to ``count`` threads for the block."""
-    if count < 1:
-        raise ValueError(f"threads must be >= 1, got {count}")
-    torch_before = torch.get_num_threads()
-    sitk_before = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
-    torch.set_num_threads(count)
-    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(count)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(torch_before)
-        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(sitk_before)
-
-
 # ---------------------------------------------------------------------------------------------------- shared steps
 def _read_pair(fixed: Path, moving: Path) -> tuple[Image, Image]:
     """Both images as rlreg reads them (any SimpleITK format or DICOM folder), so every peer sees the same voxels."""
@@ -330,7 +315,7 @@ def register_syn(fixed: Path, moving: Path, out: Path, threads: int = 1, seed: i
     ants, seconds, started = _load_tool(_ants, started)
     # The environment is in place before ANTs touches ITK at all (ants.from_numpy included): ANTsPy's ITK fixes its
     # thread count at that first use.
-    with _threads(threads), tempfile.TemporaryDirectory(prefix="rlreg-syn-") as scratch, \
+    with cpu_threads(threads), tempfile.TemporaryDirectory(prefix="rlreg-syn-") as scratch, \
             _environment(ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS=str(threads), ANTS_RANDOM_SEED=str(seed)):
         t0 = time.perf_counter()
         fixed_image, moving_image = _read_pair(Path(fixed), Path(moving))
@@ -460,7 +445,7 @@ def register_elastix(fixed: Path, moving: Path, out: Path, threads: int = 1, kee
     parameters, effective = _elastix_maps(itk, overrides)
     threader = itk.MultiThreaderBase
     maximum, default = threader.GetGlobalMaximumNumberOfThreads(), threader.GetGlobalDefaultNumberOfThreads()
-    with _threads(threads):
+    with cpu_threads(threads):
         t0 = time.perf_counter()
         fixed_image, moving_image = _read_pair(Path(fixed), Path(moving))
         itk_fixed, itk_moving = _itk_image(itk, fixed_image), _itk_image(itk, moving_image)
@@ -631,7 +616,7 @@ def train_voxelmorph(sampler: Callable[[int, torch.Generator, torch.device | str
         raise ValueError(f"budget_seconds must be > 0, got {budget_seconds}")
     device = torch.device(device)
     ndim = len(shape)
-    context = _threads(threads) if threads is not None else contextlib.nullcontext()
+    context = cpu_threads(threads) if threads is not None else contextlib.nullcontext()
     with context, torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = _build_voxelmorph(config, ndim).to(device)
@@ -756,7 +741,7 @@ def register_voxelmorph(fixed: Path, moving: Path, out: Path, model: Path, devic
     _check_shape(size, config)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    with _threads(threads):
+    with cpu_threads(threads):
         options = RegisterOptions(fixed=Path(fixed), moving=Path(moving), output=out, affine=affine,
                                   device=str(device), model="none")
         prepared = prepare(options)
