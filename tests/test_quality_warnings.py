@@ -23,6 +23,26 @@ def test_quality_warnings_name_a_similarity_drop_and_folding() -> None:
     assert len(dropped) == 1 and "lowered the similarity" in dropped[0] and "0.300" in dropped[0]
     folded = quality_warnings({**fine, "folding_percent": 26.0})
     assert len(folded) == 1 and "26.00 %" in folded[0]
+    assert quality_warnings(fine, 1.52, (96, 90, 93)) == []  # two adult brains differ by about that much
+    shrunk = quality_warnings(fine, 0.16, (96, 90, 93))
+    assert len(shrunk) == 1 and "scales the volume by 0.16" in shrunk[0]
+    tiny = quality_warnings(fine, 1.0, (3, 3, 3))
+    assert len(tiny) == 1 and "3x3x3 voxels" in tiny[0]
+
+
+def test_a_tiny_pair_at_default_settings_is_warned_about(tmp_path) -> None:
+    """A random 3x3x3 pair with every default: whatever each stage does, rlreg.json says the result is not to be
+    trusted."""
+    rng = np.random.default_rng(1)
+    paths = []
+    for name in ("fixed", "moving"):
+        paths.append(tmp_path / f"{name}.nii.gz")
+        sitk.WriteImage(sitk.GetImageFromArray(rng.random((3, 3, 3)).astype(np.float32)), str(paths[-1]))
+    result = runner.invoke(app, ["register", *map(str, paths), "-o", str(tmp_path / "out"), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    record = json.loads((tmp_path / "out" / "rlreg.json").read_text())
+    assert any("3x3x3 voxels" in warning for warning in record["warnings"])
+    assert "warning: the fixed grid is only 3x3x3 voxels" in result.stderr
 
 
 def test_a_folding_field_is_warned_about_on_stderr_and_in_the_sidecar(tmp_path) -> None:
