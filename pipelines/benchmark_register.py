@@ -318,7 +318,8 @@ def render_section(results: list[CaseResult], command: str, environment: dict[st
         "to the row's resolution over its native field of view.", "",
         f"Command: `{command}`. Each row ran `rlreg register fixed.nii.gz moving.nii.gz -o OUT --fixed-seg ... "
         f"--moving-seg ... --device {method.get('device', 'cpu')} --json` in a fresh child process. "
-        f"{environment['cpu']}; torch {environment['torch']} with {environment['threads']} threads; "
+        f"{environment['cpu']}; torch {environment['torch']}; rlreg register on {method.get('cpu_threads', '?')} "
+        "CPU thread(s) (its --threads default); "
         f"{environment['date']}; load {environment['load']}.", "",
         f"Deformable stage: {method.get('deformable')} ({method.get('steps')} iterations"
         + (f", pyramid downsampling factors {method['config'].get('levels')}" if method.get("config") else "")
