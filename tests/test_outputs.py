@@ -208,7 +208,7 @@ def test_cli_negative_steps_is_one_line(pair2d, tmp_path) -> None:
 
 def test_steps_beyond_the_cards_max_steps_are_refused(pair2d, tmp_path, monkeypatch) -> None:
     monkeypatch.setattr(register_module, "affine_register", _no_affine_stage)
-    with pytest.raises(InputError, match="at most 20 steps"):
+    with pytest.raises(InputError, match="trained on episodes of 20 steps"):
         prepare(RegisterOptions(fixed=pair2d["fixed"], moving=pair2d["moving"], output=tmp_path / "o",
                                 model="digits", steps=21))
 
