@@ -197,7 +197,8 @@ def register(
     except (InputError, ValueError) as err:
         _fail(str(err))
     except KeyboardInterrupt as stop:
-        _fail(f"interrupted; {output} holds only complete files, and no rlreg.json (the run did not finish)",
+        _fail(f"interrupted; {output} holds only complete files, and no rlreg.json (the run did not finish)"
+              if output.exists() else f"interrupted; nothing was written ({output} was not created)",
               exit_code(stop))
     for warning in result.warnings:
         typer.secho(f"warning: {warning}", fg=typer.colors.YELLOW, err=True)

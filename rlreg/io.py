@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import shlex
 import shutil
 import tempfile
 import zlib
@@ -280,11 +281,11 @@ def check_same_grid(path: str | os.PathLike[str], geometry: Geometry, reference:
     difference = grid_difference(geometry, reference_geometry, str(reference or "its image"))
     if difference is None:
         return
-    name = Path(reference).name if reference is not None else "image.nii.gz"
+    name = shlex.quote(str(reference)) if reference is not None else "image.nii.gz"
     raise InputError(f"{path}: {difference}; give the {what} on that image's grid (resample it "
-                     f"with nearest-neighbour labels, e.g. antsApplyTransforms -d {geometry.ndim} -i {Path(path).name} "
-                     f"-r {name} -o on_grid.nii.gz -n GenericLabel; or, if only its header is wrong, copy the image's "
-                     "header onto it with SimpleITK's CopyInformation)")
+                     f"with nearest-neighbour labels, e.g. antsApplyTransforms -d {geometry.ndim} -i "
+                     f"{shlex.quote(str(path))} -r {name} -o on_grid.nii.gz -n GenericLabel; or, if only its header "
+                     "is wrong, copy the image's header onto it with SimpleITK's CopyInformation)")
 
 
 def read_label_map(path: str | os.PathLike[str], check_values: bool = True) -> Image:

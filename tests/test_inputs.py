@@ -56,7 +56,8 @@ def test_segmentation_with_a_shifted_origin_is_refused(pair, tmp_path) -> None:
     shifted = tmp_path / "seg_shifted.nii.gz"
     _edited(pair["fixed_seg"], shifted, shift)
     _one_line_error(_register(pair, tmp_path / "o", "--fixed-seg", shifted, "--moving-seg", pair["moving_seg"]),
-                    shifted, "origin differs by 10 mm along x", pair["fixed"], "antsApplyTransforms")
+                    shifted, "origin differs by 10 mm along x", pair["fixed"], "antsApplyTransforms",
+                    f"-i {shifted} -r {pair['fixed']} ")  # the paths as given, so the hint runs as printed
 
 
 def test_segmentation_with_a_flipped_axis_is_refused(pair, tmp_path) -> None:

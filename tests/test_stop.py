@@ -206,6 +206,11 @@ def test_interrupts_exit_130_or_143_not_the_bad_input_code(monkeypatch: pytest.M
     result = CliRunner().invoke(app, [*args, "-o", str(tmp_path / "out"), "--device", "cpu"])
     assert result.exit_code == code, result.output
     assert "error: interrupted; " in result.output
+    if command == "register":  # nothing was written: the message must not claim a folder that does not exist
+        assert "nothing was written" in result.output
+        (tmp_path / "out").mkdir()
+        result = CliRunner().invoke(app, [*args, "-o", str(tmp_path / "out"), "--device", "cpu"])
+        assert result.exit_code == code and "holds only complete files" in result.output
 
 
 def test_sigterm_inside_the_block_raises_terminated_and_the_handler_is_restored() -> None:
