@@ -496,8 +496,11 @@ def _read_companion(path: Path | None, image: Image, role: str, dtype: torch.dty
     if path is None:
         return None
     other = read_label_map(path) if dtype == torch.int64 else read_image(path, dtype=dtype)
-    if other.volume is not None or image.volume is not None:  # one-slice volumes: the 3-D grids must agree
+    if other.volume is not None or image.volume is not None:
+        # One-slice volumes: the grids on disk must agree; the map then takes its image's in-plane frame, which for a
+        # moving slice is the fixed slice's plane (:func:`prepare`), not the frame its own file gives.
         check_same_grid(path, other.volume or other.geometry, image.path, image.volume or image.geometry, role)
+        return replace(other, geometry=image.geometry, volume=image.volume)
     check_same_grid(path, other.geometry, image.path, image.geometry, role)
     return other
 

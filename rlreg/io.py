@@ -256,7 +256,8 @@ def grid_difference(geometry: Geometry, reference: Geometry, name: str = "the re
         if off.sum() == 1:
             axis = int(np.argmax(off))
             return f"origin differs by {shift[axis]:g} mm along {_AXES[axis]} from {name}'s"
-        return f"origin differs by ({', '.join(f'{v:g}' for v in shift)}) mm along (x, y, z) from {name}'s"
+        return (f"origin differs by ({', '.join(f'{v:g}' for v in shift)}) mm along ({', '.join(_AXES[:len(shift)])}) "
+                f"from {name}'s")
     n = geometry.ndim
     direction = np.asarray(geometry.direction).reshape(n, n)
     ref_direction = np.asarray(reference.direction).reshape(n, n)

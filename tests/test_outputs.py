@@ -301,6 +301,27 @@ def _slice(source: Path, target: Path, cut: tuple[slice, ...]) -> Path:
     return target
 
 
+def test_one_slice_volumes_take_their_label_maps_and_refuse_a_shifted_one(pair3d, tmp_path) -> None:
+    """Label maps of two slices in different planes lie on their own slices' grids (not on the fixed plane the moving
+    slice is registered in): accepted, and warped_seg lies on the fixed slice's 3-D grid; a map whose slice sits
+    elsewhere along the normal is refused."""
+    axial = (slice(None), slice(None))
+    cut = {"fixed": (*axial, slice(11, 12)), "moving": (*axial, slice(13, 14))}
+    files = {key: _slice(pair3d[key], tmp_path / f"{key}.nii.gz", cut[key]) for key in cut}
+    segs = {key: _slice(pair3d[f"{key}_seg"], tmp_path / f"{key}_seg.nii.gz", cut[key]) for key in cut}
+    result = register(RegisterOptions(fixed=files["fixed"], moving=files["moving"], output=tmp_path / "out",
+                                      fixed_seg=segs["fixed"], moving_seg=segs["moving"], steps=10))
+    assert result.qc["dice_after"] is not None
+    warped_seg, reference = (sitk.ReadImage(str(path)) for path in (tmp_path / "out" / "warped_seg.nii.gz",
+                                                                     files["fixed"]))
+    assert warped_seg.GetSize() == reference.GetSize()
+    assert np.allclose(warped_seg.GetOrigin(), reference.GetOrigin(), atol=1e-4)
+    elsewhere = _slice(pair3d["moving_seg"], tmp_path / "elsewhere.nii.gz", (*axial, slice(15, 16)))
+    with pytest.raises(InputError, match="origin differs"):
+        prepare(RegisterOptions(fixed=files["fixed"], moving=files["moving"], output=tmp_path / "refused",
+                                fixed_seg=segs["fixed"], moving_seg=elsewhere))
+
+
 def test_one_slice_volumes_come_back_on_their_3d_grid(pair3d, tmp_path) -> None:
     axial = (slice(None), slice(None))
     fixed = _slice(pair3d["fixed"], tmp_path / "fslice.nii.gz", (*axial, slice(11, 12)))
