@@ -41,7 +41,7 @@ from rlreg.instance import InstanceConfig
 from rlreg.io import InputError, atomic_output
 from rlreg.pipelines.memory import keep_freed_memory, memory_kept, release_freed_memory
 from rlreg.pipelines.pairs import Pair, read_pairs, shard
-from rlreg.pipelines.register import ERROR_RECORD, SIDECAR, RegisterOptions
+from rlreg.pipelines.register import ERROR_RECORD, SIDECAR, RegisterOptions, remove_temporary_files
 from rlreg.pipelines.signals import die_with_parent
 from rlreg.pipelines.threads import cpu_threads, default_threads, usable_cpus
 
@@ -407,7 +407,7 @@ def _stop_workers(pool: ProcessPoolExecutor) -> None:
 
 def _run_pairs_in_workers(todo: list[Pair], options: BatchOptions) -> Iterator[Outcome]:
     """CPU: each worker process registers whole pairs, one thread each by default (pairs in parallel beat threads
-    within a pair: measured 1.73x vs 1.16x for the device-loop layout on 2 cores, docs/benchmarks.md)."""
+    within a pair and the device-loop layout on CPU: docs/batch.md, docs/benchmarks.md)."""
     queue = deque(todo)
     while queue:
         pool = _worker_pool(options)
@@ -551,10 +551,10 @@ def run_batch(options: BatchOptions, progress: PairProgress | None = None) -> Ba
     say = progress or (lambda *_: None)
     if options.engine not in ENGINES:
         raise InputError(f"--engine {options.engine}: unknown; choose local or ray")
-    if options.settings.threads is not None and options.settings.threads < 1:
-        raise InputError(f"--threads {options.settings.threads}: give 1 or more CPU threads per pair")
-    # replace() re-runs the range checks, also on fields assigned after construction
-    options = replace(options, workers=default_workers(options.settings.device, options.settings.threads or 1)
+    # replace() re-runs both option classes' range checks (--threads among them), also on fields assigned after
+    # construction
+    options = replace(options, settings=replace(options.settings),
+                      workers=default_workers(options.settings.device, options.settings.threads or 1)
                       if options.workers is None else options.workers)
     if options.settings.threads is None:  # one per worker; a whole machine's share when this process runs the pairs
         threads = 1 if options.workers > 0 or options.engine == "ray" else default_threads()
@@ -574,8 +574,7 @@ def run_batch(options: BatchOptions, progress: PairProgress | None = None) -> Ba
 
     todo = [p for p in mine if pair_status(out, p.id) != "done"]
     for pair in todo:  # temporary files a killed run left behind (never renamed into place)
-        for stale in (out / pair.id).glob(".*.tmp*"):
-            stale.unlink(missing_ok=True)
+        remove_temporary_files(out / pair.id)
     skipped = len(mine) - len(todo)
     missing = {pair.id: error for pair in todo if (error := _missing_file(pair, options)) is not None}
     runnable = [pair for pair in todo if pair.id not in missing]
