@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from rlreg.export import l2r_name
-from rlreg.io import InputError
+from rlreg.io import InputError, split_image_name
 
 __all__ = ["COLUMNS", "L2R_SUBSETS", "RESERVED_IDS", "Pair", "read_pairs", "shard"]
 
@@ -58,11 +58,7 @@ class Pair:
 
 
 def _stem(path: Path) -> str:
-    name = path.name
-    for suffix in IMAGE_SUFFIXES:
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return name
+    return split_image_name(path.name, IMAGE_SUFFIXES)[0]
 
 
 def _clean(text: str) -> str:

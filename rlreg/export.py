@@ -31,7 +31,7 @@ import nibabel as nib
 import numpy as np
 
 from rlreg import __version__
-from rlreg.io import Geometry, InputError, atomic_output
+from rlreg.io import Geometry, InputError, atomic_output, split_image_name
 
 if TYPE_CHECKING:  # pydicom is imported only by the DICOM functions, so the other formats work without it
     from pydicom.dataset import Dataset
@@ -240,10 +240,7 @@ def _case_id(path: str | os.PathLike[str]) -> str:
     match = _L2R_PATTERN.match(name)
     if match:
         return match.group("case")
-    for suffix in _IMAGE_SUFFIXES:
-        if name.lower().endswith(suffix) and len(name) > len(suffix):
-            return name[: -len(suffix)]
-    return name
+    return split_image_name(name, _IMAGE_SUFFIXES)[0]
 
 
 def l2r_name(fixed_path: str | os.PathLike[str], moving_path: str | os.PathLike[str]) -> str:

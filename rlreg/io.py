@@ -29,7 +29,7 @@ from torch import Tensor
 __all__ = ["COORDINATE_TOLERANCE", "DIRECTION_TOLERANCE", "Geometry", "Image", "InputError", "atomic_output",
            "atomic_path", "check_complete", "check_output_image", "check_same_grid", "grid_difference",
            "nibabel_to_sitk", "picture_array", "read_image", "read_label_map", "save_sitk", "save_torch",
-           "write_image"]
+           "split_image_name", "write_image"]
 
 COORDINATE_TOLERANCE = 1e-3
 """Two grids agree when their origins and spacings differ by at most this fraction of the smaller voxel size.
@@ -340,14 +340,21 @@ def _check_values(path: Path, array: np.ndarray) -> None:
         raise InputError(f"{path}: is {what} (every voxel is {array.flat[0]}); check that it is the right file")
 
 
+def split_image_name(name: str, suffixes: tuple[str, ...]) -> tuple[str, str]:
+    """``name`` as ``(stem, suffix)`` for the first of ``suffixes`` it ends with, compared case-insensitively (list
+    ``.nii.gz`` before ``.nii``), or ``(name, "")`` when none matches or nothing would be left of the stem."""
+    lower = name.lower()
+    for suffix in suffixes:
+        if lower.endswith(suffix) and len(name) > len(suffix):
+            return name[: -len(suffix)], name[-len(suffix):]
+    return name, ""
+
+
 def _nan_hint(path: Path) -> str:
     """How to replace NaN/Inf in ``path``'s format: fslmaths reads only NIfTI; SimpleITK reads every format."""
     name = path.name
-    for suffix in (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd"):
-        if name.lower().endswith(suffix):
-            stem, ext = name[: -len(suffix)], name[-len(suffix):]
-            break
-    else:
+    stem, ext = split_image_name(name, (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd"))
+    if not ext:
         stem, ext = path.stem, path.suffix
     clean = f"{stem}_clean{ext}"
     python = (f"python -c \"import SimpleITK as s, numpy as n; i=s.ReadImage('{name}'); "
