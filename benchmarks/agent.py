@@ -1,6 +1,6 @@
 """What each speed lever buys the step-wise agent: seconds of model time per 3-D brain pair, same invocation.
 
-``python -m rlreg.pipelines.benchmark_agent [--threads 1]`` times the deformable stage (planner + actor per step,
+``python -m benchmarks.agent [--threads 1]`` times the deformable stage (planner + actor per step,
 composition and re-warp of the original moving image) of a freshly initialised agent on the grid sizes a 2 mm
 brain pair gives, starting from SPAC's official setting (a 5-level network at 128^3, 20 steps) and adding one lever
 at a time. Weights do not change the cost, so no training is needed. Each case runs in a fresh child process
@@ -23,11 +23,14 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.common import describe_machine, import_baseline_mib, load_average, run_child, write_section
 from rlreg.networks import NetworkConfig, count_parameters
 from rlreg.sac import Agent, AgentConfig
 from rlreg.tasks.registration import RegistrationConfig, RegistrationTask
 
 __all__ = ["LEVERS", "Lever", "time_episode"]
+
+MODULE = "benchmarks.agent"
 
 BEGIN, END = "<!-- agent-speed:begin -->", "<!-- agent-speed:end -->"
 GRID_2MM = (96, 116, 96)
@@ -91,10 +94,8 @@ def time_episode(lever: Lever, repeats: int = 3) -> dict[str, float]:
 
 def _measure(index: int, args: argparse.Namespace, work: Path) -> dict:
     """Run lever ``index`` in a fresh child process: its timing record plus its own peak RSS (MiB)."""
-    from rlreg.pipelines.benchmark_register import run_child
-
     result_path = work / f"lever_{index}.json"
-    command = [sys.executable, "-m", "rlreg.pipelines.benchmark_agent", "--lever", str(index), "--threads",
+    command = [sys.executable, "-m", MODULE, "--lever", str(index), "--threads",
                str(args.threads), "--repeats", str(args.repeats), "--result", str(result_path)]
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
     child = run_child(command, work / f"lever_{index}.stdout", env)
@@ -105,10 +106,7 @@ def _measure(index: int, args: argparse.Namespace, work: Path) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from rlreg.pipelines.benchmark_register import _environment, import_baseline_mib, write_section
-    from rlreg.pipelines.benchmark_spatial import load_average
-
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog=f"python -m {MODULE}", description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--output", type=Path, default=Path("docs/benchmarks.md"))
@@ -123,15 +121,15 @@ def main(argv: list[str] | None = None) -> None:
     load = load_average()
     rows = []
     with tempfile.TemporaryDirectory(prefix="rlreg-agent-speed-") as scratch:
-        baseline = import_baseline_mib(Path(scratch), "torch, rlreg.pipelines.benchmark_agent")
+        baseline = import_baseline_mib(Path(scratch), f"torch, {MODULE}")
         for index, lever in enumerate(LEVERS):
             result = _measure(index, args, Path(scratch))  # e.g. torch.compile without a compiler: an error row
             rows.append((lever, result))
             print(lever.name, result, flush=True)
     base = rows[0][1].get("seconds", float("nan"))
-    env = _environment(load, Path("out"))
+    env = describe_machine(load, Path("out"))
     lines = [BEGIN, "## Agent speed levers (3-D brain pair, model time only)", "",
-             f"`python -m rlreg.pipelines.benchmark_agent --threads {args.threads}`: one pair, {args.threads} CPU "
+             f"`python -m {MODULE} --threads {args.threads}`: one pair, {args.threads} CPU "
              f"thread(s), median of {args.repeats} episodes, every row in the same invocation; {env['cpu']}, torch "
              f"{env['torch']}, {env['date']}. Each row adds one lever to the row above and runs in a fresh child "
              f"process. *Peak MiB* is that child's own peak resident memory above the {baseline:.0f} MiB a child "
@@ -147,8 +145,8 @@ def main(argv: list[str] | None = None) -> None:
         lines.append(f"| {lever.name} | {'x'.join(map(str, lever.grid))} | {lever.steps} | {r['parameters']:,} | "
                      f"{r['per_step']:.3f} | {r['seconds']:.2f}{extra} | {base / r['seconds']:.1f}x | "
                      f"{r['peak_rss_mib'] - baseline:.0f} |")
-    lines += ["", "Not measured here: bf16/AMP needs a GPU (none was lent); encoding the fixed image once per pair "
-              "needs a two-stream planner (not built, see the issue notes).", END]
+    lines += ["", "Not measured here: bf16/AMP needs a GPU (this run had none); encoding the fixed image once per pair "
+              "needs a two-stream planner (not built).", END]
     write_section(args.output, "\n".join(lines) + "\n", BEGIN, END)
 
 

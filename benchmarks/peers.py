@@ -1,6 +1,6 @@
 """Peer registration tools on rlreg's pairs, scored by rlreg's own evaluator: ``rlreg evaluate PAIRS.csv --fields OUT``.
 
-Three peers, each run on the same pair list (:func:`rlreg.pipelines.pairs.read_pairs`) by :func:`run_peer`:
+Three peers, each run on the same pair list (:func:`rlreg.data.pairs.read_pairs`) by :func:`run_peer`:
 
 * ``syn``: ANTs SyN through ANTsPy, ``ants.registration(fixed, moving, "SyN")`` with ANTsPy's defaults (affine
   initialisation, then symmetric normalisation; Avants et al., Med. Image Anal. 12(1), 2008).
@@ -21,11 +21,11 @@ What each peer writes in ``OUT/<pair-id>/``:
 * ``peer.json`` (:class:`PeerRecord`), written last: a folder holding it holds a finished registration. A failed
   pair gets ``error.json`` instead (as ``rlreg batch`` writes it), and :func:`run_peer` goes on with the others.
 
-How the conventions were checked (``tests/test_peers.py``): resampling the moving image through ``warp.nii.gz`` with
-SimpleITK reproduces ``ants.apply_transforms(fixed, moving, fwdtransforms)`` and elastix's own result image (cubic
-B-spline, as elastix resamples it) to float precision; a pure translation ``s`` of the moving image gives a field of
-mean ``s`` (sign included) over the object; VoxelMorph's ``SpatialTransformer`` equals :func:`rlreg.spatial.warp`
-(voxel units, channel ``c`` = tensor axis ``c``, ``align_corners=True``).
+How the conventions were checked (``tests/benchmarks/test_peers.py``): resampling the moving image through
+``warp.nii.gz`` with SimpleITK reproduces ``ants.apply_transforms(fixed, moving, fwdtransforms)`` and elastix's own
+result image (cubic B-spline, as elastix resamples it) to float precision; a pure translation ``s`` of the moving
+image gives a field of mean ``s`` (sign included) over the object; VoxelMorph's ``SpatialTransformer`` equals
+:func:`rlreg.spatial.warp` (voxel units, channel ``c`` = tensor axis ``c``, ``align_corners=True``).
 
 Threads and reproducibility (what was measured on this machine, ANTsPy 0.6.3, itk-elastix 0.25.4):
 
@@ -72,8 +72,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from rlreg.data.pairs import Pair
 from rlreg.io import Geometry, Image, InputError, atomic_output, read_image, save_torch, write_image
-from rlreg.pipelines.pairs import Pair
 from rlreg.pipelines.threads import cpu_threads
 from rlreg.spatial import orientation_axes, reorient, reorient_field_back, resize_displacement, warp
 from rlreg.transforms import chain_from_world, write_itk_warp
@@ -593,7 +593,7 @@ def train_voxelmorph(sampler: Callable[[int, torch.Generator, torch.device | str
 
     Args:
         sampler: ``sampler(n, generator, device) -> (fixed, moving, fixed_seg, moving_seg)``, images ``(n, 1, *shape)``
-            float in [0, 1], label maps the same shape int64 (e.g. ``rlreg.synth.SynthPairs(...).sample``).
+            float in [0, 1], label maps the same shape int64 (e.g. ``rlreg.data.synth.SynthPairs(...).sample``).
         shape: the training grid; each size a multiple of ``config.divisor``.
         budget_seconds: wall time after which no new step starts (the last step may overrun it by one step).
         output: checkpoint path (written atomically; ``torch.load(output, weights_only=True)`` reads it).
@@ -819,7 +819,7 @@ def run_peer(method: str, pairs: list[Pair], output: Path, progress: PeerProgres
 
     Args:
         method: ``syn``, ``elastix`` or ``voxelmorph``.
-        pairs: from :func:`rlreg.pipelines.pairs.read_pairs` (only ``fixed`` and ``moving`` are used: the label
+        pairs: from :func:`rlreg.data.pairs.read_pairs` (only ``fixed`` and ``moving`` are used: the label
             maps are for ``rlreg evaluate PAIRS --fields output``).
         output: the folder of pair folders.
         progress: optional ``progress(finished, total, pair_id, status)``.

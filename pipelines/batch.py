@@ -37,10 +37,10 @@ from typing import Any
 
 from rlreg import __version__, models
 from rlreg.affine import AffineConfig
+from rlreg.data.pairs import Pair, read_pairs, shard
 from rlreg.instance import InstanceConfig
 from rlreg.io import InputError, atomic_output
 from rlreg.pipelines.memory import keep_freed_memory, memory_kept, release_freed_memory
-from rlreg.pipelines.pairs import Pair, read_pairs, shard
 from rlreg.pipelines.register import ERROR_RECORD, SIDECAR, RegisterOptions, remove_temporary_files
 from rlreg.pipelines.signals import die_with_parent
 from rlreg.pipelines.threads import cpu_threads, default_threads, usable_cpus

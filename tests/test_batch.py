@@ -21,9 +21,9 @@ from phantoms import write_pair
 from typer.testing import CliRunner
 
 from rlreg.cli.main import app
+from rlreg.data.pairs import read_pairs, shard
 from rlreg.io import InputError
 from rlreg.pipelines.batch import BatchOptions, pair_status, run_batch
-from rlreg.pipelines.pairs import read_pairs, shard
 from rlreg.pipelines.register import DEFAULT_INSTANCE, RegisterOptions, deform, prepare
 
 STEPS = 10

@@ -23,11 +23,11 @@ try:  # what Learn2Reg's HD95 calls; optional (pip install surface-distance)
 except ImportError:
     surface_distance = None
 
+from rlreg.data.pairs import Pair
 from rlreg.export import write_l2r
 from rlreg.io import Geometry, InputError, write_image
 from rlreg.metrics import hd95
 from rlreg.pipelines.evaluate import evaluate, evaluate_batch, evaluate_fields
-from rlreg.pipelines.pairs import Pair
 from rlreg.pipelines.register import RegisterOptions, register
 from rlreg.transforms import write_itk_warp
 

@@ -285,7 +285,7 @@ def test_a_dataset_json_with_a_non_string_path_is_one_line(tmp_path) -> None:
 
 
 def test_a_csv_with_a_utf8_bom_keeps_its_header(tmp_path) -> None:
-    from rlreg.pipelines.pairs import read_pairs
+    from rlreg.data.pairs import read_pairs
 
     listed = tmp_path / "pairs.csv"
     listed.write_bytes(b"\xef\xbb\xbffixed,moving\na.nii.gz,b.nii.gz\n")
@@ -294,7 +294,7 @@ def test_a_csv_with_a_utf8_bom_keeps_its_header(tmp_path) -> None:
 
 
 def test_repeated_rows_are_registered_once_with_a_warning(tmp_path) -> None:
-    from rlreg.pipelines.pairs import read_pairs
+    from rlreg.data.pairs import read_pairs
 
     listed = tmp_path / "pairs.csv"
     listed.write_text("fixed,moving\na.nii.gz,b.nii.gz\nc.nii.gz,b.nii.gz\n./a.nii.gz,b.nii.gz\n")

@@ -9,12 +9,12 @@ import pytest
 import torch
 
 import rlreg.models as models
-from rlreg.pipelines.export_model import export_model
+from benchmarks.export_model import export_model
 from rlreg.sac import Agent, AgentConfig
 
 
 def test_digits_model_is_shipped_and_registers_held_out_digits() -> None:
-    from rlreg.pipelines.digits import DigitPairs, split_mnist
+    from rlreg.data.digits import DigitPairs, split_mnist
     from rlreg.tasks.registration import RegistrationTask
 
     cards = models.available()

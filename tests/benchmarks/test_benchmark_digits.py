@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from rlreg.pipelines import benchmark_digits as bench
+from benchmarks import digits as bench
 
 
 def test_tiny_benchmark_writes_section_and_figure(tmp_path) -> None:

