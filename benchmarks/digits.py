@@ -261,12 +261,12 @@ def write_markdown(results: list[VariantResult], path: Path, command: str, budge
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--budget-minutes", type=float, default=15.0)
-    parser.add_argument("--eval-pairs", type=int, default=1000)
-    parser.add_argument("--output", type=Path, default=Path("docs/benchmarks.md"))
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.digits", description=__doc__.splitlines()[0])
+    parser.add_argument("--budget-minutes", type=float, default=15.0, help="wall-time training budget of each variant")
+    parser.add_argument("--eval-pairs", type=int, default=1000, help="held-out pairs evaluated")
+    parser.add_argument("--output", type=Path, default=Path("docs/benchmarks.md"), help="markdown file to update")
     parser.add_argument("--runs", type=Path, default=Path("runs/benchmark_digits"))
-    parser.add_argument("--variants", default=",".join(ORDER))
+    parser.add_argument("--variants", default=",".join(ORDER), help=f"comma-separated: {', '.join(ORDER)}")
     parser.add_argument("--reuse", action="store_true",
                         help="keep the other variants' results from the earlier run in --runs")
     args = parser.parse_args(argv)

