@@ -421,7 +421,7 @@ def _placeholder_block(device_type: str) -> str:
         f"<!-- spatial:{device_type}:begin -->",
         f"### {device_type.upper()}",
         "",
-        f"Not measured yet. {'GPU figures will be added when a GPU is lent' if device_type == 'cuda' else 'Run'}:"
+        f"Not measured yet. {'On a machine with CUDA, run' if device_type == 'cuda' else 'Run'}:"
         f" `{command}`.",
         f"<!-- spatial:{device_type}:end -->",
     ])

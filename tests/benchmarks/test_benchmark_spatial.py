@@ -31,7 +31,8 @@ def test_quick_benchmark_updates_only_its_section(tmp_path: Path) -> None:
     assert text.startswith("# rlreg benchmarks\n")
     assert other in text  # the other benchmark's section survives verbatim
     assert text.count(bench.SECTION_BEGIN) == 1 and text.count("## Spatial core") == 1
-    assert "GPU figures will be added when a GPU is lent" in text  # the CUDA block is stubbed
+    # the CUDA block is stubbed with the command that fills it
+    assert "Not measured yet. On a machine with CUDA, run: `python -m benchmarks.spatial --device cuda`." in text
     table = [line.split("|")[1:-1] for line in text.splitlines() if line.startswith("| quick")]
     assert len(table) == len(rows)  # one table row per timed operation, once
     for cells in table:
