@@ -7,6 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from rlreg.metrics import batch_dice
 from rlreg.spatial import folding_percent, orientation_axes, reorient, reorient_field_back, warp
 from rlreg.synth import (
     SynthConfig,
@@ -16,7 +17,6 @@ from rlreg.synth import (
     random_rough_field,
     random_smooth_field,
 )
-from rlreg.tasks.registration import batch_dice
 
 
 def test_shapes_pairs_are_seeded_labelled_and_in_range() -> None:
