@@ -41,7 +41,7 @@ from scipy import ndimage
 from torch import Tensor
 
 from rlreg import __version__
-from rlreg.export import l2r_name
+from rlreg.formats import l2r_name, read_keypoints, read_l2r
 from rlreg.io import Geometry, InputError, atomic_output, check_same_grid, read_image, read_label_map
 from rlreg.metrics import (
     dice_per_label,
@@ -351,26 +351,11 @@ def _read_labels(path: Path, geometry: Geometry, role: str, reference: Path) -> 
     return image.data
 
 
-def _read_keypoints(path: Path, ndim: int) -> np.ndarray:
-    """Learn2Reg keypoints ``(P, ndim)``: voxel coordinates in nibabel (= ITK index) order, comma-separated."""
-    if not path.is_file():
-        raise InputError(f"{path}: keypoint file not found; give a CSV of voxel coordinates i,j,k (no header)")
-    try:
-        points = np.loadtxt(path, delimiter=",", ndmin=2, dtype=np.float64)
-    except ValueError as err:
-        raise InputError(f"{path}: not a keypoint CSV ({_one_line(err)}); give comma-separated voxel coordinates "
-                         "i,j,k, one point per row, no header") from None
-    if points.shape[1] != ndim:
-        raise InputError(f"{path}: has {points.shape[1]} columns; give {ndim} voxel coordinates per row "
-                         f"({'i,j,k' if ndim == 3 else 'i,j'}, nibabel index order)")
-    return points
-
-
 def _keypoints(pair: Pair, ndim: int) -> tuple[np.ndarray, np.ndarray] | None:
     if pair.fixed_keypoints is None or pair.moving_keypoints is None:
         return None
-    fixed = _read_keypoints(pair.fixed_keypoints, ndim)
-    moving = _read_keypoints(pair.moving_keypoints, ndim)
+    fixed = read_keypoints(pair.fixed_keypoints, ndim)
+    moving = read_keypoints(pair.moving_keypoints, ndim)
     if fixed.shape != moving.shape:
         raise InputError(f"{pair.moving_keypoints}: has {len(moving)} keypoints but {pair.fixed_keypoints} has "
                          f"{len(fixed)}; rows must correspond one to one")
@@ -383,39 +368,6 @@ def _world_points(geometry: Geometry, index_ijk: np.ndarray) -> np.ndarray:
     n = geometry.ndim
     tensor_index = index_ijk[:, ::-1]
     return tensor_index @ matrix[:n, :n].T + matrix[:n, n]
-
-
-def _l2r_to_chain(disp: np.ndarray) -> Tensor:
-    """A Learn2Reg ``(X, Y[, Z], ndim)`` voxel field (nibabel order) -> rlreg chain ``(1, ndim, *S)`` float64.
-
-    The inverse of :func:`rlreg.export.write_l2r`: spatial axes and components are both reversed to tensor order.
-    """
-    ndim = disp.ndim - 1
-    tensor_axes = np.moveaxis(disp, range(ndim), range(ndim)[::-1])
-    chain = np.moveaxis(tensor_axes, -1, 0)[::-1]
-    return torch.from_numpy(np.ascontiguousarray(chain, dtype=np.float64))[None]
-
-
-def _read_l2r_field(path: Path, fixed: Geometry) -> Tensor:
-    """Read a Learn2Reg field (``.nii.gz`` or single-array ``.npz``) on the fixed grid as a chain."""
-    try:
-        if path.name.lower().endswith(".npz"):
-            with np.load(path, allow_pickle=False) as archive:
-                if len(archive.files) != 1:
-                    raise InputError(f"{path}: holds {len(archive.files)} arrays; a Learn2Reg .npz field holds one")
-                disp = np.asarray(archive[archive.files[0]], dtype=np.float64)
-        else:
-            import nibabel as nib
-
-            disp = np.asarray(nib.load(str(path)).get_fdata(dtype=np.float64))
-    except (OSError, ValueError) as err:
-        raise InputError(f"{path}: not a readable Learn2Reg field ({_one_line(err)}); give a (X,Y,Z,3) voxel "
-                         "displacement as .nii.gz or .npz") from None
-    expected = (*fixed.size[::-1], fixed.ndim)
-    if disp.shape != expected:
-        raise InputError(f"{path}: field of shape {disp.shape}, expected {expected} (the fixed grid in nibabel "
-                         f"order, then {fixed.ndim} voxel components); give the field computed for this fixed image")
-    return _l2r_to_chain(disp)
 
 
 def find_field(fields: Path, pair: Pair) -> tuple[Path, Literal["itk", "l2r"]]:
@@ -607,7 +559,7 @@ def _score_field_pair(pair: Pair, fields: Path, learn2reg: bool,
         raise InputError(f"{pair.moving}: is {moving.ndim}-D but the fixed image is {fixed.ndim}-D")
     keypoints = _keypoints(pair, fixed.ndim)
     if kind == "l2r":
-        chain = _read_l2r_field(path, fixed)
+        chain = read_l2r(path, fixed)
         world = world_displacement(chain, fixed, moving)
     else:
         world = read_transform(path, fixed).double()

@@ -23,7 +23,7 @@ try:  # what Learn2Reg's HD95 calls; optional (pip install surface-distance)
 except ImportError:
     surface_distance = None
 
-from rlreg.export import write_l2r
+from rlreg.formats import write_l2r
 from rlreg.io import Geometry, InputError, write_image
 from rlreg.metrics import hd95
 from rlreg.pipelines.evaluate import evaluate, evaluate_batch, evaluate_fields
