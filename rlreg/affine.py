@@ -24,9 +24,10 @@ import SimpleITK as sitk
 import torch
 from torch import Tensor
 
-from rlreg.instance import ROUNDING, _Adam, downsample, level_factor
+from rlreg.instance import ROUNDING, downsample, level_factor
 from rlreg.io import Geometry
 from rlreg.losses import FixedLNCC
+from rlreg.optim import TensorAdam
 from rlreg.spatial import identity_grid, warp
 
 MIN_SAMPLES = 50_000
@@ -196,7 +197,7 @@ def fit_affine(fixed: Tensor, moving: Tensor, fixed_geometry: Geometry, moving_g
         moving_weights = None if moving_mask is None else downsample((moving_mask > 0).float().to(device), factor)
         grid = identity_grid(fixed_l.shape[2:], torch.float64, device).flatten(2)[0]  # (ndim, V) level indices
         points = fixed_world[:-1, :-1] @ (grid * scale_f) + fixed_world[:-1, -1:] - centre_f.view(ndim, 1)
-        optimisers = (_Adam(linear, config.matrix_rate), _Adam(shift, config.shift_rate_mm))
+        optimisers = (TensorAdam(linear, config.matrix_rate), TensorAdam(shift, config.shift_rate_mm))
         similarity_to_fixed = FixedLNCC(fixed_l, (config.window,), (1.0,))
         exact = FixedLNCC(fixed_l, (config.window,), (1.0,), stationary=True)
         start = (linear.detach().clone(), shift.detach().clone())

@@ -26,9 +26,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from rlreg.filters import gaussian_blur
 from rlreg.losses import FixedLNCC, regularise_
+from rlreg.optim import TensorAdam
 from rlreg.spatial import compose, integrate_velocity, resize_displacement, warp
-from rlreg.synth import gaussian_blur
 
 __all__ = ["MIN_LEVEL_SIZE", "ROUNDING", "InstanceConfig", "downsample", "foreground_box", "level_factor", "level_size",
            "optimise_displacement"]
@@ -149,26 +150,6 @@ def downsample(image: Tensor, factor: int) -> Tensor:
         smooth = pool(smooth, box, stride=1, padding=tuple(k // 2 for k in box), count_include_pad=False)
     return F.interpolate(smooth, size=level_size(image.shape[2:], factor),
                          mode="bilinear" if ndim == 2 else "trilinear", align_corners=True)
-
-
-class _Adam:
-    """Adam (Kingma and Ba, 2015) on one tensor, written out: ``torch.optim`` imports ``torch._dynamo`` on first use,
-    which costs a one-pair command line about 2.5 s."""
-
-    def __init__(self, param: Tensor, lr: float, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8) -> None:
-        self.param, self.lr, self.betas, self.eps, self.t = param, lr, betas, eps, 0
-        self.m = torch.zeros_like(param)
-        self.v = torch.zeros_like(param)
-
-    @torch.no_grad()
-    def step(self) -> None:
-        grad, (b1, b2) = self.param.grad, self.betas
-        self.t += 1
-        self.m.lerp_(grad, 1 - b1)
-        self.v.mul_(b2).addcmul_(grad, grad, value=1 - b2)
-        denom = (self.v / (1 - b2**self.t)).sqrt_().add_(self.eps)
-        self.param.addcdiv_(self.m, denom, value=-self.lr / (1 - b1**self.t))
-        self.param.grad = None
 
 
 def _similarity(score: FixedLNCC, warped: Tensor, mask: Tensor | None) -> Tensor:
@@ -300,7 +281,7 @@ def optimise_displacement(fixed: Tensor, moving: Tensor, config: InstanceConfig 
             grid, start = size, disp
         param = (torch.zeros(fixed.shape[0], ndim, *grid, dtype=fixed.dtype, device=fixed.device) if start is None
                  else resize_displacement(start, grid).detach().clone()).requires_grad_(True)  # never the caller's
-        optimiser = _Adam(param, config.learning_rate)
+        optimiser = TensorAdam(param, config.learning_rate)
         similarity_to_fixed = FixedLNCC(fixed_l, config.windows, config.window_weights)
         if config.accept_if_better:
             exact = FixedLNCC(fixed_l, config.windows, config.window_weights, stationary=True)
