@@ -7,6 +7,9 @@ forms. rlreg's own definitions are in :mod:`rlreg.metrics.distance` and :mod:`rl
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Collection, Sequence
+from types import ModuleType
 from typing import NamedTuple
 
 import numpy as np
@@ -18,7 +21,8 @@ from rlreg.metrics.distance import SpacingLike
 from rlreg.spatial import determinant_from_gradients
 
 __all__ = ["LEARN2REG_JACOBIAN_CROP", "LEARN2REG_JACOBIAN_OFFSET", "Learn2RegJacobianScores",
-           "learn2reg_jacobian_determinant", "learn2reg_jacobian_scores", "learn2reg_tre"]
+           "learn2reg_hd95", "learn2reg_jacobian_determinant", "learn2reg_jacobian_scores", "learn2reg_tre",
+           "learn2reg_warp_labels", "surface_distance_module"]
 
 
 LEARN2REG_JACOBIAN_OFFSET = 3.0
@@ -162,3 +166,61 @@ def learn2reg_tre(fixed_points: Tensor | np.ndarray, moving_points: Tensor | np.
         raise ValueError(f"moving_spacing needs {ndim} values (one per axis), got {spacing.size}")
     sampled = np.stack([ndimage.map_coordinates(field[c].astype(np.float64), fixed.T) for c in range(ndim)], axis=1)
     return torch.from_numpy(np.linalg.norm((fixed + sampled - moving) * spacing, axis=1))
+
+
+def learn2reg_warp_labels(moving_seg: Tensor, chain: Tensor) -> Tensor:
+    """Learn2Reg's label warping: ``map_coordinates(moving, identity + disp, order=0)`` (nearest, zero outside).
+
+    Args:
+        moving_seg: ``(1, 1, *S)`` integer labels on the fixed grid's shape (CPU).
+        chain: ``(1, ndim, *S)`` voxel displacement on the fixed grid (channel ``c`` along axis ``c``).
+
+    Returns:
+        ``(1, 1, *S)`` warped labels, dtype of ``moving_seg``.
+    """
+    field = chain[0].double().numpy()
+    grid = np.stack(np.meshgrid(*[np.arange(n, dtype=np.float64) for n in field.shape[1:]], indexing="ij"))
+    warped = ndimage.map_coordinates(moving_seg[0, 0].numpy(), grid + field, order=0)
+    return torch.from_numpy(warped)[None, None]
+
+
+def surface_distance_module() -> ModuleType | None:
+    """DeepMind's ``surface_distance`` package (what Learn2Reg's HD95 calls), or ``None`` when not installed."""
+    try:
+        import surface_distance
+    except ImportError:
+        return None
+    return surface_distance
+
+
+def learn2reg_hd95(warped: Tensor, fixed: Tensor, labels: Sequence[int], scored: Collection[int]) -> np.ndarray | None:
+    """Per-label HD95 in **voxels** exactly as Learn2Reg's ``compute_hd95`` (``compute_robust_hausdorff(..., 95)`` of
+    ``compute_surface_distances(fixed == l, warped == l, ones)``), or ``None`` without the ``surface-distance``
+    package (then :func:`rlreg.metrics.hd95` with unit spacing is the closest definition).
+
+    Args:
+        warped: ``(1, 1, *S)`` warped moving labels (CPU).
+        fixed: ``(1, 1, *S)`` fixed labels.
+        labels: label values, in the order wanted.
+        scored: labels Learn2Reg scores (present in the fixed and the unwarped moving map); others are ``NaN``.
+
+    Returns:
+        ``(L,)`` float64: ``NaN`` for a label not scored, ``inf`` for a label the warp lost, as Learn2Reg.
+    """
+    surface = surface_distance_module()
+    if surface is None:
+        return None
+    f, w = fixed[0, 0].numpy().T, warped[0, 0].numpy().T  # nibabel axis order, as Learn2Reg loads them
+    ones = np.ones(f.ndim)
+
+    def robust_hausdorff(v: int) -> float:
+        if v not in scored:
+            return np.nan
+        if not (w == v).any():  # a lost label: inf, as surface-distance gives (its code for it fails on numpy 2)
+            return np.inf
+        with warnings.catch_warnings():  # it imports from scipy namespaces that SciPy has deprecated
+            warnings.simplefilter("ignore", DeprecationWarning)
+            distances = surface.compute_surface_distances(f == v, w == v, ones)
+        return float(surface.compute_robust_hausdorff(distances, 95.0))
+
+    return np.array([robust_hausdorff(v) for v in labels], dtype=np.float64)
