@@ -1,7 +1,7 @@
 """Whole transforms in world space: ITK/ANTs displacement fields, composite ``.h5`` files, inversion, Jacobians.
 
 rlreg computes in voxels (:mod:`rlreg.spatial`); other tools exchange transforms in **LPS millimetres**. This
-module is the one audited bridge between the two (``shared/reference/interop.md`` §1g):
+module is the one audited bridge between the two (``docs/conventions.md``):
 
 * A **chain** is a ``(N, ndim, *S)`` voxel field on the fixed grid whose value at fixed tensor index ``x`` is the
   *moving-grid tensor index* read by ``x`` minus ``x`` (what :func:`rlreg.affine.positions_to_displacement`

@@ -67,8 +67,8 @@ def _diffusion_terms(u: Tensor, gradient: Tensor | None = None, scale: float = 1
 
 class _QuadraticEnergy(torch.autograd.Function):
     """Per-sample energy ``(N,)`` of a quadratic regulariser with its gradient written out by ``terms``
-    (:func:`_diffusion_terms` or :func:`_bending_terms`, which build it while each difference is at hand): a third
-    of autograd's time for diffusion, 2.5x faster for bending energy (85 -> 35 ms) on a 2 mm brain field. The
+    (:func:`_diffusion_terms` or :func:`_bending_terms`, which build it while each difference is at hand), faster
+    than autograd (docs/decisions.md#fused-regulariser-gradient). The
     gradient is built in the forward pass when the input needs one, and the backward pass only scales it. Not twice
     differentiable."""
 

@@ -207,7 +207,7 @@ def warped_soft_dice(fixed_labels: Tensor, moving_labels: Tensor, displacement: 
         intersection_l = sum_x [f(x) = l] sum_k w_k(x) [m(c_k) = l],     |P_l| = sum_x sum_k w_k(x) [m(c_k) = l],
 
     accumulated with ``index_add`` into ``B x (L + 1)`` slots. Cost and memory are ``O(2**ndim B V)`` whatever the
-    number of labels (the one-hot route needs ``O(L B V)``: about 5x slower for 30 labels at 64**3 on CPU), and
+    number of labels (the one-hot route needs ``O(L B V)``; docs/decisions.md#warped-soft-dice-without-one-hot), and
     the result is differentiable in ``displacement`` through the weights.
 
     Args:
