@@ -32,34 +32,12 @@ def input_path(entry: PairEntry, key: str) -> Path | None:
 
 
 def _deformable_part(warp_path: Path, geometry, record: dict[str, Any]) -> np.ndarray:
-    """The deformable part ``d`` (LPS mm, ``(ndim, *S)`` float32 on the fixed grid) of ``warp.nii.gz``'s total field.
-
-    ``rlreg register`` composes ``φ(p) = T(p + d(p))`` (``transform.h5``: displacement first, then the affine
-    ``T(q) = L q + t``, ``method.affine_matrix_lps``); ``warp.nii.gz`` holds ``u(p) = φ(p) - p``, so
-    ``d(p) = L⁻¹ u(p) + (L⁻¹ - I) p - L⁻¹ t``. With ``p = W x + o`` affine in the tensor index ``x``, the last two
-    terms are an affine function of ``x``, added axis by axis (no full coordinate grid: 1 mm brains stay cheap).
-    Without an affine, ``d = u``.
-    """
-    from rlreg.transforms import read_transform
+    """The deformable part of ``warp.nii.gz``'s total field (:func:`rlreg.transforms.deformable_part`), with the
+    affine of ``rlreg.json``'s ``method.affine_matrix_lps``."""
+    from rlreg.transforms import deformable_part, read_transform
 
     total = read_transform(warp_path, geometry)[0].numpy()
-    matrix = (record.get("method") or {}).get("affine_matrix_lps")
-    if not matrix:
-        return total
-    n = geometry.ndim
-    affine = np.asarray(matrix, dtype=np.float64)
-    inverse = np.linalg.inv(affine[:n, :n])
-    world = geometry.index_to_world()
-    slope = (inverse - np.eye(n)) @ world[:n, :n]  # mm of d per tensor index step, (channel, tensor axis)
-    offset = (inverse - np.eye(n)) @ world[:n, n] - inverse @ affine[:n, n]
-    d = np.einsum("ij,j...->i...", inverse.astype(np.float32), total)
-    for channel in range(n):
-        d[channel] += np.float32(offset[channel])
-        for axis, size in enumerate(geometry.size):
-            shape = [1] * n
-            shape[axis] = size
-            d[channel] += (slope[channel, axis] * np.arange(size)).astype(np.float32).reshape(shape)
-    return d
+    return deformable_part(total, geometry, (record.get("method") or {}).get("affine_matrix_lps"))
 
 
 def _label_dice(entry: PairEntry) -> tuple[list[str], list[float], str]:
