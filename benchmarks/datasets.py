@@ -276,7 +276,8 @@ def write_dev_dataset(folder: Path, pairs: int = 6, resolution: float = 2.0, see
     noise, may fold), so a pair differs also at a fine scale no regulariser-free fit should chase
     (:data:`DEV_ROUGHNESS_MM`, :data:`DEV_ROUGH_SEED`).
     """
-    from rlreg.data.synth import brain_template, gaussian_blur, random_rough_field
+    from rlreg.data.synth import brain_template, random_rough_field
+    from rlreg.filters import gaussian_blur
     from rlreg.spatial import compose, warp
 
     folder = Path(folder)

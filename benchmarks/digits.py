@@ -26,9 +26,9 @@ import torch
 from benchmarks.common import RECIPES
 from rlreg.io import atomic_output, save_torch
 from rlreg.losses import diffusion, multiscale_lncc
+from rlreg.metrics import batch_dice
 from rlreg.onestep import OneStepConfig, OneStepNet
 from rlreg.spatial import folding_percent, warp
-from rlreg.tasks.registration import batch_dice
 
 __all__ = ["VariantResult", "run_benchmark"]
 

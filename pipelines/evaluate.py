@@ -15,52 +15,45 @@ What is measured per pair: Dice and HD95 per label (fixed labels vs moving label
 regularity of the map (SDlogJ, % folding) and, when the pair has keypoint CSVs, the target registration error (TRE)
 before and after. ``learn2reg=True`` switches every definition to the Learn2Reg challenge evaluation's (voxels for
 HD95, the "+3" SDlogJ, nearest-neighbour label warping, cubic TRE sampling, mean/std/30% quantile aggregation); see
-``docs/evaluate.md`` and :data:`CONVENTIONS` for the exact statements.
+``docs/evaluate.md`` and ``evaluate_tables.CONVENTIONS`` for the exact statements.
 
 Outputs (each file written atomically): ``per_pair.csv``, ``per_label.csv`` and ``evaluation.json``.
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import json
-import math
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 import SimpleITK as sitk
 import torch
-from scipy import ndimage
 from torch import Tensor
 
-from rlreg import __version__
 from rlreg.data.pairs import Pair, read_pairs
-from rlreg.export import l2r_name
-from rlreg.io import Geometry, InputError, atomic_output, check_same_grid, read_image, read_label_map
-from rlreg.metrics import (
-    dice_per_label,
-    hd95,
-    jacobian_scores,
-    learn2reg_jacobian_scores,
-    learn2reg_tre,
+from rlreg.formats import l2r_name, read_keypoints, read_l2r
+from rlreg.io import Geometry, InputError, check_same_grid, read_image, read_label_map
+from rlreg.metrics import dice_per_label, hd95, jacobian_scores, learn2reg_jacobian_scores, learn2reg_tre
+from rlreg.metrics.learn2reg import learn2reg_hd95, learn2reg_warp_labels
+from rlreg.pipelines.evaluate_tables import (
+    Evaluation,
+    PairEvaluation,
+    PairScores,
+    Status,
+    aggregate,
+    conventions_for,
+    per_label_summary,
+    write_evaluation,
 )
 from rlreg.spatial import sample_points, warp
 from rlreg.transforms import chain_from_world, read_transform, world_displacement, world_jacobian
 
 __all__ = [
-    "CONVENTIONS",
-    "PER_LABEL_COLUMNS",
-    "Evaluation",
-    "LabelSummary",
-    "PairEvaluation",
-    "PairScores",
     "evaluate",
     "evaluate_batch",
     "evaluate_fields",
@@ -68,258 +61,12 @@ __all__ = [
 ]
 
 Progress = Callable[[str, int, int], None]
-Status = Literal["done", "failed", "unfinished", "todo"]
 
-PER_LABEL_COLUMNS = ("label", "n_pairs", "dice_mean", "dice_sd", "dice_median", "hd95_mean", "hd95_median")
-_METRICS = ("dice_mean", "hd95_mean", "sdlogj", "folding_percent", "tre_before_mm", "tre_after_mm")
-_WORSE_IS_HIGHER_L2R = ("sdlogj", "folding_percent", "tre_before_mm", "tre_after_mm")
-"""Aggregated by Learn2Reg's 70% quantile (its script: sdlogj and tre; folding is rlreg's addition). Dice and HD95
-get the 30% quantile, as in the script (for HD95 that is the better tail: reproduced as it is)."""
 _EVALUATION_DIR = "evaluation"
 _BATCH_FILE = "batch.json"
 _DONE_FILE = "rlreg.json"
 
-CONVENTIONS: dict[str, dict[str, str]] = {
-    "rlreg": {
-        "labels": "Dice and HD95 per label of the fixed label map vs the moving label map on the fixed grid: a batch "
-                  "uses <pair>/warped_seg.nii.gz as rlreg register wrote it (label-safe resampling); --fields warps "
-                  "the moving labels label-safely (rlreg.spatial.warp mode 'label'). Default labels: every non-zero "
-                  "value of either map",
-        "dice": "2|A∩B|/(|A|+|B|); NaN when the label is in neither map (not scored), 0 when in one only; the pair "
-                "value is the mean over scored labels",
-        "hd95": "millimetres (fixed spacing): symmetric 95th-percentile surface distance, MONAI's definition "
-                "(rlreg.metrics.hd95); the pair value is the mean over labels with a finite value (a label lost "
-                "entirely has HD95 inf and Dice 0)",
-        "jacobian": "J = Jacobian determinant of the total map p -> p + u(p) on the whole fixed grid (a batch reads "
-                    "jacdet.nii.gz), no offset; sdlogj = sd(log(clip(J, 1e-9, 1e9))) (ddof 1); folding_percent = "
-                    "100 * fraction of voxels with J <= 0",
-        "tre": "keypoint CSVs: voxel coordinates i,j,k (nibabel/ITK index order), comma-separated, no header, rows "
-               "correspond. Fixed keypoint -> LPS point p, moving keypoint -> q (each image's geometry); "
-               "TRE = ||p + u(p) - q|| mm with u the LPS-mm field read linearly at p; before = ||p - q|| (identity "
-               "map, world coordinates); the pair value is the mean over keypoints",
-        "aggregate": "per metric over scored pairs with a finite value: n, mean, sd (ddof 1), median",
-    },
-    "learn2reg": {
-        "reference": "MDL-UzL/L2R evaluation/evaluation.py (eval version 2.0) and evaluation/utils.py @ 8847509",
-        "field": "voxel displacement on the fixed grid mapping a fixed voxel index to a moving voxel index "
-                 "(Learn2Reg disp_*.nii.gz as given; an ITK field is converted, which is what rlreg register "
-                 "--format l2r writes)",
-        "labels": "moving labels warped by scipy map_coordinates(order=0) of identity + disp; default labels: every "
-                  "non-zero value of the fixed or moving map",
-        "dice": "L2R compute_dice: NaN when the label is absent from the fixed or the (unwarped) moving map; the "
-                "pair value is the nan-mean",
-        "hd95": "VOXELS (spacing = ones, as L2R): DeepMind surface-distance's compute_robust_hausdorff(..., 95) of "
-                "compute_surface_distances(fixed == l, warped == l, ones), the package L2R calls; NaN as for Dice; "
-                "the pair value is the nan-mean (inf when a label is lost, as in L2R)",
-        "jacobian": "L2R jacobian_determinant: central differences, zero padding, 2 voxels cropped per side; "
-                    "sdlogj = std(log(clip(J + 3, 1e-9, 1e9))) (ddof 0; the '+3' is L2R's quirk, about a quarter of "
-                    "the plain SDlogJ); num_foldings = count of clip(J + 3) <= 0, always 0 (L2R's definition, "
-                    "reproduced); folding_percent = 100 * fraction of the cropped voxels with J <= 0 (rlreg's "
-                    "addition)",
-        "tre": "L2R compute_tre: disp read at the fixed keypoints by map_coordinates (cubic, order 3, zero "
-               "outside), ||(kp_fixed + disp - kp_moving) * spacing_moving|| mm; before: disp = 0; the pair value is "
-               "the mean over keypoints",
-        "aggregate": "per metric over scored pairs (NaN and inf propagate, as in L2R): n, mean, std (ddof 0), q30 "
-                     "(30% quantile) for dice/hd95, q70 for sdlogj/folding/tre",
-    },
-}
-
-
-_HD95_FALLBACK = ("VOXELS (spacing = ones, as L2R), but by MONAI's definition (rlreg.metrics.hd95) because the "
-                  "surface-distance package that L2R calls is not installed (pip install surface-distance): on "
-                  "brain labels the L2R values are about 0.4 voxel lower; NaN as for Dice; the pair value is the "
-                  "nan-mean (inf when a label is lost, as in L2R)")
-
-
-def _surface_distance() -> Any | None:
-    """DeepMind's ``surface_distance`` module (what Learn2Reg's HD95 uses), or ``None`` when not installed."""
-    try:
-        import surface_distance
-    except ImportError:
-        return None
-    return surface_distance
-
-
-def _conventions(learn2reg: bool) -> dict[str, str]:
-    if not learn2reg:
-        return dict(CONVENTIONS["rlreg"])
-    out = dict(CONVENTIONS["learn2reg"])
-    if _surface_distance() is None:
-        out["hd95"] = _HD95_FALLBACK
-    return out
-
-
-# ---------------------------------------------------------------------------------------------------- results
-@dataclass
-class PairScores:
-    """What :func:`evaluate` measures for one pair (``None`` = not measured)."""
-
-    dice_mean: float | None = None
-    hd95_mean: float | None = None
-    sdlogj: float | None = None
-    folding_percent: float | None = None
-    num_foldings: float | None = None
-    """Learn2Reg's ``num_foldings`` (``learn2reg`` only; always 0: see ``rlreg.metrics.Learn2RegJacobianScores``)."""
-    tre_before_mm: float | None = None
-    tre_after_mm: float | None = None
-    n_keypoints: int | None = None
-    n_labels: int = 0
-    """Labels scored (Dice not NaN)."""
-    labels: dict[int, dict[str, float | None]] = field(default_factory=dict)
-    """``{label: {"dice": x, "hd95": y}}`` for every label considered (NaN when not scored)."""
-
-
-@dataclass(kw_only=True)
-class PairEvaluation(PairScores):
-    """One row of ``per_pair.csv`` (and of ``evaluation.json["pairs"]``, which adds the per-label scores).
-
-    ``hd95_mean`` is in mm with rlreg's conventions and in voxels with ``learn2reg`` (the CSV column is named
-    ``hd95_mean_mm`` or ``hd95_mean_vox`` accordingly). ``None`` = not measured (no labels, no keypoints, not
-    scored); ``NaN``/``inf`` are real results (written as ``nan``/``inf`` in CSV and ``null`` in JSON).
-    """
-
-    pair: str
-    status: Status
-    fixed: str | None = None
-    moving: str | None = None
-    error: str | None = None
-    field: str | None = None
-    """The displacement field that was scored."""
-    seconds: float | None = None
-    """Time to score this pair."""
-    registration_seconds: float | None = None
-    """Batch only: ``rlreg.json`` ``seconds.total`` of the registration."""
-
-    @property
-    def scored(self) -> bool:
-        return self.status == "done"
-
-
-@dataclass
-class LabelSummary:
-    """One row of ``per_label.csv``: a label's scores over the scored pairs where it was scored."""
-
-    label: int
-    n_pairs: int
-    dice_mean: float | None
-    dice_sd: float | None
-    dice_median: float | None
-    hd95_mean: float | None
-    hd95_median: float | None
-
-
-@dataclass
-class Evaluation:
-    """What ``rlreg evaluate`` measured and wrote.
-
-    Attributes:
-        input: the batch directory or pair list evaluated.
-        mode: ``"batch"`` or ``"fields"``.
-        learn2reg: whether Learn2Reg's conventions were used.
-        conventions: what every number means (units, definitions), as written to ``evaluation.json``.
-        pairs: one row per pair, in input order.
-        labels: one row per label seen in any scored pair, ascending.
-        aggregate: ``{metric: {"n": ..., "mean": ..., ...}}`` (keys: see ``conventions["aggregate"]``), metric names
-            as the ``per_pair.csv`` columns.
-        outputs: ``{"per_pair": path, "per_label": path, "evaluation": path}``.
-        selected_labels: the label values asked for (``--labels``), ``None`` for every label present; recorded
-            beside ``learn2reg`` so that a later run (``rlreg report``) can redo the evaluation with the same settings.
-    """
-
-    input: Path
-    mode: Literal["batch", "fields"]
-    learn2reg: bool
-    conventions: dict[str, str]
-    pairs: list[PairEvaluation]
-    labels: list[LabelSummary]
-    aggregate: dict[str, dict[str, float | None]]
-    outputs: dict[str, Path] = field(default_factory=dict)
-    selected_labels: list[int] | None = None
-
-    @property
-    def hd95_column(self) -> str:
-        return "hd95_mean_vox" if self.learn2reg else "hd95_mean_mm"
-
-    @property
-    def per_pair_columns(self) -> tuple[str, ...]:
-        return ("pair", "status", "dice_mean", self.hd95_column, "sdlogj", "folding_percent", "tre_before_mm",
-                "tre_after_mm", "n_labels", "error")
-
-    def counts(self) -> dict[str, int]:
-        """Pairs per outcome: ``scored``, ``failed`` (registration or evaluation), ``unfinished``, ``todo``."""
-        out = {"scored": 0, "failed": 0, "unfinished": 0, "todo": 0}
-        for row in self.pairs:
-            out["scored" if row.scored else row.status] += 1
-        return out
-
-    def summary_lines(self) -> list[str]:
-        """A short human summary: counts, the aggregate of each metric, failures, and where the files are."""
-        counts = self.counts()
-        style = "Learn2Reg conventions (HD95 in voxels, SDlogJ of J+3)" if self.learn2reg else "rlreg conventions"
-        lines = [f"Evaluated {len(self.pairs)} pairs of {self.input}: "
-                 + ", ".join(f"{n} {k}" for k, n in counts.items() if n) + f" [{style}]"]
-        spread = "std" if self.learn2reg else "sd"
-        names = {"dice_mean": "Dice", "hd95_mean": "HD95 " + ("vox" if self.learn2reg else "mm"), "sdlogj": "SDlogJ",
-                 "folding_percent": "folding %", "tre_before_mm": "TRE before mm", "tre_after_mm": "TRE after mm"}
-        for metric in _METRICS:
-            key = self.hd95_column if metric == "hd95_mean" else metric
-            agg = self.aggregate.get(key)
-            if not agg or not agg.get("n"):
-                continue
-            third = ("q70" if metric in _WORSE_IS_HIGHER_L2R else "q30") if self.learn2reg else "median"
-            lines.append(f"  {names[metric]:<14} {_fmt(agg.get('mean'))} ± {_fmt(agg.get(spread))}  "
-                         f"({third} {_fmt(agg.get(third))}, {agg['n']} pairs)")
-        if self.learn2reg and self.conventions.get("hd95") == _HD95_FALLBACK:
-            lines.append("  note: HD95 by MONAI's definition; pip install surface-distance for Learn2Reg's own HD95")
-        failed = [row for row in self.pairs if row.error]
-        for row in failed[:5]:
-            lines.append(f"  {row.status}: {row.pair}: {row.error}")
-        if len(failed) > 5:
-            lines.append(f"  ... and {len(failed) - 5} more failures (see per_pair.csv)")
-        if self.outputs:
-            lines.append("Written: " + ", ".join(str(p) for p in self.outputs.values()))
-        return lines
-
-    def to_json(self) -> dict[str, Any]:
-        """The ``evaluation.json`` document (non-finite numbers become ``null``)."""
-        pairs = []
-        for row in self.pairs:
-            item = {"pair": row.pair, "status": row.status, **asdict(row)}
-            item["labels"] = {str(k): v for k, v in row.labels.items()}
-            item[self.hd95_column] = item.pop("hd95_mean")
-            if not self.learn2reg:
-                item.pop("num_foldings")
-            pairs.append(item)
-        return _finite({
-            "tool": "rlreg", "version": __version__,
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "input": str(self.input), "mode": self.mode, "learn2reg": self.learn2reg,
-            "selected_labels": self.selected_labels,
-            "conventions": self.conventions, "counts": self.counts(), "aggregate": self.aggregate,
-            "per_label": [asdict(row) for row in self.labels], "pairs": pairs,
-        })
-
-
 # ---------------------------------------------------------------------------------------------------- helpers
-def _fmt(value: float | None) -> str:
-    if value is None:
-        return "-"
-    return f"{value:.4g}" if math.isfinite(value) else str(value)
-
-
-def _finite(value: Any) -> Any:
-    """JSON-safe copy: NaN and inf become ``None`` (strict JSON has neither)."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_finite(v) for v in value]
-    if isinstance(value, Path):
-        return str(value)
-    return value
-
-
 def _one_line(err: BaseException) -> str:
     text = str(err).strip()
     lines = [line.strip() for line in text.splitlines() if line.strip()]
@@ -351,26 +98,11 @@ def _read_labels(path: Path, geometry: Geometry, role: str, reference: Path) -> 
     return image.data
 
 
-def _read_keypoints(path: Path, ndim: int) -> np.ndarray:
-    """Learn2Reg keypoints ``(P, ndim)``: voxel coordinates in nibabel (= ITK index) order, comma-separated."""
-    if not path.is_file():
-        raise InputError(f"{path}: keypoint file not found; give a CSV of voxel coordinates i,j,k (no header)")
-    try:
-        points = np.loadtxt(path, delimiter=",", ndmin=2, dtype=np.float64)
-    except ValueError as err:
-        raise InputError(f"{path}: not a keypoint CSV ({_one_line(err)}); give comma-separated voxel coordinates "
-                         "i,j,k, one point per row, no header") from None
-    if points.shape[1] != ndim:
-        raise InputError(f"{path}: has {points.shape[1]} columns; give {ndim} voxel coordinates per row "
-                         f"({'i,j,k' if ndim == 3 else 'i,j'}, nibabel index order)")
-    return points
-
-
 def _keypoints(pair: Pair, ndim: int) -> tuple[np.ndarray, np.ndarray] | None:
     if pair.fixed_keypoints is None or pair.moving_keypoints is None:
         return None
-    fixed = _read_keypoints(pair.fixed_keypoints, ndim)
-    moving = _read_keypoints(pair.moving_keypoints, ndim)
+    fixed = read_keypoints(pair.fixed_keypoints, ndim)
+    moving = read_keypoints(pair.moving_keypoints, ndim)
     if fixed.shape != moving.shape:
         raise InputError(f"{pair.moving_keypoints}: has {len(moving)} keypoints but {pair.fixed_keypoints} has "
                          f"{len(fixed)}; rows must correspond one to one")
@@ -383,39 +115,6 @@ def _world_points(geometry: Geometry, index_ijk: np.ndarray) -> np.ndarray:
     n = geometry.ndim
     tensor_index = index_ijk[:, ::-1]
     return tensor_index @ matrix[:n, :n].T + matrix[:n, n]
-
-
-def _l2r_to_chain(disp: np.ndarray) -> Tensor:
-    """A Learn2Reg ``(X, Y[, Z], ndim)`` voxel field (nibabel order) -> rlreg chain ``(1, ndim, *S)`` float64.
-
-    The inverse of :func:`rlreg.export.write_l2r`: spatial axes and components are both reversed to tensor order.
-    """
-    ndim = disp.ndim - 1
-    tensor_axes = np.moveaxis(disp, range(ndim), range(ndim)[::-1])
-    chain = np.moveaxis(tensor_axes, -1, 0)[::-1]
-    return torch.from_numpy(np.ascontiguousarray(chain, dtype=np.float64))[None]
-
-
-def _read_l2r_field(path: Path, fixed: Geometry) -> Tensor:
-    """Read a Learn2Reg field (``.nii.gz`` or single-array ``.npz``) on the fixed grid as a chain."""
-    try:
-        if path.name.lower().endswith(".npz"):
-            with np.load(path, allow_pickle=False) as archive:
-                if len(archive.files) != 1:
-                    raise InputError(f"{path}: holds {len(archive.files)} arrays; a Learn2Reg .npz field holds one")
-                disp = np.asarray(archive[archive.files[0]], dtype=np.float64)
-        else:
-            import nibabel as nib
-
-            disp = np.asarray(nib.load(str(path)).get_fdata(dtype=np.float64))
-    except (OSError, ValueError) as err:
-        raise InputError(f"{path}: not a readable Learn2Reg field ({_one_line(err)}); give a (X,Y,Z,3) voxel "
-                         "displacement as .nii.gz or .npz") from None
-    expected = (*fixed.size[::-1], fixed.ndim)
-    if disp.shape != expected:
-        raise InputError(f"{path}: field of shape {disp.shape}, expected {expected} (the fixed grid in nibabel "
-                         f"order, then {fixed.ndim} voxel components); give the field computed for this fixed image")
-    return _l2r_to_chain(disp)
 
 
 def find_field(fields: Path, pair: Pair) -> tuple[Path, Literal["itk", "l2r"]]:
@@ -439,7 +138,7 @@ def find_field(fields: Path, pair: Pair) -> tuple[Path, Literal["itk", "l2r"]]:
 # ---------------------------------------------------------------------------------------------------- scoring
 def _label_scores(scores: PairScores, warped: Tensor, fixed_seg: Tensor, spacing: Sequence[float],
                   labels: Sequence[int] | None, learn2reg: bool, moving_seg: Tensor | None = None) -> None:
-    """Dice and HD95 per label into ``scores`` (rlreg or Learn2Reg rules, see :data:`CONVENTIONS`)."""
+    """Dice and HD95 per label into ``scores`` (rlreg or Learn2Reg rules, see ``evaluate_tables.CONVENTIONS``)."""
     if learn2reg:
         assert moving_seg is not None
         if labels is None:
@@ -450,24 +149,9 @@ def _label_scores(scores: PairScores, warped: Tensor, fixed_seg: Tensor, spacing
     dice = dice_per_label(warped, fixed_seg, labels)
     lab = [int(v) for v in dice.labels]
     dice_values = dice.values.double().numpy()
-    surface = _surface_distance() if learn2reg else None
-    if surface is None:
+    dist = learn2reg_hd95(warped, fixed_seg, lab, fixed_has & moving_has) if learn2reg else None
+    if dist is None:
         dist = hd95(warped, fixed_seg, spacing, labels=lab).values.double().numpy()
-    else:  # what L2R's compute_hd95 calls, for the labels it scores
-        f, w = fixed_seg[0, 0].numpy().T, warped[0, 0].numpy().T  # nibabel axis order, as L2R loads them
-        ones = np.ones(f.ndim)
-
-        def robust_hausdorff(v: int) -> float:
-            if v not in fixed_has or v not in moving_has:
-                return np.nan
-            if not (w == v).any():  # a lost label: inf, as surface-distance gives (its code for it fails on numpy 2)
-                return np.inf
-            with warnings.catch_warnings():  # it imports from scipy namespaces that SciPy has deprecated
-                warnings.simplefilter("ignore", DeprecationWarning)
-                distances = surface.compute_surface_distances(f == v, w == v, ones)
-            return surface.compute_robust_hausdorff(distances, 95.0)
-
-        dist = np.array([robust_hausdorff(v) for v in lab], dtype=np.float64)
     if learn2reg:
         # L2R compute_dice / compute_hd95: NaN unless the label is in both the fixed and the (unwarped) moving map.
         absent = np.array([v not in fixed_has or v not in moving_has for v in lab], dtype=bool)
@@ -513,14 +197,6 @@ def _score_rlreg(fixed: Geometry, moving: Geometry | None, world: Callable[[], T
     return scores
 
 
-def _l2r_warp_labels(moving_seg: Tensor, chain: Tensor) -> Tensor:
-    """Learn2Reg's label warping: ``map_coordinates(moving, identity + disp, order=0)`` (zero outside)."""
-    field = chain[0].double().numpy()
-    grid = np.stack(np.meshgrid(*[np.arange(n, dtype=np.float64) for n in field.shape[1:]], indexing="ij"))
-    warped = ndimage.map_coordinates(moving_seg[0, 0].numpy(), grid + field, order=0)
-    return torch.from_numpy(warped)[None, None]
-
-
 def _score_learn2reg(fixed: Geometry, moving: Geometry, chain: Tensor, fixed_seg: Tensor | None,
                      moving_seg: Tensor | None, keypoints: tuple[np.ndarray, np.ndarray] | None,
                      labels: Sequence[int] | None) -> PairScores:
@@ -532,7 +208,7 @@ def _score_learn2reg(fixed: Geometry, moving: Geometry, chain: Tensor, fixed_seg
     scores = PairScores()
     chain = chain.double()
     if fixed_seg is not None and moving_seg is not None:
-        warped = _l2r_warp_labels(moving_seg, chain)
+        warped = learn2reg_warp_labels(moving_seg, chain)
         _label_scores(scores, warped, fixed_seg, [1.0] * fixed.ndim, labels, learn2reg=True, moving_seg=moving_seg)
     regularity = learn2reg_jacobian_scores(chain)
     scores.sdlogj = _float(regularity.sdlogj[0])
@@ -607,7 +283,7 @@ def _score_field_pair(pair: Pair, fields: Path, learn2reg: bool,
         raise InputError(f"{pair.moving}: is {moving.ndim}-D but the fixed image is {fixed.ndim}-D")
     keypoints = _keypoints(pair, fixed.ndim)
     if kind == "l2r":
-        chain = _read_l2r_field(path, fixed)
+        chain = read_l2r(path, fixed)
         world = world_displacement(chain, fixed, moving)
     else:
         world = read_transform(path, fixed).double()
@@ -623,94 +299,13 @@ def _score_field_pair(pair: Pair, fields: Path, learn2reg: bool,
     return _score_rlreg(fixed, moving, lambda: world, jac, fixed_seg, warped, keypoints, labels), path
 
 
-# ---------------------------------------------------------------------------------------------------- aggregation
-def _aggregate(rows: list[PairEvaluation], learn2reg: bool, hd95_column: str) -> dict[str, dict[str, float | None]]:
-    out: dict[str, dict[str, float | None]] = {}
-    for metric in _METRICS:
-        values = np.array([getattr(r, metric) for r in rows if r.scored and getattr(r, metric) is not None],
-                          dtype=np.float64)
-        if values.size == 0:
-            continue
-        key = hd95_column if metric == "hd95_mean" else metric
-        if learn2reg:  # L2R evaluation.py: np.mean, np.std (ddof 0), np.quantile; NaN/inf propagate
-            level = 0.7 if metric in _WORSE_IS_HIGHER_L2R else 0.3
-            with warnings.catch_warnings(), np.errstate(invalid="ignore"):
-                warnings.simplefilter("ignore", RuntimeWarning)
-                out[key] = {"n": values.size, "mean": float(values.mean()), "std": float(values.std()),
-                            f"q{round(level * 100)}": float(np.quantile(values, level))}
-        else:
-            finite = values[np.isfinite(values)]
-            out[key] = {"n": int(finite.size),
-                        "mean": float(finite.mean()) if finite.size else None,
-                        "sd": float(finite.std(ddof=1)) if finite.size > 1 else None,
-                        "median": float(np.median(finite)) if finite.size else None}
-    return out
-
-
-def _per_label(rows: list[PairEvaluation]) -> list[LabelSummary]:
-    table: dict[int, list[tuple[float, float | None]]] = {}
-    for row in rows:
-        if not row.scored:
-            continue
-        for label, item in row.labels.items():
-            dice = item.get("dice")
-            if dice is not None and not math.isnan(dice):
-                table.setdefault(label, []).append((dice, item.get("hd95")))
-    out = []
-    for label in sorted(table):
-        dice = np.array([d for d, _ in table[label]])
-        dist = np.array([h for _, h in table[label] if h is not None and math.isfinite(h)])
-        out.append(LabelSummary(
-            label=label, n_pairs=int(dice.size), dice_mean=float(dice.mean()),
-            dice_sd=float(dice.std(ddof=1)) if dice.size > 1 else None, dice_median=float(np.median(dice)),
-            hd95_mean=float(dist.mean()) if dist.size else None,
-            hd95_median=float(np.median(dist)) if dist.size else None))
-    return out
-
-
-# ---------------------------------------------------------------------------------------------------- writing
-def _csv_cell(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, float):
-        return f"{value:.6g}" if math.isfinite(value) else ("nan" if math.isnan(value) else str(value))
-    return str(value)
-
-
-def _write_csv(path: Path, columns: Sequence[str], rows: list[dict[str, Any]]) -> Path:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(columns)
-    for row in rows:
-        writer.writerow([_csv_cell(row.get(c)) for c in columns])
-    with atomic_output(path) as tmp:
-        tmp.write_text(buffer.getvalue())
-    return path
-
-
-def _write(evaluation: Evaluation, output: Path) -> None:
-    output.mkdir(parents=True, exist_ok=True)
-    pair_rows = []
-    for row in evaluation.pairs:
-        item = asdict(row)
-        item[evaluation.hd95_column] = row.hd95_mean
-        pair_rows.append(item)
-    evaluation.outputs = {
-        "per_pair": _write_csv(output / "per_pair.csv", evaluation.per_pair_columns, pair_rows),
-        "per_label": _write_csv(output / "per_label.csv", PER_LABEL_COLUMNS, [asdict(r) for r in evaluation.labels]),
-        "evaluation": output / "evaluation.json",
-    }
-    with atomic_output(evaluation.outputs["evaluation"]) as tmp:
-        tmp.write_text(json.dumps(evaluation.to_json(), indent=2, allow_nan=False))
-
-
 def _finish(source: Path, mode: Literal["batch", "fields"], learn2reg: bool, rows: list[PairEvaluation],
             output: Path, selected_labels: list[int] | None = None) -> Evaluation:
-    evaluation = Evaluation(input=source, mode=mode, learn2reg=learn2reg, conventions=_conventions(learn2reg),
+    evaluation = Evaluation(input=source, mode=mode, learn2reg=learn2reg, conventions=conventions_for(learn2reg),
                             pairs=rows,
-                            labels=_per_label(rows), aggregate={}, selected_labels=selected_labels)
-    evaluation.aggregate = _aggregate(rows, learn2reg, evaluation.hd95_column)
-    _write(evaluation, output)
+                            labels=per_label_summary(rows), aggregate={}, selected_labels=selected_labels)
+    evaluation.aggregate = aggregate(rows, learn2reg, evaluation.hd95_column)
+    write_evaluation(evaluation, output)
     return evaluation
 
 
@@ -751,8 +346,8 @@ def evaluate_batch(outdir: Path, learn2reg: bool = False, labels: Sequence[int] 
 
     Args:
         outdir: the batch output directory (holds ``batch.json``).
-        learn2reg: use the Learn2Reg challenge's conventions instead of rlreg's (see :data:`CONVENTIONS`).
-        labels: label values to score (default: every label present, see :data:`CONVENTIONS`).
+        learn2reg: use the Learn2Reg challenge's conventions instead of rlreg's (see ``evaluate_tables.CONVENTIONS``).
+        labels: label values to score (default: every label present, see ``evaluate_tables.CONVENTIONS``).
         progress: optional ``callable(stage, done, total)``, called with stage ``"evaluate"`` per pair.
         output: where to write ``per_pair.csv``, ``per_label.csv`` and ``evaluation.json`` (default
             ``OUTDIR/evaluation/``).
@@ -801,7 +396,7 @@ def evaluate_fields(source: str | Path, fields: Path, output: Path, learn2reg: b
             are ``(X, Y, Z, 3)`` voxel displacements in nibabel order on the fixed grid, read as
             ``moving(x + u(x))``.
         output: folder for ``per_pair.csv``, ``per_label.csv`` and ``evaluation.json``.
-        learn2reg: use the Learn2Reg challenge's conventions (see :data:`CONVENTIONS`).
+        learn2reg: use the Learn2Reg challenge's conventions (see ``evaluate_tables.CONVENTIONS``).
         subset: Learn2Reg pair list to use (``registration_val``, ...; default: the first non-empty).
         labels: label values to score (default: every label present).
         progress: optional ``callable(stage, done, total)``, called with stage ``"evaluate"`` per pair.

@@ -96,8 +96,8 @@ def save_registration_overview(path: Path, rows: dict[str, np.ndarray], contours
     The planes are the QC report's (:func:`rlreg.pipelines.qc_figures.display_planes`): a 2D image as an image
     viewer shows it; a 3D volume as its axial, coronal and sagittal mid planes in the radiological convention, with
     the plane names above the columns and R/L, A/P, S/I letters at the panel edges. Panels keep the physical aspect
-    ratio of the voxels. Drawn with Pillow alone (about 0.1 s for a 2 mm brain, PNG encoding included; matplotlib
-    took about 1 s, plus 1 s to import).
+    ratio of the voxels. Drawn with Pillow alone, without matplotlib
+    (docs/decisions.md#overview-figure-drawn-with-pillow).
 
     Args:
         path: output PNG (written atomically).

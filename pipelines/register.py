@@ -393,9 +393,9 @@ def planned_outputs(opts: RegisterOptions, affine: bool, segmentation: bool) -> 
     names |= {"steps"} if opts.save_steps else set()
     for name in opts.formats:
         if name == "l2r":
-            from rlreg import export
+            from rlreg import formats
 
-            names.add(export.l2r_name(opts.fixed, opts.moving))
+            names.add(formats.l2r_name(opts.fixed, opts.moving))
         elif name in FORMAT_FILES:
             names.add(FORMAT_FILES[name])
     return {Path(name) for name in names}
@@ -871,11 +871,11 @@ def _check_outputs(opts: RegisterOptions, fixed: Image, moving: Image, segmentat
         raise InputError(f"--format {','.join(three_d_only)}: writes 3-D fields only, but {opts.fixed} is 2-D; drop "
                          f"it (slicer, niftyreg and l2r take 2-D fields)")
     if "dicom" in opts.formats:
-        from rlreg import export
+        from rlreg import formats
 
         for path in (opts.fixed, opts.moving):
             if path.is_dir():
-                export.dicom_series_ref(path)  # raises the one-line error (e.g. no FrameOfReferenceUID)
+                formats.dicom_series_ref(path)  # raises the one-line error (e.g. no FrameOfReferenceUID)
     fixed_voxels, moving_voxels = math.prod(fixed.geometry.size), math.prod(moving.geometry.size)
     field_bytes = 4 * ndim
     per_voxel = 4 + field_bytes + 8 * ndim + 4 + field_bytes  # warped, warp, transform.h5, jacdet, a gzip copy
@@ -1122,23 +1122,23 @@ def ants_command(ndim: int, fixed: Path, moving: Path, out: Path) -> str:
 def _export_formats(opts: RegisterOptions, total: Tensor, chain: Tensor, geometry: Geometry) -> dict[str, Path]:
     if not opts.formats:
         return {}
-    from rlreg import export
+    from rlreg import formats
 
     u = np.moveaxis(total[0].numpy(), 0, -1)
     out, written = opts.output, {}
     for name in opts.formats:
         if name == "slicer":
-            written["slicer"] = export.write_slicer(u, geometry, out / "warp_slicer.nii.gz")
+            written["slicer"] = formats.write_slicer(u, geometry, out / "warp_slicer.nii.gz")
         elif name == "niftyreg":
-            written["niftyreg"] = export.write_niftyreg(u, geometry, out / "warp_niftyreg.nii.gz")
+            written["niftyreg"] = formats.write_niftyreg(u, geometry, out / "warp_niftyreg.nii.gz")
         elif name == "fsl":
-            written["fsl"] = export.write_fsl(u, geometry, out / "warp_fsl.nii.gz")
+            written["fsl"] = formats.write_fsl(u, geometry, out / "warp_fsl.nii.gz")
         elif name == "l2r":
-            written["l2r"] = export.write_l2r(chain[0].numpy(), geometry, out / export.l2r_name(opts.fixed,
+            written["l2r"] = formats.write_l2r(chain[0].numpy(), geometry, out / formats.l2r_name(opts.fixed,
                                                                                                opts.moving))
         elif name == "dicom":
-            refs = [export.dicom_series_ref(p) if p.is_dir() else None for p in (opts.fixed, opts.moving)]
-            written["dicom"] = export.write_dicom(u, geometry, out / "registration.dcm", refs[0], refs[1])
+            refs = [formats.dicom_series_ref(p) if p.is_dir() else None for p in (opts.fixed, opts.moving)]
+            written["dicom"] = formats.write_dicom(u, geometry, out / "registration.dcm", refs[0], refs[1])
     return written
 
 

@@ -26,10 +26,11 @@ from rlreg.buffer import ReplayBuffer, Transition
 from rlreg.config import from_dict
 from rlreg.data.synth import SynthConfig, SynthPairs
 from rlreg.io import atomic_output, save_torch
+from rlreg.metrics import batch_dice
 from rlreg.pipelines.qc_figures import save_training_curve
 from rlreg.sac import Agent, AgentConfig, broadcast_parameters, load_checkpoint
 from rlreg.spatial import warp
-from rlreg.tasks.registration import RegistrationTask, batch_dice
+from rlreg.tasks.registration import RegistrationTask
 
 __all__ = ["DataConfig", "EvalResult", "LoopConfig", "TrainConfig", "evaluate", "load_config", "train",
            "training_data"]

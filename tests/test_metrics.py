@@ -12,8 +12,10 @@ from monai.metrics import DiceMetric, compute_hausdorff_distance
 from scipy import ndimage
 
 from rlreg import spatial
+from rlreg.losses import soft_dice
 from rlreg.metrics import (
     LabelScores,
+    batch_dice,
     dice_per_label,
     hd95,
     jacobian_scores,
@@ -22,6 +24,7 @@ from rlreg.metrics import (
     learn2reg_tre,
     mean_dice,
     tre,
+    warped_soft_dice,
 )
 
 
@@ -423,3 +426,51 @@ def test_learn2reg_tre_cubic_sampling_and_moving_spacing():
     assert err.item() < 1e-3
     linear = tre(torch.from_numpy(point), torch.from_numpy(target), torch.from_numpy(disp)[None], 1.0)
     assert linear.item() == pytest.approx(0.0025, abs=1e-9)  # linear between 9 and 10 overshoots c x^2 by c / 4
+
+
+B = 3
+SHAPE = {2: (20, 18), 3: (12, 14, 10)}
+
+
+@pytest.mark.parametrize("ndim", [2, 3])
+def test_batch_dice_matches_per_pair_metric(ndim: int) -> None:
+    gen = torch.Generator().manual_seed(ndim)
+    pred = torch.randint(0, 5, (B, 1, *SHAPE[ndim]), generator=gen)
+    target = torch.randint(0, 5, (B, 1, *SHAPE[ndim]), generator=gen)
+    pred[1][pred[1] == 3] = 0  # label 3 absent from one map of pair 1: Dice 0 there
+    pred[2][pred[2] == 4] = 0
+    target[2][target[2] == 4] = 0  # label 4 absent from both maps of pair 2: left out of its mean
+    expected = torch.stack([torch.nanmean(dice_per_label(pred[b], target[b], range(1, 6)).values)
+                            for b in range(B)])
+    assert torch.allclose(batch_dice(pred, target, 5), expected, atol=1e-6)
+    empty = torch.zeros_like(pred)
+    assert torch.equal(batch_dice(empty, empty, 5), torch.ones(B))
+    # Values outside 0..num_labels are ignored rather than read out of bounds.
+    assert torch.allclose(batch_dice(pred + 10 * (pred == 4), target, 3),
+                          torch.stack([torch.nanmean(dice_per_label(pred[b], target[b], [1, 2, 3]).values)
+                                       for b in range(B)]), atol=1e-6)
+
+
+def test_dice_variants_state_absent_labels_and_empty_maps() -> None:
+    """The semantics written in rlreg.metrics.dice, pinned on one tiny pair: label 1 in both maps, label 2 in the
+    prediction only, label 3 in neither; then two maps of background only."""
+    pred = torch.tensor([[[1, 1, 2, 0], [0, 0, 0, 0]]])[None]  # (1, 1, 2, 4)
+    target = torch.tensor([[[1, 0, 0, 0], [0, 0, 0, 0]]])[None]
+    values, labels = dice_per_label(pred, target, [1, 2, 3])
+    assert labels.tolist() == [1, 2, 3]
+    assert values[0].item() == pytest.approx(2 / 3) and values[1].item() == 0.0 and math.isnan(values[2].item())
+    assert mean_dice(pred, target, [1, 2, 3]).item() == pytest.approx(1 / 3)  # NaN (absent) left out
+    assert batch_dice(pred, target, 3).item() == pytest.approx(1 / 3)  # label 3 left out of the pair's mean
+    empty = torch.zeros_like(pred)
+    assert dice_per_label(empty, empty).values.numel() == 0  # no label present: nothing to score
+    assert math.isnan(mean_dice(empty, empty).item())
+    assert math.isnan(dice_per_label(empty, empty, [1]).values.item())
+    assert batch_dice(empty, empty, 3).item() == 1.0
+    zero = torch.zeros(1, 2, 2, 4, dtype=torch.float64)
+    assert warped_soft_dice(empty, empty, zero, 3).item() == pytest.approx(1.0)
+    one_hot = torch.nn.functional.one_hot(pred[:, 0], 4).movedim(-1, 1)[:, 1:].double()
+    soft = warped_soft_dice(target, pred, zero, 3, eps=0.0 + 1e-12)
+    assert soft.item() == pytest.approx((2 / 3 + 0.0 + 1.0) / 3, abs=1e-6)  # absent label 3 scores 1, not NaN
+    assert soft.item() == pytest.approx(
+        soft_dice(one_hot, torch.nn.functional.one_hot(target[:, 0], 4).movedim(-1, 1)[:, 1:].double(), eps=1e-12,
+                  reduction="batch").item(), abs=1e-9)

@@ -120,7 +120,7 @@ def test_dicom_reads_back_to_the_same_field(registered) -> None:
     ndim, _paths, out, _ = registered
     if ndim == 2:
         pytest.skip("DICOM DSRO is 3D")
-    from rlreg.export import read_dicom_field
+    from rlreg.formats import read_dicom_field
 
     u, geometry = read_dicom_field(out / "registration.dcm")
     field = sitk.ReadImage(str(out / "warp.nii.gz"))

@@ -9,16 +9,14 @@ import torch
 import torch.nn.functional as F
 
 from rlreg.losses import soft_dice
-from rlreg.metrics import dice_per_label
+from rlreg.metrics import batch_dice, warped_soft_dice
 from rlreg.spatial import compose, warp
 from rlreg.tasks import (
     RegistrationConfig,
     RegistrationTask,
     StepResult,
     Task,
-    batch_dice,
     kmeans_labels,
-    warped_soft_dice,
 )
 
 SHAPES = {2: (20, 18), 3: (12, 14, 10)}
@@ -181,25 +179,6 @@ def test_reset_done_replaces_only_done_rows(ndim: int) -> None:
 
 
 # ------------------------------------------------------------------------------------------------- functions
-@pytest.mark.parametrize("ndim", [2, 3])
-def test_batch_dice_matches_per_pair_metric(ndim: int) -> None:
-    gen = torch.Generator().manual_seed(ndim)
-    pred = torch.randint(0, 5, (B, 1, *SHAPES[ndim]), generator=gen)
-    target = torch.randint(0, 5, (B, 1, *SHAPES[ndim]), generator=gen)
-    pred[1][pred[1] == 3] = 0  # label 3 absent from one map of pair 1: Dice 0 there
-    pred[2][pred[2] == 4] = 0
-    target[2][target[2] == 4] = 0  # label 4 absent from both maps of pair 2: left out of its mean
-    expected = torch.stack([torch.nanmean(dice_per_label(pred[b], target[b], range(1, 6)).values)
-                            for b in range(B)])
-    assert torch.allclose(batch_dice(pred, target, 5), expected, atol=1e-6)
-    empty = torch.zeros_like(pred)
-    assert torch.equal(batch_dice(empty, empty, 5), torch.ones(B))
-    # Values outside 0..num_labels are ignored rather than read out of bounds.
-    assert torch.allclose(batch_dice(pred + 10 * (pred == 4), target, 3),
-                          torch.stack([torch.nanmean(dice_per_label(pred[b], target[b], [1, 2, 3]).values)
-                                       for b in range(B)]), atol=1e-6)
-
-
 def test_kmeans_orders_clusters_by_intensity_and_is_deterministic() -> None:
     gen = torch.Generator().manual_seed(0)
     classes = torch.zeros(2, 1, 30, 30, dtype=torch.long)

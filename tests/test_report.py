@@ -20,7 +20,8 @@ from phantoms import write_pair
 from rlreg.data.pairs import Pair
 from rlreg.io import InputError
 from rlreg.pipelines.register import RegisterOptions, register
-from rlreg.pipelines.report import PairEntry, build_report, find_outliers, load_batch
+from rlreg.pipelines.report import build_report
+from rlreg.pipelines.report_data import PairEntry, find_outliers, load_batch
 
 NASTY = "<script>alert('x')</script> & \"quoted\" <b>bold</b>"
 FIGURES = ("images", "checkerboard", "edges", "grid", "jacobian", "dice", "steps", "thumb")

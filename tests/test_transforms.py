@@ -13,6 +13,7 @@ from rlreg.io import Geometry, InputError
 from rlreg.transforms import (
     chain_from_world,
     composite_transform,
+    deformable_part,
     invert_world,
     read_transform,
     world_displacement,
@@ -120,3 +121,18 @@ def test_read_transform_errors(tmp_path) -> None:
     sitk.WriteImage(scalar, str(tmp_path / "scalar.nii.gz"))
     with pytest.raises(InputError, match="not a 3-D displacement field"):
         read_transform(tmp_path / "scalar.nii.gz", FIXED)
+
+
+def test_deformable_part_undoes_the_affine_of_the_total_map() -> None:
+    """u(p) = T(p + d(p)) - p on an oblique grid; deformable_part(u, T) gives d back, and d = u without T."""
+    d = _smooth(FIXED.size, 2.0, seed=5)[0].double().numpy()  # (3, *S) LPS mm
+    affine = np.eye(4)
+    affine[:3, :3] = np.array(_affine().GetMatrix()).reshape(3, 3)
+    affine[:3, 3] = _affine().GetTranslation()
+    p = _world_points(FIXED).T.reshape(3, *FIXED.size)
+    moved = np.einsum("ij,j...->i...", affine[:3, :3], p + d) + affine[:3, 3].reshape(3, 1, 1, 1)
+    total = (moved - p).astype(np.float32)
+    np.testing.assert_allclose(deformable_part(total, FIXED, affine), d, atol=1e-4)
+    np.testing.assert_array_equal(deformable_part(total, FIXED, None), total)
+    assert np.abs(total - d).max() > 1.0  # the affine part is not negligible
+

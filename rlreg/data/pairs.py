@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from rlreg.export import l2r_name
+from rlreg.formats import l2r_name
 from rlreg.io import InputError, split_image_name
 
 __all__ = ["COLUMNS", "L2R_SUBSETS", "RESERVED_IDS", "Pair", "read_pairs", "shard"]

@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from rlreg.filters import gaussian_blur
 from rlreg.spatial import compose, identity_grid, integrate_velocity, resize_displacement, warp
 
 __all__ = [
@@ -40,7 +41,6 @@ __all__ = [
     "SynthConfig",
     "SynthPairs",
     "brain_template",
-    "gaussian_blur",
     "labels_to_image",
     "random_affine_field",
     "random_label_maps",
@@ -207,41 +207,6 @@ def random_affine_field(count: int, shape: tuple[int, ...], generator: torch.Gen
     centre = torch.tensor([(n - 1) / 2 for n in shape], device=device).view(1, ndim, 1)
     moved = matrix.to(device) @ (grid - centre) + centre + shift.to(device).unsqueeze(2)
     return (moved - grid).view(count, ndim, *shape)
-
-
-def gaussian_blur(image: Tensor, sigma: Tensor | float) -> Tensor:
-    """Separable Gaussian blur, zero outside the grid, truncated at 3 sigma; sigma 0 leaves an image unchanged.
-
-    Written as sums of shifted copies of the padded image: on a 2 mm brain field 2x faster on CPU than a grouped
-    convolution for these short kernels (it smooths every instance-optimisation gradient, :mod:`rlreg.instance`).
-
-    Args:
-        image: ``(N, C, *S)`` float.
-        sigma: ``(N,)`` standard deviations in voxels, one per image, or one number for all.
-    """
-    count = image.shape[0]
-    sigma = torch.as_tensor(sigma, dtype=torch.float64).cpu().expand(count)
-    radius = max(1, math.ceil(3 * float(sigma.max()))) if count else 1
-    offsets = torch.arange(-radius, radius + 1, dtype=torch.float64)
-    kernels = torch.exp(-0.5 * (offsets / sigma.clamp_min(1e-3).view(-1, 1)) ** 2)
-    kernels = torch.where(sigma.view(-1, 1) > 1e-3, kernels, (offsets == 0).double())
-    kernels = kernels / kernels.sum(1, keepdim=True)  # (N, K)
-    uniform = bool((kernels == kernels[:1]).all()) if count else True
-    # One sigma: python-float weights (fused multiply-adds); several: (N, 1, ...) weight tensors.
-    weights = kernels[0].tolist() if uniform else list(kernels.to(image).view(count, 1, -1, *[1] * (image.ndim - 2))
-                                                       .unbind(2))
-    out = image
-    for axis in range(2, image.ndim):
-        size = out.shape[axis]
-        padded = F.pad(out, [0, 0] * (image.ndim - 1 - axis) + [radius, radius])
-        taps = [padded.narrow(axis, i, size) for i in range(2 * radius + 1)]
-        if uniform:  # accumulated in place: 1.7x faster than allocating a sum per tap, and the same rounding
-            out = taps[0] * weights[0]
-            for tap, weight in zip(taps[1:], weights[1:], strict=True):
-                out.add_(tap, alpha=weight)
-        else:
-            out = sum(tap * weight for tap, weight in zip(taps, weights, strict=True))
-    return out
 
 
 def random_rough_field(count: int, shape: tuple[int, ...], generator: torch.Generator, device: torch.device | str,

@@ -8,9 +8,7 @@ from rlreg.tasks.registration import (
     REWARDS,
     RegistrationConfig,
     RegistrationTask,
-    batch_dice,
     kmeans_labels,
-    warped_soft_dice,
 )
 
 __all__ = [
@@ -19,7 +17,5 @@ __all__ = [
     "RegistrationTask",
     "StepResult",
     "Task",
-    "batch_dice",
     "kmeans_labels",
-    "warped_soft_dice",
 ]

@@ -1,261 +1,31 @@
-"""Extra displacement-field export formats: 3D Slicer, NiftyReg, FSL, Learn2Reg and DICOM DSRO.
+"""DICOM Deformable Spatial Registration objects (DSRO): writer, header reader of the registered
+series, and field reader.
 
-The default rlreg output (an ITK/ANTs ``warp.nii.gz``, intent 1007, LPS mm) is written elsewhere; this module holds
-the writers behind ``rlreg register --format``. Every writer takes the field in rlreg's conventions:
-
-* ``geometry`` (:class:`rlreg.io.Geometry`) is the **fixed** grid, ``size``/``spacing`` in tensor axis order
-  (``(k, j, i)`` in 3D), ``origin`` and ``direction`` in ITK LPS terms.
-* ``u`` is a ``(*S, ndim)`` array, ``S = geometry.size``, of **LPS millimetre** displacements in ITK ``(x, y, z)``
-  component order: the *total pull-back* field, fixed point ``p`` maps to moving point ``p + u(p)``. It is what
-  ``sitk.GetArrayFromImage`` returns for an ITK displacement field on the fixed grid.
-* ``chain`` (Learn2Reg only) is the same transform in voxel units, ``(ndim, *S)``, channel ``c`` = tensor axis ``c``.
-
-Notation used in the docstrings: ITK maps an index ``(i, j, k)`` to ``p = o + A (i, j, k)`` with
-``A = R diag(s)``, ``R`` the direction matrix and ``s`` the spacing in ITK order. NIfTI files store the RAS affine
-``diag(-1, -1, 1) [A | o]`` (sform = qform, codes 1), as ITK itself writes it. Each writer's docstring names the
-sources of its convention.
-
-Every file is written through :func:`rlreg.io.atomic_output`, so an interrupted run never leaves half a file.
+A DSRO stores the field as a deformation grid in LPS mm (DICOM's patient frame is ITK's), referencing the fixed and
+moving series by their UIDs. pydicom is imported only inside these functions, so the other formats work without it.
 """
 
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import nibabel as nib
 import numpy as np
 
 from rlreg import __version__
-from rlreg.io import Geometry, InputError, atomic_output, split_image_name
+from rlreg.formats.common import check_field
+from rlreg.io import Geometry, InputError, atomic_output
 
 if TYPE_CHECKING:  # pydicom is imported only by the DICOM functions, so the other formats work without it
     from pydicom.dataset import Dataset
 
-__all__ = [
-    "DSRO_SOP_CLASS_UID",
-    "DicomSeriesRef",
-    "dicom_series_ref",
-    "l2r_name",
-    "read_dicom_field",
-    "write_dicom",
-    "write_fsl",
-    "write_l2r",
-    "write_niftyreg",
-    "write_slicer",
-]
+__all__ = ["DSRO_SOP_CLASS_UID", "DicomSeriesRef", "dicom_series_ref", "read_dicom_field", "write_dicom"]
 
 DSRO_SOP_CLASS_UID = "1.2.840.10008.5.1.4.1.1.66.3"
 """Deformable Spatial Registration Storage (DICOM PS3.4; ``pydicom.uid.DeformableSpatialRegistrationStorage``)."""
-
-_LPS_TO_RAS = np.array([-1.0, -1.0, 1.0])
-_IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".dcm", ".npz", ".npy", ".hdr", ".img",
-                   ".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
-_L2R_PATTERN = re.compile(r"^.+_(?P<case>\d{4})_(?P<modality>\d{4})\.nii(\.gz)?$")
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Shared geometry helpers
-# ---------------------------------------------------------------------------------------------------------------
-
-
-def _check_field(u: np.ndarray, geometry: Geometry) -> np.ndarray:
-    """``u`` as a float64 array after checking it is ``(*geometry.size, ndim)`` for a 2D or 3D grid."""
-    u = np.asarray(u)
-    if geometry.ndim not in (2, 3):
-        raise ValueError(f"expected a 2D or 3D grid, got a {geometry.ndim}-D geometry of size {geometry.size}")
-    expected = (*geometry.size, geometry.ndim)
-    if u.shape != expected:
-        raise ValueError(f"displacement of shape {u.shape} does not match the grid: expected {expected} "
-                         "(tensor-order grid size, then one LPS component per dimension)")
-    return u.astype(np.float64)
-
-
-def _itk_index_matrix(geometry: Geometry) -> np.ndarray:
-    """``A = R diag(s)`` (``ndim x ndim``): ITK index ``(i, j, k)`` steps to LPS mm."""
-    n = geometry.ndim
-    return np.asarray(geometry.direction, dtype=np.float64).reshape(n, n) * np.asarray(geometry.spacing[::-1])
-
-
-def _embed_3d(geometry: Geometry) -> tuple[np.ndarray, np.ndarray, tuple[int, ...]]:
-    """``(A, origin, size_ijk)`` of the grid as a 3D one (a 2D grid becomes one slice at z = 0, 1 mm thick)."""
-    matrix = _itk_index_matrix(geometry)
-    origin = np.asarray(geometry.origin, dtype=np.float64)
-    size = tuple(int(n) for n in geometry.size[::-1])
-    if geometry.ndim == 2:
-        matrix = np.block([[matrix, np.zeros((2, 1))], [np.zeros((1, 2)), np.ones((1, 1))]])
-        origin = np.append(origin, 0.0)
-        size = (*size, 1)
-    return matrix, origin, size
-
-
-def _ras_affine(geometry: Geometry) -> np.ndarray:
-    """The ``4 x 4`` NIfTI (RAS) affine of the grid, from ITK index ``(i, j, k)`` to RAS mm (2D: one slice)."""
-    matrix, origin, _ = _embed_3d(geometry)
-    affine = np.eye(4)
-    affine[:3, :3] = _LPS_TO_RAS[:, None] * matrix
-    affine[:3, 3] = _LPS_TO_RAS * origin
-    return affine
-
-
-def _nibabel_order(u: np.ndarray, geometry: Geometry) -> np.ndarray:
-    """``(*S, C)`` tensor-order array -> ``(X, Y, Z, C)`` nibabel (ITK index) order; 2D gains ``Z = 1``."""
-    out = np.moveaxis(u, range(geometry.ndim), range(geometry.ndim)[::-1])
-    return out[:, :, None, :] if geometry.ndim == 2 else out
-
-
-def _save_nifti(data: np.ndarray, geometry: Geometry, path: str | os.PathLike[str], intent: int | None = None,
-                intent_name: str = "", intent_p1: float | None = None) -> Path:
-    """Write float32 ``data`` (nibabel axis order) with the fixed RAS affine as sform = qform (codes 1), mm units."""
-    affine = _ras_affine(geometry)
-    image = nib.Nifti1Image(np.asarray(data, dtype=np.float32), affine)
-    image.set_sform(affine, code=1)
-    image.set_qform(affine, code=1)
-    header = image.header
-    header.set_xyzt_units("mm")
-    if intent is not None:
-        header.set_intent(intent, name=intent_name)
-    if intent_p1 is not None:
-        header["intent_p1"] = intent_p1
-    with atomic_output(path) as tmp:
-        nib.save(image, tmp)
-    return Path(path)
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# NIfTI family: Slicer, NiftyReg, FSL, Learn2Reg
-# ---------------------------------------------------------------------------------------------------------------
-
-
-def write_slicer(u: np.ndarray, geometry: Geometry, path: str | os.PathLike[str]) -> Path:
-    """Write a 3D Slicer-native displacement field: NIfTI intent 1006 (``NIFTI_INTENT_DISPVECT``), **RAS** mm.
-
-    Layout ``(X, Y, Z, 1, 3)`` float32 on the fixed grid (sform = qform = fixed RAS affine, codes 1, mm). The
-    vectors are ``u`` with x and y negated (LPS -> RAS): Slicer writes 1006 files this way, and ITK >= 5.4 flips
-    x, y back to LPS when it reads intent 1006 (ITK commit d007ee8, Slicer PR #6799). Older ITK/ANTs builds cannot
-    read 1006; the default 1007 + LPS ``warp.nii.gz`` is the portable choice.
-
-    Args:
-        u: ``(*S, ndim)`` LPS mm pull-back displacements on ``geometry`` (components ``(x, y[, z])``).
-        geometry: the fixed grid. A 2D grid is written as a single-slice 3D field with a zero z component,
-            because Slicer transforms are 3D.
-        path: output ``.nii``/``.nii.gz`` file.
-
-    Returns:
-        The written path.
-    """
-    u = _check_field(u, geometry)
-    if geometry.ndim == 2:
-        u = np.concatenate([u, np.zeros((*u.shape[:-1], 1))], axis=-1)
-    ras = _nibabel_order(u, geometry) * _LPS_TO_RAS
-    return _save_nifti(ras[:, :, :, None, :], geometry, path, intent=1006)
-
-
-def write_niftyreg(u: np.ndarray, geometry: Geometry, path: str | os.PathLike[str]) -> Path:
-    """Write a NiftyReg displacement field (``reg_transform -disp`` style), RAS mm.
-
-    NiftyReg tags its transforms with ``intent_code = 1007`` (VECTOR), ``intent_name = "NREG_TRANS"`` and
-    ``intent_p1 = DISP_FIELD = 1`` (KCL-BMEIS/niftyreg ``NREG_TRANS_TYPE``), and stores physical displacements in
-    the NIfTI (RAS) world frame. So this file has the ITK layout and intent but RAS vectors: ITK-based tools read
-    it wrongly (use the default ``warp.nii.gz`` for them).
-
-    Args:
-        u: ``(*S, ndim)`` LPS mm pull-back displacements on ``geometry``.
-        geometry: the fixed (NiftyReg "reference") grid.
-        path: output ``.nii``/``.nii.gz`` file.
-
-    Returns:
-        The written path: ``(X, Y, Z, 1, 3)`` float32 in 3D; in 2D ``(X, Y, 1, 1, 2)`` with x, y only, as NiftyReg
-        itself allocates 2D fields (``nu = nz > 1 ? 3 : 2``).
-    """
-    u = _check_field(u, geometry)
-    ras = _nibabel_order(u, geometry) * _LPS_TO_RAS[: geometry.ndim]
-    return _save_nifti(ras[:, :, :, None, :], geometry, path, intent=1007, intent_name="NREG_TRANS", intent_p1=1.0)
-
-
-def write_fsl(u: np.ndarray, geometry: Geometry, path: str | os.PathLike[str]) -> Path:
-    """Write an FSL relative warp (as from ``convertwarp --relout``): ``(X, Y, Z, 3)`` float32, intent 2006.
-
-    FSL displacements are mm in its *scaled-voxel* frame (origin at voxel 0, axes along the voxel axes, x mirrored
-    when the sform has a positive determinant; regtricks "FSL" docs, nitransforms ``io/fsl.py``). Per voxel::
-
-        u_fsl = diag(s) F A^-1 u,    F = diag(-1, 1, 1) if det(RAS sform) > 0 else I
-
-    with ``A^-1 u`` the displacement in ITK index steps ``(i, j, k)``. Use with ``applywarp --rel``.
-
-    Args:
-        u: ``(*S, 3)`` LPS mm pull-back displacements on ``geometry``.
-        geometry: the fixed (FSL ``--ref``) grid; 3D only.
-        path: output ``.nii``/``.nii.gz`` file.
-
-    Returns:
-        The written path.
-
-    Raises:
-        ValueError: for a 2D field (FSL warps are 3D volumes).
-    """
-    if geometry.ndim != 3:
-        raise ValueError(f"FSL warps are 3D volumes; got a {geometry.ndim}-D grid of size {geometry.size} "
-                         "(use --format l2r or the default warp.nii.gz for 2D images)")
-    u = _check_field(u, geometry)
-    matrix = _itk_index_matrix(geometry)
-    steps = _nibabel_order(u, geometry) @ np.linalg.inv(matrix).T
-    flip = np.array([-1.0, 1.0, 1.0]) if np.linalg.det(_ras_affine(geometry)[:3, :3]) > 0 else np.ones(3)
-    fsl = steps * (flip * np.asarray(geometry.spacing[::-1]))
-    return _save_nifti(fsl, geometry, path, intent=2006)
-
-
-def write_l2r(chain: np.ndarray, geometry: Geometry, path: str | os.PathLike[str]) -> Path:
-    """Write a Learn2Reg submission field: voxel units, nibabel axis order, ``map_coordinates`` convention.
-
-    With ``disp = nib.load(path).get_fdata()`` and a moving image loaded with nibabel (``(X, Y, Z)``, on the fixed
-    grid), ``scipy.ndimage.map_coordinates(moving, identity + disp.transpose(3, 0, 1, 2), order=1)`` is the warped
-    image (Learn2Reg ``evaluation.py``; LUMIR "Validation Submission guidelines"). Spatial axes and components are
-    both in ITK index order ``(i, j, k)``: the reverse of ``chain``'s tensor order.
-
-    Args:
-        chain: ``(ndim, *S)`` pull-back displacement in voxels, channel ``c`` along tensor axis ``c``.
-        geometry: the fixed grid (only the affine is used; Learn2Reg ignores it).
-        path: output ``.nii``/``.nii.gz`` file, usually named with :func:`l2r_name`.
-
-    Returns:
-        The written path: float32 ``(X, Y, Z, 3)`` in 3D, ``(X, Y, 2)`` in 2D (the same convention for a 2D
-        ``(X, Y)`` moving array; Learn2Reg itself has only 3D tasks).
-    """
-    chain = np.asarray(chain)
-    if geometry.ndim not in (2, 3) or chain.shape != (geometry.ndim, *geometry.size):
-        raise ValueError(f"voxel field of shape {chain.shape} does not match the grid: expected "
-                         f"{(geometry.ndim, *geometry.size)} (channels in tensor axis order, then the grid)")
-    components_last = np.moveaxis(chain[::-1], 0, -1)
-    disp = np.moveaxis(components_last, range(geometry.ndim), range(geometry.ndim)[::-1])
-    return _save_nifti(disp, geometry, path)
-
-
-def _case_id(path: str | os.PathLike[str]) -> str:
-    name = Path(path).name
-    match = _L2R_PATTERN.match(name)
-    if match:
-        return match.group("case")
-    return split_image_name(name, _IMAGE_SUFFIXES)[0]
-
-
-def l2r_name(fixed_path: str | os.PathLike[str], moving_path: str | os.PathLike[str]) -> str:
-    """Learn2Reg file name ``disp_{fix}_{mov}.nii.gz`` for a pair.
-
-    ``{fix}``/``{mov}`` is the 4-digit case id when the file follows Learn2Reg's ``<TASK>_<case>_<modality>.nii.gz``
-    pattern (``NLST_0101_0000.nii.gz`` -> ``0101``); otherwise the file (or DICOM folder) name without its image
-    extension (``.nii.gz``, ``.nrrd``, ``.mha``, ``.png``, ...), so ``sub-1.v2.nii.gz`` gives ``sub-1.v2``.
-    """
-    return f"disp_{_case_id(fixed_path)}_{_case_id(moving_path)}.nii.gz"
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# DICOM Deformable Spatial Registration (DSRO)
-# ---------------------------------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -452,7 +222,7 @@ def write_dicom(u: np.ndarray, geometry: Geometry, path: str | os.PathLike[str],
     if geometry.ndim != 3:
         raise ValueError(f"DICOM deformable registration grids are 3D; got a {geometry.ndim}-D grid of size "
                          f"{geometry.size} (use --format l2r or the default warp.nii.gz for 2D images)")
-    u, geometry = _right_handed(_check_field(u, geometry), geometry)
+    u, geometry = _right_handed(check_field(u, geometry), geometry)
     direction = np.asarray(geometry.direction).reshape(3, 3)
     now = datetime.now()
     date, time = now.strftime("%Y%m%d"), now.strftime("%H%M%S.%f")

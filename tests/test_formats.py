@@ -1,4 +1,5 @@
-"""Extra field exports (Slicer 1006, NiftyReg, FSL, Learn2Reg, DICOM DSRO), checked through independent readers.
+"""Field formats (Slicer 1006, NiftyReg, FSL, Learn2Reg, DICOM DSRO): writers checked through independent readers,
+and each format's own reader checked by a round trip.
 
 Every geometry here is oblique, anisotropic and axis-flipped, with both handedness signs, so a missing spacing,
 direction, LPS/RAS flip or axis reversal changes the numbers the tests compare.
@@ -12,14 +13,20 @@ import nibabel as nib
 import numpy as np
 import pytest
 import SimpleITK as sitk
+import torch
 from scipy.ndimage import map_coordinates
 
-from rlreg.export import (
+from rlreg.formats import (
     DSRO_SOP_CLASS_UID,
     DicomSeriesRef,
     dicom_series_ref,
     l2r_name,
     read_dicom_field,
+    read_fsl,
+    read_keypoints,
+    read_l2r,
+    read_niftyreg,
+    read_slicer,
     write_dicom,
     write_fsl,
     write_l2r,
@@ -419,3 +426,62 @@ def test_read_dicom_field_rejects_other_objects(tmp_path: Path) -> None:
 
     with pytest.raises(InputError, match="not a DICOM Deformable"):
         read_dicom_field(get_testdata_file("CT_small.dcm"))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Readers: write then read gives the same field
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("fmt", "ndim"), [("slicer", 3), ("slicer", 2), ("niftyreg", 3), ("niftyreg", 2),
+                                           ("fsl", 3)])
+@pytest.mark.parametrize("handedness", [1, -1])
+def test_nifti_formats_round_trip(tmp_path: Path, fmt: str, ndim: int, handedness: int) -> None:
+    geometry = Geometry.from_sitk(oblique_image(handedness, ndim))
+    u = random_field(geometry, seed=3)
+    write, read = {"slicer": (write_slicer, read_slicer), "niftyreg": (write_niftyreg, read_niftyreg),
+                   "fsl": (write_fsl, read_fsl)}[fmt]
+    back = read(write(u, geometry, tmp_path / f"{fmt}.nii.gz"), geometry)
+    assert back.shape == u.shape
+    np.testing.assert_allclose(back, u, atol=1e-5)  # float32 on disk
+
+
+def test_nifti_readers_reject_another_grid(tmp_path: Path) -> None:
+    geometry = Geometry.from_sitk(oblique_image(1))
+    path = write_slicer(random_field(geometry), geometry, tmp_path / "slicer.nii.gz")
+    other = Geometry.from_sitk(oblique_image(1, 2))
+    with pytest.raises(InputError, match=r"slicer\.nii\.gz: Slicer field of shape .* give the field written for"):
+        read_slicer(path, other)
+    with pytest.raises(InputError, match="not a readable NiftyReg field"):
+        read_niftyreg(tmp_path / "missing.nii.gz", geometry)
+    with pytest.raises(InputError, match="FSL warps are 3D"):
+        read_fsl(path, other)
+
+
+@pytest.mark.parametrize("ndim", [3, 2])
+def test_l2r_round_trip_nifti_and_npz(tmp_path: Path, ndim: int) -> None:
+    geometry = Geometry.from_sitk(oblique_image(-1, ndim))
+    chain = np.random.default_rng(4).uniform(-1.5, 1.5, size=(ndim, *geometry.size)).astype(np.float32)
+    back = read_l2r(write_l2r(chain, geometry, tmp_path / "disp.nii.gz"), geometry)
+    assert back.shape == (1, ndim, *geometry.size) and back.dtype == torch.float64
+    np.testing.assert_array_equal(back[0].numpy(), chain)
+    np.savez(tmp_path / "disp.npz", nib.load(tmp_path / "disp.nii.gz").get_fdata())
+    np.testing.assert_array_equal(read_l2r(tmp_path / "disp.npz", geometry)[0].numpy(), chain)
+    np.savez(tmp_path / "two.npz", a=np.zeros(1), b=np.zeros(1))
+    with pytest.raises(InputError, match="holds 2 arrays"):
+        read_l2r(tmp_path / "two.npz", geometry)
+    with pytest.raises(InputError, match="expected"):
+        read_l2r(tmp_path / "disp.nii.gz", Geometry.from_sitk(oblique_image(-1, 5 - ndim)))
+
+
+def test_read_keypoints(tmp_path: Path) -> None:
+    path = tmp_path / "kp.csv"
+    path.write_text("1,2,3\n4.5,5,6\n")
+    np.testing.assert_array_equal(read_keypoints(path, 3), [[1, 2, 3], [4.5, 5, 6]])
+    with pytest.raises(InputError, match="has 3 columns; give 2"):
+        read_keypoints(path, 2)
+    with pytest.raises(InputError, match="keypoint file not found"):
+        read_keypoints(tmp_path / "none.csv", 3)
+    (tmp_path / "bad.csv").write_text("x,y,z\n")
+    with pytest.raises(InputError, match="not a keypoint CSV"):
+        read_keypoints(tmp_path / "bad.csv", 3)

@@ -1,0 +1,45 @@
+"""Registration quality metrics: label overlap (Dice), surface distance (HD95), landmark error (TRE), regularity.
+
+Conventions follow :mod:`rlreg.spatial`: spatial axes are in the array's own order, displacements are
+``(N, ndim, *S)`` voxel fields (channel ``c`` displaces tensor axis ``c``) in the pull-back direction, and
+``spacing`` is the physical voxel size in mm **per tensor axis, in the same order as the array axes**.
+
+* :mod:`rlreg.metrics.dice`: every Dice variant side by side (per label, mean, batched reward score, warped soft
+  Dice), each with its semantics for absent labels and empty maps.
+* :mod:`rlreg.metrics.distance`: :func:`hd95` (MONAI's percentile Hausdorff definition) and :func:`tre` in mm.
+* :mod:`rlreg.metrics.jacobian`: :func:`jacobian_scores` (SDlogJ, % folding of a computed Jacobian);
+  :func:`folding_percent`, :func:`sdlogj`, :func:`jacobian_determinant` come from :mod:`rlreg.spatial`.
+* :mod:`rlreg.metrics.learn2reg`: the Learn2Reg challenge evaluation's own definitions, quirks included.
+"""
+
+from __future__ import annotations
+
+from rlreg.metrics.dice import LabelScores, batch_dice, dice_per_label, mean_dice, warped_soft_dice
+from rlreg.metrics.distance import hd95, tre
+from rlreg.metrics.jacobian import JacobianScores, jacobian_scores
+from rlreg.metrics.learn2reg import (
+    Learn2RegJacobianScores,
+    learn2reg_jacobian_determinant,
+    learn2reg_jacobian_scores,
+    learn2reg_tre,
+)
+from rlreg.spatial import folding_percent, jacobian_determinant, sdlogj
+
+__all__ = [
+    "JacobianScores",
+    "LabelScores",
+    "Learn2RegJacobianScores",
+    "batch_dice",
+    "dice_per_label",
+    "folding_percent",
+    "hd95",
+    "jacobian_determinant",
+    "jacobian_scores",
+    "learn2reg_jacobian_determinant",
+    "learn2reg_jacobian_scores",
+    "learn2reg_tre",
+    "mean_dice",
+    "sdlogj",
+    "tre",
+    "warped_soft_dice",
+]
