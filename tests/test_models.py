@@ -15,14 +15,14 @@ from rlreg.sac import Agent, AgentConfig
 
 def test_digits_model_is_shipped_and_registers_held_out_digits() -> None:
     from rlreg.pipelines.digits import DigitPairs, split_mnist
-    from rlreg.tasks.registration import RegistrationTask
+    from rlreg.tasks.registration import RegistrationBatch, RegistrationTask
 
     cards = models.available()
     assert "digits" in cards and cards["digits"]["ndim"] == 2
     agent = models.load("digits")
     pairs = DigitPairs(*split_mnist()["test"]).sample(64, torch.Generator().manual_seed(99))
     task = RegistrationTask(agent.config.task)
-    state = task.reset(*pairs)
+    state = task.reset(RegistrationBatch(*pairs))
     before = float(task.score.mean())
     for _ in range(cards["digits"]["max_steps"]):
         state = task.step(agent.act(state).action).state
@@ -36,7 +36,7 @@ def test_export_strips_optimisers_and_checksum_is_enforced(tmp_path, monkeypatch
     shipped.mkdir()
     path = export_model(checkpoint, "toy", {"trained_on": "nothing"}, directory=shipped)
     data = torch.load(path, weights_only=True)
-    assert "optimizers" not in data and data["format_version"] == 1
+    assert "optimizers" not in data and data["format_version"] == 2
     monkeypatch.setattr(models, "MODELS_DIR", shipped)
     monkeypatch.setattr(models, "REGISTRY", shipped / "models.json")
     card = models.available()["toy"]

@@ -8,7 +8,7 @@ import torch
 from rlreg.buffer import Transition
 from rlreg.networks import NetworkConfig
 from rlreg.sac import Agent, AgentConfig, SACConfig, load_checkpoint
-from rlreg.tasks.registration import RegistrationConfig, RegistrationTask
+from rlreg.tasks.registration import RegistrationBatch, RegistrationConfig, RegistrationTask
 
 
 def tiny_config(ndim: int = 2, **sac) -> AgentConfig:
@@ -26,7 +26,7 @@ def squares(batch: int, shape=(15, 17), shift: int = 2) -> tuple[torch.Tensor, .
 
 def transition_batch(agent: Agent, batch: int = 4) -> tuple[Transition, RegistrationTask]:
     task = RegistrationTask(agent.config.task)
-    state = task.reset(*squares(batch))
+    state = task.reset(RegistrationBatch(*squares(batch)))
     decision = agent.act(state, deterministic=False)
     result = task.step(decision.action)
     return Transition(state, decision.plan, result.reward, result.state, result.terminated, None), task
@@ -109,7 +109,7 @@ def test_checkpoint_round_trip_gives_identical_actions(tmp_path) -> None:
     state = torch.rand(2, 2, 9, 11, 7)
     path = agent.save(tmp_path / "agent.pt", note="hello")
     loaded, raw = load_checkpoint(path)
-    assert raw["format_version"] == 1 and raw["note"] == "hello"
+    assert raw["format_version"] == 2 and raw["task"] == "registration" and raw["note"] == "hello"
     assert loaded.config == agent.config
     assert torch.equal(agent.act(state).action, loaded.act(state).action)
     assert [p.name for p in tmp_path.iterdir()] == ["agent.pt"]
