@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 
 import pytest
 import torch
@@ -137,3 +138,32 @@ def test_shipped_synthetic_models_load_verify_and_step(name: str) -> None:
     assert float(step.abs().max()) <= agent.config.network.max_step
     if name == "brain-3d":
         assert len(card["orientation"]) == 9  # the MNI template's direction the agent was trained in
+
+
+@pytest.mark.parametrize("name", ["digits", "generic-2d", "brain-3d"])
+def test_shipped_models_act_bit_identically_to_the_reference(name: str) -> None:
+    """The shipped (format 1) checkpoints load into today's networks and give exactly the plan, action, Q values and
+    3-step field (``reward="lncc"``, the register pipeline's task) recorded with the agent core before tasks became
+    pluggable (``tests/assets/agent_actions.pt``, seeded inputs)."""
+    from pathlib import Path
+
+    from rlreg.rollout import rollout
+    from rlreg.tasks.registration import RegistrationBatch, RegistrationTask
+
+    reference = torch.load(Path(__file__).parent / "assets" / "agent_actions.pt", weights_only=True)[name]
+    agent = models.load(name)
+    assert agent.config.task_name == "registration"
+    shape = tuple(reference["shape"].tolist())
+    generator = torch.Generator().manual_seed(7)
+    fixed, moving = torch.rand((1, 1, *shape), generator=generator), torch.rand((1, 1, *shape), generator=generator)
+    state = torch.cat([fixed, moving], 1)
+    with torch.no_grad():
+        plan = agent.planner(state)
+        decision = agent.act(state, deterministic=True)
+        q = torch.stack(agent.critic(state, decision.plan))
+    task = RegistrationTask(replace(agent.config.task, reward="lncc"))
+    task.reset(RegistrationBatch(fixed, moving))
+    rollout(agent, task, 3)
+    for key, value in (("mean", plan.mean), ("log_std", plan.log_std), ("action", decision.action), ("q", q),
+                       ("field3", task.field)):
+        assert torch.equal(value, reference[key]), key
