@@ -240,9 +240,9 @@ def train(config: TrainConfig, resume: bool = False,
     rank, world, device = _distributed_setup(loop.device)
     lead = rank == 0  # only rank 0 evaluates, logs and writes the model; every rank keeps its own state file
     out = Path(loop.output)
+    train_pairs, eval_pairs = training_data(config.data)  # an unknown dataset fails before anything is written
     out.mkdir(parents=True, exist_ok=True)
     state_path = out / ("state.pt" if world == 1 else f"state.rank{rank}.pt")
-    train_pairs, eval_pairs = training_data(config.data)
     eval_batch = eval_pairs.sample(loop.eval_pairs, torch.Generator().manual_seed(loop.seed + 1), device)
 
     torch.manual_seed(loop.seed)

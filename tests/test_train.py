@@ -34,6 +34,17 @@ def test_load_config_overrides_and_errors(tmp_path) -> None:
         load_config(None, ["loop.total_steps"])
 
 
+def test_the_recipe_names_the_task_and_registration_is_the_default() -> None:
+    from rlreg.tasks import RegistrationConfig
+
+    config = load_config(None, ["agent.task.max_steps=3"])
+    assert config.agent.task_name == "registration" and config.agent.task == RegistrationConfig(max_steps=3)
+    with pytest.raises(ValueError, match="unknown task 'nope'; registered tasks: registration"):
+        load_config(None, ["agent.task_name=nope"])
+    with pytest.raises(ValueError, match="dataset 'nope' is unknown; use one of digits, synth"):
+        train(load_config(None, ["data.dataset=nope", "loop.device=cpu"]))
+
+
 def test_shipped_recipe_loads() -> None:
     from pathlib import Path
 
