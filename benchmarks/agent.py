@@ -26,7 +26,7 @@ import torch
 from benchmarks.common import describe_machine, import_baseline_mib, load_average, run_child, write_section
 from rlreg.networks import NetworkConfig, count_parameters
 from rlreg.sac import Agent, AgentConfig
-from rlreg.tasks.registration import RegistrationConfig, RegistrationTask
+from rlreg.tasks.registration import RegistrationBatch, RegistrationConfig, RegistrationTask
 
 __all__ = ["LEVERS", "Lever", "time_episode"]
 
@@ -77,7 +77,7 @@ def time_episode(lever: Lever, repeats: int = 3) -> dict[str, float]:
 
     def episode() -> float:
         task = RegistrationTask(replace(RegistrationConfig(), reward="lncc", max_steps=lever.steps + 1))
-        state = task.reset(fixed, moving)
+        state = task.reset(RegistrationBatch(fixed, moving))
         t0 = time.perf_counter()
         with torch.no_grad():
             for _ in range(lever.steps):

@@ -105,7 +105,8 @@ def _evaluate_agent(agent, pairs, steps: int) -> tuple[list[float], list[float],
     start = time.perf_counter()
     result = evaluate(agent, pairs, steps)
     seconds = (time.perf_counter() - start) / pairs.fixed.shape[0]
-    return result.dice_per_step, result.dice_any_per_step, result.folding_percent, seconds
+    return (result.score_per_step, result.metrics_per_step["dice_any"], result.metrics_per_step["folding_percent"][-1],
+            seconds)
 
 
 @torch.no_grad()
@@ -160,7 +161,7 @@ def run_benchmark(budget_s: float = 900.0, steps: int = 30, eval_pairs: int = 10
             start = time.perf_counter()
             agent, summary = _train_agent(name, VARIANTS[name], budget_s, output, seed)
             seconds = time.perf_counter() - start
-            throughput = (summary["env_steps_per_s"], summary["updates_per_s"])
+            throughput = (summary.env_steps_per_s, summary.updates_per_s)
             if name == "rl":
                 _example_grid(agent, any_pairs, output / "digits_examples.png")
             updates = agent.updates
@@ -184,15 +185,13 @@ def _example_grid(agent, pairs, path: Path, count: int = 6, shown: tuple[int, ..
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from rlreg.tasks.registration import RegistrationTask
+    from rlreg.rollout import rollout
+    from rlreg.tasks.registration import RegistrationBatch, RegistrationTask
 
     task = RegistrationTask(replace(agent.config.task, max_steps=max(shown) + 1))
-    state = task.reset(pairs.fixed[:count], pairs.moving[:count], pairs.fixed_seg[:count], pairs.moving_seg[:count])
+    task.reset(RegistrationBatch(*(x[:count] for x in (pairs.fixed, pairs.moving, pairs.fixed_seg, pairs.moving_seg))))
     frames = {0: task.warped.clone()}
-    for t in range(1, max(shown) + 1):
-        state = task.step(agent.act(state).action).state
-        if t in shown:
-            frames[t] = task.warped.clone()
+    rollout(agent, task, max(shown), lambda t, _: frames.update({t: task.warped.clone()} if t in shown else {}))
     fig, axes = plt.subplots(count, len(shown) + 1, figsize=(1.3 * (len(shown) + 1), 1.3 * count), squeeze=False)
     for row in range(count):
         panels = [("fixed", pairs.fixed[row, 0])] + [(f"step {t}", frames[t][row, 0]) for t in shown]

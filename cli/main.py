@@ -454,12 +454,12 @@ def train(
         except (InputError, ValueError) as err:
             _fail(str(err))
     if json_output:
-        typer.echo(json.dumps(summary, indent=2, default=str))
+        typer.echo(json.dumps(summary.to_dict(), indent=2, default=str))
         return
-    last = summary["history"][-1] if summary["history"] else {}
+    last = summary.history[-1] if summary.history else {}
     typer.echo(f"final eval Dice {last.get('dice_final', float('nan')):.4f} (best {last.get('dice_best', 0):.4f} "
-               f"at step {last.get('best_step', 0)}); parameters {summary['parameters']}")
-    typer.echo(f"model: {summary['model']}  resumable state: {summary['state']}")
+               f"at step {last.get('best_step', 0)}); parameters {summary.parameters}")
+    typer.echo(f"model: {summary.model}  resumable state: {summary.state}")
 
 
 def _file_size(nbytes: int | None) -> str:

@@ -465,32 +465,32 @@ def save_steps(path: Path, steps: Sequence[dict[str, float]], levels: Sequence[i
     return _save(fig, path)
 
 
-def save_training_curve(path: Path, history: Sequence[dict[str, float]]) -> Path:
-    """Held-out Dice of a training run against its environment steps: before registration, the best over the
-    agent's steps (the step count marked at each point) and after the evaluation's last step.
+def save_training_curve(path: Path, history: Sequence[dict[str, float]], name: str = "dice") -> Path:
+    """Held-out score (``name``, e.g. Dice) of a training run against its environment steps: before the first step,
+    the best over the agent's steps (the step count marked at each point) and after the evaluation's last step.
 
     Args:
         history: the run's ``metrics.jsonl`` records, ``{"step", "dice0", "dice_best", "best_step",
-            "dice_final"}`` (:func:`rlreg.pipelines.train.train`).
+            "dice_final"}`` (:func:`rlreg.pipelines.train.train`), the score's keys prefixed by ``name``.
     """
     fig = _figure(5.6, 3.0)
     ax = fig.add_axes((0.13, 0.16, 0.83, 0.74))
     records = sorted(history, key=lambda r: r["step"])
     if records:
         x = [r["step"] for r in records]
-        ax.plot(x, [r["dice0"] for r in records], color="#57606a", linestyle="--", linewidth=1.0,
+        ax.plot(x, [r[f"{name}0"] for r in records], color="#57606a", linestyle="--", linewidth=1.0,
                 label="before the first step")
-        ax.plot(x, [r["dice_final"] for r in records], color="#e63946", linewidth=1.0, label="after the last step")
-        ax.plot(x, [r["dice_best"] for r in records], color="#1d3557", marker="o" if len(x) <= 40 else None,
+        ax.plot(x, [r[f"{name}_final"] for r in records], color="#e63946", linewidth=1.0, label="after the last step")
+        ax.plot(x, [r[f"{name}_best"] for r in records], color="#1d3557", marker="o" if len(x) <= 40 else None,
                 markersize=3, linewidth=1.4, label="best over the steps (at the step marked)")
         if len(x) <= 40:
             for record in (r for r in records if r.get("best_step")):
-                ax.annotate(str(record["best_step"]), (record["step"], record["dice_best"]),
+                ax.annotate(str(record["best_step"]), (record["step"], record[f"{name}_best"]),
                             textcoords="offset points", xytext=(0, 4), ha="center", fontsize=FONT - 3,
                             color="#1d3557")
         ax.legend(fontsize=8, loc="best")  # the curves fill different corners: rising from scratch, flat fine-tuning
     ax.set_xlabel("environment steps (batches of pairs)", fontsize=FONT)
-    ax.set_ylabel("held-out Dice", fontsize=FONT)
+    ax.set_ylabel("held-out Dice" if name == "dice" else f"held-out {name}", fontsize=FONT)
     ax.tick_params(labelsize=8)
     ax.grid(alpha=0.3)
     return _save(fig, path)

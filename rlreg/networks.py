@@ -1,23 +1,29 @@
-"""The agent's networks for 2D and 3D registration: stochastic planner, deterministic actor, twin critics.
+"""The agent's networks for 2D and 3D image tasks: stochastic planner, deterministic actor, twin critics.
 
 One code path serves both dimensions: layers come from small factories keyed on ``config.ndim``, and nothing is
 locked to an image size (no buffers, no flatten of a size-dependent map), so one network runs on ``(28, 28)``
 digits, ``(27, 31)`` slices and ``(13, 17, 11)`` or ``128**3`` volumes alike.
 
-Conventions follow :mod:`rlreg.spatial`: states are ``(N, C, *S)`` images (``C = 2``: fixed, warped moving),
-displacements ``(N, ndim, *S)`` in **voxels**, channel ``c`` displacing tensor axis ``c``.
+Conventions follow :mod:`rlreg.spatial`: states are ``(N, C, *S)`` images (registration: ``C = 2``, fixed and
+warped moving), actions ``(N, out_channels, *S)`` (registration: a displacement in **voxels**, channel ``c``
+displacing tensor axis ``c``; an image task: an image update).
 
 * :class:`Planner` (SPAC's stochastic planner, an encoder): state ``(N, C, *S)`` -> diagonal Gaussian plan
   ``mean, log_std`` ``(N, plan_dim)`` plus the encoder features (U-Net skips) for the actor.
-* :class:`Actor` (deterministic decoder): plan ``(N, plan_dim)`` + skips -> step displacement ``(N, ndim, *S)``,
-  bounded smoothly by ``max_step * tanh`` instead of a gradient-killing clamp (method.md).
+* :class:`Actor` (deterministic decoder): plan ``(N, plan_dim)`` + skips -> action ``(N, out_channels, *S)``,
+  bounded smoothly by ``max_step * tanh`` instead of a gradient-killing clamp.
 * :class:`Critic` / :class:`TwinCritic`: ``Q(state, plan) -> (N,)``; the critics score the low-dimensional plan,
   never the dense field.
 
-No normalisation layers: batch statistics are unreliable in RL (replay batches of a few transitions, acting with
-one batch size and learning with another, targets computed by copies), and instance/group norm would discard the
-absolute intensity differences between the fixed and warped channels that the state is made of. The networks are
-shallow enough to train without them (the official SPAC code uses plain conv + LeakyReLU layers as well).
+The defaults are the registration networks: no normalisation layers (batch statistics are unreliable in RL, with
+replay batches of a few transitions, acting with one batch size and learning with another, targets computed by
+copies; instance norm would discard the absolute intensity differences between the fixed and warped channels that
+the state is made of; the official SPAC code uses plain conv + LeakyReLU layers as well), zero padding, 3x3(x3)
+convolutions, a plan vector and no memory. The variants RL-I2IT uses for its image-to-image tasks are options of
+the same classes (:class:`NetworkConfig`): instance normalisation, reflection padding, 4x4(x4) stride-2
+convolutions, a plan shaped as a ``plan_grid**ndim`` feature map, and a convolutional GRU memory on the planner's
+bottleneck that carries information across steps (and, for video, across frames: the memory is returned by the
+planner and passed back in by whoever runs the episode, :func:`rlreg.rollout.rollout`).
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -33,6 +39,7 @@ from torch import Tensor, nn
 
 __all__ = [
     "Actor",
+    "ConvGRU",
     "Critic",
     "NetworkConfig",
     "PlanOutput",
@@ -58,7 +65,10 @@ class NetworkConfig:
     ndim: int = 2
     """Spatial dimension of the images: 2 or 3."""
     in_channels: int = 2
-    """Channels of the state: ``[fixed, warped moving]``."""
+    """Channels of the state (registration: ``[fixed, warped moving]``)."""
+    out_channels: int | None = None
+    """Channels of the action: ``None`` means ``ndim`` (a displacement field); an image task sets its image's
+    channels (an image update)."""
     widths: tuple[int, ...] = (16, 32, 32, 32)
     """Planner encoder channels per level; level ``k`` works at ``1 / 2**k`` resolution (level 0 at full
     resolution). The actor's decoder mirrors them. Inputs are padded to a multiple of ``2**(len(widths) - 1)``."""
@@ -68,7 +78,7 @@ class NetworkConfig:
     """The plan <-> feature-map bridges (planner, actor and critic) use a ``plan_grid**ndim`` map, whatever the image
     size (the official 3D code reaches a ``4**3`` map at ``128**3``)."""
     max_step: float = 1.0
-    """Bound of each step displacement component, in voxels: ``action = max_step * tanh(raw)``."""
+    """Bound of each action component (registration: voxels): ``action = max_step * tanh(raw)``."""
     log_std_min: float = -5.0
     """Lower bound of the plan's log standard deviation (reached smoothly through ``tanh``). SPAC bounds the
     log-*variance* to [-10, 2], i.e. the log-std to [-5, 1]."""
@@ -78,6 +88,24 @@ class NetworkConfig:
     """Channels of the critic's image encoder; each level is one stride-2 conv."""
     critic_hidden: int = 128
     """Width of the critic's two hidden MLP layers."""
+    norm: Literal["none", "instance"] = "none"
+    """Normalisation after every conv of the planner and actor blocks: none (registration) or instance
+    normalisation with affine parameters (RL-I2IT's style-transfer planner). The critic stays unnormalised."""
+    padding: Literal["zeros", "reflect"] = "zeros"
+    """Padding mode of every conv: zeros (registration) or reflection (RL-I2IT's image tasks). Reflection needs
+    every feature map to be larger than the padding (inputs of at least ``2 * multiple`` voxels per axis)."""
+    down_kernel: Literal[3, 4] = 3
+    """Kernel of the stride-2 (downsampling) convs of the planner and critic: 3 (padding 1, ``ceil(n / 2)``) or 4
+    (padding 1, ``floor(n / 2)``: the pix2pix-style encoders of RL-I2IT's image tasks)."""
+    plan_shape: Literal["vector", "map"] = "vector"
+    """``vector``: the plan is a linear function of the pooled features, decoded by a linear bridge (SPAC 3D).
+    ``map``: the plan is a ``(plan_dim / plan_grid**ndim)``-channel ``plan_grid**ndim`` feature map made by a
+    1x1 conv and decoded by a 1x1 conv (the digits paper's 1x7x7 plan); still passed around flattened
+    ``(N, plan_dim)``, so ``plan_dim`` must be a multiple of ``plan_grid**ndim``."""
+    memory: Literal["none", "gru"] = "none"
+    """``gru``: a convolutional GRU on the planner's deepest feature map carries a memory across steps (RL-I2IT's
+    step-wise GRU; passed across frames it is the frame-wise one). The replayed transitions of training start from
+    a zero memory; acting carries it (:func:`rlreg.rollout.rollout`)."""
 
     def __post_init__(self) -> None:
         for name in ("widths", "critic_widths"):
@@ -86,7 +114,9 @@ class NetworkConfig:
                 object.__setattr__(self, name, tuple(value))
         if self.ndim not in (2, 3):
             raise ValueError(f"ndim must be 2 or 3, got {self.ndim!r}")
-        for name in ("in_channels", "plan_dim", "plan_grid", "critic_hidden"):
+        if self.out_channels is None:
+            object.__setattr__(self, "out_channels", self.ndim)
+        for name in ("in_channels", "out_channels", "plan_dim", "plan_grid", "critic_hidden"):
             value = getattr(self, name)
             if not _is_positive_int(value):
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
@@ -101,11 +131,30 @@ class NetworkConfig:
             raise ValueError(f"log_std_min and log_std_max must be finite numbers, got {bounds}")
         if not self.log_std_min < self.log_std_max:
             raise ValueError(f"log_std_min must be < log_std_max, got {bounds}")
+        choices = {"norm": ("none", "instance"), "padding": ("zeros", "reflect"), "down_kernel": (3, 4),
+                   "plan_shape": ("vector", "map"), "memory": ("none", "gru")}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        if self.plan_shape == "map" and self.plan_dim % self.plan_grid**self.ndim:
+            raise ValueError(f"plan_shape 'map' needs plan_dim to be a multiple of plan_grid**ndim = "
+                             f"{self.plan_grid**self.ndim}, got {self.plan_dim}")
 
     @property
     def multiple(self) -> int:
         """Spatial sizes are padded to a multiple of this (``2**(len(widths) - 1)``) inside the planner."""
         return 2 ** (len(self.widths) - 1)
+
+    @property
+    def action_channels(self) -> int:
+        """Channels of the actor's output (``out_channels``, which is ``ndim`` unless set)."""
+        assert self.out_channels is not None  # resolved in __post_init__
+        return self.out_channels
+
+    @property
+    def plan_channels(self) -> int:
+        """Channels of a ``plan_shape="map"`` plan: ``plan_dim / plan_grid**ndim``."""
+        return self.plan_dim // self.plan_grid**self.ndim
 
 
 def _is_positive_int(value: object) -> bool:
@@ -114,6 +163,7 @@ def _is_positive_int(value: object) -> bool:
 
 # ------------------------------------------------------------------------------------------------- layers
 _CONV: dict[int, type[nn.Module]] = {2: nn.Conv2d, 3: nn.Conv3d}
+_INSTANCE_NORM: dict[int, type[nn.Module]] = {2: nn.InstanceNorm2d, 3: nn.InstanceNorm3d}
 _ADAPTIVE_AVG_POOL = {2: F.adaptive_avg_pool2d, 3: F.adaptive_avg_pool3d}
 _LINEAR_MODE = {2: "bilinear", 3: "trilinear"}
 
@@ -130,19 +180,51 @@ def _he_init(layer: nn.Module) -> nn.Module:
     return layer
 
 
-def _conv(ndim: int, in_channels: int, out_channels: int, stride: int = 1) -> nn.Module:
-    """3x3(x3) convolution with zero padding 1: keeps the size at stride 1, gives ``ceil(n / 2)`` at stride 2."""
-    return _CONV[ndim](in_channels, out_channels, kernel_size=3, stride=stride, padding=1)
+def _conv(ndim: int, in_channels: int, out_channels: int, stride: int = 1, kernel: int = 3,
+          padding_mode: str = "zeros") -> nn.Module:
+    """Convolution with padding 1: 3x3(x3) keeps the size at stride 1 and gives ``ceil(n / 2)`` at stride 2;
+    4x4(x4) (stride 2 only) gives ``floor(n / 2)``."""
+    return _CONV[ndim](in_channels, out_channels, kernel_size=kernel, stride=stride, padding=1,
+                       padding_mode=padding_mode)
 
 
-def _conv_block(ndim: int, in_channels: int, out_channels: int, stride: int = 1) -> nn.Sequential:
-    """Two 3x3(x3) convs with LeakyReLU(0.2); the first may have stride 2 (halving the size)."""
-    return nn.Sequential(
-        _he_init(_conv(ndim, in_channels, out_channels, stride)),
-        nn.LeakyReLU(_NEGATIVE_SLOPE),
-        _he_init(_conv(ndim, out_channels, out_channels)),
-        nn.LeakyReLU(_NEGATIVE_SLOPE),
-    )
+def _conv_block(config: NetworkConfig, in_channels: int, out_channels: int, stride: int = 1) -> nn.Sequential:
+    """Two convs with LeakyReLU(0.2), each followed by instance norm if configured; the first may have stride 2
+    (halving the size, with a ``down_kernel`` kernel). Without norm the layer indices are those of the shipped
+    checkpoints (``0`` and ``2``)."""
+    ndim = config.ndim
+    first = config.down_kernel if stride == 2 else 3
+    layers: list[nn.Module] = []
+    for cin, kernel, conv_stride in ((in_channels, first, stride), (out_channels, 3, 1)):
+        layers.append(_he_init(_conv(ndim, cin, out_channels, conv_stride, kernel, config.padding)))
+        if config.norm == "instance":
+            layers.append(_INSTANCE_NORM[ndim](out_channels, affine=True))
+        layers.append(nn.LeakyReLU(_NEGATIVE_SLOPE))
+    return nn.Sequential(*layers)
+
+
+class ConvGRU(nn.Module):
+    """Convolutional GRU cell (Ballas et al., ICLR 2016) over ``(N, C, *S)`` feature maps, 3x3(x3) gates.
+
+    ``z, r = sigmoid(conv([x, h]))``, ``c = tanh(conv([x, r * h]))``, ``h' = (1 - z) h + z c``; a missing ``h``
+    is zero. The memory RL-I2IT's video style transfer carries across steps and frames.
+    """
+
+    def __init__(self, ndim: int, channels: int, padding_mode: str = "zeros") -> None:
+        super().__init__()
+        self.gates = _conv(ndim, 2 * channels, 2 * channels, padding_mode=padding_mode)
+        self.candidate = _conv(ndim, 2 * channels, channels, padding_mode=padding_mode)
+
+    def forward(self, x: Tensor, hidden: Tensor | None) -> Tensor:
+        """``x``, ``hidden`` ``(N, C, *S)`` (``hidden`` may be ``None``) -> new hidden state ``(N, C, *S)``."""
+        if hidden is None:
+            hidden = torch.zeros_like(x)
+        elif hidden.shape != x.shape:
+            raise ValueError(f"memory must be {tuple(x.shape)} (the planner's deepest features), "
+                             f"got {tuple(hidden.shape)}")
+        update, reset = torch.sigmoid(self.gates(torch.cat([x, hidden], dim=1))).chunk(2, dim=1)
+        candidate = torch.tanh(self.candidate(torch.cat([x, reset * hidden], dim=1)))
+        return (1.0 - update) * hidden + update * candidate
 
 
 def _check_state(state: Tensor, config: NetworkConfig, owner: str) -> None:
@@ -169,14 +251,18 @@ class PlanOutput(NamedTuple):
     """Encoder features, one per level: level ``k`` is ``(N, widths[k], *P / 2**k)`` on the padded grid ``P``."""
     shape: tuple[int, ...]
     """The original (unpadded) spatial size ``S`` of the state; the actor crops its output back to it."""
+    memory: Tensor | None = None
+    """``(N, widths[-1], *P / 2**(depth - 1))`` the GRU memory after this state (``memory="gru"``), else ``None``."""
 
 
 class Planner(nn.Module):
     """Stochastic planner: state -> diagonal Gaussian plan (the meta-action) and U-Net skip features.
 
     Encoder: per level two 3x3(x3) convs with LeakyReLU(0.2); level 0 at full resolution, every next level starts
-    with a stride-2 conv. The last feature map is average-pooled to ``plan_grid**ndim``, flattened and mapped
-    linearly to the plan's mean and raw log-std; the log-std is bounded smoothly,
+    with a stride-2 conv. With ``memory="gru"`` a :class:`ConvGRU` turns the last feature map and the previous
+    memory into the new memory, which replaces that map (as feature and as the actor's deepest skip). The last
+    feature map is average-pooled to ``plan_grid**ndim``, flattened and mapped linearly to the plan's mean and raw
+    log-std (``plan_shape="map"``: a 1x1 conv on the pooled map, then flattened); the log-std is bounded smoothly,
     ``log_std_min + (log_std_max - log_std_min) * (tanh(raw) + 1) / 2`` (as SPAC does for its log-variance).
     Hidden layers use He init; the head keeps PyTorch's default (smaller) init, so a fresh planner's mean is
     ``O(0.1)`` and its log-std spreads around the midpoint of the bounds.
@@ -193,20 +279,28 @@ class Planner(nn.Module):
         ndim, widths = config.ndim, config.widths
         channels = (config.in_channels, *widths)
         self.levels = nn.ModuleList(
-            _conv_block(ndim, channels[k], channels[k + 1], stride=1 if k == 0 else 2) for k in range(len(widths))
+            _conv_block(config, channels[k], channels[k + 1], stride=1 if k == 0 else 2) for k in range(len(widths))
         )
-        self.head = nn.Linear(widths[-1] * config.plan_grid**ndim, 2 * config.plan_dim)
+        if config.memory == "gru":
+            self.memory = ConvGRU(ndim, widths[-1], config.padding)
+        self.head: nn.Module
+        if config.plan_shape == "map":
+            self.head = _CONV[ndim](widths[-1], 2 * config.plan_channels, kernel_size=1)
+        else:
+            self.head = nn.Linear(widths[-1] * config.plan_grid**ndim, 2 * config.plan_dim)
 
-    def forward(self, state: Tensor) -> PlanOutput:
+    def forward(self, state: Tensor, memory: Tensor | None = None) -> PlanOutput:
         """Plan for a batch of states.
 
         Args:
-            state: ``(N, in_channels, *S)`` state (fixed and warped moving image, intensities about ``[0, 1]``),
-                any spatial size ``S``.
+            state: ``(N, in_channels, *S)`` state (registration: fixed and warped moving image, intensities about
+                ``[0, 1]``), any spatial size ``S``.
+            memory: the previous :attr:`PlanOutput.memory` (``memory="gru"``), or ``None`` for a zero memory
+                (first step); must be ``None`` without a memory.
 
         Returns:
             :class:`PlanOutput` with ``mean`` and bounded ``log_std`` ``(N, plan_dim)``, the per-level skip
-            features on the padded grid, and ``shape = S``.
+            features on the padded grid, ``shape = S`` and the new memory.
         """
         config = self.config
         _check_state(state, config, "Planner")
@@ -220,40 +314,54 @@ class Planner(nn.Module):
         for level in self.levels:
             x = level(x)
             skips.append(x)
+        new_memory = None
+        if config.memory == "gru":
+            x = new_memory = self.memory(x, memory)
+            skips[-1] = x
+        elif memory is not None:
+            raise ValueError("this planner has no memory (network.memory='none'); pass memory=None")
         pooled = _ADAPTIVE_AVG_POOL[config.ndim](x, config.plan_grid)
-        mean, raw_log_std = self.head(pooled.flatten(1)).chunk(2, dim=1)
+        if config.plan_shape == "map":
+            mean, raw_log_std = (half.flatten(1) for half in self.head(pooled).chunk(2, dim=1))
+        else:
+            mean, raw_log_std = self.head(pooled.flatten(1)).chunk(2, dim=1)
         span = config.log_std_max - config.log_std_min
         log_std = config.log_std_min + 0.5 * span * (torch.tanh(raw_log_std) + 1.0)
-        return PlanOutput(mean, log_std, skips, shape)
+        return PlanOutput(mean, log_std, skips, shape, new_memory)
 
 
 # ------------------------------------------------------------------------------------------------- actor
 class Actor(nn.Module):
-    """Deterministic actor: plan + planner skips -> bounded step displacement (a nearest-upsampling U-Net decoder).
+    """Deterministic actor: plan + planner skips -> bounded action (a nearest-upsampling U-Net decoder).
 
-    ``Linear(plan_dim -> widths[-1] * plan_grid**ndim)`` gives a ``plan_grid**ndim`` feature map, resized
+    ``Linear(plan_dim -> widths[-1] * plan_grid**ndim)`` (``plan_shape="map"``: a 1x1 conv of the plan map) gives
+    a ``plan_grid**ndim`` feature map, resized
     (bi/trilinearly) to the deepest skip's size and concatenated with it; a conv block follows. Then, level by
     level up to full resolution: nearest x2 upsampling, concatenation with the next shallower skip, conv block
-    (decoder level ``k`` has ``widths[k]`` channels). A last 3x3(x3) conv gives ``ndim`` channels; it is
-    initialised with ``N(0, 1e-5)`` weights and zero bias (VoxelMorph's flow layer), so a fresh actor steps about
-    zero voxels. The output is ``max_step * tanh(raw)``, cropped back to the state's original size.
+    (decoder level ``k`` has ``widths[k]`` channels). A last 3x3(x3) conv gives ``out_channels`` channels; it is
+    initialised with ``N(0, 1e-5)`` weights and zero bias (VoxelMorph's flow layer), so a fresh actor's action is
+    about zero. The output is ``max_step * tanh(raw)``, cropped back to the state's original size.
     """
 
     def __init__(self, config: NetworkConfig) -> None:
         super().__init__()
         self.config = config
         ndim, widths = config.ndim, config.widths
-        self.bridge = _he_init(nn.Linear(config.plan_dim, widths[-1] * config.plan_grid**ndim))
+        self.bridge: nn.Module
+        if config.plan_shape == "map":
+            self.bridge = _he_init(_CONV[ndim](config.plan_channels, widths[-1], kernel_size=1))
+        else:
+            self.bridge = _he_init(nn.Linear(config.plan_dim, widths[-1] * config.plan_grid**ndim))
         depth = len(widths)
-        blocks = [_conv_block(ndim, 2 * widths[-1], widths[-1])]
-        blocks += [_conv_block(ndim, widths[k + 1] + widths[k], widths[k]) for k in reversed(range(depth - 1))]
+        blocks = [_conv_block(config, 2 * widths[-1], widths[-1])]
+        blocks += [_conv_block(config, widths[k + 1] + widths[k], widths[k]) for k in reversed(range(depth - 1))]
         self.blocks = nn.ModuleList(blocks)  # deepest first
-        self.flow = _conv(ndim, widths[0], ndim)
+        self.flow = _conv(ndim, widths[0], config.action_channels, padding_mode=config.padding)
         nn.init.normal_(self.flow.weight, mean=0.0, std=_FLOW_INIT_STD)
         nn.init.zeros_(self.flow.bias)
 
     def forward(self, plan: Tensor, skips: Sequence[Tensor], shape: Sequence[int]) -> Tensor:
-        """Step displacement for a batch of plans.
+        """Action (registration: a step displacement) for a batch of plans.
 
         Args:
             plan: ``(N, plan_dim)`` plan (a Gaussian sample in training, the mean at test time).
@@ -261,7 +369,7 @@ class Actor(nn.Module):
             shape: the original spatial size ``S`` (:attr:`PlanOutput.shape`).
 
         Returns:
-            ``(N, ndim, *S)`` step displacement in voxels, every component in ``(-max_step, max_step)``.
+            ``(N, out_channels, *S)`` action (registration: voxels), every component in ``(-max_step, max_step)``.
         """
         config = self.config
         ndim = config.ndim
@@ -275,7 +383,10 @@ class Actor(nn.Module):
         deepest = skips[-1]
         _check_plan(plan, config, "Actor", batch=deepest.shape[0])
         grid = (config.plan_grid,) * ndim
-        x = F.leaky_relu(self.bridge(plan), _NEGATIVE_SLOPE).view(plan.shape[0], config.widths[-1], *grid)
+        if config.plan_shape == "map":
+            x = F.leaky_relu(self.bridge(plan.view(plan.shape[0], config.plan_channels, *grid)), _NEGATIVE_SLOPE)
+        else:
+            x = F.leaky_relu(self.bridge(plan), _NEGATIVE_SLOPE).view(plan.shape[0], config.widths[-1], *grid)
         if tuple(deepest.shape[2:]) != grid:
             x = F.interpolate(x, size=deepest.shape[2:], mode=_LINEAR_MODE[ndim], align_corners=False)
         x = self.blocks[0](torch.cat([x, deepest], dim=1))
@@ -290,7 +401,8 @@ class Actor(nn.Module):
 class Critic(nn.Module):
     """Soft Q-function ``Q(state, plan)``: it scores the low-dimensional plan, not the dense field.
 
-    Image encoder: one stride-2 3x3(x3) conv with LeakyReLU(0.2) per entry of ``critic_widths``; the result is
+    Image encoder: one stride-2 conv (``down_kernel``, ``padding``) with LeakyReLU(0.2) per entry of
+    ``critic_widths``; the result is
     average-pooled to ``plan_grid**ndim`` (any input size) and flattened, so Q keeps *where* the state is
     misaligned (as the official SPAC critic does with a conv over its final ``4**3`` map) and can relate it to the
     plan, whose actor bridge is spatial too. The features are concatenated with the plan and an MLP
@@ -304,7 +416,8 @@ class Critic(nn.Module):
         channels = (config.in_channels, *config.critic_widths)
         layers: list[nn.Module] = []
         for k in range(len(config.critic_widths)):
-            layers += [_he_init(_conv(ndim, channels[k], channels[k + 1], stride=2)), nn.LeakyReLU(_NEGATIVE_SLOPE)]
+            conv = _conv(ndim, channels[k], channels[k + 1], 2, config.down_kernel, config.padding)
+            layers += [_he_init(conv), nn.LeakyReLU(_NEGATIVE_SLOPE)]
         self.encoder = nn.Sequential(*layers)
         features = config.critic_widths[-1] * config.plan_grid**ndim
         self.mlp = nn.Sequential(

@@ -7,11 +7,15 @@ The whole update is :meth:`Agent.update`, in the order of the paper (RL-I2IT Alg
 2. twin-Q loss ``(Q1(s, p) - y)² + (Q2(s, p) - y)²``;
 3. planner loss ``α log π(p|s) - min Q(s, p) + β KL(π(·|s) || N(0, I))`` with a reparameterised plan;
 4. temperature loss ``-log α (log π + H_target)`` (automatic entropy tuning);
-5. auxiliary loss of the task (registration: local NCC + smoothness (+ Dice)) on the actor's field, updating the
+5. auxiliary loss of the task (registration: local NCC + smoothness (+ Dice)) on the actor's action, updating the
    actor only (official code) or the actor and the planner (paper): ``SACConfig.aux_updates``;
 6. Polyak averaging of the target critics.
 
 Truncation (step cap) is not termination: only ``terminated`` stops the bootstrap (CleanRL/SB3 practice).
+
+The agent knows its task only through :mod:`rlreg.tasks.base` (the :class:`~rlreg.tasks.base.Task` protocol and the
+:data:`~rlreg.tasks.base.TASKS` registry): a checkpoint names its task and stores the task's config beside the
+networks' (format version 2; version 1 files, written before tasks had names, are registration).
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import copy
 import math
 import os
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
@@ -32,13 +36,13 @@ from rlreg.buffer import Transition
 from rlreg.config import from_dict
 from rlreg.io import save_torch
 from rlreg.networks import Actor, NetworkConfig, Planner, PlanOutput, TwinCritic, count_parameters
-from rlreg.tasks.base import Task
-from rlreg.tasks.registration import RegistrationConfig
+from rlreg.tasks.base import Task, task_spec
 
 __all__ = ["FORMAT_VERSION", "ActOutput", "Agent", "AgentConfig", "SACConfig", "average_gradients",
            "broadcast_parameters", "load_checkpoint"]
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""Checkpoint format: 2 names the task (``task`` and ``config.task_name``); 1 (no name) is read as registration."""
 
 
 @dataclass(frozen=True)
@@ -82,28 +86,52 @@ class SACConfig:
 
 @dataclass(frozen=True)
 class AgentConfig:
-    """Everything needed to rebuild an agent from a checkpoint alone."""
+    """Everything needed to rebuild an agent, and the task it was trained on, from a checkpoint alone."""
 
     network: NetworkConfig = field(default_factory=NetworkConfig)
     sac: SACConfig = field(default_factory=SACConfig)
-    task: RegistrationConfig = field(default_factory=RegistrationConfig)
+    task_name: str = "registration"
+    """Name of the task in :data:`rlreg.tasks.TASKS`."""
+    task: Any = None
+    """The task's config (an instance of its :class:`~rlreg.tasks.base.TaskSpec` ``config`` class); ``None``
+    means that class's defaults."""
+
+    def __post_init__(self) -> None:
+        spec = task_spec(self.task_name)
+        if self.task is None:
+            object.__setattr__(self, "task", spec.config())
+        elif not isinstance(self.task, spec.config):
+            raise ValueError(f"the config of task {self.task_name!r} must be a {spec.config.__name__}, got "
+                             f"{type(self.task).__name__}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> AgentConfig:
-        """Rebuild from :meth:`to_dict` output (e.g. a checkpoint's ``config``)."""
-        return from_dict(cls, data)
+    def from_dict(cls, data: dict[str, Any], where: str = "") -> AgentConfig:
+        """Rebuild from :meth:`to_dict` output (e.g. a checkpoint's ``config``) or a recipe's ``agent`` section; the
+        ``task`` mapping is read with the config class of ``task_name`` (default ``"registration"``).
+
+        Raises:
+            ValueError: an unknown task name or config key, named with its dotted path.
+        """
+        data = dict(data)
+        name = data.pop("task_name", "registration")
+        task_values = data.pop("task", None) or {}
+        config = from_dict(cls, data, where)
+        task = from_dict(task_spec(name).config, task_values, f"{where}task.")
+        return replace(config, task_name=name, task=task)
 
 
 class ActOutput(NamedTuple):
-    """One decision: the step field and the plan that produced it."""
+    """One decision: the action, the plan that produced it and the planner's memory after it."""
 
     action: Tensor
-    """``(N, ndim, *S)`` step displacement in voxels."""
+    """``(N, out_channels, *S)`` action (registration: step displacement in voxels)."""
     plan: Tensor
     """``(N, plan_dim)`` plan (the stored meta-action)."""
+    memory: Tensor | None = None
+    """The planner's GRU memory to pass to the next :meth:`Agent.act` (``network.memory="gru"``), else ``None``."""
 
 
 def _gaussian_log_prob(plan: Tensor, mean: Tensor, log_std: Tensor) -> Tensor:
@@ -185,14 +213,15 @@ class Agent(nn.Module):
         return plan, _gaussian_log_prob(plan, out.mean, out.log_std)
 
     @torch.no_grad()
-    def act(self, state: Tensor, deterministic: bool = True) -> ActOutput:
-        """Decide one step. ``state`` ``(N, C, *S)`` -> step field ``(N, ndim, *S)`` and plan ``(N, P)``.
+    def act(self, state: Tensor, deterministic: bool = True, memory: Tensor | None = None) -> ActOutput:
+        """Decide one step. ``state`` ``(N, C, *S)`` -> action ``(N, out_channels, *S)`` and plan ``(N, P)``.
 
-        ``deterministic=True`` uses the plan's mean (inference); otherwise a sample (exploration).
+        ``deterministic=True`` uses the plan's mean (inference); otherwise a sample (exploration). ``memory`` is
+        the previous decision's :attr:`ActOutput.memory` (``None``: a fresh episode, or a network without memory).
         """
-        out = self.planner(state)
+        out = self.planner(state, memory)
         plan, _ = self._sample(out, deterministic)
-        return ActOutput(self.actor(plan, out.skips, out.shape), plan)
+        return ActOutput(self.actor(plan, out.skips, out.shape), plan, out.memory)
 
     # ------------------------------------------------------------------------------------------------ learning
     def _step(self, optimiser: torch.optim.Optimizer, module: nn.Module) -> None:
@@ -279,6 +308,7 @@ class Agent(nn.Module):
         """Everything to rebuild and continue: format version, config, weights, optimiser states, counters."""
         return {
             "format_version": FORMAT_VERSION,
+            "task": self.config.task_name,
             "config": self.config.to_dict(),
             "state_dicts": {"planner": self.planner.state_dict(), "actor": self.actor.state_dict(),
                             "critic": self.critic.state_dict(), "critic_target": self.critic_target.state_dict(),
@@ -317,11 +347,18 @@ class Agent(nn.Module):
 
 
 def load_checkpoint(path: str | os.PathLike[str], device: torch.device | str = "cpu",
-                    restore_rng: bool = False) -> tuple[Agent, dict[str, Any]]:
+                    restore_rng: bool = False, task: str | None = None) -> tuple[Agent, dict[str, Any]]:
     """Rebuild an :class:`Agent` from a checkpoint file alone (``weights_only=True``); returns it and the raw dict.
 
+    Args:
+        path: a file written by :meth:`Agent.save` (format 1 or 2).
+        device: where the agent's tensors go.
+        restore_rng: also restore the global torch (and CUDA) random state saved in the file.
+        task: the task the caller runs the agent on; a checkpoint of another task is refused. ``None``: any task.
+
     Raises:
-        ValueError: the file is not an rlreg checkpoint or has an unknown format version.
+        ValueError: the file is not an rlreg checkpoint, has an unknown format version, names an unknown task or
+            another task than ``task``; one line naming the file and the fix.
     """
     path = Path(path)
     try:
@@ -334,6 +371,15 @@ def load_checkpoint(path: str | os.PathLike[str], device: torch.device | str = "
     if data["format_version"] > FORMAT_VERSION:
         raise ValueError(f"{path}: checkpoint format {data['format_version']} is newer than this rlreg "
                          f"({FORMAT_VERSION}); upgrade rlreg")
-    agent = Agent(AgentConfig.from_dict(data["config"])).to(device)
+    config = data["config"]
+    saved_task = config.get("task_name", "registration") if isinstance(config, dict) else "registration"
+    if task is not None and saved_task != task:
+        raise ValueError(f"{path}: is a {saved_task!r} checkpoint, not a {task!r} one; give a model trained on "
+                         f"the {task!r} task (its recipe's agent.task_name)")
+    try:
+        agent_config = AgentConfig.from_dict(config)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{path}: {err}; this rlreg cannot rebuild its agent (upgrade rlreg or retrain)") from None
+    agent = Agent(agent_config).to(device)
     agent.load_checkpoint_dict(data, restore_rng=restore_rng)
     return agent, data

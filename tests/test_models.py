@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 
 import pytest
 import torch
@@ -15,14 +16,14 @@ from rlreg.sac import Agent, AgentConfig
 
 def test_digits_model_is_shipped_and_registers_held_out_digits() -> None:
     from rlreg.data.digits import DigitPairs, split_mnist
-    from rlreg.tasks.registration import RegistrationTask
+    from rlreg.tasks.registration import RegistrationBatch, RegistrationTask
 
     cards = models.available()
     assert "digits" in cards and cards["digits"]["ndim"] == 2
     agent = models.load("digits")
     pairs = DigitPairs(*split_mnist()["test"]).sample(64, torch.Generator().manual_seed(99))
     task = RegistrationTask(agent.config.task)
-    state = task.reset(*pairs)
+    state = task.reset(RegistrationBatch(*pairs))
     before = float(task.score.mean())
     for _ in range(cards["digits"]["max_steps"]):
         state = task.step(agent.act(state).action).state
@@ -36,7 +37,7 @@ def test_export_strips_optimisers_and_checksum_is_enforced(tmp_path, monkeypatch
     shipped.mkdir()
     path = export_model(checkpoint, "toy", {"trained_on": "nothing"}, directory=shipped)
     data = torch.load(path, weights_only=True)
-    assert "optimizers" not in data and data["format_version"] == 1
+    assert "optimizers" not in data and data["format_version"] == 2
     monkeypatch.setattr(models, "MODELS_DIR", shipped)
     monkeypatch.setattr(models, "REGISTRY", shipped / "models.json")
     card = models.available()["toy"]
@@ -137,3 +138,32 @@ def test_shipped_synthetic_models_load_verify_and_step(name: str) -> None:
     assert float(step.abs().max()) <= agent.config.network.max_step
     if name == "brain-3d":
         assert len(card["orientation"]) == 9  # the MNI template's direction the agent was trained in
+
+
+@pytest.mark.parametrize("name", ["digits", "generic-2d", "brain-3d"])
+def test_shipped_models_act_bit_identically_to_the_reference(name: str) -> None:
+    """The shipped (format 1) checkpoints load into today's networks and give exactly the plan, action, Q values and
+    3-step field (``reward="lncc"``, the register pipeline's task) recorded with the agent core before tasks became
+    pluggable (``tests/assets/agent_actions.pt``, seeded inputs)."""
+    from pathlib import Path
+
+    from rlreg.rollout import rollout
+    from rlreg.tasks.registration import RegistrationBatch, RegistrationTask
+
+    reference = torch.load(Path(__file__).parent / "assets" / "agent_actions.pt", weights_only=True)[name]
+    agent = models.load(name)
+    assert agent.config.task_name == "registration"
+    shape = tuple(reference["shape"].tolist())
+    generator = torch.Generator().manual_seed(7)
+    fixed, moving = torch.rand((1, 1, *shape), generator=generator), torch.rand((1, 1, *shape), generator=generator)
+    state = torch.cat([fixed, moving], 1)
+    with torch.no_grad():
+        plan = agent.planner(state)
+        decision = agent.act(state, deterministic=True)
+        q = torch.stack(agent.critic(state, decision.plan))
+    task = RegistrationTask(replace(agent.config.task, reward="lncc"))
+    task.reset(RegistrationBatch(fixed, moving))
+    rollout(agent, task, 3)
+    for key, value in (("mean", plan.mean), ("log_std", plan.log_std), ("action", decision.action), ("q", q),
+                       ("field3", task.field)):
+        assert torch.equal(value, reference[key]), key

@@ -282,3 +282,109 @@ def test_default_networks_are_lightweight() -> None:
     """method.md: SPAC's 3D planner + actor have about 2.35M parameters; rlreg's default stays well below."""
     planner, actor, _ = make(3)
     assert count_parameters(planner) + count_parameters(actor) < 1_200_000
+
+
+# ------------------------------------------------------------------------------------------------- image-task variants
+VARIANTS = {
+    "instance-norm": {"norm": "instance"},
+    "reflect": {"padding": "reflect"},
+    "conv4": {"down_kernel": 4},
+    "plan-map": {"plan_shape": "map", "plan_grid": 2},
+    "gru": {"memory": "gru"},
+    "image-update": {"out_channels": 3, "in_channels": 3},
+    "all": {"norm": "instance", "padding": "reflect", "down_kernel": 4, "plan_shape": "map", "plan_grid": 2,
+            "memory": "gru", "out_channels": 1, "in_channels": 1},
+}
+VARIANT_SHAPES = {2: (16, 12), 3: (8, 12, 8)}
+
+
+def variant(ndim: int, name: str, seed: int = 0) -> tuple[Planner, Actor, TwinCritic]:
+    kwargs = {"widths": (4, 8, 8), "critic_widths": (4, 8), "critic_hidden": 16, "plan_dim": 2**ndim * 3,
+              **VARIANTS[name]}
+    return make(ndim, seed=seed, **kwargs)
+
+
+def variant_state(config: NetworkConfig, batch: int = 2, seed: int = 0) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    return torch.rand((batch, config.in_channels, *VARIANT_SHAPES[config.ndim]), generator=gen)
+
+
+@pytest.mark.parametrize("ndim", [2, 3])
+@pytest.mark.parametrize("name", VARIANTS)
+def test_variants_give_the_shapes_and_pass_gradients(ndim: int, name: str) -> None:
+    """Every variant is the same classes: action ``(N, out_channels, *S)`` within the bound, Q ``(N,)``, and the
+    auxiliary-style loss on the action reaches the planner's first layer and the plan."""
+    planner, actor, critic = variant(ndim, name)
+    config = planner.config
+    s = variant_state(config)
+    out = planner(s)
+    assert out.mean.shape == out.log_std.shape == (2, config.plan_dim)
+    plan = out.mean.detach().requires_grad_(True)
+    action = actor(plan, out.skips, out.shape)
+    assert action.shape == (2, config.action_channels, *VARIANT_SHAPES[ndim])
+    assert action.abs().max() < config.max_step
+    q1, q2 = critic(s, plan)
+    assert q1.shape == q2.shape == (2,)
+    (action.square().sum() * 1e6 + q1.sum()).backward()
+    first = planner.levels[0][0].weight
+    assert plan.grad is not None and plan.grad.abs().sum() > 0
+    assert first.grad is not None and first.grad.abs().sum() > 0
+    if config.memory == "gru":
+        assert out.memory is not None and out.memory.shape == out.skips[-1].shape
+    else:
+        assert out.memory is None
+
+
+@pytest.mark.parametrize("ndim", [2, 3])
+def test_gru_memory_changes_the_plan_and_the_action(ndim: int) -> None:
+    """The memory is state: the same observation after another history gives another decision."""
+    planner, actor, _ = variant(ndim, "gru")
+    s = variant_state(planner.config)
+    with torch.no_grad():
+        fresh = planner(s)
+        again = planner(s, fresh.memory)
+        other = planner(variant_state(planner.config, seed=5))
+        after_other = planner(s, other.memory)
+    assert not torch.equal(fresh.memory, again.memory)
+    assert not torch.allclose(fresh.mean, again.mean) and not torch.allclose(again.mean, after_other.mean)
+    with torch.no_grad():
+        assert not torch.allclose(actor(fresh.mean, fresh.skips, fresh.shape),
+                                  actor(fresh.mean, again.skips, again.shape))
+    with pytest.raises(ValueError, match="memory must be"):
+        planner(s, fresh.memory[:, :1])
+    plain, _, _ = variant(ndim, "reflect")
+    with pytest.raises(ValueError, match="has no memory"):
+        plain(s, fresh.memory)
+
+
+def test_plan_map_has_one_conv_channel_group_per_grid_cell() -> None:
+    """``plan_shape="map"``: the head and bridge are 1x1 convs, so a plan value moves only its own grid cell's
+    bridge features (the digits paper's 1x7x7 plan)."""
+    planner, actor, _ = variant(2, "plan-map")
+    assert isinstance(planner.head, nn.Conv2d) and isinstance(actor.bridge, nn.Conv2d)
+    assert planner.config.plan_channels == 3
+    with pytest.raises(ValueError, match="multiple of plan_grid"):
+        NetworkConfig(plan_shape="map", plan_dim=10, plan_grid=2)
+
+
+def test_variant_config_validation_and_defaults() -> None:
+    assert NetworkConfig(ndim=3).out_channels == 3 and NetworkConfig(ndim=2, out_channels=1).action_channels == 1
+    for bad in ({"norm": "batch"}, {"padding": "circular"}, {"down_kernel": 5}, {"plan_shape": "cube"},
+                {"memory": "lstm"}, {"out_channels": 0}):
+        with pytest.raises(ValueError):
+            NetworkConfig(**bad)
+
+
+def test_default_parameter_names_are_unchanged() -> None:
+    """The defaults build the networks of the shipped checkpoints: same parameter names and shapes."""
+    planner, actor, critic = make(2)
+    names = {"planner": [n for n, _ in planner.named_parameters()], "actor": [n for n, _ in actor.named_parameters()]}
+    assert names["planner"] == ["levels.0.0.weight", "levels.0.0.bias", "levels.0.2.weight", "levels.0.2.bias",
+                                "levels.1.0.weight", "levels.1.0.bias", "levels.1.2.weight", "levels.1.2.bias",
+                                "levels.2.0.weight", "levels.2.0.bias", "levels.2.2.weight", "levels.2.2.bias",
+                                "levels.3.0.weight", "levels.3.0.bias", "levels.3.2.weight", "levels.3.2.bias",
+                                "head.weight", "head.bias"]
+    assert names["actor"][:2] == ["bridge.weight", "bridge.bias"] and names["actor"][-2:] == ["flow.weight",
+                                                                                               "flow.bias"]
+    assert [n for n, _ in critic.named_parameters()][:4] == ["q1.encoder.0.weight", "q1.encoder.0.bias",
+                                                             "q1.encoder.2.weight", "q1.encoder.2.bias"]

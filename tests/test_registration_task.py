@@ -12,6 +12,7 @@ from rlreg.losses import soft_dice
 from rlreg.metrics import batch_dice, warped_soft_dice
 from rlreg.spatial import compose, warp
 from rlreg.tasks import (
+    RegistrationBatch,
     RegistrationConfig,
     RegistrationTask,
     StepResult,
@@ -66,7 +67,7 @@ def test_reset_state_and_zero_action(ndim: int) -> None:
     fixed, moving, fseg, mseg = square_pair(ndim)
     task = RegistrationTask(RegistrationConfig())
     assert isinstance(task, Task)
-    state = task.reset(fixed, moving, fseg, mseg)
+    state = task.reset(RegistrationBatch(fixed, moving, fseg, mseg))
     assert state.shape == (B, 2, *SHAPES[ndim])
     assert torch.equal(state[:, 0:1], fixed) and torch.equal(state[:, 1:2], moving)
     assert torch.equal(task.field, torch.zeros(B, ndim, *SHAPES[ndim]))
@@ -86,7 +87,7 @@ def test_reset_state_and_zero_action(ndim: int) -> None:
 def test_translation_improves_dice_with_scaled_reward(ndim: int) -> None:
     fixed, moving, fseg, mseg = square_pair(ndim, shift=2)
     task = RegistrationTask(RegistrationConfig())
-    task.reset(fixed, moving, fseg, mseg)
+    task.reset(RegistrationBatch(fixed, moving, fseg, mseg))
     before = task.score.clone()
     # Pull-back: warped(x) = moving(x + u), the moving box sits 2 voxels further along axis 0, so u = +1 halfway.
     result = task.step(constant_action([1.0, 0.0, 0.0], ndim))
@@ -109,7 +110,7 @@ def test_steps_compose_and_rewarp_the_original(ndim: int) -> None:
     moving = blob(ndim) + moving
     a1, a2 = smooth_action(ndim, 0.9, seed=1), smooth_action(ndim, 0.9, seed=2)
     task = RegistrationTask(RegistrationConfig())
-    task.reset(fixed, moving, fseg, mseg)
+    task.reset(RegistrationBatch(fixed, moving, fseg, mseg))
     task.step(a1)
     task.step(a2)
     field = compose(a1, a2)
@@ -127,7 +128,7 @@ def test_labels_stay_in_the_original_set(ndim: int) -> None:
     mseg = values[torch.randint(0, 3, (B, 1, *SHAPES[ndim]), generator=gen)]
     fseg = values[torch.randint(0, 3, (B, 1, *SHAPES[ndim]), generator=gen)]
     task = RegistrationTask(RegistrationConfig())
-    task.reset(fseg.float(), mseg.float(), fseg, mseg)
+    task.reset(RegistrationBatch(fseg.float(), mseg.float(), fseg, mseg))
     assert task.num_labels == 5
     for seed in range(3):
         task.step(smooth_action(ndim, 1.0, seed))
@@ -139,7 +140,7 @@ def test_labels_stay_in_the_original_set(ndim: int) -> None:
 def test_identical_pair_terminates_with_bonus() -> None:
     fixed, _, fseg, _ = square_pair(2)
     task = RegistrationTask(RegistrationConfig(success_bonus=7.0, max_steps=1))  # success wins over the cap
-    task.reset(fixed, fixed.clone(), fseg, fseg.clone())
+    task.reset(RegistrationBatch(fixed, fixed.clone(), fseg, fseg.clone()))
     assert torch.equal(task.score, torch.ones(B))
     result = task.step(torch.zeros(B, 2, *SHAPES[2]))
     assert result.terminated.all() and not result.truncated.any()
@@ -149,7 +150,7 @@ def test_identical_pair_terminates_with_bonus() -> None:
 def test_truncation_at_max_steps() -> None:
     fixed, moving, fseg, mseg = square_pair(2)
     task = RegistrationTask(RegistrationConfig(max_steps=3))
-    task.reset(fixed, moving, fseg, mseg)
+    task.reset(RegistrationBatch(fixed, moving, fseg, mseg))
     zero = torch.zeros(B, 2, *SHAPES[2])
     flags = [task.step(zero) for _ in range(3)]
     assert [bool(r.truncated.any()) for r in flags] == [False, False, True]
@@ -160,14 +161,14 @@ def test_truncation_at_max_steps() -> None:
 def test_reset_done_replaces_only_done_rows(ndim: int) -> None:
     fixed, moving, fseg, mseg = square_pair(ndim)
     task = RegistrationTask(RegistrationConfig(reward="kmeans"))
-    task.reset(fixed, moving, fseg, mseg)
+    task.reset(RegistrationBatch(fixed, moving, fseg, mseg))
     task.step(smooth_action(ndim, 0.8, seed=3))
     before = {name: getattr(task, name).clone() for name in ("fixed", "moving", "field", "warped", "warped_seg",
                                                               "score", "steps")}
     new_fixed, new_moving = blob(ndim), blob(ndim, centre_shift=1.0)
     new_fseg, new_mseg = (new_fixed > 0.5).long(), (new_moving > 0.5).long()
     done = torch.tensor([False, True, False])
-    state = task.reset_done(done, new_fixed, new_moving, new_fseg, new_mseg)
+    state = task.reset_done(done, RegistrationBatch(new_fixed, new_moving, new_fseg, new_mseg))
     for name, old in before.items():
         assert torch.equal(getattr(task, name)[~done], old[~done]), name
     assert torch.equal(state[1, 0:1], new_fixed[1]) and torch.equal(state[1, 1:2], new_moving[1])
@@ -202,7 +203,7 @@ def test_kmeans_orders_clusters_by_intensity_and_is_deterministic() -> None:
 def test_label_free_rewards(reward: str, ndim: int) -> None:
     fixed, moving = blob(ndim), blob(ndim, centre_shift=2.0)
     task = RegistrationTask(RegistrationConfig(reward=reward))
-    task.reset(fixed, moving)
+    task.reset(RegistrationBatch(fixed, moving))
     assert task.extras() is None and task.warped_seg is None
     before = task.score.clone()
     result = task.step(constant_action([2.0, 0.0, 0.0], ndim))
@@ -220,7 +221,7 @@ def test_label_free_rewards(reward: str, ndim: int) -> None:
 def test_dice_reward_without_segmentations_raises() -> None:
     task = RegistrationTask(RegistrationConfig(reward="dice"))
     with pytest.raises(ValueError, match="needs fixed_seg"):
-        task.reset(blob(2), blob(2))
+        task.reset(RegistrationBatch(blob(2), blob(2)))
     with pytest.raises(ValueError, match="reward must be one of"):
         RegistrationConfig(reward="psnr")
 
@@ -231,7 +232,7 @@ def test_auxiliary_loss_gradient_and_direction(ndim: int) -> None:
     fixed, moving = blob(ndim), blob(ndim, centre_shift=1.5)
     fseg, mseg = (fixed > 0.4).long() * 2, (moving > 0.4).long() * 2
     task = RegistrationTask(RegistrationConfig())
-    state = task.reset(fixed, moving, fseg, mseg)
+    state = task.reset(RegistrationBatch(fixed, moving, fseg, mseg))
     extras = task.extras()
     for ex in (None, extras):
         action = torch.zeros(B, ndim, *SHAPES[ndim], requires_grad=True)
@@ -246,16 +247,16 @@ def test_auxiliary_loss_gradient_and_direction(ndim: int) -> None:
     wrong = constant_action([-1.5, 0.0, 0.0], ndim)
     assert task.auxiliary_loss(state, wrong, extras) > task.auxiliary_loss(state, wrong, None) + 1e-3
     no_dice = RegistrationTask(RegistrationConfig(aux_dice=0.0))
-    no_dice.reset(fixed, moving, fseg, mseg)
+    no_dice.reset(RegistrationBatch(fixed, moving, fseg, mseg))
     assert torch.allclose(no_dice.auxiliary_loss(state, wrong, extras), task.auxiliary_loss(state, wrong, None))
 
 
 def test_state_dict_round_trip_continues_the_episodes() -> None:
     fixed, moving, fseg, mseg = square_pair(2)
     task = RegistrationTask(RegistrationConfig(reward="kmeans"))
-    task.reset(fixed, moving, fseg, mseg)
+    task.reset(RegistrationBatch(fixed, moving, fseg, mseg))
     task.step(smooth_action(2, 0.8, seed=4))
-    task.reset_done(torch.tensor([True, False, False]), fixed, moving, fseg, mseg)
+    task.reset_done(torch.tensor([True, False, False]), RegistrationBatch(fixed, moving, fseg, mseg))
     stream = io.BytesIO()
     torch.save(task.state_dict(), stream)
     stream.seek(0)
@@ -289,7 +290,7 @@ def test_warped_soft_dice_equals_the_one_hot_route(ndim: int) -> None:
     assert g_result.abs().max() > 1e-6 and torch.allclose(g_result, g_expected, atol=1e-12)
     # Through the task: the auxiliary loss adds aux_dice * (1 - mean soft Dice) when extras are given.
     task = RegistrationTask(RegistrationConfig(aux_dice=0.5, num_labels=num_labels))
-    state = task.reset(fseg.float(), mseg.float(), fseg, mseg)
+    state = task.reset(RegistrationBatch(fseg.float(), mseg.float(), fseg, mseg))
     with_dice = task.auxiliary_loss(state, action.detach(), task.extras())
     without = task.auxiliary_loss(state, action.detach(), None)
     assert torch.allclose(with_dice - without, 0.5 * (1.0 - expected.detach().mean()), atol=1e-10)

@@ -8,7 +8,7 @@ import torch
 from rlreg.buffer import Transition
 from rlreg.networks import NetworkConfig
 from rlreg.sac import Agent, AgentConfig, SACConfig, load_checkpoint
-from rlreg.tasks.registration import RegistrationConfig, RegistrationTask
+from rlreg.tasks.registration import RegistrationBatch, RegistrationConfig, RegistrationTask
 
 
 def tiny_config(ndim: int = 2, **sac) -> AgentConfig:
@@ -26,7 +26,7 @@ def squares(batch: int, shape=(15, 17), shift: int = 2) -> tuple[torch.Tensor, .
 
 def transition_batch(agent: Agent, batch: int = 4) -> tuple[Transition, RegistrationTask]:
     task = RegistrationTask(agent.config.task)
-    state = task.reset(*squares(batch))
+    state = task.reset(RegistrationBatch(*squares(batch)))
     decision = agent.act(state, deterministic=False)
     result = task.step(decision.action)
     return Transition(state, decision.plan, result.reward, result.state, result.terminated, None), task
@@ -109,7 +109,7 @@ def test_checkpoint_round_trip_gives_identical_actions(tmp_path) -> None:
     state = torch.rand(2, 2, 9, 11, 7)
     path = agent.save(tmp_path / "agent.pt", note="hello")
     loaded, raw = load_checkpoint(path)
-    assert raw["format_version"] == 1 and raw["note"] == "hello"
+    assert raw["format_version"] == 2 and raw["task"] == "registration" and raw["note"] == "hello"
     assert loaded.config == agent.config
     assert torch.equal(agent.act(state).action, loaded.act(state).action)
     assert [p.name for p in tmp_path.iterdir()] == ["agent.pt"]
@@ -144,3 +144,38 @@ def test_config_round_trip() -> None:
         AgentConfig.from_dict({"sac": {"gamma": 0.9, "nope": 1}})
     with pytest.raises(ValueError, match="aux_updates"):
         SACConfig(aux_updates="critic")
+
+
+def test_format_1_checkpoints_read_as_registration(tmp_path) -> None:
+    """A file written before tasks had names (format 1: no ``task``, no ``config.task_name``) is a registration
+    agent, and acts as the saved one."""
+    torch.manual_seed(0)
+    agent = Agent(tiny_config())
+    data = agent.checkpoint()
+    data["format_version"] = 1
+    del data["task"], data["config"]["task_name"]
+    path = tmp_path / "v1.pt"
+    torch.save(data, path)
+    loaded, raw = load_checkpoint(path, task="registration")
+    assert raw["format_version"] == 1 and loaded.config == agent.config
+    assert loaded.config.task_name == "registration" and isinstance(loaded.config.task, RegistrationConfig)
+    state = torch.rand(1, 2, 12, 10)
+    assert torch.equal(agent.act(state).action, loaded.act(state).action)
+
+
+def test_task_names_are_checked(tmp_path) -> None:
+    """An unknown task name, a config of another task's class, and a checkpoint of an unknown task are one-line
+    errors that list the registered tasks."""
+    with pytest.raises(ValueError, match=r"unknown task 'inpainting'; registered tasks: .*registration"):
+        AgentConfig(task_name="inpainting")
+    with pytest.raises(ValueError, match="must be a RegistrationConfig"):
+        AgentConfig(task=SACConfig())
+    with pytest.raises(ValueError, match=r"unknown config keys \['task.nope'\]"):
+        AgentConfig.from_dict({"task": {"nope": 1}})
+    data = Agent(tiny_config()).checkpoint()
+    data["config"]["task_name"] = "inpainting"
+    torch.save(data, tmp_path / "x.pt")
+    with pytest.raises(ValueError, match=r"x.pt: unknown task 'inpainting'.*upgrade rlreg or retrain"):
+        load_checkpoint(tmp_path / "x.pt")
+    with pytest.raises(ValueError, match=r"is a 'inpainting' checkpoint, not a 'registration' one"):
+        load_checkpoint(tmp_path / "x.pt", task="registration")

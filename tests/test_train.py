@@ -34,6 +34,17 @@ def test_load_config_overrides_and_errors(tmp_path) -> None:
         load_config(None, ["loop.total_steps"])
 
 
+def test_the_recipe_names_the_task_and_registration_is_the_default() -> None:
+    from rlreg.tasks import RegistrationConfig
+
+    config = load_config(None, ["agent.task.max_steps=3"])
+    assert config.agent.task_name == "registration" and config.agent.task == RegistrationConfig(max_steps=3)
+    with pytest.raises(ValueError, match="unknown task 'nope'; registered tasks: registration"):
+        load_config(None, ["agent.task_name=nope"])
+    with pytest.raises(ValueError, match="dataset 'nope' is unknown; use one of digits, synth"):
+        train(load_config(None, ["data.dataset=nope", "loop.device=cpu"]))
+
+
 def test_shipped_recipe_loads() -> None:
     from pathlib import Path
 
@@ -63,7 +74,7 @@ def test_resume_after_kill_reproduces_the_uninterrupted_run(tmp_path) -> None:
         train(interrupted, progress=kill_after_four)
     assert torch.load(tmp_path / "b" / "state.pt", weights_only=True)["step"] == 3
     summary = train(interrupted, resume=True)
-    assert summary["history"][-1]["step"] == 6
+    assert summary.history[-1]["step"] == 6
     assert torch.equal(_weights(tmp_path / "a" / "model.pt"), _weights(tmp_path / "b" / "model.pt"))
     a = (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()
     b = (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()
@@ -77,12 +88,13 @@ def test_best_checkpoint_is_the_evaluation_with_the_highest_held_out_dice(tmp_pa
 
     scores = iter([0.3, 0.5, 0.4, 0.5, 0.2, 0.1])
     monkeypatch.setattr(train_module, "evaluate",
-                        lambda *args, **kwargs: train_module.EvalResult([0.1, next(scores)], [0.1, 0.1], 0.0))
+                        lambda *args, **kwargs: train_module.EvalResult([0.1, next(scores)],
+                                                                        {"folding_percent": [0.0, 0.0]}, "dice"))
     train(load_config(None, [*TINY, "loop.total_steps=12", "loop.eval_every=2", f"loop.output={tmp_path}"]))
     best = torch.load(tmp_path / "best.pt", weights_only=True)
     latest = torch.load(tmp_path / "model.pt", weights_only=True)
-    assert best["step"] == 8 and best["eval"]["dice_per_step"] == [0.1, 0.5]
-    assert latest["eval"]["dice_per_step"] == [0.1, 0.1]
+    assert best["step"] == 8 and best["eval"]["score_per_step"] == [0.1, 0.5]
+    assert latest["eval"]["score_per_step"] == [0.1, 0.1]
     agent, _ = load_checkpoint(tmp_path / "best.pt")  # a checkpoint like model.pt: exportable as it is
     assert sum(p.numel() for p in agent.parameters()) > 0
 
@@ -108,7 +120,7 @@ def test_digits_agent_learns_to_register(tmp_path) -> None:
     config = load_config(recipe, ["loop.device=cpu", "loop.total_steps=150", "loop.eval_every=150",
                                   "loop.eval_pairs=100", "loop.eval_steps=20", f"loop.output={tmp_path}"])
     summary = train(config)
-    record = summary["history"][-1]
+    record = summary.history[-1]
     assert record["dice_best"] > record["dice0"] + 0.15, record
 
 
@@ -153,7 +165,7 @@ SYNTH = [
 def test_synthetic_training_runs_resumes_exactly_and_saves_the_recipe(tmp_path) -> None:
     straight = load_config(None, [*TINY, *SYNTH, f"loop.output={tmp_path / 'a'}"])
     summary = train(straight)
-    assert summary["history"][-1]["step"] == 6 and summary["world_size"] == 1
+    assert summary.history[-1]["step"] == 6 and summary.world_size == 1
     interrupted = load_config(None, [*TINY, *SYNTH, f"loop.output={tmp_path / 'b'}"])
 
     def kill_after_four(step: int, total: int, metrics: dict) -> None:
@@ -171,7 +183,7 @@ def test_synthetic_training_runs_resumes_exactly_and_saves_the_recipe(tmp_path) 
 def test_bf16_autocast_trains_on_cpu(tmp_path) -> None:
     config = load_config(None, [*TINY, *SYNTH, "loop.amp=bf16", f"loop.output={tmp_path}"])
     summary = train(config)
-    assert all(torch.isfinite(torch.tensor(r["dice_final"])) for r in summary["history"])
+    assert all(torch.isfinite(torch.tensor(r["dice_final"])) for r in summary.history)
     with pytest.raises(ValueError, match=r"loop\.amp"):
         train(load_config(None, [*TINY, *SYNTH, "loop.amp=fp8", f"loop.output={tmp_path / 'x'}"]))
 

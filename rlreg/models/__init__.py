@@ -178,8 +178,9 @@ def model_path(name: str) -> Path:
 
 
 def load(name: str, device: torch.device | str = "cpu"):
-    """Rebuild a shipped :class:`rlreg.sac.Agent` (planner, actor, critics; no optimiser state)."""
+    """Rebuild a shipped :class:`rlreg.sac.Agent` (planner, actor, critics; no optimiser state); every shipped
+    model is a registration agent (format 1 checkpoints, which predate task names, are registration)."""
     from rlreg.sac import load_checkpoint
 
-    agent, _ = load_checkpoint(model_path(name), device=device)
+    agent, _ = load_checkpoint(model_path(name), device=device, task="registration")
     return agent.eval()

@@ -22,17 +22,17 @@ Every quantity is computed batched on the device of the input images; nothing lo
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
 
 from rlreg.losses import diffusion, lncc, multiscale_lncc
 from rlreg.metrics import batch_dice, warped_soft_dice
-from rlreg.spatial import InterpMode, compose, warp
+from rlreg.spatial import InterpMode, compose, folding_percent, warp
 from rlreg.tasks.base import StepResult
 
-__all__ = ["REWARDS", "RegistrationConfig", "RegistrationTask", "kmeans_labels"]
+__all__ = ["REWARDS", "RegistrationBatch", "RegistrationConfig", "RegistrationTask", "kmeans_labels"]
 
 REWARDS = ("dice", "lncc", "kmeans")
 """Accepted values of :attr:`RegistrationConfig.reward`."""
@@ -92,6 +92,20 @@ class RegistrationConfig:
             raise ValueError("aux_smoothness and aux_dice must be non-negative")
         if self.num_labels is not None and self.num_labels < 1:
             raise ValueError(f"num_labels must be >= 1 or None, got {self.num_labels}")
+
+
+class RegistrationBatch(NamedTuple):
+    """``B`` image pairs to register, the batch of :meth:`RegistrationTask.reset` (any object with these four fields
+    works, e.g. the digits and synthetic data sources' batches)."""
+
+    fixed: Tensor
+    """``(B, 1, *S)`` float fixed images (2D or 3D), e.g. intensities normalised to ``[0, 1]``."""
+    moving: Tensor
+    """``(B, 1, *S)`` moving images on the same grid."""
+    fixed_seg: Tensor | None = None
+    """``(B, 1, *S)`` integer segmentation of ``fixed`` (values ``0..L``), or ``None``."""
+    moving_seg: Tensor | None = None
+    """``(B, 1, *S)`` integer segmentation of ``moving``; both or neither must be given."""
 
 
 # ------------------------------------------------------------------------------------------------- functions
@@ -168,9 +182,13 @@ class RegistrationTask:
     steps: Tensor
     num_labels: int | None
 
+    score_name = "dice"
+    """Evaluation records call the score Dice (with ``reward="lncc"`` it is the single-window LNCC)."""
+
     def __init__(self, config: RegistrationConfig) -> None:
         self.config = config
         self._ready = False
+        self.score = torch.zeros(0)  # (B,) after reset
         # Label maps the Dice score is computed on: the segmentations ("dice") or K-means pseudo-labels ("kmeans").
         self._fixed_labels: Tensor | None = None
         self._moving_labels: Tensor | None = None
@@ -178,20 +196,17 @@ class RegistrationTask:
         self._score_labels = 0
 
     # ------------------------------------------------------------------------------------------ episodes
-    def reset(self, fixed: Tensor, moving: Tensor, fixed_seg: Tensor | None = None,
-              moving_seg: Tensor | None = None) -> Tensor:
+    def reset(self, batch: RegistrationBatch) -> Tensor:
         """Start ``B`` new episodes with a zero field.
 
         Args:
-            fixed: ``(B, 1, *S)`` float fixed images (2D or 3D), e.g. intensities normalised to ``[0, 1]``.
-            moving: ``(B, 1, *S)`` moving images on the same grid.
-            fixed_seg: ``(B, 1, *S)`` integer segmentation of ``fixed`` (values ``0..L``), or ``None``.
-            moving_seg: ``(B, 1, *S)`` integer segmentation of ``moving``; both or neither must be given. Stored
+            batch: the pairs (:class:`RegistrationBatch` or any object with its fields). Segmentations are stored
                 in ``fixed_seg``'s dtype: a compact one (``uint8``, ``int16``) keeps replay extras small.
 
         Returns:
             ``(B, 2, *S)`` state ``[fixed, moving]``.
         """
+        fixed, moving, fixed_seg, moving_seg = batch.fixed, batch.moving, batch.fixed_seg, batch.moving_seg
         self._check_inputs(fixed, moving, fixed_seg, moving_seg)
         if self.config.reward == "dice" and fixed_seg is None:
             raise ValueError('reward="dice" needs fixed_seg and moving_seg; use reward="kmeans" or "lncc" to '
@@ -211,18 +226,18 @@ class RegistrationTask:
             self._refresh(fresh=True)
         return self.observe()
 
-    def reset_done(self, done: Tensor, fixed: Tensor, moving: Tensor, fixed_seg: Tensor | None = None,
-                   moving_seg: Tensor | None = None) -> Tensor:
+    def reset_done(self, done: Tensor, batch: RegistrationBatch) -> Tensor:
         """Replace the pairs where ``done`` is true by new ones; the other episodes continue untouched.
 
         Args:
             done: ``(B,)`` bool, typically ``terminated | truncated`` of the last step.
-            fixed, moving, fixed_seg, moving_seg: full-batch tensors as in :meth:`reset`; only rows where ``done``
-                is true are read. Segmentations are required exactly when the task was reset with them.
+            batch: full-batch pairs as in :meth:`reset`; only rows where ``done`` is true are read. Segmentations
+                are required exactly when the task was reset with them.
 
         Returns:
             ``(B, 2, *S)`` state: new pairs start at ``[fixed, moving]`` with a zero field and step counter.
         """
+        fixed, moving, fixed_seg, moving_seg = batch.fixed, batch.moving, batch.fixed_seg, batch.moving_seg
         self._require_reset()
         self._check_inputs(fixed, moving, fixed_seg, moving_seg)
         if fixed.shape != self.fixed.shape:
@@ -293,6 +308,16 @@ class RegistrationTask:
             reward = cfg.reward_scale * (self.score - previous) + cfg.success_bonus * terminated.to(self.score.dtype)
             truncated = (self.steps >= cfg.max_steps) & ~terminated
         return StepResult(self.observe(), reward, terminated, truncated, self.score)
+
+    def metrics(self) -> dict[str, Tensor]:
+        """``(B,)`` measures for evaluations: ``dice_any``, the Dice of the images binarised at ``> 0`` (the
+        paper's digits measure; the moving one warped label-safely by the field), and ``folding_percent``, the
+        percentage of voxels with a non-positive Jacobian determinant of the accumulated field."""
+        self._require_reset()
+        fixed_any, moving_any = (self.fixed > 0).long(), (self.moving > 0).long()
+        fresh = bool((self.steps == 0).all())
+        warped_any = moving_any if fresh else warp(moving_any, self.field, InterpMode.LABEL)
+        return {"dice_any": batch_dice(warped_any, fixed_any, 1), "folding_percent": folding_percent(self.field)}
 
     def extras(self) -> Tensor | None:
         """``(B, 2, *S)`` ``[fixed_seg, warped_seg]`` in the segmentations' dtype, or ``None`` without them."""
