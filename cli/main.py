@@ -111,7 +111,7 @@ def demo(
                     tasks[stage] = bar.add_task(stage, total=total)
                 bar.update(tasks[stage], completed=done)
 
-            result = run_demo(output, fixed, moving, device=str(dev), progress=progress)
+            result = run_demo(output, fixed, moving_name=moving, device=str(dev), progress=progress)
     except (InputError, ValueError) as err:
         _fail(str(err))
     if json_output:

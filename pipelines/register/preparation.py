@@ -78,7 +78,8 @@ class Prepared:
     """Axis permutation and flips that bring the working grid to the orientation the agent was trained in (the
     card's ``orientation``; :func:`rlreg.spatial.orientation_axes`), ``None`` when the card has none."""
     warnings: list[str] = field(default_factory=list)
-    """Input warnings found while reading (one line each), carried into :attr:`RegisterResult.warnings`."""
+    """Input warnings found while reading (one line each), carried into
+    :attr:`~rlreg.pipelines.register.RegisterResult.warnings`."""
 
     @property
     def batch_key(self) -> tuple[Any, ...]:
@@ -128,8 +129,8 @@ def prepare(options: RegisterOptions, progress: Progress | None = None) -> Prepa
     opts = replace(opts, settings=settings)
     if fixed.volume is not None and moving.volume is not None:  # two slices: the moving one in the fixed plane
         moving = replace(moving, geometry=SlicePlane(fixed.volume).geometry_of(moving.volume, opts.moving))
-    fixed_seg = read_companion(opts.fixed_seg, fixed, "segmentation", torch.int64)
-    moving_seg = read_companion(opts.moving_seg, moving, "segmentation", torch.int64)
+    fixed_seg = read_companion(opts.fixed_seg, fixed, role="segmentation", dtype=torch.int64)
+    moving_seg = read_companion(opts.moving_seg, moving, role="segmentation", dtype=torch.int64)
     if (fixed_seg is None) != (moving_seg is None):
         given = opts.fixed_seg or opts.moving_seg
         raise InputError(f"{given}: a segmentation was given for one image only; give both --fixed-seg and "
@@ -139,8 +140,8 @@ def prepare(options: RegisterOptions, progress: Progress | None = None) -> Prepa
         overlap = label_overlap_warning(fixed_seg.data, moving_seg.data, fixed_path=opts.fixed_seg,
                                         moving_path=opts.moving_seg)
         input_warnings += [overlap] if overlap else []
-    fixed_mask = read_companion(opts.fixed_mask, fixed, "mask", torch.float32)
-    moving_mask = read_companion(opts.moving_mask, moving, "mask", torch.float32)
+    fixed_mask = read_companion(opts.fixed_mask, fixed, role="mask", dtype=torch.float32)
+    moving_mask = read_companion(opts.moving_mask, moving, role="mask", dtype=torch.float32)
     try:
         model = None if settings.affine_only else models.resolve(settings.model, fixed.ndim)
         cards = models.available()
@@ -238,7 +239,7 @@ def describe_image(image: Image) -> dict[str, Any]:
             "direction": list(g.direction)}
 
 
-def read_companion(path: Path | None, image: Image, role: str, dtype: torch.dtype) -> Image | None:
+def read_companion(path: Path | None, image: Image, *, role: str, dtype: torch.dtype) -> Image | None:
     """Read a segmentation (``int64``: integer labels only) or mask and check it lies on its image's grid: size,
     spacing, origin and direction (:func:`rlreg.io.check_same_grid`); ``None`` when ``path`` is."""
     if path is None:
