@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from rlreg.losses import FixedLNCC, regularise_
-from rlreg.spatial import compose, integrate_velocity, resize_displacement, warp
+from rlreg.spatial import compose, integrate_velocity, resize, resize_displacement, warp
 from rlreg.synth import gaussian_blur
 
 __all__ = ["MIN_LEVEL_SIZE", "ROUNDING", "InstanceConfig", "downsample", "foreground_box", "level_factor", "level_size",
@@ -147,8 +147,7 @@ def downsample(image: Tensor, factor: int) -> Tensor:
     smooth = image
     for box in boxes:
         smooth = pool(smooth, box, stride=1, padding=tuple(k // 2 for k in box), count_include_pad=False)
-    return F.interpolate(smooth, size=level_size(image.shape[2:], factor),
-                         mode="bilinear" if ndim == 2 else "trilinear", align_corners=True)
+    return resize(smooth, level_size(image.shape[2:], factor))
 
 
 class _Adam:

@@ -370,11 +370,11 @@ def test_the_default_model_of_the_input_dimensionality_runs(default3d, pair3d, t
     report = register(RegisterOptions(pair3d["fixed"], pair3d["moving"], tmp_path / "default",
                                       settings=RegisterSettings(affine=False)))
     method = report.method
-    assert method["deformable"] == "rl-agent" and method["model"] == default3d and method["model_asked"] == "default"
-    assert method["steps"] == 2  # the card's recommended_steps
+    assert method.deformable == "rl-agent" and method.model == default3d and method.model_asked == "default"
+    assert method.steps == 2  # the card's recommended_steps
     # the fixed image (30 x 28 x 22 voxels of 1.2 x 0.9 x 1.5 mm, tensor order reversed) at 2 mm: extents 31.5,
     # 24.3, 34.8 mm -> round(e / 2) + 1
-    assert method["working_grid"] == [17, 13, 18]
+    assert method.stage["working_grid"] == [17, 13, 18]
     assert json.loads((tmp_path / "default" / "rlreg.json").read_text())["method"]["model"] == default3d
 
     result = runner.invoke(app, ["register", str(pair3d["fixed"]), str(pair3d["moving"]), "-o", str(tmp_path / "io"),
@@ -427,17 +427,17 @@ def test_refine_settings_split_device_batches_and_batch_runs(default3d, shifted3
     from rlreg.pipelines.batch import _settings_record
 
     def options(**kwargs) -> RegisterOptions:
-        return RegisterOptions(shifted3d["fixed"], shifted3d["moving"], tmp_path / "p", **kwargs,
-                               settings=RegisterSettings(affine=False))
+        return RegisterOptions(shifted3d["fixed"], shifted3d["moving"], tmp_path / "p",
+                               settings=RegisterSettings(affine=False, **kwargs))
 
     keys = {prepare(options(**kwargs)).batch_key for kwargs in ({}, {"refine": 30}, {"refine": 30, "refine_factor": 1},
                                                                 {"refine": 10})}
     assert len(keys) == 4
-    plain = _settings_record(options())
+    plain = _settings_record(options().settings)
     assert plain["models_used"]["3-D"].startswith(f"{default3d} sha256:")
     assert plain["models_used"]["2-D"] == "instance-optimisation"
-    assert _settings_record(options(refine=30)) != plain
-    assert _settings_record(options(model="none"))["models_used"]["3-D"] == "instance-optimisation"
+    assert _settings_record(options(refine=30).settings) != plain
+    assert _settings_record(options(model="none").settings)["models_used"]["3-D"] == "instance-optimisation"
 
 
 def test_diffeomorphic_option_reaches_the_optimiser_and_does_not_fold(tmp_path) -> None:

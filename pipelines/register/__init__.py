@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from rlreg.pipelines.register.apply import apply_transform, invert_transform
 from rlreg.pipelines.register.deformation import Deformable, deform, split_iterations
-from rlreg.pipelines.register.finishing import finish, quality_warnings, register, step_scores
+from rlreg.pipelines.register.finishing import finish, qc_similarity, quality_warnings, register, step_scores
 from rlreg.pipelines.register.options import (
     DEFAULT_BENDING,
     DEFAULT_INSTANCE,
@@ -39,5 +39,5 @@ __all__ = ["CONVENTIONS", "DEFAULT_BENDING", "DEFAULT_INSTANCE", "DEFAULT_INSTAN
            "DIFFEOMORPHIC_INSTANCE", "DIFFEOMORPHIC_SMOOTHNESS", "ERROR_RECORD", "FORMATS", "SIDECAR", "Deformable",
            "MethodRecord", "Prepared", "Progress", "QualityRecord", "RegisterOptions", "RegisterResult",
            "RegisterSettings", "TimingRecord", "apply_transform", "deform", "finish", "instance_settings",
-           "invert_transform", "label_overlap_warning", "prepare", "quality_warnings", "register",
+           "invert_transform", "label_overlap_warning", "prepare", "qc_similarity", "quality_warnings", "register",
            "remove_temporary_files", "split_iterations", "step_scores"]
