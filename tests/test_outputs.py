@@ -7,6 +7,7 @@ import errno
 import json
 import locale
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -78,7 +79,7 @@ def test_save_steps_rerun_drops_the_surplus_steps(pair2d, tmp_path) -> None:
                               settings=RegisterSettings(affine=False, steps=20, save_steps=True))
     register(options)
     assert (out / "steps" / "step_010_warp.nii.gz").exists()  # ten snapshots of the instance optimisation
-    register(RegisterOptions(**{**options.__dict__, "model": "digits", "steps": 2}))  # an agent: two steps
+    register(replace(options, settings=replace(options.settings, model="digits", steps=2)))  # an agent: two steps
     steps = sorted(p.name for p in (out / "steps").iterdir())
     assert steps == ["registration.gif", "step_001_warp.nii.gz", "step_001_warped.nii.gz", "step_002_warp.nii.gz",
                      "step_002_warped.nii.gz", "steps.json"]
@@ -200,10 +201,20 @@ def test_disk_full_while_writing_is_one_line_and_leaves_no_outputs(pair2d, tmp_p
 @pytest.mark.parametrize(("field", "value"), [("steps", -5), ("refine", -1), ("refine_factor", 0),
                                               ("smoothness", -1.0), ("smoothness", float("nan")), ("bending", -0.5),
                                               ("max_working_voxels", 0)])
-def test_register_options_are_range_checked(field, value) -> None:
+def test_register_settings_are_range_checked(field, value) -> None:
     with pytest.raises(InputError) as caught:
-        RegisterOptions(Path("f"), Path("m"), Path("o"), **{field: value})
+        RegisterSettings(**{field: value})
     assert len(str(caught.value).splitlines()) == 1
+    with pytest.raises(InputError):  # replace() re-runs the checks
+        replace(RegisterSettings(), **{field: value})
+
+
+def test_register_settings_are_frozen_and_options_name_the_pair() -> None:
+    settings = RegisterSettings(steps=3)
+    with pytest.raises(AttributeError):
+        settings.steps = 4  # type: ignore[misc]
+    options = RegisterOptions(Path("f"), Path("m"), Path("o"), settings=settings)
+    assert options.settings is settings and RegisterOptions(Path("f"), Path("m"), Path("o")).settings.steps is None
 
 
 @pytest.mark.parametrize(("field", "value"), [("batch_size", 0), ("workers", -1), ("ray_cpus", 0)])

@@ -510,3 +510,30 @@ def test_overview_leaves_out_the_jacobian_beyond_the_fitted_box(tmp_path) -> Non
     register(options)
     picture = np.asarray(PILImage.open(tmp_path / "out" / "overview.png").convert("RGB"))
     assert (picture == OUTSIDE_GRAY).all(-1).sum() > 0
+
+
+def test_typed_records_serialise_to_rlreg_json_keys_in_order() -> None:
+    """QC, method and timing records give ``rlreg.json``'s keys in its order: Dice only with label maps, the
+    deformable stage's own entries between the device entries and the note, the matrix last."""
+    from rlreg.pipelines.register import MethodRecord, QualityRecord, TimingRecord
+
+    qc = QualityRecord(lncc_before=0.1, lncc_affine=0.2, lncc_after=0.3, folding_percent=0.0, sdlogj=0.1,
+                       jacobian_min=0.5, jacobian_max=2.0)
+    assert list(qc.to_json()) == ["lncc_before", "lncc_affine", "lncc_after", "folding_percent", "sdlogj",
+                                  "jacobian_min", "jacobian_max"] and not qc.has_dice
+    with_dice = QualityRecord(**qc.to_json(), dice_before=0.1, dice_affine=0.2, dice_after=0.3)
+    assert list(with_dice.to_json())[-3:] == ["dice_before", "dice_affine", "dice_after"]
+    method = MethodRecord(affine="none (--no-affine)", device="cpu", cpu_threads=1, model_asked="default",
+                          stage={"deformable": "rl-agent", "model": "digits", "steps": 3, "refine": {"iterations": 2}},
+                          note=None, affine_matrix_lps=[[1.0]])
+    assert list(method.to_json()) == ["affine", "device", "cpu_threads", "model_asked", "deformable", "model", "steps",
+                                      "refine", "affine_matrix_lps"]
+    assert (method.deformable, method.model, method.steps, method.refine) == ("rl-agent", "digits", 3,
+                                                                                {"iterations": 2})
+    seconds = TimingRecord(read=1.0, affine=2.0, deformable=3.0, write=4.0, total=10.0)
+    assert seconds.to_json() == {"read": 1.0, "affine": 2.0, "deformable": 3.0, "write": 4.0, "total": 10.0}
+
+
+def test_register_returns_what_rlreg_json_holds(registered) -> None:
+    _ndim, _paths, out, result = registered
+    assert json.loads(json.dumps(result.to_json())) == json.loads((out / "rlreg.json").read_text())
