@@ -8,7 +8,7 @@ from __future__ import annotations
 import inspect
 import json
 import sys
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Annotated
 
@@ -109,7 +109,7 @@ def demo(
                     tasks[stage] = bar.add_task(stage, total=total)
                 bar.update(tasks[stage], completed=done)
 
-            result = run_demo(output, fixed, moving, device=str(dev), progress=progress)
+            result = run_demo(output, fixed, moving_name=moving, device=str(dev), progress=progress)
     except (InputError, ValueError) as err:
         _fail(str(err))
     if json_output:
@@ -176,20 +176,20 @@ def register(
     """Register MOVING to FIXED: warped image, ITK/ANTs field, transform.h5, Jacobian and QC in OUTPUT."""
     from rlreg.io import InputError
     from rlreg.pipelines.device import resolve_device
-    from rlreg.pipelines.register import RegisterOptions
+    from rlreg.pipelines.register import RegisterOptions, RegisterSettings
     from rlreg.pipelines.register import register as run
     from rlreg.pipelines.signals import exit_code, sigterm_as_interrupt
     from rlreg.pipelines.threads import default_threads
 
     try:
-        options = RegisterOptions(
-            fixed=fixed, moving=moving, output=output, fixed_seg=fixed_seg, moving_seg=moving_seg,
-            fixed_mask=fixed_mask, moving_mask=moving_mask, model=model, steps=steps, refine=refine,
-            refine_factor=refine_factor, affine=affine,
+        settings = RegisterSettings(
+            model=model, steps=steps, refine=refine, refine_factor=refine_factor, affine=affine,
             formats=tuple(f.strip() for f in formats.split(",") if f.strip()), save_inverse=save_inverse,
             save_steps=save_steps, smoothness=smoothness, bending=bending, diffeomorphic=diffeomorphic,
             threads=default_threads() if threads is None else threads)
-        options.device = str(resolve_device(device))
+        options = RegisterOptions(fixed=fixed, moving=moving, output=output, fixed_seg=fixed_seg,
+                                  moving_seg=moving_seg, fixed_mask=fixed_mask, moving_mask=moving_mask,
+                                  settings=replace(settings, device=str(resolve_device(device))))
         with sigterm_as_interrupt(), _progress_bar(quiet or json_output) as bar:
             result = run(options, progress=_stage_reporter(bar))
     except (InputError, ValueError) as err:
@@ -201,25 +201,25 @@ def register(
     for warning in result.warnings:
         typer.secho(f"warning: {warning}", fg=typer.colors.YELLOW, err=True)
     if json_output:
-        typer.echo(json.dumps(asdict(result), indent=2))
+        typer.echo(json.dumps(result.to_json(), indent=2))
         return
     if quiet:
         return
     qc, method = result.qc, result.method
-    line = f"deformable: {method['deformable']}" + (f" ({method['model']}, {method['steps']} steps)"
-                                                    if method.get("model") else f" ({method['steps']} iterations)")
-    if method.get("refine"):
-        refined = method["refine"]
+    line = f"deformable: {method.deformable}" + (f" ({method.model}, {method.steps} steps)"
+                                                 if method.model else f" ({method.steps} iterations)")
+    if method.refine:
+        refined = method.refine
         line += (f", refined {refined['iterations']} iterations (LNCC {refined['lncc_before']:.3f} -> "
                  f"{refined['lncc_after']:.3f})")
     typer.echo(line)
-    typer.echo(f"LNCC {qc['lncc_before']:.3f} -> affine {qc['lncc_affine']:.3f} -> {qc['lncc_after']:.3f}")
-    if qc.get("dice_after") is not None:
-        typer.echo(f"Dice {qc['dice_before']:.3f} -> affine {qc['dice_affine']:.3f} -> {qc['dice_after']:.3f}")
+    typer.echo(f"LNCC {qc.lncc_before:.3f} -> affine {qc.lncc_affine:.3f} -> {qc.lncc_after:.3f}")
+    if qc.dice_after is not None:
+        typer.echo(f"Dice {qc.dice_before:.3f} -> affine {qc.dice_affine:.3f} -> {qc.dice_after:.3f}")
     where = " (inside the fixed mask)" if "fixed_mask" in result.inputs else ""
-    typer.echo(f"folding{where} {qc['folding_percent']:.3f}%  SDlogJ {qc['sdlogj']:.3f}  "
-               f"J in [{qc['jacobian_min']:.2f}, {qc['jacobian_max']:.2f}]  time {result.seconds['total']:.1f}s on "
-               f"{method['device']}")
+    typer.echo(f"folding{where} {qc.folding_percent:.3f}%  SDlogJ {qc.sdlogj:.3f}  "
+               f"J in [{qc.jacobian_min:.2f}, {qc.jacobian_max:.2f}]  time {result.seconds.total:.1f}s on "
+               f"{method.device}")
     for name, path in result.outputs.items():
         typer.echo(f"  {name:13s} {path}")
     typer.echo(f"Apply with ANTs: {result.ants_command}")
@@ -270,19 +270,18 @@ def batch(
     from rlreg.io import InputError
     from rlreg.pipelines.batch import BatchOptions, run_batch
     from rlreg.pipelines.device import resolve_device
-    from rlreg.pipelines.register import RegisterOptions
+    from rlreg.pipelines.register import RegisterSettings
     from rlreg.pipelines.signals import exit_code, sigterm_as_interrupt
 
     try:
-        settings = RegisterOptions(Path(), Path(), Path(), model=model, steps=steps, refine=refine,
-                                   refine_factor=refine_factor, affine=affine,
-                                   formats=tuple(f.strip() for f in formats.split(",") if f.strip()),
-                                   save_inverse=save_inverse, smoothness=smoothness, bending=bending,
-                                   diffeomorphic=diffeomorphic, threads=threads)
+        settings = RegisterSettings(model=model, steps=steps, refine=refine, refine_factor=refine_factor,
+                                    affine=affine, formats=tuple(f.strip() for f in formats.split(",") if f.strip()),
+                                    save_inverse=save_inverse, smoothness=smoothness, bending=bending,
+                                    diffeomorphic=diffeomorphic, threads=threads)
         options = BatchOptions(source=source, output=output, settings=settings, atlas=atlas, atlas_seg=atlas_seg,
                                subset=subset, shard=shard, batch_size=batch_size, engine=engine, address=address,
                                workers=workers)
-        settings.device = str(resolve_device(device))
+        options.settings = replace(settings, device=str(resolve_device(device)))
         with sigterm_as_interrupt(), _progress_bar(quiet or json_output) as bar:
             task = bar.add_task("pairs", total=None)
 
@@ -396,7 +395,7 @@ def apply(
     from rlreg.pipelines.register import apply_transform
 
     try:
-        summary = apply_transform(transform, reference, input_image, output, interp)
+        summary = apply_transform(transform, reference, input_image=input_image, output=output, interp=interp)
     except (InputError, ValueError) as err:
         _fail(str(err))
     typer.echo(json.dumps(summary, indent=2) if json_output else f"wrote {summary['output']}")
@@ -415,7 +414,7 @@ def invert(
     from rlreg.pipelines.register import invert_transform
 
     try:
-        summary = invert_transform(transform, fixed, reference, output)
+        summary = invert_transform(transform, fixed, reference=reference, output=output)
     except (InputError, ValueError) as err:
         _fail(str(err))
     typer.echo(json.dumps(summary, indent=2) if json_output else

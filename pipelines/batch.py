@@ -41,7 +41,8 @@ from rlreg.data.pairs import Pair, read_pairs, shard
 from rlreg.instance import InstanceConfig
 from rlreg.io import InputError, atomic_output
 from rlreg.pipelines.memory import keep_freed_memory, memory_kept, release_freed_memory
-from rlreg.pipelines.register import ERROR_RECORD, SIDECAR, RegisterOptions, remove_temporary_files
+from rlreg.pipelines.register import ERROR_RECORD, SIDECAR, RegisterOptions, RegisterSettings, remove_temporary_files
+from rlreg.pipelines.register.outputs import PairRecord, read_pair_record
 from rlreg.pipelines.signals import die_with_parent
 from rlreg.pipelines.threads import cpu_threads, default_threads, usable_cpus
 
@@ -74,8 +75,8 @@ class BatchOptions:
     source: str
     """A CSV/TSV pair list, a Learn2Reg dataset.json, or (with ``atlas``) a folder or glob of moving images."""
     output: Path
-    settings: RegisterOptions = field(default_factory=lambda: RegisterOptions(Path(), Path(), Path()))
-    """Per-pair registration settings; its fixed/moving/output (and seg/mask) fields are ignored."""
+    settings: RegisterSettings = field(default_factory=RegisterSettings)
+    """How every pair is registered."""
     atlas: Path | None = None
     atlas_seg: Path | None = None
     subset: str | None = None
@@ -96,7 +97,7 @@ class BatchOptions:
 
     def __post_init__(self) -> None:
         """Range-check the numeric settings (one-line :class:`InputError`); the per-pair ones are checked by
-        :class:`RegisterOptions`."""
+        :class:`RegisterSettings`."""
         for name, value, lowest in (("--batch-size", self.batch_size, 1), ("--workers", self.workers, 0),
                                     ("ray_cpus", self.ray_cpus, 1)):
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < lowest):
@@ -126,42 +127,6 @@ class BatchResult:
 
 
 # ---------------------------------------------------------------------------------------------------- records
-@dataclass
-class PairRecord:
-    """What a pair folder of a batch says about its pair (read by batch, evaluate and the report alike)."""
-
-    status: str
-    """``done`` (``rlreg.json`` readable), ``failed`` (``error.json``), ``unfinished`` (a folder with neither, or a
-    cut ``rlreg.json``: killed while writing it) or ``todo`` (no folder)."""
-    record: dict[str, Any] | None = None
-    """``rlreg.json`` when done."""
-    error: dict[str, Any] | None = None
-    """``error.json`` when failed (``{"error": ...}`` naming the problem when it is unreadable)."""
-
-    @property
-    def message(self) -> str | None:
-        """The failure's one-line message."""
-        return None if self.error is None else " ".join(str(self.error.get("error") or "failed").split())
-
-
-def read_pair_record(folder: Path) -> PairRecord:
-    """The status and records of one pair folder (``OUTDIR/<pair-id>``)."""
-    if (folder / SIDECAR).exists():
-        try:
-            record = json.loads((folder / SIDECAR).read_text())
-        except (OSError, json.JSONDecodeError):
-            return PairRecord("unfinished")
-        return PairRecord("done", record=record) if isinstance(record, dict) else PairRecord("unfinished")
-    if (folder / ERROR_RECORD).exists():
-        try:
-            error = json.loads((folder / ERROR_RECORD).read_text())
-        except (OSError, json.JSONDecodeError):
-            error = None
-        return PairRecord("failed", error=error if isinstance(error, dict) else
-                          {"error": f"failed ({ERROR_RECORD} unreadable)"})
-    return PairRecord("unfinished" if folder.exists() else "todo")
-
-
 def pair_status(outdir: Path, pair_id: str) -> str:
     """``done``, ``failed``, ``unfinished`` or ``todo``: see :class:`PairRecord`."""
     return read_pair_record(outdir / pair_id).status
@@ -199,7 +164,7 @@ def _write_error(outdir: Path, pair: Pair, error: BaseException | str) -> str:
     return message
 
 
-def _settings_record(settings: RegisterOptions) -> dict[str, Any]:
+def _settings_record(settings: RegisterSettings) -> dict[str, Any]:
     """The settings that change results (the device does not), as saved in ``batch.json``.
 
     ``models_used`` is what ``model`` resolves to for 2-D and 3-D pairs (name and checksum, or the instance
@@ -231,8 +196,7 @@ def _with_new_defaults(stored: dict[str, Any]) -> dict[str, Any]:
     are filled (at any depth, e.g. ``instances_used``'s per-dimensionality configs): a missing top-level entry such as
     ``models_used`` cannot be assumed and still refuses the resume.
     """
-    defaults = _settings_record(RegisterOptions(Path(), Path(), Path(), instance=InstanceConfig(),
-                                                affine_config=AffineConfig()))
+    defaults = _settings_record(RegisterSettings(instance=InstanceConfig(), affine_config=AffineConfig()))
     def fill(record: dict[str, Any], default: dict[str, Any], top: bool) -> dict[str, Any]:
         out = dict(record) if top else {**{k: v for k, v in default.items() if k not in record}, **record}
         for key, value in default.items():
@@ -302,10 +266,10 @@ def _append_metrics(outdir: Path, row: dict[str, Any]) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------- engines
-def _pair_options(settings: RegisterOptions, pair: Pair, outdir: Path) -> RegisterOptions:
-    return replace(settings, fixed=pair.fixed, moving=pair.moving, output=outdir / pair.id,
-                   fixed_seg=pair.fixed_seg, moving_seg=pair.moving_seg, fixed_mask=pair.fixed_mask,
-                   moving_mask=pair.moving_mask)
+def _pair_options(settings: RegisterSettings, pair: Pair, outdir: Path) -> RegisterOptions:
+    return RegisterOptions(fixed=pair.fixed, moving=pair.moving, output=outdir / pair.id, fixed_seg=pair.fixed_seg,
+                           moving_seg=pair.moving_seg, fixed_mask=pair.fixed_mask, moving_mask=pair.moving_mask,
+                           settings=settings)
 
 
 def _missing_file(pair: Pair, options: BatchOptions) -> InputError | None:
@@ -357,7 +321,7 @@ def _register_job(options: RegisterOptions) -> None:
     from rlreg.pipelines.register import deform, finish, prepare
 
     prepared = prepare(options)
-    finish(prepared, deform([prepared], options.device)[0])
+    finish(prepared, deform([prepared], options.settings.device)[0])
     release_freed_memory()  # what this pair freed goes back to the system before the next pair
 
 
@@ -533,7 +497,7 @@ def _run_ray(todo: list[Pair], options: BatchOptions) -> Iterator[Outcome]:
 
 def _ray_pair(options: RegisterOptions) -> BaseException | None:
     """Ray task body: register one pair; return its error instead of raising (so its message arrives intact)."""
-    _init_worker(threads=options.threads or 1)
+    _init_worker(threads=options.settings.threads or 1)
     try:
         _register_job(options)
         return None

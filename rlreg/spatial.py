@@ -34,16 +34,19 @@ from torch import Tensor, nn
 
 __all__ = [
     "InterpMode",
+    "ResizeKind",
     "SpatialTransformer",
     "compose",
     "folding_percent",
     "identity_grid",
     "integrate_velocity",
+    "inverse_consistency",
     "invert",
     "jacobian_determinant",
     "orientation_axes",
     "reorient",
     "reorient_field_back",
+    "resize",
     "resize_displacement",
     "sample_points",
     "sdlogj",
@@ -316,6 +319,33 @@ def invert(displacement: Tensor, iterations: int = 20, tolerance: float = 1e-4) 
     return inverse
 
 
+def inverse_consistency(forward: Tensor, inverse: Tensor, *, to_forward_grid: Tensor) -> tuple[Tensor, Tensor]:
+    """How far a field and its inverse are from composing to the identity, on the inverse's grid.
+
+    For a forward map ``p -> p + u(p)`` (``u`` on grid ``F``) and an inverse ``q -> q + v(q)`` (``v`` on grid
+    ``R``), the round trip ``q -> q + v(q) + u(q + v(q))`` should return to ``q``: the error at ``q`` is
+    ``|v(q) + u(q + v(q))|``, with ``u`` read at the preimages (border values outside ``F``). Both fields share any
+    vector units (e.g. LPS mm); the preimages come as voxel positions on ``F``.
+
+    Args:
+        forward: ``(1, ndim, *F)`` field ``u``.
+        inverse: ``(1, ndim, *R)`` field ``v``, same units as ``u``.
+        to_forward_grid: ``(1, ndim, *R)`` voxel displacement from each index ``q`` of ``R`` to its preimage's
+            position on ``F`` (the preimage is at index ``q + to_forward_grid(q)``).
+
+    Returns:
+        ``(*R)`` error (units of the fields) and the ``(*R)`` boolean mask of the voxels whose preimage lies inside
+        ``F`` (where ``u`` is known rather than continued).
+    """
+    error = (inverse + warp(forward, to_forward_grid, padding="border")).norm(dim=1)[0]
+    positions = to_forward_grid[0] + torch.stack(torch.meshgrid(
+        *[torch.arange(n, dtype=to_forward_grid.dtype) for n in to_forward_grid.shape[2:]], indexing="ij"))
+    inside = torch.ones_like(error, dtype=torch.bool)
+    for axis, n in enumerate(forward.shape[2:]):
+        inside &= (positions[axis] >= 0) & (positions[axis] <= n - 1)
+    return error, inside
+
+
 def integrate_velocity(velocity: Tensor, steps: int = 7) -> Tensor:
     """Displacement of ``exp(v)`` for a stationary velocity field by scaling and squaring (Arsigny et al., 2006).
 
@@ -336,35 +366,54 @@ def integrate_velocity(velocity: Tensor, steps: int = 7) -> Tensor:
     return disp
 
 
-def resize_displacement(displacement: Tensor, size: tuple[int, ...] | torch.Size, align_corners: bool = True) -> Tensor:
-    """Resample a voxel displacement onto a grid of another size covering the same field of view.
+ResizeKind = Literal["image", "field", "labels"]
 
-    Vectors are rescaled to the new voxel size: with ``align_corners=True`` (corner voxel centres coincide, the
-    convention of this module) axis ``a`` is scaled by ``(n'_a - 1) / (n_a - 1)``; with ``False`` (voxel edges
-    coincide, as ``F.interpolate(align_corners=False)`` resizes images) by ``n'_a / n_a``.
+
+def resize(tensor: Tensor, size: tuple[int, ...] | torch.Size, *, kind: ResizeKind = "image",
+           align_corners: bool = True) -> Tensor:
+    """Resample an image, a voxel displacement or a label map onto a grid of another size covering the same field of
+    view; the one resize of rlreg's 2-D and 3-D grids.
+
+    * ``"image"``: linear interpolation (bilinear in 2-D, trilinear in 3-D).
+    * ``"field"``: linear interpolation, and the vectors rescaled to the new voxel size: with ``align_corners=True``
+      (corner voxel centres coincide, the convention of this module) axis ``a`` is scaled by
+      ``(n'_a - 1) / (n_a - 1)``; with ``False`` (voxel edges coincide, as ``F.interpolate(align_corners=False)``
+      resizes images) by ``n'_a / n_a``.
+    * ``"labels"``: nearest neighbour (``F.interpolate``'s ``nearest``, which ignores ``align_corners``), so no label
+      is invented or averaged; the dtype is kept.
 
     Args:
-        displacement: ``(N, ndim, *S)`` voxel displacement.
-        size: target spatial size ``S'``.
-        align_corners: grid correspondence, see above.
+        tensor: ``(N, C, *S)`` image or label map, or ``(N, ndim, *S)`` voxel displacement.
+        size: target spatial size ``S'`` (as many entries as ``S``).
+        kind: what ``tensor`` holds, see above.
+        align_corners: grid correspondence of the linear kinds.
 
     Returns:
-        ``(N, ndim, *S')`` voxel displacement on the new grid.
+        ``(N, C, *S')``; ``tensor`` itself when ``S' == S``.
     """
-    ndim = _check_field(displacement)
     size = tuple(int(s) for s in size)
+    ndim = _check_field(tensor) if kind == "field" else tensor.dim() - 2
     if len(size) != ndim:
-        raise ValueError(f"size {size} has {len(size)} dims, displacement has {ndim}")
-    old = displacement.shape[2:]
+        raise ValueError(f"size {size} has {len(size)} dims, the {kind} has {ndim}")
+    old = tensor.shape[2:]
     if tuple(old) == size:
-        return displacement
+        return tensor
+    if kind == "labels":
+        return F.interpolate(tensor.float(), size=size, mode="nearest").to(tensor.dtype)
     mode = "bilinear" if ndim == 2 else "trilinear"
-    out = F.interpolate(displacement, size=size, mode=mode, align_corners=align_corners)
+    out = F.interpolate(tensor, size=size, mode=mode, align_corners=align_corners)
+    if kind == "image":
+        return out
     if align_corners:
         factors = [(new - 1) / (o - 1) if o > 1 else 1.0 for new, o in zip(size, old, strict=True)]
     else:
         factors = [new / o for new, o in zip(size, old, strict=True)]
     return out * torch.tensor(factors, dtype=out.dtype, device=out.device).view(1, ndim, *([1] * ndim))
+
+
+def resize_displacement(displacement: Tensor, size: tuple[int, ...] | torch.Size, align_corners: bool = True) -> Tensor:
+    """:func:`resize` of a ``(N, ndim, *S)`` voxel displacement (``kind="field"``) onto ``size``."""
+    return resize(displacement, size, kind="field", align_corners=align_corners)
 
 
 def sample_points(field: Tensor, points: Tensor) -> Tensor:

@@ -24,14 +24,14 @@ from rlreg.cli.main import app
 from rlreg.data.pairs import read_pairs, shard
 from rlreg.io import InputError
 from rlreg.pipelines.batch import BatchOptions, pair_status, run_batch
-from rlreg.pipelines.register import DEFAULT_INSTANCE, RegisterOptions, deform, prepare
+from rlreg.pipelines.register import DEFAULT_INSTANCE, RegisterOptions, RegisterSettings, deform, prepare
 
 STEPS = 10
 OUTPUTS = ("warped.nii.gz", "warp.nii.gz", "jacdet.nii.gz", "warped_seg.nii.gz")
 
 
-def _settings(**kwargs) -> RegisterOptions:
-    return RegisterOptions(Path(), Path(), Path(), steps=STEPS, **kwargs)
+def _settings(**kwargs) -> RegisterSettings:
+    return RegisterSettings(steps=STEPS, **kwargs)
 
 
 @pytest.fixture(scope="module")
@@ -129,17 +129,17 @@ def test_a_device_batch_gives_each_pair_its_own_field(data: Path, tmp_path: Path
     their boxes agree (the batch is cropped to one box): the same pair registered twice does, two pairs whose
     foregrounds differ do not."""
     instance = replace(DEFAULT_INSTANCE, crop_margin=crop)
-    a = prepare(RegisterOptions(data / "d3/fixed.nii.gz", data / "d3/moving.nii.gz", tmp_path / "a", steps=STEPS,
-                                instance=instance))
-    b = prepare(RegisterOptions(data / "d3/fixed.nii.gz", data / "d3/fixed.nii.gz", tmp_path / "b", steps=STEPS,
-                                instance=instance))
+    a = prepare(RegisterOptions(data / "d3/fixed.nii.gz", data / "d3/moving.nii.gz", tmp_path / "a",
+                                settings=RegisterSettings(steps=STEPS, instance=instance)))
+    b = prepare(RegisterOptions(data / "d3/fixed.nii.gz", data / "d3/fixed.nii.gz", tmp_path / "b",
+                                settings=RegisterSettings(steps=STEPS, instance=instance)))
     if crop is not None:
         assert a.batch_key != b.batch_key
-        assert a._crop_box != tuple((0, n) for n in a.working_fixed.shape[2:])  # the phantoms do crop
+        assert a.crop_box != tuple((0, n) for n in a.working_fixed.shape[2:])  # the phantoms do crop
         with pytest.raises(ValueError, match="batch_key"):
             deform([a, b])
         b = prepare(RegisterOptions(data / "d3/fixed.nii.gz", data / "d3/moving.nii.gz", tmp_path / "b",
-                                    steps=STEPS, instance=instance))
+                                    settings=RegisterSettings(steps=STEPS, instance=instance)))
         b.working_moving = b.working_moving.sqrt()  # another pair with the first pair's foreground, hence box
         assert a.batch_key == b.batch_key
     alone = [deform([a])[0], deform([b])[0]]
@@ -212,7 +212,7 @@ def test_resuming_with_other_settings_is_refused(data: Path, tmp_path: Path) -> 
     out = tmp_path / "out"
     run_batch(BatchOptions(str(pairs_csv), out, _settings(), workers=0))
     with pytest.raises(InputError, match=r"other settings.*steps"):
-        run_batch(BatchOptions(str(pairs_csv), out, RegisterOptions(Path(), Path(), Path(), steps=STEPS + 1),
+        run_batch(BatchOptions(str(pairs_csv), out, RegisterSettings(steps=STEPS + 1),
                                workers=0))
     # A run written before an option existed resumes while that option keeps its default, and not otherwise.
     record_path = out / "batch.json"
@@ -287,7 +287,7 @@ def test_sigkill_mid_batch_then_resume_completes_every_pair_once(data: Path, tmp
     for pair_id in before:
         _complete_outputs(out / pair_id)
 
-    settings = RegisterOptions(Path(), Path(), Path(), steps=40)  # as the killed command
+    settings = RegisterSettings(steps=40)  # as the killed command
     result = run_batch(BatchOptions(str(pairs_csv), out, settings, workers=1))
     assert result.skipped == len(before) and result.done == len(pairs) - len(before) and not result.failed
     for pair in pairs:

@@ -17,7 +17,7 @@ def test_demo_pipeline_improves_dice_and_keeps_geometry(tmp_path) -> None:
     from rlreg.pipelines.demo import run_demo
 
     stages: list[str] = []
-    result = run_demo(tmp_path, "12876", "14380", device="cpu",
+    result = run_demo(tmp_path, "12876", moving_name="14380", device="cpu",
                       instance=InstanceConfig(levels=(4,), iterations=(60,), crop_margin=8),
                       affine=AffineConfig(steps=(60, 20)),
                       progress=lambda stage, done, total: stages.append(stage))

@@ -28,7 +28,7 @@ from rlreg.formats import write_l2r
 from rlreg.io import Geometry, InputError, write_image
 from rlreg.metrics import hd95
 from rlreg.pipelines.evaluate import evaluate, evaluate_batch, evaluate_fields
-from rlreg.pipelines.register import RegisterOptions, register
+from rlreg.pipelines.register import RegisterOptions, RegisterSettings, register
 from rlreg.transforms import write_itk_warp
 
 # A small oblique, axis-flipped, anisotropic grid, in tensor order (k, j, i): ITK x has spacing 1.5 mm.
@@ -343,7 +343,8 @@ def batch_dir(tmp_path_factory):
     others = [Pair(id=name, fixed=paths["fixed"], moving=paths["moving"])
               for name in ("failed", "unfinished", "todo", "broken", "cut")]
     result = register(RegisterOptions(fixed=done.fixed, moving=done.moving, output=out / "done",
-                                      fixed_seg=done.fixed_seg, moving_seg=done.moving_seg, steps=20))
+                                      fixed_seg=done.fixed_seg, moving_seg=done.moving_seg,
+                                      settings=RegisterSettings(steps=20)))
     (out / "failed").mkdir()
     (out / "failed" / "error.json").write_text(json.dumps(
         {"pair": "failed", "error": "moving.nii.gz: file not found; check the path", "type": "InputError",
@@ -370,8 +371,8 @@ def test_batch_directory_statuses_and_scores(batch_dir):
     assert failed.error == "moving.nii.gz: file not found; check the path" and failed.dice_mean is None
     assert ev.pairs[2].dice_mean is None and ev.pairs[3].sdlogj is None
     # the same Dice that register measured on its own warped_seg.nii.gz
-    assert done.dice_mean == pytest.approx(result.qc["dice_after"], abs=1e-6)
-    assert done.registration_seconds == pytest.approx(result.seconds["total"])
+    assert done.dice_mean == pytest.approx(result.qc.dice_after, abs=1e-6)
+    assert done.registration_seconds == pytest.approx(result.seconds.total)
     assert set(done.labels) == {1, 2, 3} and done.n_labels == 3
     # TRE cross-checked with SimpleITK reading warp.nii.gz as a DisplacementFieldTransform
     field = sitk.DisplacementFieldTransform(sitk.Cast(sitk.ReadImage(str(out / "done" / "warp.nii.gz")),

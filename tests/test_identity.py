@@ -11,7 +11,7 @@ from phantoms import write_pair
 
 from rlreg.io import read_image
 from rlreg.losses import FixedLNCC
-from rlreg.pipelines.register import RegisterOptions, register
+from rlreg.pipelines.register import RegisterOptions, RegisterSettings, register
 from rlreg.transforms import chain_from_world, read_transform
 
 
@@ -24,13 +24,13 @@ def test_an_image_registered_to_itself_stays_put(ndim: int, affine: bool, tmp_pa
     image = tmp_path / "image.nii.gz"
     sitk.WriteImage(smooth, str(image))
     out = tmp_path / "out"
-    result = register(RegisterOptions(image, image, out, affine=affine))
+    result = register(RegisterOptions(image, image, out, settings=RegisterSettings(affine=affine)))
     geometry = read_image(image).geometry
     chain = chain_from_world(read_transform(out / "warp.nii.gz", geometry), geometry, geometry)
     assert float(chain.norm(dim=1).max()) < 0.1
     jacobian = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "jacdet.nii.gz")))
     assert float(np.abs(jacobian - 1.0).max()) < 0.02
-    assert result.qc["lncc_after"] >= result.qc["lncc_before"] - 1e-6
+    assert result.qc.lncc_after >= result.qc.lncc_before - 1e-6
 
 
 def test_the_stationary_lncc_is_largest_at_the_fixed_image_and_the_usual_one_is_not() -> None:

@@ -134,11 +134,13 @@ def test_integer_labels_stored_as_floats_are_read_exactly(pair, tmp_path) -> Non
 
 def test_label_maps_sharing_few_labels_warn() -> None:
     ones = torch.tensor([[0, 1, 2, 3, 4]])
-    assert label_overlap_warning(ones, ones, None, None) is None
-    assert label_overlap_warning(ones, torch.tensor([[0, 1, 2, 8, 9]]), None, None) is None  # half shared
-    few = label_overlap_warning(ones, torch.tensor([[0, 1, 7, 8, 9]]), "f.nii.gz", "m.nii.gz")
+    assert label_overlap_warning(ones, ones, fixed_path=None, moving_path=None) is None
+    half_shared = label_overlap_warning(ones, torch.tensor([[0, 1, 2, 8, 9]]), fixed_path=None, moving_path=None)
+    assert half_shared is None
+    few = label_overlap_warning(ones, torch.tensor([[0, 1, 7, 8, 9]]), fixed_path="f.nii.gz",
+                                moving_path="m.nii.gz")
     assert few is not None and few.startswith("f.nii.gz and m.nii.gz share only 1 labels")
-    assert "share no label" in str(label_overlap_warning(ones, -ones, "f", "m"))
+    assert "share no label" in str(label_overlap_warning(ones, -ones, fixed_path="f", moving_path="m"))
 
 
 def test_disjoint_label_maps_warn_on_stderr_and_in_the_sidecar(pair, tmp_path) -> None:

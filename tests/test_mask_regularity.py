@@ -7,7 +7,7 @@ import SimpleITK as sitk
 from phantoms import write_pair
 
 from rlreg.metrics import folding_percent, sdlogj
-from rlreg.pipelines.register import RegisterOptions, deform, prepare
+from rlreg.pipelines.register import RegisterOptions, RegisterSettings, deform, prepare
 
 
 def test_a_mask_does_not_make_the_field_less_regular(tmp_path) -> None:
@@ -17,7 +17,7 @@ def test_a_mask_does_not_make_the_field_less_regular(tmp_path) -> None:
     fields = {}
     for name, fixed_mask in (("plain", None), ("masked", mask)):
         prepared = prepare(RegisterOptions(paths["fixed"], paths["moving"], tmp_path / name, fixed_mask=fixed_mask,
-                                           smoothness=0.25, bending=0.25))
+                                           settings=RegisterSettings(smoothness=0.25, bending=0.25)))
         fields[name] = deform([prepared])[0].field
     inside = prepared.working_mask > 0
     assert 0 < float(inside.float().mean()) < 0.2

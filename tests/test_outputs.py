@@ -7,6 +7,7 @@ import errno
 import json
 import locale
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -17,9 +18,18 @@ from typer.testing import CliRunner
 
 from rlreg.cli.main import app
 from rlreg.io import InputError
-from rlreg.pipelines import register as register_module
 from rlreg.pipelines.batch import BatchOptions
-from rlreg.pipelines.register import RegisterOptions, apply_transform, invert_transform, prepare, register
+from rlreg.pipelines.register import (
+    RegisterOptions,
+    RegisterSettings,
+    apply_transform,
+    finishing,
+    invert_transform,
+    preparation,
+    prepare,
+    register,
+)
+from rlreg.pipelines.register import outputs as outputs_module
 
 runner = CliRunner()
 
@@ -49,14 +59,15 @@ def _no_affine_stage(*_args, **_kwargs):
 def test_a_rerun_leaves_only_its_own_outputs(pair2d, tmp_path) -> None:
     out = tmp_path / "out"
     first = RegisterOptions(fixed=pair2d["fixed"], moving=pair2d["moving"], output=out, fixed_seg=pair2d["fixed_seg"],
-                            moving_seg=pair2d["moving_seg"], affine=False, steps=4, save_inverse=True,
-                            save_steps=True, formats=("slicer", "l2r"))
+                            moving_seg=pair2d["moving_seg"],
+                            settings=RegisterSettings(affine=False, steps=4, save_inverse=True, save_steps=True,
+                                                      formats=("slicer", "l2r")))
     register(first)
     assert {"warped_seg.nii.gz", "inverse_warp.nii.gz", "warp_slicer.nii.gz", "disp_fixed_moving.nii.gz",
             "steps/step_004_warp.nii.gz"} <= _files(out)
     (out / ".notes").write_text("mine")  # hidden files are not rlreg's: check_output_dir allows them, and they stay
-    second = register(RegisterOptions(fixed=pair2d["fixed"], moving=pair2d["other"], output=out, affine=False,
-                                      steps=2))
+    second = register(RegisterOptions(fixed=pair2d["fixed"], moving=pair2d["other"], output=out,
+                                      settings=RegisterSettings(affine=False, steps=2)))
     listed = {str(Path(path).relative_to(out)) for path in second.outputs.values()}
     assert _files(out) == listed | {".notes"}
     assert not (out / "steps").exists()
@@ -64,11 +75,11 @@ def test_a_rerun_leaves_only_its_own_outputs(pair2d, tmp_path) -> None:
 
 def test_save_steps_rerun_drops_the_surplus_steps(pair2d, tmp_path) -> None:
     out = tmp_path / "out"
-    options = RegisterOptions(fixed=pair2d["fixed"], moving=pair2d["moving"], output=out, affine=False, steps=20,
-                              save_steps=True)
+    options = RegisterOptions(fixed=pair2d["fixed"], moving=pair2d["moving"], output=out,
+                              settings=RegisterSettings(affine=False, steps=20, save_steps=True))
     register(options)
     assert (out / "steps" / "step_010_warp.nii.gz").exists()  # ten snapshots of the instance optimisation
-    register(RegisterOptions(**{**options.__dict__, "model": "digits", "steps": 2}))  # an agent: two steps
+    register(replace(options, settings=replace(options.settings, model="digits", steps=2)))  # an agent: two steps
     steps = sorted(p.name for p in (out / "steps").iterdir())
     assert steps == ["registration.gif", "step_001_warp.nii.gz", "step_001_warped.nii.gz", "step_002_warp.nii.gz",
                      "step_002_warped.nii.gz", "steps.json"]
@@ -76,10 +87,10 @@ def test_save_steps_rerun_drops_the_surplus_steps(pair2d, tmp_path) -> None:
 
 def test_a_killed_runs_files_and_temporaries_go_with_the_next_run(pair2d, tmp_path, monkeypatch) -> None:
     out = tmp_path / "out"
-    register(RegisterOptions(fixed=pair2d["fixed"], moving=pair2d["moving"], output=out, affine=False, steps=10,
-                             save_steps=True))  # a finished run first: its steps/ must go too
-    options = RegisterOptions(fixed=pair2d["fixed"], moving=pair2d["moving"], output=out, affine=False, steps=2,
-                              save_inverse=True, formats=("slicer",))
+    register(RegisterOptions(fixed=pair2d["fixed"], moving=pair2d["moving"], output=out,  # a finished run first: its
+                             settings=RegisterSettings(affine=False, steps=10, save_steps=True)))  # steps/ must go too
+    options = RegisterOptions(fixed=pair2d["fixed"], moving=pair2d["moving"], output=out,
+                              settings=RegisterSettings(affine=False, steps=2, save_inverse=True, formats=("slicer",)))
 
     def killed(*_args, **_kwargs):
         # what SIGKILL leaves while a file is written: its hidden temporaries, no rlreg.json
@@ -87,13 +98,13 @@ def test_a_killed_runs_files_and_temporaries_go_with_the_next_run(pair2d, tmp_pa
         (out / ".warped.k4x.tmp.nii.gz").write_bytes(b"")
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(register_module, "_export_formats", killed)
+    monkeypatch.setattr(finishing, "export_formats", killed)
     with pytest.raises(KeyboardInterrupt):
         register(options)
     assert {"inverse_warp.nii.gz", "steps/step_001_warp.nii.gz"} <= _files(out) and "rlreg.json" not in _files(out)
     monkeypatch.undo()
-    result = register(RegisterOptions(fixed=pair2d["fixed"], moving=pair2d["moving"], output=out, affine=False,
-                                      steps=2))
+    result = register(RegisterOptions(fixed=pair2d["fixed"], moving=pair2d["moving"], output=out,
+                                      settings=RegisterSettings(affine=False, steps=2)))
     assert _files(out) == {str(Path(path).relative_to(out)) for path in result.outputs.values()}
 
 
@@ -101,18 +112,19 @@ def test_rerun_never_deletes_what_rlreg_did_not_record(pair2d, tmp_path) -> None
     out = tmp_path / "out"
     out.mkdir()
     (out / "disp_theirs.nii.gz").write_bytes(b"someone else's field")  # an l2r-like name rlreg never wrote here
-    register(RegisterOptions(fixed=pair2d["fixed"], moving=pair2d["moving"], output=out, affine=False, steps=2))
+    register(RegisterOptions(fixed=pair2d["fixed"], moving=pair2d["moving"], output=out,
+                             settings=RegisterSettings(affine=False, steps=2)))
     assert (out / "disp_theirs.nii.gz").read_bytes() == b"someone else's field"
 
 
 # ---------------------------------------------------------------------------------------------------- early checks
 @pytest.mark.parametrize("fmt", ["fsl", "dicom"])
 def test_3d_only_formats_on_2d_inputs_are_refused_before_the_affine(pair2d, tmp_path, monkeypatch, fmt) -> None:
-    monkeypatch.setattr(register_module, "affine_register", _no_affine_stage)
+    monkeypatch.setattr(preparation, "affine_register", _no_affine_stage)
     out = tmp_path / "out"
     with pytest.raises(InputError, match=f"--format {fmt}: writes 3-D fields only"):
-        prepare(RegisterOptions(fixed=pair2d["fixed"], moving=pair2d["moving"], output=out, formats=(fmt,),
-                                save_steps=True))
+        prepare(RegisterOptions(fixed=pair2d["fixed"], moving=pair2d["moving"], output=out,
+                                settings=RegisterSettings(formats=(fmt,), save_steps=True)))
     assert not out.exists()
 
 
@@ -121,7 +133,7 @@ def test_dicom_without_frame_of_reference_is_refused_before_the_affine(pair3d, t
     # GDCM's DICOM writer (sitk.WriteImage to .dcm, used here to build the series) sets the C library's LC_CTYPE to
     # "C" and leaves it there, which turns Python's default text encoding into ASCII for every later test.
     saved_ctype = locale.setlocale(locale.LC_CTYPE)
-    monkeypatch.setattr(register_module, "affine_register", _no_affine_stage)
+    monkeypatch.setattr(preparation, "affine_register", _no_affine_stage)
     try:
         _refuse_dicom_without_frame_of_reference(pydicom, pair3d, tmp_path)
     finally:
@@ -144,15 +156,16 @@ def _refuse_dicom_without_frame_of_reference(pydicom, pair3d, tmp_path) -> None:
             del ds.FrameOfReferenceUID
         ds.save_as(path)
     with pytest.raises(InputError, match="no FrameOfReferenceUID"):
-        prepare(RegisterOptions(fixed=series, moving=pair3d["moving"], output=tmp_path / "out", formats=("dicom",)))
+        prepare(RegisterOptions(fixed=series, moving=pair3d["moving"], output=tmp_path / "out",
+                                settings=RegisterSettings(formats=("dicom",))))
 
 
 def test_unwritable_output_folder_is_one_line_before_the_affine(pair2d, tmp_path, monkeypatch) -> None:
     def read_only(*_args, **_kwargs):
         raise OSError(errno.EROFS, "Read-only file system")
 
-    monkeypatch.setattr(register_module, "affine_register", _no_affine_stage)
-    monkeypatch.setattr(register_module.tempfile, "mkstemp", read_only)
+    monkeypatch.setattr(preparation, "affine_register", _no_affine_stage)
+    monkeypatch.setattr(outputs_module.tempfile, "mkstemp", read_only)
     result = runner.invoke(app, ["register", str(pair2d["fixed"]), str(pair2d["moving"]), "-o",
                                  str(tmp_path / "out")])
     assert result.exit_code == 2
@@ -161,20 +174,21 @@ def test_unwritable_output_folder_is_one_line_before_the_affine(pair2d, tmp_path
 
 
 def test_too_little_disk_space_is_refused_before_the_affine(pair2d, tmp_path, monkeypatch) -> None:
-    monkeypatch.setattr(register_module, "affine_register", _no_affine_stage)
-    monkeypatch.setattr(register_module.shutil, "disk_usage", lambda _path: shutil._ntuple_diskusage(1, 1, 1000))
+    monkeypatch.setattr(preparation, "affine_register", _no_affine_stage)
+    monkeypatch.setattr(outputs_module.shutil, "disk_usage", lambda _path: shutil._ntuple_diskusage(1, 1, 1000))
     with pytest.raises(InputError, match="MiB free"):
         prepare(RegisterOptions(fixed=pair2d["fixed"], moving=pair2d["moving"], output=tmp_path / "out"))
 
 
 def test_disk_full_while_writing_is_one_line_and_leaves_no_outputs(pair2d, tmp_path, monkeypatch) -> None:
     out = tmp_path / "out"
-    register(RegisterOptions(fixed=pair2d["fixed"], moving=pair2d["moving"], output=out, affine=False, steps=2))
+    register(RegisterOptions(fixed=pair2d["fixed"], moving=pair2d["moving"], output=out,
+                             settings=RegisterSettings(affine=False, steps=2)))
 
     def full(*_args, **_kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(register_module, "write_itk_transform", full)
+    monkeypatch.setattr(finishing, "write_itk_transform", full)
     result = runner.invoke(app, ["register", str(pair2d["fixed"]), str(pair2d["moving"]), "-o", str(out),
                                  "--no-affine", "--steps", "2"])
     assert result.exit_code == 2
@@ -187,10 +201,20 @@ def test_disk_full_while_writing_is_one_line_and_leaves_no_outputs(pair2d, tmp_p
 @pytest.mark.parametrize(("field", "value"), [("steps", -5), ("refine", -1), ("refine_factor", 0),
                                               ("smoothness", -1.0), ("smoothness", float("nan")), ("bending", -0.5),
                                               ("max_working_voxels", 0)])
-def test_register_options_are_range_checked(field, value) -> None:
+def test_register_settings_are_range_checked(field, value) -> None:
     with pytest.raises(InputError) as caught:
-        RegisterOptions(Path("f"), Path("m"), Path("o"), **{field: value})
+        RegisterSettings(**{field: value})
     assert len(str(caught.value).splitlines()) == 1
+    with pytest.raises(InputError):  # replace() re-runs the checks
+        replace(RegisterSettings(), **{field: value})
+
+
+def test_register_settings_are_frozen_and_options_name_the_pair() -> None:
+    settings = RegisterSettings(steps=3)
+    with pytest.raises(AttributeError):
+        settings.steps = 4  # type: ignore[misc]
+    options = RegisterOptions(Path("f"), Path("m"), Path("o"), settings=settings)
+    assert options.settings is settings and RegisterOptions(Path("f"), Path("m"), Path("o")).settings.steps is None
 
 
 @pytest.mark.parametrize(("field", "value"), [("batch_size", 0), ("workers", -1), ("ray_cpus", 0)])
@@ -207,17 +231,17 @@ def test_cli_negative_steps_is_one_line(pair2d, tmp_path) -> None:
 
 
 def test_steps_beyond_the_cards_max_steps_are_refused(pair2d, tmp_path, monkeypatch) -> None:
-    monkeypatch.setattr(register_module, "affine_register", _no_affine_stage)
+    monkeypatch.setattr(preparation, "affine_register", _no_affine_stage)
     with pytest.raises(InputError, match="trained on episodes of 20 steps"):
         prepare(RegisterOptions(fixed=pair2d["fixed"], moving=pair2d["moving"], output=tmp_path / "o",
-                                model="digits", steps=21))
+                                settings=RegisterSettings(model="digits", steps=21)))
 
 
 @pytest.mark.parametrize("steps", [1, 2, 5, 105])
 def test_instance_steps_are_exactly_the_iterations(pair2d, tmp_path, steps) -> None:
     result = register(RegisterOptions(fixed=pair2d["fixed"], moving=pair2d["moving"], output=tmp_path / "o",
-                                      affine=False, steps=steps, max_working_voxels=400))
-    assert result.method["steps"] == sum(result.method["config"]["iterations"]) == steps
+                                      settings=RegisterSettings(affine=False, steps=steps, max_working_voxels=400)))
+    assert result.method.steps == sum(result.method.stage["config"]["iterations"]) == steps
 
 
 # ---------------------------------------------------------------------------------------------------- affine only
@@ -310,8 +334,9 @@ def test_one_slice_volumes_take_their_label_maps_and_refuse_a_shifted_one(pair3d
     files = {key: _slice(pair3d[key], tmp_path / f"{key}.nii.gz", cut[key]) for key in cut}
     segs = {key: _slice(pair3d[f"{key}_seg"], tmp_path / f"{key}_seg.nii.gz", cut[key]) for key in cut}
     result = register(RegisterOptions(fixed=files["fixed"], moving=files["moving"], output=tmp_path / "out",
-                                      fixed_seg=segs["fixed"], moving_seg=segs["moving"], steps=10))
-    assert result.qc["dice_after"] is not None
+                                      fixed_seg=segs["fixed"], moving_seg=segs["moving"],
+                                      settings=RegisterSettings(steps=10)))
+    assert result.qc.dice_after is not None
     warped_seg, reference = (sitk.ReadImage(str(path)) for path in (tmp_path / "out" / "warped_seg.nii.gz",
                                                                      files["fixed"]))
     assert warped_seg.GetSize() == reference.GetSize()
@@ -327,8 +352,8 @@ def test_one_slice_volumes_come_back_on_their_3d_grid(pair3d, tmp_path) -> None:
     fixed = _slice(pair3d["fixed"], tmp_path / "fslice.nii.gz", (*axial, slice(11, 12)))
     moving = _slice(pair3d["moving"], tmp_path / "mslice.nii.gz", (*axial, slice(13, 14)))  # another plane
     out = tmp_path / "out"
-    result = register(RegisterOptions(fixed=fixed, moving=moving, output=out, steps=20, save_inverse=True,
-                                      formats=("l2r",)))
+    result = register(RegisterOptions(fixed=fixed, moving=moving, output=out,
+                                      settings=RegisterSettings(steps=20, save_inverse=True, formats=("l2r",))))
     reference = sitk.ReadImage(str(fixed))
     for name, grid in (("warped.nii.gz", fixed), ("jacdet.nii.gz", fixed), ("warp.nii.gz", fixed),
                        ("inverse_warp.nii.gz", moving)):
@@ -357,11 +382,11 @@ def test_one_slice_volumes_come_back_on_their_3d_grid(pair3d, tmp_path) -> None:
     l2r = sitk.ReadImage(str(out / "disp_fslice_mslice.nii.gz"))
     assert l2r.GetNumberOfPixels() * l2r.GetNumberOfComponentsPerPixel() == 3 * reference.GetNumberOfPixels()
     # rlreg's own apply and invert read those files back on the slices' 3-D grids
-    apply_transform(out / "warp.nii.gz", fixed, moving, tmp_path / "applied.nii.gz")
+    apply_transform(out / "warp.nii.gz", fixed, input_image=moving, output=tmp_path / "applied.nii.gz")
     applied = sitk.ReadImage(str(tmp_path / "applied.nii.gz"))
     assert applied.GetSize() == reference.GetSize() and np.allclose(applied.GetOrigin(), reference.GetOrigin())
     assert np.abs(sitk.GetArrayFromImage(applied) - ours).max() < 1e-5
-    invert_transform(out / "warp.nii.gz", fixed, moving, tmp_path / "inverse.nii.gz")
+    invert_transform(out / "warp.nii.gz", fixed, reference=moving, output=tmp_path / "inverse.nii.gz")
     again = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "inverse.nii.gz")))
     assert np.abs(again - sitk.GetArrayFromImage(sitk.ReadImage(str(out / "inverse_warp.nii.gz")))).max() < 1e-4
 
@@ -375,7 +400,7 @@ def test_ants_applies_a_one_slice_warp_in_3d(pair3d, tmp_path) -> None:
     sitk.WriteImage(shifted, str(tmp_path / "shifted.nii.gz"))
     moving = _slice(tmp_path / "shifted.nii.gz", tmp_path / "m.nii.gz", cut)
     out = tmp_path / "out"
-    register(RegisterOptions(fixed=fixed, moving=moving, output=out, affine=False, steps=20))
+    register(RegisterOptions(fixed=fixed, moving=moving, output=out, settings=RegisterSettings(affine=False, steps=20)))
     warp = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "warp.nii.gz")))
     normal = np.reshape(sitk.ReadImage(str(fixed)).GetDirection(), (3, 3))[:, 1]
     assert np.abs(warp @ normal).max() < 1e-4 and np.abs(warp).max() > 0.5  # in-plane only: the same plane

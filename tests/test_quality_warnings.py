@@ -4,6 +4,7 @@ degenerate intensity scales register like ordinary ones."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import SimpleITK as sitk
@@ -11,22 +12,23 @@ from phantoms import write_pair
 from typer.testing import CliRunner
 
 from rlreg.cli.main import app
-from rlreg.pipelines.register import RegisterOptions, quality_warnings, register
+from rlreg.pipelines.register import QualityRecord, RegisterOptions, RegisterSettings, quality_warnings, register
 
 runner = CliRunner()
 
 
 def test_quality_warnings_name_a_similarity_drop_and_folding() -> None:
-    fine = {"lncc_affine": 0.30, "lncc_after": 0.35, "folding_percent": 0.01}
+    fine = QualityRecord(lncc_before=0.1, lncc_affine=0.30, lncc_after=0.35, folding_percent=0.01, sdlogj=0.1,
+                         jacobian_min=0.5, jacobian_max=1.5)
     assert quality_warnings(fine) == []
-    dropped = quality_warnings({**fine, "lncc_after": 0.25})
+    dropped = quality_warnings(replace(fine, lncc_after=0.25))
     assert len(dropped) == 1 and "lowered the similarity" in dropped[0] and "0.300" in dropped[0]
-    folded = quality_warnings({**fine, "folding_percent": 26.0})
+    folded = quality_warnings(replace(fine, folding_percent=26.0))
     assert len(folded) == 1 and "26.00 %" in folded[0]
-    assert quality_warnings(fine, 1.52, (96, 90, 93)) == []  # two adult brains differ by about that much
-    shrunk = quality_warnings(fine, 0.16, (96, 90, 93))
+    assert quality_warnings(fine, affine_volume_ratio=1.52, grid=(96, 90, 93)) == []  # two adult brains differ so
+    shrunk = quality_warnings(fine, affine_volume_ratio=0.16, grid=(96, 90, 93))
     assert len(shrunk) == 1 and "scales the volume by 0.16" in shrunk[0]
-    tiny = quality_warnings(fine, 1.0, (3, 3, 3))
+    tiny = quality_warnings(fine, affine_volume_ratio=1.0, grid=(3, 3, 3))
     assert len(tiny) == 1 and "3x3x3 voxels" in tiny[0]
 
 
@@ -67,9 +69,9 @@ def test_a_moving_image_scaled_by_1e30_registers_like_the_unscaled_one(tmp_path)
     paths = write_pair(tmp_path, 3)
     huge = tmp_path / "huge.nii.gz"
     sitk.WriteImage(sitk.ReadImage(str(paths["moving"]), sitk.sitkFloat32) * 1e30, str(huge))
-    results = [register(RegisterOptions(paths["fixed"], moving, tmp_path / name, steps=10))
+    results = [register(RegisterOptions(paths["fixed"], moving, tmp_path / name, settings=RegisterSettings(steps=10)))
                for name, moving in (("plain", paths["moving"]), ("huge", huge))]
-    plain, scaled = (np.asarray(r.method["affine_matrix_lps"]) for r in results)
+    plain, scaled = (np.asarray(r.method.affine_matrix_lps) for r in results)
     np.testing.assert_allclose(scaled, plain, atol=1e-3)
     for key in ("lncc_before", "lncc_affine"):
-        assert abs(results[1].qc[key] - results[0].qc[key]) < 1e-3
+        assert abs(getattr(results[1].qc, key) - getattr(results[0].qc, key)) < 1e-3

@@ -16,8 +16,20 @@ from typer.testing import CliRunner
 import rlreg.models as models
 from rlreg.cli.main import app
 from rlreg.io import Geometry, InputError, read_image
-from rlreg.pipelines import register as register_module
-from rlreg.pipelines.register import RegisterOptions, apply_transform, invert_transform, prepare, register
+from rlreg.pipelines.register import (
+    DEFAULT_BENDING,
+    DEFAULT_INSTANCE_2D,
+    DEFAULT_SMOOTHNESS,
+    DIFFEOMORPHIC_SMOOTHNESS,
+    RegisterOptions,
+    RegisterSettings,
+    apply_transform,
+    finishing,
+    invert_transform,
+    prepare,
+    register,
+)
+from rlreg.pipelines.register.outputs import WRITING_RECORD
 from rlreg.transforms import chain_from_world, read_transform, world_jacobian
 
 runner = CliRunner()
@@ -31,8 +43,8 @@ def registered(request, tmp_path_factory):
     paths = write_pair(folder, ndim)
     formats = ("slicer", "l2r", "niftyreg", "fsl", "dicom") if ndim == 3 else ("slicer", "l2r")
     options = RegisterOptions(fixed=paths["fixed"], moving=paths["moving"], output=folder / "out",
-                              fixed_seg=paths["fixed_seg"], moving_seg=paths["moving_seg"], steps=40,
-                              formats=formats, save_inverse=True)
+                              fixed_seg=paths["fixed_seg"], moving_seg=paths["moving_seg"],
+                              settings=RegisterSettings(steps=40, formats=formats, save_inverse=True))
     result = register(options)
     return ndim, paths, folder / "out", result
 
@@ -146,19 +158,23 @@ def test_inverse_warp_undoes_the_forward_one(registered, tmp_path) -> None:
     _ndim, paths, out, _ = registered
     # moving -> fixed -> moving through warped.nii.gz and the inverse: the phantom's labels come back
     back = tmp_path / "back_seg.nii.gz"
-    apply_transform(out / "inverse_warp.nii.gz", paths["moving"], out / "warped_seg.nii.gz", back, "label")
+    apply_transform(out / "inverse_warp.nii.gz", paths["moving"], input_image=out / "warped_seg.nii.gz", output=back,
+                    interp="label")
     original = sitk.GetArrayFromImage(sitk.ReadImage(str(paths["moving_seg"])))
     returned = sitk.GetArrayFromImage(sitk.ReadImage(str(back)))
     inside = _interior(out / "inverse_warp.nii.gz", paths["moving"], paths["fixed"])
     assert (original == returned)[inside].mean() > 0.97
-    summary = invert_transform(out / "warp.nii.gz", paths["fixed"], paths["moving"], tmp_path / "inv.nii.gz")
+    summary = invert_transform(out / "warp.nii.gz", paths["fixed"], reference=paths["moving"],
+                               output=tmp_path / "inv.nii.gz")
     assert summary["consistency_median_mm"] < 0.05
 
 
 def test_apply_reproduces_warped_outputs(registered, tmp_path) -> None:
     _ndim, paths, out, _ = registered
-    apply_transform(out / "transform.h5", paths["fixed"], paths["moving"], tmp_path / "w.nii.gz", "linear")
-    apply_transform(out / "warp.nii.gz", paths["fixed"], paths["moving_seg"], tmp_path / "s.nii.gz", "label")
+    apply_transform(out / "transform.h5", paths["fixed"], input_image=paths["moving"], output=tmp_path / "w.nii.gz",
+                    interp="linear")
+    apply_transform(out / "warp.nii.gz", paths["fixed"], input_image=paths["moving_seg"], output=tmp_path / "s.nii.gz",
+                    interp="label")
     ours = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "warped.nii.gz")))
     assert np.abs(sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "w.nii.gz"))) - ours).max() < 1e-3
     seg = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "warped_seg.nii.gz")))
@@ -236,18 +252,20 @@ def test_interrupted_run_leaves_only_complete_files(pair3d, tmp_path, monkeypatc
     def crash(*_args, **_kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(register_module, "write_itk_transform", crash)
+    monkeypatch.setattr(finishing, "write_itk_transform", crash)
     out = tmp_path / "out"
     with pytest.raises(KeyboardInterrupt):
-        register(RegisterOptions(fixed=pair3d["fixed"], moving=pair3d["moving"], output=out, steps=2))
+        register(RegisterOptions(fixed=pair3d["fixed"], moving=pair3d["moving"], output=out,
+                                 settings=RegisterSettings(steps=2)))
     names = sorted(p.name for p in out.iterdir())
     assert "rlreg.json" not in names  # the run is visibly unfinished
     assert not [n for n in names if "tmp" in n]  # no temporary leftovers
-    for name in (n for n in names if n != register_module.WRITING_RECORD):  # what was written is complete
+    for name in (n for n in names if n != WRITING_RECORD):  # what was written is complete
         assert sitk.ReadImage(str(out / name)).GetNumberOfPixels() > 0
     # a re-run into the same folder (rlreg's own files) is allowed and completes
     monkeypatch.undo()
-    register(RegisterOptions(fixed=pair3d["fixed"], moving=pair3d["moving"], output=out, steps=2))
+    register(RegisterOptions(fixed=pair3d["fixed"], moving=pair3d["moving"], output=out,
+                             settings=RegisterSettings(steps=2)))
     assert (out / "rlreg.json").exists()
 
 
@@ -349,13 +367,14 @@ def shifted3d(tmp_path_factory) -> dict:
 
 
 def test_the_default_model_of_the_input_dimensionality_runs(default3d, pair3d, tmp_path) -> None:
-    report = register(RegisterOptions(pair3d["fixed"], pair3d["moving"], tmp_path / "default", affine=False))
+    report = register(RegisterOptions(pair3d["fixed"], pair3d["moving"], tmp_path / "default",
+                                      settings=RegisterSettings(affine=False)))
     method = report.method
-    assert method["deformable"] == "rl-agent" and method["model"] == default3d and method["model_asked"] == "default"
-    assert method["steps"] == 2  # the card's recommended_steps
+    assert method.deformable == "rl-agent" and method.model == default3d and method.model_asked == "default"
+    assert method.steps == 2  # the card's recommended_steps
     # the fixed image (30 x 28 x 22 voxels of 1.2 x 0.9 x 1.5 mm, tensor order reversed) at 2 mm: extents 31.5,
     # 24.3, 34.8 mm -> round(e / 2) + 1
-    assert method["working_grid"] == [17, 13, 18]
+    assert method.stage["working_grid"] == [17, 13, 18]
     assert json.loads((tmp_path / "default" / "rlreg.json").read_text())["method"]["model"] == default3d
 
     result = runner.invoke(app, ["register", str(pair3d["fixed"]), str(pair3d["moving"]), "-o", str(tmp_path / "io"),
@@ -370,18 +389,19 @@ def test_refine_continues_the_agent_field(default3d, shifted3d, tmp_path) -> Non
     """An untrained agent barely moves; 30 refinement iterations from its field must raise LNCC and Dice."""
     runs = {}
     for refine in (0, 30):
-        runs[refine] = register(RegisterOptions(
-            shifted3d["fixed"], shifted3d["moving"], tmp_path / f"refine{refine}", fixed_seg=shifted3d["fixed_seg"],
-            moving_seg=shifted3d["moving_seg"], affine=False, refine=refine, save_steps=refine > 0))
+        runs[refine] = register(RegisterOptions(shifted3d["fixed"], shifted3d["moving"], tmp_path / f"refine{refine}",
+                                                fixed_seg=shifted3d["fixed_seg"], moving_seg=shifted3d["moving_seg"],
+                                                settings=RegisterSettings(affine=False, refine=refine,
+                                                                          save_steps=refine > 0)))
     plain, refined = runs[0], runs[30]
-    assert "refine" not in plain.method and set(plain.method["seconds"]) == {"agent"}
-    assert refined.qc["lncc_after"] > plain.qc["lncc_after"] + 0.05
-    assert refined.qc["dice_after"] > plain.qc["dice_after"] + 0.02
-    block = refined.method["refine"]
+    assert plain.method.refine is None and set(plain.method.stage["seconds"]) == {"agent"}
+    assert refined.qc.lncc_after > plain.qc.lncc_after + 0.05
+    assert refined.qc.dice_after > plain.qc.dice_after + 0.02
+    block = refined.method.refine
     assert block["iterations"] == 30 and block["factor"] == 2 and block["working_grid"] == [24, 24, 24]
     assert block["optimised_grid"] == [24, 24, 24]  # factor 2 would leave 12 < MIN_LEVEL_SIZE voxels: full grid
     assert block["lncc_after"] > block["lncc_before"]
-    assert set(refined.method["seconds"]) == {"agent", "refine"} and refined.method["seconds"]["refine"] > 0
+    assert set(refined.method.stage["seconds"]) == {"agent", "refine"} and refined.method.stage["seconds"]["refine"] > 0
     written = json.loads((tmp_path / "refine30" / "rlreg.json").read_text())
     assert written["method"]["refine"]["lncc_after"] == pytest.approx(block["lncc_after"])
     # the curve: agent steps 0..2, then the 30 refinement iterations on the same (agent) grid
@@ -390,7 +410,7 @@ def test_refine_continues_the_agent_field(default3d, shifted3d, tmp_path) -> Non
     assert written["steps"][-1]["lncc"] > written["steps"][2]["lncc"]
     # --save-steps: 2 agent steps, then the refined field, which is the one written
     table = json.loads((tmp_path / "refine30" / "steps" / "steps.json").read_text())
-    assert len(table) == 3 and table[-1]["dice"] == pytest.approx(refined.qc["dice_after"])
+    assert len(table) == 3 and table[-1]["dice"] == pytest.approx(refined.qc.dice_after)
 
 
 def test_refine_without_an_agent_is_refused(pair3d, tmp_path, monkeypatch) -> None:
@@ -398,25 +418,26 @@ def test_refine_without_an_agent_is_refused(pair3d, tmp_path, monkeypatch) -> No
                        "--refine 5", "--model none asks for it", "pick an agent with --model")
     monkeypatch.setattr(models, "REGISTRY", tmp_path / "no-models.json")  # nothing ships
     with pytest.raises(InputError, match="no default agent ships for 3-D inputs"):
-        prepare(RegisterOptions(pair3d["fixed"], pair3d["moving"], tmp_path / "p", refine=5))
+        prepare(RegisterOptions(pair3d["fixed"], pair3d["moving"], tmp_path / "p", settings=RegisterSettings(refine=5)))
     with pytest.raises(InputError, match="--refine -1: must be >= 0"):
-        RegisterOptions(pair3d["fixed"], pair3d["moving"], tmp_path / "p", refine=-1)
+        RegisterOptions(pair3d["fixed"], pair3d["moving"], tmp_path / "p", settings=RegisterSettings(refine=-1))
 
 
 def test_refine_settings_split_device_batches_and_batch_runs(default3d, shifted3d, tmp_path) -> None:
     from rlreg.pipelines.batch import _settings_record
 
     def options(**kwargs) -> RegisterOptions:
-        return RegisterOptions(shifted3d["fixed"], shifted3d["moving"], tmp_path / "p", affine=False, **kwargs)
+        return RegisterOptions(shifted3d["fixed"], shifted3d["moving"], tmp_path / "p",
+                               settings=RegisterSettings(affine=False, **kwargs))
 
     keys = {prepare(options(**kwargs)).batch_key for kwargs in ({}, {"refine": 30}, {"refine": 30, "refine_factor": 1},
                                                                 {"refine": 10})}
     assert len(keys) == 4
-    plain = _settings_record(options())
+    plain = _settings_record(options().settings)
     assert plain["models_used"]["3-D"].startswith(f"{default3d} sha256:")
     assert plain["models_used"]["2-D"] == "instance-optimisation"
-    assert _settings_record(options(refine=30)) != plain
-    assert _settings_record(options(model="none"))["models_used"]["3-D"] == "instance-optimisation"
+    assert _settings_record(options(refine=30).settings) != plain
+    assert _settings_record(options(model="none").settings)["models_used"]["3-D"] == "instance-optimisation"
 
 
 def test_diffeomorphic_option_reaches_the_optimiser_and_does_not_fold(tmp_path) -> None:
@@ -429,20 +450,20 @@ def test_diffeomorphic_option_reaches_the_optimiser_and_does_not_fold(tmp_path) 
     assert out.exit_code == 0, out.output
     record = json.loads(out.stdout)
     assert record["method"]["config"]["diffeomorphic"] is True
-    assert record["method"]["config"]["smoothness"] == register_module.DIFFEOMORPHIC_SMOOTHNESS
+    assert record["method"]["config"]["smoothness"] == DIFFEOMORPHIC_SMOOTHNESS
     assert record["qc"]["folding_percent"] == 0.0
     out = runner.invoke(app, [*base, "-o", str(tmp_path / "svf2"), "--diffeomorphic", "--smoothness", "2"])
     assert json.loads(out.stdout)["method"]["config"]["smoothness"] == 2.0
     out = runner.invoke(app, [*base, "-o", str(tmp_path / "plain")])
     config = json.loads(out.stdout)["method"]["config"]
     assert config["diffeomorphic"] is False
-    assert (config["smoothness"], config["bending"]) == (register_module.DEFAULT_SMOOTHNESS,
-                                                         register_module.DEFAULT_BENDING)
+    assert (config["smoothness"], config["bending"]) == (DEFAULT_SMOOTHNESS,
+                                                         DEFAULT_BENDING)
     paths = write_pair(tmp_path / "p2", 2)
     base = ["register", str(paths["fixed"]), str(paths["moving"]), "--model", "none", "--steps", "30", "--json"]
     out = runner.invoke(app, [*base, "-o", str(tmp_path / "plain2d")])
     record = json.loads(out.stdout)
-    tuned = json.loads(json.dumps(asdict(register_module.DEFAULT_INSTANCE_2D)))
+    tuned = json.loads(json.dumps(asdict(DEFAULT_INSTANCE_2D)))
     assert record["method"]["config"] == tuned | {"iterations": [17, 9, 4]}  # --steps 30 split as 60 : 30 : 15
     assert record["method"]["config"]["diffeomorphic"] is True and record["qc"]["folding_percent"] == 0.0
     out = runner.invoke(app, [*base, "-o", str(tmp_path / "flat"), "--bending", "0.5", "--smoothness", "1"])
@@ -458,11 +479,11 @@ def test_ants_command_quotes_paths_for_the_shell() -> None:
     import shlex
     from pathlib import Path
 
-    from rlreg.pipelines.register import ants_command
+    from rlreg.pipelines.register.outputs import ants_command
 
     fixed, moving = Path("dir with spaces/fïxed 1.nii.gz"), Path("it's/moving.nii.gz")
     out = Path("out dir")
-    words = shlex.split(ants_command(3, fixed, moving, out))
+    words = shlex.split(ants_command(3, fixed, moving=moving, out=out))
     assert words == ["antsApplyTransforms", "-d", "3", "-i", str(moving), "-r", str(fixed), "-t",
                      str(out / "warp.nii.gz"), "-o", str(out / "warped_ants.nii.gz")]
 
@@ -473,7 +494,7 @@ def test_overview_leaves_out_the_jacobian_beyond_the_fitted_box(tmp_path) -> Non
     from PIL import Image as PILImage
 
     from rlreg.pipelines.figures import OUTSIDE_GRAY
-    from rlreg.pipelines.register import _fitted_region
+    from rlreg.pipelines.register.finishing import fitted_region
 
     yy, xx = np.mgrid[:64, :72]
     paths = []
@@ -481,11 +502,38 @@ def test_overview_leaves_out_the_jacobian_beyond_the_fitted_box(tmp_path) -> Non
         disc = ((yy - cy) ** 2 / 64 + (xx - cx) ** 2 / 100 < 1).astype(np.uint8) * 200
         paths.append(tmp_path / f"{name}.png")
         PILImage.fromarray(disc).save(paths[-1])
-    options = RegisterOptions(fixed=paths[0], moving=paths[1], output=tmp_path / "out", model="none", steps=5,
-                              affine=False)
-    region = _fitted_region(prepare(options))
+    options = RegisterOptions(fixed=paths[0], moving=paths[1], output=tmp_path / "out",
+                              settings=RegisterSettings(model="none", steps=5, affine=False))
+    region = fitted_region(prepare(options))
     assert region is not None and 0 < region.sum() < region.size
     assert region[22:39, 24:45].all() and not region[0, 0]  # the fixed disc inside, a far corner outside
     register(options)
     picture = np.asarray(PILImage.open(tmp_path / "out" / "overview.png").convert("RGB"))
     assert (picture == OUTSIDE_GRAY).all(-1).sum() > 0
+
+
+def test_typed_records_serialise_to_rlreg_json_keys_in_order() -> None:
+    """QC, method and timing records give ``rlreg.json``'s keys in its order: Dice only with label maps, the
+    deformable stage's own entries between the device entries and the note, the matrix last."""
+    from rlreg.pipelines.register import MethodRecord, QualityRecord, TimingRecord
+
+    qc = QualityRecord(lncc_before=0.1, lncc_affine=0.2, lncc_after=0.3, folding_percent=0.0, sdlogj=0.1,
+                       jacobian_min=0.5, jacobian_max=2.0)
+    assert list(qc.to_json()) == ["lncc_before", "lncc_affine", "lncc_after", "folding_percent", "sdlogj",
+                                  "jacobian_min", "jacobian_max"] and not qc.has_dice
+    with_dice = QualityRecord(**qc.to_json(), dice_before=0.1, dice_affine=0.2, dice_after=0.3)
+    assert list(with_dice.to_json())[-3:] == ["dice_before", "dice_affine", "dice_after"]
+    method = MethodRecord(affine="none (--no-affine)", device="cpu", cpu_threads=1, model_asked="default",
+                          stage={"deformable": "rl-agent", "model": "digits", "steps": 3, "refine": {"iterations": 2}},
+                          note=None, affine_matrix_lps=[[1.0]])
+    assert list(method.to_json()) == ["affine", "device", "cpu_threads", "model_asked", "deformable", "model", "steps",
+                                      "refine", "affine_matrix_lps"]
+    assert (method.deformable, method.model, method.steps, method.refine) == ("rl-agent", "digits", 3,
+                                                                                {"iterations": 2})
+    seconds = TimingRecord(read=1.0, affine=2.0, deformable=3.0, write=4.0, total=10.0)
+    assert seconds.to_json() == {"read": 1.0, "affine": 2.0, "deformable": 3.0, "write": 4.0, "total": 10.0}
+
+
+def test_register_returns_what_rlreg_json_holds(registered) -> None:
+    _ndim, _paths, out, result = registered
+    assert json.loads(json.dumps(result.to_json())) == json.loads((out / "rlreg.json").read_text())

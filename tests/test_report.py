@@ -19,7 +19,7 @@ from phantoms import write_pair
 
 from rlreg.data.pairs import Pair
 from rlreg.io import InputError
-from rlreg.pipelines.register import RegisterOptions, register
+from rlreg.pipelines.register import RegisterOptions, RegisterSettings, register
 from rlreg.pipelines.report import build_report
 from rlreg.pipelines.report_data import PairEntry, find_outliers, load_batch
 
@@ -30,9 +30,10 @@ VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "met
 
 def _register(pair: Pair, out: Path) -> dict:
     result = register(RegisterOptions(fixed=pair.fixed, moving=pair.moving, fixed_seg=pair.fixed_seg,
-                                      moving_seg=pair.moving_seg, output=out / pair.id, steps=20))
+                                      moving_seg=pair.moving_seg, output=out / pair.id,
+                                      settings=RegisterSettings(steps=20)))
     return {"pair": pair.id, "status": "done", "fixed": str(pair.fixed), "moving": str(pair.moving), "error": None,
-            "seconds_total": result.seconds["total"], **result.qc}
+            "seconds_total": result.seconds.total, **result.qc.to_json()}
 
 
 def _write_batch(out: Path, pairs: list[Pair], metrics: list[dict]) -> None:
@@ -409,4 +410,5 @@ def test_real_brains_report(tmp_path: Path) -> None:
 def _register_full(pair: Pair, out: Path) -> dict:
     result = register(RegisterOptions(fixed=pair.fixed, moving=pair.moving, fixed_seg=pair.fixed_seg,
                                       moving_seg=pair.moving_seg, output=out / pair.id))
-    return {"pair": pair.id, "status": "done", "error": None, "seconds_total": result.seconds["total"], **result.qc}
+    return {"pair": pair.id, "status": "done", "error": None, "seconds_total": result.seconds.total,
+            **result.qc.to_json()}

@@ -404,3 +404,41 @@ def test_warp_into_a_different_grid_reads_input_voxel_indices() -> None:
 
 def test_math_sanity() -> None:
     assert math.isclose(float(identity_grid((1, 3))[0, 1, 0, 2]), 2.0)
+
+
+@pytest.mark.parametrize("ndim", [2, 3])
+def test_resize_kinds(ndim: int) -> None:
+    """Images resize linearly (a linear ramp stays exact), label maps keep their labels and dtype, fields rescale
+    their vectors (as :func:`resize_displacement`), and an equal size returns the input itself."""
+    from rlreg.spatial import resize
+
+    old, new = SHAPES[ndim], tuple(2 * n - 1 for n in SHAPES[ndim])
+    ramp = torch.arange(old[0], dtype=torch.float32).view(1, 1, -1, *([1] * (ndim - 1))).expand(1, 1, *old)
+    resized = resize(ramp, new)
+    assert resized.shape[2:] == new
+    torch.testing.assert_close(resized[0, 0].select(0, 3), torch.full(new[1:], 1.5))  # halfway between rows 1 and 2
+    labels = torch.randint(0, 5, (1, 1, *old), generator=torch.Generator().manual_seed(0))
+    resized_labels = resize(labels, new, kind="labels")
+    assert resized_labels.dtype == labels.dtype and set(resized_labels.unique().tolist()) <= set(range(5))
+    field = torch.ones(1, ndim, *old)
+    torch.testing.assert_close(resize(field, new, kind="field"), torch.full((1, ndim, *new), 2.0))
+    torch.testing.assert_close(resize(field, new, kind="field"), resize_displacement(field, new))
+    assert resize(ramp, old) is ramp
+    with pytest.raises(ValueError, match="dims"):
+        resize(ramp, new[:-1])
+
+
+@pytest.mark.parametrize("ndim", [2, 3])
+def test_inverse_consistency_of_a_translation_and_its_inverse(ndim: int) -> None:
+    """A constant shift and its negation compose to the identity: zero error, and the preimage mask marks exactly
+    the voxels shifted back inside the grid."""
+    from rlreg.spatial import inverse_consistency
+
+    shape = SHAPES[ndim]
+    shift = torch.zeros(1, ndim, *shape)
+    shift[:, 0] = 2.0
+    error, inside = inverse_consistency(shift, -shift, to_forward_grid=-shift)
+    assert torch.allclose(error, torch.zeros(shape), atol=1e-6)
+    assert (~inside).sum() == 2 * math.prod(shape[1:])  # the first two rows map outside the grid
+    wrong, _ = inverse_consistency(shift, torch.zeros_like(shift), to_forward_grid=torch.zeros_like(shift))
+    torch.testing.assert_close(wrong, torch.full(shape, 2.0))

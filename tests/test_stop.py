@@ -11,7 +11,6 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -23,7 +22,7 @@ from typer.testing import CliRunner
 from rlreg.affine import AffineConfig
 from rlreg.cli.main import app
 from rlreg.pipelines.batch import BatchOptions, default_workers, read_pair_record, run_batch
-from rlreg.pipelines.register import RegisterOptions
+from rlreg.pipelines.register import RegisterOptions, RegisterSettings
 from rlreg.pipelines.signals import Terminated, sigterm_as_interrupt
 from rlreg.pipelines.threads import cpu_threads, default_threads, usable_cpus
 
@@ -156,7 +155,7 @@ def test_killing_the_batch_pid_leaves_no_worker_and_a_rerun_computes_each_pair_o
 
     finished = {p.parent.name: p.stat().st_mtime_ns for p in out.glob("*/rlreg.json")}
     assert 1 <= len(finished) < 4
-    settings = RegisterOptions(Path(), Path(), Path(), steps=STEPS, affine=False)  # as the killed command
+    settings = RegisterSettings(steps=STEPS, affine=False)  # as the killed command
     result = run_batch(BatchOptions(str(pairs_csv), out, settings, workers=0))
     assert (result.skipped, result.done, result.failed) == (len(finished), 4 - len(finished), [])
     assert {name: (out / name / "rlreg.json").stat().st_mtime_ns for name in finished} == finished
@@ -269,8 +268,8 @@ def test_register_and_batch_workers_give_the_same_affine_and_qc(data: Path, tmp_
     row = ["fine/fixed.nii.gz", "fine/moving.nii.gz", "fine/fixed_seg.nii.gz", "fine/moving_seg.nii.gz"]
     pairs_csv = _pair_list(data, "same.csv", [row, row])
     affine = AffineConfig(steps=(40, 20))  # fewer Adam steps than the default: seconds, not tens of seconds
-    batch = run_batch(BatchOptions(str(pairs_csv), tmp_path / "batch", RegisterOptions(
-        Path(), Path(), Path(), steps=STEPS, affine_config=affine), workers=1))
+    batch = run_batch(BatchOptions(str(pairs_csv), tmp_path / "batch",
+                                   RegisterSettings(steps=STEPS, affine_config=affine), workers=1))
     assert batch.done == 2
     from_batch = json.loads((tmp_path / "batch" / "pair0" / "rlreg.json").read_text())
     assert from_batch["method"]["cpu_threads"] == 1
@@ -278,9 +277,9 @@ def test_register_and_batch_workers_give_the_same_affine_and_qc(data: Path, tmp_
 
     def alone(threads: int) -> dict:
         options = RegisterOptions(fine / "fixed.nii.gz", fine / "moving.nii.gz", tmp_path / f"t{threads}",
-                                  fine / "fixed_seg.nii.gz", fine / "moving_seg.nii.gz", steps=STEPS, threads=threads,
-                                  affine_config=affine)
-        return json.loads(json.dumps(asdict(register(options)), default=str))
+                                  fine / "fixed_seg.nii.gz", fine / "moving_seg.nii.gz",
+                                  settings=RegisterSettings(steps=STEPS, threads=threads, affine_config=affine))
+        return json.loads(json.dumps(register(options).to_json(), default=str))
 
     same = alone(1)
     assert same["method"]["affine_matrix_lps"] == from_batch["method"]["affine_matrix_lps"]

@@ -1,0 +1,41 @@
+"""Intensity normalisation of medical images: robust percentile scaling to ``[0, 1]`` for MR and CT alike.
+
+``rlreg register`` normalises both images of a pair before the affine and deformable stages (``docs/register.md``,
+"What runs"). A pure function of its tensors: device and dtype follow the input.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+__all__ = ["MAX_PERCENTILE_SAMPLES", "normalise_intensity"]
+
+MAX_PERCENTILE_SAMPLES = 2_000_000
+"""Percentiles of larger images are estimated on this many voxels drawn with a fixed seed (``torch.quantile``'s
+input limit is 16 million elements; the estimate then repeats exactly)."""
+
+
+def normalise_intensity(image: Tensor, mask: Tensor | None = None, *, low: float = 0.5, high: float = 99.5) -> Tensor:
+    """Map the ``[low, high]`` percentiles of ``image`` (inside ``mask``) to ``[0, 1]`` and clip.
+
+    Percentiles ignore the few extreme voxels (metal in CT, flow artefacts in MR) that would squash a min-max
+    scaling, and need no modality-specific window. When the two percentiles coincide (a nearly constant image) the
+    minimum and maximum are used instead.
+
+    Args:
+        image: ``(N, C, *S)`` intensities, any units.
+        mask: optional boolean (or 0/1) tensor of ``image``'s shape: the voxels whose percentiles count.
+        low, high: percentiles (0-100) mapped to 0 and 1.
+
+    Returns:
+        ``(N, C, *S)`` intensities in ``[0, 1]``, ``image``'s dtype.
+    """
+    values = image[mask.bool()] if mask is not None else image.flatten()
+    if values.numel() > MAX_PERCENTILE_SAMPLES:
+        chosen = torch.randperm(values.numel(), generator=torch.Generator().manual_seed(0))[:MAX_PERCENTILE_SAMPLES]
+        values = values[chosen]
+    lo, hi = torch.quantile(values.double(), torch.tensor([low / 100, high / 100], dtype=torch.float64)).tolist()
+    if hi <= lo:
+        lo, hi = float(values.min()), float(values.max())
+    return ((image - lo) / max(hi - lo, 1e-12)).clamp(0.0, 1.0)
