@@ -54,15 +54,16 @@ def run(pairs_csv: Path, models: list[str], steps: int, pairs: int | None = None
     for row in rows:
         path = {key: pairs_csv.parent / row[key] for key in ("fixed", "moving", "fixed_seg", "moving_seg")}
         with tempfile.TemporaryDirectory() as unused:  # nothing is written: only the stages before it run
-            options = register.RegisterOptions(**path, output=Path(unused), model=models[0], steps=steps,
-                                               save_steps=True, device=device)
+            settings = register.RegisterSettings(model=models[0], steps=steps, save_steps=True, device=device)
+            options = register.RegisterOptions(**path, output=Path(unused), settings=settings)
             prepared = register.prepare(options)
         shape = prepared.fixed.geometry.size
-        similarity = register._similarity(prepared.fixed_norm)
+        similarity = register.qc_similarity(prepared.fixed_norm)
         for model in models:
             result = register.deform([replace(prepared, model=model)], device)[0]
-            scores = [register.step_scores(field, prepared.to_moving, shape, prepared.moving_norm, similarity,
-                                           prepared.moving_seg.data, prepared.fixed_seg.data)[2]
+            scores = [register.step_scores(field, prepared.to_moving, size=shape, moving_norm=prepared.moving_norm,
+                                           similarity=similarity, moving_seg=prepared.moving_seg.data,
+                                           fixed_seg=prepared.fixed_seg.data)[2]
                       for field in [torch.zeros_like(result.history[0]), *result.history]]
             records.append(StepRecord(row["id"], model, [s["dice"] for s in scores], [s["lncc"] for s in scores]))
     return records

@@ -69,13 +69,12 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rlreg.data.pairs import Pair
 from rlreg.io import Geometry, Image, InputError, atomic_output, read_image, save_torch, write_image
 from rlreg.pipelines.threads import cpu_threads
-from rlreg.spatial import orientation_axes, reorient, reorient_field_back, resize_displacement, warp
+from rlreg.spatial import orientation_axes, reorient, reorient_field_back, resize, resize_displacement, warp
 from rlreg.transforms import chain_from_world, write_itk_warp
 
 __all__ = [
@@ -691,12 +690,6 @@ def _load_voxelmorph(path: str, modified_ns: int, device: str) -> tuple[nn.Modul
     return model, info
 
 
-def _resize_image(image: Tensor, size: tuple[int, ...]) -> Tensor:
-    if tuple(image.shape[2:]) == size:
-        return image
-    return F.interpolate(image, size=size, mode="bilinear" if len(size) == 2 else "trilinear", align_corners=True)
-
-
 def register_voxelmorph(fixed: Path, moving: Path, out: Path, model: Path, device: torch.device | str = "cpu",
                         threads: int = 1, working_size: tuple[int, ...] | None = None,
                         affine: bool = True,
@@ -724,7 +717,7 @@ def register_voxelmorph(fixed: Path, moving: Path, out: Path, model: Path, devic
         The record written to ``peer.json`` (times in seconds, memory in GiB).
     """
     from rlreg.models import sha256
-    from rlreg.pipelines.register import Deformable, RegisterOptions, finish, prepare
+    from rlreg.pipelines.register import Deformable, RegisterOptions, RegisterSettings, finish, prepare
 
     started = time.perf_counter()
     out, model_path = Path(out), Path(model)
@@ -742,8 +735,8 @@ def register_voxelmorph(fixed: Path, moving: Path, out: Path, model: Path, devic
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     with cpu_threads(threads):
-        options = RegisterOptions(fixed=Path(fixed), moving=Path(moving), output=out, affine=affine,
-                                  device=str(device), model="none")
+        options = RegisterOptions(fixed=Path(fixed), moving=Path(moving), output=out,
+                                  settings=RegisterSettings(affine=affine, device=str(device), model="none"))
         prepared = prepare(options)
         if prepared.fixed.ndim != len(size):
             raise InputError(f"{fixed}: is {prepared.fixed.ndim}-D but the VoxelMorph model {model_path} is "
@@ -758,8 +751,8 @@ def register_voxelmorph(fixed: Path, moving: Path, out: Path, model: Path, devic
             fixed_w, moving_w = prepared.working_fixed.to(device), prepared.working_moving.to(device)
             if axes is not None:  # the network's training orientation, as rlreg's agents get it
                 fixed_w, moving_w = reorient(fixed_w, *axes), reorient(moving_w, *axes)
-            fixed_net = _resize_image(fixed_w, size)
-            moving_net = _resize_image(moving_w, size)
+            fixed_net = resize(fixed_w, size)
+            moving_net = resize(moving_w, size)
             _, disp = _displacement(network, fixed_net, moving_net)
             field = resize_displacement(disp.float(), tuple(fixed_w.shape[2:]))
             field_working = (field if axes is None else reorient_field_back(field, *axes)).cpu()
@@ -778,8 +771,8 @@ def register_voxelmorph(fixed: Path, moving: Path, out: Path, model: Path, devic
         seconds["write"] = time.perf_counter() - t0
     seconds["total"] = time.perf_counter() - started
     cuda_peak = _gib(torch.cuda.max_memory_allocated(device)) if device.type == "cuda" else None
-    settings = {**method, "config": info["config"], "affine": report.method.get("affine"),
-                "affine_matrix_lps": report.method.get("affine_matrix_lps"), "device": str(device),
+    settings = {**method, "config": info["config"], "affine": report.method.affine,
+                "affine_matrix_lps": report.method.affine_matrix_lps, "device": str(device),
                 "intensity": "rlreg normalise_intensity: 0.5-99.5 percentiles -> [0, 1]",
                 "resize": "working grid <-> network grid, linear, align_corners=True (field vectors rescaled)"}
     record = PeerRecord(method="voxelmorph", tool="voxelmorph", version=str(info["voxelmorph_version"]),

@@ -132,7 +132,7 @@ def run(dataset: Path, pairs: int, variants: list[Variant], work: Path) -> list[
     """Register the first ``pairs`` dev pairs with every variant; one record per (variant, pair)."""
     import csv
 
-    from rlreg.pipelines.register import RegisterOptions, deform, finish, prepare
+    from rlreg.pipelines.register import RegisterOptions, RegisterSettings, deform, finish, prepare
 
     with (dataset / "pairs.csv").open() as handle:
         rows = list(csv.DictReader(handle))[:pairs]
@@ -143,17 +143,20 @@ def run(dataset: Path, pairs: int, variants: list[Variant], work: Path) -> list[
             out = work / variant.name / row["id"]
             options = RegisterOptions(fixed=dataset / row["fixed"], moving=dataset / row["moving"], output=out,
                                       fixed_seg=dataset / row["fixed_seg"], moving_seg=dataset / row["moving_seg"],
-                                      model="none", instance=variant.instance, affine_config=variant.affine)
+                                      settings=RegisterSettings(model="none", instance=variant.instance,
+                                                                affine_config=variant.affine))
             key = variant.affine
             if key not in prepared_by_affine:
                 prepared_by_affine[key] = prepare(options)
             prepared = prepared_by_affine[key]
-            prepared.options = replace(prepared.options, output=out, instance=variant.instance)
+            prepared.options = replace(prepared.options, output=out,
+                                      settings=replace(prepared.options.settings, instance=variant.instance))
             result = finish(prepared, deform([prepared])[0])
-            records.append({"variant": variant.name, "pair": row["id"], "qc": result.qc, "seconds": result.seconds})
-            print(f"{variant.name:28s} {row['id']}: Dice {result.qc['dice_after']:.3f} "
-                  f"(affine {result.qc['dice_affine']:.3f}) folding {result.qc['folding_percent']:.3f}% "
-                  f"deformable {result.seconds['deformable']:.1f} s affine {result.seconds['affine']:.1f} s",
+            records.append({"variant": variant.name, "pair": row["id"], "qc": result.qc.to_json(),
+                            "seconds": result.seconds.to_json()})
+            print(f"{variant.name:28s} {row['id']}: Dice {result.qc.dice_after:.3f} "
+                  f"(affine {result.qc.dice_affine:.3f}) folding {result.qc.folding_percent:.3f}% "
+                  f"deformable {result.seconds.deformable:.1f} s affine {result.seconds.affine:.1f} s",
                   flush=True)
     return records
 
