@@ -31,8 +31,9 @@ import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
+from functools import partial
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import numpy as np
 import SimpleITK as sitk
@@ -407,7 +408,7 @@ def _read_l2r_field(path: Path, fixed: Geometry) -> Tensor:
         else:
             import nibabel as nib
 
-            disp = np.asarray(nib.load(str(path)).get_fdata(dtype=np.float64))
+            disp = np.asarray(cast("nib.Nifti1Image", nib.load(str(path))).get_fdata(dtype=np.float64))
     except (OSError, ValueError) as err:
         raise InputError(f"{path}: not a readable Learn2Reg field ({_one_line(err)}); give a (X,Y,Z,3) voxel "
                          "displacement as .nii.gz or .npz") from None
@@ -586,8 +587,8 @@ def _score_batch_pair(pair: Pair, folder: Path, learn2reg: bool, labels: Sequenc
     if pair.fixed_seg is not None and warped_path.is_file():
         fixed_seg = _read_labels(pair.fixed_seg, fixed, "fixed label map", pair.fixed)
         warped_seg = _read_labels(warped_path, fixed, "warped label map", warp_path)
-    moving = moving_geometry() if keypoints is not None else None
-    return _score_rlreg(fixed, moving, world, jac.data, fixed_seg, warped_seg, keypoints, labels)
+    moving_grid = moving_geometry() if keypoints is not None else None
+    return _score_rlreg(fixed, moving_grid, world, jac.data, fixed_seg, warped_seg, keypoints, labels)
 
 
 def _registration_seconds(folder: Path) -> float | None:
@@ -658,11 +659,11 @@ def _per_label(rows: list[PairEvaluation]) -> list[LabelSummary]:
                 table.setdefault(label, []).append((dice, item.get("hd95")))
     out = []
     for label in sorted(table):
-        dice = np.array([d for d, _ in table[label]])
+        dices = np.array([d for d, _ in table[label]])
         dist = np.array([h for _, h in table[label] if h is not None and math.isfinite(h)])
         out.append(LabelSummary(
-            label=label, n_pairs=int(dice.size), dice_mean=float(dice.mean()),
-            dice_sd=float(dice.std(ddof=1)) if dice.size > 1 else None, dice_median=float(np.median(dice)),
+            label=label, n_pairs=int(dices.size), dice_mean=float(dices.mean()),
+            dice_sd=float(dices.std(ddof=1)) if dices.size > 1 else None, dice_median=float(np.median(dices)),
             hd95_mean=float(dist.mean()) if dist.size else None,
             hd95_median=float(np.median(dist)) if dist.size else None))
     return out
@@ -778,7 +779,7 @@ def evaluate_batch(outdir: Path, learn2reg: bool = False, labels: Sequence[int] 
         folder = outdir / pair.id
         status, message = _batch_status(folder)
         if status == "done":
-            row = _run(pair, lambda p=pair, f=folder: _score_batch_pair(p, f, learn2reg, labels), "evaluation: ")
+            row = _run(pair, partial(_score_batch_pair, pair, folder, learn2reg, labels), "evaluation: ")
             row.field = str(folder / "warp.nii.gz")
             row.registration_seconds = _registration_seconds(folder)
         else:
@@ -821,7 +822,7 @@ def evaluate_fields(source: str | Path, fields: Path, output: Path, learn2reg: b
     say("evaluate", 0, len(pairs))
     rows = []
     for index, pair in enumerate(pairs, start=1):
-        rows.append(_run(pair, lambda p=pair: _score_field_pair(p, fields, learn2reg, labels)))
+        rows.append(_run(pair, partial(_score_field_pair, pair, fields, learn2reg, labels)))
         say("evaluate", index, len(pairs))
     return _finish(Path(source), "fields", learn2reg, rows, Path(output), labels)
 

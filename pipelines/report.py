@@ -381,9 +381,9 @@ def _label_dice(entry: PairEntry) -> tuple[list[str], list[float], str]:
     labels = entry.evaluation.get("labels")
     if isinstance(labels, dict):
         pairs = [(str(k), _finite(v.get("dice"))) for k, v in labels.items() if isinstance(v, dict)]
-        pairs = [(k, v) for k, v in pairs if v is not None]
-        if pairs:
-            return [k for k, _ in pairs], [v for _, v in pairs], "evaluation.json"
+        found = [(k, v) for k, v in pairs if v is not None]
+        if found:
+            return [k for k, _ in found], [v for _, v in found], "evaluation.json"
     fixed_seg = _input_path(entry, "fixed_seg")
     warped_seg = entry.folder / "warped_seg.nii.gz"
     if fixed_seg is None or not fixed_seg.is_file() or not warped_seg.is_file():

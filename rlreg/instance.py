@@ -163,6 +163,7 @@ class _Adam:
     @torch.no_grad()
     def step(self) -> None:
         grad, (b1, b2) = self.param.grad, self.betas
+        assert grad is not None, "step() follows backward()"
         self.t += 1
         self.m.lerp_(grad, 1 - b1)
         self.v.mul_(b2).addcmul_(grad, grad, value=1 - b2)
@@ -313,6 +314,7 @@ def optimise_displacement(fixed: Tensor, moving: Tensor, config: InstanceConfig 
             # element, so a batch of pairs is optimised as each pair would be on its own. The regularisers' gradient
             # is written out and added in place (the same numbers as autograd's, about 40 ms less per 2 mm step).
             (1.0 - similarity).sum().backward()
+            assert param.grad is not None
             losses = (1.0 - similarity.detach()) + regularise_(param, param.grad, config.smoothness, config.bending)
             if config.gradient_sigma > 0:
                 param.grad = gaussian_blur(param.grad, config.gradient_sigma)
@@ -329,4 +331,5 @@ def optimise_displacement(fixed: Tensor, moving: Tensor, config: InstanceConfig 
         velocity = param.detach() if config.diffeomorphic else None
         with torch.no_grad():
             disp = _field(param.detach(), base_l, config, size)
+    assert disp is not None  # the pyramid has at least one level
     return resize_displacement(disp, full)

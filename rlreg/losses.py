@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator, Sequence
-from typing import Literal
+from typing import Literal, cast
 
 import torch
 import torch.nn.functional as F
@@ -117,6 +117,7 @@ def _box_sum_forward(x: Tensor, window: int) -> Tensor:
             length = block.shape[axis] - width
             block = block.narrow(axis, 0, length) + block.narrow(axis, width, length)
             width *= 2
+        assert out is not None  # window >= 1 has at least one set bit
         x = out
     return x
 
@@ -460,7 +461,7 @@ def total_variation(displacement: Tensor, reduction: Reduction = "mean") -> Tens
     _check_reduction(reduction, ("mean", "batch"))
     ndim = _check_displacement(displacement, 2)
     u = _as_float(displacement)
-    per_sample = sum(u.diff(dim=2 + axis).abs().flatten(1).mean(1) for axis in range(ndim))
+    per_sample = cast(Tensor, sum(u.diff(dim=2 + axis).abs().flatten(1).mean(1) for axis in range(ndim)))
     return _reduce(per_sample, reduction)
 
 
