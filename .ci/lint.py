@@ -31,12 +31,13 @@ SOURCE_SUFFIXES = (".py", ".pyi")
 
 
 def package_folders(pyproject: Path) -> dict[str, Path]:
-    """Import name -> source folder, from ``[tool.setuptools] package-dir`` (a package absent there is its own name)."""
+    """Import name -> source folder, from ``[tool.setuptools] package-dir``; a listed top-level package that is not
+    mapped there lives in the folder of its own name. Subpackages come with their parent's folder."""
     setuptools = tomllib.loads(pyproject.read_text())["tool"]["setuptools"]
     mapping = {name: ROOT / folder for name, folder in setuptools.get("package-dir", {}).items() if name}
-    packages = setuptools.get("packages", [])
-    for name in packages if isinstance(packages, list) else []:
-        mapping.setdefault(name, ROOT / name.replace(".", "/"))
+    for name in setuptools.get("packages", []):
+        if not any(name == mapped or name.startswith(f"{mapped}.") for mapped in mapping):
+            mapping[name.split(".")[0]] = ROOT / name.split(".")[0]
     return mapping
 
 
