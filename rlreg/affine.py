@@ -114,16 +114,15 @@ def affine_register(fixed: sitk.Image, moving: sitk.Image, config: AffineConfig 
         fixed_mask, moving_mask: optional binary masks on the images' grids restricting the metric.
     """
     if config.backend == "torch":
-        def tensor(image: sitk.Image | None) -> Tensor | None:
-            if image is None:
-                return None
+        def tensor(image: sitk.Image) -> Tensor:
             return torch.from_numpy(sitk.GetArrayFromImage(sitk.Cast(image, sitk.sitkFloat32)))[None, None]
 
         threads = torch.get_num_threads()
         torch.set_num_threads(config.threads)
         try:
             matrix = fit_affine(tensor(fixed), tensor(moving), Geometry.from_sitk(fixed), Geometry.from_sitk(moving),
-                                config, tensor(fixed_mask), tensor(moving_mask))
+                                config, None if fixed_mask is None else tensor(fixed_mask),
+                                None if moving_mask is None else tensor(moving_mask))
         finally:
             torch.set_num_threads(threads)
         ndim = fixed.GetDimension()
@@ -200,7 +199,7 @@ def fit_affine(fixed: Tensor, moving: Tensor, fixed_geometry: Geometry, moving_g
         similarity_to_fixed = FixedLNCC(fixed_l, (config.window,), (1.0,))
         exact = FixedLNCC(fixed_l, (config.window,), (1.0,), stationary=True)
         start = (linear.detach().clone(), shift.detach().clone())
-        start_loss = None
+        start_loss = math.inf  # replaced by the first pass's loss before the last pass compares with it
         # The first pass (accept_if_better) scores the starting map, the last one the final map; the rest step.
         for step in range(-config.accept_if_better, steps + config.accept_if_better):
             moved = (eye + linear) @ points + (centre_m + shift).view(ndim, 1)

@@ -292,6 +292,7 @@ def optimise_displacement(fixed: Tensor, moving: Tensor, config: InstanceConfig 
             # element, so a batch of pairs is optimised as each pair would be on its own. The regularisers' gradient
             # is written out and added in place (autograd's numbers; docs/decisions.md#fused-regulariser-gradient).
             (1.0 - similarity).sum().backward()
+            assert param.grad is not None
             losses = (1.0 - similarity.detach()) + regularise_(param, param.grad, config.smoothness, config.bending)
             if config.gradient_sigma > 0:
                 param.grad = gaussian_blur(param.grad, config.gradient_sigma)
@@ -308,4 +309,5 @@ def optimise_displacement(fixed: Tensor, moving: Tensor, config: InstanceConfig 
         velocity = param.detach() if config.diffeomorphic else None
         with torch.no_grad():
             disp = _field(param.detach(), base_l, config, size)
+    assert disp is not None  # the pyramid has at least one level
     return resize_displacement(disp, full)

@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import SimpleITK as sitk
@@ -154,7 +155,7 @@ def check_complete(path: str | os.PathLike[str]) -> None:
     import nibabel as nib
 
     try:
-        proxy = nib.load(str(path)).dataobj
+        proxy = cast("nib.arrayproxy.ArrayProxy", cast("nib.Nifti1Image", nib.load(str(path))).dataobj)
         expected = int(proxy.offset) + int(np.prod(proxy.shape)) * np.dtype(proxy.dtype).itemsize
         with path.open("rb") as handle:
             handle.seek(-4, os.SEEK_END)
@@ -171,7 +172,8 @@ def check_complete(path: str | os.PathLike[str]) -> None:
         raise _cut_short(path, str(err) or type(err).__name__) from None
 
 
-def read_image(path: str | os.PathLike[str], dtype: torch.dtype = torch.float32, check_values: bool = True) -> Image:
+def read_image(path: str | os.PathLike[str], dtype: torch.dtype | None = torch.float32,
+               check_values: bool = True) -> Image:
     """Read a 2D or 3D scalar image with its geometry: any SimpleITK format, or a DICOM series directory.
 
     A singleton 4th dimension is dropped; a 3-D volume one voxel thick along one axis becomes a 2-D image in the
@@ -180,7 +182,7 @@ def read_image(path: str | os.PathLike[str], dtype: torch.dtype = torch.float32,
 
     Args:
         path: image file or DICOM series directory.
-        dtype: tensor dtype of the returned data.
+        dtype: tensor dtype of the returned data; None keeps the type the voxels are stored in.
         check_values: reject NaN/Inf voxels and images whose voxels are all equal.
 
     Raises:
@@ -322,7 +324,7 @@ def _nifti_raw(path: Path) -> np.ndarray:
     """The voxels of a floating-point NIfTI as stored: ITK's reader silently turns NaN into 0, hiding bad data."""
     import nibabel as nib
 
-    image = nib.load(str(path))
+    image = cast("nib.Nifti1Image", nib.load(str(path)))  # a .nii or .nii.gz file (NIfTI-2 subclasses it)
     if not np.issubdtype(image.get_data_dtype(), np.floating):
         return np.asarray(image.dataobj)
     return np.asarray(image.dataobj, dtype=np.float32)
@@ -484,8 +486,8 @@ def picture_array(data: Tensor | np.ndarray, labels: bool, source: str | os.Path
                         ((sitk.sitkUInt16, sitk.sitkVectorUInt16), np.uint16)):
         if stored in kind:
             return np.clip(np.rint(array), 0, np.iinfo(dtype).max).astype(dtype)
-    lo, hi = float(array.min()), float(array.max())
-    scaled = (array.astype(np.float64) - lo) / (hi - lo) if hi > lo else np.zeros(array.shape)
+    low, high = float(array.min()), float(array.max())
+    scaled = (array.astype(np.float64) - low) / (high - low) if high > low else np.zeros(array.shape)
     return np.rint(scaled * 65535).astype(np.uint16)
 
 

@@ -58,6 +58,7 @@ class OneStepNet(nn.Module):
             cin = config.decoder_width
         self.flow = (nn.Conv2d if nd == 2 else nn.Conv3d)(cin, nd, 3, padding=1)
         nn.init.normal_(self.flow.weight, std=1e-5)
+        assert self.flow.bias is not None
         nn.init.zeros_(self.flow.bias)
 
     def forward(self, fixed: Tensor, moving: Tensor) -> Tensor:

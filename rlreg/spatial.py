@@ -25,7 +25,7 @@ import itertools
 import math
 from collections.abc import Sequence
 from enum import Enum
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -244,8 +244,8 @@ def _vote_labels(flat: Tensor, batch: Tensor, low: Tensor, frac: Tensor, in_shap
     # corners sharing a prefix share its work (14 index sums in 3-D instead of 32).
     strides = [math.prod(in_shape[axis + 1:]) for axis in range(ndim)]
     index: dict[tuple[int, ...], Tensor] = {(): batch * math.prod(in_shape)}
-    inside: dict[tuple[int, ...], Tensor | None] = {(): None}
-    weight: dict[tuple[int, ...], Tensor | None] = {(): None}
+    inside: dict[tuple[int, ...], Any] = {(): None}  # None before the first axis, then Tensors
+    weight: dict[tuple[int, ...], Any] = {(): None}
     for axis in range(ndim):
         size, corner = in_shape[axis], [low[axis], low[axis] + 1]
         factor = [1.0 - frac[axis], frac[axis]]

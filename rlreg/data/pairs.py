@@ -53,8 +53,9 @@ class Pair:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Pair:
-        return cls(**{f.name: (Path(data[f.name]) if f.name != "id" and data.get(f.name) else data.get(f.name))
-                      for f in fields(cls)})
+        values: dict[str, Any] = {f.name: (Path(data[f.name]) if f.name != "id" and data.get(f.name)
+                                           else data.get(f.name)) for f in fields(cls)}
+        return cls(**values)
 
 
 def _stem(path: Path) -> str:
@@ -129,7 +130,7 @@ def _read_table(path: Path, warnings: list[str] | None = None) -> list[Pair]:
         values = dict(zip(names, (cell.strip() for cell in row), strict=False))
         if not values.get("fixed") or not values.get("moving"):
             raise InputError(f"{path}:{line}: the fixed or moving path is empty; give both on every row")
-        record = {k: _resolve(folder, values.get(k)) for k in COLUMNS}
+        record: dict[str, Any] = {k: _resolve(folder, values.get(k)) for k in COLUMNS}
         records.append(record)
         raw_ids.append(values.get("id") or f"{_stem(record['fixed'])}__{_stem(record['moving'])}")
         where.append(f"{path}:{line}")
@@ -161,7 +162,7 @@ def _read_learn2reg(path: Path, subset: str | None, warnings: list[str] | None =
     elif subset not in available:
         raise InputError(f"{path}: has no non-empty {subset!r}; choose one of {', '.join(available) or 'none'}")
     folder = path.parent.resolve()
-    pairs = []
+    pairs: list[dict[str, Any]] = []
     for index, entry in enumerate(data[subset]):
         if not isinstance(entry, dict) or "fixed" not in entry or "moving" not in entry:
             raise InputError(f"{path}: {subset}[{index}] lacks 'fixed'/'moving'; each entry must name both")

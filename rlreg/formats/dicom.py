@@ -8,6 +8,7 @@ moving series by their UIDs. pydicom is imported only inside these functions, so
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -148,7 +149,7 @@ def _right_handed(u: np.ndarray, geometry: Geometry) -> tuple[np.ndarray, Geomet
     return u[::-1], flipped
 
 
-def _ds(values: np.ndarray | list[float]) -> list[str]:
+def _ds(values: np.ndarray | Sequence[float]) -> list[str]:
     """Numbers as DICOM Decimal Strings (at most 16 characters each)."""
     from pydicom.valuerep import format_number_as_ds
 
@@ -217,7 +218,7 @@ def write_dicom(u: np.ndarray, geometry: Geometry, path: str | os.PathLike[str],
     """
     import pydicom
     from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+    from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 
     if geometry.ndim != 3:
         raise ValueError(f"DICOM deformable registration grids are 3D; got a {geometry.ndim}-D grid of size "
@@ -288,7 +289,8 @@ def write_dicom(u: np.ndarray, geometry: Geometry, path: str | os.PathLike[str],
     ds.DeformableRegistrationSequence = [item]
 
     # Common Instance Reference: series of this study directly, series of other studies grouped by study.
-    same_study, other_studies = [], {}
+    same_study: list[Dataset] = []
+    other_studies: dict[str, list[Dataset]] = {}
     seen = set()
     for ref in (fixed_ref, moving_ref):
         if ref is None or (ref.study_instance_uid, ref.series_instance_uid) in seen:
@@ -310,7 +312,7 @@ def write_dicom(u: np.ndarray, geometry: Geometry, path: str | os.PathLike[str],
         ds.StudiesContainingOtherReferencedInstancesSequence = studies
 
     ds.file_meta = FileMetaDataset()
-    ds.file_meta.MediaStorageSOPClassUID = DSRO_SOP_CLASS_UID
+    ds.file_meta.MediaStorageSOPClassUID = UID(DSRO_SOP_CLASS_UID)
     ds.file_meta.MediaStorageSOPInstanceUID = sop_instance_uid
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
     with atomic_output(path) as tmp:
