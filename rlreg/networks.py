@@ -168,6 +168,14 @@ _ADAPTIVE_AVG_POOL = {2: F.adaptive_avg_pool2d, 3: F.adaptive_avg_pool3d}
 _LINEAR_MODE = {2: "bilinear", 3: "trilinear"}
 
 
+def _weight_and_bias(layer: nn.Module) -> tuple[Tensor, Tensor]:
+    """The weight and bias of a conv or linear layer (every one built here has a bias)."""
+    weight, bias = layer.weight, layer.bias
+    if not isinstance(weight, Tensor) or not isinstance(bias, Tensor):
+        raise TypeError(f"{type(layer).__name__}: needs a weight and a bias tensor to initialise")
+    return weight, bias
+
+
 def _he_init(layer: nn.Module) -> nn.Module:
     """He (Kaiming) normal init for a conv/linear layer followed by LeakyReLU(0.2), zero bias; returns ``layer``.
 
@@ -175,8 +183,9 @@ def _he_init(layer: nn.Module) -> nn.Module:
     convs that shrinks the plan's contribution ~1000-fold relative to the shallow skips, so a fresh actor would
     all but ignore its plan. He init keeps the signal scale through depth.
     """
-    nn.init.kaiming_normal_(layer.weight, a=_NEGATIVE_SLOPE, nonlinearity="leaky_relu")
-    nn.init.zeros_(layer.bias)
+    weight, bias = _weight_and_bias(layer)
+    nn.init.kaiming_normal_(weight, a=_NEGATIVE_SLOPE, nonlinearity="leaky_relu")
+    nn.init.zeros_(bias)
     return layer
 
 
@@ -357,8 +366,9 @@ class Actor(nn.Module):
         blocks += [_conv_block(config, widths[k + 1] + widths[k], widths[k]) for k in reversed(range(depth - 1))]
         self.blocks = nn.ModuleList(blocks)  # deepest first
         self.flow = _conv(ndim, widths[0], config.action_channels, padding_mode=config.padding)
-        nn.init.normal_(self.flow.weight, mean=0.0, std=_FLOW_INIT_STD)
-        nn.init.zeros_(self.flow.bias)
+        flow_weight, flow_bias = _weight_and_bias(self.flow)
+        nn.init.normal_(flow_weight, mean=0.0, std=_FLOW_INIT_STD)
+        nn.init.zeros_(flow_bias)
 
     def forward(self, plan: Tensor, skips: Sequence[Tensor], shape: Sequence[int]) -> Tensor:
         """Action (registration: a step displacement) for a batch of plans.

