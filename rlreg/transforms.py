@@ -262,6 +262,23 @@ def read_transform(path: str | os.PathLike[str], reference: Geometry) -> Tensor:
 
 
 # ---------------------------------------------------------------------------------------------------- inversion
+def _affine_fit(source: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
+    """Least-squares affine map ``target ≈ source @ L.T + t`` of ``(P, ndim)`` point sets; returns ``L (ndim, ndim)``
+    and ``t (ndim,)``.
+
+    Solved by the normal equations on centred points, their sums taken elementwise: LAPACK's least-squares drivers
+    gave last-bit differences between calls on identical inputs, which the fixed-point inversion downstream turned
+    into different inverse fields (docs/decisions.md, "A repeatable affine fit for inversion").
+    """
+    centre = source.mean(dim=0)
+    design = torch.cat([source - centre, torch.ones_like(source[:, :1])], dim=1)
+    gram = (design[:, :, None] * design[:, None, :]).sum(dim=0)
+    moment = (design[:, :, None] * target[:, None, :]).sum(dim=0)
+    solution = torch.linalg.solve(gram, moment)
+    lin = solution[:-1].T
+    return lin, solution[-1] - lin @ centre
+
+
 def invert_world(displacement: Tensor, geometry: Geometry, target: Geometry, iterations: int = 50) -> Tensor:
     """Inverse of a world field, sampled on another grid (e.g. the moving image's).
 
@@ -289,9 +306,7 @@ def invert_world(displacement: Tensor, geometry: Geometry, target: Geometry, ite
     stride = max(1, round((points[0, 0].numel() / 200_000) ** (1 / ndim)))
     sub = (slice(None), slice(None), *[slice(None, None, stride)] * ndim)
     source = points[sub].reshape(ndim, -1).T
-    design = torch.cat([source, torch.ones_like(source[:, :1])], dim=1)
-    solution = torch.linalg.lstsq(design, mapped[sub].reshape(ndim, -1).T).solution
-    a_lin, a_off = solution[:ndim].T, solution[ndim]
+    a_lin, a_off = _affine_fit(source, mapped[sub].reshape(ndim, -1).T)
     # Residual in fixed voxels: x + r(x) = W^-1 A^-1 φ(W x).
     to_index = torch.linalg.inv(lin)
     unaffine = _apply(torch.linalg.inv(a_lin), mapped - _column(a_off, ndim))
