@@ -103,7 +103,7 @@ def _evaluate_agent(agent, pairs, steps: int) -> tuple[list[float], list[float],
     from rlreg.pipelines.train import evaluate
 
     start = time.perf_counter()
-    result = evaluate(agent, pairs, steps)
+    result = evaluate(agent, pairs, steps=steps)
     seconds = (time.perf_counter() - start) / pairs.fixed.shape[0]
     return (result.score_per_step, result.metrics_per_step["dice_any"], result.metrics_per_step["folding_percent"][-1],
             seconds)

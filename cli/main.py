@@ -347,7 +347,8 @@ def evaluate(
         _fail(f"--labels {labels}: give integers separated by commas, e.g. --labels 1,2,3")
     try:
         with _progress_bar(quiet or json_output) as bar:
-            result = run(source, fields, output, learn2reg, chosen, subset, _stage_reporter(bar))
+            result = run(source, fields, output=output, learn2reg=learn2reg, labels=chosen, subset=subset,
+                         progress=_stage_reporter(bar))
     except (InputError, ValueError) as err:
         _fail(str(err))
     if json_output:

@@ -305,7 +305,7 @@ def _finish(source: Path, mode: Literal["batch", "fields"], learn2reg: bool, row
     evaluation = Evaluation(input=source, mode=mode, learn2reg=learn2reg, conventions=conventions_for(learn2reg),
                             pairs=rows,
                             labels=per_label_summary(rows), aggregate={}, selected_labels=selected_labels)
-    evaluation.aggregate = aggregate(rows, learn2reg, evaluation.hd95_column)
+    evaluation.aggregate = aggregate(rows, learn2reg, hd95_column=evaluation.hd95_column)
     write_evaluation(evaluation, output)
     return evaluation
 
@@ -341,7 +341,7 @@ def _check_labels(labels: Sequence[int] | None) -> list[int] | None:
     return out
 
 
-def evaluate_batch(outdir: Path, learn2reg: bool = False, labels: Sequence[int] | None = None,
+def evaluate_batch(outdir: Path, learn2reg: bool = False, *, labels: Sequence[int] | None = None,
                    progress: Progress | None = None, output: Path | None = None) -> Evaluation:
     """Score every finished pair of a batch directory (the ``rlreg batch`` contract) and write the tables.
 
@@ -385,7 +385,7 @@ def evaluate_batch(outdir: Path, learn2reg: bool = False, labels: Sequence[int] 
     return _finish(outdir, "batch", learn2reg, rows, Path(output) if output else outdir / _EVALUATION_DIR, labels)
 
 
-def evaluate_fields(source: str | Path, fields: Path, output: Path, learn2reg: bool = False,
+def evaluate_fields(source: str | Path, fields: Path, *, output: Path, learn2reg: bool = False,
                     subset: str | None = None, labels: Sequence[int] | None = None,
                     progress: Progress | None = None) -> Evaluation:
     """Score displacement fields from any tool against the label maps and keypoints of a pair list.
@@ -422,7 +422,7 @@ def evaluate_fields(source: str | Path, fields: Path, output: Path, learn2reg: b
     return _finish(Path(source), "fields", learn2reg, rows, Path(output), labels)
 
 
-def evaluate(input: Path, fields: Path | None = None, output: Path | None = None, learn2reg: bool = False,
+def evaluate(input: Path, fields: Path | None = None, *, output: Path | None = None, learn2reg: bool = False,
              labels: Sequence[int] | None = None, subset: str | None = None,
              progress: Progress | None = None) -> Evaluation:
     """``rlreg evaluate INPUT``: a batch directory -> :func:`evaluate_batch`; a pair list with ``fields`` ->
@@ -456,5 +456,5 @@ def evaluate(input: Path, fields: Path | None = None, output: Path | None = None
     if fields is None:
         raise InputError(f"{input}: a pair list needs --fields DIR, the folder of displacement fields to score "
                          "(or give a batch output directory instead)")
-    return evaluate_fields(input, Path(fields), Path(output) if output else Path(fields) / _EVALUATION_DIR,
+    return evaluate_fields(input, Path(fields), output=Path(output) if output else Path(fields) / _EVALUATION_DIR,
                            learn2reg=learn2reg, subset=subset, labels=labels, progress=progress)

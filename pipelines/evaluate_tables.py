@@ -280,7 +280,7 @@ class Evaluation:
 
 
 # ---------------------------------------------------------------------------------------------------- aggregation
-def aggregate(rows: list[PairEvaluation], learn2reg: bool, hd95_column: str) -> dict[str, dict[str, float | None]]:
+def aggregate(rows: list[PairEvaluation], learn2reg: bool, *, hd95_column: str) -> dict[str, dict[str, float | None]]:
     """Per metric over the scored pairs: ``n, mean, sd, median`` (rlreg) or ``n, mean, std, q30/q70`` (Learn2Reg)."""
     out: dict[str, dict[str, float | None]] = {}
     for metric in METRICS:

@@ -88,7 +88,7 @@ def _draw_letters(draw, box: tuple[int, int, int, int], letters: tuple[str, ...]
     draw.text((xm, y1 - 2), bottom, anchor="mb", **style)
 
 
-def save_registration_overview(path: Path, rows: dict[str, np.ndarray], contours: np.ndarray | None = None,
+def save_registration_overview(path: Path, rows: dict[str, np.ndarray], *, contours: np.ndarray | None = None,
                                title: str = "", jacobian: np.ndarray | None = None, panel_size: int = 240,
                                geometry: Geometry | None = None,
                                jacobian_support: np.ndarray | None = None) -> Path:
@@ -188,7 +188,7 @@ def _frame_plane(volume: np.ndarray, geometry: Geometry | None) -> np.ndarray:
     return np.concatenate([np.pad(p, ((0, height - p.shape[0]), (0, 2))) for p in planes], axis=1)
 
 
-def save_step_gif(path: Path, fixed, frames: list, seconds_per_frame: float = 0.25, min_height: int = 192,
+def save_step_gif(path: Path, fixed, *, frames: list, seconds_per_frame: float = 0.25, min_height: int = 192,
                   geometry: Geometry | None = None) -> Path:
     """An animated GIF of a registration: each frame shows ``[fixed | warped after step t | |difference|]``.
 

@@ -154,7 +154,7 @@ def mid_planes(volume: Volume, centre: Sequence[int] | None = None) -> list[Plan
 
 
 def display_planes(data: np.ndarray, geometry: Geometry | None = None,
-                   centre: Sequence[int] | None = None) -> list[Plane]:
+                   *, centre: Sequence[int] | None = None) -> list[Plane]:
     """How rlreg shows an array on the screen: :func:`reorient` then :func:`mid_planes`.
 
     Args:
@@ -174,7 +174,7 @@ def display_planes(data: np.ndarray, geometry: Geometry | None = None,
     return mid_planes(reorient(data, geometry), centre)
 
 
-def window(data: np.ndarray, low: float = 0.5, high: float = 99.5) -> tuple[float, float]:
+def window(data: np.ndarray, low: float = 0.5, *, high: float = 99.5) -> tuple[float, float]:
     """Display range: the ``[low, high]`` percentiles of a subsample of ``data`` (robust to a few bright voxels)."""
     flat = data.ravel()
     if flat.size > 1_000_000:
@@ -242,7 +242,7 @@ def _show(ax, plane: Plane, data: np.ndarray | None = None, **kwargs) -> None:
     _clean_axes(ax)
 
 
-def save_images(path: Path, rows: dict[str, Volume], centres: dict[str, Sequence[int]] | None = None,
+def save_images(path: Path, rows: dict[str, Volume], *, centres: dict[str, Sequence[int]] | None = None,
                 windows: dict[str, tuple[float, float]] | None = None) -> Path:
     """One row of mid planes per image (e.g. fixed, moving, warped), each in its own physical aspect, gray scale;
     2D images side by side in a single row.
@@ -276,7 +276,7 @@ def _checker(plane: Plane, tiles: int = CHECKER_TILES) -> np.ndarray:
     return ((r[:, None] + c[None, :]) % 2).astype(bool)
 
 
-def save_checkerboard(path: Path, fixed: Volume, warped: Volume, fixed_window: tuple[float, float],
+def save_checkerboard(path: Path, fixed: Volume, *, warped: Volume, fixed_window: tuple[float, float],
                       warped_window: tuple[float, float]) -> Path:
     """Checkerboard of the fixed and warped images (same grid), each scaled to ``[0, 1]`` by its own window."""
     f_planes, w_planes = mid_planes(fixed), mid_planes(warped)
@@ -315,7 +315,7 @@ def edge_levels(volume: Volume) -> list[float]:
     return sorted(set(levels))
 
 
-def save_edges(path: Path, fixed: Volume, warped: Volume, warped_window: tuple[float, float]) -> Path:
+def save_edges(path: Path, fixed: Volume, *, warped: Volume, warped_window: tuple[float, float]) -> Path:
     """The warped image with the fixed image's edges (iso-contours at :func:`edge_levels`) drawn on it."""
     from scipy import ndimage
 
@@ -339,7 +339,7 @@ def save_edges(path: Path, fixed: Volume, warped: Volume, warped_window: tuple[f
     return _save(fig, path)
 
 
-def save_grid(path: Path, displacement: Volume, background: Volume, background_window: tuple[float, float]) -> Path:
+def save_grid(path: Path, displacement: Volume, *, background: Volume, background_window: tuple[float, float]) -> Path:
     """Grid lines of the fixed grid moved by a displacement, over the fixed image, on each mid plane.
 
     Args:
@@ -403,7 +403,7 @@ def save_jacobian(path: Path, jacobian: Volume) -> Path:
     return _save(fig, path)
 
 
-def save_dice_bars(path: Path, labels: Sequence[str], values: Sequence[float]) -> Path:
+def save_dice_bars(path: Path, labels: Sequence[str], *, values: Sequence[float]) -> Path:
     """Dice of each label as bars sorted from worst to best, with the mean as a dashed line."""
     order = np.argsort(np.asarray(values, dtype=np.float64), kind="stable")
     names = [str(labels[i]) for i in order]
@@ -431,7 +431,7 @@ def save_dice_bars(path: Path, labels: Sequence[str], values: Sequence[float]) -
     return _save(fig, path)
 
 
-def save_steps(path: Path, steps: Sequence[dict[str, float]], levels: Sequence[int] = ()) -> Path:
+def save_steps(path: Path, steps: Sequence[dict[str, float]], *, levels: Sequence[int] = ()) -> Path:
     """The similarity (``lncc``, higher is better) or the optimiser's ``loss`` (lower is better) after each step,
     plus ``dice`` when recorded.
 
@@ -465,7 +465,7 @@ def save_steps(path: Path, steps: Sequence[dict[str, float]], levels: Sequence[i
     return _save(fig, path)
 
 
-def save_training_curve(path: Path, history: Sequence[dict[str, float]], name: str = "dice") -> Path:
+def save_training_curve(path: Path, history: Sequence[dict[str, float]], *, name: str = "dice") -> Path:
     """Held-out score (``name``, e.g. Dice) of a training run against its environment steps: before the first step,
     the best over the agent's steps (the step count marked at each point) and after the evaluation's last step.
 
@@ -496,7 +496,7 @@ def save_training_curve(path: Path, history: Sequence[dict[str, float]], name: s
     return _save(fig, path)
 
 
-def save_thumbnail(path: Path, volume: Volume, value_window: tuple[float, float], height: int = 72) -> Path:
+def save_thumbnail(path: Path, volume: Volume, *, value_window: tuple[float, float], height: int = 72) -> Path:
     """A small gray PNG of the coronal mid plane (the image itself in 2D), ``height`` pixels high, true aspect."""
     from PIL import Image as PILImage
 

@@ -53,7 +53,7 @@ def _remove_stale(report: Path, pages: set[str]) -> None:
                 shutil.rmtree(folder)
 
 
-def build_report(outdir: Path, progress: Progress | None = None, outlier_z: float = 2.5) -> Path:
+def build_report(outdir: Path, progress: Progress | None = None, *, outlier_z: float = 2.5) -> Path:
     """Write the QC report of a batch output folder and return ``OUTDIR/report/index.html``.
 
     Args:
@@ -82,10 +82,11 @@ def build_report(outdir: Path, progress: Progress | None = None, outlier_z: floa
             thumbs[entry.id] = f"img/{quote(entry.page)}/{figures['thumb'].name}"
         previous = entries[number - 2] if number > 1 else None
         following = entries[number] if number < len(entries) else None
-        page = pair_page(entry, figures, notes, previous, following, outdir, time.perf_counter() - started)
+        page = pair_page(entry, figures, notes=notes, previous=previous, following=following, outdir=outdir,
+                         seconds=time.perf_counter() - started)
         _write_text(report / "pairs" / f"{entry.page}.html", page)
         say("report", number, len(entries))
-    index = index_page(outdir, batch, entries, thumbs, has_eval, outlier_z)
+    index = index_page(outdir, batch, entries=entries, thumbs=thumbs, has_eval=has_eval, outlier_z=outlier_z)
     _remove_stale(report, {e.page for e in entries})
     return _write_text(report / "index.html", index)
 

@@ -118,20 +118,20 @@ def pair_figures(entry: PairEntry, folder: Path) -> tuple[dict[str, Path], list[
     def checkerboard() -> Path:
         fixed, warped = volume("fixed", input_path(entry, "fixed"))[0], volume("warped", entry.folder /
                                                                                  "warped.nii.gz")[0]
-        return qf.save_checkerboard(folder / "checkerboard.png", fixed, warped, qf.window(fixed.data),
-                                    qf.window(warped.data))
+        return qf.save_checkerboard(folder / "checkerboard.png", fixed, warped=warped,
+                                    fixed_window=qf.window(fixed.data), warped_window=qf.window(warped.data))
 
     def edges() -> Path:
         fixed, warped = volume("fixed", input_path(entry, "fixed"))[0], volume("warped", entry.folder /
                                                                                  "warped.nii.gz")[0]
-        return qf.save_edges(folder / "edges.png", fixed, warped, qf.window(warped.data))
+        return qf.save_edges(folder / "edges.png", fixed, warped=warped, warped_window=qf.window(warped.data))
 
     def grid() -> Path:
         fixed, geometry = volume("warped", entry.folder / "warped.nii.gz")
         background = loaded["fixed"][0] if "fixed" in loaded else fixed
         d = _deformable_part(entry.folder / "warp.nii.gz", geometry, entry.record or {})
-        return qf.save_grid(folder / "grid.png", qf.reorient(d.astype(np.float32), geometry), background,
-                            qf.window(background.data))
+        return qf.save_grid(folder / "grid.png", qf.reorient(d.astype(np.float32), geometry), background=background,
+                            background_window=qf.window(background.data))
 
     def jacobian() -> Path:
         return qf.save_jacobian(folder / "jacobian.png", volume("jacobian", entry.folder / "jacdet.nii.gz")[0])
@@ -141,18 +141,18 @@ def pair_figures(entry: PairEntry, folder: Path) -> tuple[dict[str, Path], list[
         if not labels:
             return None
         notes.append(f"Dice per label from {source}.")
-        return qf.save_dice_bars(folder / "dice.png", labels, values)
+        return qf.save_dice_bars(folder / "dice.png", labels, values=values)
 
     def steps() -> Path | None:
         curve = [s for s in (entry.record or {}).get("steps") or [] if isinstance(s, dict) and "step" in s]
         config = ((entry.record or {}).get("method") or {}).get("config") or {}
         iterations = config.get("iterations") if isinstance(config, dict) else None
         levels = np.cumsum(iterations)[:-1].tolist() if isinstance(iterations, list) and len(iterations) > 1 else []
-        return qf.save_steps(folder / "steps.png", curve, levels) if curve else None
+        return qf.save_steps(folder / "steps.png", curve, levels=levels) if curve else None
 
     def thumb() -> Path:
         warped = volume("warped", entry.folder / "warped.nii.gz")[0]
-        return qf.save_thumbnail(folder / "thumb.png", warped, qf.window(warped.data))
+        return qf.save_thumbnail(folder / "thumb.png", warped, value_window=qf.window(warped.data))
 
     folder.mkdir(parents=True, exist_ok=True)
     for name, draw in (("images", images), ("checkerboard", checkerboard), ("edges", edges), ("grid", grid),

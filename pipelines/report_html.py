@@ -171,7 +171,7 @@ def _summary(entries: list[PairEntry]) -> str:
         f'<div class="card {cls}"><b>{_e(value)}</b>{_e(label)}</div>' for label, value, cls in cards) + "</div>"
 
 
-def index_page(outdir: Path, batch: dict[str, Any], entries: list[PairEntry], thumbs: dict[str, str],
+def index_page(outdir: Path, batch: dict[str, Any], *, entries: list[PairEntry], thumbs: dict[str, str],
                 has_eval: bool, outlier_z: float) -> str:
     columns = list(NUMBER_COLUMNS)
     if has_eval:
@@ -268,7 +268,7 @@ def _pair_link(entry: PairEntry | None, label: str) -> str:
     return f'<a href="{quote(entry.page)}.html">{_e(label)}: {_e(entry.id)}</a>'
 
 
-def pair_page(entry: PairEntry, figures: dict[str, Path], notes: list[str], previous: PairEntry | None,
+def pair_page(entry: PairEntry, figures: dict[str, Path], *, notes: list[str], previous: PairEntry | None,
                following: PairEntry | None, outdir: Path, seconds: float) -> str:
     nav = (f'<nav class="pager"><a href="../index.html">&#8592; all pairs</a>{_pair_link(previous, "previous")}'
            f"{_pair_link(following, 'next')}</nav>")

@@ -165,7 +165,7 @@ class EvalResult:
 
 
 @torch.no_grad()
-def evaluate(agent: Agent, batch: Any, steps: int, chunk: int = 250) -> EvalResult:
+def evaluate(agent: Agent, batch: Any, *, steps: int, chunk: int = 250) -> EvalResult:
     """Run the deterministic policy ``steps`` steps on held-out items and record the task's score after each step.
 
     Args:
@@ -227,7 +227,7 @@ class TrainSummary:
 
 
 def train(config: TrainConfig, resume: bool = False,
-          progress: Callable[[int, int, dict[str, float]], None] | None = None) -> TrainSummary:
+          *, progress: Callable[[int, int, dict[str, float]], None] | None = None) -> TrainSummary:
     """Train an agent on the recipe's task; returns a :class:`TrainSummary` (evaluations, throughput, parameter
     counts, paths).
 
@@ -329,7 +329,7 @@ def train(config: TrainConfig, resume: bool = False,
         last = done_steps == loop.total_steps or out_of_time
         if lead and (done_steps % loop.eval_every == 0 or last):
             with autocast():
-                result_eval = evaluate(agent, eval_batch, loop.eval_steps, loop.eval_chunk)
+                result_eval = evaluate(agent, eval_batch, steps=loop.eval_steps, chunk=loop.eval_chunk)
             name = result_eval.score_name
             best = result_eval.best[1]
             record = result_eval.record(done_steps)
@@ -340,7 +340,7 @@ def train(config: TrainConfig, resume: bool = False,
                     writer.add_scalar(f"eval/{key}", value, done_steps)
             with (out / "metrics.jsonl").open("a") as handle:
                 handle.write(json.dumps(record) + "\n")
-            save_training_curve(out / "curve.png", history, name)
+            save_training_curve(out / "curve.png", history, name=name)
             agent.save(out / "model.pt", train_config=config.to_dict(), eval=asdict(result_eval))
             if best >= max(r[f"{name}_best"] for r in history):  # SAC's evaluations are noisy: keep the best one too
                 agent.save(out / "best.pt", train_config=config.to_dict(), eval=asdict(result_eval), step=done_steps)

@@ -110,7 +110,7 @@ def test_identity_field_scores_perfectly_and_keeps_tre(tmp_path, kind, learn2reg
     source = write_list(tmp_path / "pairs.csv", [paths], ["p"])
     write_field(tmp_path / "fields", kind, "p", np.zeros(3))
     calls = []
-    ev = evaluate(source, tmp_path / "fields", tmp_path / "out", learn2reg=learn2reg,
+    ev = evaluate(source, tmp_path / "fields", output=tmp_path / "out", learn2reg=learn2reg,
                   progress=lambda *args: calls.append(args))
     row = ev.pairs[0]
     assert row.status == "done" and row.error is None, row.error
@@ -130,7 +130,7 @@ def test_translation_field_recovers_known_offset(tmp_path, kind, learn2reg):
     paths = make_pair(tmp_path / "data", moving_seg, FIXED_KP + SHIFT_T[::-1], name="t")
     source = write_list(tmp_path / "pairs.csv", [paths], ["t"])
     field_path = write_field(tmp_path / "fields", kind, "t", SHIFT_T)
-    ev = evaluate_fields(source, tmp_path / "fields", tmp_path / "out", learn2reg=learn2reg)
+    ev = evaluate_fields(source, tmp_path / "fields", output=tmp_path / "out", learn2reg=learn2reg)
     row = ev.pairs[0]
     assert row.status == "done", row.error
     assert row.field == str(field_path)
@@ -157,8 +157,8 @@ def test_hd95_in_voxels_for_learn2reg_and_mm_otherwise(tmp_path):
             "moving_keypoints": ""}
     source = write_list(tmp_path / "pairs.csv", [pair], ["plate"])
     write_field(tmp_path / "fields", "itk", "plate", np.zeros(3))
-    mm = evaluate_fields(source, tmp_path / "fields", tmp_path / "mm").pairs[0]
-    vox = evaluate_fields(source, tmp_path / "fields", tmp_path / "vox", learn2reg=True).pairs[0]
+    mm = evaluate_fields(source, tmp_path / "fields", output=tmp_path / "mm").pairs[0]
+    vox = evaluate_fields(source, tmp_path / "fields", output=tmp_path / "vox", learn2reg=True).pairs[0]
     assert mm.hd95_mean == pytest.approx(3.0) and mm.labels[1]["hd95"] == pytest.approx(3.0)
     assert vox.hd95_mean == pytest.approx(2.0)
     assert mm.dice_mean == 0.0 and vox.dice_mean == 0.0
@@ -192,7 +192,7 @@ def test_2d_translation_through_a_learn2reg_field(tmp_path, learn2reg):
     write_l2r(chain, geometry, fields / "disp_f_m.nii.gz")
     world = torch.from_numpy(np.einsum("ij,j...->i...", geometry.index_to_world()[:2, :2], chain))[None]
     write_itk_warp(world, geometry, fields / "itk.nii.gz")
-    ev = evaluate_fields(source, fields, tmp_path / "out", learn2reg=learn2reg)
+    ev = evaluate_fields(source, fields, output=tmp_path / "out", learn2reg=learn2reg)
     for row in ev.pairs:
         assert row.status == "done", row.error
         assert row.dice_mean == 1.0 and row.hd95_mean == 0.0
@@ -208,7 +208,7 @@ def test_missing_field_fails_only_its_pair(tmp_path):
     other = make_pair(tmp_path / "data", moving_seg, FIXED_KP + SHIFT_T[::-1], name="b")
     source = write_list(tmp_path / "pairs.csv", [good, other], ["a", "b"])
     write_field(tmp_path / "fields", "itk", "a", SHIFT_T)
-    ev = evaluate(source, tmp_path / "fields", None)
+    ev = evaluate(source, tmp_path / "fields", output=None)
     assert [r.status for r in ev.pairs] == ["done", "failed"]
     assert "no field for pair b" in ev.pairs[1].error and "\n" not in ev.pairs[1].error
     assert ev.counts() == {"scored": 1, "failed": 1, "unfinished": 0, "todo": 0}
@@ -223,21 +223,21 @@ def test_missing_field_fails_only_its_pair(tmp_path):
 
 def test_bad_inputs_are_one_line_errors(tmp_path):
     with pytest.raises(InputError, match="not found"):
-        evaluate(tmp_path / "nothing", None, None)
+        evaluate(tmp_path / "nothing", None, output=None)
     with pytest.raises(InputError, match=r"without batch\.json"):
-        evaluate(tmp_path, None, None)
+        evaluate(tmp_path, None, output=None)
     pairs = tmp_path / "pairs.csv"
     pairs.write_text("fixed,moving\na.nii.gz,b.nii.gz\n")
     with pytest.raises(InputError, match="needs --fields"):
-        evaluate(pairs, None, None)
+        evaluate(pairs, None, output=None)
     with pytest.raises(InputError, match="--fields must be a folder"):
-        evaluate(pairs, tmp_path / "nofields", None)
+        evaluate(pairs, tmp_path / "nofields", output=None)
     (tmp_path / "batch").mkdir()
     (tmp_path / "batch" / "batch.json").write_text("{}")
     with pytest.raises(InputError, match="drop --fields"):
-        evaluate(tmp_path / "batch", tmp_path, None)
+        evaluate(tmp_path / "batch", tmp_path, output=None)
     with pytest.raises(InputError, match="not a readable rlreg batch file"):
-        evaluate(tmp_path / "batch", None, None)
+        evaluate(tmp_path / "batch", None, output=None)
 
 
 # ---------------------------------------------------------------------------------------------------- Learn2Reg
@@ -266,7 +266,7 @@ def test_learn2reg_dataset_names_and_independent_crosscheck(tmp_path):
     nib.save(nib.Nifti1Image(disp.astype(np.float32), np.eye(4)), fields / "disp_0001_0002.nii.gz")
     disp = disp.astype(np.float32).astype(np.float64)
 
-    ev = evaluate(root / "TOY_dataset.json", fields, tmp_path / "out", learn2reg=True)
+    ev = evaluate(root / "TOY_dataset.json", fields, output=tmp_path / "out", learn2reg=True)
     row = ev.pairs[0]
     assert row.pair == "0001_0002" and row.status == "done", row.error
     assert row.field == str(fields / "disp_0001_0002.nii.gz")
@@ -310,7 +310,7 @@ def test_learn2reg_dataset_names_and_independent_crosscheck(tmp_path):
     assert "hd95_mean_vox" in agg and set(agg["tre_after_mm"]) == {"n", "mean", "std", "q70"}
 
     # rlreg conventions on the same field: world TRE cross-checked through SimpleITK's index <-> LPS maps
-    plain = evaluate(root / "TOY_dataset.json", fields, tmp_path / "plain").pairs[0]
+    plain = evaluate(root / "TOY_dataset.json", fields, output=tmp_path / "plain").pairs[0]
     image = sitk.ReadImage(str(root / "imagesTr" / "TOY_0001_0000.nii.gz"))
     lin = np.stack([ndimage.map_coordinates(disp[..., c], fix_kp.T, order=1) for c in range(3)], 1)
     p = np.array([image.TransformContinuousIndexToPhysicalPoint(k.tolist()) for k in fix_kp])
@@ -362,7 +362,7 @@ def batch_dir(tmp_path_factory):
 
 def test_batch_directory_statuses_and_scores(batch_dir):
     out, result, p_world, q_world = batch_dir
-    ev = evaluate(out, None, None)
+    ev = evaluate(out, None, output=None)
     assert [(r.pair, r.status) for r in ev.pairs] == [("done", "done"), ("failed", "failed"),
                                                       ("unfinished", "unfinished"), ("todo", "todo"),
                                                       ("broken", "failed"), ("cut", "unfinished")]

@@ -63,7 +63,7 @@ def test_2d_overview_and_step_gif_show_a_png_as_an_image_viewer_does(tmp_path):
     assert np.array_equal(panel[4::8, 4::8] > 128, bright)
 
     unit = image.data / 255.0  # the GIF shows intensities in [0, 1]
-    gif = save_step_gif(tmp_path / "s.gif", unit, [unit, unit], min_height=200, geometry=image.geometry)
+    gif = save_step_gif(tmp_path / "s.gif", unit, frames=[unit, unit], min_height=200, geometry=image.geometry)
     frame = np.asarray(Image.open(gif).convert("L")).astype(int)
     assert frame.shape[0] == 200  # 20 rows, 10 pixels each
     assert np.array_equal(frame[5::10, 5:300:10] > 128, bright)  # the fixed image, first of the strip

@@ -323,7 +323,8 @@ def _save_steps(out: Path, result: Deformable, to_moving: np.ndarray, moving: Im
         table.append({"step": index, **scores})
     with atomic_output(folder / "steps.json") as tmp:
         tmp.write_text(json.dumps(table, indent=2))
-    return {"steps": folder, "gif": save_step_gif(folder / "registration.gif", fixed_norm, frames, geometry=geometry)}
+    gif = save_step_gif(folder / "registration.gif", fixed_norm, frames=frames, geometry=geometry)
+    return {"steps": folder, "gif": gif}
 
 
 def fitted_region(p: Prepared) -> np.ndarray | None:

@@ -162,10 +162,10 @@ def identity_fields(data: dict, folder: Path) -> Path:
 
 @pytest.mark.bench  # runs ANTs or elastix (about 90 s for the module's fixtures) or trains
 def test_evaluate_scores_peer_folders(data: dict, syn: dict, elastix: dict, tmp_path: Path) -> None:
-    before = evaluate_fields(data["csv"], identity_fields(data, tmp_path / "identity"), tmp_path / "eval0")
+    before = evaluate_fields(data["csv"], identity_fields(data, tmp_path / "identity"), output=tmp_path / "eval0")
     dice_before = {row.pair: row.dice_mean for row in before.pairs}
     for method, run in (("syn", syn), ("elastix", elastix)):
-        evaluation = evaluate_fields(data["csv"], run["out"], tmp_path / f"eval_{method}")
+        evaluation = evaluate_fields(data["csv"], run["out"], output=tmp_path / f"eval_{method}")
         assert [row.status for row in evaluation.pairs] == ["done", "done"], evaluation.summary_lines()
         for row in evaluation.pairs:
             assert row.field == str(run["out"] / row.pair / "warp.nii.gz")
@@ -279,6 +279,6 @@ def test_voxelmorph_trains_reloads_and_registers(data: dict, tmp_path: Path) -> 
     table = tmp_path / "one.csv"
     table.write_text("id,fixed,moving,fixed_seg,moving_seg\n"
                      f"{pair.id},{pair.fixed},{pair.moving},{pair.fixed_seg},{pair.moving_seg}\n")
-    evaluation = evaluate_fields(table, out, tmp_path / "eval_vxm")
+    evaluation = evaluate_fields(table, out, output=tmp_path / "eval_vxm")
     row = evaluation.pairs[0]
     assert row.status == "done" and math.isfinite(row.dice_mean) and math.isfinite(row.sdlogj)
