@@ -302,7 +302,7 @@ def test_cli_apply_and_invert(registered, tmp_path) -> None:
 # ---------------------------------------------------------------------------------------------------- digits
 @pytest.mark.parametrize("suffix", [".png", ".nii.gz"])
 def test_digits_model_through_the_cli(tmp_path, suffix) -> None:
-    """The shipped digits agent registers 28x28 digits given as PNG or 2D NIfTI (issue 3, deliverable 6)."""
+    """The shipped digits agent registers 28x28 digits given as PNG or 2D NIfTI."""
     from PIL import Image as PILImage
 
     from rlreg.data.digits import split_mnist
