@@ -17,8 +17,8 @@ from nibabel.dataobj_images import DataobjImage
 
 from rlreg.io import Geometry, InputError, atomic_output
 
-__all__ = ["LPS_TO_RAS", "check_field", "itk_index_matrix", "load_nifti_field", "nibabel_order", "ras_affine",
-           "save_nifti", "tensor_order"]
+__all__ = ["LPS_TO_RAS", "check_field", "itk_index_matrix", "load_nifti_field", "nibabel_order", "nifti_voxels",
+           "ras_affine", "save_nifti", "tensor_order"]
 
 LPS_TO_RAS = np.array([-1.0, -1.0, 1.0])
 """Sign flips between the LPS (ITK, DICOM) and RAS (NIfTI) world frames."""
@@ -99,6 +99,18 @@ def tensor_order(data: np.ndarray, geometry: Geometry) -> np.ndarray:
     return np.moveaxis(data, range(geometry.ndim), range(geometry.ndim)[::-1])
 
 
+def nifti_voxels(path: str | os.PathLike[str]) -> np.ndarray:
+    """The float64 voxel array of a NIfTI file, in nibabel order.
+
+    Raises:
+        OSError, ValueError: the file is unreadable, or nibabel reads it as an image without voxels (e.g. GIFTI).
+    """
+    image = nib.load(str(path))
+    if not isinstance(image, DataobjImage):
+        raise ValueError(f"a {type(image).__name__}, which holds no voxel array")
+    return np.asarray(image.get_fdata(dtype=np.float64))
+
+
 def load_nifti_field(path: str | os.PathLike[str], geometry: Geometry, shape: tuple[int, ...], kind: str) -> np.ndarray:
     """The float64 voxels of a NIfTI field written on ``geometry``, checked to have ``shape`` (nibabel order).
 
@@ -107,10 +119,7 @@ def load_nifti_field(path: str | os.PathLike[str], geometry: Geometry, shape: tu
             file and the fix).
     """
     try:
-        image = nib.load(str(path))
-        if not isinstance(image, DataobjImage):
-            raise ValueError(f"a {type(image).__name__}, which holds no voxel array")
-        data = np.asarray(image.get_fdata(dtype=np.float64))
+        data = nifti_voxels(path)
     except (OSError, ValueError) as err:
         raise InputError(f"{path}: not a readable {kind} field ({err}); give the .nii/.nii.gz file it wrote") \
             from None

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from rlreg.formats.common import save_nifti
+from rlreg.formats.common import nifti_voxels, save_nifti
 from rlreg.io import Geometry, InputError, split_image_name
 
 __all__ = ["l2r_name", "read_keypoints", "read_l2r", "write_l2r"]
@@ -101,13 +101,7 @@ def read_l2r(path: str | os.PathLike[str], fixed: Geometry) -> Tensor:
                     raise InputError(f"{path}: holds {len(archive.files)} arrays; a Learn2Reg .npz field holds one")
                 disp = np.asarray(archive[archive.files[0]], dtype=np.float64)
         else:
-            import nibabel as nib
-            from nibabel.dataobj_images import DataobjImage
-
-            image = nib.load(str(path))
-            if not isinstance(image, DataobjImage):
-                raise ValueError(f"a {type(image).__name__}, which holds no voxel array")
-            disp = np.asarray(image.get_fdata(dtype=np.float64))
+            disp = nifti_voxels(path)
     except (OSError, ValueError) as err:
         raise InputError(f"{path}: not a readable Learn2Reg field ({_one_line(err)}); give a (X,Y,Z,3) voxel "
                          "displacement as .nii.gz or .npz") from None
