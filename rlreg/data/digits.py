@@ -12,27 +12,19 @@ import gzip
 import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, NamedTuple
+from typing import Literal
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from rlreg.io import InputError
+from rlreg.tasks.registration import RegistrationBatch
 
-__all__ = ["DigitPairs", "PairBatch", "load_mnist", "mnist_csv_path", "split_mnist"]
+__all__ = ["DigitPairs", "load_mnist", "mnist_csv_path", "split_mnist"]
 
 SPLIT_SEED = 20220222
 """Seed of the fixed train/test permutation (never change: the reported test set depends on it)."""
-
-
-class PairBatch(NamedTuple):
-    """B registration pairs: images ``(B, 1, *S)`` in ``[0, 1]`` and integer segmentations ``(B, 1, *S)``."""
-
-    fixed: Tensor
-    moving: Tensor
-    fixed_seg: Tensor
-    moving_seg: Tensor
 
 
 def mnist_csv_path() -> Path:
@@ -96,10 +88,10 @@ class DigitPairs:
             moving[i] = pick if pick != f else pool[-1]
         return fixed, moving
 
-    def batch(self, fixed_idx: Tensor, moving_idx: Tensor, device: torch.device | str = "cpu") -> PairBatch:
+    def batch(self, fixed_idx: Tensor, moving_idx: Tensor, device: torch.device | str = "cpu") -> RegistrationBatch:
         fixed = self.images[fixed_idx].to(device)
         moving = self.images[moving_idx].to(device)
-        return PairBatch(fixed, moving, (fixed > self.threshold).long(), (moving > self.threshold).long())
+        return RegistrationBatch(fixed, moving, (fixed > self.threshold).long(), (moving > self.threshold).long())
 
-    def sample(self, count: int, generator: torch.Generator, device: torch.device | str = "cpu") -> PairBatch:
+    def sample(self, count: int, generator: torch.Generator, device: torch.device | str = "cpu") -> RegistrationBatch:
         return self.batch(*self.indices(count, generator), device=device)

@@ -25,7 +25,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -34,10 +33,10 @@ from torch import Tensor
 
 from rlreg.filters import gaussian_blur
 from rlreg.spatial import compose, identity_grid, integrate_velocity, resize_displacement, warp
+from rlreg.tasks.registration import RegistrationBatch
 
 __all__ = [
     "BrainTemplate",
-    "SynthBatch",
     "SynthConfig",
     "SynthPairs",
     "brain_template",
@@ -119,15 +118,6 @@ class SynthConfig:
             raise ValueError(f"roughness_mm is (rms, sigma) in mm, both >= 0, got {self.roughness_mm}")
         if self.kind != "brain" and self.roughness_mm[0] > 0:
             raise ValueError("roughness_mm applies to the brain family only (shapes draw a new anatomy per pair)")
-
-
-class SynthBatch(NamedTuple):
-    """``N`` pairs: images ``(N, 1, *S)`` in ``[0, 1]``, label maps ``(N, 1, *S)`` int64 on the same grid."""
-
-    fixed: Tensor
-    moving: Tensor
-    fixed_seg: Tensor
-    moving_seg: Tensor
 
 
 # ---------------------------------------------------------------------------------------------------- primitives
@@ -397,7 +387,7 @@ class SynthPairs:
         smooth = random_smooth_field(count, shape, generator, device, c.deform_grid, c.max_velocity)
         return compose(affine, smooth)  # one displacement: the smooth field, then the affine
 
-    def sample(self, count: int, generator: torch.Generator, device: torch.device | str = "cpu") -> SynthBatch:
+    def sample(self, count: int, generator: torch.Generator, device: torch.device | str = "cpu") -> RegistrationBatch:
         """``count`` new pairs, drawn from ``generator`` (CPU), built on ``device``."""
         if self.template is None:
             return self._sample_shapes(count, generator, device)
@@ -410,7 +400,7 @@ class SynthPairs:
         same = torch.rand((count, 1), generator=generator) < self.config.same_contrast
         return fixed, torch.where(same, fixed, moving)
 
-    def _sample_shapes(self, count: int, generator: torch.Generator, device: torch.device | str) -> SynthBatch:
+    def _sample_shapes(self, count: int, generator: torch.Generator, device: torch.device | str) -> RegistrationBatch:
         c = self.config
         labels = random_label_maps(count, c.shape, c.num_labels, generator, device, c.label_grid)
         fixed_seg = warp(labels, self._deformation(count, generator, device), "nearest")
@@ -419,7 +409,7 @@ class SynthPairs:
         stds = _uniform(generator, (count, c.num_labels + 1), 0.0, 0.1)
         fixed = labels_to_image(fixed_seg, means_f, generator, c, stds)
         moving = labels_to_image(moving_seg, means_m, generator, c, stds)
-        return SynthBatch(fixed, moving, fixed_seg, moving_seg)
+        return RegistrationBatch(fixed, moving, fixed_seg, moving_seg)
 
     def _brain_image(self, tissue: Tensor, labels: Tensor, t1: Tensor, mode: Tensor, curve: Tensor,
                      means: Tensor, generator: torch.Generator) -> Tensor:
@@ -446,7 +436,7 @@ class SynthPairs:
         image = torch.where(mode == 0, remapped, torch.where(mode == 1, ordered, random))
         return corrupt(image, generator, self.config)
 
-    def _sample_brain(self, count: int, generator: torch.Generator, device: torch.device | str) -> SynthBatch:
+    def _sample_brain(self, count: int, generator: torch.Generator, device: torch.device | str) -> RegistrationBatch:
         c, t = self.config, self.template
         assert t is not None
         source = torch.cat([t.image, t.tissue.float(), t.labels.float()], 1).to(device)
@@ -477,4 +467,4 @@ class SynthPairs:
             tissue, labels = discrete[:, :1], discrete[:, 1:]
             out[role] = self._brain_image(tissue, labels, image, modes[k], curves[k], means[k], generator)
             out[role + "_seg"] = labels
-        return SynthBatch(out["fixed"], out["moving"], out["fixed_seg"], out["moving_seg"])
+        return RegistrationBatch(out["fixed"], out["moving"], out["fixed_seg"], out["moving_seg"])
