@@ -7,8 +7,13 @@ its data come from :data:`rlreg.data.registry.DATASETS` by ``data.dataset``. The
 :class:`~rlreg.tasks.base.Task` protocol, and its evaluations report the task's own score and metrics.
 
 Resumable: every ``checkpoint_every`` steps ``state.pt`` holds the agent (weights, optimisers), the replay buffer,
-the environment's pairs and fields, every random generator and the step counter, written atomically. ``--resume``
-continues from it and, on CPU, reproduces the uninterrupted run exactly.
+the environment's pairs and fields, every random generator and the step counter (and, for a planner with memory,
+each environment's carried memory), written atomically. ``--resume`` continues from it and, on CPU, reproduces the
+uninterrupted run exactly.
+
+A planner with memory (``network.memory="gru"``) acts each environment with the memory of its previous step, zeroed
+where an episode starts; every stored transition keeps the memory before and after its step, which the update
+uses (:mod:`rlreg.buffer`, :meth:`rlreg.sac.Agent.update`).
 """
 
 from __future__ import annotations
@@ -245,6 +250,7 @@ def train(config: TrainConfig, resume: bool = False,
     task: Task = task_spec(config.agent.task_name).task(config.agent.task)
     state = task.reset(train_pairs.sample(loop.num_envs, data_gen, device))
     start_step, history = 0, []
+    memory: Tensor | None = None  # (num_envs, *M) each environment's planner memory; None: zero (fresh episodes)
     if resume and state_path.exists():
         saved = torch.load(state_path, map_location=device, weights_only=True)
         saved_task = saved["agent"]["config"].get("task_name", "registration")
@@ -254,6 +260,10 @@ def train(config: TrainConfig, resume: bool = False,
         if AgentConfig.from_dict(saved["agent"]["config"]) != config.agent:
             raise ValueError(f"{state_path}: was trained with another agent config; resume with the same recipe and "
                              "overrides, or choose a new loop.output")
+        stored = saved["buffer"]["storage"]
+        if config.agent.network.memory != "none" and saved["buffer"]["size"] and "memory" not in stored:
+            raise ValueError(f"{state_path}: its replay buffer holds no planner memories (written before training "
+                             "stored them); start the run afresh in a new loop.output")
         agent.load_checkpoint_dict(saved["agent"], restore_rng=True)
         buffer.load_state_dict(saved["buffer"])
         task.load_state_dict(saved["task"])
@@ -261,6 +271,7 @@ def train(config: TrainConfig, resume: bool = False,
         data_gen.set_state(saved["generators"]["data"].cpu())
         sample_gen.set_state(saved["generators"]["sample"].cpu())
         start_step, history = int(saved["step"]), list(saved["history"])
+        memory = saved.get("memory")
         # evaluations logged after the last checkpoint are redone: keep metrics.jsonl in step with the state
         if lead:
             with atomic_output(out / "metrics.jsonl") as tmp:
@@ -284,16 +295,24 @@ def train(config: TrainConfig, resume: bool = False,
     for step in range(start_step, loop.total_steps):
         t0 = time.perf_counter()
         with autocast():
-            decision = agent.act(state, deterministic=config.agent.sac.rl_weight == 0)
+            decision = agent.act(state, deterministic=config.agent.sac.rl_weight == 0, memory=memory)
         result = task.step(decision.action.float())
+        memory_before = memory
+        if decision.memory is not None and memory_before is None:  # a None memory acts as zeros (ConvGRU)
+            memory_before = torch.zeros_like(decision.memory)
         keep = result.score > loop.min_store_score
         if bool(keep.any()):
             buffer.add(Transition(state[keep], decision.plan[keep], result.reward[keep], result.state[keep],
-                                  result.terminated[keep], None if extras_before is None else extras_before[keep]))
+                                  result.terminated[keep], None if extras_before is None else extras_before[keep],
+                                  None if memory_before is None else memory_before[keep],
+                                  None if decision.memory is None else decision.memory[keep]))
         done = result.terminated | result.truncated
         state = result.state
+        memory = decision.memory
         if bool(done.any()):
             state = task.reset_done(done, train_pairs.sample(loop.num_envs, data_gen, device))
+            if memory is not None:  # restarted episodes start from a zero memory
+                memory = memory.masked_fill(done.view(-1, *[1] * (memory.ndim - 1)), 0.0)
         extras_before = task.extras()
         env_time += time.perf_counter() - t0
         metrics.update({"reward": float(result.reward.mean()), task.score_name: float(result.score.mean())})
@@ -333,7 +352,8 @@ def train(config: TrainConfig, resume: bool = False,
             # the agent's checkpoint carries the global torch (and CUDA) RNG used for exploration
             save_torch({"agent": agent.checkpoint(), "buffer": buffer.state_dict(), "task": task.state_dict(),
                         "generators": {"data": data_gen.get_state(), "sample": sample_gen.get_state()},
-                        "step": done_steps, "history": history}, state_path)
+                        "step": done_steps, "history": history,
+                        **({} if memory is None else {"memory": memory})}, state_path)
         if progress is not None:
             progress(done_steps, loop.total_steps, metrics)
         if out_of_time:

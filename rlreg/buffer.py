@@ -4,6 +4,11 @@ It stores **plans** (the planner's low-dimensional meta-action, e.g. 64 numbers)
 actor recomputes a field from ``(state, plan)`` during an update, so a transition costs two states and a few
 numbers (plus the task's extras, e.g. two segmentations), and the critics score ``Q(s, p)`` as in the paper.
 
+A planner with a recurrent memory (``network.memory="gru"``) also stores the memory it acted from (``memory``)
+and the one it produced (``next_memory``), the "stored state" of R2D2 (Kapturowski et al., ICLR 2019) without
+burn-in, so an update recomputes the plans of ``state`` and ``next_state`` from the memories they were acted with.
+Without memory these fields are ``None`` and take no storage.
+
 Storage is allocated on the first :meth:`ReplayBuffer.add` with the shapes and dtypes seen there (nothing is cast
 down to save memory), ``capacity`` rows per field; :meth:`ReplayBuffer.bytes_per_transition` sizes ``capacity``
 from a memory budget. Adding and sampling are vectorised over the batch; sampling draws indices on the CPU from a
@@ -39,9 +44,15 @@ class Transition(NamedTuple):
     a truncated transition bootstraps like any other)."""
     extras: Tensor | None
     """``(B, ...)`` task tensors for the auxiliary loss (e.g. ``[fixed_seg, warped_seg]``), or ``None``."""
+    memory: Tensor | None = None
+    """``(B, *M)`` the planner's memory the plan was taken with (zero at an episode's first step), or ``None``
+    for a planner without memory."""
+    next_memory: Tensor | None = None
+    """``(B, *M)`` the planner's memory after the step (the one ``next_state`` is acted with), or ``None``."""
 
 
 _FIELDS = Transition._fields
+_OPTIONAL = ("extras", "memory", "next_memory")
 
 
 class ReplayBuffer:
@@ -72,7 +83,8 @@ class ReplayBuffer:
         """Append ``B`` transitions in one vectorised write; when ``B > capacity`` only the newest ``capacity`` stay.
 
         Tensors are copied to the buffer's device in the dtype of the storage (set by the first call). Shapes
-        (beyond the batch dimension) and the presence of ``extras`` must stay the same as in the first call.
+        (beyond the batch dimension) and the presence of ``extras`` and of the memories must stay the same as in
+        the first call; ``memory`` and ``next_memory`` come together.
         """
         fields = self._check(batch)
         count = fields["reward"].shape[0]
@@ -108,7 +120,7 @@ class ReplayBuffer:
         index = torch.randint(self._size, (batch_size,), generator=generator).to(self.device)
         stored = {name: self._storage[name][index] for name in self._storage}
         return Transition(stored["state"], stored["plan"], stored["reward"], stored["next_state"], stored["terminated"],
-                          stored.get("extras"))
+                          stored.get("extras"), stored.get("memory"), stored.get("next_memory"))
 
     def state_dict(self) -> dict[str, Any]:
         """Contents for ``torch.save``: tensors, ints and a dict only (loadable with ``weights_only=True``).
@@ -136,9 +148,11 @@ class ReplayBuffer:
         unknown = set(storage) - set(_FIELDS)
         if unknown:
             raise ValueError(f"unknown replay buffer fields {sorted(unknown)}")
-        missing = [name for name in _FIELDS if name != "extras" and name not in storage]
+        missing = [name for name in _FIELDS if name not in _OPTIONAL and name not in storage]
         if (storage or size) and missing:
             raise ValueError(f"replay buffer state lacks the fields {missing}")
+        if ("memory" in storage) != ("next_memory" in storage):
+            raise ValueError("replay buffer state holds only one of memory and next_memory")
         self.capacity, self._position, self._size = capacity, position, size
         self._storage = {}
         for name, saved in storage.items():
@@ -151,7 +165,8 @@ class ReplayBuffer:
     @staticmethod
     def bytes_per_transition(state_shape: tuple[int, ...] | torch.Size, plan_dim: int,
                              extras_shape: tuple[int, ...] | torch.Size | None = None,
-                             dtype: torch.dtype = torch.float32, extras_dtype: torch.dtype = torch.int64) -> int:
+                             dtype: torch.dtype = torch.float32, extras_dtype: torch.dtype = torch.int64,
+                             memory_shape: tuple[int, ...] | torch.Size | None = None) -> int:
         """Storage bytes of one transition, to size ``capacity`` by memory (``budget // bytes_per_transition``).
 
         Args:
@@ -160,6 +175,8 @@ class ReplayBuffer:
             extras_shape: ``(...)`` one transition's extras without the batch dimension, or ``None``.
             dtype: dtype of states, plan and reward (terminated is one ``bool`` byte).
             extras_dtype: dtype of the extras (segmentations; ``uint8`` / ``int16`` save memory).
+            memory_shape: ``(*M)`` one planner memory without the batch dimension (stored twice, in ``dtype``:
+                memory and next memory), or ``None`` for a planner without memory.
 
         Returns:
             Bytes, e.g. ``2*2*64**3*4 + 64*4 + 4 + 1`` = about 4 MiB for a 3D ``64**3`` pair with a 64-d plan.
@@ -168,14 +185,21 @@ class ReplayBuffer:
         total = 2 * math.prod(state_shape) * item + plan_dim * item + item + 1
         if extras_shape is not None:
             total += math.prod(extras_shape) * torch.empty((), dtype=extras_dtype).element_size()
+        if memory_shape is not None:
+            total += 2 * math.prod(memory_shape) * item
         return total
 
     def _check(self, batch: Transition) -> dict[str, Tensor]:
         """Validate a batch against itself and the storage; return its tensors by field name (without ``None``)."""
         fields = {name: t for name, t in zip(_FIELDS, batch, strict=True) if t is not None}
-        missing = [name for name in _FIELDS if name != "extras" and name not in fields]
+        missing = [name for name in _FIELDS if name not in _OPTIONAL and name not in fields]
         if missing:
             raise ValueError(f"transition fields {missing} are None")
+        if (batch.memory is None) != (batch.next_memory is None):
+            raise ValueError("memory and next_memory must both be given or both be None")
+        if batch.memory is not None and batch.next_memory is not None and batch.memory.shape != batch.next_memory.shape:
+            raise ValueError(f"memory {tuple(batch.memory.shape)} and next_memory "
+                             f"{tuple(batch.next_memory.shape)} differ")
         count = batch.reward.shape[0]
         if batch.reward.ndim != 1 or batch.terminated.shape != (count,) or batch.plan.ndim != 2:
             raise ValueError(f"need reward and terminated (B,) and plan (B, P); got {tuple(batch.reward.shape)}, "
@@ -191,6 +215,7 @@ class ReplayBuffer:
                 if tensor.shape[1:] != self._storage[name].shape[1:]:
                     raise ValueError(f"{name} has per-transition shape {tuple(tensor.shape[1:])}, the buffer stores "
                                      f"{tuple(self._storage[name].shape[1:])}")
-        if self._storage and "extras" in self._storage and "extras" not in fields:
-            raise ValueError("extras were stored in the first add; they cannot be None now")
+        for name in _OPTIONAL:
+            if self._storage and name in self._storage and name not in fields:
+                raise ValueError(f"{name} was stored in the first add; it cannot be None now")
         return fields

@@ -104,8 +104,9 @@ class NetworkConfig:
     ``(N, plan_dim)``, so ``plan_dim`` must be a multiple of ``plan_grid**ndim``."""
     memory: Literal["none", "gru"] = "none"
     """``gru``: a convolutional GRU on the planner's deepest feature map carries a memory across steps (RL-I2IT's
-    step-wise GRU; passed across frames it is the frame-wise one). The replayed transitions of training start from
-    a zero memory; acting carries it (:func:`rlreg.rollout.rollout`)."""
+    step-wise GRU; passed across frames it is the frame-wise one). Acting carries it (:func:`rlreg.rollout.rollout`);
+    training stores it with every transition and replays each plan from the memory it was acted with
+    (:class:`rlreg.buffer.Transition`, :meth:`rlreg.sac.Agent.update`)."""
 
     def __post_init__(self) -> None:
         for name in ("widths", "critic_widths"):

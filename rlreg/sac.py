@@ -13,6 +13,10 @@ The whole update is :meth:`Agent.update`, in the order of the paper (RL-I2IT Alg
 
 Truncation (step cap) is not termination: only ``terminated`` stops the bootstrap (CleanRL/SB3 practice).
 
+A planner with memory (``network.memory="gru"``) recomputes the plan of ``state`` from the transition's stored
+``memory`` and the target's next plan of ``next_state`` from its stored ``next_memory`` (R2D2's stored recurrent
+state, Kapturowski et al. 2019, without burn-in); the critics score ``(state, plan)`` and see no memory.
+
 The agent knows its task only through :mod:`rlreg.tasks.base` (the :class:`~rlreg.tasks.base.Task` protocol and the
 :data:`~rlreg.tasks.base.TASKS` registry): a checkpoint names its task and stores the task's config beside the
 networks' (format version 2; version 1 files, written before tasks had names, are registration).
@@ -231,7 +235,11 @@ class Agent(nn.Module):
         optimiser.step()
 
     def update(self, batch: Transition, task: Task) -> dict[str, float]:
-        """One soft actor-critic + auxiliary update on a replay batch; returns the losses for logging."""
+        """One soft actor-critic + auxiliary update on a replay batch; returns the losses for logging.
+
+        ``batch.memory`` / ``batch.next_memory`` ``(B, *M)`` (a planner with memory) are the planner's memories for
+        ``state`` / ``next_state``; ``None`` (no memory) leaves the planner memoryless.
+        """
         sac = self.config.sac
         if sac.rl_weight == 0:
             return self._update_auxiliary_only(batch, task)
@@ -239,7 +247,7 @@ class Agent(nn.Module):
 
         # 1. critic target, with the next plan from the current policy
         with torch.no_grad():
-            next_out = self.planner(batch.next_state)
+            next_out = self.planner(batch.next_state, batch.next_memory)
             next_plan, next_log_prob = self._sample(next_out, deterministic=False)
             q1_next, q2_next = self.critic_target(batch.next_state, next_plan)
             soft_value = torch.min(q1_next, q2_next) - alpha * next_log_prob
@@ -253,7 +261,7 @@ class Agent(nn.Module):
         self._step(self.critic_opt, self.critic)
 
         # 3. planner loss: reparameterised plan scored by the (fixed) critics, plus the KL prior
-        out = self.planner(batch.state)
+        out = self.planner(batch.state, batch.memory)
         plan, log_prob = self._sample(out, deterministic=False)
         self.critic.requires_grad_(False)
         q1_pi, q2_pi = self.critic(batch.state, plan)
@@ -293,7 +301,7 @@ class Agent(nn.Module):
     def _update_auxiliary_only(self, batch: Transition, task: Task) -> dict[str, float]:
         """Baseline (b): the same step-wise planner-actor loop trained by the auxiliary loss alone (no critic,
         no entropy, deterministic plans)."""
-        out = self.planner(batch.state)
+        out = self.planner(batch.state, batch.memory)
         aux_loss = task.auxiliary_loss(batch.state, self.actor(out.mean, out.skips, out.shape), batch.extras)
         self.planner_opt.zero_grad(set_to_none=True)
         self.actor_opt.zero_grad(set_to_none=True)

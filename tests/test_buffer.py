@@ -1,4 +1,5 @@
-"""The replay buffer: ring order, shapes and dtypes, seeded sampling, save/load round trip, optional extras."""
+"""The replay buffer: ring order, shapes and dtypes, seeded sampling, save/load round trip, optional extras and
+planner memories."""
 
 from __future__ import annotations
 
@@ -11,9 +12,10 @@ from rlreg.buffer import ReplayBuffer, Transition
 
 STATE = (2, 6, 5)
 PLAN = 4
+MEMORY = (3, 2, 2)
 
 
-def batch(start: int, count: int, extras: bool = True) -> Transition:
+def batch(start: int, count: int, extras: bool = True, memory: bool = False) -> Transition:
     """``count`` transitions whose every tensor encodes its id ``start .. start + count - 1``."""
     ids = torch.arange(start, start + count)
     fill = ids.view(-1, 1, 1, 1).float()
@@ -24,6 +26,8 @@ def batch(start: int, count: int, extras: bool = True) -> Transition:
         next_state=(fill + 0.25).expand(count, *STATE).clone(),
         terminated=ids % 3 == 0,
         extras=ids.view(-1, 1, 1, 1).to(torch.int16).expand(count, *STATE).clone() if extras else None,
+        memory=fill.expand(count, *MEMORY).clone() if memory else None,
+        next_memory=(fill + 0.5).expand(count, *MEMORY).clone() if memory else None,
     )
 
 
@@ -68,7 +72,7 @@ def test_seeded_sampling_is_deterministic() -> None:
     first = buffer.sample(16, torch.Generator().manual_seed(123))
     again = buffer.sample(16, torch.Generator().manual_seed(123))
     other = buffer.sample(16, torch.Generator().manual_seed(124))
-    assert all(torch.equal(a, b) for a, b in zip(first, again, strict=True))
+    assert all((a is None and b is None) or torch.equal(a, b) for a, b in zip(first, again, strict=True))
     assert not torch.equal(first.plan, other.plan)
 
 
@@ -116,3 +120,51 @@ def test_bytes_per_transition() -> None:
     expected = 2 * 2 * voxels * 4 + 64 * 4 + 4 + 1 + 2 * voxels * 8
     assert ReplayBuffer.bytes_per_transition((2, 64, 64, 64), 64, (2, 64, 64, 64)) == expected
     assert ReplayBuffer.bytes_per_transition((2, 28, 28), 49, dtype=torch.float16) == 2 * 2 * 784 * 2 + 49 * 2 + 2 + 1
+
+
+@pytest.mark.parametrize("filled", [3, 11])
+def test_memories_are_stored_sampled_and_round_trip(filled: int) -> None:
+    buffer = ReplayBuffer(capacity=7)
+    buffer.add(batch(0, filled, memory=True))
+    sample = buffer.sample(20, torch.Generator().manual_seed(0))
+    assert sample.memory is not None and sample.next_memory is not None
+    assert sample.memory.shape == (20, *MEMORY) and sample.next_memory.shape == (20, *MEMORY)
+    ids = sample.plan[:, 0].view(-1, 1, 1, 1)
+    assert torch.equal(sample.memory, ids.expand_as(sample.memory))  # rows stay together
+    assert torch.equal(sample.next_memory, (ids + 0.5).expand_as(sample.next_memory))
+    assert buffer.nbytes == 7 * ReplayBuffer.bytes_per_transition(STATE, PLAN, STATE, extras_dtype=torch.int16,
+                                                                  memory_shape=MEMORY)
+    state = buffer.state_dict()
+    assert {"memory", "next_memory"} <= set(state["storage"])
+    stream = io.BytesIO()
+    torch.save(state, stream)
+    stream.seek(0)
+    restored = ReplayBuffer(capacity=1)
+    restored.load_state_dict(torch.load(stream, weights_only=True))
+    for seed in range(3):
+        a = buffer.sample(9, torch.Generator().manual_seed(seed))
+        b = restored.sample(9, torch.Generator().manual_seed(seed))
+        for x, y in zip(a, b, strict=True):
+            assert x is not None and y is not None and x.dtype == y.dtype and torch.equal(x, y)
+
+
+def test_no_memory_takes_no_storage_and_memories_must_stay_consistent() -> None:
+    plain = ReplayBuffer(capacity=4)
+    plain.add(batch(0, 2))
+    assert set(plain.state_dict()["storage"]) == {"state", "plan", "reward", "next_state", "terminated", "extras"}
+    assert plain.sample(3).memory is None and plain.sample(3).next_memory is None
+    with pytest.raises(ValueError, match="must stay None"):
+        plain.add(batch(2, 2, memory=True))
+    with_memory = ReplayBuffer(capacity=4)
+    with_memory.add(batch(0, 2, memory=True))
+    with pytest.raises(ValueError, match="cannot be None"):
+        with_memory.add(batch(2, 2))
+    with pytest.raises(ValueError, match="both be given"):
+        with_memory.add(batch(2, 2, memory=True)._replace(next_memory=None))
+    bad = with_memory.state_dict()
+    del bad["storage"]["next_memory"]
+    with pytest.raises(ValueError, match="only one of memory and next_memory"):
+        ReplayBuffer(capacity=4).load_state_dict(bad)
+    voxels = 64**3
+    assert ReplayBuffer.bytes_per_transition((2, 64, 64, 64), 64, memory_shape=(32, 8, 8, 8)) == (
+        2 * 2 * voxels * 4 + 64 * 4 + 4 + 1 + 2 * 32 * 8**3 * 4)

@@ -1,6 +1,9 @@
-"""The SAC agent: update mechanics, auxiliary-update switch, checkpoints, determinism."""
+"""The SAC agent: update mechanics, auxiliary-update switch, stored planner memories, checkpoints, determinism."""
 
 from __future__ import annotations
+
+import copy
+from dataclasses import replace
 
 import pytest
 import torch
@@ -30,6 +33,23 @@ def transition_batch(agent: Agent, batch: int = 4) -> tuple[Transition, Registra
     decision = agent.act(state, deterministic=False)
     result = task.step(decision.action)
     return Transition(state, decision.plan, result.reward, result.state, result.terminated, None), task
+
+
+def memory_transitions(agent: Agent, batch: int = 4) -> tuple[Transition, RegistrationTask]:
+    """Two steps of a ``memory="gru"`` agent; the second step's transition with its memories before and after."""
+    task = RegistrationTask(agent.config.task)
+    first = agent.act(task.reset(RegistrationBatch(*squares(batch))), deterministic=False)
+    state = task.step(first.action).state
+    decision = agent.act(state, deterministic=False, memory=first.memory)
+    result = task.step(decision.action)
+    assert first.memory is not None and decision.memory is not None
+    return Transition(state, decision.plan, result.reward, result.state, result.terminated, None, first.memory,
+                      decision.memory), task
+
+
+def gru_config(**sac) -> AgentConfig:
+    config = tiny_config(**sac)
+    return replace(config, network=replace(config.network, memory="gru"))
 
 
 def params(module: torch.nn.Module) -> torch.Tensor:
@@ -179,3 +199,43 @@ def test_task_names_are_checked(tmp_path) -> None:
         load_checkpoint(tmp_path / "x.pt")
     with pytest.raises(ValueError, match=r"is a 'inpainting' checkpoint, not a 'registration' one"):
         load_checkpoint(tmp_path / "x.pt", task="registration")
+
+
+def _update_logs(agent: Agent, batch: Transition, task: RegistrationTask) -> dict[str, float]:
+    """The losses of one update of a copy of ``agent`` from a fixed random state."""
+    torch.manual_seed(11)
+    return copy.deepcopy(agent).update(batch, task)
+
+
+def test_update_recomputes_plans_from_the_stored_memories() -> None:
+    """The planner (and with it the auxiliary loss) reads ``memory``; the critic target reads ``next_memory``."""
+    torch.manual_seed(0)
+    agent = Agent(gru_config())
+    batch, task = memory_transitions(agent)
+    assert batch.memory is not None and batch.next_memory is not None and batch.memory.abs().sum() > 0
+    base = _update_logs(agent, batch, task)
+    other_memory = _update_logs(agent, batch._replace(memory=batch.memory + 1.0), task)
+    assert other_memory["planner_loss"] != base["planner_loss"] and other_memory["aux_loss"] != base["aux_loss"]
+    assert other_memory["critic_loss"] == base["critic_loss"]  # critics score (state, plan) only
+    other_next = _update_logs(agent, batch._replace(next_memory=batch.next_memory + 1.0), task)
+    assert other_next["critic_loss"] != base["critic_loss"]
+    # a zero stored memory is the planner's fresh memory
+    zeros = batch._replace(memory=torch.zeros_like(batch.memory), next_memory=torch.zeros_like(batch.next_memory))
+    assert _update_logs(agent, zeros, task) == _update_logs(agent, batch._replace(memory=None, next_memory=None),
+                                                            task)
+
+
+def test_auxiliary_only_update_reads_the_stored_memory() -> None:
+    torch.manual_seed(0)
+    agent = Agent(gru_config(rl_weight=0.0))
+    batch, task = memory_transitions(agent)
+    assert batch.memory is not None
+    base = _update_logs(agent, batch, task)["aux_loss"]
+    assert _update_logs(agent, batch._replace(memory=batch.memory + 1.0), task)["aux_loss"] != base
+
+
+def test_a_memoryless_planner_refuses_stored_memories() -> None:
+    torch.manual_seed(0)
+    batch, task = memory_transitions(Agent(gru_config()))
+    with pytest.raises(ValueError, match="has no memory"):
+        Agent(tiny_config()).update(batch, task)

@@ -215,3 +215,59 @@ def test_torchrun_data_parallel_keeps_ranks_identical(tmp_path) -> None:
     assert not torch.equal(weights[0], torch.cat([v.flatten().float()
                                                   for v in init["agent"]["state_dicts"]["planner"].values()]))
     assert (out / "model.pt").exists() and not (out / "state.pt").exists()
+
+
+GRU = ["agent.network.memory=gru", "agent.task.max_steps=2", "loop.min_store_score=-1.0",
+       "loop.buffer_capacity=100"]
+
+
+def test_gru_transitions_store_the_carried_memory_zeroed_at_each_episode_start(tmp_path) -> None:
+    """Episodes of two steps, every transition stored in step order (4 environments per step): a transition's
+    memory is zero at an episode's first step and its previous step's ``next_memory`` at the second."""
+    train(load_config(None, [*TINY, *GRU, "loop.warmup_steps=100", f"loop.output={tmp_path}"]))
+    storage = torch.load(tmp_path / "state.pt", weights_only=True)["buffer"]["storage"]
+    memory, next_memory = storage["memory"], storage["next_memory"]
+    assert memory.shape[0] == next_memory.shape[0] == 6 * 4 and memory.shape == next_memory.shape
+    for step in range(6):
+        rows = slice(4 * step, 4 * step + 4)
+        assert next_memory[rows].abs().amax(dim=tuple(range(1, memory.ndim))).gt(0).all()
+        if step % 2 == 0:  # the first step of an episode (at the start and right after every reset)
+            assert torch.equal(memory[rows], torch.zeros_like(memory[rows]))
+        else:
+            assert memory[rows].abs().amax(dim=tuple(range(1, memory.ndim))).gt(0).all()
+            assert torch.equal(memory[rows], next_memory[4 * step - 4:4 * step])
+
+
+def test_gru_resume_after_kill_reproduces_the_uninterrupted_run(tmp_path) -> None:
+    straight = load_config(None, [*TINY, *GRU, "agent.task.max_steps=4", f"loop.output={tmp_path / 'a'}"])
+    train(straight)
+    interrupted = load_config(None, [*TINY, *GRU, "agent.task.max_steps=4", f"loop.output={tmp_path / 'b'}"])
+
+    def kill_after_four(step: int, total: int, metrics: dict) -> None:
+        if step == 4:
+            raise KilledError
+
+    with pytest.raises(KilledError):
+        train(interrupted, progress=kill_after_four)
+    saved = torch.load(tmp_path / "b" / "state.pt", weights_only=True)
+    assert saved["step"] == 3 and saved["memory"].abs().sum() > 0  # mid-episode: a carried, non-zero memory
+    train(interrupted, resume=True)
+    assert torch.equal(_weights(tmp_path / "a" / "model.pt"), _weights(tmp_path / "b" / "model.pt"))
+    a, b = (torch.load(tmp_path / name / "state.pt", weights_only=True) for name in ("a", "b"))
+    assert torch.equal(a["memory"], b["memory"])
+    for field in a["buffer"]["storage"]:
+        assert torch.equal(a["buffer"]["storage"][field], b["buffer"]["storage"][field]), field
+    assert (tmp_path / "a" / "metrics.jsonl").read_text() == (tmp_path / "b" / "metrics.jsonl").read_text()
+    # a state file whose buffer holds no memories (written before they were stored) is refused in one line
+    for name in ("memory", "next_memory"):
+        del b["buffer"]["storage"][name]
+    torch.save(b, tmp_path / "b" / "state.pt")
+    with pytest.raises(ValueError, match="holds no planner memories"):
+        train(interrupted, resume=True)
+
+
+def test_memoryless_state_file_has_no_memory_fields(tmp_path) -> None:
+    train(load_config(None, [*TINY, "loop.total_steps=2", f"loop.output={tmp_path}"]))
+    saved = torch.load(tmp_path / "state.pt", weights_only=True)
+    assert "memory" not in saved
+    assert not {"memory", "next_memory"} & set(saved["buffer"]["storage"])
