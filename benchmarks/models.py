@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from benchmarks.common import RECIPES
 
@@ -45,6 +44,7 @@ def voxelmorph_sampler(spacing_mm: float = VOXELMORPH_SPACING_MM, shape: tuple[i
     """
     from rlreg.data.synth import SynthPairs
     from rlreg.pipelines.train import load_config
+    from rlreg.spatial import resize
 
     recipe = RECIPES / "brain-3d.yaml"
     synth = load_config(recipe, [f"data.synth.spacing_mm={spacing_mm}",
@@ -54,8 +54,8 @@ def voxelmorph_sampler(spacing_mm: float = VOXELMORPH_SPACING_MM, shape: tuple[i
 
     def sample(count: int, generator: torch.Generator, device: torch.device | str = "cpu") -> tuple[Any, ...]:
         batch = pairs.sample(count, generator, device)
-        images = [F.interpolate(x, size=shape, mode="trilinear", align_corners=True) for x in batch[:2]]
-        labels = [F.interpolate(x.float(), size=shape, mode="nearest").long() for x in batch[2:]]
+        images = [resize(x, shape) for x in batch[:2]]
+        labels = [resize(x, shape, kind="labels") for x in batch[2:]]
         return (*images, *labels)
 
     return sample, pairs.template

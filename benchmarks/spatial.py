@@ -48,7 +48,7 @@ from torch import Tensor
 
 from benchmarks.common import cpu_name, load_average
 from rlreg.pipelines.device import resolve_device as _resolve_any
-from rlreg.spatial import compose, jacobian_determinant, warp
+from rlreg.spatial import compose, jacobian_determinant, resize, warp
 
 __all__ = [
     "DEFAULT_OUTPUT",
@@ -277,14 +277,13 @@ def _smooth_displacement(shape: tuple[int, ...], amplitude: float, gen: torch.Ge
     """A smooth random ``(1, ndim, *shape)`` voxel displacement of a few voxels (upsampled coarse noise)."""
     ndim = len(shape)
     coarse = torch.randn(1, ndim, *(max(2, n // 8) for n in shape), generator=gen)
-    mode = "bilinear" if ndim == 2 else "trilinear"
-    return amplitude * F.interpolate(coarse, size=shape, mode=mode, align_corners=True)
+    return amplitude * resize(coarse, shape)
 
 
 def _labels(shape: tuple[int, ...], n_labels: int, gen: torch.Generator) -> Tensor:
     """A blocky integer label map ``(1, 1, *shape)`` (coarse random labels, nearest-upsampled)."""
     coarse = torch.randint(0, n_labels, (1, 1, *(max(2, n // 6) for n in shape)), generator=gen)
-    return F.interpolate(coarse.float(), size=shape, mode="nearest").long()
+    return resize(coarse, shape, kind="labels")
 
 
 def _grid_from_displacement(displacement: Tensor) -> Tensor:

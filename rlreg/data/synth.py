@@ -28,11 +28,10 @@ from functools import lru_cache
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from rlreg.filters import gaussian_blur
-from rlreg.spatial import compose, identity_grid, integrate_velocity, resize_displacement, warp
+from rlreg.spatial import compose, identity_grid, integrate_velocity, resize, resize_displacement, warp
 from rlreg.tasks.registration import RegistrationBatch
 
 __all__ = [
@@ -125,10 +124,6 @@ def _uniform(generator: torch.Generator, size: tuple[int, ...], low: float, high
     return torch.rand(size, generator=generator, dtype=torch.float64).mul_(high - low).add_(low).float()
 
 
-def _linear_mode(ndim: int) -> str:
-    return "bilinear" if ndim == 2 else "trilinear"
-
-
 def random_smooth_field(count: int, shape: tuple[int, ...], generator: torch.Generator, device: torch.device | str,
                         grid: int = 6, max_std: float = 3.0, integrate: bool = True) -> Tensor:
     """Random smooth displacements: coarse Gaussian noise upsampled (and integrated as a stationary velocity).
@@ -150,7 +145,7 @@ def random_smooth_field(count: int, shape: tuple[int, ...], generator: torch.Gen
     coarse = torch.randn((count, ndim, *([grid] * ndim)), generator=generator) * std
     # Integrate on a grid half the size (8x fewer voxels in 3-D) and upsample: the field is smooth at that scale.
     half = tuple(max(grid, (n + 1) // 2) for n in shape)
-    field = F.interpolate(coarse.to(device), size=half, mode=_linear_mode(ndim), align_corners=True)
+    field = resize(coarse.to(device), half)
     scale = torch.tensor([(h - 1) / max(n - 1, 1) for h, n in zip(half, shape, strict=True)], device=field.device)
     field = field * scale.view(1, ndim, *([1] * ndim))  # voxels of the full grid -> voxels of the half grid
     if integrate:
@@ -228,7 +223,7 @@ def random_label_maps(count: int, shape: tuple[int, ...], num_labels: int, gener
     for _ in range(count):
         size = int(torch.randint(grid[0], grid[1] + 1, (1,), generator=generator))
         noise = torch.randn((1, num_labels, *([size] * ndim)), generator=generator)
-        maps.append(F.interpolate(noise.to(device), size=shape, mode=_linear_mode(ndim), align_corners=True))
+        maps.append(resize(noise.to(device), shape))
     smooth = torch.cat(maps)
     smooth = warp(smooth, random_smooth_field(count, shape, generator, device, max_std=warp_std))
     return smooth.argmax(1, keepdim=True) + 1
@@ -238,7 +233,7 @@ def _bias_field(count: int, shape: tuple[int, ...], generator: torch.Generator, 
                 strength: float) -> Tensor:
     ndim = len(shape)
     coarse = torch.randn((count, 1, *([4] * ndim)), generator=generator) * strength
-    return torch.exp(F.interpolate(coarse.to(device), size=shape, mode=_linear_mode(ndim), align_corners=True))
+    return torch.exp(resize(coarse.to(device), shape))
 
 
 def _rescale(image: Tensor) -> Tensor:
