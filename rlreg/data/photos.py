@@ -46,7 +46,7 @@ from rlreg.io import InputError
 from rlreg.tasks.image import ImageBatch
 
 __all__ = ["DARKNET_PHOTOS", "DEBIAN_PACKAGES", "GCOMPRIS_ARCHIVES", "OPENCV_PHOTOS", "FaceOptions", "Faces",
-           "Photo", "PhotoCrops", "PhotoOptions", "load_face_images", "load_photo", "photo_catalogue",
+           "Photo", "PhotoCrops", "PhotoOptions", "face_datasets", "load_face_images", "load_photo", "photo_catalogue",
            "photo_datasets", "photo_split", "random_masks", "read_qt_resources", "system_data_root"]
 
 OPENCV_PHOTOS = ("aero1.jpg", "aloeL.jpg", "apple.jpg", "baboon.jpg", "board.jpg", "building.jpg", "butterfly.jpg",
