@@ -16,8 +16,16 @@ import pytest
 import torch
 
 from rlreg.data import photos
-from rlreg.data.photos import (PhotoCrops, PhotoOptions, load_face_images, load_photo, photo_catalogue,
-                               photo_datasets, photo_split, read_qt_resources)
+from rlreg.data.photos import (
+    PhotoCrops,
+    PhotoOptions,
+    load_face_images,
+    load_photo,
+    photo_catalogue,
+    photo_datasets,
+    photo_split,
+    read_qt_resources,
+)
 from rlreg.data.registry import DataConfig, training_data
 from rlreg.io import InputError
 
@@ -67,7 +75,7 @@ def test_qt_resource_reader_reads_plain_and_compressed_files(tmp_path: Path) -> 
     files = read_qt_resources(archive)
     assert files == {"/dir/plain.txt": b"hello", "/dir/packed.bin": bytes(range(200)) * 3}
     (tmp_path / "bad.rcc").write_bytes(b"nope" + bytes(20))
-    with pytest.raises(InputError, match="bad.rcc: not a Qt resource archive"):
+    with pytest.raises(InputError, match=r"bad\.rcc: not a Qt resource archive"):
         read_qt_resources(tmp_path / "bad.rcc")
 
 
