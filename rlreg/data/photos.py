@@ -59,7 +59,16 @@ GCOMPRIS_ARCHIVES = ("explore_monuments", "explore_world_animals", "explore_farm
 """``gcompris-qt-data`` resource archives (``usr/share/gcompris-qt/rcc/NAME.rcc``) whose WebP files are photos."""
 DEBIAN_PACKAGES = ("opencv-doc", "darknet", "gcompris-qt-data", "visp-images-data")
 """The Debian packages that add photos and faces (``apt-get install --no-install-recommends ...``)."""
-SKIMAGE_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "immunohistochemistry", "retina")
+SKIMAGE_PHOTOS = {
+    "astronaut": "public domain (NASA, Eileen Collins)",
+    "chelsea": "CC0 (Stefan van der Walt)",
+    "coffee": "CC0 (Rachel Michetti)",
+    "rocket": "public domain (SpaceX)",
+    "hubble_deep_field": "public domain (NASA, HubbleSite)",
+    "immunohistochemistry": "no known copyright restrictions (CMMI)",
+    "retina": "CC0 (Mikael Haggstrom, Wikimedia Commons)",
+}
+"""scikit-image's colour photos and their licences (the loaders' docstrings)."""
 HELD_OUT_FRACTION = 0.2
 
 
@@ -197,12 +206,12 @@ def _package_file(package: str, *parts: str) -> Path | None:
 @lru_cache(maxsize=1)
 def photo_catalogue() -> dict[str, Photo]:
     """Every photo found in the installed packages, name -> :class:`Photo` (nothing is decoded here)."""
-    photos: list[Photo] = [Photo(f"skimage/{name}", "pip", "scikit-image data (BSD-3-Clause; see skimage/data)",
-                                 partial(_skimage_photo, name)) for name in SKIMAGE_PHOTOS]
-    for name in ("china", "flower"):
+    photos: list[Photo] = [Photo(f"skimage/{name}", "pip", f"{licence}; scikit-image data",
+                                 partial(_skimage_photo, name)) for name, licence in SKIMAGE_PHOTOS.items()]
+    for name, author in (("china", "danielbuechele"), ("flower", "vultilion")):
         path = _package_file("sklearn", "datasets", "images", f"{name}.jpg")
         if path is not None:
-            photos.append(Photo(f"sklearn/{name}", "pip", "scikit-learn sample image (CC BY 2.0, see its README)",
+            photos.append(Photo(f"sklearn/{name}", "pip", f"CC BY 2.0 ({author}, Flickr); scikit-learn sample image",
                                 partial(_decode, path)))
     hopper = _package_file("matplotlib", "mpl-data", "sample_data", "grace_hopper.jpg")
     if hopper is not None:
