@@ -102,8 +102,8 @@ def mni_volumes() -> MniVolumes:
     gm, wm = np.clip(gm, 0, 1) * brain, np.clip(wm, 0, 1) * brain
     csf = np.clip(brain - gm - wm, 0.0, 1.0)
     box = tuple(slice(max(int(i.min()) - MARGIN, 0), int(i.max()) + MARGIN + 1) for i in np.nonzero(brain))
-    return MniVolumes(*(np.ascontiguousarray(a[box], dtype=np.float32) for a in (t1, gm, wm, csf, brain)),
-                      labels=np.ascontiguousarray(labels[box]))
+    t1, gm, wm, csf, mask = (np.ascontiguousarray(a[box], dtype=np.float32) for a in (t1, gm, wm, csf, brain))
+    return MniVolumes(t1, gm, wm, csf, mask, np.ascontiguousarray(labels[box]))
 
 
 @dataclass(frozen=True)

@@ -79,8 +79,8 @@ def superpixel_map(image: np.ndarray | Tensor, n_segments: int = SLIC_SEGMENTS,
     segments = slic(array, n_segments=n_segments, compactness=compactness, start_label=0, channel_axis=-1)
     flat = segments.ravel()
     counts = np.bincount(flat).astype(np.float64)
-    means = np.stack([np.bincount(flat, weights=array[..., c].ravel()) for c in range(3)], axis=1)
-    means /= np.maximum(counts, 1.0)[:, None]
+    sums = np.stack([np.bincount(flat, weights=array[..., c].ravel()) for c in range(3)], axis=1)
+    means = sums / np.maximum(counts, 1.0)[:, None]
     filled = means[segments].astype(np.float32)
     return torch.from_numpy(np.ascontiguousarray(np.moveaxis(filled, -1, 0)))
 

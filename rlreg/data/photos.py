@@ -180,6 +180,10 @@ def _readme_licences(files: dict[str, bytes]) -> dict[str, str]:
     return licences
 
 
+def _archived_photo(archive: Path, inner: str) -> np.ndarray:
+    return _decode(read_qt_resources(archive)[inner])
+
+
 def _gcompris_photos(archive: str, path: Path) -> list[Photo]:
     files = read_qt_resources(path)
     licences = _readme_licences(files)
@@ -191,7 +195,7 @@ def _gcompris_photos(archive: str, path: Path) -> list[Photo]:
         stem = inner.split("/resource/", 1)[-1].removesuffix(".webp")
         licence = licences.get(inner, "see the archive's README (GCompris, gcompris-qt-data)")
         photos.append(Photo(f"{group}/{stem}", group, f"{licence}; Debian gcompris-qt-data",
-                            partial(lambda p, key: _decode(read_qt_resources(p)[key]), path, inner)))
+                            partial(_archived_photo, path, inner)))
     return photos
 
 
