@@ -27,8 +27,10 @@ def export_model(checkpoint: Path, name: str, card: dict[str, Any], directory: P
     save_torch(keep, target)  # byte-reproducible: exporting the same weights again keeps the checksum
     registry = directory / REGISTRY.name
     cards = json.loads(registry.read_text()) if registry.exists() else {}
-    cards[name] = {"file": target.name, "sha256": sha256(target), "ndim": keep["config"]["network"]["ndim"],
-                   "max_steps": keep["config"]["task"]["max_steps"], **card}
+    config = keep["config"]
+    cards[name] = {"file": target.name, "sha256": sha256(target), "ndim": config["network"]["ndim"],
+                   "task_name": config.get("task_name", "registration"), "max_steps": config["task"]["max_steps"],
+                   **card}
     with atomic_output(registry) as tmp:
         tmp.write_text(json.dumps(cards, indent=2) + "\n")
     return target
