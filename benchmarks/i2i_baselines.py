@@ -10,7 +10,8 @@ Images are ``(B, C, H, W)`` float tensors in ``[0, 1]``, masks ``(B, 1, H, W)`` 
 * One-step networks (the paper's argument against single-step models): a U-Net (:class:`UNet`, pix2pix-style 4x4
   stride-2 encoder, Isola et al., CVPR 2017) whose width is matched to a parameter count (:func:`match_unet`: the
   step-wise agent's planner + actor), trained for a wall-clock budget (:func:`train_onestep`) with an L1 loss plus
-  the SNGAN hinge adversarial loss of a spectrally normalised PatchGAN discriminator (Miyato et al., ICLR 2018):
+  the SNGAN hinge adversarial loss of the image tasks' spectrally normalised PatchGAN (Miyato et al., ICLR 2018;
+  :mod:`rlreg.tasks.adversarial`), the agent's auxiliary loss:
   for inpainting the L1 is taken in the hole and the prediction is pasted into it; for translation (pix2pix) the
   discriminator is conditioned on the source map.
 """
@@ -30,13 +31,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rlreg.io import save_torch
+from rlreg.tasks.adversarial import Adversary
 from rlreg.tasks.image import ImageBatch
 
 __all__ = [
     "CLASSICAL",
     "CV2_RADIUS",
     "OneStepSettings",
-    "PatchDiscriminator",
     "TrainedOneStep",
     "UNet",
     "UNetConfig",
@@ -196,26 +197,6 @@ class UNet(nn.Module):
         return torch.sigmoid(self.head(y))[..., :height, :width]
 
 
-class PatchDiscriminator(nn.Module):
-    """PatchGAN (pix2pix) critic with spectral normalisation on every convolution (SNGAN), 4x4 stride-2 convs:
-    ``(N, channels, H, W)`` -> ``(N, 1, h, w)`` unbounded scores (hinge loss), one per overlapping patch."""
-
-    def __init__(self, channels: int, width: int = 32, layers: int = 3) -> None:
-        super().__init__()
-        sn = nn.utils.spectral_norm
-        blocks: list[nn.Module] = []
-        cin = channels
-        for level in range(layers):
-            cout = width * 2 ** min(level, 3)
-            blocks += [sn(nn.Conv2d(cin, cout, 4, stride=2, padding=1)), nn.LeakyReLU(0.2)]
-            cin = cout
-        blocks.append(sn(nn.Conv2d(cin, 1, 3, padding=1)))
-        self.net = nn.Sequential(*blocks)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.net(x)
-
-
 def count_parameters(module: nn.Module) -> int:
     """Trainable parameters of ``module``."""
     return sum(p.numel() for p in module.parameters() if p.requires_grad)
@@ -251,19 +232,26 @@ def match_unet(parameters: int, in_channels: int, out_channels: int, depth: int 
 # ---------------------------------------------------------------------------------------------------- training
 @dataclass(frozen=True)
 class OneStepSettings:
-    """Losses and optimiser of a one-step network; saved in its checkpoint."""
+    """Losses and optimisers of a one-step network; saved in its checkpoint. The loss fields mirror the image
+    tasks' :class:`~rlreg.tasks.image.ImageTaskConfig`, so the baseline is trained with the agent's auxiliary loss."""
 
     l1_weight: float = 1.0
     """Weight of the L1 reconstruction loss (inpainting: inside the hole; translation: whole image)."""
-    adversarial_weight: float = 0.01
+    adv_weight: float = 0.01
     """Weight of the SNGAN hinge generator loss ``-mean D(fake)``."""
-    batch_size: int = 16
+    disc_widths: tuple[int, ...] = (32, 64, 128)
+    """Channels per 4x4 stride-2 level of the PatchGAN discriminator."""
+    disc_lr: float = 2e-4
+    """Adam step of the discriminator."""
     lr: float = 2e-4
-    """Adam step of the generator and the discriminator, betas (0.5, 0.999) (pix2pix)."""
-    discriminator_width: int = 32
-    """Channels of the PatchGAN's first layer."""
+    """Adam step of the U-Net, betas (0.5, 0.999) (pix2pix)."""
+    batch_size: int = 16
     checkpoint_seconds: float = 120.0
     """Wall time between checkpoints, so an interrupted run resumes."""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.disc_widths, list):
+            object.__setattr__(self, "disc_widths", tuple(self.disc_widths))
 
 
 @dataclass
@@ -301,11 +289,10 @@ def predict_onestep(kind: Kind, net: UNet, batch: ImageBatch) -> Tensor:
     return out
 
 
-def _checkpoint(trained: TrainedOneStep, discriminator: nn.Module, optimisers: dict[str, torch.optim.Optimizer],
+def _checkpoint(trained: TrainedOneStep, adversary: Adversary, optimiser: torch.optim.Optimizer,
                 generator: torch.Generator) -> dict[str, Any]:
     return {"format": 1, "kind": trained.kind, "unet": asdict(trained.net.config), "settings": asdict(trained.settings),
-            "net": trained.net.state_dict(), "discriminator": discriminator.state_dict(),
-            "optimisers": {name: opt.state_dict() for name, opt in optimisers.items()},
+            "net": trained.net.state_dict(), "adversary": adversary.state_dict(), "optimiser": optimiser.state_dict(),
             "seconds": trained.seconds, "updates": trained.updates, "seed": trained.seed,
             "rng": {"torch": torch.get_rng_state(), "data": generator.get_state()}}
 
@@ -325,9 +312,10 @@ def train_onestep(kind: Kind, train_source: Any, budget_seconds: float, seed: in
     """Train a one-step U-Net for ``budget_seconds`` of wall time (all resumed calls together), on the CPU.
 
     Each update draws ``settings.batch_size`` items from ``train_source`` (``sample(count, generator, device)``
-    -> :class:`ImageBatch`), takes one discriminator step (hinge loss: ``relu(1 - D(real)) + relu(1 + D(fake))``)
-    and one generator step (``l1_weight * L1 - adversarial_weight * D(fake)``). The discriminator sees
-    ``[image, mask]`` (inpainting) or ``[source, image]`` (translation, conditional as in pix2pix).
+    -> :class:`ImageBatch`), takes one discriminator step of the image tasks' :class:`~rlreg.tasks.adversarial.
+    Adversary` (SNGAN PatchGAN, hinge loss) and one U-Net step on ``l1_weight * L1 + adv_weight * (-mean D(fake))``,
+    as the tasks' auxiliary loss does. The discriminator sees ``[image, mask]`` (inpainting) or ``[source, image]``
+    (translation, conditional as in pix2pix), as the tasks' does.
 
     ``checkpoint`` is written every ``settings.checkpoint_seconds`` and at the end (a ``weights_only``-safe dict:
     configs, weights, optimiser and random states, seconds used). If it exists, training resumes from it, and a
@@ -350,12 +338,9 @@ def train_onestep(kind: Kind, train_source: Any, budget_seconds: float, seed: in
     try:
         torch.manual_seed(seed)
         net = UNet(unet)
-        image_channels = unet.out_channels
         condition = 1 if kind == "inpainting" else unet.in_channels
-        discriminator = PatchDiscriminator(image_channels + condition, settings.discriminator_width)
-        optimisers = {"net": torch.optim.Adam(net.parameters(), lr=settings.lr, betas=(0.5, 0.999)),
-                      "discriminator": torch.optim.Adam(discriminator.parameters(), lr=settings.lr,
-                                                        betas=(0.5, 0.999))}
+        adversary = Adversary(unet.out_channels + condition, settings.disc_widths, settings.disc_lr)
+        optimiser = torch.optim.Adam(net.parameters(), lr=settings.lr, betas=(0.5, 0.999))
         generator = torch.Generator().manual_seed(seed + 1)
         trained = TrainedOneStep(kind, net, settings, 0.0, 0, seed)
         if checkpoint.exists():
@@ -363,9 +348,8 @@ def train_onestep(kind: Kind, train_source: Any, budget_seconds: float, seed: in
             if data["unet"] != asdict(unet) or data["kind"] != kind or data["seed"] != seed:
                 raise ValueError(f"{checkpoint}: another network, task or seed; delete it or pass another path")
             net.load_state_dict(data["net"])
-            discriminator.load_state_dict(data["discriminator"])
-            for name, opt in optimisers.items():
-                opt.load_state_dict(data["optimisers"][name])
+            adversary.load_state_dict(data["adversary"])
+            optimiser.load_state_dict(data["optimiser"])
             torch.set_rng_state(data["rng"]["torch"])
             generator.set_state(data["rng"]["data"])
             trained.seconds, trained.updates = data["seconds"], data["updates"]
@@ -376,31 +360,35 @@ def train_onestep(kind: Kind, train_source: Any, budget_seconds: float, seed: in
             condition_map = batch.mask if kind == "inpainting" else batch.source
             assert condition_map is not None
             fake = predict_onestep(kind, net, batch)
-            real_score = discriminator(torch.cat([batch.target, condition_map], 1))
-            fake_score = discriminator(torch.cat([fake.detach(), condition_map], 1))
-            d_loss = F.relu(1 - real_score).mean() + F.relu(1 + fake_score).mean()
-            optimisers["discriminator"].zero_grad(set_to_none=True)
-            d_loss.backward()
-            optimisers["discriminator"].step()
+
+            def critic_input(image: Tensor, batch: ImageBatch = batch) -> Tensor:
+                if kind == "inpainting":
+                    assert batch.mask is not None
+                    return torch.cat([image, batch.mask], 1)
+                return torch.cat([batch.source, image], 1)
+
+            adversarial = torch.zeros(())
+            if settings.adv_weight > 0:
+                adversary.update(critic_input(batch.target), critic_input(fake))
+                adversarial = adversary.generator_loss(critic_input(fake))
             if kind == "inpainting":
                 assert batch.mask is not None
                 hole = batch.mask.expand_as(fake)
                 l1 = ((fake - batch.target).abs() * hole).sum() / hole.sum().clamp_min(1.0)
             else:
                 l1 = (fake - batch.target).abs().mean()
-            g_adv = -discriminator(torch.cat([fake, condition_map], 1)).mean()
-            g_loss = settings.l1_weight * l1 + settings.adversarial_weight * g_adv
-            optimisers["net"].zero_grad(set_to_none=True)
+            g_loss = settings.l1_weight * l1 + settings.adv_weight * adversarial
+            optimiser.zero_grad(set_to_none=True)
             g_loss.backward()
-            optimisers["net"].step()
+            optimiser.step()
             trained.updates += 1
             trained.seconds = time.perf_counter() - start
             if not math.isfinite(g_loss.item()):
                 raise FloatingPointError(f"one-step training diverged at update {trained.updates}")
             if time.perf_counter() - saved >= settings.checkpoint_seconds:
-                save_torch(_checkpoint(trained, discriminator, optimisers, generator), checkpoint)
+                save_torch(_checkpoint(trained, adversary, optimiser, generator), checkpoint)
                 saved = time.perf_counter()
-        save_torch(_checkpoint(trained, discriminator, optimisers, generator), checkpoint)
+        save_torch(_checkpoint(trained, adversary, optimiser, generator), checkpoint)
         net.eval()
         return trained
     finally:

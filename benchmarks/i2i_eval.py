@@ -353,9 +353,8 @@ def recipe_settings(recipe: Path) -> tuple[Any, dict[str, Any], OneStepSettings,
 
     config = load_config(recipe)
     task = config.agent.task
-    settings = OneStepSettings(l1_weight=float(getattr(task, "l1_weight", 1.0)),
-                               adversarial_weight=float(getattr(task, "adversarial_weight", 0.01)),
-                               batch_size=config.loop.batch_size)
+    settings = OneStepSettings(l1_weight=task.l1_weight, adv_weight=task.adv_weight, disc_widths=task.disc_widths,
+                               disc_lr=task.disc_lr, lr=config.agent.sac.lr_actor, batch_size=config.loop.batch_size)
     counts = Agent(config.agent).parameter_counts()
     return config, dict(config.data.options), settings, int(counts["planner"] + counts["actor"])
 

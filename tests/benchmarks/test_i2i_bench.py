@@ -124,3 +124,65 @@ def test_onestep_trains_for_its_budget_resumes_and_reloads(kind: str, tmp_path) 
     with pytest.raises(ValueError, match="another network"):
         baselines.train_onestep(kind, source, 4.0, 1, 1, checkpoint, unet, settings)
     json.dumps(torch.load(checkpoint, weights_only=True)["settings"])  # plain values
+
+
+RECIPE = """
+agent:
+  task_name: {kind}
+  network: {{ndim: 2, in_channels: {in_channels}, out_channels: 3, widths: [8, 16, 16], plan_dim: 32, plan_grid: 2,
+            down_kernel: 4, padding: reflect, max_step: 0.5, critic_widths: [8, 16]}}
+  task: {{channels: 3, max_steps: 2, disc_widths: [8, 16]{extra}}}
+data: {{dataset: {dataset}}}
+loop: {{num_envs: 4, warmup_steps: 2, batch_size: 4, buffer_capacity: 200, eval_pairs: 4, eval_steps: 2,
+        eval_chunk: 4, checkpoint_every: 1000, device: cpu}}
+"""
+
+
+@pytest.mark.bench  # about 1 min: three 2-second trainings, then a side-by-side run of every row
+@pytest.mark.parametrize("kind", ["inpainting", "translation"])
+def test_ablation_then_side_by_side_run_end_to_end(kind: str, tmp_path, monkeypatch) -> None:
+    from rlreg.data.registry import DATASETS
+
+    dataset = f"waves-{kind}"
+    monkeypatch.setitem(DATASETS, dataset, lambda data: (Waves(kind), Waves(kind)))
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(RECIPE.format(kind=kind, dataset=dataset,
+                                    extra="" if kind == "inpainting" else ", source_channels: 1"))
+    markdown, runs = tmp_path / "benchmarks.md", tmp_path / "ablation"
+    module = "inpaint" if kind == "inpainting" else "translate"
+    prog = f"python -m benchmarks.{module}"
+    ablation = ["ablation", "--dataset", dataset, "--recipe", str(recipe), "--seeds", "0", "1",
+                "--budget-minutes", str(1.5 / 60), "--items", "3", "--threads", "1", "--output", str(markdown),
+                "--runs", str(runs)]
+    i2i_eval.main(kind, prog, [dataset], ablation)
+    records = sorted(p.name for p in runs.glob("*.json"))
+    assert records == sorted(f"{m}-seed{s}.json" for m in i2i_eval.ABLATION_METHODS for s in (0, 1))
+    first = {p.name: p.stat().st_mtime_ns for p in runs.glob("*.json")}
+    text = markdown.read_text()
+    assert text.count(f"<!-- i2i-{dataset}-ablation:begin -->") == 1 and " ± " in text
+    for method in i2i_eval.ABLATION_METHODS:
+        assert f"| {method} | 0, 1 |" in text
+    params = {m: json.loads((runs / f"{m}-seed0.json").read_text())["parameters"] for m in i2i_eval.ABLATION_METHODS}
+    assert abs(params["one-step"] - params["rl"]) <= 0.05 * params["rl"] and params["aux-only"] == params["rl"]
+    i2i_eval.main(kind, prog, [dataset], ablation)  # resumable: every run is read back, none retrained
+    assert {p.name: p.stat().st_mtime_ns for p in runs.glob("*.json")} == first
+
+    side = ["--dataset", dataset, "--recipe", str(recipe), "--items", "4", "--threads", "1",
+            "--model", str(runs / "rl-seed0" / "model.pt"),
+            "--aux-only-model", str(runs / "aux-only-seed0" / "model.pt"),
+            "--onestep", str(runs / "one-step-seed0.pt"), "--output", str(markdown),
+            "--image-dir", str(tmp_path / "img"), "--runs", str(tmp_path / "bench")]
+    i2i_eval.main(kind, prog, [dataset], side)
+    text = markdown.read_text()
+    section = text[text.index(f"<!-- i2i-{dataset}:begin -->"):text.index(f"<!-- i2i-{dataset}:end -->")]
+    assert f"`{prog} --dataset {dataset}" in section and "uncalibrated" in section
+    rows = [line for line in section.splitlines() if line.startswith("| ") and not line.startswith("| method")]
+    names = [row.split(" | ")[0][2:] for row in rows]
+    expected = (list(baselines.CLASSICAL) if kind == "inpainting" else []) + [
+        "one-step U-Net" if kind == "inpainting" else "pix2pix-style U-Net", "aux-only step-wise (2 steps)",
+        "RL (full) (2 steps)"]
+    assert names == expected
+    assert (tmp_path / "img" / f"bench_{dataset}.png").stat().st_size > 5_000
+    results = json.loads((tmp_path / "bench" / "results.json").read_text())
+    assert all(math.isfinite(r["metrics"]["psnr_whole"]) and r["seconds_per_image"] > 0 for r in results)
+    assert ("psnr_hole" in results[0]["metrics"]) == (kind == "inpainting")
