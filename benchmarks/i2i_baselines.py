@@ -4,7 +4,7 @@ Images are ``(B, C, H, W)`` float tensors in ``[0, 1]``, masks ``(B, 1, H, W)`` 
 :mod:`rlreg.tasks.image`. Every inpainting method returns the input outside the hole exactly.
 
 * Classical inpainting (:data:`CLASSICAL`): OpenCV's Telea (fast marching, Telea, J. Graphics Tools 2004) and
-  Navier-Stokes (Bertalmio et al., CVPR 2001) ``cv2.inpaint`` with a :data:`CV2_RADIUS` of 5 pixels, scikit-image's
+  Navier-Stokes (Bertalmio et al., CVPR 2001) ``cv2.inpaint`` with a :data:`CV2_RADIUS` of 9 pixels, scikit-image's
   biharmonic inpainting (Damelin & Hoang 2018), a per-channel mean of the known pixels, and the push-pull
   (pyramid) fill the inpainting task starts its episodes from.
 * One-step networks (the paper's argument against single-step models): a U-Net (:class:`UNet`, pix2pix-style 4x4
@@ -55,9 +55,10 @@ __all__ = [
 
 Kind = Literal["inpainting", "translation"]
 
-CV2_RADIUS = 5
+CV2_RADIUS = 9
 """``inpaintRadius`` of ``cv2.inpaint`` (pixels): the neighbourhood each filled pixel is estimated from. OpenCV's
-sample uses 3; a 64^2 centre hole needs a wider one (measured in docs/benchmarks.md, inpainting section)."""
+sample uses 3; a 64^2 centre hole fills better with a wider one, at a cost in time (docs/decisions.md, "cv2.inpaint
+radius 9 in the inpainting benchmark")."""
 
 
 # ---------------------------------------------------------------------------------------------------- classical
