@@ -209,6 +209,8 @@ def load_agent(model: str, kind: Kind) -> Any:
 
     path = Path(model)
     if not path.exists():
+        if path.suffix or len(path.parts) > 1:
+            raise ValueError(f"{path}: no such checkpoint; give a checkpoint file or a shipped model's name")
         from rlreg.models import model_path
 
         path = model_path(model)
@@ -528,29 +530,31 @@ def main(kind: Kind, prog: str, datasets: Sequence[str], argv: Sequence[str] | N
 
     argv = list(sys.argv[1:] if argv is None else argv)
     load = load_average()
-    try:
-        if argv[:1] == ["ablation"]:
-            args = _ablation_parser(kind, prog, datasets).parse_args(argv[1:])
-            vgg = load_vgg16(args.vgg_weights)
-            torch.set_num_threads(args.threads)
-            runs = args.runs or Path("runs") / f"ablation_{args.dataset}"
-            results = run_ablation(kind, args.dataset, recipe_for(args.dataset, args.recipe), args.seeds,
-                                   args.budget_minutes * 60, args.items, runs, args.threads, vgg=vgg,
-                                   methods=args.methods)
-            write_ablation_section(kind, args.dataset, results, args.output, _command(prog, argv),
-                                   describe_machine(load, runs), args.budget_minutes * 60, args.items)
-            print(f"wrote the ablation of {args.dataset} into {args.output}")
-            return
+    ablation = argv[:1] == ["ablation"]
+    if ablation:
+        args = _ablation_parser(kind, prog, datasets).parse_args(argv[1:])
+    else:
         args = _parser(kind, prog, datasets).parse_args(argv)
-        vgg = load_vgg16(args.vgg_weights)
-        torch.set_num_threads(args.threads)
-        runs = args.runs or Path("runs") / f"bench_{args.dataset}"
+    try:  # what the user names (weights, recipe, dataset, models), checked before any training starts
         recipe = recipe_for(args.dataset, args.recipe)
         _, options, _, _ = recipe_settings(recipe)
-        batch = held_out_items(args.dataset, options, args.items, args.seed)
-        methods = compare_methods(kind, args, recipe, runs)
-    except InputError as err:
-        raise SystemExit(str(err)) from None
+        batch = held_out_items(args.dataset, options, args.items, 0 if ablation else args.seed)
+        agents = [] if ablation else load_agents(kind, args)
+        runs = args.runs or Path("runs") / f"{'ablation' if ablation else 'bench'}_{args.dataset}"
+        if not ablation:
+            onestep_budget(args, runs)
+        vgg = load_vgg16(args.vgg_weights)
+    except (InputError, ValueError) as err:  # one line, no traceback
+        raise SystemExit(f"{prog}: {err}") from None
+    torch.set_num_threads(args.threads)
+    if ablation:
+        ablated = run_ablation(kind, args.dataset, recipe, args.seeds, args.budget_minutes * 60, args.items, runs,
+                               args.threads, vgg=vgg, methods=args.methods)
+        write_ablation_section(kind, args.dataset, ablated, args.output, _command(prog, argv),
+                               describe_machine(load, runs), args.budget_minutes * 60, args.items)
+        print(f"wrote the ablation of {args.dataset} into {args.output}")
+        return
+    methods = compare_methods(kind, args, recipe, runs, agents)
     results, outputs = evaluate_methods(kind, batch, methods, vgg)
     figure = example_grid(kind, batch, outputs, args.image_dir / f"bench_{args.dataset}.png")
     machine = describe_machine(load, runs)
@@ -563,27 +567,41 @@ def main(kind: Kind, prog: str, datasets: Sequence[str], argv: Sequence[str] | N
     print(f"wrote {args.output} and {figure}")
 
 
-def compare_methods(kind: Kind, args: argparse.Namespace, recipe: Path,
-                    runs: Path) -> list[tuple[str, str, Method, int | None, int | None]]:
-    """The rows of one side-by-side run: classical inpainting (inpainting only), the one-step network (trained
-    or resumed when its checkpoint is not finished), the aux-only and the full RL agents when given."""
-    methods: list[tuple[str, str, Method, int | None, int | None]] = []
-    if kind == "inpainting":
-        methods += [(name, "classical", lambda b, f=fill: f(b.source, b.mask), None, None)
-                    for name, fill in CLASSICAL.items()]
+def load_agents(kind: Kind, args: argparse.Namespace) -> list[tuple[str, str, Any]]:
+    """``(row name, group, agent)`` of the aux-only and full RL agents the command line names."""
     agents = []
     if args.aux_only_model:
         agents.append(("aux-only step-wise", "aux-only", load_agent(args.aux_only_model, kind)))
     if args.model:
         agents.append(("RL (full)", "rl", load_agent(args.model, kind)))
+    return agents
+
+
+def onestep_budget(args: argparse.Namespace, runs: Path) -> tuple[Path, float]:
+    """The one-step checkpoint and its training budget (seconds): ``--onestep-budget-minutes``, else the time an
+    existing checkpoint records.
+
+    Raises:
+        ValueError: neither is given.
+    """
     checkpoint = args.onestep or runs / f"onestep-seed{args.seed}.pt"
     if args.onestep_budget_minutes is not None:
-        budget = args.onestep_budget_minutes * 60
-    elif checkpoint.exists():
-        budget = float(torch.load(checkpoint, map_location="cpu", weights_only=True)["seconds"])
-    else:
-        raise SystemExit(f"{checkpoint} does not exist: pass --onestep-budget-minutes (the RL model's training "
-                         "wall time) to train the one-step baseline, or --onestep PATH")
+        return checkpoint, args.onestep_budget_minutes * 60
+    if checkpoint.exists():
+        return checkpoint, float(torch.load(checkpoint, map_location="cpu", weights_only=True)["seconds"])
+    raise ValueError(f"{checkpoint} does not exist: pass --onestep-budget-minutes (the RL model's training wall "
+                     "time) to train the one-step baseline, or --onestep PATH")
+
+
+def compare_methods(kind: Kind, args: argparse.Namespace, recipe: Path, runs: Path,
+                    agents: Sequence[tuple[str, str, Any]]) -> list[tuple[str, str, Method, int | None, int | None]]:
+    """The rows of one side-by-side run: classical inpainting (inpainting only), the one-step network (trained
+    or resumed when its checkpoint is not finished), then ``agents`` (:func:`load_agents`)."""
+    methods: list[tuple[str, str, Method, int | None, int | None]] = []
+    if kind == "inpainting":
+        methods += [(name, "classical", lambda b, f=fill: f(b.source, b.mask), None, None)
+                    for name, fill in CLASSICAL.items()]
+    checkpoint, budget = onestep_budget(args, runs)
     trained = onestep_network(kind, recipe, checkpoint, budget, args.seed, args.threads)
     name = "one-step U-Net" if kind == "inpainting" else "pix2pix-style U-Net"
     methods.append((name, "one-step", lambda b: predict_onestep(kind, trained.net, b), trained.parameters, None))

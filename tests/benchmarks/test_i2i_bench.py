@@ -129,7 +129,7 @@ def test_onestep_trains_for_its_budget_resumes_and_reloads(kind: str, tmp_path) 
 RECIPE = """
 agent:
   task_name: {kind}
-  network: {{ndim: 2, in_channels: {in_channels}, out_channels: 3, widths: [8, 16, 16], plan_dim: 32, plan_grid: 2,
+  network: {{ndim: 2, in_channels: 4, out_channels: 3, widths: [8, 16, 16], plan_dim: 32, plan_grid: 2,
             down_kernel: 4, padding: reflect, max_step: 0.5, critic_widths: [8, 16]}}
   task: {{channels: 3, max_steps: 2, disc_widths: [8, 16]{extra}}}
 data: {{dataset: {dataset}}}
@@ -186,3 +186,24 @@ def test_ablation_then_side_by_side_run_end_to_end(kind: str, tmp_path, monkeypa
     results = json.loads((tmp_path / "bench" / "results.json").read_text())
     assert all(math.isfinite(r["metrics"]["psnr_whole"]) and r["seconds_per_image"] > 0 for r in results)
     assert ("psnr_hole" in results[0]["metrics"]) == (kind == "inpainting")
+
+
+def test_bad_command_lines_end_in_one_line(tmp_path, monkeypatch) -> None:
+    from benchmarks import inpaint, translate
+    from rlreg.data.registry import DATASETS
+
+    with pytest.raises(SystemExit, match="dataset 'nope' is unknown"):
+        inpaint.main(["--dataset", "nope", "--recipe", "pipelines/recipes/inpaint-photo.yaml"])
+    with pytest.raises(SystemExit, match="no default recipe for other; pass --recipe PATH"):
+        translate.main(["--dataset", "other"])
+    monkeypatch.setitem(DATASETS, "waves-inpainting", lambda data: (Waves("inpainting"), Waves("inpainting")))
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(RECIPE.format(kind="inpainting", dataset="waves-inpainting", extra=""))
+    with pytest.raises(SystemExit, match=r"missing\.pt: no such checkpoint") as caught:
+        inpaint.main(["--dataset", "waves-inpainting", "--recipe", str(recipe), "--model",
+                      str(tmp_path / "missing.pt")])
+    assert "\n" not in str(caught.value)
+    with pytest.raises(SystemExit, match="--onestep-budget-minutes"):
+        inpaint.main(["--dataset", "waves-inpainting", "--recipe", str(recipe), "--items", "2", "--output",
+                      str(tmp_path / "b.md"), "--runs", str(tmp_path / "runs")])
+    assert not (tmp_path / "b.md").exists()
