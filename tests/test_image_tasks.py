@@ -252,3 +252,24 @@ def test_translation_learns_through_train(tmp_path, monkeypatch) -> None:
     assert record["psnr_final"] > record["psnr0"] + 3.0, record
     saved, _ = load_checkpoint(tmp_path / "run" / "model.pt", task="translation")
     assert dataclasses.asdict(saved.config.task) == dataclasses.asdict(agent.task)
+
+
+@pytest.mark.parametrize("name", ["inpaint-photo", "inpaint-mri", "translate-labels-t1", "translate-edges-photo"])
+def test_image_recipes_build_an_agent_whose_state_fits_the_task(name: str) -> None:
+    from pathlib import Path
+
+    import rlreg.pipelines
+    from rlreg.pipelines.train import load_config
+
+    config = load_config(Path(rlreg.pipelines.__file__).parent / "recipes" / f"{name}.yaml")
+    network, task_config = config.agent.network, config.agent.task
+    assert config.data.dataset in DATASETS
+    assert network.plan_dim == 256 and network.down_kernel == 4  # the paper's plan and 4x4 stride-2 convs
+    assert network.out_channels == task_config.channels
+    task = TASKS[config.agent.task_name].task(task_config)
+    channels = task_config.channels
+    source_channels = channels if name.startswith("inpaint") else task_config.source_channels
+    image = torch.rand(1, channels, 32, 32)
+    mask = _centre_mask(1) if name.startswith("inpaint") else None
+    state = task.reset(ImageBatch(torch.rand(1, source_channels, 32, 32), image, mask))
+    assert state.shape[1] == network.in_channels
