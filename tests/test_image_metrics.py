@@ -41,6 +41,16 @@ def test_psnr_of_a_known_error_level() -> None:
         assert torch.allclose(l1(target + delta, target), torch.full((3,), delta), atol=1e-6)
 
 
+def test_psnr_of_gaussian_noise_follows_its_sigma() -> None:
+    target = torch.full((2, 3, 64, 64), 0.5)
+    noise = torch.randn(target.shape, generator=torch.Generator().manual_seed(3))
+    for sigma in (0.01, 0.05):  # MSE = sigma^2 (no clipping at 0.5 +- 10 sigma): PSNR = -20 log10(sigma)
+        assert torch.allclose(psnr(target + sigma * noise, target), torch.full((2,), -20 * math.log10(sigma)),
+                              atol=0.1)
+        assert torch.allclose(l1(target + sigma * noise, target), torch.full((2,), sigma * math.sqrt(2 / math.pi)),
+                              rtol=0.03)
+
+
 def test_mask_restricts_every_metric_to_the_hole() -> None:
     target = _images(channels=3, size=32)
     mask = _centre_mask()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 
 import pytest
 import torch
@@ -71,6 +72,18 @@ def test_unet_runs_on_any_size_within_zero_one() -> None:
     net = baselines.UNet(baselines.UNetConfig(2, 1, base_width=4, depth=3))
     out = net(torch.rand(2, 2, 21, 30))
     assert out.shape == (2, 1, 21, 30) and out.min() >= 0 and out.max() <= 1
+
+
+def test_peak_memory_sees_an_allocation_inside_the_block() -> None:
+    import numpy as np
+
+    with i2i_eval.PeakMemory() as idle:
+        pass
+    with i2i_eval.PeakMemory() as busy:
+        block = np.ones(64 * 2**20 // 8)  # 64 MiB, touched, held for 25 samples
+        time.sleep(0.05)
+        del block
+    assert busy.peak_mib > 50 and idle.peak_mib < 20
 
 
 def test_table_section_and_grid(tmp_path) -> None:
