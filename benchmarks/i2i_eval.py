@@ -576,6 +576,9 @@ def main(kind: Kind, prog: str, datasets: Sequence[str], argv: Sequence[str] | N
     except (InputError, ValueError) as err:  # one line, no traceback
         raise SystemExit(f"{prog}: {err}") from None
     torch.set_num_threads(args.threads)
+    import cv2
+
+    cv2.setNumThreads(args.threads)  # the OpenCV rows get the threads torch gets
     if ablation:
         ablated = run_ablation(kind, recipe, batch, args.seeds, args.budget_minutes * 60, runs, args.threads,
                                vgg=vgg, methods=args.methods)
