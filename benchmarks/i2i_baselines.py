@@ -273,10 +273,14 @@ class TrainedOneStep:
 
 
 def _network_input(kind: Kind, batch: ImageBatch) -> Tensor:
-    """Inpainting: ``[image with the hole at 0, mask]``; translation: the source map."""
+    """Inpainting: ``[image with its hole push-pull filled, mask]``, the start the step-wise agent gets too
+    (:func:`rlreg.tasks.inpainting.pushpull_fill`), so both see the same information; translation: the source map."""
     if kind == "inpainting":
+        from rlreg.tasks.inpainting import pushpull_fill
+
         assert batch.mask is not None
-        return torch.cat([batch.source * (1 - batch.mask), batch.mask], 1)
+        mask = (batch.mask > 0.5).to(batch.source.dtype)
+        return torch.cat([pushpull_fill(batch.source * (1 - mask), mask), mask], 1)
     return batch.source
 
 
