@@ -2,6 +2,9 @@
 
 A maintainer's tool (it writes ``rlreg/models/*.pt`` and ``rlreg/models/models.json``), run from the repository
 root: ``python -m benchmarks.export_model runs/brain-3d/model.pt brain-3d --card card.json``.
+
+``--recommend-steps N`` sets the card's ``recommended_steps`` to the step count with the best mean score on ``N``
+items of the run's **training** data (never the held-out split), running up to the task's ``max_steps``.
 """
 
 from __future__ import annotations
@@ -36,13 +39,38 @@ def export_model(checkpoint: Path, name: str, card: dict[str, Any], directory: P
     return target
 
 
+def steps_on_training_data(checkpoint: Path, items: int, seed: int = 0) -> tuple[int, list[float]]:
+    """The step count ``0..max_steps`` with the highest mean task score on ``items`` training items of the run that
+    wrote ``checkpoint`` (its ``train_config``), and the mean score per step."""
+    from rlreg.config import from_dict
+    from rlreg.data.registry import training_data
+    from rlreg.pipelines.train import TrainConfig, evaluate
+    from rlreg.sac import load_checkpoint
+
+    agent, data = load_checkpoint(checkpoint, task=None)
+    if "train_config" not in data:
+        raise ValueError(f"{checkpoint}: holds no train_config (write it with rlreg train)")
+    config = from_dict(TrainConfig, data["train_config"])
+    train_source, _ = training_data(config.data)
+    batch = train_source.sample(items, torch.Generator().manual_seed(seed), "cpu")
+    result = evaluate(agent, batch, steps=int(agent.config.task.max_steps), chunk=16)
+    return result.best[0], result.score_per_step
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.export_model", description=__doc__.splitlines()[0])
     parser.add_argument("checkpoint", type=Path)
     parser.add_argument("name")
     parser.add_argument("--card", type=Path, help="JSON file with the model card (training data, metrics, ...)")
+    parser.add_argument("--recommend-steps", type=int, default=0, metavar="N",
+                        help="choose recommended_steps on N items of the run's training data")
     args = parser.parse_args(argv)
     card = json.loads(args.card.read_text()) if args.card else {}
+    if args.recommend_steps:
+        best, scores = steps_on_training_data(args.checkpoint, args.recommend_steps)
+        card["recommended_steps"] = best
+        card["training_score_per_step"] = [round(x, 3) for x in scores]
+        print(f"recommended_steps {best}: training-data score per step {[round(x, 3) for x in scores]}")
     path = export_model(args.checkpoint, args.name, card)
     print(f"exported {path}; shipped models: {sorted(available())}")
 
