@@ -489,7 +489,8 @@ def _working_grid(row: dict) -> str:
 def models_list(
     json_output: Annotated[bool, typer.Option("--json", help="Print the table as JSON only.")] = False,
 ) -> None:
-    """The shipped agents: dimensionality, default use, size, working grid, recommended steps, headline metric."""
+    """The shipped agents: task, dimensionality, default use, size, working grid, recommended steps, headline
+    metric."""
     from rlreg import models
 
     try:
@@ -499,9 +500,10 @@ def models_list(
     if json_output:
         typer.echo(json.dumps(rows, indent=2))
         return
-    header = ("name", "ndim", "default for", "parameters", "working grid", "steps", "headline metric", "file")
+    header = ("name", "task", "ndim", "default for", "parameters", "working grid", "steps", "headline metric",
+              "file")
     table = [header] + [
-        (row["name"], str(row["ndim"]), f"{row['ndim']}-D" if row["default"] else "-",
+        (row["name"], row["task"], str(row["ndim"]), f"{row['ndim']}-D" if row["default"] else "-",
          "-" if row["parameters"] is None else f"{row['parameters']:,}", _working_grid(row),
          str(row["recommended_steps"] or "-"),
          "-" if (metric := row["headline_metric"]) is None else f"{metric['name']} {metric['value']}",
@@ -531,8 +533,9 @@ def models_info(
     if json_output:
         typer.echo(json.dumps({"name": name, "card": card, "file": file_status}, indent=2))
     else:
-        typer.echo(f"{name}: {row['ndim']}-D agent" + (f", the default for {row['ndim']}-D inputs" if row["default"]
-                                                       else ", not a default (ask for it with --model)"))
+        typer.echo(f"{name}: {row['ndim']}-D {row['task']} agent"
+                   + (f", the default for {row['ndim']}-D inputs" if row["default"]
+                      else ", not a default (ask for it with --model)"))
         typer.echo(f"  {'file':<20} {row['path']} ({_file_size(row['file_size_bytes'])}, checksum "
                    f"{row['checksum']})")
         for key, value in card.items():
