@@ -424,10 +424,15 @@ def write_output(path: Path, stored: np.ndarray, like: InputImage, bits: int = 8
         picture.save(tmp, format=kind, **({"quality": 95} if kind == "JPEG" else {}))
 
 
-def image_quality(output: np.ndarray, reference: np.ndarray, mask: np.ndarray | None = None) -> dict[str, float]:
+def image_quality(output: np.ndarray, reference: np.ndarray, mask: np.ndarray | None = None,
+                  axis: int | None = None) -> dict[str, float]:
     """PSNR (dB, peak 1; :func:`rlreg.tasks.image.masked_psnr`) and SSIM (scikit-image, data range 1) of ``output``
     against ``reference``, both ``(C, *S)`` in ``[0, 1]``, over the whole image and, given a ``(*S)`` mask, inside it
-    (SSIM there: the mean of the SSIM map over the mask). SSIM is left out for images under 7 pixels a side."""
+    (SSIM there: the mean of the SSIM map over the mask).
+
+    A volume processed slice by slice along tensor ``axis`` gets the 2-D SSIM of each slice (its map averaged over
+    the volume). SSIM is left out for images under 7 pixels a side (scikit-image's window).
+    """
     from skimage.metrics import structural_similarity
 
     from rlreg.tasks.image import masked_psnr
@@ -437,12 +442,18 @@ def image_quality(output: np.ndarray, reference: np.ndarray, mask: np.ndarray | 
     weights = None if mask is None else torch.from_numpy(mask[None, None].astype(np.float32))
     if weights is not None:
         metrics["psnr_hole"] = float(masked_psnr(out, ref, weights)[0])
-    if min(output.shape[1:]) >= 7:
-        score, ssim_map = structural_similarity(reference.astype(np.float64), output.astype(np.float64),
-                                                data_range=1.0, channel_axis=0, full=True)
-        metrics["ssim"] = float(score)
-        if mask is not None:
-            metrics["ssim_hole"] = float(ssim_map.mean(axis=0)[mask.astype(bool)].mean())
+    if axis is not None:  # (C, *S) -> (N, C, H, W) slices
+        pairs = [(np.moveaxis(a, axis + 1, 0).astype(np.float64)) for a in (reference, output)]
+    else:
+        pairs = [a[None].astype(np.float64) for a in (reference, output)]
+    if min(pairs[0].shape[2:]) < 7:
+        return metrics
+    maps = np.stack([structural_similarity(r, o, data_range=1.0, channel_axis=0, full=True)[1].mean(axis=0)
+                     for r, o in zip(*pairs, strict=True)])
+    metrics["ssim"] = float(maps.mean())
+    if mask is not None:
+        hole = np.moveaxis(mask, axis, 0) if axis is not None else mask[None]
+        metrics["ssim_hole"] = float(maps[hole.astype(bool)].mean())
     return metrics
 
 

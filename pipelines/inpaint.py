@@ -160,7 +160,7 @@ def inpaint(options: InpaintOptions, progress: Progress | None = None) -> ImageT
     outputs = {"output": str(output)}
     metrics = {}
     if reference is not None:
-        metrics = image_quality(np.where(hole[None], filled, unit), reference.to_unit(), hole)
+        metrics = image_quality(np.where(hole[None], filled, unit), reference.to_unit(), hole, axis)
     if options.save_steps:
         outputs |= write_steps(output, frames, None if reference is None else _frame_slice(reference.to_unit(), hole,
                                                                                             axis))

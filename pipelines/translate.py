@@ -167,7 +167,7 @@ def translate(options: TranslateOptions, progress: Progress | None = None) -> Im
     write_output(output, like.from_unit(image), like)
     outputs = {"output": str(output)}
     truth = None if reference is None else reference.to_unit()
-    metrics = {} if truth is None else image_quality(image, truth)
+    metrics = {} if truth is None else image_quality(image, truth, axis=axis)
     if options.save_steps:
         shown = source if axis is None else np.moveaxis(source, axis + 1, 1)[:, source.shape[axis + 1] // 2]
         if shown.shape[0] in (1, 3):
