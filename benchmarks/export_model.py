@@ -29,10 +29,10 @@ def export_model(checkpoint: Path, name: str, card: dict[str, Any], directory: P
     registry = directory / REGISTRY.name
     cards = json.loads(registry.read_text()) if registry.exists() else {}
     config = keep["config"]
-    task = config.get("task_name", "registration")
     image = {key: config["task"][key] for key in ("channels", "source_channels") if key in config["task"]}
-    cards[name] = {"file": target.name, "sha256": sha256(target), "task_name": task, "ndim": config["network"]["ndim"],
-                   "max_steps": config["task"]["max_steps"], **image, **card}
+    cards[name] = {"file": target.name, "sha256": sha256(target), "ndim": config["network"]["ndim"],
+                   "task_name": config.get("task_name", "registration"), "max_steps": config["task"]["max_steps"],
+                   **image, **card}
     with atomic_output(registry) as tmp:
         tmp.write_text(json.dumps(cards, indent=2) + "\n")
     return target

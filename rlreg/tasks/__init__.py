@@ -5,6 +5,8 @@ translation tasks of RL-I2IT plug in beside it (``docs/architecture.md``)."""
 from __future__ import annotations
 
 from rlreg.tasks.base import TASKS, DataSource, StepResult, Task, TaskSpec, task_spec
+from rlreg.tasks.image import ImageBatch, ImageTaskConfig, masked_psnr
+from rlreg.tasks.inpainting import InpaintingConfig, InpaintingTask, pushpull_fill
 from rlreg.tasks.registration import (
     REWARDS,
     RegistrationBatch,
@@ -12,19 +14,30 @@ from rlreg.tasks.registration import (
     RegistrationTask,
     kmeans_labels,
 )
+from rlreg.tasks.translation import TranslationConfig, TranslationTask
 
 TASKS.setdefault("registration", TaskSpec(RegistrationConfig, RegistrationTask))
+TASKS.setdefault("inpainting", TaskSpec(InpaintingConfig, InpaintingTask))
+TASKS.setdefault("translation", TaskSpec(TranslationConfig, TranslationTask))
 
 __all__ = [
     "REWARDS",
     "TASKS",
     "DataSource",
+    "ImageBatch",
+    "ImageTaskConfig",
+    "InpaintingConfig",
+    "InpaintingTask",
     "RegistrationBatch",
     "RegistrationConfig",
     "RegistrationTask",
     "StepResult",
     "Task",
     "TaskSpec",
+    "TranslationConfig",
+    "TranslationTask",
     "kmeans_labels",
+    "masked_psnr",
+    "pushpull_fill",
     "task_spec",
 ]
