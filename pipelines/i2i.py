@@ -30,8 +30,8 @@ from rlreg.intensity import intensity_window
 from rlreg.io import Geometry, InputError, atomic_output, read_image, split_image_name, write_image
 
 __all__ = ["NIFTI_SUFFIXES", "PICTURE_SUFFIXES", "ChosenModel", "ImageToImageResult", "InputImage", "Progress",
-           "choose_model", "image_quality", "output_path", "read_input", "read_picture", "run_agent",
-           "slice_axis", "step_paths", "write_output", "write_steps"]
+           "choose_model", "fitting_models", "image_kind", "image_quality", "output_path", "read_input",
+           "read_picture", "run_agent", "slice_axis", "step_paths", "step_reporter", "write_output", "write_steps"]
 
 PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
@@ -329,6 +329,14 @@ def fitting_models(task: str, channels: int) -> str:
 
     fits = {n: c for n, c in models.for_task(task).items() if c.get("channels") == channels}
     return f"use --model {' or '.join(sorted(fits))}" if fits else f"no shipped {task} model makes them"
+
+
+def step_reporter(say: Progress, stage: str, before: int, total: int) -> Callable[[int], None]:
+    """``on_step`` for :func:`run_agent`: step ``t`` of a batch reports ``before + t`` of ``total`` to ``say``."""
+    def report(step: int) -> None:
+        say(stage, before + step, total)
+
+    return report
 
 
 def run_agent(model: ChosenModel, task: str, source: Tensor, target: Tensor, mask: Tensor | None, steps: int,

@@ -33,6 +33,7 @@ from rlreg.pipelines.i2i import (
     read_picture,
     run_agent,
     slice_axis,
+    step_reporter,
     write_output,
     write_steps,
 )
@@ -207,14 +208,16 @@ def _run(model, unit: np.ndarray, hole: np.ndarray, image: InputImage, steps: in
     size = max(1, options.batch_size)
     batches = [range(i, min(i + size, len(items))) for i in range(0, len(items), size)]
     total = max(1, len(batches) * steps)
-    say("inpaint", 0, total)
-    results, frames = [], []
+    stage = "inpaint"
+    say(stage, 0, total)
+    results: list[np.ndarray] = []
+    frames: list[torch.Tensor] = []
     for number, chosen in enumerate(batches):
         target = torch.from_numpy(np.ascontiguousarray(items[chosen.start:chosen.stop])).to(device)
         mask = torch.from_numpy(holes[chosen.start:chosen.stop].astype(np.float32)).to(device)
         keep = shown - chosen.start if chosen.start <= shown < chosen.stop else None
         done, got = run_agent(model, TASK, target * (1 - mask), target, mask, steps, frame_item=keep,
-                              on_step=lambda t, n=number: say("inpaint", n * steps + t, total))
+                              on_step=step_reporter(say, stage, number * steps, total))
         results.append(done.numpy())
         frames = got or frames
     say("inpaint", total, total)

@@ -16,6 +16,7 @@ input's grid for a NIfTI (3-D volumes are translated slice by slice along one vo
 
 from __future__ import annotations
 
+import importlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +38,7 @@ from rlreg.pipelines.i2i import (
     read_picture,
     run_agent,
     slice_axis,
+    step_reporter,
     write_output,
     write_steps,
 )
@@ -77,7 +79,7 @@ class TranslateOptions:
 def _maps():
     """:mod:`rlreg.data.maps`, or a one-line error where this installation lacks it."""
     try:
-        from rlreg.data import maps
+        maps = importlib.import_module("rlreg.data.maps")
     except ImportError:
         raise InputError("this rlreg has no rlreg.data.maps (edge, superpixel and label-colour maps); upgrade "
                          "rlreg, or give the map itself") from None
@@ -200,14 +202,16 @@ def _run(model: ChosenModel, source: np.ndarray, like: InputImage, steps: int, o
     size = max(1, options.batch_size)
     batches = [range(i, min(i + size, len(items))) for i in range(0, len(items), size)]
     total = max(1, len(batches) * steps)
-    say("translate", 0, total)
-    results, frames = [], []
+    stage = "translate"
+    say(stage, 0, total)
+    results: list[np.ndarray] = []
+    frames: list[torch.Tensor] = []
     for number, chosen in enumerate(batches):
         batch = torch.from_numpy(items[chosen.start:chosen.stop]).to(device)
         target = torch.zeros(len(chosen), model.channels, *batch.shape[2:], device=device)
         keep = shown - chosen.start if chosen.start <= shown < chosen.stop else None
         done, got = run_agent(model, TASK, batch, target, None, steps, frame_item=keep,
-                              on_step=lambda t, n=number: say("translate", n * steps + t, total))
+                              on_step=step_reporter(say, stage, number * steps, total))
         results.append(done.numpy())
         frames = got or frames
     say("translate", total, total)
