@@ -433,9 +433,9 @@ ImageStepsOption = Annotated[int | None, typer.Option(
          "starting image.")]
 SaveStepsOption = Annotated[bool, typer.Option(
     help="Also write <stem>_steps.png (input, step 1..T, reference) and <stem>_steps.gif beside the output.")]
-AxisOption = Annotated[int | None, typer.Option(
-    help="3-D NIfTI: the voxel axis slices are cut along, 0 = i, 1 = j, 2 = k [default: the one with the largest "
-         "spacing; k when they tie, axial for RAS/LPS-ordered brains].")]
+PlaneOption = Annotated[str | None, typer.Option(
+    help="3-D NIfTI: cut slices in the axial, coronal or sagittal plane, oriented as the training slices (the "
+         "volume is permuted and flipped to RAS, never resampled) [default: axial; a one-slice volume's own plane].")]
 SliceBatchOption = Annotated[int, typer.Option(help="3-D NIfTI: slices per batch.")]
 ImageThreadsOption = Annotated[int | None, typer.Option(
     help="CPU threads (torch) [default: OMP_NUM_THREADS, else half the CPUs this process may use].")]
@@ -460,7 +460,7 @@ def _run_image_to_image(run, options, quiet: bool, json_output: bool) -> None:
         return
     if quiet:
         return
-    where = f", {result.slices} slices along axis {'ijk'[result.axis]}" if result.slices is not None else ""
+    where = f", {result.slices} {result.plane} slices" if result.slices is not None else ""
     hole = f", hole {100 * result.hole_fraction:.1f}%" if result.hole_fraction is not None else ""
     typer.echo(f"{result.command}: {result.model}, {result.steps} steps, {'x'.join(map(str, result.size))} "
                f"x {result.channels} channel(s){hole}{where}; {result.seconds['total']:.2f}s on {result.device}")
@@ -483,7 +483,7 @@ def inpaint(
     reference: Annotated[Path | None, typer.Option(help="The complete image: report PSNR and SSIM, whole and "
                                                    "inside the hole.")] = None,
     save_steps: SaveStepsOption = False,
-    axis: AxisOption = None,
+    plane: PlaneOption = None,
     batch_size: SliceBatchOption = 16,
     device: DeviceOption = "auto",
     threads: ImageThreadsOption = None,
@@ -500,7 +500,7 @@ def inpaint(
 
     try:
         options = InpaintOptions(image=image, mask=mask, output=output, model=model, steps=steps,
-                                 reference=reference, save_steps=save_steps, axis=axis, batch_size=batch_size,
+                                 reference=reference, save_steps=save_steps, plane=plane, batch_size=batch_size,
                                  device=str(resolve_device(device)),
                                  threads=default_threads() if threads is None else threads)
     except (InputError, ValueError) as err:
@@ -521,7 +521,7 @@ def translate(
                                              "reads from it.")] = False,
     reference: Annotated[Path | None, typer.Option(help="The true image: report PSNR and SSIM.")] = None,
     save_steps: SaveStepsOption = False,
-    axis: AxisOption = None,
+    plane: PlaneOption = None,
     batch_size: SliceBatchOption = 16,
     device: DeviceOption = "auto",
     threads: ImageThreadsOption = None,
@@ -537,7 +537,7 @@ def translate(
 
     try:
         options = TranslateOptions(input=source, output=output, model=model, steps=steps, reference=reference,
-                                   from_photo=from_photo, save_steps=save_steps, axis=axis, batch_size=batch_size,
+                                   from_photo=from_photo, save_steps=save_steps, plane=plane, batch_size=batch_size,
                                    device=str(resolve_device(device)),
                                    threads=default_threads() if threads is None else threads)
     except (InputError, ValueError) as err:

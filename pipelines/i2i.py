@@ -29,9 +29,29 @@ from torch import Tensor
 from rlreg.intensity import intensity_window
 from rlreg.io import Geometry, InputError, atomic_output, read_image, split_image_name, write_image
 
-__all__ = ["NIFTI_SUFFIXES", "PICTURE_SUFFIXES", "ChosenModel", "ImageToImageResult", "InputImage", "Progress",
-           "choose_model", "fitting_models", "image_kind", "image_quality", "output_path", "read_input",
-           "read_picture", "run_agent", "slice_axis", "step_paths", "step_reporter", "write_output", "write_steps"]
+__all__ = [
+    "NIFTI_SUFFIXES",
+    "PICTURE_SUFFIXES",
+    "PLANES",
+    "ChosenModel",
+    "ImageToImageResult",
+    "InputImage",
+    "Progress",
+    "SliceLayout",
+    "choose_model",
+    "fitting_models",
+    "image_kind",
+    "image_quality",
+    "output_path",
+    "read_input",
+    "read_picture",
+    "run_agent",
+    "slice_layout",
+    "step_paths",
+    "step_reporter",
+    "write_output",
+    "write_steps",
+]
 
 PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
@@ -176,9 +196,9 @@ def read_input(path: Path, role: str = "image") -> InputImage:
         window = (0.0, 255.0) if bits == 8 else intensity_window(torch.from_numpy(values))
         return InputImage(values, path, "picture", bits=bits, window=window)
     image = read_image(path, dtype=torch.float64)
-    values = image.data[0].numpy()
-    return InputImage(values, path, "nifti", geometry=image.volume or image.geometry,
-                      window=intensity_window(image.data[0]))
+    grid = image.volume or image.geometry  # a one-slice volume stays 3-D: its plane orients the slice
+    values = image.data[0].numpy().reshape(1, *grid.size)
+    return InputImage(values, path, "nifti", geometry=grid, window=intensity_window(image.data[0]))
 
 
 def output_path(output: Path, source: InputImage, word: str, channels: int) -> Path:
@@ -215,21 +235,65 @@ def step_paths(output: Path) -> tuple[Path, Path]:
     return output.with_name(f"{stem}_steps.png"), output.with_name(f"{stem}_steps.gif")
 
 
-def slice_axis(geometry: Geometry, axis: int | None, path: Path) -> int:
-    """The tensor axis a 3-D volume is cut along: ``axis`` is a NIfTI / ITK voxel axis (0 = i, 1 = j, 2 = k), and
-    ``None`` picks the axis with the largest spacing (the acquisition's slice axis), ``k`` when spacings tie (the
-    axial axis of an RAS/LPS-ordered brain such as MNI152).
+PLANES = ("axial", "coronal", "sagittal")
+"""The planes a volume can be cut in; each is the plane normal to one RAS axis (S, A, R)."""
+RAS_DIRECTION = (-1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0)
+"""ITK direction (LPS world) of a grid whose index axes i, j, k run towards right, anterior, superior."""
+
+
+@dataclass(frozen=True)
+class SliceLayout:
+    """How a 3-D volume is cut into the 2-D slices a model sees, and put back together.
+
+    The volume's axes are permuted and flipped (exact, no resampling: :func:`rlreg.spatial.orientation_axes`) into
+    RAS order, as the training slices of the MRI datasets were cut from the MNI152 template (``rlreg.data
+    .brain_slices``: nibabel's RAS voxel order). Each slice is then laid out as in training: rows from anterior
+    (axial) or superior (coronal, sagittal) down, columns along the other axis in increasing RAS order.
+    """
+
+    perm: tuple[int, ...]
+    flips: tuple[bool, ...]
+    axis: int
+    """The RAS-ordered tensor axis (0 = S, 1 = A, 2 = R) the slices are cut along."""
+    plane: str
+
+    def cut(self, array: np.ndarray) -> np.ndarray:
+        """``(C, *S)`` on the input's grid -> ``(N, C, H, W)`` slices."""
+        canonical = np.transpose(array, (0, *(1 + a for a in self.perm)))
+        flipped = tuple(1 + b for b, flip in enumerate(self.flips) if flip)
+        canonical = np.flip(canonical, axis=flipped) if flipped else canonical
+        return np.ascontiguousarray(np.flip(np.moveaxis(canonical, 1 + self.axis, 0), axis=-2))
+
+    def join(self, slices: np.ndarray) -> np.ndarray:
+        """Inverse of :meth:`cut`: ``(N, C, H, W)`` slices -> ``(C, *S)`` on the input's grid."""
+        canonical = np.moveaxis(np.flip(slices, axis=-2), 0, 1 + self.axis)
+        flipped = tuple(1 + b for b, flip in enumerate(self.flips) if flip)
+        canonical = np.flip(canonical, axis=flipped) if flipped else canonical
+        inverse = [self.perm.index(a) for a in range(len(self.perm))]
+        return np.ascontiguousarray(np.transpose(canonical, (0, *(1 + b for b in inverse))))
+
+
+def slice_layout(geometry: Geometry, plane: str | None, path: Path) -> SliceLayout:
+    """The :class:`SliceLayout` of a 3-D grid cut in ``plane`` (``None``: axial, or for a volume one voxel thick
+    the plane of that slice).
 
     Raises:
-        InputError: an axis other than 0, 1 or 2.
+        InputError: an unknown plane, or a one-slice volume asked for another plane than its own.
     """
-    if axis is None:
-        spacing = np.asarray(geometry.spacing)  # tensor order: (k, j, i)
-        return int(np.flatnonzero(spacing >= spacing.max() - 1e-6 * spacing.max())[0])
-    if axis not in (0, 1, 2):
-        raise InputError(f"{path}: --axis {axis}: give 0, 1 or 2 (the NIfTI voxel axis i, j or k to cut slices "
-                         "along)")
-    return 2 - axis
+    from rlreg.spatial import orientation_axes
+
+    if plane is not None and plane not in PLANES:
+        raise InputError(f"{path}: --plane {plane}: give axial, coronal or sagittal")
+    perm, flips = orientation_axes(geometry.direction, RAS_DIRECTION)
+    sizes = [geometry.size[a] for a in perm]  # per RAS-ordered axis (S, A, R)
+    thin = [b for b, n in enumerate(sizes) if n == 1]
+    if thin:
+        own = PLANES[thin[0]]
+        if plane is not None and plane != own:
+            raise InputError(f"{path}: is a single {own} slice; drop --plane {plane} (or give --plane {own})")
+        plane = own
+    chosen = plane or "axial"
+    return SliceLayout(perm, flips, PLANES.index(chosen), chosen)
 
 
 @dataclass
@@ -432,36 +496,36 @@ def write_output(path: Path, stored: np.ndarray, like: InputImage, bits: int = 8
         picture.save(tmp, format=kind, **({"quality": 95} if kind == "JPEG" else {}))
 
 
-def image_quality(output: np.ndarray, reference: np.ndarray, mask: np.ndarray | None = None,
-                  axis: int | None = None) -> dict[str, float]:
+def image_quality(output: np.ndarray, reference: np.ndarray, mask: np.ndarray | None = None) -> dict[str, float]:
     """PSNR (dB, peak 1; :func:`rlreg.tasks.image.masked_psnr`) and SSIM (scikit-image, data range 1) of ``output``
-    against ``reference``, both ``(C, *S)`` in ``[0, 1]``, over the whole image and, given a ``(*S)`` mask, inside it
-    (SSIM there: the mean of the SSIM map over the mask).
+    against ``reference``, over the whole image and, given a mask, inside it (SSIM there: the mean of the SSIM map
+    over the mask).
 
-    A volume processed slice by slice along tensor ``axis`` gets the 2-D SSIM of each slice (its map averaged over
-    the volume). SSIM is left out for images under 7 pixels a side (scikit-image's window).
+    Args:
+        output, reference: ``(C, H, W)`` images, or ``(N, C, H, W)`` slices of a volume, in ``[0, 1]``; slices get
+            the 2-D SSIM of each slice (maps averaged over the volume), as the model saw them.
+        mask: ``(H, W)`` or ``(N, H, W)``, or ``None``.
+
+    SSIM is left out for images under 7 pixels a side (scikit-image's window).
     """
     from skimage.metrics import structural_similarity
 
     from rlreg.tasks.image import masked_psnr
 
-    out, ref = torch.from_numpy(output[None]).float(), torch.from_numpy(reference[None]).float()
+    if output.ndim == 3:
+        output, reference = output[None], reference[None]
+        mask = None if mask is None else mask[None]
+    out, ref = (torch.from_numpy(np.ascontiguousarray(np.moveaxis(a, 0, 1)))[None].float() for a in (output, reference))
     metrics = {"psnr": float(masked_psnr(out, ref)[0])}
-    weights = None if mask is None else torch.from_numpy(mask[None, None].astype(np.float32))
-    if weights is not None:
-        metrics["psnr_hole"] = float(masked_psnr(out, ref, weights)[0])
-    if axis is not None:  # (C, *S) -> (N, C, H, W) slices
-        pairs = [(np.moveaxis(a, axis + 1, 0).astype(np.float64)) for a in (reference, output)]
-    else:
-        pairs = [a[None].astype(np.float64) for a in (reference, output)]
-    if min(pairs[0].shape[2:]) < 7:
+    if mask is not None:
+        metrics["psnr_hole"] = float(masked_psnr(out, ref, torch.from_numpy(mask[None, None].astype(np.float32)))[0])
+    if min(output.shape[2:]) < 7:
         return metrics
     maps = np.stack([structural_similarity(r, o, data_range=1.0, channel_axis=0, full=True)[1].mean(axis=0)
-                     for r, o in zip(*pairs, strict=True)])
+                     for r, o in zip(reference.astype(np.float64), output.astype(np.float64), strict=True)])
     metrics["ssim"] = float(maps.mean())
     if mask is not None:
-        hole = np.moveaxis(mask, axis, 0) if axis is not None else mask[None]
-        metrics["ssim_hole"] = float(maps[hole.astype(bool)].mean())
+        metrics["ssim_hole"] = float(maps[mask.astype(bool)].mean())
     return metrics
 
 
@@ -488,8 +552,8 @@ class ImageToImageResult:
     """Inpainting: the fraction of pixels/voxels the mask marks missing."""
     slices: int | None = None
     """3-D NIfTI: the number of 2-D slices the agent ran on."""
-    axis: int | None = None
-    """3-D NIfTI: the voxel axis (0 = i, 1 = j, 2 = k) the slices were cut along."""
+    plane: str | None = None
+    """3-D NIfTI: the plane the slices were cut in (axial, coronal, sagittal)."""
     metrics: dict[str, float] = field(default_factory=dict)
     """With ``--reference``: ``psnr``, ``ssim`` and for inpainting ``psnr_hole``, ``ssim_hole``, on ``[0, 1]``
     intensities (the input's window)."""

@@ -4,8 +4,8 @@ The agent (RL-I2IT's inpainting task, :mod:`rlreg.tasks.inpainting`) pastes each
 only; the pipeline pastes the result into the input once more, in the input's own stored values, so every known
 pixel or voxel of the output equals the input's **exactly** (PNG, TIFF and NIfTI; not JPEG, which is lossy). The
 networks are fully convolutional, so images run at their full resolution (no resizing, no tiles). A 3-D NIfTI is
-inpainted slice by slice along one voxel axis, in batches, and only the slices the mask touches
-(``docs/inpaint.md``).
+inpainted slice by slice in one anatomical plane, each slice oriented as the training slices were
+(:class:`~rlreg.pipelines.i2i.SliceLayout`), in batches, and only the slices the mask touches (``docs/inpaint.md``).
 """
 
 from __future__ import annotations
@@ -21,9 +21,11 @@ from rlreg.intensity import intensity_window
 from rlreg.io import InputError, check_same_grid, read_image
 from rlreg.pipelines.i2i import (
     NIFTI_SUFFIXES,
+    ChosenModel,
     ImageToImageResult,
     InputImage,
     Progress,
+    SliceLayout,
     choose_model,
     fitting_models,
     image_kind,
@@ -32,7 +34,7 @@ from rlreg.pipelines.i2i import (
     read_input,
     read_picture,
     run_agent,
-    slice_axis,
+    slice_layout,
     step_reporter,
     write_output,
     write_steps,
@@ -62,8 +64,9 @@ class InpaintOptions:
     """The complete image, for PSNR / SSIM (whole image and inside the hole)."""
     save_steps: bool = False
     """Also write ``<stem>_steps.png`` (input, step 1..T, reference) and ``<stem>_steps.gif``."""
-    axis: int | None = None
-    """3-D NIfTI: voxel axis to cut slices along (0 = i, 1 = j, 2 = k); ``None``: the largest spacing, else k."""
+    plane: str | None = None
+    """3-D NIfTI: the plane slices are cut in, axial, coronal or sagittal (:class:`~rlreg.pipelines.i2i.SliceLayout`);
+    ``None``: axial, or a one-slice volume's own plane."""
     batch_size: int = 16
     """Slices per agent batch (3-D NIfTI)."""
     device: str = "cpu"
@@ -97,6 +100,9 @@ def read_mask(path: Path, image: InputImage) -> np.ndarray:
     """
     path = Path(path)
     if image_kind(path, "mask") == "picture":
+        if image.kind == "nifti" and len(image.spatial) == 3:
+            raise InputError(f"{path}: the image {image.path.name} is a 3-D NIfTI; give the mask as a NIfTI on its "
+                             "grid")
         values, _ = read_picture(path, "mask")
         if values.shape[0] == 3 and not (np.array_equal(values[0], values[1]) and np.array_equal(values[0], values[2])):
             raise InputError(f"{path}: is a colour picture; give the mask as a grey (L) or bilevel picture, 0 = "
@@ -104,11 +110,10 @@ def read_mask(path: Path, image: InputImage) -> np.ndarray:
         values = values[0]
     else:
         mask_image = read_image(path, dtype=torch.float64, check_values=False)
-        values = mask_image.data[0, 0].numpy()
-        if image.kind == "nifti" and image.geometry is not None:
-            own = mask_image.volume or mask_image.geometry
-            if own.size == image.geometry.size:
-                check_same_grid(path, own, image.path, image.geometry, what="mask")
+        own = mask_image.volume or mask_image.geometry
+        values = mask_image.data[0, 0].numpy().reshape(own.size)
+        if image.kind == "nifti" and image.geometry is not None and own.size == image.geometry.size:
+            check_same_grid(path, own, image.path, image.geometry, what="mask")
     if values.shape != image.spatial:
         raise InputError(f"{path}: is {'x'.join(map(str, values.shape[::-1]))} but the image {image.path.name} is "
                          f"{image.size_text()}; give a mask of the image's size (resize it with nearest-neighbour "
@@ -151,20 +156,28 @@ def inpaint(options: InpaintOptions, progress: Progress | None = None) -> ImageT
             raise InputError(f"{options.image}: has {image.channels} channel(s) but model {model.name} inpaints "
                              f"{model.channels}-channel images; {fitting_models(TASK, image.channels)}")
         output = output_path(options.output, image, "inpainted", model.channels)
+        layout = None
+        if len(image.spatial) == 3:
+            assert image.geometry is not None
+            layout = slice_layout(image.geometry, options.plane, image.path)
         steps = model.steps if options.steps is None else options.steps
         read_seconds = time.perf_counter() - start
         unit = image.to_unit()
-        filled, frames, axis, count = _run(model, unit, hole, image, steps, options, say)
+        filled, frames, count, shown = _run(model, unit, hole, layout, steps, options, say)
     run_seconds = time.perf_counter() - start - read_seconds
     stored = np.where(hole[None], image.from_unit(filled), image.values)  # known voxels: the input's, bit for bit
     write_output(output, stored, image, bits=image.bits or 8)
     outputs = {"output": str(output)}
     metrics = {}
     if reference is not None:
-        metrics = image_quality(np.where(hole[None], filled, unit), reference.to_unit(), hole, axis)
+        result, truth = np.where(hole[None], filled, unit), reference.to_unit()
+        metrics = (image_quality(result, truth, hole) if layout is None else
+                   image_quality(layout.cut(result), layout.cut(truth), layout.cut(hole[None])[:, 0]))
     if options.save_steps:
-        outputs |= write_steps(output, frames, None if reference is None else _frame_slice(reference.to_unit(), hole,
-                                                                                            axis))
+        truth_frame = None
+        if reference is not None:
+            truth_frame = reference.to_unit() if layout is None else layout.cut(reference.to_unit())[shown]
+        outputs |= write_steps(output, frames, truth_frame)
     total = time.perf_counter() - start
     warnings = [f"{output}: JPEG is lossy: the known pixels are close to the input's, not equal (write a .png for "
                 "exact ones)"] if output.name.lower().endswith((".jpg", ".jpeg")) else []
@@ -175,36 +188,23 @@ def inpaint(options: InpaintOptions, progress: Progress | None = None) -> ImageT
         outputs=outputs, size=list(image.spatial[::-1]), channels=image.channels,
         seconds={"read": read_seconds, "run": run_seconds, "write": total - read_seconds - run_seconds,
                  "total": total},
-        hole_fraction=float(hole.mean()), slices=count, axis=None if axis is None else 2 - axis, metrics=metrics,
-        warnings=warnings)
+        hole_fraction=float(hole.mean()), slices=count, plane=None if layout is None else layout.plane,
+        metrics=metrics, warnings=warnings)
 
 
-def _busiest_slice(hole: np.ndarray, axis: int) -> int:
-    """The slice along tensor ``axis`` of a 3-D hole with the most missing voxels (shown by ``--save-steps``)."""
-    return int(np.argmax(np.moveaxis(hole, axis, 0).reshape(hole.shape[axis], -1).sum(1)))
-
-
-def _frame_slice(unit: np.ndarray, hole: np.ndarray, axis: int | None) -> np.ndarray:
-    """``(C, H, W)``: the image itself, or for a volume its slice with the most missing voxels."""
-    if axis is None:
-        return unit
-    return np.moveaxis(unit, axis + 1, 1)[:, _busiest_slice(hole, axis)]
-
-
-def _run(model, unit: np.ndarray, hole: np.ndarray, image: InputImage, steps: int, options: InpaintOptions,
-         say: Progress) -> tuple[np.ndarray, list, int | None, int | None]:
-    """The agent's output ``(C, *S)`` in ``[0, 1]`` (outside the hole: ``unit``), the frames of the shown item, and
-    for a volume the tensor axis cut along and the number of slices run."""
+def _run(model: ChosenModel, unit: np.ndarray, hole: np.ndarray, layout: SliceLayout | None, steps: int,
+         options: InpaintOptions, say: Progress) -> tuple[np.ndarray, list[torch.Tensor], int | None, int]:
+    """The agent's output ``(C, *S)`` in ``[0, 1]`` (outside the hole: ``unit``), the frames of the shown item (a
+    volume's slice with the most missing voxels), the number of slices run (volumes) and the shown slice's index."""
     device = torch.device(options.device)
-    if unit.ndim == 3:  # one 2-D image
-        items, holes, indices, axis = unit[None], hole[None, None], [0], None
+    if layout is None:  # one 2-D image
+        stack, masks = unit[None], hole[None, None]
     else:
-        assert image.geometry is not None
-        axis = slice_axis(image.geometry, options.axis, image.path)
-        stack, masks = np.moveaxis(unit, axis + 1, 0), np.moveaxis(hole, axis, 0)[:, None]
-        indices = [int(i) for i in np.flatnonzero(masks.reshape(len(masks), -1).any(1))]
-        items, holes = stack[indices], masks[indices]
-    shown = 0 if axis is None else indices.index(_busiest_slice(hole, axis))
+        stack, masks = layout.cut(unit), layout.cut(hole[None])
+    area = masks.reshape(len(masks), -1).sum(1)
+    indices = [int(i) for i in np.flatnonzero(area)]
+    shown = int(np.argmax(area))
+    items, holes = stack[indices], masks[indices].astype(np.float32)
     size = max(1, options.batch_size)
     batches = [range(i, min(i + size, len(items))) for i in range(0, len(items), size)]
     total = max(1, len(batches) * steps)
@@ -214,16 +214,15 @@ def _run(model, unit: np.ndarray, hole: np.ndarray, image: InputImage, steps: in
     frames: list[torch.Tensor] = []
     for number, chosen in enumerate(batches):
         target = torch.from_numpy(np.ascontiguousarray(items[chosen.start:chosen.stop])).to(device)
-        mask = torch.from_numpy(holes[chosen.start:chosen.stop].astype(np.float32)).to(device)
-        keep = shown - chosen.start if chosen.start <= shown < chosen.stop else None
+        mask = torch.from_numpy(holes[chosen.start:chosen.stop]).to(device)
+        position = indices.index(shown)
+        keep = position - chosen.start if chosen.start <= position < chosen.stop else None
         done, got = run_agent(model, TASK, target * (1 - mask), target, mask, steps, frame_item=keep,
                               on_step=step_reporter(say, stage, number * steps, total))
         results.append(done.numpy())
         frames = got or frames
-    say("inpaint", total, total)
-    filled = np.concatenate(results)
-    if axis is None:
-        return filled[0], frames, None, None
-    volume = np.moveaxis(unit, axis + 1, 0).copy()
-    volume[indices] = filled
-    return np.moveaxis(volume, 0, axis + 1), frames, axis, len(indices)
+    say(stage, total, total)
+    stack = stack.copy()
+    stack[indices] = np.concatenate(results)
+    filled = stack[0] if layout is None else layout.join(stack)
+    return filled, frames, None if layout is None else len(indices), shown

@@ -11,7 +11,8 @@ INPUT is the map the model reads, as its card's ``source`` says (``docs/inpaint.
   (8-bit pictures divided by 255, NIfTI values clipped).
 
 The output has the input's format and size: a picture (8-bit) for a picture, a float32 NIfTI in ``[0, 1]`` on the
-input's grid for a NIfTI (3-D volumes are translated slice by slice along one voxel axis, in batches).
+input's grid for a NIfTI (3-D volumes are translated slice by slice in one anatomical plane, oriented as in
+training: :class:`~rlreg.pipelines.i2i.SliceLayout`).
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from rlreg.pipelines.i2i import (
     read_input,
     read_picture,
     run_agent,
-    slice_axis,
+    slice_layout,
     step_reporter,
     write_output,
     write_steps,
@@ -69,8 +70,9 @@ class TranslateOptions:
     """INPUT is an RGB photo: compute the model's edge or superpixel map from it."""
     save_steps: bool = False
     """Also write ``<stem>_steps.png`` (source, step 1..T, reference) and ``<stem>_steps.gif``."""
-    axis: int | None = None
-    """3-D NIfTI: voxel axis to cut slices along (0 = i, 1 = j, 2 = k); ``None``: the largest spacing, else k."""
+    plane: str | None = None
+    """3-D NIfTI: the plane slices are cut in, axial, coronal or sagittal (:class:`~rlreg.pipelines.i2i.SliceLayout`);
+    ``None``: axial, or a one-slice volume's own plane."""
     batch_size: int = 16
     device: str = "cpu"
     threads: int | None = None
@@ -119,9 +121,11 @@ def source_map(path: Path, model: ChosenModel, from_photo: bool = False) -> tupl
             like = InputImage(labels, path, "picture", bits=8)
         else:
             label_image = read_label_map(path)
-            labels = label_image.data[0].numpy().astype(np.float64)
-            like = InputImage(labels, path, "nifti", geometry=label_image.volume or label_image.geometry,
-                              window=(0.0, 1.0))
+            grid = label_image.volume or label_image.geometry
+            labels = label_image.data[0].numpy().astype(np.float64).reshape(1, *grid.size)
+            like = InputImage(labels, path, "nifti", geometry=grid, window=(0.0, 1.0))
+        if labels.min() < 0:
+            raise InputError(f"{path}: holds negative labels (e.g. {labels.min():g}); label maps hold ids 0, 1, 2, ...")
         colour = _maps().label_colour_map
         flat = labels[0].reshape(-1, *labels.shape[-2:]).astype(np.int64)
         source = np.stack([np.asarray(colour(item), dtype=np.float32) for item in flat], axis=1)
@@ -162,21 +166,26 @@ def translate(options: TranslateOptions, progress: Progress | None = None) -> Im
                 raise InputError(f"{options.reference}: is {reference.size_text()} with {reference.channels} "
                                  f"channel(s); give the true image: {'x'.join(map(str, source.shape[1:][::-1]))} "
                                  f"with {model.channels}")
+        layout = None
+        if len(like.spatial) == 3:
+            assert like.geometry is not None
+            layout = slice_layout(like.geometry, options.plane, like.path)
         steps = model.steps if options.steps is None else options.steps
         read_seconds = time.perf_counter() - start
-        image, frames, axis, count = _run(model, source, like, steps, options, say)
+        stack = source[None] if layout is None else layout.cut(source)
+        images, frames = _run(model, stack, steps, options, say)
     run_seconds = time.perf_counter() - start - read_seconds
+    image = images[0] if layout is None else layout.join(images)
     write_output(output, like.from_unit(image), like)
     outputs = {"output": str(output)}
     truth = None if reference is None else reference.to_unit()
-    metrics = {} if truth is None else image_quality(image, truth, axis=axis)
+    truths = None if truth is None else truth[None] if layout is None else layout.cut(truth)
+    metrics = {} if truths is None else image_quality(images, truths)
     if options.save_steps:
-        shown = source if axis is None else np.moveaxis(source, axis + 1, 1)[:, source.shape[axis + 1] // 2]
-        if shown.shape[0] in (1, 3):
-            frames = [torch.from_numpy(shown), *frames[1:]]
-        if truth is not None and axis is not None:
-            truth = np.moveaxis(truth, axis + 1, 1)[:, truth.shape[axis + 1] // 2]
-        outputs |= write_steps(output, frames, truth)
+        shown = len(stack) // 2
+        if stack.shape[1] in (1, 3):
+            frames = [torch.from_numpy(stack[shown]), *frames[1:]]
+        outputs |= write_steps(output, frames, None if truths is None else truths[shown])
     total = time.perf_counter() - start
     return ImageToImageResult(
         command="translate", model=model.name, task=TASK, steps=steps, device=str(options.device),
@@ -184,20 +193,15 @@ def translate(options: TranslateOptions, progress: Progress | None = None) -> Im
         outputs=outputs, size=list(source.shape[1:][::-1]), channels=model.channels,
         seconds={"read": read_seconds, "run": run_seconds, "write": total - read_seconds - run_seconds,
                  "total": total},
-        slices=count, axis=None if axis is None else 2 - axis, metrics=metrics)
+        slices=None if layout is None else len(stack), plane=None if layout is None else layout.plane,
+        metrics=metrics)
 
 
-def _run(model: ChosenModel, source: np.ndarray, like: InputImage, steps: int, options: TranslateOptions,
-         say: Progress) -> tuple[np.ndarray, list, int | None, int | None]:
-    """The agent's image ``(C, *S)`` in ``[0, 1]``, the frames of the shown item (a volume's middle slice), and for a
-    volume the tensor axis cut along and the number of slices."""
+def _run(model: ChosenModel, items: np.ndarray, steps: int, options: TranslateOptions, say: Progress
+         ) -> tuple[np.ndarray, list[torch.Tensor]]:
+    """The agent's images ``(N, C, H, W)`` in ``[0, 1]`` for ``(N, Cs, H, W)`` source maps, and the frames of the
+    middle item."""
     device = torch.device(options.device)
-    if source.ndim == 3:
-        items, axis = source[None], None
-    else:
-        assert like.geometry is not None
-        axis = slice_axis(like.geometry, options.axis, like.path)
-        items = np.ascontiguousarray(np.moveaxis(source, axis + 1, 0))
     shown = len(items) // 2
     size = max(1, options.batch_size)
     batches = [range(i, min(i + size, len(items))) for i in range(0, len(items), size)]
@@ -207,15 +211,12 @@ def _run(model: ChosenModel, source: np.ndarray, like: InputImage, steps: int, o
     results: list[np.ndarray] = []
     frames: list[torch.Tensor] = []
     for number, chosen in enumerate(batches):
-        batch = torch.from_numpy(items[chosen.start:chosen.stop]).to(device)
+        batch = torch.from_numpy(np.ascontiguousarray(items[chosen.start:chosen.stop])).to(device)
         target = torch.zeros(len(chosen), model.channels, *batch.shape[2:], device=device)
         keep = shown - chosen.start if chosen.start <= shown < chosen.stop else None
         done, got = run_agent(model, TASK, batch, target, None, steps, frame_item=keep,
                               on_step=step_reporter(say, stage, number * steps, total))
         results.append(done.numpy())
         frames = got or frames
-    say("translate", total, total)
-    images = np.concatenate(results)
-    if axis is None:
-        return images[0], frames, None, None
-    return np.moveaxis(images, 0, axis + 1), frames, axis, len(items)
+    say(stage, total, total)
+    return np.concatenate(results), frames

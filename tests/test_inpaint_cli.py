@@ -64,7 +64,7 @@ def test_png_known_pixels_come_back_exactly_and_json_reports_the_run(tmp_path, a
     assert record["model"] == str(agents["rgb"]) and record["size"] == [24, 20] and record["channels"] == 3
     assert record["hole_fraction"] == pytest.approx(7 * 9 / (20 * 24))
     assert record["outputs"] == {"output": str(tmp_path / "out.png")} and record["seconds"]["total"] > 0
-    assert record["metrics"] == {} and record["slices"] is None
+    assert record["metrics"] == {} and record["slices"] is None and record["plane"] is None
     out = np.asarray(Image.open(tmp_path / "out.png"))
     known = _hole() == 0
     assert out.dtype == np.uint8 and out.shape == (20, 24, 3)
@@ -152,7 +152,7 @@ def test_nifti_3d_runs_the_masked_slices_and_keeps_the_grid(tmp_path, agents) ->
                      "--reference", reference, "--save-steps", "--batch-size", 1, "--json")
     assert result.exit_code == 0, result.output
     record = json.loads(result.output)
-    assert record["slices"] == 2 and record["axis"] == 2  # the 3 mm axis, k
+    assert record["slices"] == 2 and record["plane"] == "axial"
     assert record["size"] == [24, 20, 6] and record["hole_fraction"] == pytest.approx(hole.mean())
     assert set(record["metrics"]) == {"psnr", "psnr_hole", "ssim", "ssim_hole"}
     assert record["metrics"]["psnr_hole"] < record["metrics"]["psnr"]
@@ -165,10 +165,24 @@ def test_nifti_3d_runs_the_masked_slices_and_keeps_the_grid(tmp_path, agents) ->
     assert strip.size == (4 * 24 + 3 * 2, 20)  # input, 2 steps, reference of the slice with the largest hole
     assert gif_seconds(tmp_path / "filled_steps.gif") == pytest.approx(3 * 0.4)
 
-    along_j = _invoke(image, mask, "-o", tmp_path / "j.nii.gz", "--model", agents["grey"], "--steps", 1,
-                      "--axis", 1, "--json")
-    assert along_j.exit_code == 0, along_j.output
-    assert json.loads(along_j.output)["slices"] == 10 and json.loads(along_j.output)["axis"] == 1
+    coronal = _invoke(image, mask, "-o", tmp_path / "j.nii.gz", "--model", agents["grey"], "--steps", 1,
+                      "--plane", "coronal", "--json")
+    assert coronal.exit_code == 0, coronal.output
+    assert json.loads(coronal.output)["slices"] == 10 and json.loads(coronal.output)["plane"] == "coronal"
+    known = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "j.nii.gz")))[hole == 0]
+    assert np.array_equal(known, volume[hole == 0].astype(np.float32))
+    _one_line_error(_invoke(image, mask, "-o", tmp_path / "x.nii.gz", "--model", agents["grey"], "--plane", "oblique"),
+                    str(image), "--plane oblique: give axial, coronal or sagittal")
+    assert not (tmp_path / "x.nii.gz").exists()
+
+    one = _nifti(tmp_path / "one.nii.gz", volume[2:3], *geometry)  # a one-slice volume stays 3-D
+    one_mask = _nifti(tmp_path / "one_mask.nii.gz", hole[2:3], *geometry)
+    result = _invoke(one, one_mask, "-o", tmp_path / "one_out.nii.gz", "--model", agents["grey"], "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["slices"] == 1 and json.loads(result.output)["plane"] == "axial"
+    out = sitk.ReadImage(str(tmp_path / "one_out.nii.gz"))
+    assert out.GetSize() == (24, 20, 1) and np.allclose(out.GetOrigin(), geometry[1])
+    assert np.array_equal(sitk.GetArrayFromImage(out)[hole[2:3] == 0], volume[2:3][hole[2:3] == 0])
 
 
 def test_save_steps_writes_a_strip_and_a_gif_beside_the_output(tmp_path, agents) -> None:
@@ -287,3 +301,32 @@ def test_sixteen_bit_colour_png_is_refused_with_a_conversion(tmp_path, agents) -
     _one_line_error(_invoke(path, mask, "-o", tmp_path / "out.png", "--model", agents["rgb"]),
                     str(path), "16-bit colour PNG", "cv2.imwrite")
     assert not (tmp_path / "out.png").exists()
+
+
+def test_slices_are_cut_as_in_training_whatever_the_voxel_order() -> None:
+    """An RAS-stored volume's axial slice has anterior at the top (the MNI152 training slices' layout), and the same
+    brain stored LPS, or with its axes permuted, gives the same slices; join undoes cut exactly."""
+    from rlreg.io import Geometry
+    from rlreg.pipelines.i2i import slice_layout
+
+    ras = np.random.default_rng(6).random((1, 5, 6, 7))  # (C, z, y, x), i -> R, j -> A, k -> S
+    ras_grid = Geometry((5, 6, 7), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), (-1.0, 0, 0, 0, -1.0, 0, 0, 0, 1.0))
+    axial = slice_layout(ras_grid, None, Path("ras.nii.gz"))
+    slices = axial.cut(ras)
+    assert axial.plane == "axial" and slices.shape == (5, 1, 6, 7)
+    assert np.array_equal(slices[2, 0], ras[0, 2, ::-1, :])  # row 0 = most anterior y, columns left to right
+    assert np.array_equal(axial.join(slices), ras)
+
+    lps = ras[:, :, ::-1, ::-1]  # the same brain stored i -> L, j -> P
+    lps_grid = Geometry((5, 6, 7), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), (1.0, 0, 0, 0, 1.0, 0, 0, 0, 1.0))
+    assert np.array_equal(slice_layout(lps_grid, "axial", Path("lps.nii.gz")).cut(lps), slices)
+    permuted = np.transpose(ras, (0, 3, 1, 2))  # (C, x, z, y): tensor axes (R, S, A), i.e. i -> A, j -> S, k -> R
+    permuted_grid = Geometry((7, 5, 6), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), (0, 0, -1.0, -1.0, 0, 0, 0, 1.0, 0))
+    layout = slice_layout(permuted_grid, "coronal", Path("p.nii.gz"))
+    assert np.array_equal(layout.cut(permuted), slice_layout(ras_grid, "coronal", Path("ras.nii.gz")).cut(ras))
+    assert np.array_equal(layout.join(layout.cut(permuted)), permuted)
+
+    thin = Geometry((1, 6, 7), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), (-1.0, 0, 0, 0, -1.0, 0, 0, 0, 1.0))
+    assert slice_layout(thin, None, Path("t.nii.gz")).plane == "axial"
+    with pytest.raises(ValueError, match="is a single axial slice; drop --plane coronal"):
+        slice_layout(thin, "coronal", Path("t.nii.gz"))

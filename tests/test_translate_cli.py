@@ -99,7 +99,7 @@ def test_nifti_volume_is_translated_slice_by_slice_on_its_grid(tmp_path, agents)
                      "--batch-size", 2, "--json")
     assert result.exit_code == 0, result.output
     record = json.loads(result.output)
-    assert record["slices"] == 5 and record["axis"] == 2 and record["size"] == [24, 20, 5]
+    assert record["slices"] == 5 and record["plane"] == "axial" and record["size"] == [24, 20, 5]
     out = sitk.ReadImage(record["outputs"]["output"])
     assert record["outputs"]["output"] == str(tmp_path / "tissue_translated.nii.gz")
     assert out.GetPixelID() == sitk.sitkFloat32 and out.GetSize() == (24, 20, 5)
