@@ -17,7 +17,7 @@ Every check runs before the first file is written, and each file is written thro
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -449,7 +449,7 @@ def _frame(unit: Tensor | np.ndarray, channels: int):
     return Image.fromarray(pixels[0] if channels == 1 else np.moveaxis(pixels, 0, -1))
 
 
-def write_steps(output: Path, frames: list[Tensor | np.ndarray], reference: np.ndarray | None = None,
+def write_steps(output: Path, frames: Sequence[Tensor | np.ndarray], reference: np.ndarray | None = None,
                 gap: int = 2) -> dict[str, str]:
     """``--save-steps``: a PNG strip (input, step 1..T, then the reference when given), ``gap`` white pixels apart,
     and an animated GIF of input and steps (0.4 s a frame, looping), beside ``output`` (:func:`step_paths`).
