@@ -326,6 +326,19 @@ def _listing(cards: dict[str, dict[str, Any]]) -> str:
                      ) or "none ships"
 
 
+def _card_channels(item: dict[str, Any]) -> int | None:
+    """The image channels of a shipped model: its card's ``channels``, else its checkpoint's task config."""
+    if "channels" in item:
+        return int(item["channels"])
+    from rlreg import models
+
+    try:
+        config = torch.load(models.MODELS_DIR / item["file"], map_location="cpu", weights_only=True)["config"]
+        return int(config["task"]["channels"])
+    except (OSError, KeyError, TypeError, RuntimeError):
+        return None
+
+
 def choose_model(spec: str | None, task: str, channels: int | None, path: Path, device: torch.device | str
                  ) -> ChosenModel:
     """Load the model ``spec`` names for ``task`` (``"inpainting"`` or ``"translation"``).
@@ -347,7 +360,7 @@ def choose_model(spec: str | None, task: str, channels: int | None, path: Path, 
     except ValueError as err:
         raise InputError(str(err)) from None
     if spec is None:
-        fits = {n: c for n, c in shipped.items() if channels is None or c.get("channels") == channels}
+        fits = {n: c for n, c in shipped.items() if channels is None or _card_channels(c) == channels}
         defaults = [n for n, c in fits.items() if c.get("default")]
         chosen = defaults if len(fits) > 1 and len(defaults) == 1 else list(fits)
         if len(chosen) != 1:
@@ -391,7 +404,7 @@ def fitting_models(task: str, channels: int) -> str:
     """The shipped models of ``task`` that make ``channels``-channel images, for messages."""
     from rlreg import models
 
-    fits = {n: c for n, c in models.for_task(task).items() if c.get("channels") == channels}
+    fits = {n: c for n, c in models.for_task(task).items() if _card_channels(c) == channels}
     return f"use --model {' or '.join(sorted(fits))}" if fits else f"no shipped {task} model makes them"
 
 

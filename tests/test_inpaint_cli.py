@@ -208,19 +208,23 @@ def test_save_steps_writes_a_strip_and_a_gif_beside_the_output(tmp_path, agents)
 def test_default_model_is_the_shipped_one_for_the_channel_count(tmp_path, agents, monkeypatch) -> None:
     registry(tmp_path / "models", monkeypatch, {
         "photo": (agents["rgb"], {"task_name": "inpainting", "channels": 3, "recommended_steps": 2}),
-        "mri": (agents["grey"], {"task_name": "inpainting", "channels": 1}),
+        "mri": (agents["grey"], {"task_name": "inpainting"}),  # no channels on the card: read from the file
         "reg": (image_agent(tmp_path / "reg.pt", "translation"), {"task_name": "translation", "channels": 3})})
     image = _picture(tmp_path / "photo.png", _rgb())
     mask = _picture(tmp_path / "hole.png", _hole())
     result = _invoke(image, mask, "-o", tmp_path / "out.png", "--json")
     assert result.exit_code == 0, result.output
     assert json.loads(result.output)["model"] == "photo" and json.loads(result.output)["steps"] == 2
+    grey = _picture(tmp_path / "grey.png", _rgb()[..., 0])
+    result = _invoke(grey, mask, "-o", tmp_path / "grey_out.png", "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["model"] == "mri" and json.loads(result.output)["steps"] == 3  # max_steps
     _one_line_error(_invoke(image, mask, "-o", tmp_path / "x.png", "--model", "mri"),
                     str(image), "has 3 channel(s) but model mri inpaints 1-channel images; use --model photo")
     _one_line_error(_invoke(image, mask, "-o", tmp_path / "x.png", "--model", "reg"),
                     "--model reg: is a translation model (run it with rlreg translate), not an inpainting model")
     _one_line_error(_invoke(image, mask, "-o", tmp_path / "x.png", "--model", "nope"),
-                    "--model nope: no shipped model of that name; inpainting models: mri (1-channel), photo")
+                    "--model nope: no shipped model of that name; inpainting models: mri, photo (3-channel)")
     assert not (tmp_path / "x.png").exists()
 
 
