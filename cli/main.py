@@ -452,7 +452,8 @@ def _run_image_to_image(run, options, quiet: bool, json_output: bool) -> None:
     except (InputError, ValueError) as err:
         _fail(str(err))
     except KeyboardInterrupt as stop:
-        _fail("interrupted; nothing was written", exit_code(stop))
+        _fail("interrupted; no file was left half-written (each is renamed into place only when complete)",
+              exit_code(stop))
     for warning in result.warnings:
         typer.secho(f"warning: {warning}", fg=typer.colors.YELLOW, err=True)
     if json_output:
