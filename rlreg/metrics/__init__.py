@@ -10,12 +10,15 @@ Conventions follow :mod:`rlreg.spatial`: spatial axes are in the array's own ord
 * :mod:`rlreg.metrics.jacobian`: :func:`jacobian_scores` (SDlogJ, % folding of a computed Jacobian);
   :func:`folding_percent`, :func:`sdlogj`, :func:`jacobian_determinant` come from :mod:`rlreg.spatial`.
 * :mod:`rlreg.metrics.learn2reg`: the Learn2Reg challenge evaluation's own definitions, quirks included.
+* :mod:`rlreg.metrics.image`: the image-to-image tasks' per-item :func:`psnr`, :func:`ssim` and :func:`l1`, over
+  the whole image or inside a mask.
 """
 
 from __future__ import annotations
 
 from rlreg.metrics.dice import LabelScores, batch_dice, dice_per_label, mean_dice, warped_soft_dice
 from rlreg.metrics.distance import hd95, tre
+from rlreg.metrics.image import l1, psnr, ssim
 from rlreg.metrics.jacobian import JacobianScores, jacobian_scores
 from rlreg.metrics.learn2reg import (
     Learn2RegJacobianScores,
@@ -35,11 +38,14 @@ __all__ = [
     "hd95",
     "jacobian_determinant",
     "jacobian_scores",
+    "l1",
     "learn2reg_jacobian_determinant",
     "learn2reg_jacobian_scores",
     "learn2reg_tre",
     "mean_dice",
+    "psnr",
     "sdlogj",
+    "ssim",
     "tre",
     "warped_soft_dice",
 ]
