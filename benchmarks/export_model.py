@@ -23,7 +23,8 @@ __all__ = ["export_model"]
 
 
 def export_model(checkpoint: Path, name: str, card: dict[str, Any], directory: Path = MODELS_DIR) -> Path:
-    """Write ``<directory>/<name>.pt`` (weights, config, no optimisers) and its card into ``models.json``."""
+    """Write ``<directory>/<name>.pt`` (weights, config, no optimisers) and its card into ``models.json``; the card
+    names the task, and for an image-to-image model its image (and source) channels, from the checkpoint."""
     data = torch.load(checkpoint, map_location="cpu", weights_only=True)
     keep = {k: data[k] for k in ("format_version", "config", "state_dicts", "updates")}
     target = directory / f"{name}.pt"
@@ -31,9 +32,10 @@ def export_model(checkpoint: Path, name: str, card: dict[str, Any], directory: P
     registry = directory / REGISTRY.name
     cards = json.loads(registry.read_text()) if registry.exists() else {}
     config = keep["config"]
+    image = {key: config["task"][key] for key in ("channels", "source_channels") if key in config["task"]}
     cards[name] = {"file": target.name, "sha256": sha256(target), "ndim": config["network"]["ndim"],
                    "task_name": config.get("task_name", "registration"), "max_steps": config["task"]["max_steps"],
-                   **card}
+                   **image, **card}
     with atomic_output(registry) as tmp:
         tmp.write_text(json.dumps(cards, indent=2) + "\n")
     return target

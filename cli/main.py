@@ -34,7 +34,8 @@ class WholeSummaryGroup(TyperGroup):
 # help text stay literal; Rich's six-column option tables cut words with an ellipsis at 80 columns.
 HELP_STYLE: dict[str, Any] = {"rich_markup_mode": None, "cls": WholeSummaryGroup}
 app = typer.Typer(name="rlreg", no_args_is_help=True, add_completion=False, **HELP_STYLE,
-                  help="Step-wise deformable medical image registration with deep reinforcement learning.")
+                  help="Step-wise deformable medical image registration, inpainting and image translation with deep "
+                       "reinforcement learning.")
 models_app = typer.Typer(no_args_is_help=True, **HELP_STYLE,
                          help="Agents shipped with rlreg: list them, show a model card.")
 app.add_typer(models_app, name="models")
@@ -424,6 +425,127 @@ def invert(
                f"wrote {summary['output']} (inverse consistency: median {summary['consistency_median_mm']:.3g} mm)")
 
 
+ImageModelOption = Annotated[str | None, typer.Option(
+    help="Shipped model (rlreg models list) or a checkpoint file (.pt) of rlreg train [default: the shipped model "
+         "for the input].")]
+ImageStepsOption = Annotated[int | None, typer.Option(
+    help="Agent steps: how far the image is transformed [default: the model's recommended steps]; 0 returns the "
+         "starting image.")]
+SaveStepsOption = Annotated[bool, typer.Option(
+    help="Also write <stem>_steps.png (input, step 1..T, reference) and <stem>_steps.gif beside the output.")]
+PlaneOption = Annotated[str | None, typer.Option(
+    help="3-D NIfTI: cut slices in the axial, coronal or sagittal plane, oriented as the training slices (the "
+         "volume is permuted and flipped to RAS, never resampled) [default: axial; a one-slice volume's own plane].")]
+SliceBatchOption = Annotated[int, typer.Option(help="3-D NIfTI: slices per batch.")]
+ImageThreadsOption = Annotated[int | None, typer.Option(
+    help="CPU threads (torch) [default: OMP_NUM_THREADS, else half the CPUs this process may use].")]
+
+
+def _run_image_to_image(run, options, quiet: bool, json_output: bool) -> None:
+    """Run an image-to-image pipeline (inpaint, translate) with a progress bar and print its result."""
+    from rlreg.io import InputError
+    from rlreg.pipelines.signals import exit_code, sigterm_as_interrupt
+
+    try:
+        with sigterm_as_interrupt(), _progress_bar(quiet or json_output) as bar:
+            result = run(options, progress=_stage_reporter(bar))
+    except (InputError, ValueError) as err:
+        _fail(str(err))
+    except KeyboardInterrupt as stop:
+        _fail("interrupted; no file was left half-written (each is renamed into place only when complete)",
+              exit_code(stop))
+    for warning in result.warnings:
+        typer.secho(f"warning: {warning}", fg=typer.colors.YELLOW, err=True)
+    if json_output:
+        typer.echo(json.dumps(result.to_dict(), indent=2))
+        return
+    if quiet:
+        return
+    where = f", {result.slices} {result.plane} slices" if result.slices is not None else ""
+    hole = f", hole {100 * result.hole_fraction:.1f}%" if result.hole_fraction is not None else ""
+    typer.echo(f"{result.command}: {result.model}, {result.steps} steps, {'x'.join(map(str, result.size))} "
+               f"x {result.channels} channel(s){hole}{where}; {result.seconds['total']:.2f}s on {result.device}")
+    if result.metrics:
+        typer.echo("  ".join(f"{name} {value:.4g}" for name, value in result.metrics.items()))
+    for name, path in result.outputs.items():
+        typer.echo(f"  {name:12s} {path}")
+
+
+@app.command()
+def inpaint(
+    image: Annotated[Path, typer.Argument(help="Picture (PNG, JPEG, TIFF; grey or RGB, 8 or 16 bits) or a 2-D / 3-D "
+                                          "NIfTI image.")],
+    mask: Annotated[Path, typer.Argument(help="The missing region, same size as IMAGE: 1 or 255 = missing, 0 = "
+                                         "known (PNG, TIFF or NIfTI).")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Output file, same format as IMAGE (a JPEG gives "
+                                         "a PNG unless named .jpg), or a folder for <stem>_inpainted.<ext>.")],
+    model: ImageModelOption = None,
+    steps: ImageStepsOption = None,
+    reference: Annotated[Path | None, typer.Option(help="The complete image: report PSNR and SSIM, whole and "
+                                                   "inside the hole.")] = None,
+    save_steps: SaveStepsOption = False,
+    plane: PlaneOption = None,
+    batch_size: SliceBatchOption = 16,
+    device: DeviceOption = "auto",
+    threads: ImageThreadsOption = None,
+    quiet: QuietOption = False,
+    json_output: Annotated[bool, typer.Option("--json", help="Print the result as JSON only.")] = False,
+) -> None:
+    """Fill the masked region of IMAGE with an inpainting agent; every known pixel of OUT equals IMAGE's exactly
+    (PNG, TIFF, NIfTI). A 3-D NIfTI is inpainted slice by slice, and keeps its geometry."""
+    from rlreg.io import InputError
+    from rlreg.pipelines.device import resolve_device
+    from rlreg.pipelines.inpaint import InpaintOptions
+    from rlreg.pipelines.inpaint import inpaint as run
+    from rlreg.pipelines.threads import default_threads
+
+    try:
+        options = InpaintOptions(image=image, mask=mask, output=output, model=model, steps=steps,
+                                 reference=reference, save_steps=save_steps, plane=plane, batch_size=batch_size,
+                                 device=str(resolve_device(device)),
+                                 threads=default_threads() if threads is None else threads)
+    except (InputError, ValueError) as err:
+        _fail(str(err))
+    _run_image_to_image(run, options, quiet, json_output)
+
+
+@app.command()
+def translate(
+    source: Annotated[Path, typer.Argument(metavar="input", help="The model's source map (rlreg models info NAME: "
+                                           "source): an edge or superpixel map picture, an integer label map "
+                                           "(PNG or NIfTI), ...; with --from-photo an RGB photo.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Output file, same format as INPUT (NIfTI: float "
+                                         "in [0, 1] on INPUT's grid), or a folder for <stem>_translated.<ext>.")],
+    model: ImageModelOption = None,
+    steps: ImageStepsOption = None,
+    from_photo: Annotated[bool, typer.Option(help="INPUT is a photo: compute the edge or superpixel map the model "
+                                             "reads from it.")] = False,
+    reference: Annotated[Path | None, typer.Option(help="The true image: report PSNR and SSIM.")] = None,
+    save_steps: SaveStepsOption = False,
+    plane: PlaneOption = None,
+    batch_size: SliceBatchOption = 16,
+    device: DeviceOption = "auto",
+    threads: ImageThreadsOption = None,
+    quiet: QuietOption = False,
+    json_output: Annotated[bool, typer.Option("--json", help="Print the result as JSON only.")] = False,
+) -> None:
+    """Translate a source map (edges, superpixels, labels, tissue) into an image with a translation agent."""
+    from rlreg.io import InputError
+    from rlreg.pipelines.device import resolve_device
+    from rlreg.pipelines.threads import default_threads
+    from rlreg.pipelines.translate import TranslateOptions
+    from rlreg.pipelines.translate import translate as run
+
+    try:
+        options = TranslateOptions(input=source, output=output, model=model, steps=steps, reference=reference,
+                                   from_photo=from_photo, save_steps=save_steps, plane=plane, batch_size=batch_size,
+                                   device=str(resolve_device(device)),
+                                   threads=default_threads() if threads is None else threads)
+    except (InputError, ValueError) as err:
+        _fail(str(err))
+    _run_image_to_image(run, options, quiet, json_output)
+
+
 @app.command()
 def train(
     config: Annotated[Path | None, typer.Argument(help="YAML recipe, e.g. pipelines/recipes/digits.yaml.")] = None,
@@ -489,7 +611,8 @@ def _working_grid(row: dict) -> str:
 def models_list(
     json_output: Annotated[bool, typer.Option("--json", help="Print the table as JSON only.")] = False,
 ) -> None:
-    """The shipped agents: dimensionality, default use, size, working grid, recommended steps, headline metric."""
+    """The shipped agents: task, dimensionality, default use, size, working grid, recommended steps, headline
+    metric."""
     from rlreg import models
 
     try:
@@ -499,9 +622,10 @@ def models_list(
     if json_output:
         typer.echo(json.dumps(rows, indent=2))
         return
-    header = ("name", "ndim", "default for", "parameters", "working grid", "steps", "headline metric", "file")
+    header = ("name", "task", "ndim", "default for", "parameters", "working grid", "steps", "headline metric",
+              "file")
     table = [header] + [
-        (row["name"], str(row["ndim"]), f"{row['ndim']}-D" if row["default"] else "-",
+        (row["name"], row["task"], str(row["ndim"]), f"{row['ndim']}-D" if row["default"] else "-",
          "-" if row["parameters"] is None else f"{row['parameters']:,}", _working_grid(row),
          str(row["recommended_steps"] or "-"),
          "-" if (metric := row["headline_metric"]) is None else f"{metric['name']} {metric['value']}",
@@ -531,8 +655,9 @@ def models_info(
     if json_output:
         typer.echo(json.dumps({"name": name, "card": card, "file": file_status}, indent=2))
     else:
-        typer.echo(f"{name}: {row['ndim']}-D agent" + (f", the default for {row['ndim']}-D inputs" if row["default"]
-                                                       else ", not a default (ask for it with --model)"))
+        typer.echo(f"{name}: {row['ndim']}-D {row['task']} agent"
+                   + (f", the default for {row['ndim']}-D inputs" if row["default"]
+                      else ", not a default (ask for it with --model)"))
         typer.echo(f"  {'file':<20} {row['path']} ({_file_size(row['file_size_bytes'])}, checksum "
                    f"{row['checksum']})")
         for key, value in card.items():

@@ -9,11 +9,29 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["MAX_PERCENTILE_SAMPLES", "normalise_intensity"]
+__all__ = ["MAX_PERCENTILE_SAMPLES", "intensity_window", "normalise_intensity"]
 
 MAX_PERCENTILE_SAMPLES = 2_000_000
 """Percentiles of larger images are estimated on this many voxels drawn with a fixed seed (``torch.quantile``'s
 input limit is 16 million elements; the estimate then repeats exactly)."""
+
+
+def intensity_window(image: Tensor, mask: Tensor | None = None, *, low: float = 0.5, high: float = 99.5
+                     ) -> tuple[float, float]:
+    """The intensities ``(lo, hi)`` that :func:`normalise_intensity` maps to 0 and 1: the ``low`` and ``high``
+    percentiles of ``image`` (inside ``mask``), or its minimum and maximum when the two coincide.
+
+    Callers that must map a network's ``[0, 1]`` output back to the image's own units use it:
+    ``lo + y * (hi - lo)`` (``rlreg inpaint`` on NIfTI and 16-bit inputs).
+    """
+    values = image[mask.bool()] if mask is not None else image.flatten()
+    if values.numel() > MAX_PERCENTILE_SAMPLES:
+        chosen = torch.randperm(values.numel(), generator=torch.Generator().manual_seed(0))[:MAX_PERCENTILE_SAMPLES]
+        values = values[chosen]
+    lo, hi = torch.quantile(values.double(), torch.tensor([low / 100, high / 100], dtype=torch.float64)).tolist()
+    if hi <= lo:
+        lo, hi = float(values.min()), float(values.max())
+    return lo, hi
 
 
 def normalise_intensity(image: Tensor, mask: Tensor | None = None, *, low: float = 0.5, high: float = 99.5) -> Tensor:
@@ -31,11 +49,5 @@ def normalise_intensity(image: Tensor, mask: Tensor | None = None, *, low: float
     Returns:
         ``(N, C, *S)`` intensities in ``[0, 1]``, ``image``'s dtype.
     """
-    values = image[mask.bool()] if mask is not None else image.flatten()
-    if values.numel() > MAX_PERCENTILE_SAMPLES:
-        chosen = torch.randperm(values.numel(), generator=torch.Generator().manual_seed(0))[:MAX_PERCENTILE_SAMPLES]
-        values = values[chosen]
-    lo, hi = torch.quantile(values.double(), torch.tensor([low / 100, high / 100], dtype=torch.float64)).tolist()
-    if hi <= lo:
-        lo, hi = float(values.min()), float(values.max())
+    lo, hi = intensity_window(image, mask, low=low, high=high)
     return ((image - lo) / max(hi - lo, 1e-12)).clamp(0.0, 1.0)

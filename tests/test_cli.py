@@ -17,7 +17,8 @@ runner = CliRunner()
 def test_help_lists_only_working_commands() -> None:
     result = runner.invoke(app, ["--help"])
     assert result.exit_code == 0
-    for built in ("demo", "train", "register", "apply", "invert", "batch", "evaluate", "report", "models"):
+    for built in ("demo", "train", "register", "apply", "invert", "batch", "evaluate", "report", "models", "inpaint",
+                  "translate"):
         assert f" {built} " in result.output
     assert " benchmark " not in result.output  # benchmarks run as `python -m benchmarks.NAME`, not as a product command
     for name in ("batch", "evaluate", "report", "models"):  # each subcommand's own help works too
@@ -118,9 +119,10 @@ def test_models_list_and_info_show_the_shipped_digits_model() -> None:
     table = runner.invoke(app, ["models", "list"])
     assert table.exit_code == 0, table.output
     header, *lines = table.output.splitlines()
-    assert header.split()[:2] == ["name", "ndim"] and "headline metric" in header
+    assert header.split()[:3] == ["name", "task", "ndim"] and "headline metric" in header
     row = next(line for line in lines if line.startswith("digits "))
-    assert row.split()[:4] == ["digits", "2", "-", "222,052"] and "28x28" in row and "dice05_best 0.8826" in row
+    assert row.split()[:5] == ["digits", "registration", "2", "-", "222,052"]
+    assert "28x28" in row and "dice05_best 0.8826" in row
     digits = next(r for r in json.loads(runner.invoke(app, ["models", "list", "--json"]).output)
                   if r["name"] == "digits")
     assert digits["default"] is False and digits["working_grid"] == [28, 28] and digits["file_size_bytes"] > 0
@@ -149,7 +151,7 @@ def test_models_of_a_registry_with_a_default_and_a_damaged_file(tmp_path, monkey
     monkeypatch.setattr(models, "MODELS_DIR", tmp_path)
     monkeypatch.setattr(models, "REGISTRY", tmp_path / "models.json")
     row = runner.invoke(app, ["models", "list"]).output.splitlines()[1]
-    assert row.split() == ["brain", "3", "3-D", "1,234", "2", "mm", "10", "dice", "0.8", "2.5", "kB"]
+    assert row.split() == ["brain", "registration", "3", "3-D", "1,234", "2", "mm", "10", "dice", "0.8", "2.5", "kB"]
     info = runner.invoke(app, ["models", "info", "brain"])
     assert info.exit_code == 1 and "the default for 3-D inputs" in info.output and "checksum mismatch" in info.output
     assert json.loads(runner.invoke(app, ["models", "info", "brain", "--json"]).output)["file"]["checksum"] == (

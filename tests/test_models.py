@@ -167,3 +167,28 @@ def test_shipped_models_act_bit_identically_to_the_reference(name: str) -> None:
     for key, value in (("mean", plan.mean), ("log_std", plan.log_std), ("action", decision.action), ("q", q),
                        ("field3", task.field)):
         assert torch.equal(value, reference[key]), key
+
+
+def test_cards_name_their_task_and_registration_picks_registration_models_only(tmp_path, monkeypatch) -> None:
+    """A card without ``task_name`` is a registration model; ``rlreg register``'s default and ``--model`` consider
+    registration models only, while each image-to-image task keeps one default per channel count."""
+    _registry(tmp_path / "mixed", monkeypatch, {
+        "reg2": _card(2), "photo": _card(2, task_name="inpainting", channels=3, default=True),
+        "mri": _card(2, task_name="inpainting", channels=1, default=True),
+        "edges": _card(2, task_name="translation", channels=3, source="edges")})
+    assert models.task_of(models.card("reg2")) == "registration"
+    assert models.default_for(2) is None  # the inpainting defaults are not registration defaults
+    assert sorted(models.for_task("inpainting")) == ["mri", "photo"]
+    assert models.summary("photo")["task"] == "inpainting" and models.summary("photo")["channels"] == 3
+    assert models.resolve("reg2", 2) == "reg2"
+    with pytest.raises(ValueError, match=r"--model photo: is an inpainting model \(run it with rlreg inpaint\), "
+                                         r"not a registration model; give a registration model \(reg2\)"):
+        models.resolve("photo", 2)
+    with pytest.raises(ValueError, match="is a translation model"):
+        models.resolve("edges", 2)
+
+    _registry(tmp_path / "two", monkeypatch, {"a": _card(2, task_name="inpainting", channels=3, default=True),
+                                              "b": _card(2, task_name="inpainting", channels=3, default=True)})
+    with pytest.raises(ValueError, match=r"2 models are the default for 3-channel 2-D inputs of the inpainting "
+                                         r"task \(a, b\)"):
+        models.available()

@@ -5,8 +5,14 @@ trained on, and the metrics measured when it was exported (``python -m benchmark
 in the repository, not installed). Card fields read here:
 
 * ``file``, ``sha256``, ``ndim`` (2 or 3): required.
-* ``default`` (bool): run this model when ``rlreg register`` is given no ``--model`` and the input has its ``ndim``;
-  at most one default per ``ndim``.
+* ``task_name``: the task in :data:`rlreg.tasks.TASKS` the agent was trained on (``"registration"`` when absent):
+  ``rlreg register`` runs registration models only, ``rlreg inpaint`` inpainting and ``rlreg translate`` translation
+  models.
+* ``default`` (bool): run this model when its command is given no ``--model`` and the input has its ``ndim`` (and,
+  for an image-to-image model, its ``channels``); at most one default per task, ``ndim`` and ``channels``.
+* ``channels`` (image-to-image models): channels of the images the model produces (1: grey / MRI, 3: RGB);
+  ``source`` (translation models): the map it reads, ``"edges"``, ``"superpixels"``, ``"labels"`` (integer label
+  maps, coloured by ``rlreg.data.maps.label_colour_map``) or ``"tissue"``.
 * ``working_grid`` (voxels per tensor axis, e.g. ``[28, 28]``) *or* ``working_spacing_mm`` (isotropic mm): the grid
   the agent acts on; see :func:`working_grid`. Neither: the fixed image's own grid.
 * ``recommended_steps``, ``parameters`` (a count, or network name -> count), ``metrics`` and ``headline_metric``
@@ -28,13 +34,22 @@ import numpy as np
 if TYPE_CHECKING:  # torch is imported by load() only, so listing the models (rlreg models) stays quick
     import torch
 
-__all__ = ["MODELS_DIR", "NO_MODEL", "available", "card", "check_cards", "default_for", "headline_metric", "load",
-           "model_path", "resolve", "summary", "verify", "working_grid"]
+__all__ = ["MODELS_DIR", "NO_MODEL", "TASK_WORDS", "available", "card", "check_cards", "default_for", "for_task",
+           "headline_metric", "load", "model_path", "resolve", "summary", "task_of", "verify", "working_grid"]
 
 MODELS_DIR = Path(__file__).parent
 REGISTRY = MODELS_DIR / "models.json"
 NO_MODEL = "none"
 """The model name that asks for no agent: the classical instance optimisation (``rlreg register --model none``)."""
+REGISTRATION = "registration"
+TASK_WORDS = {"registration": ("a registration", "rlreg register"), "inpainting": ("an inpainting", "rlreg inpaint"),
+              "translation": ("a translation", "rlreg translate")}
+"""Task name -> (how messages name a model of that task, the command that runs it)."""
+
+
+def task_of(item: dict[str, Any]) -> str:
+    """The task a card's model was trained on: its ``task_name``, ``"registration"`` when absent."""
+    return str(item.get("task_name", REGISTRATION))
 
 
 def available() -> dict[str, dict[str, Any]]:
@@ -58,13 +73,13 @@ def check_cards(cards: dict[str, dict[str, Any]]) -> None:
     """
     if NO_MODEL in cards:
         raise ValueError(f"{REGISTRY}: a model may not be named {NO_MODEL!r} (it asks for no model)")
-    defaults: dict[int, list[str]] = {}
+    defaults: dict[tuple[str, int, Any], list[str]] = {}
     for name, item in cards.items():
         ndim = int(item["ndim"])
         if not isinstance(item.get("default", False), bool):
             raise ValueError(f"{REGISTRY}: model {name!r}: 'default' must be true or false, got {item['default']!r}")
         if item.get("default", False):
-            defaults.setdefault(ndim, []).append(name)
+            defaults.setdefault((task_of(item), ndim, item.get("channels")), []).append(name)
         if "working_grid" in item and "working_spacing_mm" in item:
             raise ValueError(f"{REGISTRY}: model {name!r} gives both working_grid and working_spacing_mm; keep one")
         if "working_grid" in item and len(item["working_grid"]) != ndim:
@@ -72,9 +87,11 @@ def check_cards(cards: dict[str, dict[str, Any]]) -> None:
         if "working_spacing_mm" in item and not float(item["working_spacing_mm"]) > 0:
             raise ValueError(f"{REGISTRY}: model {name!r}: working_spacing_mm must be > 0, got "
                              f"{item['working_spacing_mm']!r}")
-    for ndim, names in sorted(defaults.items()):
+    for (task, ndim, channels), names in sorted(defaults.items(), key=str):
         if len(names) > 1:
-            raise ValueError(f"{REGISTRY}: {len(names)} models are the default for {ndim}-D inputs "
+            what = ("" if channels is None else f"{channels}-channel ") + f"{ndim}-D inputs"
+            what += "" if task == REGISTRATION else f" of the {task} task"
+            raise ValueError(f"{REGISTRY}: {len(names)} models are the default for {what} "
                              f"({', '.join(sorted(names))}); mark at most one with \"default\": true")
 
 
@@ -90,18 +107,39 @@ def card(name: str) -> dict[str, Any]:
     return cards[name]
 
 
+def for_task(task: str) -> dict[str, dict[str, Any]]:
+    """Name -> card of the shipped models trained on ``task`` (a name in :data:`rlreg.tasks.TASKS`)."""
+    return {name: item for name, item in available().items() if task_of(item) == task}
+
+
 def default_for(ndim: int) -> str | None:
-    """Name of the model marked ``"default": true`` for ``ndim``-D inputs, or ``None`` when none ships."""
-    return next((name for name, item in available().items() if item.get("default") and int(item["ndim"]) == ndim),
-                None)
+    """Name of the registration model marked ``"default": true`` for ``ndim``-D inputs (what ``rlreg register``
+    runs without ``--model``), or ``None`` when none ships."""
+    return next((name for name, item in for_task(REGISTRATION).items()
+                 if item.get("default") and int(item["ndim"]) == ndim), None)
 
 
 def resolve(name: str | None, ndim: int) -> str | None:
-    """The model to run on an ``ndim``-D input when ``name`` is asked for: ``None`` means the default for ``ndim``,
-    :data:`NO_MODEL` none; returns ``None`` for the instance optimisation (no agent). Names are not checked here."""
+    """The registration model to run on an ``ndim``-D input when ``name`` is asked for: ``None`` means the default
+    for ``ndim``, :data:`NO_MODEL` none; returns ``None`` for the instance optimisation (no agent). Unknown names are
+    not checked here.
+
+    Raises:
+        ValueError: ``name`` is a shipped model of another task (e.g. an inpainting model); the one-line message
+            says which command runs it and which models register.
+    """
     if name is None:
         return default_for(ndim)
-    return None if name == NO_MODEL else name
+    if name == NO_MODEL:
+        return None
+    item = available().get(name)
+    if item is not None and task_of(item) != REGISTRATION:
+        task = task_of(item)
+        article, command = TASK_WORDS.get(task, (f"a {task}", "its own command"))
+        registering = ", ".join(sorted(for_task(REGISTRATION))) or "none ships"
+        raise ValueError(f"--model {name}: is {article} model (run it with {command}), not a registration model; "
+                         f"give a registration model ({registering}) or --model none")
+    return name
 
 
 def working_grid(item: dict[str, Any], size: tuple[int, ...], spacing: tuple[float, ...]) -> tuple[int, ...]:
@@ -134,7 +172,8 @@ def summary(name: str, check: bool = False) -> dict[str, Any]:
     path = MODELS_DIR / item["file"]
     headline = headline_metric(item)
     parameters = item.get("parameters")  # a count, or a count per network
-    row = {"name": name, "ndim": int(item["ndim"]), "default": bool(item.get("default", False)),
+    row = {"name": name, "task": task_of(item), "ndim": int(item["ndim"]), "channels": item.get("channels"),
+           "default": bool(item.get("default", False)),
            "parameters": sum(parameters.values()) if isinstance(parameters, dict) else parameters,
            "working_grid": item.get("working_grid"), "working_spacing_mm": item.get("working_spacing_mm"),
            "recommended_steps": item.get("recommended_steps"),
@@ -178,9 +217,13 @@ def model_path(name: str) -> Path:
 
 
 def load(name: str, device: torch.device | str = "cpu"):
-    """Rebuild a shipped :class:`rlreg.sac.Agent` (planner, actor, critics; no optimiser state); every shipped
-    model is a registration agent (format 1 checkpoints, which predate task names, are registration)."""
+    """Rebuild a shipped :class:`rlreg.sac.Agent` (planner, actor, critics; no optimiser state) for the task its
+    card names (format 1 checkpoints, which predate task names, are registration).
+
+    Raises:
+        ValueError: unknown name, a checksum mismatch, or a file whose task differs from its card's.
+    """
     from rlreg.sac import load_checkpoint
 
-    agent, _ = load_checkpoint(model_path(name), device=device, task="registration")
+    agent, _ = load_checkpoint(model_path(name), device=device, task=task_of(card(name)))
     return agent.eval()
