@@ -553,7 +553,8 @@ def train(
     resume: Annotated[bool, typer.Option(help="Continue from <loop.output>/state.pt exactly.")] = False,
     json_output: Annotated[bool, typer.Option("--json", help="Print the summary as JSON only.")] = False,
 ) -> None:
-    """Train an RL registration agent (soft actor-critic + auxiliary loss) from a YAML recipe."""
+    """Train an RL agent (soft actor-critic + auxiliary loss) on the recipe's task (registration, inpainting,
+    translation, ...) from a YAML recipe."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from rlreg.io import InputError
@@ -568,8 +569,12 @@ def train(
                   TextColumn("{task.fields[info]}"), disable=json_output) as bar:
         task = bar.add_task("train", total=cfg.loop.total_steps, info="")
 
+        from rlreg.tasks import task_spec
+
+        name = getattr(task_spec(cfg.agent.task_name).task, "score_name", "score")
+
         def progress(step: int, total: int, metrics: dict[str, float]) -> None:
-            shown = " ".join(f"{k}={metrics[k]:.3g}" for k in ("reward", "dice", "eval_dice", "critic_loss",
+            shown = " ".join(f"{k}={metrics[k]:.3g}" for k in ("reward", name, f"eval_{name}", "critic_loss",
                                                                "aux_loss", "alpha") if k in metrics)
             bar.update(task, completed=step, info=shown)
 
@@ -581,8 +586,9 @@ def train(
         typer.echo(json.dumps(summary.to_dict(), indent=2, default=str))
         return
     last = summary.history[-1] if summary.history else {}
-    typer.echo(f"final eval Dice {last.get('dice_final', float('nan')):.4f} (best {last.get('dice_best', 0):.4f} "
-               f"at step {last.get('best_step', 0)}); parameters {summary.parameters}")
+    typer.echo(f"final eval {name} {last.get(f'{name}_final', float('nan')):.4f} "
+               f"(best {last.get(f'{name}_best', float('nan')):.4f} at step {last.get('best_step', 0)}); "
+               f"parameters {summary.parameters}")
     typer.echo(f"model: {summary.model}  resumable state: {summary.state}")
 
 
