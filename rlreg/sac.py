@@ -199,11 +199,38 @@ class Agent(nn.Module):
         sac = config.sac
         self.target_entropy = (sac.target_entropy if sac.target_entropy is not None
                                else -config.network.plan_dim / 4.0)
-        self.planner_opt = torch.optim.Adam(self.planner.parameters(), lr=sac.lr_planner)
-        self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=sac.lr_actor)
-        self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=sac.lr_critic)
-        self.alpha_opt = torch.optim.Adam([self.log_alpha], lr=sac.lr_alpha)
+        self._optimisers: dict[str, torch.optim.Optimizer] | None = None
         self.updates = 0
+
+    # ------------------------------------------------------------------------------------------------ optimisers
+    def _optimiser(self, name: str) -> torch.optim.Optimizer:
+        """The Adam optimiser of ``planner``, ``actor``, ``critic`` or ``alpha``, all built on first use: building
+        the first Adam imports ``torch._dynamo`` (3-4 s on a loaded 2-core machine), which acting never needs."""
+        if self._optimisers is None:
+            sac = self.config.sac
+            self._optimisers = {
+                "planner": torch.optim.Adam(self.planner.parameters(), lr=sac.lr_planner),
+                "actor": torch.optim.Adam(self.actor.parameters(), lr=sac.lr_actor),
+                "critic": torch.optim.Adam(self.critic.parameters(), lr=sac.lr_critic),
+                "alpha": torch.optim.Adam([self.log_alpha], lr=sac.lr_alpha),
+            }
+        return self._optimisers[name]
+
+    @property
+    def planner_opt(self) -> torch.optim.Optimizer:
+        return self._optimiser("planner")
+
+    @property
+    def actor_opt(self) -> torch.optim.Optimizer:
+        return self._optimiser("actor")
+
+    @property
+    def critic_opt(self) -> torch.optim.Optimizer:
+        return self._optimiser("critic")
+
+    @property
+    def alpha_opt(self) -> torch.optim.Optimizer:
+        return self._optimiser("alpha")
 
     # ------------------------------------------------------------------------------------------------ acting
     def parameter_counts(self) -> dict[str, int]:

@@ -186,18 +186,18 @@ def test_format_1_checkpoints_read_as_registration(tmp_path) -> None:
 def test_task_names_are_checked(tmp_path) -> None:
     """An unknown task name, a config of another task's class, and a checkpoint of an unknown task are one-line
     errors that list the registered tasks."""
-    with pytest.raises(ValueError, match=r"unknown task 'inpainting'; registered tasks: .*registration"):
-        AgentConfig(task_name="inpainting")
+    with pytest.raises(ValueError, match=r"unknown task 'colourisation'; registered tasks: .*registration"):
+        AgentConfig(task_name="colourisation")
     with pytest.raises(ValueError, match="must be a RegistrationConfig"):
         AgentConfig(task=SACConfig())
     with pytest.raises(ValueError, match=r"unknown config keys \['task.nope'\]"):
         AgentConfig.from_dict({"task": {"nope": 1}})
     data = Agent(tiny_config()).checkpoint()
-    data["config"]["task_name"] = "inpainting"
+    data["config"]["task_name"] = "colourisation"
     torch.save(data, tmp_path / "x.pt")
-    with pytest.raises(ValueError, match=r"x.pt: unknown task 'inpainting'.*upgrade rlreg or retrain"):
+    with pytest.raises(ValueError, match=r"x.pt: unknown task 'colourisation'.*upgrade rlreg or retrain"):
         load_checkpoint(tmp_path / "x.pt")
-    with pytest.raises(ValueError, match=r"is a 'inpainting' checkpoint, not a 'registration' one"):
+    with pytest.raises(ValueError, match=r"is a 'colourisation' checkpoint, not a 'registration' one"):
         load_checkpoint(tmp_path / "x.pt", task="registration")
 
 
