@@ -59,6 +59,29 @@ Progress = Callable[[str, int, int], None]
 """``progress(stage, done, total)``: called as the work advances (the CLI draws a bar per stage)."""
 
 
+@dataclass(frozen=True, kw_only=True)
+class RunSettings:
+    """How ``rlreg inpaint`` and ``rlreg translate`` run their agent (the options both commands share)."""
+
+    model: str | None = None
+    """Shipped model of the command's task, or a checkpoint file; ``None``: the shipped one that fits the input."""
+    steps: int | None = None
+    """Agent steps; ``None``: the card's ``recommended_steps`` (else the task's ``max_steps``). 0 = the start."""
+    reference: Path | None = None
+    """The true image, for PSNR / SSIM (whole image, and inside the hole when inpainting)."""
+    save_steps: bool = False
+    """Also write ``<stem>_steps.png`` (input, step 1..T, reference) and ``<stem>_steps.gif``."""
+    plane: str | None = None
+    """3-D NIfTI: the plane slices are cut in, axial, coronal or sagittal (:class:`SliceLayout`); ``None``: axial,
+    or a one-slice volume's own plane."""
+    batch_size: int = 16
+    """Slices per agent batch (3-D NIfTI)."""
+    device: str = "cpu"
+    """A resolved torch device."""
+    threads: int | None = None
+    """CPU threads (torch, SimpleITK); ``None``: as they are."""
+
+
 @dataclass
 class InputImage:
     """An input image: its stored values, where they came from, and how they map to the networks' ``[0, 1]``."""

@@ -25,6 +25,7 @@ from rlreg.pipelines.i2i import (
     ImageToImageResult,
     InputImage,
     Progress,
+    RunSettings,
     SliceLayout,
     choose_model,
     fitting_models,
@@ -46,9 +47,10 @@ __all__ = ["InpaintOptions", "inpaint", "read_mask"]
 TASK = "inpainting"
 
 
-@dataclass(frozen=True)
-class InpaintOptions:
-    """What ``rlreg inpaint`` was asked to do."""
+@dataclass(frozen=True, kw_only=True)
+class InpaintOptions(RunSettings):
+    """What ``rlreg inpaint`` was asked to do: the files, and the shared :class:`~rlreg.pipelines.i2i.RunSettings`
+    (``model``: a shipped inpainting model or checkpoint; ``None``: the shipped one for the image's channels)."""
 
     image: Path
     """Picture (PNG/JPEG/TIFF) or 2-D / 3-D NIfTI to inpaint."""
@@ -56,23 +58,6 @@ class InpaintOptions:
     """The hole: same size as ``image``, values {0, 1}, {0, 255} or bool, 1 (255) = missing."""
     output: Path
     """Output file, or a folder for ``<stem>_inpainted<ext>``."""
-    model: str | None = None
-    """Shipped inpainting model or checkpoint file; ``None``: the shipped one for the image's channel count."""
-    steps: int | None = None
-    """Agent steps; ``None``: the card's ``recommended_steps`` (else the task's ``max_steps``). 0 = the input back."""
-    reference: Path | None = None
-    """The complete image, for PSNR / SSIM (whole image and inside the hole)."""
-    save_steps: bool = False
-    """Also write ``<stem>_steps.png`` (input, step 1..T, reference) and ``<stem>_steps.gif``."""
-    plane: str | None = None
-    """3-D NIfTI: the plane slices are cut in, axial, coronal or sagittal (:class:`~rlreg.pipelines.i2i.SliceLayout`);
-    ``None``: axial, or a one-slice volume's own plane."""
-    batch_size: int = 16
-    """Slices per agent batch (3-D NIfTI)."""
-    device: str = "cpu"
-    """A resolved torch device."""
-    threads: int | None = None
-    """CPU threads (torch, SimpleITK); ``None``: as they are."""
 
 
 def _mask_values(path: Path, values: np.ndarray) -> np.ndarray:

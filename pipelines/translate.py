@@ -17,7 +17,6 @@ training: :class:`~rlreg.pipelines.i2i.SliceLayout`).
 
 from __future__ import annotations
 
-import importlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,12 +24,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from rlreg.data import maps
+from rlreg.data.maps import label_colour_map
 from rlreg.io import InputError, read_label_map
 from rlreg.pipelines.i2i import (
     ChosenModel,
     ImageToImageResult,
     InputImage,
     Progress,
+    RunSettings,
     choose_model,
     image_kind,
     image_quality,
@@ -52,40 +54,17 @@ PHOTO_MAPS = ("edges", "superpixels")
 """Maps ``--from-photo`` computes from a photo."""
 
 
-@dataclass(frozen=True)
-class TranslateOptions:
-    """What ``rlreg translate`` was asked to do."""
+@dataclass(frozen=True, kw_only=True)
+class TranslateOptions(RunSettings):
+    """What ``rlreg translate`` was asked to do: the files, and the shared :class:`~rlreg.pipelines.i2i.RunSettings`
+    (``model``: a shipped translation model or checkpoint; ``None``: the only shipped translation model)."""
 
     input: Path
     """The source map (or, with ``from_photo``, a photo)."""
     output: Path
     """Output file, or a folder for ``<stem>_translated<ext>``."""
-    model: str | None = None
-    """Shipped translation model or checkpoint file; ``None``: the only shipped translation model."""
-    steps: int | None = None
-    """Agent steps; ``None``: the card's ``recommended_steps`` (else the task's ``max_steps``)."""
-    reference: Path | None = None
-    """The true image, for PSNR / SSIM."""
     from_photo: bool = False
     """INPUT is an RGB photo: compute the model's edge or superpixel map from it."""
-    save_steps: bool = False
-    """Also write ``<stem>_steps.png`` (source, step 1..T, reference) and ``<stem>_steps.gif``."""
-    plane: str | None = None
-    """3-D NIfTI: the plane slices are cut in, axial, coronal or sagittal (:class:`~rlreg.pipelines.i2i.SliceLayout`);
-    ``None``: axial, or a one-slice volume's own plane."""
-    batch_size: int = 16
-    device: str = "cpu"
-    threads: int | None = None
-
-
-def _maps():
-    """:mod:`rlreg.data.maps`, or a one-line error where this installation lacks it."""
-    try:
-        maps = importlib.import_module("rlreg.data.maps")
-    except ImportError:
-        raise InputError("this rlreg has no rlreg.data.maps (edge, superpixel and label-colour maps); upgrade "
-                         "rlreg, or give the map itself") from None
-    return maps
 
 
 def source_map(path: Path, model: ChosenModel, from_photo: bool = False) -> tuple[np.ndarray, InputImage]:
@@ -108,7 +87,6 @@ def source_map(path: Path, model: ChosenModel, from_photo: bool = False) -> tupl
         if bits != 8:
             raise InputError(f"{path}: --from-photo reads 8-bit photos; convert it to 8-bit RGB first")
         rgb = np.repeat(values, 3, axis=0) if values.shape[0] == 1 else values
-        maps = _maps()
         compute = maps.edge_map if model.source == "edges" else maps.superpixel_map
         source = np.asarray(compute(np.moveaxis(rgb, 0, -1).astype(np.uint8)), dtype=np.float32)
         return source, InputImage(values, path, "picture", bits=8)
@@ -126,9 +104,8 @@ def source_map(path: Path, model: ChosenModel, from_photo: bool = False) -> tupl
             like = InputImage(labels, path, "nifti", geometry=grid, window=(0.0, 1.0))
         if labels.min() < 0:
             raise InputError(f"{path}: holds negative labels (e.g. {labels.min():g}); label maps hold ids 0, 1, 2, ...")
-        colour = _maps().label_colour_map
         flat = labels[0].reshape(-1, *labels.shape[-2:]).astype(np.int64)
-        source = np.stack([np.asarray(colour(item), dtype=np.float32) for item in flat], axis=1)
+        source = np.stack([np.asarray(label_colour_map(item), dtype=np.float32) for item in flat], axis=1)
         return source.reshape(source.shape[0], *labels.shape[1:]), like
     image = read_input(path, "input")
     if image.kind == "nifti":
