@@ -418,7 +418,8 @@ def choose_model(spec: str | None, task: str, channels: int | None, path: Path, 
         except ValueError as err:
             raise InputError(str(err)) from None
     config = agent.config.task
-    steps = card.get("recommended_steps") or config.max_steps
+    recommended = card.get("recommended_steps")
+    steps = config.max_steps if recommended is None else recommended  # 0 is a recommendation too
     return ChosenModel(agent=agent, name=spec, card=card, steps=int(steps), channels=int(config.channels),
                        source_channels=getattr(config, "source_channels", None), source=card.get("source"))
 

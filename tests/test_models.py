@@ -192,3 +192,42 @@ def test_cards_name_their_task_and_registration_picks_registration_models_only(t
     with pytest.raises(ValueError, match=r"2 models are the default for 3-channel 2-D inputs of the inpainting "
                                          r"task \(a, b\)"):
         models.available()
+
+
+IMAGE_MODELS = ("inpaint-photo", "inpaint-mri", "translate-labels-t1", "translate-edges-photo")
+
+
+@pytest.mark.parametrize("name", IMAGE_MODELS)
+def test_shipped_image_models_load_and_keep_known_pixels(name: str) -> None:
+    """Every shipped image-to-image model: checksum verified at load, its card agrees with the weights (task,
+    channels, parameters), and a rollout on a small image keeps every known pixel of an inpainting input exactly."""
+    from rlreg.networks import count_parameters
+    from rlreg.rollout import rollout
+    from rlreg.tasks import TASKS, ImageBatch
+
+    cards = models.available()
+    if name not in cards:
+        pytest.skip(f"{name} is not shipped")
+    card = cards[name]
+    agent = models.load(name)
+    config = agent.config
+    assert card["task_name"] == config.task_name and card["channels"] == config.task.channels
+    assert card["parameters"]["planner+actor"] == count_parameters(agent.planner) + count_parameters(agent.actor)
+    assert card["training_data"] and card["recipe"] and card["budget"] and "never" in card["training_data"]
+    assert 0 <= card["recommended_steps"] <= config.task.max_steps
+    generator = torch.Generator().manual_seed(3)
+    image = torch.rand(2, config.task.channels, 48, 40, generator=generator)
+    if config.task_name == "inpainting":
+        mask = torch.zeros(2, 1, 48, 40)
+        mask[..., 12:30, 10:26] = 1
+        batch = ImageBatch(image * (1 - mask), image, mask)
+    else:
+        assert card["source"] in ("labels", "edges", "superpixels", "tissue")
+        batch = ImageBatch(torch.rand(2, config.task.source_channels, 48, 40, generator=generator), image)
+    task = TASKS[config.task_name].task(config.task)
+    task.reset(batch)
+    rollout(agent, task, config.task.max_steps)
+    assert task.image.shape == image.shape and bool(torch.isfinite(task.image).all())
+    if batch.mask is not None:
+        known = batch.mask.expand_as(image) == 0
+        assert torch.equal(task.image[known], image[known])
