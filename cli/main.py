@@ -633,7 +633,7 @@ def models_list(
     table = [header] + [
         (row["name"], row["task"], str(row["ndim"]), f"{row['ndim']}-D" if row["default"] else "-",
          "-" if row["parameters"] is None else f"{row['parameters']:,}", _working_grid(row),
-         str(row["recommended_steps"] or "-"),
+         "-" if row["recommended_steps"] is None else str(row["recommended_steps"]),
          "-" if (metric := row["headline_metric"]) is None else f"{metric['name']} {metric['value']}",
          _file_size(row["file_size_bytes"])) for row in rows]
     widths = [max(len(line[i]) for line in table) for i in range(len(header))]
