@@ -27,6 +27,8 @@ def export_model(checkpoint: Path, name: str, card: dict[str, Any], directory: P
     names the task, and for an image-to-image model its image (and source) channels, from the checkpoint."""
     data = torch.load(checkpoint, map_location="cpu", weights_only=True)
     keep = {k: data[k] for k in ("format_version", "config", "state_dicts", "updates")}
+    # the target critics only continue training; loading starts them as copies of the critics
+    keep["state_dicts"] = {k: v for k, v in keep["state_dicts"].items() if k != "critic_target"}
     target = directory / f"{name}.pt"
     save_torch(keep, target)  # byte-reproducible: exporting the same weights again keeps the checksum
     registry = directory / REGISTRY.name

@@ -610,7 +610,7 @@ def _working_grid(row: dict) -> str:
         return "x".join(str(n) for n in row["working_grid"])
     if row["working_spacing_mm"]:
         return f"{row['working_spacing_mm']:g} mm"
-    return "fixed grid"
+    return "fixed grid" if row["task"] == "registration" else "input's own"
 
 
 @models_app.command("list")

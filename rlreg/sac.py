@@ -366,7 +366,8 @@ class Agent(nn.Module):
         self.planner.load_state_dict(states["planner"])
         self.actor.load_state_dict(states["actor"])
         self.critic.load_state_dict(states["critic"])
-        self.critic_target.load_state_dict(states["critic_target"])
+        # a shipped model holds no target critics (they only continue training): start them as the critics
+        self.critic_target.load_state_dict(states.get("critic_target", states["critic"]))
         with torch.no_grad():
             self.log_alpha.copy_(states["log_alpha"])
         if "optimizers" in data:

@@ -37,7 +37,7 @@ def test_export_strips_optimisers_and_checksum_is_enforced(tmp_path, monkeypatch
     shipped.mkdir()
     path = export_model(checkpoint, "toy", {"trained_on": "nothing"}, directory=shipped)
     data = torch.load(path, weights_only=True)
-    assert "optimizers" not in data and data["format_version"] == 2
+    assert "optimizers" not in data and data["format_version"] == 2 and "critic_target" not in data["state_dicts"]
     monkeypatch.setattr(models, "MODELS_DIR", shipped)
     monkeypatch.setattr(models, "REGISTRY", shipped / "models.json")
     card = models.available()["toy"]
@@ -45,6 +45,8 @@ def test_export_strips_optimisers_and_checksum_is_enforced(tmp_path, monkeypatch
     loaded = models.load("toy")
     state = torch.rand(1, 2, 28, 28)
     assert torch.equal(loaded.act(state).action, agent.act(state).action)
+    for target, critic in zip(loaded.critic_target.parameters(), loaded.critic.parameters(), strict=True):
+        assert torch.equal(target, critic)  # fine-tuning a shipped model starts its target critics as the critics
     shutil.copy(path, tmp_path / "backup.pt")
     path.write_bytes(path.read_bytes()[:-10] + b"0123456789")
     with pytest.raises(ValueError, match="checksum"):
@@ -205,10 +207,7 @@ def test_shipped_image_models_load_and_keep_known_pixels(name: str) -> None:
     from rlreg.rollout import rollout
     from rlreg.tasks import TASKS, ImageBatch
 
-    cards = models.available()
-    if name not in cards:
-        pytest.skip(f"{name} is not shipped")
-    card = cards[name]
+    card = models.available()[name]
     agent = models.load(name)
     config = agent.config
     assert card["task_name"] == config.task_name and card["channels"] == config.task.channels
