@@ -39,9 +39,9 @@ def test_the_recipe_names_the_task_and_registration_is_the_default() -> None:
 
     config = load_config(None, ["agent.task.max_steps=3"])
     assert config.agent.task_name == "registration" and config.agent.task == RegistrationConfig(max_steps=3)
-    with pytest.raises(ValueError, match="unknown task 'nope'; registered tasks: .*registration"):
+    with pytest.raises(ValueError, match=r"unknown task 'nope'; registered tasks: .*registration"):
         load_config(None, ["agent.task_name=nope"])
-    with pytest.raises(ValueError, match="dataset 'nope' is unknown; use one of digits, .*synth"):
+    with pytest.raises(ValueError, match=r"dataset 'nope' is unknown; use one of digits, .*synth"):
         train(load_config(None, ["data.dataset=nope", "loop.device=cpu"]))
 
 
