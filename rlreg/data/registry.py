@@ -28,7 +28,8 @@ class DataConfig:
     ``inpaint-mri`` (MNI152 T1 slices with lesion holes, :mod:`rlreg.data.brain_slices`). Translation:
     ``translate-labels-t1``, ``translate-tissue-t1`` (DK label / tissue map -> T1 slice), ``translate-edges-photo``,
     ``translate-superpixels-photo`` (Canny edges / SLIC superpixels -> photo crop). Style transfer: ``style-photos``
-    (photo crops and one painting, :mod:`rlreg.data.paintings`). Or a dataset registered beside
+    (photo crops and one painting, :mod:`rlreg.data.paintings`); video style transfer: ``style-clips`` (moving crops
+    with exact flows, :mod:`rlreg.data.style_clips`). Or a dataset registered beside
     them; the image datasets read their settings from :attr:`options`."""
     pairs: Literal["any", "same"] = "any"
     """Digits: ``any`` (fixed and moving digits of any class, the paper) or ``same`` (same class)."""
@@ -94,6 +95,13 @@ def _style(data: DataConfig) -> tuple[DataSource[Any], DataSource[Any]]:
     return style_datasets(data.options)
 
 
+def _clips(data: DataConfig) -> tuple[DataSource[Any], DataSource[Any]]:
+    """Moving clips of the photo split with one painting (:func:`rlreg.data.style_clips.clip_datasets`)."""
+    from rlreg.data.style_clips import clip_datasets
+
+    return clip_datasets(data.options)
+
+
 DATASETS: dict[str, DataFactory] = {
     "digits": _digits,
     "synth": _synth,
@@ -105,6 +113,7 @@ DATASETS: dict[str, DataFactory] = {
     "translate-edges-photo": _photos("edges"),
     "translate-superpixels-photo": _photos("superpixels"),
     "style-photos": _style,
+    "style-clips": _clips,
 }
 """``data.dataset`` name -> factory of the training and held-out data sources."""
 

@@ -16,15 +16,18 @@ from rlreg.tasks.registration import (
 )
 from rlreg.tasks.style import StyleConfig, StyleTask, StylizeResult, stylize
 from rlreg.tasks.translation import TranslationConfig, TranslationTask
+from rlreg.tasks.video_style import ClipBatch, VideoStyleConfig, VideoStyleTask
 
 TASKS.setdefault("registration", TaskSpec(RegistrationConfig, RegistrationTask))
 TASKS.setdefault("inpainting", TaskSpec(InpaintingConfig, InpaintingTask))
 TASKS.setdefault("translation", TaskSpec(TranslationConfig, TranslationTask))
 TASKS.setdefault("style", TaskSpec(StyleConfig, StyleTask))
+TASKS.setdefault("video-style", TaskSpec(VideoStyleConfig, VideoStyleTask))
 
 __all__ = [
     "REWARDS",
     "TASKS",
+    "ClipBatch",
     "DataSource",
     "ImageBatch",
     "ImageTaskConfig",
@@ -41,6 +44,8 @@ __all__ = [
     "TaskSpec",
     "TranslationConfig",
     "TranslationTask",
+    "VideoStyleConfig",
+    "VideoStyleTask",
     "kmeans_labels",
     "masked_psnr",
     "pushpull_fill",
