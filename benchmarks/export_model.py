@@ -24,7 +24,8 @@ __all__ = ["export_model"]
 
 def export_model(checkpoint: Path, name: str, card: dict[str, Any], directory: Path = MODELS_DIR) -> Path:
     """Write ``<directory>/<name>.pt`` (weights, config, no optimisers) and its card into ``models.json``; the card
-    names the task, and for an image-to-image model its image (and source) channels, from the checkpoint."""
+    names the task, and for an image-to-image model its image (and source) channels and style painting, from the
+    checkpoint."""
     data = torch.load(checkpoint, map_location="cpu", weights_only=True)
     keep = {k: data[k] for k in ("format_version", "config", "state_dicts", "updates")}
     # the target critics only continue training; loading starts them as copies of the critics
@@ -34,7 +35,7 @@ def export_model(checkpoint: Path, name: str, card: dict[str, Any], directory: P
     registry = directory / REGISTRY.name
     cards = json.loads(registry.read_text()) if registry.exists() else {}
     config = keep["config"]
-    image = {key: config["task"][key] for key in ("channels", "source_channels") if key in config["task"]}
+    image = {key: config["task"][key] for key in ("channels", "source_channels", "style") if key in config["task"]}
     cards[name] = {"file": target.name, "sha256": sha256(target), "ndim": config["network"]["ndim"],
                    "task_name": config.get("task_name", "registration"), "max_steps": config["task"]["max_steps"],
                    **image, **card}
