@@ -117,7 +117,7 @@ def test_zero_frame_video_is_an_input_error(tmp_path: Path) -> None:
     import cv2
 
     path = tmp_path / "zero.avi"
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10, (WIDTH, HEIGHT))
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"MJPG"), 10, (WIDTH, HEIGHT))
     writer.release()
     assert path.stat().st_size > 0
     with pytest.raises(InputError, match=r"zero\.avi: the video has no frames"):

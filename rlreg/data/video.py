@@ -218,7 +218,7 @@ class VideoWriter:
 
         stack = ExitStack()
         tmp = stack.enter_context(atomic_output(self.path))
-        writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*self.codec), self.fps, self.size)
+        writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter.fourcc(*self.codec), self.fps, self.size)
         if not writer.isOpened():
             stack.close()
             raise InputError(f"{self.path}: OpenCV cannot open a {self.codec} encoder here; write .mp4 or .avi to "

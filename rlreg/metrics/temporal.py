@@ -78,8 +78,9 @@ def optical_flow(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     grey_a, grey_b = _grey_uint8(a), _grey_uint8(b)
     if grey_a.shape != grey_b.shape:
         raise ValueError(f"frames differ in size: {grey_a.shape} and {grey_b.shape}")
-    dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
-    return dis.calc(grey_a, grey_b, None).astype(np.float32)
+    dis = cv2.DISOpticalFlow.create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
+    flow = np.zeros((*grey_a.shape, 2), np.float32)  # output only: DIS ignores it without setUseInitialFlow
+    return np.asarray(dis.calc(grey_a, grey_b, flow), dtype=np.float32)
 
 
 def _sampling_maps(flow: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
