@@ -123,6 +123,11 @@ def test_zero_frame_video_is_an_input_error(tmp_path: Path) -> None:
     with pytest.raises(InputError, match=r"zero\.avi: the video has no frames"):
         probe_video(path)
     assert list(read_frames(path)) == []
+    empty_mp4 = tmp_path / "zero.mp4"  # an MP4 without frames has no index: FFmpeg cannot open it at all
+    writer = cv2.VideoWriter(str(empty_mp4), cv2.VideoWriter.fourcc(*"mp4v"), 10, (WIDTH, HEIGHT))
+    writer.release()
+    with pytest.raises(InputError, match=r"zero\.mp4: cannot be read as a video"):
+        probe_video(empty_mp4)
 
 
 def test_sample_videos() -> None:

@@ -58,10 +58,18 @@ class VideoInfo:
     """Frame size in pixels (of the first decoded frame)."""
 
 
+def _quiet_ffmpeg() -> None:
+    """Silence FFmpeg's own log lines (``moov atom not found``, ...), which would repeat the one-line
+    :class:`InputError` on the terminal. OpenCV reads ``OPENCV_FFMPEG_LOGLEVEL`` once, when its FFmpeg backend first
+    runs; a value the user set (to debug a file) is kept."""
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
+
+
 def _open(path: str | os.PathLike[str]) -> Any:
     """An opened ``cv2.VideoCapture`` of ``path``, or an :class:`InputError` for a missing or unreadable file."""
     import cv2
 
+    _quiet_ffmpeg()
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: no such video file; check the path")
@@ -216,6 +224,7 @@ class VideoWriter:
     def __enter__(self) -> VideoWriter:
         import cv2
 
+        _quiet_ffmpeg()
         stack = ExitStack()
         tmp = stack.enter_context(atomic_output(self.path))
         writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter.fourcc(*self.codec), self.fps, self.size)
