@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -138,3 +139,43 @@ def test_catalogue_decodes_no_picture(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(Image, "open", refuse)
     listed = paintings._gcompris_paintings(system_data_root() / paintings.GCOMPRIS_PAINTINGS)
     assert len(listed) == 22
+
+
+def _board_qml(title: str, pieces: list[tuple[str, float, float]]) -> bytes:
+    entries = ['{"pixmapfile": "image/bg.svg", "type": "SHAPE_BACKGROUND_IMAGE", "width": 40, "height": 50}']
+    entries += [f'{{\n "pixmapfile" : "image/{file}",\n "x" : "{x}",\n "y" : "{y}"\n}}' for file, x, y in pieces]
+    return (f'import QtQuick 2.12\nQtObject {{\n property string instruction: qsTr("{title}")\n'
+            f' property var levels : [\n{",".join(entries)}\n ]\n}}\n').encode()
+
+
+def _webp(image: np.ndarray) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(image, "RGBA").save(buffer, "WEBP", lossless=True)
+    return buffer.getvalue()
+
+
+def test_gcompris_archive_is_parsed_named_and_assembled(monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = np.random.default_rng(0)
+    picture = rng.integers(0, 256, (20, 30, 3), dtype=np.uint8)
+    root = "/gcompris/src/activities/paintings/resource/"
+    files = {
+        root + "image/README": b"Copyright:\n  Copyright 2001 A Museum\nLicense: GPLv3 or later\nFiles:\n  a.webp\n",
+        root + "image/left.webp": _webp(_piece(picture[:, :12])),
+        root + "image/right.webp": _webp(_piece(picture[:, 12:])),
+        root + "board/board2_0.qml": _board_qml("Some Painter, Night Sky - 1900", [("right.webp", 26 / 40, 0.4)]),
+        root + "board/board1_0.qml": _board_qml("Katsushika Hokusai, The Great Wave off Kanagawa - 1823-1829",
+                                                [("left.webp", 11 / 40, 0.4), ("right.webp", 26 / 40, 0.4)]),
+        root + "board/board3_0.qml": b"QtObject { }",  # not a jigsaw: left out
+    }
+    monkeypatch.setattr(paintings, "read_qt_resources", lambda path: files)
+    listed = paintings._gcompris_paintings(Path("fake.rcc"))
+    assert [p.name for p in listed] == ["great-wave", "night-sky"]
+    assert listed[1].title == "Some Painter, Night Sky (1900)"
+    assert listed[0].licence == ("public domain work, scan GPLv3 or later (Copyright 2001 A Museum; WebMuseum); "
+                                 "Debian gcompris-qt-data")
+    np.testing.assert_array_equal(listed[0].load(), picture)
+    np.testing.assert_array_equal(listed[1].load(), picture[:, 12:])

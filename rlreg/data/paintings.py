@@ -221,7 +221,10 @@ def _gcompris_paintings(archive: Path) -> list[Painting]:
     boards = [numbered[number] for number in sorted(numbered)]
     paintings: list[Painting] = []
     for board in boards:
-        title = _gcompris_board(archive, board)[0]
+        try:
+            title = _gcompris_board(archive, board)[0]
+        except InputError:  # a board of another layout (a later GCompris): left out, the others stay usable
+            continue
         name = GCOMPRIS_NAMES.get(title) or _slug(title)
         if any(painting.name == name for painting in paintings):
             name = f"{name}-{len(paintings) + 1}"
