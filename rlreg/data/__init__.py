@@ -8,6 +8,9 @@
   and the photo and face datasets of inpainting and translation;
 * :mod:`rlreg.data.brain_slices`: MNI152 slices split by slab, for MRI inpainting and label/tissue -> T1 translation;
 * :mod:`rlreg.data.masks`, :mod:`rlreg.data.maps`: inpainting holes and translation condition maps;
+* :mod:`rlreg.data.paintings`: style images (paintings shipped in packages, GCompris' jigsaws reassembled) and the
+  style-transfer dataset;
+* :mod:`rlreg.data.video`: reading and writing videos frame by frame, and the sample videos shipped in packages;
 * :mod:`rlreg.data.registry`: the datasets training draws from, by name (:data:`~rlreg.data.registry.DATASETS`);
 * :mod:`rlreg.data.pairs`: pair lists (CSV/TSV tables, Learn2Reg ``dataset.json``, atlas-to-folder) and sharding.
 

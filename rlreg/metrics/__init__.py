@@ -12,6 +12,8 @@ Conventions follow :mod:`rlreg.spatial`: spatial axes are in the array's own ord
 * :mod:`rlreg.metrics.learn2reg`: the Learn2Reg challenge evaluation's own definitions, quirks included.
 * :mod:`rlreg.metrics.image`: the image-to-image tasks' per-item :func:`psnr`, :func:`ssim` and :func:`l1`, over
   the whole image or inside a mask.
+* :mod:`rlreg.metrics.temporal`: video temporal consistency: :func:`optical_flow` (OpenCV DIS),
+  :func:`backward_warp`, the forward-backward :func:`consistency_mask` and Lai et al.'s :func:`warping_error`.
 """
 
 from __future__ import annotations
@@ -26,13 +28,17 @@ from rlreg.metrics.learn2reg import (
     learn2reg_jacobian_scores,
     learn2reg_tre,
 )
+from rlreg.metrics.temporal import TemporalError, backward_warp, consistency_mask, optical_flow, warping_error
 from rlreg.spatial import folding_percent, jacobian_determinant, sdlogj
 
 __all__ = [
     "JacobianScores",
     "LabelScores",
     "Learn2RegJacobianScores",
+    "TemporalError",
+    "backward_warp",
     "batch_dice",
+    "consistency_mask",
     "dice_per_label",
     "folding_percent",
     "hd95",
@@ -43,9 +49,11 @@ __all__ = [
     "learn2reg_jacobian_scores",
     "learn2reg_tre",
     "mean_dice",
+    "optical_flow",
     "psnr",
     "sdlogj",
     "ssim",
     "tre",
     "warped_soft_dice",
+    "warping_error",
 ]
