@@ -13,7 +13,11 @@ RL-I2IT (arXiv 2309.13672, Sec. 4, "image style transfer") casts Johnson et al.'
 * the auxiliary (style-learning) loss updating planner and actor is Johnson et al.'s
   ``L = content_weight L_content + style_weight L_style + tv_weight L_TV`` (VGG16 content loss at
   ``content_layer``, Gram loss at ``style_layers``, total variation) of the next image, times ``loss_scale`` so it
-  sits at the size of the SAC losses.
+  sits at the size of the SAC losses. Its content term compares the next image with the **state's** image
+  (``content_anchor="state"``): each step is one stylisation of the current image, so repeated steps add style
+  and drift from the photo, the degree the user picks. Anchoring every step to the original photo instead
+  (``"content"``) asks every step for the same fully stylised image; a residual policy with instance
+  normalisation cannot tell how far it has already gone, and its later steps overshoot (docs/style-transfer.md).
 
 A task learns **one** style (as Johnson et al.'s networks do): every item of a batch carries the same style image as
 its ``target``, whose Gram matrices are computed once and kept. The batch is an
@@ -29,7 +33,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import torch
 from torch import Tensor
@@ -74,6 +78,9 @@ class StyleConfig:
     """VGG16 layer of the content loss."""
     style_layers: tuple[str, ...] = STYLE_LAYERS
     """VGG16 layers of the style loss."""
+    content_anchor: Literal["state", "content"] = "state"
+    """What the auxiliary loss's content term compares the next image with: the state's image (each step one
+    stylisation of the current image) or the original content image."""
     style: str = ""
     """Name of the style image the task was trained on (informational: cards and ``rlreg models list``)."""
     vgg_weights: str = ""
@@ -90,6 +97,8 @@ class StyleConfig:
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
                 raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+        if self.content_anchor not in ("state", "content"):
+            raise ValueError(f"content_anchor must be 'state' or 'content', got {self.content_anchor!r}")
         unknown = [name for name in (self.content_layer, *self.style_layers) if name not in LAYERS]
         if unknown or not self.style_layers:
             raise ValueError(f"VGG16 layers must be among {', '.join(LAYERS)} (and style_layers non-empty), "
@@ -229,10 +238,14 @@ class StyleTask:
         ``action`` ``(B, 3, H, W)``; ``extras`` are the content images."""
         if extras is None:
             raise ValueError("the style task's auxiliary loss needs the content images (extras)")
+        return self._style_learning_loss(state.float(), action, extras[:, :3].float()).mean()
+
+    def _style_learning_loss(self, image: Tensor, action: Tensor, content: Tensor) -> Tensor:
+        """``(B,)`` the weighted loss of ``apply_step(image, action)``, its content term anchored as configured."""
         if not self._grams:
             raise RuntimeError("call reset() with the style image before the auxiliary loss")
-        moved = apply_step(state.float(), action.float())
-        return self.weighted(self.terms(moved, self._features(extras.float()))).mean()
+        anchor = image if self.config.content_anchor == "state" else content
+        return self.weighted(self.terms(apply_step(image, action.float()), self._features(anchor)))
 
     def state_dict(self) -> dict[str, Any]:
         """The running episodes and the style's Gram matrices (``weights_only``-safe)."""

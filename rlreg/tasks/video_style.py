@@ -176,11 +176,9 @@ class VideoStyleTask(StyleTask):
         respect to ``action`` ``(B, 3, H, W)``; ``extras`` as :meth:`extras` returns them."""
         if extras is None or extras.shape[1] != 7:
             raise ValueError("the video style task's auxiliary loss needs its 7-channel extras")
-        if not self._grams:
-            raise RuntimeError("call reset() with the style image before the auxiliary loss")
         content, previous, valid = extras.float().split((3, 3, 1), dim=1)
+        loss = self._style_learning_loss(state.float(), action, content)
         moved = apply_step(state.float(), action.float())
-        loss = self.weighted(self.terms(moved, self._features(content)))
         return (loss + self.config.temporal_weight * temporal_loss(moved, previous, valid)).mean()
 
     def state_dict(self) -> dict[str, Any]:
