@@ -262,3 +262,17 @@ def test_video_style_learns_through_train(tmp_path, vgg) -> None:
     assert summary.history and "style_removed_final" in summary.history[-1]
     saved, _ = load_checkpoint(tmp_path / "run" / "model.pt", task="video-style")
     assert dataclasses.asdict(saved.config.task) == dataclasses.asdict(agent.task)
+
+
+def test_content_term_is_anchored_to_the_state_or_to_the_photo(vgg) -> None:
+    content = _content()
+    stylised = 0.5 * (content + _stripes())
+    losses = {}
+    for anchor in ("state", "content"):
+        task = StyleTask(StyleConfig(content_anchor=anchor, style_weight=0.0, tv_weight=0.0))
+        task.reset(ImageBatch(content, _stripes()))
+        losses[anchor] = float(task.auxiliary_loss(stylised, torch.zeros_like(content), task.extras()))
+    assert losses["state"] == 0.0  # staying put costs no content from the state's own image
+    assert losses["content"] > 0.0  # but the photo's content has been left behind
+    with pytest.raises(ValueError, match="content_anchor"):
+        StyleConfig(content_anchor="photo")  # type: ignore[arg-type]
