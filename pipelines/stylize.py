@@ -56,12 +56,14 @@ VIDEO_TASK = "video-style"
 STYLE_SIZE = 256
 """Shorter side (pixels) the painting is resized to for ``--losses``: the recipes' ``data.options.style_size``, so
 the reported style loss is the one the agents were trained on (a card's ``style_size`` overrides it)."""
-ACTIVATION_FACTOR = 4.0
+ACTIVATION_FACTOR = 8.0
 """Feature maps alive at a step's peak, per planner channel and pixel of its level: each level's convolution
-outputs, their instance normalisations, and the skips the actor keeps (``docs/stylize.md``, "Memory")."""
-PIXEL_BYTES = 64
-"""Bytes per pixel of a picture besides the networks: the decoded picture, its float64 values and float32 copies,
-the stylised image and the 8-bit output (``docs/stylize.md``, "Memory")."""
+outputs, their instance normalisations, the skips the actor keeps and the decoder's maps beside them (measured
+7.9-8.2 with the recipes' network at 512^2 to 1536^2: ``docs/stylize.md``, "Memory")."""
+PIXEL_BYTES = 128
+"""Bytes per pixel besides the networks: the decoded picture or frame, its float copies, the stylised image and the
+8-bit output (measured 26-82 for pictures and 100 for a 720p video frame over ``ACTIVATION_FACTOR``'s term:
+``docs/stylize.md``, "Memory")."""
 TEMPORAL = {VIDEO_TASK: "frame-wise memory", TASK: "per-frame"}
 """How a video is run by an agent of each task."""
 
@@ -276,8 +278,8 @@ def _video_output(output: Path, content: Path, word: str) -> Path:
         stem, suffix = split_image_name(content.name, VIDEO_SUFFIXES)
         output = Path(text) / f"{stem}_{word}{suffix.lower()}"
     if not output.name.lower().endswith(VIDEO_SUFFIXES):
-        raise InputError(f"{output}: a video input gives a video output; give an .mp4 or .avi name, e.g. "
-                         f"{Path(output.name).stem}{content.suffix.lower()}")
+        raise InputError(f"{output}: a video input gives a video output; give an .mp4 or .avi name (or an existing "
+                         f"folder), e.g. {Path(output.name).stem}{content.suffix.lower()}")
     if output.exists() and output.resolve() == content.resolve():
         raise InputError(f"{output}: is the input file; give another output name (the input is never overwritten)")
     return output
@@ -382,7 +384,7 @@ def _run_picture(options: StylizeOptions, model: ChosenModel, steps: int, word: 
     _check_size(content, network, width, height)
     memory = _check_memory(content, network, width, height)
     unit, original = _read_picture(options)
-    like = InputImage(unit.astype(np.float64), content, "picture", bits=8, window=(0.0, 1.0))
+    like = InputImage(unit, content, "picture", bits=8, window=(0.0, 1.0))  # names the output; no copy
     output = output_path(options.output, like, word, 3)
     read_seconds = time.perf_counter() - start
     device = torch.device(options.device)
