@@ -18,6 +18,7 @@ and files are written through temporary siblings renamed into place: a failed ru
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from rlreg.io import InputError, split_image_name
+from rlreg.networks import NetworkConfig
 from rlreg.pipelines.i2i import (
     PICTURE_SUFFIXES,
     VIDEO_SUFFIXES,
@@ -169,16 +171,13 @@ def model_style(model: ChosenModel) -> str | None:
     return model.card.get("style") or getattr(model.agent.config.task, "style", "") or None
 
 
-def step_memory_bytes(network: Any, width: int, height: int) -> int:
+def step_memory_bytes(network: NetworkConfig, width: int, height: int) -> int:
     """Estimated peak memory (bytes) of one agent step on a ``width x height`` RGB picture, and its input/output.
 
     The planner's level ``k`` works on ``widths[k]`` float32 maps of the padded grid shrunk ``2**k`` per axis, and
     its activations dominate; the actor's decoder mirrors them. Estimate:
     ``ACTIVATION_FACTOR * sum_k widths[k] * 4 * H_p W_p / 4**k + PIXEL_BYTES * H W`` with ``(H_p, W_p)`` the grid
-    padded to the planner's multiple (both constants measured: ``docs/stylize.md``, "Memory").
-
-    Args:
-        network: the agent's :class:`rlreg.networks.NetworkConfig`.
+    padded to the planner's multiple (both constants measured on the CPU: ``docs/stylize.md``, "Memory").
     """
     multiple = network.multiple
     padded = math.ceil(height / multiple) * multiple * math.ceil(width / multiple) * multiple
@@ -202,11 +201,12 @@ def _gigabytes(count: float) -> str:
     return f"{count / 1e9:.2f} GB" if count >= 1e8 else f"{count / 1e6:.0f} MB"
 
 
-def _check_memory(path: Path, network: Any, width: int, height: int) -> int:
+def _check_memory(path: Path, network: NetworkConfig, width: int, height: int, device: str) -> int:
     """The step's memory estimate, after refusing a size that does not fit in the available memory (one line
-    with the largest longer side that fits at the same aspect ratio, and ``--max-side``)."""
+    with the largest longer side that fits at the same aspect ratio, and ``--max-side``). Checked on the CPU
+    only, where the estimate was measured."""
     need = step_memory_bytes(network, width, height)
-    free = available_memory_bytes()
+    free = available_memory_bytes() if torch.device(device).type == "cpu" else None
     if free is None or need <= free:
         return need
     longest = max(width, height)
@@ -219,7 +219,7 @@ def _check_memory(path: Path, network: Any, width: int, height: int) -> int:
                      "to downscale it first, or free memory")
 
 
-def _check_size(path: Path, network: Any, width: int, height: int) -> None:
+def _check_size(path: Path, network: NetworkConfig, width: int, height: int) -> None:
     """Refuse a content smaller than the planner's deepest level allows (reflection padding needs 2 pixels
     there)."""
     smallest = network.multiple + 1
@@ -382,7 +382,7 @@ def _run_picture(options: StylizeOptions, model: ChosenModel, steps: int, word: 
         raise
     width, height = _scaled_size(*header, options.max_side)
     _check_size(content, network, width, height)
-    memory = _check_memory(content, network, width, height)
+    memory = _check_memory(content, network, width, height, options.device)
     unit, original = _read_picture(options)
     like = InputImage(unit, content, "picture", bits=8, window=(0.0, 1.0))  # names the output; no copy
     output = output_path(options.output, like, word, 3)
@@ -414,13 +414,20 @@ def _run_video(options: StylizeOptions, model: ChosenModel, steps: int, word: st
     content = Path(options.content)
     info = probe_video(content)
     network = model.agent.config.network
-    width, height = _scaled_size(info.width, info.height, options.max_side)
-    _check_size(content, network, width, height)
-    memory_bytes = _check_memory(content, network, width, height)
+    expected = _scaled_size(info.width, info.height, options.max_side)
+    _check_size(content, network, *expected)
+    memory_bytes = _check_memory(content, network, *expected, options.device)
     output = _video_output(options.output, content, word)
     task = model.agent.config.task_name
     carry = task == VIDEO_TASK
     device = torch.device(options.device)
+    frames = read_frames(content, max_side=options.max_side)
+    opening = next(frames, None)
+    if opening is None:
+        raise InputError(f"{content}: no frame could be decoded; re-encode the video (e.g. ffmpeg -i {content.name} "
+                         f"{content.stem}_fixed.mp4)")
+    height, width = opening.shape[:2]  # the reader's own rounding of --max-side
+    _check_size(content, network, width, height)
     read_seconds = time.perf_counter() - start
     run_seconds = 0.0
     memory: Tensor | None = None
@@ -428,7 +435,7 @@ def _run_video(options: StylizeOptions, model: ChosenModel, steps: int, word: st
     written = 0
     say("frames", 0, info.frames)
     with VideoWriter(output, info.fps, (width, height)) as writer:
-        for frame in read_frames(content, max_side=options.max_side):
+        for frame in itertools.chain([opening], frames):
             if frame.shape[:2] != (height, width):  # a frame of another size than the first (a broken file)
                 raise InputError(f"{content}: frame {written} is {frame.shape[1]}x{frame.shape[0]}, not "
                                  f"{width}x{height}; re-encode the video (e.g. ffmpeg -i {content.name} "
