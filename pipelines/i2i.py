@@ -33,6 +33,7 @@ __all__ = [
     "NIFTI_SUFFIXES",
     "PICTURE_SUFFIXES",
     "PLANES",
+    "VIDEO_SUFFIXES",
     "ChosenModel",
     "ImageToImageResult",
     "InputImage",
@@ -55,6 +56,7 @@ __all__ = [
 
 PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
+VIDEO_SUFFIXES = (".mp4", ".avi")
 Progress = Callable[[str, int, int], None]
 """``progress(stage, done, total)``: called as the work advances (the CLI draws a bar per stage)."""
 
@@ -183,8 +185,8 @@ def read_picture(path: Path, role: str = "image", labels: bool = False) -> tuple
         if alpha.min() < 255:
             raise InputError(f"{path}: has {int((alpha < 255).sum())} transparent pixels; rlreg reads opaque "
                              f"pictures: convert it to RGB (or L), e.g. python -c \"from PIL import Image; "
-                             f"Image.open('{path.name}').convert('RGB').save('{path.stem}_rgb.png')\", "
-                             f"and give what is missing as the mask")
+                             f"Image.open('{path.name}').convert('RGB').save('{path.stem}_rgb.png')\""
+                             + (", and give what is missing as the mask" if role == "image" else ""))
         picture = picture.convert("RGB" if mode != "LA" else "L")
         mode = picture.mode
     if mode == "1":
@@ -254,7 +256,7 @@ def output_path(output: Path, source: InputImage, word: str, channels: int) -> P
 
 def step_paths(output: Path) -> tuple[Path, Path]:
     """Where ``--save-steps`` writes beside ``output``: ``<stem>_steps.png`` (the strip) and ``<stem>_steps.gif``."""
-    stem = split_image_name(output.name, NIFTI_SUFFIXES + PICTURE_SUFFIXES)[0]
+    stem = split_image_name(output.name, NIFTI_SUFFIXES + PICTURE_SUFFIXES + VIDEO_SUFFIXES)[0]
     return output.with_name(f"{stem}_steps.png"), output.with_name(f"{stem}_steps.gif")
 
 
@@ -342,7 +344,8 @@ class ChosenModel:
 def _listing(cards: dict[str, dict[str, Any]]) -> str:
     """``name (3-channel, edges), ...`` for messages."""
     def describe(item: dict[str, Any]) -> str:
-        facts = [f"{item['channels']}-channel" if "channels" in item else "", str(item.get("source", ""))]
+        facts = [f"{item['channels']}-channel" if "channels" in item else "", str(item.get("source", "")),
+                 str(item.get("style", ""))]
         return ", ".join(fact for fact in facts if fact)
 
     return ", ".join(f"{name} ({describe(item)})" if describe(item) else name for name, item in sorted(cards.items())
@@ -362,9 +365,10 @@ def _card_channels(item: dict[str, Any]) -> int | None:
         return None
 
 
-def choose_model(spec: str | None, task: str, channels: int | None, path: Path, device: torch.device | str
-                 ) -> ChosenModel:
-    """Load the model ``spec`` names for ``task`` (``"inpainting"`` or ``"translation"``).
+def choose_model(spec: str | None, task: str, channels: int | None, path: Path, device: torch.device | str,
+                 also: tuple[str, ...] = ()) -> ChosenModel:
+    """Load the model ``spec`` names for ``task`` (``"inpainting"``, ``"translation"``, ``"style"``) or one of the
+    tasks in ``also`` (the same command runs them: ``"video-style"`` beside ``"style"``).
 
     ``spec`` is a shipped model's name (``rlreg models list``) or a checkpoint file (``rlreg train``'s
     ``model.pt``); ``None`` picks the shipped model of ``task`` whose card's ``channels`` equal ``channels`` (the
@@ -378,8 +382,9 @@ def choose_model(spec: str | None, task: str, channels: int | None, path: Path, 
     from rlreg.sac import load_checkpoint
 
     article, command = models.TASK_WORDS[task]
+    tasks = (task, *also)
     try:
-        shipped = models.for_task(task)
+        shipped = {name: item for each in tasks for name, item in models.for_task(each).items()}
     except ValueError as err:
         raise InputError(str(err)) from None
     if spec is None:
@@ -398,9 +403,13 @@ def choose_model(spec: str | None, task: str, channels: int | None, path: Path, 
             raise InputError(f"{checkpoint}: model file not found; give a checkpoint written by rlreg train, or a "
                              f"shipped {task} model: {_listing(shipped)}")
         try:
-            agent, _ = load_checkpoint(checkpoint, device=device, task=task)
+            agent, _ = load_checkpoint(checkpoint, device=device, task=None if also else task)
         except ValueError as err:
             raise InputError(str(err)) from None
+        if agent.config.task_name not in tasks:
+            raise InputError(f"{checkpoint}: is a {agent.config.task_name!r} checkpoint, not {article} one; give a "
+                             f"model trained on the {' or '.join(map(repr, tasks))} task (its recipe's "
+                             "agent.task_name)")
         agent.eval()
     else:
         try:
@@ -409,7 +418,7 @@ def choose_model(spec: str | None, task: str, channels: int | None, path: Path, 
             raise InputError(f"--model {spec}: no shipped model of that name; {task} models: {_listing(shipped)} "
                              "(or give a checkpoint file .pt)") from None
         other = models.task_of(card)
-        if other != task:
+        if other not in tasks:
             theirs, their_command = models.TASK_WORDS.get(other, (f"a {other}", "its own command"))
             raise InputError(f"--model {spec}: is {theirs} model (run it with {their_command}), not {article} "
                              f"model; {command} runs: {_listing(shipped)}")
@@ -568,9 +577,9 @@ def image_quality(output: np.ndarray, reference: np.ndarray, mask: np.ndarray | 
 
 @dataclass
 class ImageToImageResult:
-    """What ``rlreg inpaint`` / ``rlreg translate`` did (``--json`` prints :meth:`to_dict`)."""
+    """What ``rlreg inpaint`` / ``rlreg translate`` / ``rlreg stylize`` did (``--json`` prints :meth:`to_dict`)."""
 
-    command: Literal["inpaint", "translate"]
+    command: Literal["inpaint", "translate", "stylize"]
     model: str
     """Shipped model name or checkpoint path."""
     task: str

@@ -1,5 +1,6 @@
-"""Tiny randomly initialised inpainting and translation agents saved as checkpoints, and a temporary model registry,
-so the ``rlreg inpaint`` / ``rlreg translate`` tests do not depend on the shipped models."""
+"""Tiny randomly initialised inpainting and translation agents saved as checkpoints, a temporary model registry, so
+the ``rlreg inpaint`` / ``rlreg translate`` / ``rlreg stylize`` tests do not depend on the shipped models, and the
+check of their one-line errors."""
 
 from __future__ import annotations
 
@@ -51,3 +52,14 @@ def gif_seconds(path: Path | str) -> float:
 
     with Image.open(path) as gif:
         return sum(frame.info["duration"] for frame in ImageSequence.Iterator(gif)) / 1000
+
+
+def one_line_error(result, *fragments: str) -> str:
+    """Check that a CliRunner ``result`` failed with exit code 2 and one ``error: ...`` line holding every fragment;
+    returns the line."""
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.strip().splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.output
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+    return lines[0]

@@ -18,7 +18,7 @@ def test_help_lists_only_working_commands() -> None:
     result = runner.invoke(app, ["--help"])
     assert result.exit_code == 0
     for built in ("demo", "train", "register", "apply", "invert", "batch", "evaluate", "report", "models", "inpaint",
-                  "translate"):
+                  "translate", "stylize"):
         assert f" {built} " in result.output
     assert " benchmark " not in result.output  # benchmarks run as `python -m benchmarks.NAME`, not as a product command
     for name in ("batch", "evaluate", "report", "models"):  # each subcommand's own help works too

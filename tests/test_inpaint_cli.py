@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
-from image_agents import gif_seconds, image_agent, registry
+from image_agents import gif_seconds, image_agent, one_line_error, registry
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -43,15 +43,6 @@ def _hole(height: int = 20, width: int = 24, value: int = 255) -> np.ndarray:
 
 def _invoke(*args: object):
     return runner.invoke(app, ["inpaint", *map(str, args), "--device", "cpu", "--threads", "1"])
-
-
-def _one_line_error(result, *fragments: str) -> str:
-    assert result.exit_code == 2, result.output
-    lines = [line for line in result.output.strip().splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.output
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
-    return lines[0]
 
 
 def test_png_known_pixels_come_back_exactly_and_json_reports_the_run(tmp_path, agents) -> None:
@@ -171,8 +162,8 @@ def test_nifti_3d_runs_the_masked_slices_and_keeps_the_grid(tmp_path, agents) ->
     assert json.loads(coronal.output)["slices"] == 10 and json.loads(coronal.output)["plane"] == "coronal"
     known = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "j.nii.gz")))[hole == 0]
     assert np.array_equal(known, volume[hole == 0].astype(np.float32))
-    _one_line_error(_invoke(image, mask, "-o", tmp_path / "x.nii.gz", "--model", agents["grey"], "--plane", "oblique"),
-                    str(image), "--plane oblique: give axial, coronal or sagittal")
+    one_line_error(_invoke(image, mask, "-o", tmp_path / "x.nii.gz", "--model", agents["grey"], "--plane", "oblique"),
+                   str(image), "--plane oblique: give axial, coronal or sagittal")
     assert not (tmp_path / "x.nii.gz").exists()
 
     one = _nifti(tmp_path / "one.nii.gz", volume[2:3], *geometry)  # a one-slice volume stays 3-D
@@ -219,12 +210,12 @@ def test_default_model_is_the_shipped_one_for_the_channel_count(tmp_path, agents
     result = _invoke(grey, mask, "-o", tmp_path / "grey_out.png", "--json")
     assert result.exit_code == 0, result.output
     assert json.loads(result.output)["model"] == "mri" and json.loads(result.output)["steps"] == 3  # max_steps
-    _one_line_error(_invoke(image, mask, "-o", tmp_path / "x.png", "--model", "mri"),
-                    str(image), "has 3 channel(s) but model mri inpaints 1-channel images; use --model photo")
-    _one_line_error(_invoke(image, mask, "-o", tmp_path / "x.png", "--model", "reg"),
-                    "--model reg: is a translation model (run it with rlreg translate), not an inpainting model")
-    _one_line_error(_invoke(image, mask, "-o", tmp_path / "x.png", "--model", "nope"),
-                    "--model nope: no shipped model of that name; inpainting models: mri, photo (3-channel)")
+    one_line_error(_invoke(image, mask, "-o", tmp_path / "x.png", "--model", "mri"),
+                   str(image), "has 3 channel(s) but model mri inpaints 1-channel images; use --model photo")
+    one_line_error(_invoke(image, mask, "-o", tmp_path / "x.png", "--model", "reg"),
+                   "--model reg: is a translation model (run it with rlreg translate), not an inpainting model")
+    one_line_error(_invoke(image, mask, "-o", tmp_path / "x.png", "--model", "nope"),
+                   "--model nope: no shipped model of that name; inpainting models: mri, photo (3-channel)")
     assert not (tmp_path / "x.png").exists()
 
 
@@ -235,7 +226,7 @@ def test_register_refuses_an_inpainting_model_in_one_line(tmp_path, agents, monk
     fixed, moving = _picture(tmp_path / "f.png", grey), _picture(tmp_path / "m.png", grey.T.copy())
     result = runner.invoke(app, ["register", str(fixed), str(moving), "-o", str(tmp_path / "reg"), "--model",
                                  "photo", "--device", "cpu"])
-    _one_line_error(result, "--model photo: is an inpainting model (run it with rlreg inpaint)")
+    one_line_error(result, "--model photo: is an inpainting model (run it with rlreg inpaint)")
 
 
 def _bad_inputs(tmp: Path, agents: dict[str, Path]) -> dict[str, tuple[list, tuple[str, ...]]]:
@@ -291,7 +282,7 @@ def test_every_bad_input_fails_in_one_line_and_writes_nothing(tmp_path, agents) 
     for name, (arguments, fragments) in cases.items():
         result = _invoke(*arguments)
         try:
-            _one_line_error(result, *fragments)
+            one_line_error(result, *fragments)
         except AssertionError as err:
             raise AssertionError(f"{name}: {err}") from None
         assert sorted(tmp_path.rglob("*")) == before, name  # nothing written, not even a temporary file
@@ -302,8 +293,8 @@ def test_sixteen_bit_colour_png_is_refused_with_a_conversion(tmp_path, agents) -
     path = tmp_path / "deep.png"
     cv2.imwrite(str(path), np.random.default_rng(5).integers(0, 65535, (20, 24, 3), dtype=np.uint16))
     mask = _picture(tmp_path / "hole.png", _hole())
-    _one_line_error(_invoke(path, mask, "-o", tmp_path / "out.png", "--model", agents["rgb"]),
-                    str(path), "16-bit colour PNG", "cv2.imwrite")
+    one_line_error(_invoke(path, mask, "-o", tmp_path / "out.png", "--model", agents["rgb"]),
+                   str(path), "16-bit colour PNG", "cv2.imwrite")
     assert not (tmp_path / "out.png").exists()
 
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
-from image_agents import gif_seconds, image_agent, registry
+from image_agents import gif_seconds, image_agent, one_line_error, registry
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -31,14 +31,6 @@ def agents(tmp_path_factory) -> dict[str, Path]:
 
 def _invoke(*args: object):
     return runner.invoke(app, ["translate", *map(str, args), "--device", "cpu", "--threads", "1"])
-
-
-def _one_line_error(result, *fragments: str) -> None:
-    assert result.exit_code == 2, result.output
-    lines = [line for line in result.output.strip().splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.output
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
 
 
 def _edges(height: int = 20, width: int = 24) -> np.ndarray:
@@ -139,7 +131,7 @@ def test_bad_inputs_fail_in_one_line_and_write_nothing(tmp_path, agents, monkeyp
     }
     for name, (arguments, fragments) in cases.items():
         try:
-            _one_line_error(_invoke(*arguments), *fragments)
+            one_line_error(_invoke(*arguments), *fragments)
         except AssertionError as err:
             raise AssertionError(f"{name}: {err}") from None
         assert sorted(tmp_path.rglob("*")) == before, name

@@ -12,7 +12,8 @@ in the repository, not installed). Card fields read here:
   for an image-to-image model, its ``channels``); at most one default per task, ``ndim`` and ``channels``.
 * ``channels`` (image-to-image models): channels of the images the model produces (1: grey / MRI, 3: RGB);
   ``source`` (translation models): the map it reads, ``"edges"``, ``"superpixels"``, ``"labels"`` (integer label
-  maps, coloured by ``rlreg.data.maps.label_colour_map``) or ``"tissue"``.
+  maps, coloured by ``rlreg.data.maps.label_colour_map``) or ``"tissue"``; ``style`` (style-transfer models, tasks
+  ``style`` and ``video-style``): the painting it paints in (``rlreg stylize --style NAME`` picks the model by it).
 * ``working_grid`` (voxels per tensor axis, e.g. ``[28, 28]``) *or* ``working_spacing_mm`` (isotropic mm): the grid
   the agent acts on; see :func:`working_grid`. Neither: the fixed image's own grid.
 * ``recommended_steps``, ``parameters`` (a count, or network name -> count), ``metrics`` and ``headline_metric``
@@ -43,7 +44,8 @@ NO_MODEL = "none"
 """The model name that asks for no agent: the classical instance optimisation (``rlreg register --model none``)."""
 REGISTRATION = "registration"
 TASK_WORDS = {"registration": ("a registration", "rlreg register"), "inpainting": ("an inpainting", "rlreg inpaint"),
-              "translation": ("a translation", "rlreg translate")}
+              "translation": ("a translation", "rlreg translate"), "style": ("a style-transfer", "rlreg stylize"),
+              "video-style": ("a video style-transfer", "rlreg stylize")}
 """Task name -> (how messages name a model of that task, the command that runs it)."""
 
 
@@ -173,7 +175,7 @@ def summary(name: str, check: bool = False) -> dict[str, Any]:
     headline = headline_metric(item)
     parameters = item.get("parameters")  # a count, or a count per network
     row = {"name": name, "task": task_of(item), "ndim": int(item["ndim"]), "channels": item.get("channels"),
-           "default": bool(item.get("default", False)),
+           "default": bool(item.get("default", False)), "style": item.get("style"),
            "parameters": sum(parameters.values()) if isinstance(parameters, dict) else parameters,
            "working_grid": item.get("working_grid"), "working_spacing_mm": item.get("working_spacing_mm"),
            "recommended_steps": item.get("recommended_steps"),
