@@ -340,9 +340,9 @@ def test_bad_inputs_are_one_line_errors_naming_the_file_with_nothing_written(tmp
     model = ["--model", agents["starry"]]
     cases = {
         "unreadable video": ([tmp_path / "broken.mp4", "-o", out / "o.mp4"],
-                             (str(tmp_path / "broken.mp4"), "not a readable video")),
+                             (str(tmp_path / "broken.mp4"), "cannot be read as a video")),
         "zero frames": ([tmp_path / "empty.avi", "-o", out / "o.avi"],
-                        (str(tmp_path / "empty.avi"), "no readable frame")),
+                        (str(tmp_path / "empty.avi"), "the video has no frames")),
         "transparent": ([tmp_path / "rgba.png", "-o", out / "o.png"],
                         (str(tmp_path / "rgba.png"), "1 transparent pixels", "convert it to RGB")),
         "picture to video": ([tmp_path / "photo.png", "-o", out / "o.mp4"],
