@@ -148,12 +148,20 @@ def _item(batch: ImageBatch, index: int) -> ImageBatch:
 
 
 def evaluate_rows(rows: Sequence[Row], batch: ImageBatch, scorer: Scorer, gatys_iterations: int = GATYS_ITERATIONS,
-                  gatys_lr: float = GATYS_LR) -> tuple[list[MethodResult], dict[str, Tensor]]:
+                  gatys_lr: float = GATYS_LR, gatys_items: int | None = None
+                  ) -> tuple[list[MethodResult], dict[str, Tensor]]:
     """Run every row item by item (batch 1, timed, memory watched), then score its outputs with ``scorer``;
-    returns the results (metrics: means over items of :data:`METRICS` and ``tv``) and the outputs by row name."""
+    returns the results and the outputs by row name.
+
+    Metrics are the means over items of :data:`METRICS` and ``tv``; ``extra["per_item"]`` keeps each item's
+    content and style loss. Gatys (minutes per 256x256 image on a CPU) runs on the first ``gatys_items`` items
+    only (None: all); :func:`ratio_lines` then compares the other rows with it on those items.
+    """
     results, outputs = [], {}
-    count = batch.source.shape[0]
     for row in rows:
+        count = batch.source.shape[0]
+        if row.agent is None and gatys_items is not None:
+            count = max(1, min(count, gatys_items))
         images = []
         with PeakMemory() as memory:
             start = time.perf_counter()
@@ -166,13 +174,18 @@ def evaluate_rows(rows: Sequence[Row], batch: ImageBatch, scorer: Scorer, gatys_
                     images.append(stylize(row.agent, item.source, int(row.steps or 0)).image)
             seconds = (time.perf_counter() - start) / count
         out = torch.cat(images).clamp(0, 1)
-        scores = scorer.score(out, batch.source)
+        scores = scorer.score(out, batch.source[:count])
         metrics = {key: float(value.mean()) for key, value in scores.items()}
         parameters = None if row.agent is None else agent_parameters(row.agent)
-        extra = {"iterations": gatys_iterations, "lr": gatys_lr} if row.agent is None else {}
-        results.append(MethodResult(row.name, row.group, metrics, seconds, parameters, memory.peak_mib,
+        extra: dict[str, Any] = {"per_item": {key: scores[key].tolist() for key in ("content", "style")}}
+        name = row.name
+        if row.agent is None:
+            extra.update(iterations=gatys_iterations, lr=gatys_lr)
+            if count < batch.source.shape[0]:
+                name += f" (first {count} items)"
+        results.append(MethodResult(name, row.group, metrics, seconds, parameters, memory.peak_mib,
                                     row.steps if row.agent is not None else gatys_iterations, extra))
-        outputs[row.name] = out
+        outputs[name] = out
     return results, outputs
 
 
@@ -234,10 +247,10 @@ def curves_figure(curves: Sequence[Curve], path: Path) -> Path:
         for ax, values in zip(axes, (curve.style, curve.content), strict=True):
             (line,) = ax.plot(t, values, marker="o", markersize=3, label=curve.name)
             ax.axvline(curve.shipped, color=line.get_color(), linestyle="--", linewidth=0.8)
-    for ax, title in zip(axes, ("style loss (Gram, VGG16)", "content loss (VGG16 relu3_3)"), strict=True):
+    for ax, title in zip(axes, ("style loss (Gram, VGG16), log scale", "content loss (VGG16)"), strict=True):
         ax.set_xlabel("steps t")
         ax.set_title(title, fontsize=9)
-        ax.set_yscale("log")
+    axes[0].set_yscale("log")  # the content loss starts at 0: linear
     axes[0].legend(fontsize=7)
     fig.tight_layout()
     with atomic_output(path) as tmp:
@@ -248,8 +261,8 @@ def curves_figure(curves: Sequence[Curve], path: Path) -> Path:
 
 def grid_figure(batch: ImageBatch, outputs: dict[str, Tensor], strip: Curve | None, path: Path,
                 count: int = 4) -> Path:
-    """Rows: the first ``count`` items; columns: content, the painting, each row's output, then ``strip``'s
-    images after steps ``1 .. T``."""
+    """Rows: the first ``count`` items; columns: content, the painting, each row's output (blank where a row did
+    not run the item), then ``strip``'s images after steps ``1 .. T``."""
     plt = _plt()
     count = min(count, batch.source.shape[0], len(strip.frames) if strip else count)
     names = list(outputs)
@@ -257,13 +270,14 @@ def grid_figure(batch: ImageBatch, outputs: dict[str, Tensor], strip: Curve | No
     columns = 2 + len(names) + steps
     fig, axes = plt.subplots(count, columns, figsize=(1.5 * columns, 1.6 * count), squeeze=False)
     for row in range(count):
-        panels = [("content", batch.source[row]), ("style", batch.target[0])]
-        panels += [(name, outputs[name][row]) for name in names]
+        panels: list[tuple[str, Tensor | None]] = [("content", batch.source[row]), ("style", batch.target[0])]
+        panels += [(name, outputs[name][row] if row < outputs[name].shape[0] else None) for name in names]
         if strip:
             panels += [(f"{strip.name} t={t}", strip.frames[row][t]) for t in range(1, steps + 1)]
         for col, (title, image) in enumerate(panels):
             ax = axes[row, col]
-            ax.imshow(_show(image.float().clamp(0, 1)), interpolation="nearest")
+            if image is not None:
+                ax.imshow(_show(image.float().clamp(0, 1)), interpolation="nearest")
             ax.set_xticks([])
             ax.set_yticks([])
             if row == 0:
@@ -331,8 +345,8 @@ def table_lines(results: Sequence[MethodResult]) -> list[str]:
 
 def ratio_lines(results: Sequence[MethodResult]) -> list[str]:
     """The ratios the quality targets name, for every step-wise row: its style loss and content loss over the
-    one-step network's (targets <= 1 and <= 1.1), its style loss over Gatys's (<= 2) and its time over Gatys's
-    (<= 0.01); ``-`` where the reference row is missing."""
+    one-step network's (targets <= 1 and <= 1.1), its style loss over Gatys's on the items Gatys ran on (<= 2) and
+    its time over Gatys's (<= 0.01); ``-`` where the reference row is missing."""
     by_group = {r.group: r for r in results}
     onestep, reference = by_group.get("one-step"), by_group.get("gatys")
     header = ["method", "style / one-step (≤ 1)", "content / one-step (≤ 1.1)", "style / Gatys (≤ 2)",
@@ -353,7 +367,9 @@ def ratio_lines(results: Sequence[MethodResult]) -> list[str]:
         else:
             cells += ["-", "-"]
         if reference:
-            cells += [ratio(r.metrics["style"], reference.metrics["style"], 2.0),
+            shared = len(reference.extra["per_item"]["style"])
+            style = statistics.fmean(r.extra["per_item"]["style"][:shared])
+            cells += [ratio(style, reference.metrics["style"], 2.0),
                       ratio(r.seconds_per_image, reference.seconds_per_image, 0.01)]
         else:
             cells += ["-", "-"]
@@ -572,7 +588,7 @@ def video_section(label: str, rows: Sequence[VideoRow], fps: dict[str, float], m
              f"- Command: `{command}`", f"- {count} frames at {shape[1]}x{shape[0]}.", _machine_line(machine), "",
              "| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
     for row in rows:
-        cells = [row.name, str(row.steps), f"{row.warping_error:.4f}", _g(row.style), _g(row.content),
+        cells = [row.name, str(row.steps), _g(row.warping_error), _g(row.style), _g(row.content),
                  f"{row.seconds_per_frame:.3f}"]
         if reference and row is not reference:
             warp = row.warping_error / reference.warping_error if reference.warping_error > 0 else float("nan")
@@ -625,6 +641,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--size", type=int, default=256, help="side of the content crops (pixels)")
     parser.add_argument("--gatys-iterations", type=int, default=GATYS_ITERATIONS, help="0: no Gatys row")
     parser.add_argument("--gatys-lr", type=float, default=GATYS_LR)
+    parser.add_argument("--gatys-items", type=int, default=None,
+                        help="Gatys runs on the first N items only (default: all; minutes per 256x256 image)")
     parser.add_argument("--horizon", type=float, default=2.0, help="curves run to horizon x the shipped steps")
     parser.add_argument("--grid-items", type=int, default=4)
     parser.add_argument("--speed-repeats", type=int, default=5, help="runs per speed figure (0: no speed table)")
@@ -773,7 +791,8 @@ def run_compare(args: argparse.Namespace, config: StyleConfig, options: dict[str
         raise ValueError("nothing to compare: give --model/--rl, --aux-only, --onestep or Gatys iterations > 0")
     batch = held_out_content(options, args.items, args.seed, args.size)
     scorer = Scorer(config, batch.target[:1])
-    results, outputs = evaluate_rows(rows, batch, scorer, args.gatys_iterations, args.gatys_lr)
+    results, outputs = evaluate_rows(rows, batch, scorer, args.gatys_iterations, args.gatys_lr,
+                                     args.gatys_items)
     curves = [degree_curves(row.name, row.agent, int(row.steps or 1), batch, scorer,
                             max(1, round(args.horizon * int(row.steps or 1))), args.grid_items)
               for row in rows if row.group in ("aux-only", "rl")]

@@ -89,14 +89,19 @@ def test_curve_flags_follow_the_losses() -> None:
 def test_ratios_name_the_targets() -> None:
     from benchmarks.i2i_eval import MethodResult
 
-    def result(group: str, style: float, content: float, seconds: float) -> MethodResult:
-        return MethodResult(group, group, {"style": style, "content": content, "weighted": 1.0}, seconds, 10,
-                            0.0, 1)
+    def result(group: str, style: list[float], content: list[float], seconds: float) -> MethodResult:
+        means = {"style": sum(style) / len(style), "content": sum(content) / len(content), "weighted": 1.0}
+        return MethodResult(group, group, means, seconds, 10, 0.0, 1,
+                            {"per_item": {"style": style, "content": content}})
 
-    lines = bench.ratio_lines([result("gatys", 1.0, 1.0, 10.0), result("one-step", 3.0, 2.0, 0.01),
-                               result("rl", 1.5, 2.4, 0.05)])
+    lines = bench.ratio_lines([result("gatys", [1.0, 1.0], [1.0, 1.0], 10.0),
+                               result("one-step", [3.0, 3.0], [2.0, 2.0], 0.01),
+                               result("rl", [1.5, 1.5], [2.4, 2.4], 0.05)])
     assert lines[-1] == "| rl | 0.5 ✓ | 1.2 ✗ | 1.5 ✓ | 0.005 ✓ |"
-    assert bench.ratio_lines([result("gatys", 1.0, 1.0, 10.0)]) == []
+    # Gatys ran on the first item only: the RL row is compared with it on that item (3 / 1), not on its mean (2)
+    lines = bench.ratio_lines([result("gatys", [1.0], [1.0], 10.0), result("rl", [3.0, 1.0], [1.0, 1.0], 0.05)])
+    assert lines[-1] == "| rl | - | - | 3 ✗ | 0.005 ✓ |"
+    assert bench.ratio_lines([result("gatys", [1.0], [1.0], 10.0)]) == []
 
 
 def _png(path: Path) -> bool:
@@ -114,7 +119,8 @@ def test_side_by_side_of_gatys_and_rl_writes_tables_curves_grid_and_speed(tmp_pa
                                                                            checkpoints: dict[str, Path]) -> None:
     output, images = tmp_path / "benchmarks.md", tmp_path / "img"
     output.write_text("# rlreg benchmarks\n\nkept\n")
-    bench.main(["--items", "2", "--size", "32", "--gatys-iterations", "2", "--rl", str(checkpoints["rl"]),
+    bench.main(["--items", "2", "--size", "32", "--gatys-iterations", "2", "--gatys-items", "1",
+                "--rl", str(checkpoints["rl"]),
                 "--grid-items", "2", "--speed-repeats", "1", "--threads", "1", "--output", str(output),
                 "--image-dir", str(images)])
     text = output.read_text()
@@ -123,7 +129,7 @@ def test_side_by_side_of_gatys_and_rl_writes_tables_curves_grid_and_speed(tmp_pa
         assert text.count(f"<!-- style-{section}:begin -->") == 1 and f"<!-- style-{section}:end -->" in text
     assert "- Command: `python -m benchmarks.stylize --items 2 --size 32" in text
     assert len(_finite_rows(text, ("| Gatys", "| RL"))) == 4  # side by side (2), ratios to Gatys (1), speed (1)
-    assert "| RL (full) | - | - | " in text
+    assert "| RL (full) | - | - | " in text and "| Gatys (optimisation) (first 1 items) |" in text
     assert "style decreases at every step up to T" in text and "| t | 0 | 1 | 2 | 3 | 4 |" in text
     assert _png(images / "style_starry-night_grid.png") and _png(images / "style_starry-night_curves.png")
 
