@@ -237,6 +237,15 @@ def _plt() -> Any:
     return plt
 
 
+def _save(fig: Any, path: Path) -> Path:
+    """Write ``fig`` as a PNG at ``path`` (atomically) and close it."""
+    fig.tight_layout()
+    with atomic_output(path) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
+    _plt().close(fig)
+    return path
+
+
 def curves_figure(curves: Sequence[Curve], path: Path) -> Path:
     """Two panels, style loss and content loss against the step count, one line per row (the shipped count
     dashed)."""
@@ -252,11 +261,7 @@ def curves_figure(curves: Sequence[Curve], path: Path) -> Path:
         ax.set_title(title, fontsize=9)
     axes[0].set_yscale("log")  # the content loss starts at 0: linear
     axes[0].legend(fontsize=7)
-    fig.tight_layout()
-    with atomic_output(path) as tmp:
-        fig.savefig(tmp, dpi=100, format="png")
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def grid_figure(batch: ImageBatch, outputs: dict[str, Tensor], strip: Curve | None, path: Path,
@@ -282,11 +287,7 @@ def grid_figure(batch: ImageBatch, outputs: dict[str, Tensor], strip: Curve | No
             ax.set_yticks([])
             if row == 0:
                 ax.set_title(title, fontsize=6)
-    fig.tight_layout()
-    with atomic_output(path) as tmp:
-        fig.savefig(tmp, dpi=100, format="png")
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 # ---------------------------------------------------------------------------------------------------- speed
@@ -313,6 +314,11 @@ def cpu_speed(agent: Any, steps: int, size: tuple[int, int] = (256, 256), thread
 
 
 # ---------------------------------------------------------------------------------------------------- markdown
+def _header(header: Sequence[str]) -> list[str]:
+    """A markdown table's header and alignment rows (first column left, the others right)."""
+    return ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
+
+
 def _markers(name: str) -> tuple[str, str]:
     return f"<!-- style-{name}:begin -->", f"<!-- style-{name}:end -->"
 
@@ -329,7 +335,7 @@ def _machine_line(machine: dict[str, Any]) -> str:
 def table_lines(results: Sequence[MethodResult]) -> list[str]:
     """The side-by-side table: losses, seconds per image, parameters, peak memory, steps (best loss in bold)."""
     header = ["method", *METRICS.values(), "s / image", "parameters", "peak MiB", "steps"]
-    lines = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
+    lines = _header(header)
     best = {key: min(r.metrics[key] for r in results) for key in ("style", "weighted")}
     for r in results:
         cells = [r.name]
@@ -351,7 +357,7 @@ def ratio_lines(results: Sequence[MethodResult]) -> list[str]:
     onestep, reference = by_group.get("one-step"), by_group.get("gatys")
     header = ["method", "style / one-step (≤ 1)", "content / one-step (≤ 1.1)", "style / Gatys (≤ 2)",
               "time / Gatys (≤ 0.01)"]
-    lines = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
+    lines = _header(header)
 
     def ratio(a: float, b: float, target: float) -> str:
         value = a / b
@@ -418,7 +424,7 @@ def curves_section(style: str, curves: Sequence[Curve], markdown: Path, figure: 
         lines += [f"**{curve.name}** (shipped T = {curve.shipped}): style decreases at every step up to T: "
                   f"**{'yes' if decreasing else 'no'}**; content increases at every step up to T: "
                   f"**{'yes' if increasing else 'no'}**.", "",
-                  "| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1),
+                  *_header(header),
                   "| style loss | " + " | ".join(_g(v) for v in curve.style) + " |",
                   "| content loss | " + " | ".join(_g(v) for v in curve.content) + " |", ""]
     lines += [_figure_link(figure, markdown, "style and content loss against the step count"), "", end]
@@ -435,7 +441,7 @@ def speed_section(style: str, speeds: dict[str, tuple[int, dict[int, float]]], m
     lines = [begin, f"## Style transfer: `{style}`, CPU speed at {size[1]}x{size[0]}", "",
              f"- Command: `{command}`", _machine_line(machine),
              f"- Median of {repeats} runs after a warm-up; planner + actor only (no VGG16), batch 1.", "",
-             "| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
+             *_header(header)]
     for name, (steps, times) in speeds.items():
         best = min(times.values())
         lines.append(f"| {name} | {steps} | " + " | ".join(f"{times[t]:.3f}" if t in times else "-" for t in threads)
@@ -465,7 +471,8 @@ def train_ablation(recipe: Path, seeds: Sequence[int], budget_s: float, runs: Pa
 def evaluate_ablation(runs: Path, seeds: Sequence[int], batch: ImageBatch, scorer: Scorer,
                       methods: Sequence[str] = ABLATION_METHODS) -> dict[str, list[dict[str, Any]]]:
     """Score every ``<runs>/<method>-s<seed>/model.pt`` found at its own step count on ``batch``; returns
-    ``{method: [result per seed]}`` (:class:`MethodResult` as a dict, ``extra``: seed, updates).
+    ``{method: [result per seed]}`` (:class:`MethodResult` as a dict, ``extra``: seed, updates and the training
+    wall-time budget ``loop.max_seconds`` the checkpoint records, None when it has none).
 
     Raises:
         ValueError: no run folder holds a model.
@@ -479,7 +486,8 @@ def evaluate_ablation(runs: Path, seeds: Sequence[int], batch: ImageBatch, score
             agent = load_agent(str(model), "style")
             steps = int(agent.config.task.max_steps)
             (result,), _ = evaluate_rows([Row(method, method, agent, steps)], batch, scorer)
-            result.extra = {"seed": seed, "updates": int(agent.updates)}
+            loop = torch.load(model, map_location="cpu", weights_only=True).get("train_config", {}).get("loop", {})
+            result.extra = {"seed": seed, "updates": int(agent.updates), "budget_s": loop.get("max_seconds")}
             out[method].append(asdict(result))
     if not any(out.values()):
         raise ValueError(f"{runs}: no <method>-s<seed>/model.pt found; train them first (drop --evaluate-only)")
@@ -490,14 +498,19 @@ def ablation_section(style: str, results: dict[str, list[dict[str, Any]]], markd
                      machine: dict[str, Any], budget_s: float | None, items: int, size: int) -> str:
     """Replace (or append) the ablation section: mean ± sd over seeds of each method's losses at its steps."""
     begin, end = _markers(f"{style}-ablation")
-    budget = f"{budget_s / 60:g} min of training wall time per run" if budget_s else \
-        "the training wall time each run folder records"
+    if budget_s is None:
+        recorded = sorted({r["extra"].get("budget_s") for runs in results.values() for r in runs},
+                          key=lambda x: (x is None, x or 0.0))
+        budget = "recorded in the checkpoints (`loop.max_seconds`): " + ", ".join(
+            "none" if b is None else f"{b / 60:g} min" for b in recorded)
+    else:
+        budget = f"{budget_s / 60:g} min of training wall time per run"
     header = ["method", "seeds", "steps", *METRICS.values(), "updates", "parameters"]
     lines = [begin, f"## Style transfer ablation: `{style}`, one-step vs aux-only step-wise vs full RL at equal "
              "wall-clock budget", "", f"- Command: `{command}`", f"- Budget: {budget}.", _machine_line(machine),
              f"- Evaluated on {items} fixed held-out content crops ({size}x{size}, seed 0); mean ± sd over seeds "
              "(sample sd).", "",
-             "| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
+             *_header(header)]
     for method, runs in results.items():
         if not runs:
             continue
@@ -586,7 +599,7 @@ def video_section(label: str, rows: Sequence[VideoRow], fps: dict[str, float], m
               "warping / per-frame (≤ 0.5)", "style / per-frame (within 10 %)"]
     lines = [begin, f"## Video style transfer: `{label}`, per-frame vs video model", "",
              f"- Command: `{command}`", f"- {count} frames at {shape[1]}x{shape[0]}.", _machine_line(machine), "",
-             "| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
+             *_header(header)]
     for row in rows:
         cells = [row.name, str(row.steps), _g(row.warping_error), _g(row.style), _g(row.content),
                  f"{row.seconds_per_frame:.3f}"]

@@ -166,6 +166,7 @@ def test_ablation_evaluates_run_folders(tmp_path: Path, checkpoints: dict[str, P
     row = next(line for line in text.splitlines() if line.startswith("| rl |"))
     assert "0, 1" in row and "± 0 |" in row  # the same weights for both seeds: sd 0
     assert not any(line.startswith("| aux-only |") for line in text.splitlines())
+    assert "- Budget: recorded in the checkpoints (`loop.max_seconds`): none." in text
 
 
 def test_ablation_without_models_is_one_line(tmp_path: Path) -> None:
