@@ -3,7 +3,6 @@ speed), the ablation's evaluation of run folders, and the video comparison, on t
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import re
 from pathlib import Path
@@ -196,8 +195,6 @@ def test_speed_is_positive_per_thread_count(checkpoints: dict[str, Path]) -> Non
     assert set(speeds) == {1, 2} and all(0 < s < 5 for s in speeds.values())
 
 
-@pytest.mark.skipif(importlib.util.find_spec("rlreg.metrics.temporal") is None,
-                    reason="rlreg.metrics.temporal is not installed")
 def test_video_rows_compare_per_frame_and_memory(tmp_path: Path) -> None:
     from benchmarks.i2i_eval import load_agent
     from rlreg.data.paintings import painting_tensor
@@ -212,9 +209,6 @@ def test_video_rows_compare_per_frame_and_memory(tmp_path: Path) -> None:
     assert all(math.isfinite(r.warping_error) and r.style > 0 and r.seconds_per_frame > 0 for r in rows)
 
 
-@pytest.mark.skipif(importlib.util.find_spec("rlreg.metrics.temporal") is None
-                    or importlib.util.find_spec("rlreg.data.video") is None,
-                    reason="rlreg.metrics.temporal / rlreg.data.video are not installed")
 def test_video_mode_end_to_end_on_a_sample_clip(tmp_path: Path) -> None:
     from rlreg.data.video import sample_videos
 
@@ -223,11 +217,24 @@ def test_video_mode_end_to_end_on_a_sample_clip(tmp_path: Path) -> None:
     name = sorted(sample_videos())[0]
     output = tmp_path / "benchmarks.md"
     bench.main(["video", "--video", name, "--frames", "3", "--max-side", "48", "--threads", "1",
-                "--model", str(style_agent(tmp_path / "image.pt")), "--throughput-frames", "0",
-                "--output", str(output)])
+                "--model", str(style_agent(tmp_path / "image.pt")), "--video-model", str(video_agent(tmp_path)),
+                "--throughput-frames", "1", "--output", str(output)])
     text = output.read_text()
     assert f"<!-- style-video-{name}:begin -->" in text and "- 3 frames at " in text
-    _finite_rows(text, ("| per-frame",))
+    assert len(_finite_rows(text, ("| per-frame", "| video model", "| image model"))) == 3 + 2  # rows, 720p
+
+
+def video_agent(folder: Path) -> Path:
+    """A tiny random ``video-style`` agent (convolutional GRU memory) saved in ``folder``."""
+    from rlreg.networks import NetworkConfig
+    from rlreg.sac import Agent, AgentConfig
+    from rlreg.tasks.video_style import VideoStyleConfig
+
+    network = NetworkConfig(ndim=2, in_channels=3, out_channels=3, widths=(8, 8), plan_dim=16, plan_grid=2,
+                            critic_widths=(8, 8), critic_hidden=16, memory="gru")
+    torch.manual_seed(5)
+    task = VideoStyleConfig(max_steps=2, style="starry-night")
+    return Agent(AgentConfig(network=network, task_name="video-style", task=task)).save(folder / "video.pt")
 
 
 def test_video_memory_is_carried_only_when_asked(tmp_path: Path) -> None:
