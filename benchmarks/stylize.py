@@ -452,9 +452,20 @@ def speed_section(style: str, speeds: dict[str, tuple[int, dict[int, float]]], m
 
 
 # ---------------------------------------------------------------------------------------------------- ablation
+FOLDER_ALIASES = {"one-step": ("onestep",), "aux-only": ("auxonly",), "rl": ()}
+"""Other folder names an ablation run may have been trained under (``<alias>-s<seed>``), read by
+:func:`ablation_folder`."""
+
+
 def ablation_folder(runs: Path, method: str, seed: int) -> Path:
-    """``<runs>/<method>-s<seed>``: where one ablation run trains and leaves ``model.pt``."""
-    return runs / f"{method}-s{seed}"
+    """``<runs>/<method>-s<seed>``, where one ablation run trains and leaves ``model.pt``; or the first
+    :data:`FOLDER_ALIASES` folder that holds a ``model.pt`` when the canonical one does not."""
+    folder = runs / f"{method}-s{seed}"
+    if not (folder / "model.pt").exists():
+        for alias in FOLDER_ALIASES.get(method, ()):
+            if (runs / f"{alias}-s{seed}" / "model.pt").exists():
+                return runs / f"{alias}-s{seed}"
+    return folder
 
 
 def train_ablation(recipe: Path, seeds: Sequence[int], budget_s: float, runs: Path, threads: int | None,

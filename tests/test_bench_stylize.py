@@ -153,9 +153,9 @@ def test_side_by_side_of_every_row_with_ratios_and_rerun(tmp_path: Path, checkpo
 
 def test_ablation_evaluates_run_folders(tmp_path: Path, checkpoints: dict[str, Path]) -> None:
     runs, output = tmp_path / "ablation", tmp_path / "benchmarks.md"
-    for method, key in (("one-step", "onestep"), ("rl", "rl")):
+    for method, key in (("onestep", "onestep"), ("rl", "rl")):  # "onestep": a folder alias of one-step
         for seed in (0, 1):
-            folder = bench.ablation_folder(runs, method, seed)
+            folder = runs / f"{method}-s{seed}"
             folder.mkdir(parents=True)
             (folder / "model.pt").write_bytes(checkpoints[key].read_bytes())
     bench.main(["ablation", "--evaluate-only", "--seeds", "0", "1", "--items", "2", "--size", "32", "--threads",
@@ -166,6 +166,7 @@ def test_ablation_evaluates_run_folders(tmp_path: Path, checkpoints: dict[str, P
     assert "0, 1" in row and "± 0 |" in row  # the same weights for both seeds: sd 0
     assert not any(line.startswith("| aux-only |") for line in text.splitlines())
     assert "- Budget: recorded in the checkpoints (`loop.max_seconds`): none." in text
+    assert "| one-step | 0, 1 | 1 |" in text  # read from the onestep-s<seed> folders
 
 
 def test_ablation_without_models_is_one_line(tmp_path: Path) -> None:
