@@ -207,8 +207,9 @@ def agent_method(agent: Any, steps: int) -> Method:
     return run
 
 
-def load_agent(model: str, kind: Kind) -> Any:
-    """A step-wise agent from a checkpoint path or a shipped model's name, refused if trained on another task."""
+def load_agent(model: str, kind: str) -> Any:
+    """A step-wise agent from a checkpoint path or a shipped model's name, refused if trained on another task than
+    ``kind`` (a task name of :data:`rlreg.tasks.TASKS`)."""
     from rlreg.sac import load_checkpoint
 
     path = Path(model)
