@@ -481,8 +481,10 @@ def train_ablation(recipe: Path, seeds: Sequence[int], budget_s: float, runs: Pa
 
 
 def evaluate_ablation(runs: Path, seeds: Sequence[int], batch: ImageBatch, scorer: Scorer,
-                      methods: Sequence[str] = ABLATION_METHODS) -> dict[str, list[dict[str, Any]]]:
-    """Score every ``<runs>/<method>-s<seed>/model.pt`` found at its own step count on ``batch``; returns
+                      methods: Sequence[str] = ABLATION_METHODS, steps: int | None = None
+                      ) -> dict[str, list[dict[str, Any]]]:
+    """Score every ``<runs>/<method>-s<seed>/model.pt`` found at its own step count (``steps``: that count for the
+    step-wise methods; the one-step network always takes one) on ``batch``; returns
     ``{method: [result per seed]}`` (:class:`MethodResult` as a dict, ``extra``: seed, updates and the training
     wall-time budget ``loop.max_seconds`` the checkpoint records, None when it has none).
 
@@ -496,8 +498,9 @@ def evaluate_ablation(runs: Path, seeds: Sequence[int], batch: ImageBatch, score
             if not model.exists():
                 continue
             agent = load_agent(str(model), "style")
-            steps = int(agent.config.task.max_steps)
-            (result,), _ = evaluate_rows([Row(method, method, agent, steps)], batch, scorer)
+            own = int(agent.config.task.max_steps)
+            taken = own if steps is None or own == 1 else steps
+            (result,), _ = evaluate_rows([Row(method, method, agent, taken)], batch, scorer)
             loop = torch.load(model, map_location="cpu", weights_only=True).get("train_config", {}).get("loop", {})
             result.extra = {"seed": seed, "updates": int(agent.updates), "budget_s": loop.get("max_seconds")}
             out[method].append(asdict(result))
@@ -702,6 +705,8 @@ def _ablation_parser() -> argparse.ArgumentParser:
     parser.add_argument("--items", type=int, default=22)
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--runs", type=Path, default=Path("runs/ablation_style"))
+    parser.add_argument("--steps", type=int, default=None,
+                        help="steps of the step-wise methods (default: each run's max_steps)")
     return parser
 
 
@@ -878,7 +883,8 @@ def run_ablation(args: argparse.Namespace, config: StyleConfig, options: dict[st
         train_ablation(recipe, args.seeds, args.budget_minutes * 60, args.runs, args.threads, args.methods,
                        args.override)
     batch = held_out_content(options, args.items, 0, args.size)
-    results = evaluate_ablation(args.runs, args.seeds, batch, Scorer(config, batch.target[:1]), args.methods)
+    results = evaluate_ablation(args.runs, args.seeds, batch, Scorer(config, batch.target[:1]), args.methods,
+                                args.steps)
     machine = describe_machine(load, args.runs)
     budget = None if args.budget_minutes is None else args.budget_minutes * 60
     ablation_section(args.style, results, args.output, command, machine, budget, args.items, args.size)
