@@ -157,7 +157,7 @@ def choose_style_model(style: str | None, model: str | None, video: bool, path: 
             from rlreg.data.paintings import painting_catalogue
 
             hint = (f"; no model ships for that style; train one with rlreg train "
-                    f"pipelines/recipes/style-starry-night.yaml data.options.style={style} task.style={style}"
+                    f"pipelines/recipes/style-starry-night.yaml data.options.style={style} agent.task.style={style}"
                     if style in painting_catalogue() else "")
             raise InputError(f"--style {style}: unknown style; shipped styles: {_style_listing(shipped)}{hint}")
         preferred = (VIDEO_TASK, TASK) if video else (TASK, VIDEO_TASK)
