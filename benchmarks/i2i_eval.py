@@ -43,8 +43,8 @@ from rlreg.io import atomic_output
 from rlreg.metrics.image import l1, psnr, ssim
 from rlreg.tasks.image import ImageBatch
 
-__all__ = ["METRICS", "MethodResult", "PeakMemory", "evaluate_methods", "example_grid", "held_out_items", "main",
-           "run_ablation", "write_ablation_section", "write_table_section"]
+__all__ = ["METRICS", "MethodResult", "PeakMemory", "ablation_rows", "evaluate_methods", "example_grid",
+           "held_out_items", "main", "run_ablation", "write_ablation_section", "write_table_section"]
 
 Kind = Literal["inpainting", "translation"]
 Method = Callable[[ImageBatch], Tensor]
@@ -470,6 +470,25 @@ def _mean_sd(values: Sequence[float]) -> tuple[float, float]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
+def ablation_rows(results: dict[str, list[dict[str, Any]]], keys: Sequence[str], fmt: Callable[[str, float], str],
+                  steps: bool = False) -> list[str]:
+    """Markdown table rows of an ablation, one per method with runs: the method, its seeds, (``steps``: the step
+    count of its first run,) ``mean ± sd`` over seeds of each metric in ``keys`` (``fmt(key, value)``), the mean
+    number of updates and the parameter count."""
+    lines = []
+    for method, runs in results.items():
+        if not runs:
+            continue
+        cells = [method, ", ".join(str(r["extra"]["seed"]) for r in runs), *([str(runs[0]["steps"])] if steps else [])]
+        for key in keys:
+            mean, sd = _mean_sd([r["metrics"][key] for r in runs])
+            cells.append(f"{fmt(key, mean)} ± {fmt(key, sd)}")
+        updates, _ = _mean_sd([r["extra"]["updates"] for r in runs])
+        cells += [f"{updates:,.0f}", f"{runs[0]['parameters']:,}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
 def write_ablation_section(kind: Kind, dataset: str, results: dict[str, list[dict[str, Any]]], markdown: Path,
                            command: str, machine: dict[str, Any], budget_s: float, items: int,
                            options: dict[str, Any] | None = None) -> str:
@@ -485,16 +504,7 @@ def write_ablation_section(kind: Kind, dataset: str, results: dict[str, list[dic
              f"- Evaluated on {items} fixed held-out items of `{dataset}` (seed 0{_options_text(options)}); mean ± sd "
              "over seeds (sample sd).", "",
              "| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
-    for method, runs in results.items():
-        if not runs:
-            continue
-        cells = [method, ", ".join(str(r["extra"]["seed"]) for r in runs)]
-        for k in keys:
-            mean, sd = _mean_sd([r["metrics"][k] for r in runs])
-            cells.append(f"{_fmt(k, mean)} ± {_fmt(k, sd)}")
-        mean_updates, _ = _mean_sd([r["extra"]["updates"] for r in runs])
-        cells += [f"{mean_updates:,.0f}", f"{runs[0]['parameters']:,}"]
-        lines.append("| " + " | ".join(cells) + " |")
+    lines += ablation_rows(results, keys, _fmt)
     lines += ["", "One-step: a U-Net with the agent's planner + actor parameter count (within 5 %), L1 + SNGAN "
               "hinge loss, one decision. Aux-only: the step-wise agent with `agent.sac.rl_weight=0` (no critic). "
               "RL: the recipe's full agent. † VGG16 dist. is uncalibrated (not comparable with published LPIPS).",

@@ -45,9 +45,9 @@ from benchmarks.i2i_eval import (
     MethodResult,
     PeakMemory,
     _command,
-    _mean_sd,
     _show,
     _train_stepwise,
+    ablation_rows,
     agent_parameters,
     held_out_items,
     load_agent,
@@ -525,17 +525,7 @@ def ablation_section(style: str, results: dict[str, list[dict[str, Any]]], markd
              "wall-clock budget", "", f"- Command: `{command}`", f"- Budget: {budget}.", _machine_line(machine),
              f"- Evaluated on {items} fixed held-out content crops ({size}x{size}, seed 0); mean ± sd over seeds "
              "(sample sd).", "",
-             *_header(header)]
-    for method, runs in results.items():
-        if not runs:
-            continue
-        cells = [method, ", ".join(str(r["extra"]["seed"]) for r in runs), str(runs[0]["steps"])]
-        for key in METRICS:
-            mean, sd = _mean_sd([r["metrics"][key] for r in runs])
-            cells.append(f"{_g(mean)} ± {_g(sd)}")
-        updates, _ = _mean_sd([r["extra"]["updates"] for r in runs])
-        cells += [f"{updates:,.0f}", f"{runs[0]['parameters']:,}"]
-        lines.append("| " + " | ".join(cells) + " |")
+             *_header(header), *ablation_rows(results, list(METRICS), lambda _key, value: _g(value), steps=True)]
     lines += ["", "One-step: the recipe with `agent.task.max_steps=1 agent.network.max_step=1.0 "
               "agent.sac.rl_weight=0` (Johnson et al.'s feed-forward network, the same planner + actor). Aux-only: "
               "`agent.sac.rl_weight=0` (no critic in the planner's loss). RL: the recipe as shipped.", "", end]
