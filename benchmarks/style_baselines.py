@@ -20,7 +20,6 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from rlreg.tasks.image import ImageBatch
 from rlreg.tasks.style import StyleConfig, StyleTask
 
 __all__ = ["GATYS_ITERATIONS", "GATYS_LR", "GatysResult", "gatys"]
@@ -58,7 +57,7 @@ def gatys(config: StyleConfig, content: Tensor, style: Tensor, iterations: int =
     elif task.config != config:
         raise ValueError("gatys: the task's config differs from config")
     start = time.perf_counter()
-    task.reset(ImageBatch(content, style[:1], None))
+    task.set_style(style[:1].to(content.device))
     vgg = task.vgg(content.device)
     with torch.no_grad():
         features = vgg.features(content.float(), [config.content_layer])[config.content_layer]

