@@ -1,11 +1,15 @@
 """Peer registration tools on rlreg's pairs, scored by rlreg's own evaluator: ``rlreg evaluate PAIRS.csv --fields OUT``.
 
-Three peers, each run on the same pair list (:func:`rlreg.data.pairs.read_pairs`) by :func:`run_peer`:
+Four peers, each run on the same pair list (:func:`rlreg.data.pairs.read_pairs`) by :func:`run_peer`:
 
 * ``syn``: ANTs SyN through ANTsPy, ``ants.registration(fixed, moving, "SyN")`` with ANTsPy's defaults (affine
   initialisation, then symmetric normalisation; Avants et al., Med. Image Anal. 12(1), 2008).
 * ``elastix``: elastix through itk-elastix, its default ``affine`` then ``bspline`` parameter maps (Klein et al.,
   IEEE TMI 29(1), 2010), the field from transformix.
+* ``greedy``: Greedy (Yushkevich et al., "Fast deformable image registration on the GPU/CPU", the engine of ITK-SNAP;
+  PyPI ``picsl-greedy``) with the brain recipe of its "Deformable registration" tutorial (greedy.readthedocs.io):
+  ``greedy -d 3 -a -dof 12 -ia-image-centers -n 100x50x10 -m NCC 2x2x2`` (affine), then ``-it affine.mat -n
+  100x50x10 -m NCC 2x2x2`` (deformable, Greedy's default smoothing ``-s 1.732vox 0.7071vox``), run in-process;
 * ``voxelmorph``: a VoxelMorph 0.3.x network (``VxmPairwise``, diffeomorphic; Balakrishnan et al., IEEE TMI 38(8),
   2019; Dalca et al., MICCAI 2018) trained here by :func:`train_voxelmorph` on synthetic pairs, run after rlreg's
   own affine stage, its outputs written by rlreg's own writer (:func:`rlreg.pipelines.register.finish`).
@@ -17,15 +21,17 @@ What each peer writes in ``OUT/<pair-id>/``:
   point ``x`` mapping to moving point ``x + d(x)`` (pull-back; :data:`rlreg.pipelines.register.CONVENTIONS`);
 * ``warped.nii.gz``: the moving image resampled once through that field (rlreg's own resampling);
 * ``native/`` (``keep_native=True``): the tool's own outputs (ANTs transforms and warped image; elastix's result
-  image and chained ``TransformParameters`` files);
+  image and chained ``TransformParameters`` files; Greedy's ``affine.mat``, ``warp.nii.gz``, resliced image and log);
 * ``peer.json`` (:class:`PeerRecord`), written last: a folder holding it holds a finished registration. A failed
   pair gets ``error.json`` instead (as ``rlreg batch`` writes it), and :func:`run_peer` goes on with the others.
 
 How the conventions were checked (``tests/benchmarks/test_peers.py``): resampling the moving image through
-``warp.nii.gz`` with SimpleITK reproduces ``ants.apply_transforms(fixed, moving, fwdtransforms)`` and elastix's own
-result image (cubic B-spline, as elastix resamples it) to float precision; a pure translation ``s`` of the moving
-image gives a field of mean ``s`` (sign included) over the object; VoxelMorph's ``SpatialTransformer`` equals
-:func:`rlreg.spatial.warp` (voxel units, channel ``c`` = tensor axis ``c``, ``align_corners=True``).
+``warp.nii.gz`` with SimpleITK reproduces ``ants.apply_transforms(fixed, moving, fwdtransforms)``, elastix's own
+result image (cubic B-spline, as elastix resamples it) and Greedy's own ``greedy -rf fixed -rm moving out -r
+warp.nii.gz affine.mat`` (wherever the point falls inside the moving image) to float precision; a pure translation
+``s`` of the moving image gives a field of mean ``s`` (sign included) over the object; VoxelMorph's
+``SpatialTransformer`` equals :func:`rlreg.spatial.warp` (voxel units, channel ``c`` = tensor axis ``c``,
+``align_corners=True``).
 
 Threads and reproducibility (what was measured on this machine, ANTsPy 0.6.3, itk-elastix 0.25.4):
 
@@ -45,11 +51,23 @@ Threads and reproducibility (what was measured on this machine, ANTsPy 0.6.3, it
 * ``itk.transformix_deformation_field`` writes ``deformationField.nii`` into the *current directory*; the field is
   computed here with a ``TransformixFilter`` whose output directory is a temporary folder.
 * torch and SimpleITK (rlreg's affine stage, the field composition) are held to ``threads`` during each call.
+
+Greedy's conventions, as checked numerically (picsl-greedy 1.4.0.3, oblique flipped anisotropic phantoms, 2-D and
+3-D): its warp is a displacement on the fixed grid in LPS mm (an ITK vector image, as ``warp.nii.gz``); its affine
+``.mat`` is a homogeneous matrix on *RAS* physical points mapping fixed to moving, so on LPS points it is ``F M F``
+with ``F = diag(-1, -1, 1, 1)``; ``-r warp.nii.gz affine.mat`` maps a fixed point ``p`` to ``A(p + w(p))``, which is
+also what Greedy's ``-rc`` composition writes. With one thread and a fixed ``-seed`` (its default, 0, draws a random
+seed) Greedy repeats bit-identically in a process. ``Greedy.execute(..., out=, err=)`` captures only its optimiser's
+messages; the per-iteration log goes to the C standard output, so :func:`register_greedy` redirects the process's
+file descriptors around each call (to ``native/greedy.log``, or away). Its command-line tool rounds saved warps to
+0.1 voxel (``-wp``); here the warp is taken in memory, unrounded. Where a point maps outside the moving image, Greedy
+and ITK's resamplers extrapolate differently (a few border voxels differ).
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import functools
 import importlib.metadata
 import json
@@ -64,7 +82,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import SimpleITK as sitk
@@ -72,7 +90,7 @@ import torch
 from torch import Tensor, nn
 
 from rlreg.data.pairs import Pair
-from rlreg.io import Geometry, Image, InputError, atomic_output, read_image, save_torch, write_image
+from rlreg.io import Geometry, Image, InputError, atomic_output, read_image, save_sitk, save_torch, write_image
 from rlreg.pipelines.threads import cpu_threads
 from rlreg.spatial import orientation_axes, reorient, reorient_field_back, resize, resize_displacement, warp
 from rlreg.transforms import chain_from_world, write_itk_warp
@@ -83,15 +101,19 @@ __all__ = [
     "PEER_RECORD",
     "PeerRecord",
     "VoxelMorphConfig",
+    "greedy_affine_transform",
+    "greedy_commands",
     "read_peer_record",
     "register_elastix",
+    "register_greedy",
     "register_syn",
     "register_voxelmorph",
     "run_peer",
     "train_voxelmorph",
+    "write_greedy_matrix",
 ]
 
-METHODS = ("syn", "elastix", "voxelmorph")
+METHODS = ("syn", "elastix", "greedy", "voxelmorph")
 PEER_RECORD = "peer.json"
 ERROR_RECORD = "error.json"
 """Written in a pair folder whose registration failed (never next to a ``peer.json``), as ``rlreg batch`` does."""
@@ -108,9 +130,9 @@ class PeerRecord:
     """What ``peer.json`` says about one registration by a peer tool."""
 
     method: str
-    """``syn``, ``elastix`` or ``voxelmorph``."""
+    """``syn``, ``elastix``, ``greedy`` or ``voxelmorph``."""
     tool: str
-    """The package that ran it (``antspyx``, ``itk-elastix``, ``voxelmorph``)."""
+    """The package that ran it (``antspyx``, ``itk-elastix``, ``picsl-greedy``, ``voxelmorph``)."""
     version: str
     """That package's version."""
     fixed: str
@@ -494,6 +516,189 @@ def register_elastix(fixed: Path, moving: Path, out: Path, threads: int = 1, kee
     return _finish_record(out, record)
 
 
+# ---------------------------------------------------------------------------------------------------- Greedy
+GREEDY_ITERATIONS = "100x50x10"
+"""Iterations per level, coarse to fine (4x, 2x, 1x), of both of Greedy's stages in its documented brain recipe."""
+GREEDY_NCC_RADIUS = 2
+"""NCC window radius (voxels) of the recipe's ``-m NCC 2x2x2``."""
+
+
+@functools.lru_cache(maxsize=1)
+def _picsl_greedy() -> Any:
+    try:
+        import picsl_greedy
+    except ImportError:
+        raise InputError("the greedy peer needs Greedy's Python package; pip install picsl-greedy") from None
+    return picsl_greedy
+
+
+@contextlib.contextmanager
+def _process_output(path: Path | None) -> Iterator[IO[str]]:
+    """Everything the process writes to its standard output and error in the block, C and C++ code included, goes
+    to ``path`` (appended; ``None``: discarded). Yields that file, for ``picsl_greedy``'s ``out=``/``err=``.
+
+    ``Greedy.execute(..., out=, err=)`` takes only part of Greedy's log (its optimiser's messages); the per-level
+    and per-iteration lines go to the C standard output, so the file descriptors themselves are redirected, and the
+    C library's buffers flushed before they are restored.
+    """
+    libc = ctypes.CDLL(None)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    with open(path if path is not None else os.devnull, "a", buffering=1) as target:
+        try:
+            os.dup2(target.fileno(), 1)
+            os.dup2(target.fileno(), 2)
+            yield target
+        finally:
+            libc.fflush(None)
+            target.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            os.close(saved[0])
+            os.close(saved[1])
+
+
+def _sitk_image(image: Image) -> sitk.Image:
+    """An rlreg image as a float32 SimpleITK image with its geometry."""
+    return image.geometry.apply_to(sitk.GetImageFromArray(image.data[0, 0].numpy().astype(np.float32)))
+
+
+def _ras_flip(ndim: int) -> np.ndarray:
+    """``diag(-1, -1, 1[, 1])``: LPS <-> RAS on homogeneous ``(ndim+1)`` vectors (its own inverse)."""
+    return np.diag([-1.0, -1.0, *[1.0] * (ndim - 1)])
+
+
+def greedy_affine_transform(matrix_ras: np.ndarray) -> sitk.AffineTransform:
+    """Greedy's affine matrix (a ``(ndim+1, ndim+1)`` homogeneous map of physical RAS points, fixed -> moving, as
+    ``-o affine.mat`` writes it) as a SimpleITK affine on LPS points: ``F M F`` with ``F = diag(-1, -1, 1, 1)``."""
+    matrix_ras = np.asarray(matrix_ras, dtype=np.float64)
+    ndim = matrix_ras.shape[0] - 1
+    flip = _ras_flip(ndim)
+    lps = flip @ matrix_ras @ flip
+    transform = sitk.AffineTransform(ndim)
+    transform.SetMatrix(lps[:ndim, :ndim].ravel().tolist())
+    transform.SetTranslation(lps[:ndim, ndim].tolist())
+    return transform
+
+
+def write_greedy_matrix(matrix_ras: np.ndarray, path: Path) -> Path:
+    """A Greedy affine ``.mat`` (whitespace-separated rows of the homogeneous RAS matrix), full precision."""
+    with atomic_output(path) as tmp:
+        tmp.write_text("".join(" ".join(f"{v:.17g}" for v in row) + "\n" for row in np.asarray(matrix_ras)))
+    return Path(path)
+
+
+def greedy_commands(ndim: int, threads: int, seed: int, iterations: str = GREEDY_ITERATIONS,
+                    ncc_radius: int = GREEDY_NCC_RADIUS) -> dict[str, str]:
+    """Greedy's command lines for one pair, with ``fixed``/``moving``/``affine``/``warp``/``resliced`` standing for
+    the images and outputs (files on a command line, cached objects in ``picsl_greedy``).
+
+    ``affine`` and ``deformable`` are the recipe of Greedy's "Deformable registration" tutorial
+    (greedy.readthedocs.io): ``-a -dof 12 -ia-image-centers -n 100x50x10 -m NCC 2x2x2``, then
+    ``-it affine -n 100x50x10 -m NCC 2x2x2`` with Greedy's default smoothing (``-s 1.732vox 0.7071vox``) and step;
+    ``reslice`` applies ``warp`` then ``affine`` (Greedy's ``-r`` chain: a fixed point ``p`` goes to
+    ``A(p + w(p))``). ``-threads`` and ``-seed`` (Greedy's default seed 0 draws a random one) are added to each.
+    """
+    radius = "x".join([str(ncc_radius)] * ndim)
+    common = f"-d {ndim} -threads {threads}"
+    return {"affine": f"{common} -seed {seed} -a -dof 12 -i fixed moving -o affine -ia-image-centers "
+                      f"-n {iterations} -m NCC {radius}",
+            "deformable": f"{common} -seed {seed} -i fixed moving -it affine -o warp -n {iterations} -m NCC {radius}",
+            "reslice": f"{common} -rf fixed -rm moving resliced -r warp affine"}
+
+
+def register_greedy(fixed: Path, moving: Path, out: Path, threads: int = 1, seed: int = 1, keep_native: bool = False,
+                    iterations: str = GREEDY_ITERATIONS, ncc_radius: int = GREEDY_NCC_RADIUS) -> PeerRecord:
+    """Greedy (Yushkevich et al.; ITK-SNAP's registration engine) with its documented brain recipe, written as rlreg
+    writes a pair.
+
+    Runs in-process through ``picsl_greedy`` (``Greedy3D``/``Greedy2D``): the images go in as rlreg reads them and the
+    affine matrix and warp come back in memory (double precision; Greedy's ``-wp`` rounding applies only to the
+    files its command line writes). The warp is a fixed-grid LPS-mm displacement; the affine is a RAS matrix, fixed
+    to moving; composed as Greedy's ``-r warp affine`` applies them, ``p -> A(p + w(p))``
+    (:func:`greedy_affine_transform`), and sampled on the fixed grid as one LPS-mm displacement.
+
+    Args:
+        fixed, moving: 2-D or 3-D images (any format rlreg reads).
+        out: the pair folder (``warp.nii.gz``, ``warped.nii.gz``, ``peer.json``; ``native/`` with ``keep_native``).
+        threads: Greedy's ``-threads`` (its ITK's thread count in this process), and torch/SimpleITK around it.
+        seed: Greedy's ``-seed`` (its affine stage jitters its sample points, its NCC adds noise, at random).
+        keep_native: also keep Greedy's ``affine.mat``, ``warp.nii.gz`` (float32), its own resliced image
+            ``greedy_warped.nii.gz`` and its log ``greedy.log`` in ``out/native/``.
+        iterations, ncc_radius: the recipe's ``-n`` and ``-m NCC`` radius (voxels), both stages.
+
+    Returns:
+        The record written to ``peer.json`` (times in seconds, memory in GiB).
+    """
+    started, out = time.perf_counter(), Path(out)
+    _start(out)
+    greedy, seconds, started = _load_tool(_picsl_greedy, started)
+    native = out / "native"
+    log_path = native / "greedy.log" if keep_native else None
+    if log_path is not None:
+        native.mkdir(parents=True, exist_ok=True)
+        log_path.unlink(missing_ok=True)
+    with cpu_threads(threads):
+        t0 = time.perf_counter()
+        fixed_image, moving_image = _read_pair(Path(fixed), Path(moving))
+        ndim = fixed_image.ndim
+        if ndim not in (2, 3):
+            raise InputError(f"{fixed}: Greedy registers 2-D or 3-D images, this one is {ndim}-D")
+        engine = greedy.Greedy3D() if ndim == 3 else greedy.Greedy2D()
+        images = {"fixed": _sitk_image(fixed_image), "moving": _sitk_image(moving_image)}
+        seconds["read"] = time.perf_counter() - t0
+        commands = greedy_commands(ndim, threads, seed, iterations, ncc_radius)
+        rss_before = _peak_rss_gib()
+        with _process_output(log_path) as log:
+            t0 = time.perf_counter()
+            engine.execute(commands["affine"], out=log, err=log, affine=None, **images)
+            seconds["affine"] = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            engine.execute(commands["deformable"], out=log, err=log, warp=None)
+            seconds["deformable"] = time.perf_counter() - t0
+        seconds["registration"] = seconds["affine"] + seconds["deformable"]
+        rss_after = _peak_rss_gib()
+        t0 = time.perf_counter()
+        matrix = np.asarray(engine["affine"], dtype=np.float64)
+        warp_image = sitk.Cast(engine["warp"], sitk.sitkVectorFloat64)
+        composite = sitk.CompositeTransform([greedy_affine_transform(matrix),  # the last added is applied first
+                                             sitk.DisplacementFieldTransform(sitk.Image(warp_image))])
+        world = _world_field(composite, fixed_image.geometry)
+        seconds["field"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        outputs = _write_outputs(out, world, fixed_image, moving_image)
+        if keep_native:
+            with _process_output(log_path) as log:
+                engine.execute(commands["reslice"], out=log, err=log, resliced=None)
+            outputs["native_affine"] = str(write_greedy_matrix(matrix, native / "affine.mat"))
+            outputs["native_warp"] = str(save_sitk(sitk.Cast(warp_image, sitk.sitkVectorFloat32),
+                                                   native / "warp.nii.gz"))
+            outputs["native_warped"] = str(save_sitk(engine["resliced"], native / "greedy_warped.nii.gz"))
+            outputs["native_log"] = str(log_path)
+        seconds["write"] = time.perf_counter() - t0
+    seconds["total"] = time.perf_counter() - started
+    radius = "x".join([str(ncc_radius)] * ndim)
+    settings = {"commands": commands,
+                "command_line": [f"greedy -d {ndim} -a -dof 12 -i fixed moving -o affine.mat -ia-image-centers "
+                                 f"-n {iterations} -m NCC {radius} -threads {threads} -seed {seed}",
+                                 f"greedy -d {ndim} -i fixed moving -it affine.mat -o warp.nii.gz -n {iterations} "
+                                 f"-m NCC {radius} -threads {threads} -seed {seed}",
+                                 f"greedy -d {ndim} -rf fixed -rm moving resliced -r warp.nii.gz affine.mat"],
+                "recipe": "greedy.readthedocs.io, 'Deformable registration' tutorial (affine, then deformable with "
+                          "-it affine); Greedy's defaults otherwise (-s 1.732vox 0.7071vox, -e 1.0)",
+                "random_seed": seed, "affine_matrix_ras": matrix.tolist(),
+                "composition": "p -> A(p + w(p)): Greedy's -r warp affine; A = F M F (M: the RAS matrix, "
+                               "F = diag(-1, -1, 1, 1)), w: the warp's LPS-mm vectors",
+                "io": "in-process picsl_greedy: images in memory as rlreg reads them, affine and warp in memory "
+                      "(double precision, no -wp rounding)"}
+    record = PeerRecord(method="greedy", tool="picsl-greedy", version=_version("picsl-greedy"), fixed=str(fixed),
+                        moving=str(moving), seconds=seconds, peak_rss_gib=rss_after, peak_rss_gib_before=rss_before,
+                        cuda_peak_gib=None, threads=threads, parameters=0, settings=settings, outputs=outputs,
+                        conventions=_conventions(), created=_now())
+    return _finish_record(out, record)
+
+
 # ---------------------------------------------------------------------------------------------------- VoxelMorph
 @dataclass(frozen=True)
 class VoxelMorphConfig:
@@ -787,7 +992,7 @@ def register_voxelmorph(fixed: Path, moving: Path, out: Path, model: Path, devic
 
 # ---------------------------------------------------------------------------------------------------- many pairs
 _REGISTER: dict[str, Callable[..., PeerRecord]] = {
-    "syn": register_syn, "elastix": register_elastix, "voxelmorph": register_voxelmorph}
+    "syn": register_syn, "elastix": register_elastix, "greedy": register_greedy, "voxelmorph": register_voxelmorph}
 
 
 def _write_error(folder: Path, pair: Pair, method: str, error: BaseException) -> str:
@@ -811,13 +1016,13 @@ def run_peer(method: str, pairs: list[Pair], output: Path, progress: PeerProgres
     goes on; a later call tries it again.
 
     Args:
-        method: ``syn``, ``elastix`` or ``voxelmorph``.
+        method: ``syn``, ``elastix``, ``greedy`` or ``voxelmorph``.
         pairs: from :func:`rlreg.data.pairs.read_pairs` (only ``fixed`` and ``moving`` are used: the label
             maps are for ``rlreg evaluate PAIRS --fields output``).
         output: the folder of pair folders.
         progress: optional ``progress(finished, total, pair_id, status)``.
         **kwargs: passed to the method's function (:func:`register_syn`, :func:`register_elastix`,
-            :func:`register_voxelmorph`; the last needs ``model=``).
+            :func:`register_greedy`, :func:`register_voxelmorph`; the last needs ``model=``).
 
     Returns:
         The records of the finished pairs (run now or before), in input order; failed pairs have none.

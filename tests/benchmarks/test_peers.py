@@ -1,5 +1,5 @@
-"""Peer tools (ANTs SyN, elastix, VoxelMorph) written in rlreg's ``warp.nii.gz`` convention and scored by rlreg's
-evaluator: each written field reproduces the tool's own resampling, a known translation comes out with its sign,
+"""Peer tools (ANTs SyN, elastix, Greedy, VoxelMorph) written in rlreg's ``warp.nii.gz`` convention and scored by
+rlreg's evaluator: each written field reproduces the tool's own resampling, a known translation comes out with its sign,
 Dice improves, VoxelMorph checkpoints reload with ``weights_only=True``, and ``run_peer`` resumes and isolates a
 failing pair. Small oblique, anisotropic, flipped 3-D phantoms (24 x 26 x 20 voxels) keep the file fast."""
 
@@ -23,6 +23,7 @@ from benchmarks.peers import (
     PEER_RECORD,
     PeerRecord,
     VoxelMorphConfig,
+    register_greedy,
     run_peer,
     train_voxelmorph,
 )
@@ -74,7 +75,7 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
 
 
 def run_tool(method: str, data: dict, tmp_path_factory: pytest.TempPathFactory, **kwargs) -> dict[str, object]:
-    pytest.importorskip({"syn": "ants", "elastix": "itk"}[method])
+    pytest.importorskip({"syn": "ants", "elastix": "itk", "greedy": "picsl_greedy"}[method])
     out = tmp_path_factory.mktemp(f"peer_{method}")
     statuses: list[tuple[str, str]] = []
     records = run_peer(method, [*data["pairs"], data["missing"]], out,
@@ -91,6 +92,11 @@ def syn(data: dict, tmp_path_factory: pytest.TempPathFactory) -> dict[str, objec
 @pytest.fixture(scope="module")
 def elastix(data: dict, tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     return run_tool("elastix", data, tmp_path_factory, overrides=ELASTIX_FAST)
+
+
+@pytest.fixture(scope="module")
+def greedy(data: dict, tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
+    return run_tool("greedy", data, tmp_path_factory)
 
 
 def resample_through_warp(pair: Pair, folder: Path, interpolator: int) -> np.ndarray:
@@ -132,8 +138,83 @@ def test_elastix_warp_reproduces_elastix_result(data: dict, elastix: dict) -> No
         np.testing.assert_allclose(interior(ours), interior(reference), atol=1e-4)
 
 
-@pytest.mark.bench  # runs ANTs or elastix (about 90 s for the module's fixtures) or trains
-@pytest.mark.parametrize("method", ["syn", "elastix"])
+def inside_moving(pair: Pair, folder: Path, margin: float = 1.0) -> np.ndarray:
+    """Fixed voxels ``(k, j, i)`` that ``warp.nii.gz`` maps at least ``margin`` voxels inside the moving grid (where
+    every resampler interpolates; at the border each extrapolates its own way)."""
+    field = sitk.ReadImage(str(folder / "warp.nii.gz"))
+    vectors = sitk.GetArrayFromImage(field).astype(np.float64)  # (k, j, i, 3) LPS mm
+    size = field.GetSize()
+    index = np.stack(np.meshgrid(*[np.arange(n) for n in size[::-1]], indexing="ij"), -1)[..., ::-1]  # (i, j, k)
+    grid = (np.asarray(field.GetDirection()).reshape(3, 3) * np.asarray(field.GetSpacing())) @ index.reshape(-1, 3).T
+    points = grid.T + np.asarray(field.GetOrigin()) + vectors.reshape(-1, 3)
+    moving = sitk.ReadImage(str(pair.moving))
+    to_index = np.linalg.inv(np.asarray(moving.GetDirection()).reshape(3, 3) * np.asarray(moving.GetSpacing()))
+    continuous = (to_index @ (points - np.asarray(moving.GetOrigin())).T).T
+    inside = np.all((continuous >= margin) & (continuous <= np.asarray(moving.GetSize()) - 1 - margin), axis=1)
+    return inside.reshape(vectors.shape[:3])
+
+
+def test_greedy_warp_reproduces_greedy_reslice(data: dict, greedy: dict, tmp_path: Path) -> None:
+    """``greedy -rf fixed -rm moving out -r warp.nii.gz affine.mat`` from its own files == our ``warp.nii.gz``."""
+    from picsl_greedy import Greedy3D
+
+    for pair in data["pairs"]:
+        folder = greedy["out"] / pair.id
+        reference_path = tmp_path / f"{pair.id}_greedy.nii.gz"
+        with (tmp_path / "greedy.log").open("a") as log:
+            Greedy3D().execute(f"-d 3 -threads 1 -rf {pair.fixed} -rm {pair.moving} {reference_path} "
+                               f"-r {folder / 'native' / 'warp.nii.gz'} {folder / 'native' / 'affine.mat'}",
+                               out=log, err=log)
+        reference = sitk.GetArrayFromImage(sitk.ReadImage(str(reference_path)))
+        ours = resample_through_warp(pair, folder, sitk.sitkLinear)
+        inside = inside_moving(pair, folder)
+        assert inside.mean() > 0.4 and np.abs(reference[inside]).max() > 0.5
+        np.testing.assert_allclose(ours[inside], reference[inside], atol=1e-4)
+        native = sitk.GetArrayFromImage(sitk.ReadImage(str(folder / "native" / "greedy_warped.nii.gz")))
+        assert np.abs(native[inside] - reference[inside]).max() < 0.02  # the in-memory reslice, same transform
+
+
+def test_greedy_affine_is_a_ras_matrix_fixed_to_moving() -> None:
+    """A RAS translation of +t maps an LPS point p to p + (-t_x, -t_y, t_z); the linear part is conjugated."""
+    from benchmarks.peers import greedy_affine_transform
+
+    matrix = np.eye(4)
+    matrix[:3, :3] = rotation(3, 0.2, (1, 1, 1))
+    matrix[:3, 3] = (1.0, 2.0, 3.0)
+    transform = greedy_affine_transform(matrix)
+    point_lps = np.array([4.0, -5.0, 6.0])
+    flip = np.array([-1.0, -1.0, 1.0])
+    expected = flip * (matrix[:3, :3] @ (flip * point_lps) + matrix[:3, 3])
+    np.testing.assert_allclose(transform.TransformPoint(point_lps.tolist()), expected, atol=1e-12)
+
+
+def test_greedy_record_commands_and_quiet_console(data: dict, greedy: dict, tmp_path: Path,
+                                                   capfd: pytest.CaptureFixture[str]) -> None:
+    assert greedy["statuses"] == [("shift", "done"), ("oblique", "done"), ("missing", "failed")]
+    record = PeerRecord.from_json(json.loads((greedy["out"] / "oblique" / PEER_RECORD).read_text()))
+    assert (record.method, record.tool, record.parameters, record.threads) == ("greedy", "picsl-greedy", 0, 1)
+    assert record.version not in ("", "unknown") and record.cuda_peak_gib is None
+    seconds = record.seconds
+    assert seconds["registration"] == pytest.approx(seconds["affine"] + seconds["deformable"])
+    assert min(seconds["affine"], seconds["deformable"]) > 0 and seconds["registration"] <= seconds["total"]
+    assert 0 < record.peak_rss_gib_before <= record.peak_rss_gib
+    commands = record.settings["commands"]
+    assert "-a -dof 12" in commands["affine"] and "-ia-image-centers -n 100x50x10 -m NCC 2x2x2" in commands["affine"]
+    assert "-it affine -o warp -n 100x50x10 -m NCC 2x2x2" in commands["deformable"]
+    assert all("-threads 1" in c for c in commands.values()) and "-seed 1" in commands["deformable"]
+    log = Path(record.outputs["native_log"]).read_text()
+    assert "LEVEL 3 of 3" in log and "Final RAS Transform" in log  # the log went to the pair folder ...
+    capfd.readouterr()
+    pair = data["pairs"][0]
+    again = register_greedy(pair.fixed, pair.moving, tmp_path / "again", threads=1)
+    captured = capfd.readouterr()
+    assert "Level" not in captured.out + captured.err and not (tmp_path / "again" / "native").exists()  # ... or away
+    first = sitk.GetArrayFromImage(sitk.ReadImage(str(greedy["out"] / pair.id / "warp.nii.gz")))
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(again.outputs["warp"]))), first)
+
+
+@pytest.mark.parametrize("method", [pytest.param("syn", marks=pytest.mark.bench),  # about 90 s for the fixtures
+                                    pytest.param("elastix", marks=pytest.mark.bench), "greedy"])
 def test_translation_comes_out_with_its_sign(method: str, data: dict, request: pytest.FixtureRequest) -> None:
     run = request.getfixturevalue(method)
     pair = data["pairs"][0]
@@ -172,6 +253,16 @@ def test_evaluate_scores_peer_folders(data: dict, syn: dict, elastix: dict, tmp_
             assert row.dice_mean > dice_before[row.pair] + 0.1, (method, row.pair, row.dice_mean)
             assert math.isfinite(row.sdlogj) and row.hd95_mean is not None
     assert (tmp_path / "eval_syn" / "evaluation.json").is_file()
+
+
+def test_evaluate_scores_greedy_folders(data: dict, greedy: dict, tmp_path: Path) -> None:
+    before = evaluate_fields(data["csv"], identity_fields(data, tmp_path / "identity"), output=tmp_path / "eval0")
+    dice_before = {row.pair: row.dice_mean for row in before.pairs}
+    evaluation = evaluate_fields(data["csv"], greedy["out"], output=tmp_path / "eval_greedy")
+    assert [row.status for row in evaluation.pairs] == ["done", "done"], evaluation.summary_lines()
+    for row in evaluation.pairs:
+        assert row.dice_mean > dice_before[row.pair] + 0.1, (row.pair, row.dice_mean)
+        assert math.isfinite(row.sdlogj) and row.hd95_mean is not None
 
 
 @pytest.mark.bench  # runs ANTs or elastix (about 90 s for the module's fixtures) or trains
