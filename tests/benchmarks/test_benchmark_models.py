@@ -60,3 +60,46 @@ def test_voxelmorph_budget_renders_from_its_stored_record_without_the_run_folder
     checkpoint = tmp_path / "vxm.pt"
     torch.save({"steps": 5, "seconds": 12.0}, checkpoint)
     assert _voxelmorph_training(store, checkpoint) == {"steps": 5, "seconds": 12.0}  # the checkpoint wins
+
+
+def test_every_child_gets_the_thread_count(tmp_path: Path) -> None:
+    from benchmarks import models as bm
+
+    for method in bm.METHODS:
+        command = bm._child_command(method, tmp_path / "p.csv", tmp_path / "o", 40, tmp_path / "vxm.pt", threads=2)
+        assert command[command.index("--threads") + 1] == "2", method
+
+
+def test_peer_subcommand_runs_greedy_with_its_threads(tmp_path: Path) -> None:
+    pytest.importorskip("picsl_greedy")
+    import json
+
+    from phantoms import write_pair
+
+    from benchmarks import models as bm
+
+    paths = write_pair(tmp_path / "pair", 3)
+    table = tmp_path / "pairs.csv"
+    table.write_text(f"id,fixed,moving\none,{paths['fixed']},{paths['moving']}\n")
+    bm.main(["peer", "--method", "greedy", "--pairs", str(table), "--output", str(tmp_path / "out"), "--threads", "2"])
+    record = json.loads((tmp_path / "out" / "one" / "peer.json").read_text())
+    assert record["threads"] == 2 and all("-threads 2" in c for c in record["settings"]["commands"].values())
+
+
+def test_rows_at_one_and_two_threads_sit_side_by_side() -> None:
+    """Results stored before rows had thread counts (bare method keys) read as the dataset's thread count."""
+    from benchmarks.models import _rows, render, row_key
+
+    row = {"dice": [0.5], "dice_mean": 0.5, "dice_sd": 0.0, "hd95_mm": 7.0, "folding_percent": 0.0,
+           "folding_percent_max": 0.0, "sdlogj": 0.1, "seconds_per_pair": 9.0, "model_seconds_per_pair": 8.0,
+           "parameters": 0, "peak_rss_gib": 0.5}
+    store = {"abagen2": {"description": "abagen", "pairs": 2, "threads": 1, "methods": {
+        row_key("greedy", 2): {**row, "method": "greedy", "threads": 2, "seconds_per_pair": 5.0},
+        "syn": dict(row), row_key("syn", 2): {**row, "method": "syn", "threads": 2}, "greedy": dict(row)}}}
+    rows = _rows(store["abagen2"])
+    assert list(rows) == ["syn (1 thread)", "syn (2 threads)", "greedy (1 thread)", "greedy (2 threads)"]
+    assert [(r["method"], r["threads"]) for r in rows.values()] == [("syn", 1), ("syn", 2), ("greedy", 1),
+                                                                    ("greedy", 2)]
+    text = render(store, {"cpu": "cpu", "torch": "2", "date": "today"})
+    assert "| greedy (2 threads) | 0.500 ± 0.000 | 7.00 | 0.000 (0.000) | 0.100 | 5.0 |" in text
+    assert text.index("| syn (2 threads) |") < text.index("| greedy (1 thread) |")
