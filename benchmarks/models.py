@@ -187,7 +187,7 @@ def run_dataset(dataset: str, methods: list[str], pairs: int, root: Path, refine
         out = work / f"{method}-{threads}t"  # its own folder per thread count: finished pairs are skipped on rerun
         command = _child_command(method, subset, out, refine, vxm_model, DATASET_MODELS.get(dataset, BRAIN_MODEL),
                                  threads)
-        child = run_child(command, work / f"{method}.stdout", env)
+        child = run_child(command, out.with_suffix(".stdout"), env)
         if method.startswith("rlreg"):
             evaluation = evaluate(out)
         else:
