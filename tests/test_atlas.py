@@ -145,6 +145,11 @@ def test_batch_atlas_propagates_the_atlas_labels_to_every_subject_and_resumes(
     assert stamps == {s: (out / s / "rlreg.json").stat().st_mtime_ns for s in stamps}
     other = runner.invoke(app, _batch(folder, {"image": atlas["image"], "seg": pair["moving_seg"]}, out))
     assert other.exit_code == 2 and "another atlas" in other.output, other.output
+    record = json.loads((out / "batch.json").read_text())  # as an older rlreg wrote it: the atlas was the fixed image
+    record["pairs"] = [{**item, "fixed": item["moving"], "moving": item["fixed"]} for item in record["pairs"]]
+    (out / "batch.json").write_text(json.dumps(record))
+    older = runner.invoke(app, _batch(folder, atlas, out))
+    assert older.exit_code == 2 and "another atlas" in older.output, older.output
 
 
 def test_a_subject_list_gives_ids_and_subject_labels_for_dice(subjects: tuple[Path, dict[str, Path]],
@@ -196,3 +201,16 @@ def test_bad_atlas_input_is_one_line_and_writes_nothing(subjects: tuple[Path, di
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and str(named) in lines[0], result.output
     assert not out.exists()
+
+
+@pytest.mark.slow
+def test_batch_atlas_with_report_builds_the_qc_report_without_dice(subjects: tuple[Path, dict[str, Path]],
+                                                                   tmp_path: Path) -> None:
+    folder, atlas = subjects
+    out = tmp_path / "out"
+    result = runner.invoke(app, _batch(folder, atlas, out, "--report", "--quiet"))
+    assert result.exit_code == 0, result.output
+    page = (out / "report" / "index.html").read_text()
+    assert "sub-01" in page and "sub-02" in page
+    evaluation = json.loads((out / "evaluation" / "evaluation.json").read_text())
+    assert evaluation["per_label"] == [] and "dice_mean" not in evaluation["aggregate"]
