@@ -152,8 +152,10 @@ def register(
     fixed: Annotated[Path, typer.Argument(help="Fixed (reference) image: NIfTI, NRRD, MHA, DICOM folder; PNG in 2D.")],
     moving: Annotated[Path, typer.Argument(help="Moving image, resampled into the fixed image's space.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Output directory (new, empty, or rlreg's own).")],
-    fixed_seg: Annotated[Path | None, typer.Option(help="Label map of the fixed image (for Dice).")] = None,
-    moving_seg: Annotated[Path | None, typer.Option(help="Label map of the moving image; warped label-safely.")] = None,
+    fixed_seg: Annotated[Path | None, typer.Option(help="Label map of the fixed image: Dice with --moving-seg; "
+                                                   "outlined on overview.png.")] = None,
+    moving_seg: Annotated[Path | None, typer.Option(help="Label map of the moving image (e.g. an atlas's), warped "
+                                                    "label-safely onto the fixed grid: warped_seg.nii.gz.")] = None,
     fixed_mask: Annotated[Path | None, typer.Option(help="Mask restricting the affine metric and QC.")] = None,
     moving_mask: Annotated[Path | None, typer.Option(help="Mask restricting the affine metric.")] = None,
     model: ModelOption = None,
@@ -219,6 +221,8 @@ def register(
     typer.echo(f"LNCC {qc.lncc_before:.3f} -> affine {qc.lncc_affine:.3f} -> {qc.lncc_after:.3f}")
     if qc.dice_after is not None:
         typer.echo(f"Dice {qc.dice_before:.3f} -> affine {qc.dice_affine:.3f} -> {qc.dice_after:.3f}")
+    for note in result.notes:
+        typer.echo(note)
     where = " (inside the fixed mask)" if "fixed_mask" in result.inputs else ""
     typer.echo(f"folding{where} {qc.folding_percent:.3f}%  SDlogJ {qc.sdlogj:.3f}  "
                f"J in [{qc.jacobian_min:.2f}, {qc.jacobian_max:.2f}]  time {result.seconds.total:.1f}s on "
@@ -231,11 +235,14 @@ def register(
 @app.command()
 def batch(
     source: Annotated[str, typer.Argument(help="CSV/TSV of pairs (fixed,moving[,fixed_seg,moving_seg], paths "
-                                          "relative to it), a Learn2Reg dataset.json, or with --atlas a folder/glob.")],
+                                          "relative to it), a Learn2Reg dataset.json, or with --atlas the subjects: "
+                                          "a folder, a quoted glob, or a CSV/TSV of one image a row.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Batch directory: one folder per pair, metrics.jsonl, "
                                          "summary.csv. Re-run the same command to resume.")],
-    atlas: Annotated[Path | None, typer.Option(help="Atlas mode: register every image of SOURCE to this one.")] = None,
-    atlas_seg: Annotated[Path | None, typer.Option(help="Label map of the atlas.")] = None,
+    atlas: Annotated[Path | None, typer.Option(help="Atlas label propagation: register this image (moving) to every "
+                                               "subject of SOURCE (fixed), each in OUTPUT/<subject-id>/.")] = None,
+    atlas_seg: Annotated[Path | None, typer.Option(help="Label map of the atlas, warped onto every subject's grid: "
+                                                   "OUTPUT/<subject-id>/warped_seg.nii.gz.")] = None,
     subset: Annotated[str | None, typer.Option(help="Learn2Reg list: registration_val, registration_test or "
                                                "training_paired_images [default: first present].")] = None,
     shard: Annotated[str | None, typer.Option(help="i/N: run every N-th pair from the i-th (0-based), e.g. one "

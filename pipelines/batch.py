@@ -35,14 +35,17 @@ from itertools import chain
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from rlreg import __version__, models
 from rlreg.affine import AffineConfig
 from rlreg.data.pairs import Pair, read_pairs, shard
 from rlreg.instance import InstanceConfig
-from rlreg.io import InputError, atomic_output
+from rlreg.io import InputError, atomic_output, read_image
 from rlreg.pipelines.memory import keep_freed_memory, memory_kept, release_freed_memory
 from rlreg.pipelines.register import ERROR_RECORD, SIDECAR, RegisterOptions, RegisterSettings, remove_temporary_files
 from rlreg.pipelines.register.outputs import PairRecord, read_pair_record
+from rlreg.pipelines.register.preparation import read_companion
 from rlreg.pipelines.signals import die_with_parent
 from rlreg.pipelines.threads import cpu_threads, default_threads, usable_cpus
 
@@ -73,12 +76,16 @@ class BatchOptions:
     """What ``rlreg batch`` was asked to do."""
 
     source: str
-    """A CSV/TSV pair list, a Learn2Reg dataset.json, or (with ``atlas``) a folder or glob of moving images."""
+    """A CSV/TSV pair list, a Learn2Reg dataset.json, or (with ``atlas``) the subjects: a folder, a glob, or a CSV/TSV
+    with one image a row (:func:`rlreg.data.pairs.read_pairs`)."""
     output: Path
     settings: RegisterSettings = field(default_factory=RegisterSettings)
     """How every pair is registered."""
     atlas: Path | None = None
+    """Atlas label propagation: the moving image of every pair, registered to each subject of ``source`` (fixed)."""
     atlas_seg: Path | None = None
+    """The atlas' label map, on the atlas' grid: warped onto each subject's grid
+    (``<subject-id>/warped_seg.nii.gz``)."""
     subset: str | None = None
     shard: str | None = None
     """``i/N``: run every N-th pair starting at the i-th (0-based)."""
@@ -217,17 +224,48 @@ def _write_batch_record(options: BatchOptions, pairs: list[Pair]) -> Path:
             previous = {}
         if previous.get("settings") is not None:
             previous["settings"] = _with_new_defaults(previous["settings"])
+        atlas = _atlas_record(options)
+        if previous.get("pairs") is not None and _atlas_record(previous) != atlas:
+            raise InputError(f"{options.output}: holds a batch run with another atlas ({previous.get('atlas')}, "
+                             f"labels {previous.get('atlas_seg')}); resume it with the same --atlas and --atlas-seg "
+                             "or choose a new -o")
         if previous.get("settings") not in (None, settings):
             changed = sorted(k for k in settings if previous["settings"].get(k) != settings[k])
             raise InputError(f"{options.output}: holds a batch run with other settings ({', '.join(changed)}); "
                              "resume it with the same options or choose a new -o")
     record = {"tool": "rlreg", "version": __version__,
               "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "input": str(options.source),
-              "atlas": str(options.atlas) if options.atlas else None, "subset": options.subset,
+              **_atlas_record(options), "subset": options.subset,
               "settings": settings, "pairs": [p.to_json() for p in pairs]}
     with atomic_output(path) as tmp:
         tmp.write_text(json.dumps(record, indent=2))
     return path
+
+
+def _atlas_record(source: BatchOptions | dict[str, Any]) -> dict[str, str | None]:
+    """``batch.json``'s ``atlas`` and ``atlas_seg``: absolute paths, or ``None``. A run recorded before atlas mode
+    made the atlas the moving image (its pairs' fixed image is the atlas) reads as another atlas, so it is never
+    resumed the other way round."""
+    if isinstance(source, BatchOptions):
+        return {key: None if path is None else str(path.expanduser().resolve())
+                for key, path in (("atlas", source.atlas), ("atlas_seg", source.atlas_seg))}
+    atlas, seg = source.get("atlas"), source.get("atlas_seg")
+    pairs = source.get("pairs") or []
+    if atlas is not None and any(isinstance(pair, dict) and pair.get("fixed") == atlas for pair in pairs):
+        return {"atlas": f"{atlas} as the fixed image", "atlas_seg": seg}
+    return {"atlas": atlas, "atlas_seg": seg}
+
+
+def _check_atlas(options: BatchOptions) -> None:
+    """Refuse an atlas whose label map is not on its grid, or holds non-integer values, before anything is written.
+
+    Raises:
+        InputError: one line naming the file and the fix (an unreadable atlas too).
+    """
+    if options.atlas is None or options.atlas_seg is None:
+        return
+    atlas = read_image(options.atlas.expanduser())
+    read_companion(options.atlas_seg.expanduser(), atlas, role="segmentation", dtype=torch.int64)
 
 
 def _write_tables(outdir: Path, pairs: list[Pair]) -> tuple[Path, Path]:
@@ -278,10 +316,10 @@ def _missing_file(pair: Pair, options: BatchOptions) -> InputError | None:
     for key in ("fixed", "moving", "fixed_seg", "moving_seg", "fixed_mask", "moving_mask"):
         path = getattr(pair, key)
         if path is not None and not path.exists():
-            if options.atlas is not None:
+            source = Path(options.source).expanduser()
+            if options.atlas is not None and not source.is_file():
                 base = f"relative paths are taken from {Path.cwd()}"
             else:
-                source = Path(options.source).expanduser()
                 base = f"relative paths in {source.name} are taken from its folder, {source.parent.resolve()}"
             return InputError(f"{path}: file not found; check the path ({base})")
     return None
@@ -539,6 +577,7 @@ def run_batch(options: BatchOptions, progress: PairProgress | None = None) -> Ba
     started = time.perf_counter()
     list_warnings: list[str] = []
     pairs = read_pairs(options.source, options.atlas, options.atlas_seg, options.subset, list_warnings)
+    _check_atlas(options)
     mine = shard(pairs, options.shard)
     out = options.output
     if out.exists() and not out.is_dir():

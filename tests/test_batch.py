@@ -102,12 +102,12 @@ def test_learn2reg_dataset_json_finds_labels_and_keypoints(tmp_path: Path) -> No
 
 def test_atlas_mode_takes_a_folder_or_a_glob(data: Path) -> None:
     atlas = data / "d3" / "fixed.nii.gz"
-    from_folder = read_pairs(data / "d3", atlas=atlas)
+    from_folder = read_pairs(data / "d3", atlas=atlas, atlas_seg=data / "d3" / "fixed_seg.nii.gz")
     from_glob = read_pairs(str(data / "d3" / "*seg.nii.gz"), atlas=atlas)
-    assert {p.moving.name for p in from_folder} == {"moving.nii.gz", "fixed_seg.nii.gz", "moving_seg.nii.gz"}
-    assert all(p.fixed == atlas.resolve() for p in from_folder)  # the atlas itself is never a moving image
+    assert {p.fixed.name for p in from_folder} == {"moving.nii.gz", "moving_seg.nii.gz"}  # each one a subject
+    assert all(p.moving == atlas.resolve() for p in from_folder)  # the atlas is never a subject, nor its labels
     assert [p.id for p in from_glob] == ["fixed_seg", "moving_seg"]
-    with pytest.raises(InputError, match="matches no images"):
+    with pytest.raises(InputError, match="matches no subject images"):
         read_pairs(str(data / "*.nothing"), atlas=atlas)
 
 

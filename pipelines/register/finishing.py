@@ -162,7 +162,7 @@ def _finish(prepared: Prepared, result: Deformable, progress: Progress | None = 
     fseg = None if p.fixed_seg is None else p.fixed_seg.data
     similarity = qc_similarity(fixed_norm)
     deformable_jac = jacobian_determinant(disp)  # the deformable part's, shared by the QC numbers and the overview
-    dice = {} if moving_seg is None else {
+    dice = {} if moving_seg is None or fseg is None else {
         "dice_before": _dice(unaligned(moving_seg.data, "label"), fseg),
         "dice_affine": _dice(warp(moving_seg.data, affine_chain, "label"), fseg),
         "dice_after": _dice(warped_seg, fseg)}
@@ -248,7 +248,8 @@ def _finish(prepared: Prepared, result: Deformable, progress: Progress | None = 
         tool="rlreg", version=__version__, created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         conventions=CONVENTIONS, inputs=inputs, method=method, seconds=TimingRecord(**seconds), qc=qc,
         steps=result.curve, outputs={k: str(v) for k, v in written.items()} | {"report": str(out / SIDECAR)},
-        ants_command=ants_command(ndim, opts.fixed, moving=opts.moving, out=out), warnings=[*p.warnings, *warnings])
+        ants_command=ants_command(ndim, opts.fixed, moving=opts.moving, out=out), warnings=[*p.warnings, *warnings],
+        notes=list(p.notes))
     (out / ERROR_RECORD).unlink(missing_ok=True)
     with atomic_output(out / SIDECAR) as tmp:
         tmp.write_text(json.dumps(report.to_json(), indent=2))
@@ -284,8 +285,7 @@ def step_scores(working: Tensor, to_moving: np.ndarray, *, size: tuple[int, ...]
         size: the fixed grid ``F``.
         moving_norm: ``(1, 1, *M)`` normalised moving image on its own grid.
         similarity: the QC similarity to the fixed image (:func:`qc_similarity`).
-        moving_seg, fixed_seg: ``(1, 1, *M)`` and ``(1, 1, *F)`` labels: with moving labels the scores hold a Dice
-            (``None`` without fixed labels).
+        moving_seg, fixed_seg: ``(1, 1, *M)`` and ``(1, 1, *F)`` labels: with both the scores hold a Dice.
 
     Returns:
         The fixed-grid chain into the moving grid ``(1, ndim, *F)``, the warped normalised moving image
@@ -294,7 +294,7 @@ def step_scores(working: Tensor, to_moving: np.ndarray, *, size: tuple[int, ...]
     chain = positions_to_displacement(to_moving, resize_displacement(working.cpu(), size))
     warped = warp(moving_norm, chain)
     scores: dict[str, float | None] = {"lncc": similarity(warped)}
-    if moving_seg is not None:
+    if moving_seg is not None and fixed_seg is not None:
         scores["dice"] = _dice(warp(moving_seg, chain, "label"), fixed_seg)
     return chain, warped, scores
 

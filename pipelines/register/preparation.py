@@ -30,7 +30,8 @@ from rlreg.pipelines.register.outputs import check_output_dir, check_writable
 from rlreg.slices import SlicePlane
 from rlreg.spatial import orientation_axes, resize, warp
 
-__all__ = ["Prepared", "describe_image", "label_overlap_warning", "prepare", "sitk_image", "working_size"]
+__all__ = ["DICE_SKIPPED_NO_FIXED", "DICE_SKIPPED_NO_MOVING", "Prepared", "describe_image", "label_overlap_warning",
+           "prepare", "segmentation_notes", "sitk_image", "working_size"]
 
 
 @dataclass
@@ -80,6 +81,9 @@ class Prepared:
     warnings: list[str] = field(default_factory=list)
     """Input warnings found while reading (one line each), carried into
     :attr:`~rlreg.pipelines.register.RegisterResult.warnings`."""
+    notes: list[str] = field(default_factory=list)
+    """What was left out and why (one line each, e.g. Dice without both label maps), carried into
+    :attr:`~rlreg.pipelines.register.RegisterResult.notes`."""
 
     @property
     def batch_key(self) -> tuple[Any, ...]:
@@ -158,10 +162,7 @@ def prepare(options: RegisterOptions, progress: Progress | None = None) -> Prepa
         moving = replace(moving, geometry=SlicePlane(fixed.volume).geometry_of(moving.volume, opts.moving))
     fixed_seg = read_companion(opts.fixed_seg, fixed, role="segmentation", dtype=torch.int64)
     moving_seg = read_companion(opts.moving_seg, moving, role="segmentation", dtype=torch.int64)
-    if (fixed_seg is None) != (moving_seg is None):
-        given = opts.fixed_seg or opts.moving_seg
-        raise InputError(f"{given}: a segmentation was given for one image only; give both --fixed-seg and "
-                         "--moving-seg (Dice needs both) or neither")
+    notes = segmentation_notes(fixed_seg is not None, moving_seg is not None)
     input_warnings = []
     if fixed_seg is not None and moving_seg is not None:
         overlap = label_overlap_warning(fixed_seg.data, moving_seg.data, fixed_path=opts.fixed_seg,
@@ -194,7 +195,7 @@ def prepare(options: RegisterOptions, progress: Progress | None = None) -> Prepa
             f"no default agent ships for {fixed.ndim}-D inputs")
         raise InputError(f"--refine {settings.refine}: refines an agent's field, but the instance optimisation runs "
                          f"here ({why}); drop --refine (--steps sets its iterations) or pick an agent with --model")
-    check_outputs(opts, fixed, moving=moving, segmentation=fixed_seg is not None, card=card)
+    check_outputs(opts, fixed, moving=moving, segmentation=moving_seg is not None, card=card)
     seconds["read"] = time.perf_counter() - t0
     say("read", 1, 1)
 
@@ -219,6 +220,7 @@ def prepare(options: RegisterOptions, progress: Progress | None = None) -> Prepa
                         transform, to_moving, moving_affine, resize(fixed_norm, size), resize(moving_affine, size),
                         None if fixed_binary is None or card is not None else resize(fixed_binary, size), seconds)
     prepared.warnings = input_warnings
+    prepared.notes = notes
     if card is not None and card.get("orientation"):
         prepared.orientation = orientation_axes(fixed.geometry.direction, card["orientation"])
     if card is not None and settings.refine:
@@ -279,6 +281,25 @@ def read_companion(path: Path | None, image: Image, *, role: str, dtype: torch.d
         return replace(other, geometry=image.geometry, volume=image.volume)
     check_same_grid(path, other.geometry, image.path, image.geometry, role)
     return other
+
+
+DICE_SKIPPED_NO_FIXED = ("Dice skipped: no --fixed-seg to compare with; warped_seg.nii.gz holds the moving labels on "
+                         "the fixed grid (atlas label propagation)")
+"""The note of a registration given moving labels only."""
+DICE_SKIPPED_NO_MOVING = ("Dice skipped: no --moving-seg to warp; the fixed labels are drawn as outlines on "
+                          "overview.png")
+"""The note of a registration given fixed labels only."""
+
+
+def segmentation_notes(fixed_seg: bool, moving_seg: bool) -> list[str]:
+    """The notes of a registration given label maps for one image only: Dice needs both.
+
+    Moving labels alone are warped onto the fixed grid (``warped_seg.nii.gz``): atlas label propagation, the atlas
+    being the moving image. Fixed labels alone outline the fixed anatomy on ``overview.png``; nothing is warped.
+    """
+    if fixed_seg == moving_seg:
+        return []
+    return [DICE_SKIPPED_NO_FIXED if moving_seg else DICE_SKIPPED_NO_MOVING]
 
 
 def label_overlap_warning(fixed_seg: Tensor, moving_seg: Tensor, *, fixed_path: Path | str | None,

@@ -147,6 +147,10 @@ class RegisterResult:
     warnings: list[str] = field(default_factory=list)
     """One line each: results that ran but may mislead (label maps that share few labels, a deformable stage that
     lowered the similarity or folds); the CLI prints them on stderr."""
+    notes: list[str] = field(default_factory=list)
+    """One line each: what was left out and why, not a problem with the result (Dice skipped with label maps for one
+    image only: :func:`rlreg.pipelines.register.preparation.segmentation_notes`); the CLI prints them with the
+    summary."""
 
     def to_json(self) -> dict[str, Any]:
         """The content of ``rlreg.json``."""

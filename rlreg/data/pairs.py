@@ -1,4 +1,4 @@
-"""The pairs of a batch: read from a CSV/TSV, a Learn2Reg ``dataset.json``, or an atlas against many images.
+"""The pairs of a batch: read from a CSV/TSV, a Learn2Reg ``dataset.json``, or an atlas registered to many subjects.
 
 Only the *structure* of the list is checked here (columns, JSON keys): a missing or unreadable image is found when
 its pair runs, so it fails that pair alone and the rest of the batch goes on.
@@ -20,7 +20,7 @@ from typing import Any
 from rlreg.formats import l2r_name
 from rlreg.io import InputError, split_image_name
 
-__all__ = ["COLUMNS", "L2R_SUBSETS", "RESERVED_IDS", "Pair", "read_pairs", "shard"]
+__all__ = ["COLUMNS", "L2R_SUBSETS", "RESERVED_IDS", "SUBJECT_COLUMNS", "Pair", "read_pairs", "shard"]
 
 COLUMNS = ("fixed", "moving", "fixed_seg", "moving_seg", "fixed_mask", "moving_mask", "fixed_keypoints",
            "moving_keypoints")
@@ -184,21 +184,69 @@ def _read_learn2reg(path: Path, subset: str | None, warnings: list[str] | None =
     return [Pair(id=i, **p) for i, p in zip(_unique_ids(raw), pairs, strict=True)]
 
 
-def _read_atlas(atlas: Path, source: str, atlas_seg: Path | None) -> list[Pair]:
-    root = Path(source).expanduser()
-    if root.is_dir():
-        candidates = sorted(p for p in root.iterdir() if not p.name.startswith(".") and
-                            (p.is_dir() or p.name.lower().endswith(IMAGE_SUFFIXES)))
+SUBJECT_COLUMNS = ("fixed", "fixed_seg", "fixed_mask", "fixed_keypoints")
+"""Columns of an atlas mode's subject list (``id`` may also appear in a header); without a header, one image a row."""
+
+
+def _read_subjects(path: Path) -> list[tuple[str | None, Path, dict[str, Path | None]]]:
+    """The subjects of a CSV/TSV list: ``(id or None, image, {other column: path or None})`` per row, paths relative
+    to the file."""
+    delimiter = "\t" if path.suffix.lower() in (".tsv", ".tab") else ","
+    with path.open(newline="", encoding="utf-8-sig") as handle:
+        rows = [row for row in csv.reader(handle, delimiter=delimiter) if any(cell.strip() for cell in row)
+                and not row[0].lstrip().startswith("#")]
+    header = [cell.strip().lower() for cell in rows[0]] if rows else []
+    if "fixed" in header:
+        unknown = [c for c in header if c not in SUBJECT_COLUMNS and c != "id"]
+        if unknown:
+            raise InputError(f"{path}: unknown column(s) {', '.join(unknown)} for --atlas; list the subjects with "
+                             f"id, {', '.join(SUBJECT_COLUMNS)} (the atlas is the moving image of every pair)")
+        names, rows = header, rows[1:]
     else:
-        candidates = sorted(Path(p) for p in glob.glob(str(root)))
+        names = ["fixed"]
+    folder = path.parent.resolve()
+    subjects = []
+    for line, row in enumerate(rows, start=2 if names is header else 1):
+        if len(row) > len(names):
+            raise InputError(f"{path}:{line}: has {len(row)} columns; with --atlas give one subject image a row, or "
+                             f"a header naming id, {', '.join(SUBJECT_COLUMNS)}")
+        values = dict(zip(names, (cell.strip() for cell in row), strict=False))
+        if not values.get("fixed"):
+            raise InputError(f"{path}:{line}: the subject image (fixed column) is empty; give one on every row")
+        image = _resolve(folder, values["fixed"])
+        assert image is not None
+        subjects.append((values.get("id") or None, image,
+                         {k: _resolve(folder, values.get(k)) for k in SUBJECT_COLUMNS[1:]}))
+    if not subjects:
+        raise InputError(f"{path}: lists no subjects; give one subject image a row (or a header with a fixed column)")
+    return subjects
+
+
+def _read_atlas(atlas: Path, source: str, atlas_seg: Path | None) -> list[Pair]:
+    """Atlas label propagation: one pair per subject, the subject FIXED and the atlas MOVING, so that the atlas
+    labels (the pair's ``moving_seg``) land on each subject's own grid."""
+    for path, option in ((atlas, "--atlas"), (atlas_seg, "--atlas-seg")):
+        if path is not None and not path.expanduser().exists():
+            raise InputError(f"{path}: not found; give {option} an existing image file (or DICOM series folder)")
     atlas = atlas.expanduser().resolve()
-    movings = [p.resolve() for p in candidates if p.resolve() != atlas]
-    if not movings:
-        raise InputError(f"{source}: matches no images; give a folder of images or a quoted glob such as "
-                         "'data/*.nii.gz'")
     seg = atlas_seg.expanduser().resolve() if atlas_seg else None
-    ids = _unique_ids([_stem(p) for p in movings])
-    return [Pair(id=i, fixed=atlas, moving=m, fixed_seg=seg) for i, m in zip(ids, movings, strict=True)]
+    root = Path(source).expanduser()
+    if root.is_file() and root.suffix.lower() in (".csv", ".tsv", ".tab"):
+        subjects = _read_subjects(root)
+    else:
+        if root.is_dir():
+            candidates = sorted(p for p in root.iterdir() if not p.name.startswith(".") and
+                                (p.is_dir() or p.name.lower().endswith(IMAGE_SUFFIXES)))
+        else:
+            candidates = sorted(Path(p) for p in glob.glob(str(root)))
+        subjects = [(None, p.resolve(), {}) for p in candidates if p.resolve() not in (atlas, seg)]
+    if not subjects:
+        raise InputError(f"{source}: matches no subject images; give a folder of images, a quoted glob such as "
+                         "'data/*.nii.gz', or a CSV/TSV with one subject image a row")
+    ids = _unique_ids([given or _stem(image) for given, image, _ in subjects])
+    return [Pair(id=i, fixed=image, moving=atlas, fixed_seg=extra.get("fixed_seg"), moving_seg=seg,
+                 fixed_mask=extra.get("fixed_mask"), fixed_keypoints=extra.get("fixed_keypoints"))
+            for i, (_, image, extra) in zip(ids, subjects, strict=True)]
 
 
 def read_pairs(source: str | Path, atlas: str | Path | None = None, atlas_seg: str | Path | None = None,
@@ -207,10 +255,12 @@ def read_pairs(source: str | Path, atlas: str | Path | None = None, atlas_seg: s
 
     Args:
         source: a ``.csv``/``.tsv`` pair list (header ``fixed,moving[,fixed_seg,moving_seg,...]`` or none, paths
-            relative to the file), a Learn2Reg ``*.json`` dataset, or, with ``atlas``, a folder or glob of moving
-            images.
-        atlas: the fixed image every moving image is registered to (atlas mode).
-        atlas_seg: the atlas' label map (atlas mode; moving images then have no labels, so no Dice).
+            relative to the file), a Learn2Reg ``*.json`` dataset, or, with ``atlas``, the subjects: a folder, a glob,
+            or a ``.csv``/``.tsv`` with one image a row (or a header of :data:`SUBJECT_COLUMNS` and ``id``).
+        atlas: atlas mode: the moving image of every pair, registered to each subject (the fixed image), so that
+            its labels are propagated onto every subject's grid.
+        atlas_seg: the atlas' label map (the pairs' ``moving_seg``); Dice only where a subject list gives the
+            subjects' own labels (``fixed_seg``).
         subset: Learn2Reg list to use (default: the first non-empty of :data:`L2R_SUBSETS`).
         warnings: where to append one line per row dropped because it repeats an earlier row's files (the pair
             is registered once).
@@ -220,6 +270,9 @@ def read_pairs(source: str | Path, atlas: str | Path | None = None, atlas_seg: s
     """
     if atlas is not None:
         return _read_atlas(Path(atlas), str(source), Path(atlas_seg) if atlas_seg else None)
+    if atlas_seg is not None:
+        raise InputError(f"--atlas-seg {atlas_seg}: labels an atlas, but no --atlas was given; add --atlas with the "
+                         "atlas image these labels lie on")
     path = Path(source).expanduser()
     if not path.is_file():
         raise InputError(f"{path}: no such pair list; give a CSV/TSV of pairs, a Learn2Reg dataset.json, or use "
