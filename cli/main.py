@@ -62,6 +62,11 @@ DiffeomorphicOption = Annotated[bool, typer.Option(
          "folding, 4-5x slower. 2-D inputs always get one.")]
 DeviceOption = Annotated[str, typer.Option(help="auto, cpu or cuda[:N].")]
 QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress or summary.")]
+BodyPartOption = Annotated[str | None, typer.Option(
+    help="--format dicom: the body part the images show (DICOM term, e.g. BRAIN, HEAD, CHEST, ABDOMEN, PELVIS, "
+         "KNEE) [default: the DICOM input series'; required for other inputs].")]
+LateralityOption = Annotated[str | None, typer.Option(
+    help="--format dicom: R or L, the side of a paired --body-part (KNEE, BREAST, EYE...).")]
 
 
 def _version(value: bool) -> None:
@@ -173,6 +178,8 @@ def register(
              "OMP_NUM_THREADS, else half the CPUs this process may use].")] = None,
     formats: Annotated[str, typer.Option("--format", help="Extra field exports, comma-separated: slicer, l2r, fsl, "
                                          "niftyreg, dicom.")] = "",
+    body_part: BodyPartOption = None,
+    laterality: LateralityOption = None,
     save_inverse: Annotated[bool, typer.Option(help="Also write inverse_warp.nii.gz (moving -> fixed).")] = False,
     save_steps: Annotated[bool, typer.Option(help="Write the field and image after each step, and a GIF.")] = False,
     quiet: QuietOption = False,
@@ -191,7 +198,7 @@ def register(
             model=model, steps=steps, refine=refine, refine_factor=refine_factor, affine=affine,
             formats=tuple(f.strip() for f in formats.split(",") if f.strip()), save_inverse=save_inverse,
             save_steps=save_steps, smoothness=smoothness, bending=bending, diffeomorphic=diffeomorphic,
-            threads=default_threads() if threads is None else threads)
+            threads=default_threads() if threads is None else threads, body_part=body_part, laterality=laterality)
         options = RegisterOptions(fixed=fixed, moving=moving, output=output, fixed_seg=fixed_seg,
                                   moving_seg=moving_seg, fixed_mask=fixed_mask, moving_mask=moving_mask,
                                   settings=replace(settings, device=str(resolve_device(device))))
@@ -269,6 +276,8 @@ def batch(
              "to cores / threads.")] = None,
     formats: Annotated[str, typer.Option("--format", help="Extra field exports per pair: slicer, l2r, fsl, niftyreg, "
                                          "dicom.")] = "",
+    body_part: BodyPartOption = None,
+    laterality: LateralityOption = None,
     save_inverse: Annotated[bool, typer.Option(help="Also write inverse_warp.nii.gz per pair.")] = False,
     report: Annotated[bool, typer.Option("--report/--no-report", help="Evaluate and build the HTML QC report at the "
                                          "end.")] = False,
@@ -287,7 +296,8 @@ def batch(
         settings = RegisterSettings(model=model, steps=steps, refine=refine, refine_factor=refine_factor,
                                     affine=affine, formats=tuple(f.strip() for f in formats.split(",") if f.strip()),
                                     save_inverse=save_inverse, smoothness=smoothness, bending=bending,
-                                    diffeomorphic=diffeomorphic, threads=threads)
+                                    diffeomorphic=diffeomorphic, threads=threads, body_part=body_part,
+                                    laterality=laterality)
         options = BatchOptions(source=source, output=output, settings=settings, atlas=atlas, atlas_seg=atlas_seg,
                                subset=subset, shard=shard, batch_size=batch_size, engine=engine, address=address,
                                workers=workers)

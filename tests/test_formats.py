@@ -7,6 +7,7 @@ direction, LPS/RAS flip or axis reversal changes the numbers the tests compare.
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import nibabel as nib
@@ -14,6 +15,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
+from dicom_tools import dciodvfy_findings, dcmdump_text, dicom_tool
 from scipy.ndimage import map_coordinates
 
 from rlreg.formats import (
@@ -33,6 +35,7 @@ from rlreg.formats import (
     write_niftyreg,
     write_slicer,
 )
+from rlreg.formats.dicom import check_body_part
 from rlreg.io import Geometry, InputError
 
 try:
@@ -326,8 +329,10 @@ def test_dicom_round_trip_same_points_and_resampling(tmp_path: Path, handedness:
                            atol=1e-5)
 
 
-def write_series(directory: Path, patient_id: str, study_uid: str, reverse_files: bool = False) -> dict[str, object]:
-    """Three CT slices copied from pydicom's CT_small.dcm with new UIDs and positions; returns what was written."""
+def write_series(directory: Path, patient_id: str, study_uid: str, reverse_files: bool = False,
+                 **attributes: object) -> dict[str, object]:
+    """Three CT slices copied from pydicom's CT_small.dcm with new UIDs and positions, and ``attributes`` (keyword:
+    value) set on each; returns what was written."""
     from pydicom.data import get_testdata_file
 
     directory.mkdir()
@@ -343,6 +348,8 @@ def write_series(directory: Path, patient_id: str, study_uid: str, reverse_files
         ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = sop_uid
         ds.InstanceNumber = number
         ds.ImagePositionPatient = [-158.1, -179.0, -75.7 + 5.0 * number]
+        for keyword, value in attributes.items():
+            setattr(ds, keyword, value)
         name = f"slice{4 - number if reverse_files else number}.dcm"
         ds.save_as(directory / name, enforce_file_format=True)
     (directory / "notes.txt").write_text("not DICOM")
@@ -406,6 +413,90 @@ def test_dicom_series_ref_errors(tmp_path: Path) -> None:
         dicom_series_ref(tmp_path / "empty")
     with pytest.raises(InputError, match="not a DICOM file"):
         dicom_series_ref(tmp_path / "mixed" / "notes.txt")
+
+
+@needs_pydicom
+@pytest.mark.parametrize(("body_part", "laterality"), [("BRAIN", None), ("KNEE", "R")])
+def test_dicom_from_nifti_inputs_validates(tmp_path: Path, body_part: str, laterality: str | None) -> None:
+    """No source series: a new study with a placeholder patient, and the body part given; dciodvfy finds nothing."""
+    geometry = Geometry.from_sitk(oblique_image(-1))
+    path = write_dicom(random_field(geometry, seed=7), geometry, tmp_path / "reg.dcm", body_part=body_part,
+                       laterality=laterality)
+    assert dciodvfy_findings(path) == []
+    listing = dcmdump_text(path)
+    assert "(0064,0009) OF" in listing and "DeformableSpatialRegistrationStorage" in listing
+    ds = pydicom.dcmread(path)
+    assert ds.PatientID.startswith("RLREG-") and len(ds.PatientID) == 22 and ds.PatientName == ""
+    assert ds.StudyID == "1" and ds.SeriesNumber == 1 and ds.BodyPartExamined == body_part
+    assert ds.get("Laterality") == laterality  # absent beside an unpaired part: dciodvfy refuses it there
+    assert pydicom.dcmread(write_dicom(random_field(geometry), geometry, tmp_path / "again.dcm",
+                                       body_part=body_part)).PatientID != ds.PatientID  # a new study, a new patient
+
+
+@needs_pydicom
+def test_dicom_without_body_part_writes_unknown_laterality(tmp_path: Path) -> None:
+    """No body part anywhere: the standard's "unknown" (empty Type 2C Laterality), which dciodvfy only warns about."""
+    geometry = Geometry.from_sitk(oblique_image(1))
+    path = write_dicom(random_field(geometry), geometry, tmp_path / "reg.dcm")
+    ds = pydicom.dcmread(path)
+    assert "BodyPartExamined" not in ds and ds["Laterality"].is_empty
+    findings = dciodvfy_findings(path)
+    assert len(findings) == 1 and findings[0].startswith("Warning") and "<Laterality>" in findings[0]
+
+
+@needs_pydicom
+@pytest.mark.parametrize(("series_attributes", "expected"), [
+    ({"BodyPartExamined": "CHEST"}, ("CHEST", None)),
+    ({"BodyPartExamined": "KNEE", "Laterality": "L"}, ("KNEE", "L")),
+    ({"BodyPartExamined": "BREAST", "ImageLaterality": "R"}, ("BREAST", "R")),  # image level stands for the series
+])
+def test_dicom_from_series_inputs_validates(tmp_path: Path, series_attributes: dict[str, str],
+                                            expected: tuple[str, str | None]) -> None:
+    """Source series (CT_small's empty Laterality beside the attributes): patient, study, body part and side come
+    from the fixed series; the DSRO is the next series of its study; dciodvfy finds nothing."""
+    study = pydicom.uid.generate_uid()
+    write_series(tmp_path / "fixed", "P1", study, SeriesNumber=4, **series_attributes)
+    write_series(tmp_path / "moving", "P1", pydicom.uid.generate_uid(), SeriesNumber=9, BodyPartExamined="PELVIS")
+    fixed_ref, moving_ref = dicom_series_ref(tmp_path / "fixed"), dicom_series_ref(tmp_path / "moving")
+    assert fixed_ref.series_number == 4 and (fixed_ref.body_part_examined, fixed_ref.laterality or None) == expected
+    geometry = Geometry.from_sitk(oblique_image(1))
+    path = write_dicom(random_field(geometry), geometry, tmp_path / "reg.dcm", fixed_ref, moving_ref)
+    assert dciodvfy_findings(path) == []
+    dcmdump_text(path)
+    ds = pydicom.dcmread(path)
+    assert ds.PatientID == "P1" and ds.StudyID == "1CT1" and ds.StudyInstanceUID == study
+    assert ds.SeriesNumber == 5  # the moving series is in another study: its number does not count
+    assert (ds.BodyPartExamined, ds.get("Laterality")) == expected
+    # An explicit body part replaces the series' and drops its side; no fixed body part falls back on the moving's.
+    again = pydicom.dcmread(write_dicom(random_field(geometry), geometry, tmp_path / "brain.dcm", fixed_ref,
+                                        moving_ref, body_part="BRAIN"))
+    assert again.BodyPartExamined == "BRAIN" and "Laterality" not in again
+    fixed_ref.body_part_examined = ""
+    moving_first = pydicom.dcmread(write_dicom(random_field(geometry), geometry, tmp_path / "m.dcm", fixed_ref,
+                                               moving_ref))
+    assert moving_first.BodyPartExamined == "PELVIS" and "Laterality" not in moving_first
+
+
+@pytest.mark.parametrize(("body_part", "laterality", "message"), [
+    ("brain", None, "not a DICOM body part"), ("A" * 17, None, "at most 16"), ("HEAD-NECK", None, "underscores"),
+    ("", None, "not a DICOM body part"), ("KNEE", "left", "give R or L")])
+def test_check_body_part_refuses(body_part: str, laterality: str | None, message: str) -> None:
+    with pytest.raises(InputError, match=message):
+        check_body_part(body_part, laterality)
+    check_body_part("HEADNECK", None)
+    check_body_part("KNEE", "R")
+    check_body_part(None, None)
+
+
+def test_dicom_tools_requirement(monkeypatch) -> None:
+    """No dciodvfy: the validation tests skip, unless RLREG_REQUIRE_DICOM_TOOLS=1 makes them fail."""
+    monkeypatch.setattr(shutil, "which", lambda _name: None)
+    monkeypatch.delenv("RLREG_REQUIRE_DICOM_TOOLS", raising=False)
+    with pytest.raises(pytest.skip.Exception, match="dicom3tools"):
+        dicom_tool("dciodvfy")
+    monkeypatch.setenv("RLREG_REQUIRE_DICOM_TOOLS", "1")
+    with pytest.raises(pytest.fail.Exception, match="RLREG_REQUIRE_DICOM_TOOLS=1 but no dcmdump"):
+        dicom_tool("dcmdump")
 
 
 @needs_pydicom

@@ -160,6 +160,23 @@ def _refuse_dicom_without_frame_of_reference(pydicom, pair3d, tmp_path) -> None:
                                 settings=RegisterSettings(formats=("dicom",))))
 
 
+def test_dicom_without_a_body_part_is_refused_before_the_affine(pair3d, tmp_path, monkeypatch) -> None:
+    """NIfTI inputs name no body part, which a DSRO must state: the run asks for --body-part and writes nothing."""
+    monkeypatch.setattr(preparation, "affine_register", _no_affine_stage)
+    out = tmp_path / "out"
+    command = ["register", str(pair3d["fixed"]), str(pair3d["moving"]), "-o", str(out), "--format", "dicom"]
+    for extra, expected in (([], "--body-part"), (["--laterality", "R"], "--body-part"),
+                            (["--body-part", "brain"], "not a DICOM body part"),
+                            (["--body-part", "KNEE", "--laterality", "right"], "give R or L")):
+        result = runner.invoke(app, command + extra)
+        assert result.exit_code == 2, result.output
+        message = result.output.strip()
+        assert len(message.splitlines()) == 1 and expected in message, message
+        assert not out.exists()
+    result = runner.invoke(app, ["batch", str(tmp_path / "pairs.csv"), "-o", str(out), "--body-part", "Brain"])
+    assert result.exit_code == 2 and "not a DICOM body part" in result.output and not out.exists()
+
+
 def test_unwritable_output_folder_is_one_line_before_the_affine(pair2d, tmp_path, monkeypatch) -> None:
     def read_only(*_args, **_kwargs):
         raise OSError(errno.EROFS, "Read-only file system")

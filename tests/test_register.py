@@ -44,7 +44,8 @@ def registered(request, tmp_path_factory):
     formats = ("slicer", "l2r", "niftyreg", "fsl", "dicom") if ndim == 3 else ("slicer", "l2r")
     options = RegisterOptions(fixed=paths["fixed"], moving=paths["moving"], output=folder / "out",
                               fixed_seg=paths["fixed_seg"], moving_seg=paths["moving_seg"],
-                              settings=RegisterSettings(steps=40, formats=formats, save_inverse=True))
+                              settings=RegisterSettings(steps=40, formats=formats, save_inverse=True,
+                                                        body_part="HEAD"))
     result = register(options)
     return ndim, paths, folder / "out", result
 
@@ -132,8 +133,12 @@ def test_dicom_reads_back_to_the_same_field(registered) -> None:
     ndim, _paths, out, _ = registered
     if ndim == 2:
         pytest.skip("DICOM DSRO is 3D")
+    from dicom_tools import dciodvfy_findings, dcmdump_text
+
     from rlreg.formats import read_dicom_field
 
+    assert dciodvfy_findings(out / "registration.dcm") == []  # NIfTI inputs with --body-part: a valid object
+    assert "(0018,0015) CS [HEAD]" in dcmdump_text(out / "registration.dcm")
     u, geometry = read_dicom_field(out / "registration.dcm")
     field = sitk.ReadImage(str(out / "warp.nii.gz"))
     image = sitk.GetImageFromArray(u.astype(np.float64), isVector=True)

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from rlreg.affine import AffineConfig
+from rlreg.formats.dicom import check_body_part
 from rlreg.instance import InstanceConfig
 from rlreg.io import InputError
 from rlreg.models import NO_MODEL
@@ -92,6 +93,11 @@ class RegisterSettings:
     affine_config: AffineConfig = field(default_factory=AffineConfig)
     max_working_voxels: int = 8_000_000
     """Instance optimisation runs on the fixed grid, shrunk (never enlarged) until it has at most this many voxels."""
+    body_part: str | None = None
+    """``--format dicom``: ``BodyPartExamined`` of the DSRO (a PS3.16 Annex L term such as ``BRAIN``), replacing the
+    input series'; required when neither input is a DICOM series that names one (``rlreg.formats.write_dicom``)."""
+    laterality: str | None = None
+    """``--format dicom``: ``R`` or ``L``, the side of a paired ``body_part`` (``KNEE``, ``BREAST``, ``EYE``...)."""
 
     def __post_init__(self) -> None:
         """Range-check every numeric setting and refuse contradicting requests (one-line :class:`InputError`)."""
@@ -109,6 +115,7 @@ class RegisterSettings:
                 raise InputError(f"{name} {value}: not a finite number; give a number >= {lowest} ({hint})")
             if value < lowest:
                 raise InputError(f"{name} {value}: must be >= {lowest} ({hint})")
+        check_body_part(self.body_part, self.laterality)
         if self.affine_only:
             if not self.affine:
                 raise InputError("--steps 0 with --no-affine: nothing would be registered; drop one of them")

@@ -258,7 +258,9 @@ def export_formats(opts: RegisterOptions, total: Tensor, *, chain: Tensor, geome
                                                                                                opts.moving))
         elif name == "dicom":
             refs = [formats.dicom_series_ref(p) if p.is_dir() else None for p in (opts.fixed, opts.moving)]
-            written["dicom"] = formats.write_dicom(u, geometry, out / "registration.dcm", refs[0], refs[1])
+            written["dicom"] = formats.write_dicom(u, geometry, out / "registration.dcm", refs[0], refs[1],
+                                                   body_part=opts.settings.body_part,
+                                                   laterality=opts.settings.laterality)
     return written
 
 

@@ -244,9 +244,13 @@ def check_outputs(opts: RegisterOptions, fixed: Image, *, moving: Image, segment
     if "dicom" in settings.formats:
         from rlreg import formats
 
-        for path in (opts.fixed, opts.moving):
-            if path.is_dir():
-                formats.dicom_series_ref(path)  # raises the one-line error (e.g. no FrameOfReferenceUID)
+        # dicom_series_ref raises the one-line error (e.g. no FrameOfReferenceUID)
+        refs = [formats.dicom_series_ref(path) for path in (opts.fixed, opts.moving) if path.is_dir()]
+        if settings.body_part is None and not any(ref.body_part_examined for ref in refs):
+            where = "neither DICOM series names" if len(refs) == 2 else f"{opts.fixed} does not say"
+            raise InputError(f"--format dicom: {where} which body part the images show, which the DICOM "
+                             "registration must state; give --body-part, e.g. BRAIN, HEAD, CHEST, ABDOMEN or "
+                             "PELVIS (with --laterality R or L for a paired part such as KNEE)")
     fixed_voxels, moving_voxels = math.prod(fixed.geometry.size), math.prod(moving.geometry.size)
     field_bytes = 4 * ndim
     per_voxel = 4 + field_bytes + 8 * ndim + 4 + field_bytes  # warped, warp, transform.h5, jacdet, a gzip copy

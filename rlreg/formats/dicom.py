@@ -8,6 +8,8 @@ moving series by their UIDs. pydicom is imported only inside these functions, so
 from __future__ import annotations
 
 import os
+import re
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -23,7 +25,8 @@ from rlreg.io import Geometry, InputError, atomic_output
 if TYPE_CHECKING:  # pydicom is imported only by the DICOM functions, so the other formats work without it
     from pydicom.dataset import Dataset
 
-__all__ = ["DSRO_SOP_CLASS_UID", "DicomSeriesRef", "dicom_series_ref", "read_dicom_field", "write_dicom"]
+__all__ = ["DSRO_SOP_CLASS_UID", "DicomSeriesRef", "check_body_part", "dicom_series_ref", "read_dicom_field",
+           "write_dicom"]
 
 DSRO_SOP_CLASS_UID = "1.2.840.10008.5.1.4.1.1.66.3"
 """Deformable Spatial Registration Storage (DICOM PS3.4; ``pydicom.uid.DeformableSpatialRegistrationStorage``)."""
@@ -40,6 +43,10 @@ class DicomSeriesRef:
         sop_instance_uids: the images' SOP instance UIDs, in ``InstanceNumber`` order.
         patient_birth_date ... referring_physician_name: the rest of the Patient / General Study attributes, copied
             into the DSRO when this is the fixed series so that it joins the fixed study consistently.
+        series_number: the series' ``SeriesNumber`` (``None`` when absent or empty).
+        body_part_examined: ``BodyPartExamined`` (PS3.16 Annex L defined term, e.g. ``BRAIN``; ``""`` when absent).
+        laterality: ``R`` or ``L``: the series' ``Laterality``, else its images' ``ImageLaterality`` when that is
+            ``R`` or ``L``; ``""`` otherwise (absent, empty, or ``B``/``U`` image laterality).
     """
 
     patient_id: str
@@ -56,6 +63,28 @@ class DicomSeriesRef:
     study_id: str = ""
     accession_number: str = ""
     referring_physician_name: str = ""
+    series_number: int | None = None
+    body_part_examined: str = ""
+    laterality: str = ""
+
+
+_CODE_STRING = re.compile(r"[A-Z0-9_ ]{1,16}")
+"""A non-empty DICOM Code String value (PS3.5 Table 6.2-1): upper-case letters, digits, space and underscore, at most
+16 characters."""
+
+
+def check_body_part(body_part: str | None, laterality: str | None = None) -> None:
+    """Refuse a ``BodyPartExamined`` / ``Laterality`` pair that a DSRO cannot carry (one-line :class:`InputError`).
+
+    ``body_part`` must be a DICOM Code String (PS3.5 Table 6.2-1), normally a defined term of PS3.16 Annex L such as
+    ``BRAIN``, ``HEAD``, ``CHEST``, ``ABDOMEN`` or ``KNEE``; ``laterality`` is ``R`` or ``L`` (the enumerated values of
+    the General Series Module's ``Laterality``, PS3.3 C.7.3.1) and only makes sense beside a body part.
+    """
+    if body_part is not None and not _CODE_STRING.fullmatch(body_part):
+        raise InputError(f"--body-part {body_part!r}: not a DICOM body part term; give upper-case letters, digits or "
+                         "underscores, at most 16 (e.g. BRAIN, HEAD, CHEST, ABDOMEN, PELVIS, KNEE)")
+    if laterality is not None and laterality not in ("R", "L"):
+        raise InputError(f"--laterality {laterality!r}: give R or L (the side of a paired body part)")
 
 
 def dicom_series_ref(directory: str | os.PathLike[str], series_instance_uid: str | None = None) -> DicomSeriesRef:
@@ -113,7 +142,10 @@ def dicom_series_ref(directory: str | os.PathLike[str], series_instance_uid: str
 
     def text(keyword: str) -> str:
         value = first.get(keyword)
-        return "" if value is None else str(value)
+        return "" if value is None else str(value).strip()
+
+    laterality = text("Laterality") or text("ImageLaterality")
+    series_number = text("SeriesNumber")
 
     return DicomSeriesRef(
         patient_id=text("PatientID"), patient_name=text("PatientName"),
@@ -122,7 +154,9 @@ def dicom_series_ref(directory: str | os.PathLike[str], series_instance_uid: str
         sop_instance_uids=[str(header.SOPInstanceUID) for _, _, header in instances],
         patient_birth_date=text("PatientBirthDate"), patient_sex=text("PatientSex"),
         study_date=text("StudyDate"), study_time=text("StudyTime"), study_id=text("StudyID"),
-        accession_number=text("AccessionNumber"), referring_physician_name=text("ReferringPhysicianName"))
+        accession_number=text("AccessionNumber"), referring_physician_name=text("ReferringPhysicianName"),
+        series_number=int(series_number) if series_number.lstrip("+-").isdigit() else None,
+        body_part_examined=text("BodyPartExamined"), laterality=laterality if laterality in ("R", "L") else "")
 
 
 def _right_handed(u: np.ndarray, geometry: Geometry) -> tuple[np.ndarray, Geometry]:
@@ -187,8 +221,21 @@ def _instance_references(ref: DicomSeriesRef) -> list:
     return items
 
 
+def _anatomy(body_part: str | None, laterality: str | None, refs: Sequence[DicomSeriesRef | None]) -> tuple[str, str]:
+    """``(BodyPartExamined, Laterality)`` of the DSRO: the given body part, else the first referenced series' that has
+    one (the fixed series before the moving one); the laterality goes with where the body part came from, unless
+    given. ``("", "")`` when no body part is known."""
+    if body_part is None:
+        source = next((ref for ref in refs if ref is not None and ref.body_part_examined), None)
+        if source is not None:
+            return source.body_part_examined, laterality or source.laterality
+        return "", laterality or ""
+    return body_part, laterality or ""
+
+
 def write_dicom(u: np.ndarray, geometry: Geometry, path: str | os.PathLike[str],
-                fixed_ref: DicomSeriesRef | None = None, moving_ref: DicomSeriesRef | None = None) -> Path:
+                fixed_ref: DicomSeriesRef | None = None, moving_ref: DicomSeriesRef | None = None, *,
+                body_part: str | None = None, laterality: str | None = None) -> Path:
     """Write a DICOM Deformable Spatial Registration object (DSRO, PS3.3 A.39.2 / C.20.3) with pydicom.
 
     The DSRO's own Frame of Reference (the Registered RCS) is the fixed one and ``SourceFrameOfReferenceUID`` the
@@ -201,20 +248,40 @@ def write_dicom(u: np.ndarray, geometry: Geometry, path: str | os.PathLike[str],
     ``geometry`` (``det(direction) < 0``) is stored with its slowest axis (tensor axis 0) reversed; the grid points
     and vectors are the same physical ones.
 
+    Identification, so that the object validates (``dciodvfy`` of dicom3tools: no error, no warning) and joins the
+    right study:
+
+    * Patient and study: the fixed series' (``PatientID`` and ``StudyID`` as it has them, even empty, so that every
+      instance of the study agrees). Without a fixed series the DSRO opens a new study: ``StudyID`` ``"1"``, an
+      empty ``PatientName`` and a generated ``PatientID`` ``RLREG-<16 hex digits>`` (Type 2 values that the
+      patient, study and series records of a DICOMDIR need, PS3.3 Annex F; empty ones are valid but incomplete).
+    * ``SeriesNumber``: one more than the largest of the referenced series of the DSRO's study, else 1.
+    * ``BodyPartExamined`` and ``Laterality`` (General Series Module, PS3.3 C.7.3.1): ``body_part`` (a PS3.16 Annex L
+      term), else the fixed series', else the moving series'; ``laterality`` (``R``/``L``), else the side of the
+      series the body part came from. ``Laterality`` is Type 2C, required when the body part is paired (``KNEE``,
+      ``BREAST``, ``EYE``, ``LUNG``, ``KIDNEY``...) and ``ImageLaterality`` is not sent, which a DSRO cannot send;
+      it is written only when known, since dciodvfy refuses it beside an unpaired part (``BRAIN``, ``CHEST``).
+      With no body part at all, the standard's encoding of "unknown" is written: no ``BodyPartExamined``, an empty
+      ``Laterality`` (PS3.5 7.4.3-7.4.4: an empty Type 2 or 2C value is unknown), which is valid but draws a
+      dciodvfy warning; ``rlreg register`` therefore asks for ``--body-part`` when the inputs do not name one.
+
     Args:
         u: ``(*S, 3)`` LPS mm pull-back displacements on ``geometry``.
         geometry: the fixed grid; 3D with an orthonormal direction.
         path: output file (``.dcm``).
         fixed_ref: the fixed series (from :func:`dicom_series_ref`): its FoR, patient and study are used, and its
-            instances are referenced. Without it a new FoR, study and empty patient are written.
+            instances are referenced. Without it a new FoR, study and placeholder patient are written.
         moving_ref: the moving series: its FoR is the source FoR and its instances are the registered images.
             Without it a new source FoR is generated.
+        body_part: ``BodyPartExamined`` replacing the series' (see above); checked by :func:`check_body_part`.
+        laterality: ``R`` or ``L``, the side of a paired ``body_part``.
 
     Returns:
         The written path.
 
     Raises:
         ValueError: for a 2D field, a sheared grid, or a field that does not match the grid.
+        InputError: a ``body_part`` or ``laterality`` that :func:`check_body_part` refuses.
     """
     import pydicom
     from pydicom.dataset import Dataset, FileMetaDataset
@@ -223,6 +290,7 @@ def write_dicom(u: np.ndarray, geometry: Geometry, path: str | os.PathLike[str],
     if geometry.ndim != 3:
         raise ValueError(f"DICOM deformable registration grids are 3D; got a {geometry.ndim}-D grid of size "
                          f"{geometry.size} (use --format l2r or the default warp.nii.gz for 2D images)")
+    check_body_part(body_part, laterality)
     u, geometry = _right_handed(check_field(u, geometry), geometry)
     direction = np.asarray(geometry.direction).reshape(3, 3)
     now = datetime.now()
@@ -236,21 +304,28 @@ def write_dicom(u: np.ndarray, geometry: Geometry, path: str | os.PathLike[str],
     ds.InstanceCreationDate, ds.InstanceCreationTime = date, time
     # Patient and General Study: join the fixed study (the registration is expressed in the fixed FoR).
     ds.PatientName = fixed_ref.patient_name if fixed_ref else ""
-    ds.PatientID = fixed_ref.patient_id if fixed_ref else ""
+    ds.PatientID = fixed_ref.patient_id if fixed_ref else f"RLREG-{uuid.uuid4().hex[:16].upper()}"
     ds.PatientBirthDate = fixed_ref.patient_birth_date if fixed_ref else ""
     ds.PatientSex = fixed_ref.patient_sex if fixed_ref else ""
     ds.StudyInstanceUID = fixed_ref.study_instance_uid if fixed_ref else generate_uid()
     ds.StudyDate = fixed_ref.study_date if fixed_ref else date
     ds.StudyTime = fixed_ref.study_time if fixed_ref else time
     ds.ReferringPhysicianName = fixed_ref.referring_physician_name if fixed_ref else ""
-    ds.StudyID = fixed_ref.study_id if fixed_ref else ""
+    ds.StudyID = fixed_ref.study_id if fixed_ref else "1"
     ds.AccessionNumber = fixed_ref.accession_number if fixed_ref else ""
     # General Series + Spatial Registration Series.
     ds.Modality = "REG"
     ds.SeriesInstanceUID = generate_uid()
-    ds.SeriesNumber = None
+    numbers = [ref.series_number for ref in (fixed_ref, moving_ref) if ref is not None and ref.series_number
+               is not None and ref.study_instance_uid == ds.StudyInstanceUID]
+    ds.SeriesNumber = max(numbers, default=0) + 1
     ds.SeriesDate, ds.SeriesTime = date, time
     ds.SeriesDescription = "rlreg deformable registration"
+    part, side = _anatomy(body_part, laterality, (fixed_ref, moving_ref))
+    if part:
+        ds.BodyPartExamined = part
+    if side or not part:
+        ds.Laterality = side
     # Frame of Reference: the Registered RCS is the fixed image's.
     ds.FrameOfReferenceUID = fixed_ref.frame_of_reference_uid if fixed_ref else generate_uid()
     ds.PositionReferenceIndicator = ""
