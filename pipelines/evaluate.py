@@ -39,7 +39,7 @@ from torch import Tensor
 from rlreg.data.pairs import Pair, read_pairs
 from rlreg.formats import l2r_name, read_keypoints, read_l2r
 from rlreg.io import Geometry, InputError, check_same_grid, read_image, read_label_map
-from rlreg.metrics import dice_per_label, hd95, jacobian_scores, learn2reg_jacobian_scores, learn2reg_tre
+from rlreg.metrics import dice_per_label, hd95, jacobian_scores, label_values, learn2reg_jacobian_scores, learn2reg_tre
 from rlreg.metrics.learn2reg import learn2reg_hd95, learn2reg_warp_labels
 from rlreg.pipelines.evaluate_tables import (
     Evaluation,
@@ -145,8 +145,7 @@ def _label_scores(scores: PairScores, warped: Tensor, fixed_seg: Tensor, spacing
         if labels is None:
             values = torch.unique(torch.cat([fixed_seg.flatten(), moving_seg.flatten()]))
             labels = [int(v) for v in values if v != 0]
-        fixed_has = {int(v) for v in torch.unique(fixed_seg)}
-        moving_has = {int(v) for v in torch.unique(moving_seg)}
+        fixed_has, moving_has = set(label_values(fixed_seg)), set(label_values(moving_seg))
     dice = dice_per_label(warped, fixed_seg, labels)
     lab = [int(v) for v in dice.labels]
     dice_values = dice.values.double().numpy()

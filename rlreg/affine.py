@@ -44,7 +44,7 @@ class AffineConfig:
     """``torch`` (:func:`fit_affine`: Adam on local NCC) or ``simpleitk`` (rigid then affine, Mattes MI)."""
     levels: tuple[int, ...] = (4, 2)
     """torch: downsampling factor per pyramid level, coarse to fine."""
-    steps: tuple[int, ...] = (100, 30)
+    steps: tuple[int, ...] = (60, 10)
     """torch: Adam steps per level."""
     matrix_rate: float = 0.01
     """torch: Adam step size of the linear part (dimensionless: 0.01 = 1 % scaling or about 0.6 degree)."""

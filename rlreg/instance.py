@@ -176,7 +176,7 @@ def _field(unknown: Tensor, base: Tensor | None, config: InstanceConfig, size: t
     """A level's ``(N, ndim, *size)`` displacement from its unknown: the displacement itself, or
     ``compose(base, exp(velocity))`` with the exponential upsampled from the velocity's grid to ``size``."""
     if not config.diffeomorphic:
-        return unknown
+        return unknown if unknown.shape[2:] == size else resize_displacement(unknown, size)
     exp = resize_displacement(integrate_velocity(unknown, config.integration_steps), size)
     return exp if base is None else compose(base, exp)
 
@@ -272,11 +272,10 @@ def optimise_displacement(fixed: Tensor, moving: Tensor, config: InstanceConfig 
         mask_l = None if mask is None else downsample(mask.to(fixed.dtype), factor)
         size = fixed_l.shape[2:]
         base_l = None if base is None or not config.diffeomorphic else resize_displacement(base, size)
-        if config.diffeomorphic:  # the velocity's grid: this level's, or coarser (velocity_factor)
-            coarse = level_factor(max(factor, config.velocity_factor), full)
-            grid, start = torch.Size(level_size(full, coarse)), velocity
-        else:
-            grid, start = size, disp
+        # the unknown's grid: this level's, or coarser (velocity_factor)
+        coarse = level_factor(max(factor, config.velocity_factor), full)
+        grid = torch.Size(level_size(full, coarse))
+        start = velocity if config.diffeomorphic else disp
         param = (torch.zeros(fixed.shape[0], ndim, *grid, dtype=fixed.dtype, device=fixed.device) if start is None
                  else resize_displacement(start, grid).detach().clone()).requires_grad_(True)  # never the caller's
         optimiser = TensorAdam(param, config.learning_rate)

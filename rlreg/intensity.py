@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -28,10 +29,26 @@ def intensity_window(image: Tensor, mask: Tensor | None = None, *, low: float = 
     if values.numel() > MAX_PERCENTILE_SAMPLES:
         chosen = torch.randperm(values.numel(), generator=torch.Generator().manual_seed(0))[:MAX_PERCENTILE_SAMPLES]
         values = values[chosen]
-    lo, hi = torch.quantile(values.double(), torch.tensor([low / 100, high / 100], dtype=torch.float64)).tolist()
+    lo, hi = _percentiles(values, (low, high))
     if hi <= lo:
         lo, hi = float(values.min()), float(values.max())
     return lo, hi
+
+
+def _percentiles(values: Tensor, percents: tuple[float, float]) -> tuple[float, float]:
+    """``torch.quantile``'s linear-interpolation percentiles of a 1-D tensor, from a partial sort: NumPy's
+    introselect finds the few order statistics needed in linear time, where ``quantile`` sorts every value (about
+    0.09 s for a 2 mm brain, most of the normalisation)."""
+    array = values.detach().cpu().double().numpy()
+    positions = [p / 100 * (array.size - 1) for p in percents]
+    ranks = sorted({min(int(q) + k, array.size - 1) for q in positions for k in (0, 1)})
+    ordered = np.partition(array, ranks)
+    out = []
+    for q in positions:
+        below = int(q)
+        above = min(below + 1, array.size - 1)
+        out.append(float(ordered[below] + (q - below) * (ordered[above] - ordered[below])))
+    return out[0], out[1]
 
 
 def normalise_intensity(image: Tensor, mask: Tensor | None = None, *, low: float = 0.5, high: float = 99.5) -> Tensor:

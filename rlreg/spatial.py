@@ -149,8 +149,32 @@ def warp(image: Tensor, displacement: Tensor, mode: InterpMode | str = InterpMod
         grid = _sampling_grid(displacement)
     else:  # positions are voxel indices of the *input* grid: normalise with the input size
         grid = _normalised_positions(displacement, image.shape[2:])
-    out = F.grid_sample(image.to(dtype), grid, mode=mode.value, padding_mode=padding, align_corners=True)
+    out = _grid_sample(image.to(dtype), grid, mode.value, padding)
     return out if image.is_floating_point() else out.round().to(image.dtype)
+
+
+def _grid_sample(image: Tensor, grid: Tensor, mode: str, padding: str) -> Tensor:
+    """``F.grid_sample(image, grid, align_corners=True)``, its output rows shared among the CPU threads.
+
+    PyTorch's CPU kernel for 3-D grids parallelises over the batch only, so one registration's warp (and its
+    backward) runs on one core whatever ``torch.get_num_threads()`` says. A single-image call on several threads
+    is therefore cut along the output's first spatial axis into one chunk per thread, given to the kernel as a
+    batch reading the same (expanded, not copied) input. Every output value and grid gradient is computed by the
+    same arithmetic as in one call, so the result is bit for bit the same; measured in
+    docs/decisions.md#warp-rows-shared-among-threads.
+    """
+    chunks = torch.get_num_threads() if image.device.type == "cpu" and grid.ndim == 5 else 1
+    rows = grid.shape[1]
+    if image.shape[0] != 1 or chunks < 2 or rows < 2 * chunks:
+        return F.grid_sample(image, grid, mode=mode, padding_mode=padding, align_corners=True)
+    per = -(-rows // chunks)
+    if per * chunks != rows:  # pad with copies of the last row; their outputs are cut off below
+        grid = torch.cat([grid, grid[:, -1:].expand(-1, per * chunks - rows, -1, -1, -1)], dim=1)
+    out = F.grid_sample(image.expand(chunks, *image.shape[1:]), grid.reshape(chunks, per, *grid.shape[2:]),
+                        mode=mode, padding_mode=padding, align_corners=True)
+    # (chunks, C, per, H, W) -> (1, C, chunks * per, H, W), then drop the padding rows
+    out = out.transpose(0, 1).reshape(1, image.shape[1], chunks * per, *out.shape[3:])
+    return out[:, :, :rows]
 
 
 def _grid_coordinates(positions: Tensor, shape: tuple[int, ...] | torch.Size) -> Tensor:

@@ -24,6 +24,7 @@ from rlreg.affine import affine_register, index_map, positions_to_displacement
 from rlreg.instance import InstanceConfig, foreground_box
 from rlreg.intensity import normalise_intensity
 from rlreg.io import Geometry, Image, InputError, check_same_grid, read_image, read_label_map
+from rlreg.metrics import label_values
 from rlreg.models import NO_MODEL, sha256
 from rlreg.pipelines.register.options import FORMATS, Progress, RegisterOptions
 from rlreg.pipelines.register.outputs import check_output_dir, check_writable
@@ -313,8 +314,8 @@ def label_overlap_warning(fixed_seg: Tensor, moving_seg: Tensor, *, fixed_path: 
     Dice averages over the labels of either map, and a label missing from one map scores 0: two maps numbered from
     different label tables give a meaningless Dice without any error.
     """
-    fixed_labels = set(torch.unique(fixed_seg).tolist()) - {0}
-    moving_labels = set(torch.unique(moving_seg).tolist()) - {0}
+    fixed_labels = set(label_values(fixed_seg)) - {0}
+    moving_labels = set(label_values(moving_seg)) - {0}
     shared = fixed_labels & moving_labels
     if fixed_labels and moving_labels and 2 * len(shared) >= max(len(fixed_labels), len(moving_labels)):
         return None

@@ -18,7 +18,7 @@ Conventions follow :mod:`rlreg.spatial`: spatial axes are in the array's own ord
 
 from __future__ import annotations
 
-from rlreg.metrics.dice import LabelScores, batch_dice, dice_per_label, mean_dice, warped_soft_dice
+from rlreg.metrics.dice import LabelScores, batch_dice, dice_per_label, label_values, mean_dice, warped_soft_dice
 from rlreg.metrics.distance import hd95, tre
 from rlreg.metrics.image import l1, psnr, ssim
 from rlreg.metrics.jacobian import JacobianScores, jacobian_scores
@@ -40,6 +40,7 @@ __all__ = [
     "batch_dice",
     "consistency_mask",
     "dice_per_label",
+    "label_values",
     "folding_percent",
     "hd95",
     "jacobian_determinant",

