@@ -120,6 +120,17 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in (
                                                  levels=(4, 2), iterations=(60, 30)))
       for g in (1.0, 2.0)),
     Variant("g1-s0.25-b1-c8-w9", replace(_G1, smoothness=0.25, bending=1.0, crop_margin=8, windows=(9,))),
+    # Speed: the 3-D default g1-s1-b1-c8 with fewer full-resolution iterations (each costs about 8 of level 2), a
+    # coarser unknown at full resolution (velocity_factor 2: a displacement on the level-2 grid), other weights.
+    *(Variant(f"g1-s1-b1-c8-i{'-'.join(map(str, its))}", replace(_G1, bending=1.0, crop_margin=8, iterations=its))
+      for its in ((60, 40, 8), (60, 60, 5), (40, 40, 4), (60, 40, 10), (40, 40, 10), (30, 40, 12))),
+    Variant("g1-s1-b1-c8-L42-i60-60", replace(_G1, bending=1.0, crop_margin=8, levels=(4, 2), iterations=(60, 60))),
+    Variant("g1-s1-b1-c8-vf2", replace(_G1, bending=1.0, crop_margin=8, velocity_factor=2)),
+    *(Variant(f"g1-s{s:g}-b{b:g}-c8-i30-40-12", replace(_G1, smoothness=s, bending=b, crop_margin=8,
+                                                       iterations=(30, 40, 12)))
+      for s, b in ((1.0, 2.0), (0.5, 2.0), (1.0, 4.0), (0.5, 1.0))),
+    Variant("g1-s1-b1-c8-affine-60-10", replace(_G1, bending=1.0, crop_margin=8), AffineConfig(steps=(60, 10))),
+    Variant("g1-s1-b1-c8-affine-100-30", replace(_G1, bending=1.0, crop_margin=8), AffineConfig(steps=(100, 30))),
     # The defaults (3-D g1-s1-b1-c8, 2-D svf-g1-s0.25-b0-c8) without the check that keeps a pyramid level's result
     # only if it improves the objective scored with the stationary local NCC (accept_if_better, affine and deformable).
     *(Variant(f"{name}-unchecked", replace(config, accept_if_better=False), _UNCHECKED_AFFINE)

@@ -18,8 +18,9 @@ iteration. Not the default: on the development set it bought no Dice that the fu
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 
 import torch
@@ -31,7 +32,8 @@ from rlreg.losses import FixedLNCC, regularise_
 from rlreg.optim import TensorAdam
 from rlreg.spatial import compose, integrate_velocity, resize, resize_displacement, warp
 
-__all__ = ["MIN_LEVEL_SIZE", "ROUNDING", "InstanceConfig", "downsample", "foreground_box", "level_factor", "level_size",
+__all__ = ["MIN_LEVEL_SIZE", "ONE_THREAD_VOXELS", "ROUNDING", "InstanceConfig", "downsample", "foreground_box",
+           "level_factor", "level_size",
            "optimise_displacement"]
 
 ROUNDING = 1e-5
@@ -41,6 +43,25 @@ intensities by up to ~1e-5 even at zero displacement. On a brain registered to i
 identity were off it by 1e-3 in the matrix."""
 MIN_LEVEL_SIZE = 16
 """Smallest number of voxels along an axis at which a pyramid level is still run at its own factor."""
+ONE_THREAD_VOXELS = 1 << 18
+"""CPU pyramid levels with fewer voxels (per pair) than this run on one thread: their tensors are so small that
+handing each of an iteration's few hundred operations to a second thread costs more than it saves (a 2 mm
+brain's level 4, 24 x 19 x 21 voxels: 7 ms an iteration on one thread, 10-14 ms on two; its level 2 about 21 and
+25 ms; docs/decisions.md#small-pyramid-levels-on-one-thread)."""
+
+
+@contextlib.contextmanager
+def _level_threads(voxels: int, device: torch.device) -> Iterator[None]:
+    """One torch thread for a CPU level of fewer than :data:`ONE_THREAD_VOXELS` voxels, restored afterwards."""
+    before = torch.get_num_threads()
+    if device.type != "cpu" or voxels >= ONE_THREAD_VOXELS or before == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 @dataclass(frozen=True)
@@ -68,10 +89,12 @@ class InstanceConfig:
     integration_steps: int = 6
     """Scaling-and-squaring steps of the velocity (``diffeomorphic`` only)."""
     velocity_factor: int = 1
-    """``diffeomorphic`` only: the velocity lives and is integrated on a grid at least this many times coarser
-    than the image (pyramid levels finer than that fit the same coarse velocity against finer images), and its
-    exponential is upsampled to the level. 2 makes a full-resolution level about 8x cheaper in 3-D; the idea of
-    integrating at a lower resolution is VoxelMorph's ``int_downsize`` (Dalca et al., MICCAI 2018)."""
+    """The unknown lives on a grid at least this many times coarser than the image: pyramid levels finer than that
+    fit the same coarse field against finer images. ``diffeomorphic``: the velocity is integrated there and its
+    exponential upsampled to the level (2 makes a full-resolution level about 8x cheaper in 3-D; VoxelMorph's
+    ``int_downsize``, Dalca et al., MICCAI 2018). Otherwise the displacement is upsampled to the level each
+    iteration, so the regularisers, gradient smoothing and Adam act on the coarse grid (a B-spline-like
+    parameterisation; in ``docs/tuning.md`` it cost Dice on the development sets)."""
 
     crop_margin: int | None = None
     """Optimise only on the bounding box of the voxels where either image is non-zero (up to a relative
@@ -276,37 +299,38 @@ def optimise_displacement(fixed: Tensor, moving: Tensor, config: InstanceConfig 
         coarse = level_factor(max(factor, config.velocity_factor), full)
         grid = torch.Size(level_size(full, coarse))
         start = velocity if config.diffeomorphic else disp
-        param = (torch.zeros(fixed.shape[0], ndim, *grid, dtype=fixed.dtype, device=fixed.device) if start is None
-                 else resize_displacement(start, grid).detach().clone()).requires_grad_(True)  # never the caller's
-        optimiser = TensorAdam(param, config.learning_rate)
-        similarity_to_fixed = FixedLNCC(fixed_l, config.windows, config.window_weights)
-        if config.accept_if_better:
-            exact = FixedLNCC(fixed_l, config.windows, config.window_weights, stationary=True)
-            start_param = param.detach().clone()
-            start_scores = _scores(exact, moving_l, start_param, base_l, config, size, mask_l)
-        for it in range(iterations):
-            current = _field(param, base_l, config, size)
-            similarity = _similarity(similarity_to_fixed, warp(moving_l, current), mask_l)
-            # The sum, not the mean: each pair's gradient is then exactly what it would be alone, and Adam acts per
-            # element, so a batch of pairs is optimised as each pair would be on its own. The regularisers' gradient
-            # is written out and added in place (autograd's numbers; docs/decisions.md#fused-regulariser-gradient).
-            (1.0 - similarity).sum().backward()
-            assert param.grad is not None
-            losses = (1.0 - similarity.detach()) + regularise_(param, param.grad, config.smoothness, config.bending)
-            if config.gradient_sigma > 0:
-                param.grad = gaussian_blur(param.grad, config.gradient_sigma)
-            optimiser.step()
-            if callback is not None:
-                callback(level, it, losses.detach().cpu())
-            if field_callback is not None:
-                field_callback(level, it, current.detach())
-        if config.accept_if_better:
-            dissimilarity, energy = _scores(exact, moving_l, param, base_l, config, size, mask_l)
-            worse = (dissimilarity > start_scores[0] - ROUNDING) & (energy >= start_scores[1])
-            if worse.any():
-                param = torch.where(worse.view(-1, *[1] * (param.ndim - 1)), start_param, param.detach())
-        velocity = param.detach() if config.diffeomorphic else None
-        with torch.no_grad():
-            disp = _field(param.detach(), base_l, config, size)
+        with _level_threads(math.prod(size), fixed.device):
+            param = (torch.zeros(fixed.shape[0], ndim, *grid, dtype=fixed.dtype, device=fixed.device) if start is None
+                     else resize_displacement(start, grid).detach().clone()).requires_grad_(True)  # never the caller's
+            optimiser = TensorAdam(param, config.learning_rate)
+            similarity_to_fixed = FixedLNCC(fixed_l, config.windows, config.window_weights)
+            if config.accept_if_better:
+                exact = FixedLNCC(fixed_l, config.windows, config.window_weights, stationary=True)
+                start_param = param.detach().clone()
+                start_scores = _scores(exact, moving_l, start_param, base_l, config, size, mask_l)
+            for it in range(iterations):
+                current = _field(param, base_l, config, size)
+                similarity = _similarity(similarity_to_fixed, warp(moving_l, current), mask_l)
+                # The sum, not the mean: each pair's gradient is then exactly what it would be alone, and Adam acts per
+                # element, so a batch of pairs is optimised as each pair would be on its own. The regularisers' gradient
+                # is written out and added in place (autograd's numbers; docs/decisions.md#fused-regulariser-gradient).
+                (1.0 - similarity).sum().backward()
+                assert param.grad is not None
+                losses = (1.0 - similarity.detach()) + regularise_(param, param.grad, config.smoothness, config.bending)
+                if config.gradient_sigma > 0:
+                    param.grad = gaussian_blur(param.grad, config.gradient_sigma)
+                optimiser.step()
+                if callback is not None:
+                    callback(level, it, losses.detach().cpu())
+                if field_callback is not None:
+                    field_callback(level, it, current.detach())
+            if config.accept_if_better:
+                dissimilarity, energy = _scores(exact, moving_l, param, base_l, config, size, mask_l)
+                worse = (dissimilarity > start_scores[0] - ROUNDING) & (energy >= start_scores[1])
+                if worse.any():
+                    param = torch.where(worse.view(-1, *[1] * (param.ndim - 1)), start_param, param.detach())
+            velocity = param.detach() if config.diffeomorphic else None
+            with torch.no_grad():
+                disp = _field(param.detach(), base_l, config, size)
     assert disp is not None  # the pyramid has at least one level
     return resize_displacement(disp, full)
