@@ -181,6 +181,8 @@ def _settings_record(settings: RegisterSettings) -> dict[str, Any]:
             "instance", "smoothness", "bending", "diffeomorphic", "affine_config", "max_working_voxels")
     data = asdict(settings)
     record = {k: data[k] for k in keep}
+    # The DICOM object's body part and laterality: recorded only when given, so runs from before they existed resume.
+    record |= {k: data[k] for k in ("body_part", "laterality") if data.get(k) is not None}
     # What the instance optimisation resolves to for 2-D and 3-D pairs: a tuned default changed since the run
     # started changes the results too.
     record["instances_used"] = {f"{ndim}-D": asdict(settings.instance_for(ndim)) for ndim in (2, 3)}

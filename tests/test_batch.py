@@ -323,3 +323,15 @@ def test_ray_engine_writes_what_the_local_engine_writes(data: Path, tmp_path: Pa
         assert qb["dice_after"] == pytest.approx(qa["dice_after"], abs=1e-3)
     again = run_batch(BatchOptions(str(pairs_csv), tmp_path / "ray", _settings(), engine="ray", ray_cpus=2))
     assert (again.skipped, again.done) == (2, 0)  # resume semantics are the local engine's
+
+
+def test_settings_record_holds_the_dicom_body_part_only_when_given() -> None:
+    """A batch resumed with another --body-part is refused; a run from before the option existed still resumes."""
+    from rlreg.pipelines.batch import _settings_record
+    from rlreg.pipelines.register import RegisterSettings
+
+    plain = _settings_record(RegisterSettings())
+    assert "body_part" not in plain and "laterality" not in plain
+    head = _settings_record(RegisterSettings(formats=("dicom",), body_part="HEAD"))
+    chest = _settings_record(RegisterSettings(formats=("dicom",), body_part="CHEST"))
+    assert head["body_part"] == "HEAD" and head != chest
