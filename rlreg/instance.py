@@ -94,7 +94,8 @@ class InstanceConfig:
     exponential upsampled to the level (2 makes a full-resolution level about 8x cheaper in 3-D; VoxelMorph's
     ``int_downsize``, Dalca et al., MICCAI 2018). Otherwise the displacement is upsampled to the level each
     iteration, so the regularisers, gradient smoothing and Adam act on the coarse grid (a B-spline-like
-    parameterisation; in ``docs/tuning.md`` it cost Dice on the development sets)."""
+    parameterisation; at full resolution it cost Dice on three of four development sets, ``docs/register.md``, "How the
+    default was chosen")."""
 
     crop_margin: int | None = None
     """Optimise only on the bounding box of the voxels where either image is non-zero (up to a relative

@@ -27,9 +27,10 @@ DEFAULT_INSTANCE = InstanceConfig(levels=(4, 2, 1), iterations=(30, 40, 12), smo
 """Instance optimisation of ``rlreg register`` on 3-D inputs (variant ``g1-s1-b1-c8-i30-40-12`` of ``docs/tuning.md``):
 LNCC (window 5) with diffusion 1 and bending energy 1, gradient smoothing of 1 voxel, pyramid 4-2-1 with 30, 40 and
 12 Adam iterations (fewer full-resolution ones, which cost 8x those of level 2, for a little Dice:
-``docs/tuning.md``, "Speed") and a crop to the foreground grown by 8 voxels. Bending energy charges only curvature
-(as a B-spline grid does by construction), so it holds back large smooth deformations less than diffusion and still
-stops voxel-scale noise. Chosen on development sets: ``docs/register.md``, "How the default was chosen"."""
+``docs/register.md``, "How the default was chosen") and a crop to the foreground grown by 8 voxels. Bending energy
+charges only curvature (as a B-spline grid does by construction), so it holds back large smooth deformations less
+than diffusion and still stops voxel-scale noise. Chosen on development sets: ``docs/register.md``, "How the default
+was chosen"."""
 DEFAULT_SMOOTHNESS = DEFAULT_INSTANCE.smoothness
 DEFAULT_BENDING = DEFAULT_INSTANCE.bending
 DIFFEOMORPHIC_INSTANCE = InstanceConfig(levels=(4, 2, 1), iterations=(60, 30, 15), smoothness=0.5, windows=(5,),
