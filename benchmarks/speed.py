@@ -18,7 +18,6 @@ checks: rlreg at most half of every peer's seconds, Dice at least every peer's +
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import statistics
 from pathlib import Path
@@ -43,17 +42,16 @@ def brain_folding(folder: Path, pairs_csv: Path) -> list[float]:
     Jacobian determinant (of the written ``warp.nii.gz``, physical space) is ``<= 0``."""
     import torch
 
+    from rlreg.data.pairs import read_pairs
     from rlreg.io import read_image
     from rlreg.transforms import read_transform, world_jacobian
 
-    with pairs_csv.open(newline="") as handle:
-        rows = {row["id"]: row for row in csv.DictReader(handle)}
     values = []
-    for pair_id, row in rows.items():
-        warp_path = folder / pair_id / "warp.nii.gz"
+    for pair in read_pairs(pairs_csv):
+        warp_path = folder / pair.id / "warp.nii.gz"
         if not warp_path.exists():
             continue
-        fixed = read_image(Path(row["fixed"]))
+        fixed = read_image(pair.fixed)
         field = read_transform(warp_path, fixed.geometry)
         brain = fixed.data > BRAIN_FRACTION * fixed.data.max()
         jac = world_jacobian(field, fixed.geometry)

