@@ -36,7 +36,7 @@ def run_pair(python: str, row: dict[str, Path], out: Path, threads: int) -> dict
     command = [python, "-m", "rlreg.cli.main", "register", str(row["fixed"]), str(row["moving"]), "-o", str(out),
                "--fixed-seg", str(row["fixed_seg"]), "--moving-seg", str(row["moving_seg"]), "--threads",
                str(threads), "--json"]
-    subprocess.run(command, check=True, stdout=subprocess.DEVNULL, cwd=Path(python).resolve().parents[2])
+    subprocess.run(command, check=True, stdout=subprocess.DEVNULL, cwd=_tree(python))
     record = json.loads((out / "rlreg.json").read_text())
     return {"seconds": record["seconds"], "dice_after": record["qc"]["dice_after"],
             "config": record["method"].get("config")}
@@ -64,9 +64,15 @@ def render(store: dict[str, Any], environment: dict[str, Any], command: str) -> 
     return "\n".join(lines) + "\n"
 
 
+def _tree(python: str) -> Path:
+    """The source tree of a virtual environment's interpreter ``TREE/.venv/bin/python`` (links not followed: the
+    interpreter itself usually links to a system Python)."""
+    return Path(python).absolute().parents[2]
+
+
 def _commit(python: str) -> str:
-    tree = Path(python).resolve().parents[2]
-    done = subprocess.run(["git", "-C", str(tree), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    done = subprocess.run(["git", "-C", str(_tree(python)), "rev-parse", "--short", "HEAD"], capture_output=True,
+                          text=True)
     return done.stdout.strip() or "unknown"
 
 
@@ -74,13 +80,21 @@ def main(argv: list[str] | None = None) -> None:
     from benchmarks.datasets import write_abagen_dataset
 
     parser = argparse.ArgumentParser(prog=f"python -m {MODULE}", description=__doc__.splitlines()[0])
-    parser.add_argument("--baseline-python", required=True, help="interpreter whose rlreg is the earlier tree")
+    parser.add_argument("--baseline-python", help="interpreter whose rlreg is the earlier tree (needed to run)")
     parser.add_argument("--pairs", type=int, default=4)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--root", type=Path, default=Path("out"))
     parser.add_argument("--results", type=Path, default=Path("docs/benchmarks_stages.json"))
     parser.add_argument("--output", type=Path, default=Path("docs/benchmarks.md"))
+    parser.add_argument("--render-only", action="store_true", help="rewrite the section from --results, run nothing")
     args = parser.parse_args(argv)
+    command = " ".join(["python -m", MODULE, *(argv if argv is not None else sys.argv[1:])])
+    if args.render_only:
+        store = json.loads(args.results.read_text())
+        write_section(args.output, render(store, store["environment"], store["command"]), BEGIN, END)
+        return
+    if not args.baseline_python:
+        parser.error("--baseline-python is required unless --render-only")
     load = load_average()
     pairs_csv = write_abagen_dataset(args.root / "abagen_2mm", 2.0)
     with pairs_csv.open(newline="") as handle:
@@ -97,11 +111,11 @@ def main(argv: list[str] | None = None) -> None:
             print(name, index, {k: round(v, 2) for k, v in result["seconds"].items()}, round(result["dice_after"], 4),
                   flush=True)
     store = {**runs, "threads": args.threads, "baseline_commit": _commit(args.baseline_python),
-             "current_commit": _commit(sys.executable)}
+             "current_commit": _commit(sys.executable), "command": command,
+             "environment": describe_machine(load, args.root)}
     args.results.parent.mkdir(parents=True, exist_ok=True)
     args.results.write_text(json.dumps(store, indent=1) + "\n")
-    command = " ".join(["python -m", MODULE, *(argv if argv is not None else sys.argv[1:])])
-    write_section(args.output, render(store, describe_machine(load, args.root), command), BEGIN, END)
+    write_section(args.output, render(store, store["environment"], command), BEGIN, END)
 
 
 if __name__ == "__main__":
