@@ -52,6 +52,7 @@ bench: $(STAMP)
 	test -f runs/voxelmorph-brain/model.pt || $(BIN)/python -m benchmarks.models train-voxelmorph
 	$(BIN)/python -m benchmarks.models run --dataset abagen2 --pairs 6
 	$(BIN)/python -m benchmarks.models run --dataset mni2 --pairs 4
+	$(BIN)/python -m benchmarks.speed --datasets abagen2,mni2 --pairs 4 --threads 1,2
 
 ## The benchmark scripts' own longer tests (marked `bench`, outside the default run).
 test-bench: $(STAMP)
