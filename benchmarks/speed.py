@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -66,8 +67,7 @@ def _fmt(value: float | None, digits: int = 3) -> str:
 def render(store: dict[str, Any], environment: dict[str, Any], command: str) -> str:
     """The section: one table per dataset, rows per (method, threads), with rlreg's ratios and the targets."""
     lines = [BEGIN, "## Speed side by side: rlreg's default against ANTs SyN and Greedy (1 and 2 threads)", "",
-             f"Command: `{command}`. {environment.get('cpu', '')}; torch {environment.get('torch', '')}; "
-             f"{environment.get('date', '')}; load {environment.get('load', '')}.", "",
+             f"`python -m {MODULE}` (its command and machine under each table).", "",
              "* **rlreg**: `rlreg batch --model none` (the 3-D default: affine, then instance optimisation); "
              "**syn**: `ants.registration(f, m, \"SyN\")` (seed 1); **greedy**: Greedy's documented brain recipe "
              "(`-a -dof 12 -ia-image-centers -n 100x50x10 -m NCC 2x2x2`, then `-it affine -n 100x50x10 -m NCC "
@@ -79,7 +79,10 @@ def render(store: dict[str, Any], environment: dict[str, Any], command: str) -> 
              f"* Targets: rlreg at most {TARGET_RATIO}x every peer's seconds, Dice >= every peer's + "
              f"{TARGET_MARGIN}, folding in the brain < {TARGET_FOLDING} %.", ""]
     for name, data in store.items():
+        env = data.get("environment", environment)
         lines += [f"### {name}: {DATASETS[name]}, first {data['pairs']} pairs", "",
+                  f"Command: `{data.get('command', command)}`. {env.get('cpu', '')}; torch {env.get('torch', '')}; "
+                  f"{env.get('date', '')}; load {env.get('load', '')}.", "",
                   "| method | threads | Dice mean ± sd | HD95 (mm) | folding % grid | folding % brain | s/pair | "
                   "deformable s/pair | vs syn | vs greedy |", "|---|---|---|---|---|---|---|---|---|---|"]
         verdicts = []
@@ -119,10 +122,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--root", type=Path, default=Path("out"), help="datasets and work folders")
     parser.add_argument("--results", type=Path, default=Path("docs/benchmarks_speed.json"))
     parser.add_argument("--output", type=Path, default=Path("docs/benchmarks.md"))
+    parser.add_argument("--render-only", action="store_true", help="rewrite the section from --results, run nothing")
     args = parser.parse_args(argv)
-    command = " ".join(["python -m", MODULE, *(argv if argv is not None else __import__("sys").argv[1:])])
+    command = " ".join(["python -m", MODULE, *(argv if argv is not None else sys.argv[1:])])
     load = load_average()
     store = json.loads(args.results.read_text()) if args.results.exists() else {}
+    if args.render_only:
+        write_section(args.output, render(store, describe_machine(load, args.root), command), BEGIN, END)
+        return
     methods = [m for m in args.methods.split(",") if m]
     for dataset in args.datasets.split(","):
         counts = [int(t) for t in args.threads.split(",")]
@@ -138,7 +145,8 @@ def main(argv: list[str] | None = None) -> None:
                 record.pop("dice", None)
                 rows[key] = record
         dataset_csv(dataset, args.root)
-        store[dataset] = {"pairs": args.pairs, "threads": counts, "rows": rows}
+        store[dataset] = {"pairs": args.pairs, "threads": counts, "rows": rows, "command": command,
+                          "environment": describe_machine(load, args.root)}
         args.results.parent.mkdir(parents=True, exist_ok=True)
         args.results.write_text(json.dumps(store, indent=1) + "\n")
     write_section(args.output, render(store, describe_machine(load, args.root), command), BEGIN, END)
