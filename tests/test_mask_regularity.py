@@ -22,6 +22,9 @@ def test_a_mask_does_not_make_the_field_less_regular(tmp_path) -> None:
     inside = prepared.working_mask > 0
     assert 0 < float(inside.float().mean()) < 0.2
     plain, masked = (float(sdlogj(fields[n], inside)[0]) for n in ("plain", "masked"))
-    assert masked <= plain * 1.1 + 0.01, (masked, plain)
+    # The mask also restricts the affine stage's metric, so the two runs start the deformable stage from different
+    # maps and their fields differ by up to about 1.3x here; the defect guarded against (the similarity scaled up by
+    # the grid-to-mask volume ratio) gave 31x (SDlogJ 5.8 against 0.19) and 8 % folding on this pair.
+    assert masked <= plain * 1.5 + 0.01, (masked, plain)
     plain, masked = (float(folding_percent(fields[n], inside)[0]) for n in ("plain", "masked"))
     assert masked <= plain + 0.05, (masked, plain)
