@@ -33,8 +33,7 @@ from rlreg.optim import TensorAdam
 from rlreg.spatial import compose, integrate_velocity, resize, resize_displacement, warp
 
 __all__ = ["MIN_LEVEL_SIZE", "ONE_THREAD_VOXELS", "ROUNDING", "InstanceConfig", "downsample", "foreground_box",
-           "level_factor", "level_size",
-           "optimise_displacement"]
+           "level_factor", "level_size", "optimise_displacement"]
 
 ROUNDING = 1e-5
 """Loss decreases this small are rounding, not progress (``accept_if_better`` keeps a level's starting point unless

@@ -71,9 +71,15 @@ def label_values(labels: Tensor | np.ndarray) -> list[int]:
     if flat.numel() == 0:
         return []
     lo, hi = int(flat.min()), int(flat.max())
-    if lo >= 0 and hi < max(DIRECT_COUNT_LIMIT, flat.numel()):
+    if _counts_directly(lo, hi, flat.numel()):
         return torch.nonzero(torch.bincount(flat, minlength=hi + 1)).reshape(-1).tolist()
     return torch.unique(flat).tolist()
+
+
+def _counts_directly(lo: int, hi: int, voxels: int) -> bool:
+    """Whether label values spanning ``[lo, hi]`` in a map of ``voxels`` voxels get one ``bincount`` slot each
+    (:data:`DIRECT_COUNT_LIMIT`) rather than ``unique`` + ``searchsorted``."""
+    return lo >= 0 and hi < max(DIRECT_COUNT_LIMIT, voxels)
 
 
 def _as_label_tensor(x: Tensor | np.ndarray) -> Tensor:
@@ -119,7 +125,7 @@ def dice_per_label(pred: Tensor | np.ndarray, target: Tensor | np.ndarray, label
     lo = int(torch.minimum(p.min(), t.min()))
     hi = int(torch.maximum(p.max(), t.max()))
     agree = p[p == t]
-    if lo >= 0 and hi < max(DIRECT_COUNT_LIMIT, p.numel()):
+    if _counts_directly(lo, hi, p.numel()):
         # Direct counting: slot v holds the count of label value v.
         size = hi + 1
         n_pred = torch.bincount(p, minlength=size)
