@@ -24,8 +24,8 @@ from typing import Any
 import rlreg.pipelines
 from rlreg.io import atomic_output
 
-__all__ = ["LAUNCHER", "RECIPES", "ChildRun", "cpu_name", "describe_machine", "import_baseline_mib", "load_average",
-           "results_path", "run_child", "write_section"]
+__all__ = ["LAUNCHER", "RECIPES", "ChildRun", "cpu_name", "describe_machine", "fmt_value", "import_baseline_mib",
+           "load_average", "results_path", "run_child", "write_section"]
 
 RECIPES = Path(rlreg.pipelines.__file__).parent / "recipes"
 """The training recipes installed with :mod:`rlreg.pipelines` (``digits.yaml``, ``brain-3d.yaml``, ...)."""
@@ -45,6 +45,11 @@ def cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def fmt_value(value: float | None, digits: int = 3) -> str:
+    """A table cell: ``value`` with ``digits`` decimals, ``n/a`` for ``None``."""
+    return "n/a" if value is None else f"{value:.{digits}f}"
 
 
 def load_average() -> float | None:

@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from benchmarks.common import RECIPES
+from benchmarks.common import RECIPES, fmt_value
 
 __all__ = ["DATASETS", "METHODS", "VOXELMORPH_SHAPE", "dataset_csv", "render", "row_key", "run_dataset",
            "voxelmorph_sampler"]
@@ -259,10 +259,6 @@ def _budgets(store: dict[str, Any], vxm_model: Path = VXM_MODEL) -> list[str]:
     return lines
 
 
-def _fmt(value: float | None, digits: int = 3) -> str:
-    return "n/a" if value is None else f"{value:.{digits}f}"
-
-
 def render(store: dict[str, Any], environment: dict[str, Any]) -> str:
     """The ``docs/benchmarks.md`` section: one table per dataset and the Dice box plots."""
     lines = [BEGIN, "## Shipped models against ANTs SyN, elastix, Greedy and VoxelMorph", "",
@@ -289,11 +285,12 @@ def render(store: dict[str, Any], environment: dict[str, Any]) -> str:
                   "parameters | peak RSS (GiB) |",
                   "|---|---|---|---|---|---|---|---|---|"]
         for label, r in _rows(data).items():
-            lines.append(f"| {label} | {_fmt(r['dice_mean'])} ± {_fmt(r['dice_sd'])} | {_fmt(r['hd95_mm'], 2)} | "
-                         f"{_fmt(r['folding_percent'], 3)} ({_fmt(r['folding_percent_max'], 3)}) | "
-                         f"{_fmt(r['sdlogj'], 3)} | {_fmt(r['seconds_per_pair'], 1)} | "
-                         f"{_fmt(r['model_seconds_per_pair'], 2)} | {r['parameters'] or 0:,} | "
-                         f"{_fmt(r['peak_rss_gib'], 2)} |")
+            lines.append(f"| {label} | {fmt_value(r['dice_mean'])} ± {fmt_value(r['dice_sd'])} | "
+                         f"{fmt_value(r['hd95_mm'], 2)} | "
+                         f"{fmt_value(r['folding_percent'], 3)} ({fmt_value(r['folding_percent_max'], 3)}) | "
+                         f"{fmt_value(r['sdlogj'], 3)} | {fmt_value(r['seconds_per_pair'], 1)} | "
+                         f"{fmt_value(r['model_seconds_per_pair'], 2)} | {r['parameters'] or 0:,} | "
+                         f"{fmt_value(r['peak_rss_gib'], 2)} |")
         lines.append("")
     lines += [*_budgets(store), "", "![Dice per pair, each method](img/models_dice.png)", "", END]
     return "\n".join(lines) + "\n"

@@ -69,6 +69,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import functools
+import importlib
 import importlib.metadata
 import json
 import math
@@ -286,13 +287,18 @@ def _copy_atomic(source: Path, target: Path) -> Path:
 
 
 # ---------------------------------------------------------------------------------------------------- ANTs SyN
-@functools.lru_cache(maxsize=1)
-def _ants() -> Any:
+@functools.cache
+def _peer_package(module: str, needs: str) -> Any:
+    """A peer tool's Python package, imported once per process; ``needs`` is the one-line :class:`InputError` saying
+    how to install it when it is missing."""
     try:
-        import ants
+        return importlib.import_module(module)
     except ImportError:
-        raise InputError("the syn peer needs ANTsPy; pip install antspyx") from None
-    return ants
+        raise InputError(needs) from None
+
+
+def _ants() -> Any:
+    return _peer_package("ants", "the syn peer needs ANTsPy; pip install antspyx")
 
 
 def _ants_image(ants: Any, image: Image) -> Any:
@@ -523,13 +529,8 @@ GREEDY_NCC_RADIUS = 2
 """NCC window radius (voxels) of the recipe's ``-m NCC 2x2x2``."""
 
 
-@functools.lru_cache(maxsize=1)
 def _picsl_greedy() -> Any:
-    try:
-        import picsl_greedy
-    except ImportError:
-        raise InputError("the greedy peer needs Greedy's Python package; pip install picsl-greedy") from None
-    return picsl_greedy
+    return _peer_package("picsl_greedy", "the greedy peer needs Greedy's Python package; pip install picsl-greedy")
 
 
 @contextlib.contextmanager
@@ -736,11 +737,7 @@ class VoxelMorphConfig:
 
 
 def _voxelmorph() -> Any:
-    try:
-        import voxelmorph
-    except ImportError:
-        raise InputError("the voxelmorph peer needs VoxelMorph 0.3.x; pip install voxelmorph") from None
-    return voxelmorph
+    return _peer_package("voxelmorph", "the voxelmorph peer needs VoxelMorph 0.3.x; pip install voxelmorph")
 
 
 def _build_voxelmorph(config: VoxelMorphConfig, ndim: int) -> nn.Module:

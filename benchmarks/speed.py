@@ -24,7 +24,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import describe_machine, load_average, write_section
+from benchmarks.common import describe_machine, fmt_value, load_average, write_section
 from benchmarks.models import DATASETS, VXM_MODEL, dataset_csv, row_key, run_dataset
 
 __all__ = ["BEGIN", "END", "brain_folding", "main", "render"]
@@ -60,10 +60,6 @@ def brain_folding(folder: Path, pairs_csv: Path) -> list[float]:
     return values
 
 
-def _fmt(value: float | None, digits: int = 3) -> str:
-    return "n/a" if value is None else f"{value:.{digits}f}"
-
-
 def render(store: dict[str, Any], environment: dict[str, Any], command: str) -> str:
     """The section: one table per dataset, rows per (method, threads), with rlreg's ratios and the targets."""
     lines = [BEGIN, "## Speed side by side: rlreg's default against ANTs SyN and Greedy (1 and 2 threads)", "",
@@ -95,12 +91,13 @@ def render(store: dict[str, Any], environment: dict[str, Any], command: str) -> 
                     continue
                 ratios = ["", ""]
                 if method == RLREG:
-                    ratios = [_fmt(r["seconds_per_pair"] / rows[row_key(p, threads)]["seconds_per_pair"], 2) + "x"
+                    ratios = [fmt_value(r["seconds_per_pair"] / rows[row_key(p, threads)]["seconds_per_pair"], 2) + "x"
                               if row_key(p, threads) in rows else "n/a" for p in PEERS]
-                lines.append(f"| {'rlreg' if method == RLREG else method} | {threads} | {_fmt(r['dice_mean'])} ± "
-                             f"{_fmt(r['dice_sd'])} | {_fmt(r['hd95_mm'], 2)} | {_fmt(r['folding_percent'])} | "
-                             f"{_fmt(r.get('brain_folding_percent'))} | {_fmt(r['seconds_per_pair'], 2)} | "
-                             f"{_fmt(r['model_seconds_per_pair'], 2)} | {ratios[0]} | {ratios[1]} |")
+                lines.append(f"| {'rlreg' if method == RLREG else method} | {threads} | {fmt_value(r['dice_mean'])} ± "
+                             f"{fmt_value(r['dice_sd'])} | {fmt_value(r['hd95_mm'], 2)} | "
+                             f"{fmt_value(r['folding_percent'])} | "
+                             f"{fmt_value(r.get('brain_folding_percent'))} | {fmt_value(r['seconds_per_pair'], 2)} | "
+                             f"{fmt_value(r['model_seconds_per_pair'], 2)} | {ratios[0]} | {ratios[1]} |")
             if own is not None:
                 peers = [rows[row_key(p, threads)] for p in PEERS if row_key(p, threads) in rows]
                 fast = all(own["seconds_per_pair"] <= TARGET_RATIO * p["seconds_per_pair"] for p in peers)
