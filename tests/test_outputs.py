@@ -128,20 +128,38 @@ def test_3d_only_formats_on_2d_inputs_are_refused_before_the_affine(pair2d, tmp_
     assert not out.exists()
 
 
-def test_dicom_without_frame_of_reference_is_refused_before_the_affine(pair3d, tmp_path, monkeypatch) -> None:
-    pydicom = pytest.importorskip("pydicom")
-    # GDCM's DICOM writer (sitk.WriteImage to .dcm, used here to build the series) sets the C library's LC_CTYPE to
-    # "C" and leaves it there, which turns Python's default text encoding into ASCII for every later test.
+@pytest.fixture
+def keep_ctype():
+    """GDCM's DICOM writer (sitk.WriteImage to .dcm, used here to build series) sets the C library's LC_CTYPE to "C"
+    and leaves it there, which turns Python's default text encoding into ASCII for every later test: restore it."""
     saved_ctype = locale.setlocale(locale.LC_CTYPE)
+    yield
+    locale.setlocale(locale.LC_CTYPE, saved_ctype)
+
+
+def test_dicom_without_frame_of_reference_is_refused_before_the_affine(pair3d, tmp_path, monkeypatch,
+                                                                       keep_ctype) -> None:
+    pydicom = pytest.importorskip("pydicom")
     monkeypatch.setattr(preparation, "affine_register", _no_affine_stage)
-    try:
-        _refuse_dicom_without_frame_of_reference(pydicom, pair3d, tmp_path)
-    finally:
-        locale.setlocale(locale.LC_CTYPE, saved_ctype)
+    series = _write_series(pydicom, pair3d, tmp_path / "series", frame_of_reference=False)
+    with pytest.raises(InputError, match="no FrameOfReferenceUID"):
+        prepare(RegisterOptions(fixed=series, moving=pair3d["moving"], output=tmp_path / "out",
+                                settings=RegisterSettings(formats=("dicom",))))
 
 
-def _refuse_dicom_without_frame_of_reference(pydicom, pair3d, tmp_path) -> None:
-    series = tmp_path / "series"
+def test_dicom_refusal_names_the_one_series_without_a_body_part(pair3d, tmp_path, monkeypatch, keep_ctype) -> None:
+    """A NIfTI fixed image and a DICOM series that names no body part: the message points at the series."""
+    pydicom = pytest.importorskip("pydicom")
+    monkeypatch.setattr(preparation, "affine_register", _no_affine_stage)
+    series = _write_series(pydicom, pair3d, tmp_path / "series", frame_of_reference=True)
+    with pytest.raises(InputError, match=f"the DICOM series {series} does not name which body part"):
+        prepare(RegisterOptions(fixed=pair3d["fixed"], moving=series, output=tmp_path / "out",
+                                settings=RegisterSettings(formats=("dicom",))))
+    assert not (tmp_path / "out").exists()
+
+
+def _write_series(pydicom, pair3d, series: Path, *, frame_of_reference: bool) -> Path:
+    """The fixed phantom as a DICOM series (no BodyPartExamined), with or without a FrameOfReferenceUID."""
     series.mkdir()
     volume = sitk.Cast(sitk.ReadImage(str(pair3d["fixed"])) * 1000, sitk.sitkInt16)
     for k in range(volume.GetSize()[2]):
@@ -152,12 +170,14 @@ def _refuse_dicom_without_frame_of_reference(pydicom, pair3d, tmp_path) -> None:
         sitk.WriteImage(image, str(path))
         ds = pydicom.dcmread(path)
         ds.SeriesInstanceUID, ds.StudyInstanceUID, ds.InstanceNumber = "1.2.3.4.1", "1.2.3.4", k + 1
-        if "FrameOfReferenceUID" in ds:
+        if not frame_of_reference and "FrameOfReferenceUID" in ds:
             del ds.FrameOfReferenceUID
+        elif frame_of_reference:
+            ds.FrameOfReferenceUID = "1.2.3.4.2"
+        if "BodyPartExamined" in ds:
+            del ds.BodyPartExamined
         ds.save_as(path)
-    with pytest.raises(InputError, match="no FrameOfReferenceUID"):
-        prepare(RegisterOptions(fixed=series, moving=pair3d["moving"], output=tmp_path / "out",
-                                settings=RegisterSettings(formats=("dicom",))))
+    return series
 
 
 def test_dicom_without_a_body_part_is_refused_before_the_affine(pair3d, tmp_path, monkeypatch) -> None:

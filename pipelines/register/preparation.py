@@ -246,9 +246,12 @@ def check_outputs(opts: RegisterOptions, fixed: Image, *, moving: Image, segment
         from rlreg import formats
 
         # dicom_series_ref raises the one-line error (e.g. no FrameOfReferenceUID)
-        refs = [formats.dicom_series_ref(path) for path in (opts.fixed, opts.moving) if path.is_dir()]
+        series = [path for path in (opts.fixed, opts.moving) if path.is_dir()]
+        refs = [formats.dicom_series_ref(path) for path in series]
         if settings.body_part is None and not any(ref.body_part_examined for ref in refs):
-            where = "neither DICOM series names" if len(refs) == 2 else f"{opts.fixed} does not say"
+            where = (f"{opts.fixed} does not say" if not series else
+                     f"the DICOM series {series[0]} does not name" if len(series) == 1 else
+                     "neither DICOM series names")
             raise InputError(f"--format dicom: {where} which body part the images show, which the DICOM "
                              "registration must state; give --body-part, e.g. BRAIN, HEAD, CHEST, ABDOMEN or "
                              "PELVIS (with --laterality R or L for a paired part such as KNEE)")
